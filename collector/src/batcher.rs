@@ -1,0 +1,197 @@
+//! Turns tailed lines into Arrow batches: detects each line's level, keeps
+//! invalid UTF-8 lossily, records each line's source position, and seals a
+//! batch by size or age into the compressed Arrow IPC body the indexer takes,
+//! with its idempotency key and the checkpoint to store once it is
+//! acknowledged.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use weft_model::batch::{encode_ipc, META_SOURCES};
+use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
+
+use crate::checkpoint::TailerCheckpoint;
+use crate::metrics::CollectorMetrics;
+use crate::sources::pod_logs::level::detect_level;
+use crate::sources::pod_logs::tailer::{LineSink, LogLine};
+use crate::CollectorError;
+use std::sync::Arc;
+
+/// When a batch is sealed.
+#[derive(Clone, Debug)]
+pub struct BatchLimits {
+    /// Seal once this many bytes of line text are in the batch.
+    pub max_bytes: usize,
+    /// Seal once this many lines are in the batch.
+    pub max_rows: usize,
+    /// Seal a non-empty batch this long after its first line.
+    pub max_age: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self { max_bytes: 4 * 1024 * 1024, max_rows: 32 * 1024, max_age: Duration::from_secs(1) }
+    }
+}
+
+/// A batch ready to ship.
+#[derive(Clone, Debug)]
+pub struct SealedBatch {
+    /// Idempotency key: the same lines always give the same key.
+    pub key: String,
+    /// Arrow IPC stream (zstd buffers), wire schema.
+    pub body: Vec<u8>,
+    pub rows: usize,
+    pub line_bytes: usize,
+    /// Tailer state just after the batch's last line.
+    pub checkpoint: TailerCheckpoint,
+}
+
+/// Collects lines into an Arrow batch.
+pub struct BatchAssembler {
+    limits: BatchLimits,
+    collector_id: String,
+    node: String,
+    builder: LogBatchBuilder,
+    sources: Vec<String>,
+    source_index: HashMap<String, u32>,
+    /// Per source: (first, last) position in this batch.
+    ranges: Vec<(u64, u64)>,
+    last_source: Option<(String, u32)>,
+    opened: Option<Instant>,
+    metrics: Arc<CollectorMetrics>,
+    empty_labels: LabelSet,
+}
+
+/// 64-bit FNV-1a, a stable hash for idempotency keys.
+fn fnv1a(hash: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *hash ^= *b as u64;
+        *hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+impl BatchAssembler {
+    pub fn new(limits: BatchLimits, collector_id: String, node: String, metrics: Arc<CollectorMetrics>) -> Self {
+        Self {
+            builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
+            limits,
+            collector_id,
+            node,
+            sources: Vec::new(),
+            source_index: HashMap::new(),
+            ranges: Vec::new(),
+            last_source: None,
+            opened: None,
+            metrics,
+            empty_labels: LabelSet::new(),
+        }
+    }
+
+    /// Lines in the open batch.
+    pub fn len(&self) -> usize {
+        self.builder.len()
+    }
+
+    /// True when no line is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.builder.is_empty()
+    }
+
+    /// True when the open batch should be sealed now.
+    pub fn is_due(&self) -> bool {
+        self.is_full() || self.opened.is_some_and(|t| t.elapsed() >= self.limits.max_age)
+    }
+
+    /// Time until the open batch becomes due by age.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.opened.map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
+    }
+
+    fn source_slot(&mut self, key: &str, position: u64) -> u32 {
+        let index = match &self.last_source {
+            Some((last, index)) if last == key => *index,
+            _ => {
+                let index = match self.source_index.get(key) {
+                    Some(index) => *index,
+                    None => {
+                        let index = self.sources.len() as u32;
+                        self.sources.push(key.to_string());
+                        self.source_index.insert(key.to_string(), index);
+                        self.ranges.push((position, position));
+                        index
+                    }
+                };
+                self.last_source = Some((key.to_string(), index));
+                index
+            }
+        };
+        let range = &mut self.ranges[index as usize];
+        range.0 = range.0.min(position);
+        range.1 = range.1.max(position);
+        index
+    }
+
+    /// Seals the open batch with the tailer state that follows it.
+    pub fn seal(&mut self, checkpoint: TailerCheckpoint) -> Result<SealedBatch, CollectorError> {
+        let rows = self.builder.len();
+        let line_bytes = self.builder.line_bytes();
+        let batch = self.builder.finish(true);
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for (key, (first, last)) in self.sources.iter().zip(&self.ranges) {
+            fnv1a(&mut hash, key.as_bytes());
+            fnv1a(&mut hash, &first.to_le_bytes());
+            fnv1a(&mut hash, &last.to_le_bytes());
+        }
+        fnv1a(&mut hash, &(rows as u64).to_le_bytes());
+        let key = format!("{}-{hash:016x}", self.collector_id);
+        let metadata = HashMap::from([(META_SOURCES.to_string(), serde_json::to_string(&self.sources).expect("strings serialize"))]);
+        let body = encode_ipc(&[batch], metadata).map_err(CollectorError::Model)?;
+        self.sources.clear();
+        self.source_index.clear();
+        self.ranges.clear();
+        self.last_source = None;
+        self.opened = None;
+        Ok(SealedBatch { key, body, rows, line_bytes, checkpoint })
+    }
+}
+
+impl LineSink for BatchAssembler {
+    fn line(&mut self, line: LogLine<'_>) {
+        if self.opened.is_none() {
+            self.opened = Some(Instant::now());
+        }
+        let src = self.source_slot(line.source_key, line.position);
+        let text = String::from_utf8_lossy(line.text);
+        if matches!(text, std::borrow::Cow::Owned(_)) {
+            self.metrics.invalid_utf8.inc();
+        }
+        self.metrics.lines.inc();
+        let meta = line.meta;
+        self.builder.append(&RecordRef {
+            ts: line.ts,
+            ingest_ts: 0,
+            namespace: &meta.namespace,
+            pod: &meta.pod,
+            container: &meta.container,
+            node: &self.node,
+            stream: line.stream.map(|s| s.as_str()).unwrap_or(""),
+            labels: &self.empty_labels,
+            run: None,
+            rank: None,
+            pod_uid: Some(&meta.pod_uid),
+            restart: Some(meta.restart),
+            level: detect_level(line.text),
+            ml_event: None,
+            fields: &self.empty_labels,
+            truncated: line.truncated,
+            parse_error: line.parse_error,
+            line: &text,
+            source: Some((src, line.position)),
+        });
+    }
+
+    fn is_full(&self) -> bool {
+        self.builder.line_bytes() >= self.limits.max_bytes || self.builder.len() >= self.limits.max_rows
+    }
+}

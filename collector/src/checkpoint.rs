@@ -1,0 +1,154 @@
+//! File checkpoints: for each tailed file its identity (device, inode, birth
+//! time, fingerprint of the first bytes), truncation generation and the
+//! offset up to which the indexer has acknowledged its lines, plus the
+//! pending partial (CRI `P`) line of each container stream.
+//!
+//! The checkpoint file is replaced atomically (temp file, fsync, rename,
+//! fsync of the directory), so a crash leaves either the old or the new one,
+//! never a torn file. It only ever holds positions the indexer acknowledged.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CollectorError;
+
+/// Identity of a file: never its path, so renames and inode reuse are told
+/// apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    /// Birth time in nanoseconds where the filesystem reports it (statx),
+    /// else 0.
+    pub born: i64,
+}
+
+/// CRC32 of the first `len` bytes of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// Bytes of the file head the fingerprint covers once the file is that long.
+pub const FINGERPRINT_BYTES: usize = 256;
+
+/// Where reading of one file stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCheckpoint {
+    pub identity: FileIdentity,
+    pub fingerprint: Option<Fingerprint>,
+    /// Bumped each time the file is found truncated, so the lines written
+    /// after a truncation form a new source for deduplication.
+    pub generation: u32,
+    /// Bytes consumed: the end of the last complete physical line read.
+    pub offset: u64,
+    /// Last known path, for humans reading the file.
+    pub path: PathBuf,
+}
+
+/// A container stream's joined-so-far partial line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialCheckpoint {
+    /// `<pod dir>/<container>/<restart>`.
+    pub group: String,
+    pub stream: String,
+    pub ts: i64,
+    pub text: String,
+    pub truncated: bool,
+    /// Source and offset of the last segment joined, used when the partial
+    /// is flushed on its own.
+    pub source_key: String,
+    pub source_offset: u64,
+}
+
+/// Everything needed to resume tailing exactly where acknowledged data ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailerCheckpoint {
+    pub files: Vec<FileCheckpoint>,
+    pub partials: Vec<PartialCheckpoint>,
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// The checkpoint file under the collector's state directory.
+pub struct CheckpointStore {
+    path: PathBuf,
+}
+
+impl CheckpointStore {
+    pub fn new(state_dir: &Path) -> Self {
+        Self { path: state_dir.join("checkpoints.json") }
+    }
+
+    /// Loads the last written checkpoint; an absent file is an empty
+    /// checkpoint, an unreadable one is an error naming the file.
+    pub fn load(&self) -> Result<TailerCheckpoint, CollectorError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CollectorError::Checkpoint {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TailerCheckpoint::default()),
+            Err(e) => Err(CollectorError::Io { path: self.path.clone(), source: e }),
+        }
+    }
+
+    /// Replaces the checkpoint file atomically.
+    pub fn store(&self, checkpoint: &TailerCheckpoint) -> Result<(), CollectorError> {
+        let bytes = serde_json::to_vec(checkpoint).expect("checkpoint serializes");
+        write_atomic(&self.path, &bytes).map_err(|source| CollectorError::Io { path: self.path.clone(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), TailerCheckpoint::default());
+        let checkpoint = TailerCheckpoint {
+            files: vec![FileCheckpoint {
+                identity: FileIdentity { dev: 1, ino: 2, born: 3 },
+                fingerprint: Some(Fingerprint { len: 10, crc: 42 }),
+                generation: 1,
+                offset: 99,
+                path: "/x/0.log".into(),
+            }],
+            partials: vec![PartialCheckpoint {
+                group: "ns_pod_uid/c/0".into(),
+                stream: "stdout".into(),
+                ts: 5,
+                text: "half a line".into(),
+                truncated: false,
+                source_key: "k".into(),
+                source_offset: 7,
+            }],
+        };
+        store.store(&checkpoint).unwrap();
+        assert_eq!(store.load().unwrap(), checkpoint);
+        assert!(!dir.path().join(".checkpoints.json.tmp").exists());
+        fs::write(dir.path().join("checkpoints.json"), b"{torn").unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("checkpoints.json"));
+    }
+}

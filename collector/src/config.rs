@@ -1,0 +1,121 @@
+//! The collector's configuration: the `collector:` section of weft's config
+//! file. Every field has a default, so an empty section is valid.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weft_model::time::serde_duration;
+
+/// Settings of `weft collector` (and the collector inside `weft standalone`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Root of the kubelet pod log tree (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    pub logs: PathBuf,
+    /// Directory for checkpoints, the spool and refused batches.
+    pub state: PathBuf,
+    /// Base URL of the indexer the batches go to.
+    pub indexer: String,
+    /// Node name put on every record; defaults to `NODE_NAME`, then the hostname.
+    pub node: Option<String>,
+    /// Identity of this collector in idempotency keys; defaults to the node name.
+    pub collector_id: Option<String>,
+    /// Tenant the collector ships to (`X-Scope-OrgID`).
+    pub tenant: String,
+    /// Bearer token sent to the indexer, when it requires one.
+    pub bearer_token: Option<String>,
+    /// Longest joined line kept; longer lines keep their head, marked truncated.
+    pub max_line_bytes: usize,
+    /// A partial (`P`) line with no continuation for this long is shipped alone.
+    #[serde(with = "serde_duration")]
+    pub partial_timeout: Duration,
+    /// Seal a batch at this many bytes of line text.
+    pub batch_max_bytes: usize,
+    /// Seal a batch at this many lines.
+    pub batch_max_rows: usize,
+    /// Seal a non-empty batch this long after its first line.
+    #[serde(with = "serde_duration")]
+    pub batch_max_age: Duration,
+    /// How often idle files are checked for new data (filesystem events
+    /// wake the tailer sooner).
+    #[serde(with = "serde_duration")]
+    pub poll_interval: Duration,
+    /// How often the log tree is listed again, the fallback when filesystem
+    /// events are lost.
+    #[serde(with = "serde_duration")]
+    pub rescan_interval: Duration,
+    /// Most files followed at once.
+    pub max_open_files: usize,
+    /// Most bytes the disk spool holds before tailing pauses.
+    pub spool_max_bytes: u64,
+    /// Timeout of one delivery request.
+    #[serde(with = "serde_duration")]
+    pub request_timeout: Duration,
+    /// Longest wait between two delivery attempts.
+    #[serde(with = "serde_duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            logs: PathBuf::from("/var/log/pods"),
+            state: PathBuf::from("./weft-state"),
+            indexer: "http://127.0.0.1:3100".into(),
+            node: None,
+            collector_id: None,
+            tenant: "default".into(),
+            bearer_token: None,
+            max_line_bytes: 1024 * 1024,
+            partial_timeout: Duration::from_secs(5),
+            batch_max_bytes: 4 * 1024 * 1024,
+            batch_max_rows: 32 * 1024,
+            batch_max_age: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
+            rescan_interval: Duration::from_secs(5),
+            max_open_files: 4096,
+            spool_max_bytes: 512 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), crate::CollectorError> {
+        let bad = |what: &str| Err(crate::CollectorError::Config(what.to_string()));
+        if self.max_line_bytes < 1024 {
+            return bad("collector.max_line_bytes must be at least 1024");
+        }
+        if self.batch_max_bytes == 0 || self.batch_max_rows == 0 {
+            return bad("collector.batch_max_bytes and batch_max_rows must be positive");
+        }
+        if self.batch_max_age.is_zero() || self.poll_interval.is_zero() || self.rescan_interval.is_zero() {
+            return bad("collector durations must be positive");
+        }
+        if !(self.indexer.starts_with("http://") || self.indexer.starts_with("https://")) {
+            return bad("collector.indexer must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+
+    /// The node name: configured, else `NODE_NAME`, else the hostname.
+    pub fn node_name(&self) -> String {
+        if let Some(node) = self.node.as_ref().filter(|n| !n.is_empty()) {
+            return node.clone();
+        }
+        if let Ok(node) = std::env::var("NODE_NAME") {
+            if !node.is_empty() {
+                return node;
+            }
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-node".into())
+    }
+}

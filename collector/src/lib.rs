@@ -1,0 +1,161 @@
+//! weft's node agent. It tails pod logs from the kubelet's `/var/log/pods`
+//! tree, parses and enriches each line, batches lines as Arrow, and ships
+//! the batches to the indexer with a disk spool and acknowledged checkpoints.
+//!
+//! The pipeline reads as a chain: tail → parse → join partials → detect
+//! level → batch → (spool) → ship → checkpoint.
+
+pub mod batcher;
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod shipper;
+pub mod sources;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+pub use config::CollectorConfig;
+use metrics::CollectorMetrics;
+
+/// Errors of the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint file {path} is unreadable: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("invalid collector config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] weft_model::ModelError),
+}
+
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A running collector.
+pub struct CollectorHandle {
+    stop: Arc<AtomicBool>,
+    wake: std::sync::mpsc::SyncSender<bool>,
+    tailer_thread: std::thread::JoinHandle<()>,
+    shipper_shutdown: watch::Sender<bool>,
+    shipper: tokio::task::JoinHandle<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    pub metrics: Arc<CollectorMetrics>,
+}
+
+/// Starts the pod-log pipeline described by `config`.
+pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Result<CollectorHandle, CollectorError> {
+    use notify::Watcher;
+
+    config.validate()?;
+    let metrics = Arc::new(CollectorMetrics::new(registry));
+    std::fs::create_dir_all(&config.state).map_err(|source| CollectorError::Io { path: config.state.clone(), source })?;
+    let node = config.node_name();
+    let collector_id = config.collector_id.clone().unwrap_or_else(|| node.clone());
+    let settings = shipper::ShipperSettings {
+        indexer_url: config.indexer.clone(),
+        tenant: config.tenant.clone(),
+        request_timeout: config.request_timeout,
+        max_backoff: config.max_backoff,
+        spool_max_bytes: config.spool_max_bytes,
+        bearer_token: config.bearer_token.clone(),
+        ..Default::default()
+    };
+    let shipper = shipper::Shipper::new(&config.state, settings, metrics.clone())?;
+    let checkpoint = shipper.resume_checkpoint()?;
+    let tailer_config = sources::pod_logs::tailer::TailerConfig {
+        max_line_bytes: config.max_line_bytes,
+        partial_timeout: config.partial_timeout,
+        max_open_files: config.max_open_files,
+        ..Default::default()
+    };
+    let tailer = sources::pod_logs::tailer::PodLogTailer::new(
+        config.logs.clone(),
+        collector_id.clone(),
+        tailer_config,
+        checkpoint,
+        metrics.clone(),
+    );
+    let limits = batcher::BatchLimits {
+        max_bytes: config.batch_max_bytes,
+        max_rows: config.batch_max_rows,
+        max_age: config.batch_max_age,
+    };
+    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone());
+
+    let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
+    let hint = wake_tx.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            use notify::event::{EventKind, ModifyKind};
+            let structural = matches!(event.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
+            // A full channel already holds a wake-up; dropping hints is fine.
+            let _ = hint.try_send(structural);
+        }
+    })
+    .and_then(|mut w| w.watch(&config.logs, notify::RecursiveMode::Recursive).map(|_| w));
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(logs = %config.logs.display(), error = %e, "filesystem events unavailable; relying on the periodic rescan");
+            None
+        }
+    };
+
+    let (batch_tx, batch_rx) = mpsc::channel(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tailer_loop = sources::pod_logs::TailerLoop {
+        tailer,
+        assembler,
+        batches: batch_tx,
+        stop: stop.clone(),
+        wake: wake_rx,
+        poll_interval: config.poll_interval,
+        rescan_interval: config.rescan_interval,
+        metrics: metrics.clone(),
+    };
+    let tailer_thread = std::thread::Builder::new()
+        .name("weft-pod-log-tailer".into())
+        .spawn(move || tailer_loop.run())
+        .map_err(|source| CollectorError::Io { path: config.logs.clone(), source })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shipper = tokio::spawn(shipper.run(batch_rx, shutdown_rx));
+    tracing::info!(logs = %config.logs.display(), state = %config.state.display(), indexer = %config.indexer, node, "collector started");
+    Ok(CollectorHandle {
+        stop,
+        wake: wake_tx,
+        tailer_thread,
+        shipper_shutdown: shutdown_tx,
+        shipper,
+        _watcher: watcher,
+        metrics,
+    })
+}
+
+impl CollectorHandle {
+    /// Stops tailing, seals the open batch, gives the shipper up to `grace`
+    /// to deliver, then leaves the rest in the spool and writes the
+    /// checkpoint of what was acknowledged.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.try_send(false);
+        let thread = self.tailer_thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        let deadline = tokio::time::Instant::now() + grace;
+        let joined = tokio::time::timeout_at(deadline, joined).await;
+        let _ = self.shipper_shutdown.send(true);
+        if joined.is_err() {
+            tracing::warn!("tailer did not stop within the grace period");
+        }
+        let _ = self.shipper.await;
+        tracing::info!("collector stopped");
+    }
+}
+

@@ -1,0 +1,303 @@
+//! Ships sealed batches to the indexer, in order, one at a time: POST the
+//! Arrow IPC body with its idempotency key, retry with exponential backoff
+//! and jitter, and while the indexer is unreachable keep batches in the
+//! bounded disk spool. When the spool is full the shipper stops taking
+//! batches, the channel from the tailer fills, and tailing pauses
+//! (backpressure). File checkpoints move only after an acknowledgement.
+
+pub mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::batcher::SealedBatch;
+use crate::checkpoint::{CheckpointStore, TailerCheckpoint};
+use crate::metrics::CollectorMetrics;
+use crate::CollectorError;
+use spool::Spool;
+
+/// Header carrying a batch's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "x-weft-idempotency-key";
+/// Content type of collector batches.
+pub const ARROW_STREAM_CONTENT_TYPE: &str = "application/vnd.apache.arrow.stream";
+
+/// How the shipper talks to the indexer.
+#[derive(Clone, Debug)]
+pub struct ShipperSettings {
+    /// Base URL of the indexer (`http://host:port`).
+    pub indexer_url: String,
+    /// Tenant sent as `X-Scope-OrgID`.
+    pub tenant: String,
+    pub request_timeout: Duration,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Attempts for a fresh batch before it goes to the spool.
+    pub attempts_before_spool: u32,
+    pub spool_max_bytes: u64,
+    /// Least time between two checkpoint writes.
+    pub checkpoint_interval: Duration,
+    /// Most refused batches kept under `state/rejected`.
+    pub keep_rejected: usize,
+    /// Bearer token for the indexer, when it requires one.
+    pub bearer_token: Option<String>,
+}
+
+impl Default for ShipperSettings {
+    fn default() -> Self {
+        Self {
+            indexer_url: "http://127.0.0.1:3100".into(),
+            tenant: "default".into(),
+            request_timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            attempts_before_spool: 3,
+            spool_max_bytes: 512 * 1024 * 1024,
+            checkpoint_interval: Duration::from_millis(500),
+            keep_rejected: 64,
+            bearer_token: None,
+        }
+    }
+}
+
+/// Why a delivery failed.
+#[derive(Debug)]
+enum SendError {
+    /// Worth retrying: connection errors, 429, 5xx.
+    Retryable(String),
+    /// The indexer will never take this batch (4xx other than 429).
+    Permanent(String),
+}
+
+/// Delivers batches and keeps the checkpoint of what was acknowledged.
+pub struct Shipper {
+    settings: ShipperSettings,
+    client: reqwest::Client,
+    url: String,
+    spool: Spool,
+    checkpoints: CheckpointStore,
+    rejected_dir: PathBuf,
+    acked: Option<TailerCheckpoint>,
+    last_checkpoint_write: Instant,
+    metrics: Arc<CollectorMetrics>,
+    rejected_seq: u64,
+    /// Set when a batch could be neither delivered nor spooled: from then on
+    /// the checkpoint must not move past it, so it stays where it is until a
+    /// restart reads those lines again.
+    checkpoint_frozen: bool,
+}
+
+/// Exponential backoff with full jitter.
+fn backoff(settings: &ShipperSettings, attempt: u32) -> Duration {
+    let base = settings.initial_backoff.as_millis() as u64;
+    let cap = settings.max_backoff.as_millis() as u64;
+    let exp = base.saturating_mul(1u64 << attempt.min(20)).min(cap).max(1);
+    Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2))
+}
+
+impl Shipper {
+    /// A shipper with its spool and checkpoints under `state_dir`.
+    pub fn new(state_dir: &std::path::Path, settings: ShipperSettings, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
+        let spool = Spool::open(&state_dir.join("spool"), settings.spool_max_bytes, metrics.clone())?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .build()
+            .map_err(|e| CollectorError::Config(format!("http client: {e}")))?;
+        Ok(Self {
+            url: format!("{}/api/v1/ingest", settings.indexer_url.trim_end_matches('/')),
+            settings,
+            client,
+            spool,
+            checkpoints: CheckpointStore::new(state_dir),
+            rejected_dir: state_dir.join("rejected"),
+            acked: None,
+            last_checkpoint_write: Instant::now(),
+            metrics,
+            rejected_seq: crate::now_millis(),
+            checkpoint_frozen: false,
+        })
+    }
+
+    /// Where tailing resumes: after the newest spooled batch if any (it is
+    /// safe on disk), else at the stored checkpoint.
+    pub fn resume_checkpoint(&self) -> Result<TailerCheckpoint, CollectorError> {
+        match self.spool.last_checkpoint() {
+            Some(checkpoint) => Ok(checkpoint),
+            None => self.checkpoints.load(),
+        }
+    }
+
+    async fn send(&self, batch: &SealedBatch) -> Result<(), SendError> {
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", ARROW_STREAM_CONTENT_TYPE)
+            .header(IDEMPOTENCY_HEADER, &batch.key)
+            .header("x-scope-orgid", &self.settings.tenant)
+            .body(batch.body.clone());
+        if let Some(token) = &self.settings.bearer_token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await.map_err(|e| {
+            self.metrics.send_errors.with_label_values(&["connect"]).inc();
+            SendError::Retryable(format!("{e}"))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let reason = format!("indexer answered {status}: {}", body.chars().take(300).collect::<String>());
+        if status.as_u16() == 429 || status.is_server_error() {
+            self.metrics.send_errors.with_label_values(&["retryable_status"]).inc();
+            Err(SendError::Retryable(reason))
+        } else {
+            self.metrics.send_errors.with_label_values(&["rejected"]).inc();
+            Err(SendError::Permanent(reason))
+        }
+    }
+
+    fn acknowledge(&mut self, checkpoint: TailerCheckpoint) {
+        self.metrics.batches_sent.inc();
+        if self.checkpoint_frozen {
+            return;
+        }
+        self.acked = Some(checkpoint);
+        if self.last_checkpoint_write.elapsed() >= self.settings.checkpoint_interval {
+            self.write_checkpoint();
+        }
+    }
+
+    fn write_checkpoint(&mut self) {
+        let Some(checkpoint) = self.acked.take() else { return };
+        match self.checkpoints.store(&checkpoint) {
+            Ok(()) => {
+                self.metrics.checkpoint_writes.inc();
+                self.last_checkpoint_write = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "writing checkpoint failed; will retry");
+                self.acked = Some(checkpoint);
+            }
+        }
+    }
+
+    fn reject(&mut self, batch: &SealedBatch, reason: &str, spooled: bool) {
+        tracing::error!(key = %batch.key, rows = batch.rows, reason, dir = %self.rejected_dir.display(), "indexer refused batch; kept under rejected/");
+        self.metrics.batches_rejected.inc();
+        let stored = if spooled {
+            self.spool.reject_head(&self.rejected_dir, self.settings.keep_rejected)
+        } else {
+            self.rejected_seq += 1;
+            spool::store_rejected(&self.rejected_dir, self.rejected_seq, batch, self.settings.keep_rejected)
+        };
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "could not keep refused batch");
+        }
+    }
+
+    fn spool_batch(&mut self, batch: &SealedBatch) {
+        if let Err(e) = self.spool.push(batch) {
+            // The checkpoint has not moved past this batch, so its lines are
+            // read again from the files after a restart.
+            tracing::error!(error = %e, key = %batch.key, "spooling batch failed; its lines stay unacknowledged");
+            self.checkpoint_frozen = true;
+        }
+    }
+
+    /// Runs until the tailer closes the channel. `shutdown` turning true
+    /// stops retries: what is not delivered by then stays in the spool.
+    pub async fn run(mut self, mut batches: mpsc::Receiver<SealedBatch>, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt = 0u32;
+        loop {
+            let stopping = *shutdown.borrow();
+            if self.spool.is_empty() {
+                let Some(batch) = batches.recv().await else { break };
+                self.deliver_fresh(batch, &mut shutdown).await;
+                continue;
+            }
+            // Keep order: while the spool holds batches, new ones queue behind.
+            while self.spool.has_room() {
+                match batches.try_recv() {
+                    Ok(batch) => self.spool_batch(&batch),
+                    Err(_) => break,
+                }
+            }
+            if stopping {
+                // Nothing more will be retried; drain what the tailer still sends.
+                match batches.recv().await {
+                    Some(batch) if self.spool.has_room() => {
+                        self.spool_batch(&batch);
+                        continue;
+                    }
+                    Some(_) => {
+                        self.checkpoint_frozen = true;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let Some(head) = self.spool.head() else { continue };
+            match self.send(&head).await {
+                Ok(()) => {
+                    attempt = 0;
+                    if let Err(e) = self.spool.pop() {
+                        tracing::error!(error = %e, "removing delivered spool file failed");
+                    }
+                    self.acknowledge(head.checkpoint);
+                    if self.spool.is_empty() {
+                        tracing::info!("spool drained; indexer is back");
+                    }
+                }
+                Err(SendError::Permanent(reason)) => {
+                    self.reject(&head, &reason, true);
+                    self.acknowledge(head.checkpoint);
+                }
+                Err(SendError::Retryable(reason)) => {
+                    let wait = backoff(&self.settings, attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(reason, spooled = self.spool.len(), retry_in_ms = wait.as_millis() as u64, "indexer unreachable");
+                    let sleep = tokio::time::sleep(wait);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            _ = shutdown.changed() => break,
+                            batch = batches.recv(), if self.spool.has_room() => match batch {
+                                Some(batch) => self.spool_batch(&batch),
+                                None => break,
+                            },
+                        }
+                    }
+                }
+            }
+        }
+        self.write_checkpoint();
+    }
+
+    async fn deliver_fresh(&mut self, batch: SealedBatch, shutdown: &mut watch::Receiver<bool>) {
+        let mut attempt = 0;
+        loop {
+            match self.send(&batch).await {
+                Ok(()) => return self.acknowledge(batch.checkpoint),
+                Err(SendError::Permanent(reason)) => {
+                    self.reject(&batch, &reason, false);
+                    return self.acknowledge(batch.checkpoint);
+                }
+                Err(SendError::Retryable(reason)) => {
+                    attempt += 1;
+                    if attempt >= self.settings.attempts_before_spool || *shutdown.borrow() {
+                        tracing::warn!(reason, key = %batch.key, "indexer unreachable; spooling batch");
+                        return self.spool_batch(&batch);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(&self.settings, attempt)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}

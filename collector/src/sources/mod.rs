@@ -1,0 +1,4 @@
+//! Where the collector's data comes from. Each source is a folder with its
+//! config, its logic and its tests.
+
+pub mod pod_logs;

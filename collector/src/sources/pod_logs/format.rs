@@ -1,0 +1,174 @@
+//! The two kubelet log file formats, detected per file:
+//! CRI (`<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <message>`) and docker
+//! json-file (`{"log":"…\n","stream":"stdout","time":"…"}`).
+
+use weft_model::time::parse_rfc3339_nanos;
+
+/// A log file's format, decided from its first line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Cri,
+    Docker,
+}
+
+/// Which output stream a segment was written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Stream> {
+        match text {
+            "stdout" => Some(Stream::Stdout),
+            "stderr" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// One physical line of a log file, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub ts: i64,
+    pub stream: Stream,
+    /// False for a `P` segment (or a docker `log` without a trailing newline):
+    /// the message continues in the next segment of the same stream.
+    pub complete: bool,
+    pub message: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Why a physical line is not a valid segment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MalformedLine(pub &'static str);
+
+impl LogFormat {
+    /// Guesses the format from a file's first line.
+    pub fn detect(first_line: &[u8]) -> LogFormat {
+        if first_line.first() == Some(&b'{') {
+            LogFormat::Docker
+        } else {
+            LogFormat::Cri
+        }
+    }
+
+    /// Parses one physical line (without its `\n`).
+    pub fn parse(self, line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+        match self {
+            LogFormat::Cri => parse_cri(line),
+            LogFormat::Docker => parse_docker(line),
+        }
+    }
+}
+
+/// Parses a CRI line. Only the first `:`-separated tag is interpreted.
+pub fn parse_cri(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
+    let ts = parse_rfc3339_nanos(&line[..ts_end]).ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
+    let rest = &line[ts_end + 1..];
+    let stream_end = memchr::memchr(b' ', rest).ok_or(MalformedLine("cri: missing tag field"))?;
+    let stream = match &rest[..stream_end] {
+        b"stdout" => Stream::Stdout,
+        b"stderr" => Stream::Stderr,
+        _ => return Err(MalformedLine("cri: stream is neither stdout nor stderr")),
+    };
+    let rest = &rest[stream_end + 1..];
+    let (tags, message) = match memchr::memchr(b' ', rest) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        // An empty message: the runtime writes "<ts> stdout F" with no space.
+        None => (rest, &rest[rest.len()..]),
+    };
+    let first_tag = tags.split(|b| *b == b':').next().unwrap_or_default();
+    let complete = match first_tag {
+        b"F" => true,
+        b"P" => false,
+        _ => return Err(MalformedLine("cri: tag is neither P nor F")),
+    };
+    Ok(Segment { ts, stream, complete, message: std::borrow::Cow::Borrowed(message) })
+}
+
+#[derive(serde::Deserialize)]
+struct DockerLine<'a> {
+    #[serde(borrow)]
+    log: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    stream: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    time: std::borrow::Cow<'a, str>,
+}
+
+/// Parses a docker json-file line. A `log` without a trailing newline is a
+/// partial chunk.
+pub fn parse_docker(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+    let parsed: DockerLine<'_> = serde_json::from_slice(line).map_err(|_| MalformedLine("docker: not a json-file log object"))?;
+    let stream = Stream::parse(&parsed.stream).ok_or(MalformedLine("docker: stream is neither stdout nor stderr"))?;
+    let ts = parse_rfc3339_nanos(parsed.time.as_bytes()).ok_or(MalformedLine("docker: invalid RFC 3339 time"))?;
+    let (complete, message) = match parsed.log {
+        std::borrow::Cow::Borrowed(text) => match text.strip_suffix('\n') {
+            Some(body) => (true, std::borrow::Cow::Borrowed(body.as_bytes())),
+            None => (false, std::borrow::Cow::Borrowed(text.as_bytes())),
+        },
+        std::borrow::Cow::Owned(mut text) => {
+            let complete = text.ends_with('\n');
+            if complete {
+                text.pop();
+            }
+            (complete, std::borrow::Cow::Owned(text.into_bytes()))
+        }
+    };
+    Ok(Segment { ts, stream, complete, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cri_lines() {
+        let seg = parse_cri(b"2016-10-06T00:17:09.669794202Z stdout P log content 1").unwrap();
+        assert_eq!(seg.ts, 1_475_713_029_669_794_202);
+        assert_eq!(seg.stream, Stream::Stdout);
+        assert!(!seg.complete);
+        assert_eq!(&*seg.message, b"log content 1");
+        let seg = parse_cri(b"2016-10-06T00:17:09.669794203Z stderr F:x:y  two  spaces ").unwrap();
+        assert!(seg.complete);
+        assert_eq!(seg.stream, Stream::Stderr);
+        assert_eq!(&*seg.message, b" two  spaces ");
+        let empty = parse_cri(b"2016-10-06T00:17:09Z stdout F").unwrap();
+        assert_eq!(&*empty.message, b"");
+    }
+
+    #[test]
+    fn rejects_malformed_cri() {
+        for bad in [&b"hello world"[..], b"2016-10-06T00:17:09Z stdin F x", b"2016-10-06T00:17:09Z stdout X x", b"2016-10-06 stdout F x", b""] {
+            assert!(parse_cri(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn parses_docker_lines() {
+        let seg = parse_docker(br#"{"log":"content 1\n","stream":"stdout","time":"2016-10-20T18:39:20.57606443Z"}"#).unwrap();
+        assert!(seg.complete);
+        assert_eq!(&*seg.message, b"content 1");
+        let part = parse_docker(br#"{"log":"tab\there","stream":"stderr","time":"2016-10-20T18:39:20.57606443Z"}"#).unwrap();
+        assert!(!part.complete);
+        assert_eq!(&*part.message, b"tab\there");
+        assert!(parse_docker(br#"{"log":"x","stream":"stdout"}"#).is_err());
+        assert!(parse_docker(b"{not json").is_err());
+    }
+
+    #[test]
+    fn detects_format() {
+        assert_eq!(LogFormat::detect(b"{\"log\":\"x\"}"), LogFormat::Docker);
+        assert_eq!(LogFormat::detect(b"2016-10-06T00:17:09Z stdout F x"), LogFormat::Cri);
+    }
+}

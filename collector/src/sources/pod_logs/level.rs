@@ -1,0 +1,146 @@
+//! Detects the level of a log line from the formats ML jobs and their
+//! libraries print: JSON `level`/`severity` fields, logfmt `level=…`, glog
+//! (`E1125 22:16:18.123 …`), Python logging (`ERROR:root:…`,
+//! `2026-11-25 22:16:18,123 - trainer - WARNING - …`) and bracketed
+//! `[INFO]` prefixes. Looks only at the head of the line, so it costs the
+//! same for a 10-byte and a 1-MiB line.
+
+use weft_model::Level;
+
+/// How far into a line level detection looks.
+const HEAD_BYTES: usize = 160;
+
+/// The level of `line`, or `Level::Unknown`.
+pub fn detect_level(line: &[u8]) -> Level {
+    let head = &line[..line.len().min(HEAD_BYTES)];
+    if head.is_empty() {
+        return Level::Unknown;
+    }
+    if let Some(level) = glog_level(head) {
+        return level;
+    }
+    if let Some(level) = keyed_level(head) {
+        return level;
+    }
+    word_level(head).unwrap_or(Level::Unknown)
+}
+
+/// glog / klog: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg`.
+fn glog_level(head: &[u8]) -> Option<Level> {
+    if head.len() < 14 || !head[1..5].iter().all(u8::is_ascii_digit) || head[5] != b' ' || head[8] != b':' {
+        return None;
+    }
+    match head[0] {
+        b'I' => Some(Level::Info),
+        b'W' => Some(Level::Warn),
+        b'E' => Some(Level::Error),
+        b'F' => Some(Level::Critical),
+        _ => None,
+    }
+}
+
+/// JSON (`"level":"error"`) and logfmt (`level=error`) keys.
+fn keyed_level(head: &[u8]) -> Option<Level> {
+    const KEYS: [&[u8]; 6] = [b"level", b"severity", b"lvl", b"levelname", b"loglevel", b"severity_text"];
+    let mut search_from = 0;
+    while let Some(found) = memchr::memchr2(b'=', b':', &head[search_from..]) {
+        let sep = search_from + found;
+        search_from = sep + 1;
+        // The key ends just before the separator (optionally quoted).
+        let mut key_end = sep;
+        if key_end > 0 && head[key_end - 1] == b'"' {
+            key_end -= 1;
+        }
+        let mut key_start = key_end;
+        while key_start > 0 && (head[key_start - 1].is_ascii_alphanumeric() || head[key_start - 1] == b'_' || head[key_start - 1] == b'@') {
+            key_start -= 1;
+        }
+        let key = &head[key_start..key_end];
+        let key = key.strip_prefix(b"@").unwrap_or(key);
+        if !KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            continue;
+        }
+        let mut value_start = sep + 1;
+        while value_start < head.len() && (head[value_start] == b' ' || head[value_start] == b'"') {
+            value_start += 1;
+        }
+        let mut value_end = value_start;
+        while value_end < head.len() && head[value_end].is_ascii_alphabetic() {
+            value_end += 1;
+        }
+        if let Some(level) = Level::from_word(&head[value_start..value_end]) {
+            return Some(level);
+        }
+    }
+    None
+}
+
+/// A level word standing alone among the first few words: `ERROR:root:`,
+/// `- WARNING -`, `[INFO]`, `INFO `. Single-letter words are not trusted here.
+fn word_level(head: &[u8]) -> Option<Level> {
+    let mut words = 0;
+    let mut pos = 0;
+    while pos < head.len() && words < 12 {
+        while pos < head.len() && !head[pos].is_ascii_alphabetic() {
+            pos += 1;
+        }
+        let start = pos;
+        while pos < head.len() && head[pos].is_ascii_alphabetic() {
+            pos += 1;
+        }
+        if pos == start {
+            break;
+        }
+        words += 1;
+        let word = &head[start..pos];
+        // Only upper-case words (or bracketed ones) count: "error" inside
+        // prose such as "no error found" must not make a line an error.
+        let bracketed = start > 0 && matches!(head[start - 1], b'[' | b'<') && matches!(head.get(pos), Some(b']') | Some(b'>'));
+        let upper = word.iter().all(u8::is_ascii_uppercase);
+        if word.len() < 4 && word != b"ERR" && word != b"WRN" && word != b"INF" && word != b"DBG" {
+            continue;
+        }
+        if !(upper || bracketed) {
+            continue;
+        }
+        let level = match word {
+            b"WRN" => Some(Level::Warn),
+            b"INF" => Some(Level::Info),
+            b"DBG" => Some(Level::Debug),
+            _ => Level::from_word(word),
+        };
+        if level.is_some() {
+            return level;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_common_formats() {
+        let cases: &[(&str, Level)] = &[
+            ("ERROR:root:CUDA out of memory", Level::Error),
+            ("2026-11-25 22:16:18,123 - trainer - WARNING - grad norm is large", Level::Warn),
+            ("[2026-11-25 22:16:18] [INFO] step 10", Level::Info),
+            ("I1125 22:16:18.123456    1 main.go:42] started", Level::Info),
+            ("E1125 22:16:18.123456    1 main.go:42] failed", Level::Error),
+            (r#"{"ts":"x","level":"warn","msg":"slow"}"#, Level::Warn),
+            (r#"{"severity":"ERROR","message":"boom"}"#, Level::Error),
+            ("ts=2026 level=debug msg=hello", Level::Debug),
+            ("time=\"x\" level=info msg=\"y\"", Level::Info),
+            ("DEBUG:urllib3:Starting new HTTPS connection", Level::Debug),
+            ("CRITICAL:torch:NCCL watchdog", Level::Critical),
+            ("{'loss': 0.31, 'learning_rate': 2e-05, 'epoch': 0.5}", Level::Unknown),
+            ("no error found in this prose", Level::Unknown),
+            ("Traceback (most recent call last):", Level::Unknown),
+            ("", Level::Unknown),
+        ];
+        for (line, want) in cases {
+            assert_eq!(detect_level(line.as_bytes()), *want, "{line}");
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The pod-log tailer: follows every kubelet log file under the logs root by
+//! identity, reads complete physical lines, parses them (CRI or docker,
+//! detected per file), joins partial segments per container stream (also
+//! across a rotation), caps joined lines, and hands finished lines to a sink.
+//!
+//! It is a synchronous state machine driven by [`PodLogTailer::scan`] and
+//! [`PodLogTailer::poll`]; the thread, the filesystem watcher and batching
+//! live in the module above. Each emitted line carries a *position* in its
+//! source file, `end offset × 4 + k` (k = 0 for a line, 1 or 2 for a partial
+//! flushed on its own), which is strictly increasing per source, so the
+//! indexer can drop lines it already holds after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::format::{LogFormat, Segment, Stream};
+use super::path::PodLogPath;
+use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint, FINGERPRINT_BYTES};
+use crate::metrics::CollectorMetrics;
+
+/// Tunables of the tailer.
+#[derive(Clone, Debug)]
+pub struct TailerConfig {
+    /// Longest joined line kept; longer lines keep their head and are marked
+    /// truncated.
+    pub max_line_bytes: usize,
+    /// Size of each read from a file.
+    pub read_buffer_bytes: usize,
+    /// Most bytes read from one file in one pass, so one busy file cannot
+    /// starve the others.
+    pub max_bytes_per_pass: usize,
+    /// A partial line with no continuation for this long is emitted alone.
+    pub partial_timeout: Duration,
+    /// Most files held open at once.
+    pub max_open_files: usize,
+}
+
+impl Default for TailerConfig {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: 1024 * 1024,
+            read_buffer_bytes: 256 * 1024,
+            max_bytes_per_pass: 4 * 1024 * 1024,
+            partial_timeout: Duration::from_secs(5),
+            max_open_files: 4096,
+        }
+    }
+}
+
+/// A finished log line, borrowed from the tailer's buffers.
+#[derive(Debug)]
+pub struct LogLine<'a> {
+    pub meta: &'a PodLogPath,
+    pub source_key: &'a str,
+    /// Strictly increasing per source; see the module docs.
+    pub position: u64,
+    pub ts: i64,
+    /// `None` for a line that did not parse.
+    pub stream: Option<Stream>,
+    pub text: &'a [u8],
+    pub truncated: bool,
+    pub parse_error: bool,
+}
+
+/// Receives the tailer's lines.
+pub trait LineSink {
+    fn line(&mut self, line: LogLine<'_>);
+    /// True when the sink wants the tailer to stop reading for now.
+    fn is_full(&self) -> bool {
+        false
+    }
+}
+
+struct TailedFile {
+    identity: FileIdentity,
+    fingerprint: Option<Fingerprint>,
+    generation: u32,
+    path: PathBuf,
+    meta: Arc<PodLogPath>,
+    group: Arc<str>,
+    file: File,
+    /// End of the last complete physical line consumed.
+    offset: u64,
+    /// Bytes of an unfinished physical line (after `offset`).
+    carry: Vec<u8>,
+    /// Inside an over-long physical line whose head was already emitted.
+    skipping: bool,
+    format: Option<LogFormat>,
+    source_key: Arc<str>,
+    at_eof: bool,
+    deleted_passes: u32,
+    missing_scans: u32,
+}
+
+struct Pending {
+    ts: i64,
+    bytes: Vec<u8>,
+    truncated: bool,
+    meta: Arc<PodLogPath>,
+    source: FileIdentity,
+    source_key: Arc<str>,
+    /// Consumed offset of the source when it was last known (used when the
+    /// source is no longer open).
+    source_offset: u64,
+    updated: Instant,
+}
+
+type JoinKey = (Arc<str>, Stream);
+
+/// Follows all pod log files under one root.
+pub struct PodLogTailer {
+    root: PathBuf,
+    collector_id: String,
+    config: TailerConfig,
+    files: BTreeMap<FileIdentity, TailedFile>,
+    order: Vec<FileIdentity>,
+    partials: HashMap<JoinKey, Pending>,
+    restore: HashMap<(u64, u64), FileCheckpoint>,
+    metrics: Arc<CollectorMetrics>,
+    read_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    now_ns: i64,
+}
+
+fn group_of(meta: &PodLogPath) -> Arc<str> {
+    Arc::from(format!("{}_{}_{}/{}/{}", meta.namespace, meta.pod, meta.pod_uid, meta.container, meta.restart))
+}
+
+fn meta_of_group(group: &str) -> Option<PodLogPath> {
+    let mut parts = group.rsplitn(2, '/');
+    let restart = parts.next()?;
+    let dir = parts.next()?;
+    PodLogPath::parse(&Path::new(dir).join(format!("{restart}.log")))
+}
+
+fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    FileIdentity { dev: meta.dev(), ino: meta.ino(), born }
+}
+
+fn fingerprint_of(file: &File, size: u64) -> io::Result<Option<Fingerprint>> {
+    let len = (size as usize).min(FINGERPRINT_BYTES);
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut head = vec![0u8; len];
+    file.read_exact_at(&mut head, 0)?;
+    Ok(Some(Fingerprint { len: len as u32, crc: crc32fast::hash(&head) }))
+}
+
+fn source_key(collector_id: &str, identity: &FileIdentity, generation: u32) -> Arc<str> {
+    Arc::from(format!("{collector_id}/{}:{}:{}/{generation}", identity.dev, identity.ino, identity.born))
+}
+
+fn stream_slot(stream: Stream) -> u64 {
+    match stream {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    }
+}
+
+impl PodLogTailer {
+    /// A tailer over `root` that resumes from `checkpoint`.
+    pub fn new(
+        root: PathBuf,
+        collector_id: String,
+        config: TailerConfig,
+        checkpoint: TailerCheckpoint,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut partials = HashMap::new();
+        for p in checkpoint.partials {
+            let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream)) else {
+                continue;
+            };
+            let source = checkpoint
+                .files
+                .iter()
+                .find(|f| source_key(&collector_id, &f.identity, f.generation).as_ref() == p.source_key)
+                .map(|f| f.identity)
+                .unwrap_or(FileIdentity { dev: 0, ino: 0, born: 0 });
+            partials.insert(
+                (Arc::from(p.group.as_str()), stream),
+                Pending {
+                    ts: p.ts,
+                    bytes: p.text.into_bytes(),
+                    truncated: p.truncated,
+                    meta: Arc::new(meta),
+                    source,
+                    source_key: Arc::from(p.source_key.as_str()),
+                    source_offset: p.source_offset,
+                    updated: now,
+                },
+            );
+        }
+        let restore = checkpoint.files.into_iter().map(|f| ((f.identity.dev, f.identity.ino), f)).collect();
+        Self {
+            read_buf: vec![0; config.read_buffer_bytes.max(4096)],
+            root,
+            collector_id,
+            config,
+            files: BTreeMap::new(),
+            order: Vec::new(),
+            partials,
+            restore,
+            metrics,
+            scratch: Vec::new(),
+            now_ns: 0,
+        }
+    }
+
+    /// Number of files being followed.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Lists `<root>/*/*/<log file>` and starts following files not yet
+    /// followed; notices renames of followed files.
+    pub fn scan(&mut self) -> io::Result<()> {
+        for file in self.files.values_mut() {
+            file.missing_scans += 1;
+        }
+        let pod_dirs = match std::fs::read_dir(&self.root) {
+            Ok(dirs) => dirs,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.restore.clear();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut found = Vec::new();
+        for pod_dir in pod_dirs.flatten() {
+            let Ok(containers) = std::fs::read_dir(pod_dir.path()) else { continue };
+            for container in containers.flatten() {
+                let Ok(entries) = std::fs::read_dir(container.path()) else { continue };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if let Some(meta) = PodLogPath::parse(&path) {
+                        found.push((path, meta));
+                    }
+                }
+            }
+        }
+        for (path, meta) in found {
+            self.track(path, meta);
+        }
+        // Checkpointed files that no longer exist cannot be resumed.
+        self.restore.clear();
+        self.reorder();
+        self.metrics.files_open.set(self.files.len() as i64);
+        Ok(())
+    }
+
+    fn track(&mut self, path: PathBuf, meta: PodLogPath) {
+        let Ok(stat) = std::fs::metadata(&path) else { return };
+        if !stat.is_file() {
+            return;
+        }
+        let identity = identity_of(&stat);
+        if let Some(file) = self.files.get_mut(&identity) {
+            file.missing_scans = 0;
+            if file.path != path {
+                if meta.rotated_at.is_some() && file.meta.rotated_at.is_none() {
+                    self.metrics.rotations.inc();
+                }
+                file.path = path;
+                file.meta = Arc::new(meta);
+            }
+            return;
+        }
+        if self.files.len() >= self.config.max_open_files {
+            tracing::warn!(path = %path.display(), limit = self.config.max_open_files, "not following log file: too many open files");
+            return;
+        }
+        let Ok(handle) = File::open(&path) else { return };
+        // The file may have been replaced between stat and open.
+        let Ok(stat) = handle.metadata() else { return };
+        let identity = identity_of(&stat);
+        if self.files.contains_key(&identity) {
+            return;
+        }
+        let size = stat.len();
+        let mut offset = 0;
+        let mut generation = 0;
+        if let Some(saved) = self.restore.remove(&(identity.dev, identity.ino)) {
+            let born_matches = saved.identity.born == 0 || identity.born == 0 || saved.identity.born == identity.born;
+            let head_matches = match saved.fingerprint {
+                Some(fp) if size >= fp.len as u64 => {
+                    let mut head = vec![0u8; fp.len as usize];
+                    handle.read_exact_at(&mut head, 0).is_ok() && crc32fast::hash(&head) == fp.crc
+                }
+                Some(_) => false,
+                None => true,
+            };
+            if born_matches && head_matches {
+                generation = saved.generation;
+                if size >= saved.offset {
+                    offset = saved.offset;
+                } else {
+                    generation += 1;
+                    self.metrics.file_truncations.inc();
+                }
+            } else {
+                tracing::info!(path = %path.display(), "inode reused by a new file, reading it from the start");
+            }
+        }
+        let fingerprint = fingerprint_of(&handle, size).unwrap_or(None);
+        let group = group_of(&meta);
+        tracing::debug!(path = %path.display(), offset, "following log file");
+        self.files.insert(
+            identity,
+            TailedFile {
+                identity,
+                fingerprint,
+                generation,
+                path,
+                group,
+                meta: Arc::new(meta),
+                file: handle,
+                offset,
+                carry: Vec::new(),
+                skipping: false,
+                format: None,
+                source_key: source_key(&self.collector_id, &identity, generation),
+                at_eof: false,
+                deleted_passes: 0,
+                missing_scans: 0,
+            },
+        );
+    }
+
+    /// Read order: per container stream group, rotated files (oldest stamp
+    /// first) before the live file, so a partial line is joined in order.
+    fn reorder(&mut self) {
+        let mut order: Vec<_> = self
+            .files
+            .values()
+            .map(|f| (f.group.clone(), f.meta.rotated_at.clone().unwrap_or_else(|| "~".into()), f.identity))
+            .collect();
+        order.sort();
+        self.order = order.into_iter().map(|(_, _, id)| id).collect();
+    }
+
+    /// One pass over all followed files: reads what is available (bounded
+    /// per file), emits finished lines, closes files that were deleted and
+    /// fully drained, and emits partials that timed out. Returns bytes read.
+    pub fn poll(&mut self, sink: &mut dyn LineSink) -> usize {
+        self.now_ns = weft_model::time::now_nanos();
+        let mut total = 0;
+        let mut blocked_group: Option<Arc<str>> = None;
+        let mut closed = Vec::new();
+        let order = std::mem::take(&mut self.order);
+        for identity in &order {
+            if sink.is_full() {
+                break;
+            }
+            let Some(mut file) = self.files.remove(identity) else { continue };
+            if blocked_group.as_ref().is_some_and(|g| *g == file.group) {
+                self.files.insert(*identity, file);
+                continue;
+            }
+            match self.read_file(&mut file, sink) {
+                Ok(n) => total += n,
+                Err(e) => tracing::warn!(path = %file.path.display(), error = %e, "reading log file failed, will retry"),
+            }
+            if !file.at_eof {
+                blocked_group = Some(file.group.clone());
+            } else if self.finished(&file) {
+                closed.push(*identity);
+            }
+            self.files.insert(*identity, file);
+        }
+        self.order = order;
+        for identity in closed {
+            if let Some(file) = self.files.remove(&identity) {
+                tracing::debug!(path = %file.path.display(), "log file deleted and drained, released");
+                self.flush_partials_of(&file, sink);
+            }
+        }
+        if self.order.len() != self.files.len() {
+            self.reorder();
+        }
+        self.metrics.files_open.set(self.files.len() as i64);
+        self.flush_stale_partials(sink);
+        total
+    }
+
+    /// A drained file is released once it was unlinked (or vanished from the
+    /// tree) and stayed drained for a further pass.
+    fn finished(&self, file: &TailedFile) -> bool {
+        let gone = match file.file.metadata() {
+            Ok(stat) => stat.nlink() == 0,
+            Err(_) => true,
+        };
+        gone && file.deleted_passes >= 1 || file.missing_scans >= 2 && file.at_eof
+    }
+
+    fn read_file(&mut self, file: &mut TailedFile, sink: &mut dyn LineSink) -> io::Result<usize> {
+        let stat = file.file.metadata()?;
+        let size = stat.len();
+        let consumed = file.offset + file.carry.len() as u64;
+        if size < consumed {
+            tracing::info!(path = %file.path.display(), size, offset = consumed, "log file truncated, reading from the start");
+            self.metrics.file_truncations.inc();
+            file.offset = 0;
+            file.carry.clear();
+            file.skipping = false;
+            file.format = None;
+            file.generation += 1;
+            file.source_key = source_key(&self.collector_id, &file.identity, file.generation);
+            file.fingerprint = None;
+        }
+        if file.fingerprint.is_none_or(|fp| (fp.len as usize) < FINGERPRINT_BYTES && size > fp.len as u64) {
+            file.fingerprint = fingerprint_of(&file.file, size).unwrap_or(file.fingerprint);
+        }
+        let mut read = 0usize;
+        file.at_eof = false;
+        loop {
+            if read >= self.config.max_bytes_per_pass || sink.is_full() {
+                return Ok(read);
+            }
+            let pos = file.offset + file.carry.len() as u64;
+            let want = self.read_buf.len().min(self.config.max_bytes_per_pass - read);
+            let mut buf = std::mem::take(&mut self.read_buf);
+            let n = match file.file.read_at(&mut buf[..want], pos) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.read_buf = buf;
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                self.read_buf = buf;
+                break;
+            }
+            read += n;
+            self.metrics.bytes_read.inc_by(n as u64);
+            self.consume_chunk(file, &buf[..n], pos, sink);
+            self.read_buf = buf;
+        }
+        file.at_eof = true;
+        let unlinked = stat.nlink() == 0;
+        file.deleted_passes = if unlinked && read == 0 { file.deleted_passes + 1 } else { 0 };
+        Ok(read)
+    }
+
+    /// Splits a chunk read at file position `pos` into physical lines.
+    fn consume_chunk(&mut self, file: &mut TailedFile, chunk: &[u8], pos: u64, sink: &mut dyn LineSink) {
+        let max_physical = self.config.max_line_bytes + 512;
+        let mut start = 0;
+        for newline in memchr::memchr_iter(b'\n', chunk) {
+            let end_offset = pos + newline as u64 + 1;
+            if file.skipping {
+                file.skipping = false;
+            } else if file.carry.is_empty() {
+                self.physical_line(file, &chunk[start..newline], end_offset, false, sink);
+            } else {
+                let mut carry = std::mem::take(&mut file.carry);
+                carry.extend_from_slice(&chunk[start..newline]);
+                let overlong = carry.len() > max_physical;
+                let line = &carry[..carry.len().min(max_physical)];
+                self.physical_line(file, line, end_offset, overlong, sink);
+                carry.clear();
+                file.carry = carry;
+            }
+            file.offset = end_offset;
+            start = newline + 1;
+        }
+        let rest = &chunk[start..];
+        let chunk_end = pos + chunk.len() as u64;
+        if file.skipping {
+            file.offset = chunk_end;
+            return;
+        }
+        file.carry.extend_from_slice(rest);
+        if file.carry.len() > max_physical {
+            // A physical line longer than any line we keep: emit its head now
+            // and skip to its end, so memory stays bounded and the file goes on.
+            let carry = std::mem::take(&mut file.carry);
+            self.physical_line(file, &carry[..max_physical], chunk_end, true, sink);
+            file.offset = chunk_end;
+            file.skipping = true;
+        }
+    }
+
+    fn physical_line(&mut self, file: &mut TailedFile, line: &[u8], end_offset: u64, overlong: bool, sink: &mut dyn LineSink) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return;
+        }
+        let format = *file.format.get_or_insert_with(|| LogFormat::detect(line));
+        let parsed = format.parse(line).or_else(|err| {
+            let other = if format == LogFormat::Cri { LogFormat::Docker } else { LogFormat::Cri };
+            other.parse(line).map_err(|_| err)
+        });
+        let position = end_offset * 4;
+        match parsed {
+            Ok(segment) => self.join(file, segment, position, overlong, sink),
+            Err(err) => {
+                self.metrics.parse_errors.inc();
+                tracing::debug!(path = %file.path.display(), offset = end_offset, reason = err.0, "malformed log line kept raw");
+                let cap = line.len().min(self.config.max_line_bytes);
+                let truncated = overlong || cap < line.len();
+                if truncated {
+                    self.metrics.truncated_lines.inc();
+                }
+                sink.line(LogLine {
+                    meta: &file.meta,
+                    source_key: &file.source_key,
+                    position,
+                    ts: self.now_ns,
+                    stream: None,
+                    text: &line[..cap],
+                    truncated,
+                    parse_error: true,
+                });
+            }
+        }
+    }
+
+    fn join(&mut self, file: &mut TailedFile, segment: Segment<'_>, position: u64, overlong: bool, sink: &mut dyn LineSink) {
+        let max = self.config.max_line_bytes;
+        if !segment.complete {
+            let key = (file.group.clone(), segment.stream);
+            let pending = self.partials.entry(key).or_insert_with(|| Pending {
+                ts: segment.ts,
+                bytes: Vec::new(),
+                truncated: false,
+                meta: file.meta.clone(),
+                source: file.identity,
+                source_key: file.source_key.clone(),
+                source_offset: file.offset,
+                updated: Instant::now(),
+            });
+            let room = max.saturating_sub(pending.bytes.len());
+            if segment.message.len() > room || overlong {
+                pending.truncated = true;
+            }
+            pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+            pending.meta = file.meta.clone();
+            pending.source = file.identity;
+            pending.source_key = file.source_key.clone();
+            pending.source_offset = position / 4;
+            pending.updated = Instant::now();
+            return;
+        }
+        let pending = if self.partials.is_empty() { None } else { self.partials.remove(&(file.group.clone(), segment.stream)) };
+        match pending {
+            Some(mut pending) => {
+                let room = max.saturating_sub(pending.bytes.len());
+                let truncated = pending.truncated || overlong || segment.message.len() > room;
+                pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+                if truncated {
+                    self.metrics.truncated_lines.inc();
+                }
+                sink.line(LogLine {
+                    meta: &file.meta,
+                    source_key: &file.source_key,
+                    position,
+                    ts: pending.ts,
+                    stream: Some(segment.stream),
+                    text: &pending.bytes,
+                    truncated,
+                    parse_error: false,
+                });
+                pending.bytes.clear();
+                self.scratch = pending.bytes;
+            }
+            None => {
+                let cap = segment.message.len().min(max);
+                let truncated = overlong || cap < segment.message.len();
+                if truncated {
+                    self.metrics.truncated_lines.inc();
+                }
+                sink.line(LogLine {
+                    meta: &file.meta,
+                    source_key: &file.source_key,
+                    position,
+                    ts: segment.ts,
+                    stream: Some(segment.stream),
+                    text: &segment.message[..cap],
+                    truncated,
+                    parse_error: false,
+                });
+            }
+        }
+    }
+
+    fn emit_pending(&self, stream: Stream, pending: &Pending, sink: &mut dyn LineSink) {
+        // Position past every line read from the source so far.
+        let offset = self.files.get(&pending.source).map(|f| f.offset).unwrap_or(pending.source_offset);
+        let source_key = self.files.get(&pending.source).map(|f| f.source_key.clone()).unwrap_or(pending.source_key.clone());
+        if pending.truncated {
+            self.metrics.truncated_lines.inc();
+        }
+        sink.line(LogLine {
+            meta: &pending.meta,
+            source_key: &source_key,
+            position: offset * 4 + stream_slot(stream),
+            ts: pending.ts,
+            stream: Some(stream),
+            text: &pending.bytes,
+            truncated: pending.truncated,
+            parse_error: false,
+        });
+    }
+
+    /// Emits partial lines that got no continuation within the timeout.
+    pub fn flush_stale_partials(&mut self, sink: &mut dyn LineSink) {
+        if self.partials.is_empty() {
+            return;
+        }
+        let timeout = self.config.partial_timeout;
+        let stale: Vec<JoinKey> = self.partials.iter().filter(|(_, p)| p.updated.elapsed() >= timeout).map(|(k, _)| k.clone()).collect();
+        for key in stale {
+            if let Some(pending) = self.partials.remove(&key) {
+                self.emit_pending(key.1, &pending, sink);
+            }
+        }
+    }
+
+    /// Emits every pending partial now (shutdown of a stream's last file).
+    fn flush_partials_of(&mut self, file: &TailedFile, sink: &mut dyn LineSink) {
+        let keys: Vec<JoinKey> = self.partials.iter().filter(|(_, p)| p.source == file.identity).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            if let Some(mut pending) = self.partials.remove(&key) {
+                pending.source_offset = file.offset;
+                pending.source_key = file.source_key.clone();
+                pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
+                self.emit_pending(key.1, &pending, sink);
+            }
+        }
+    }
+
+    /// The state to resume from if everything emitted so far is delivered.
+    pub fn checkpoint(&self) -> TailerCheckpoint {
+        let files = self
+            .files
+            .values()
+            .map(|f| FileCheckpoint {
+                identity: f.identity,
+                fingerprint: f.fingerprint,
+                generation: f.generation,
+                offset: f.offset,
+                path: f.path.clone(),
+            })
+            .collect();
+        let partials = self
+            .partials
+            .iter()
+            .map(|((group, stream), p)| PartialCheckpoint {
+                group: group.to_string(),
+                stream: stream.as_str().to_string(),
+                ts: p.ts,
+                text: String::from_utf8_lossy(&p.bytes).into_owned(),
+                truncated: p.truncated,
+                source_key: self.files.get(&p.source).map(|f| f.source_key.to_string()).unwrap_or_else(|| p.source_key.to_string()),
+                source_offset: self.files.get(&p.source).map(|f| f.offset).unwrap_or(p.source_offset),
+            })
+            .collect();
+        TailerCheckpoint { files, partials }
+    }
+}

@@ -1,0 +1,596 @@
+//! Arrow schema of log records, a builder that appends records straight into
+//! Arrow columns, a typed view over a decoded batch, and the Arrow IPC codec
+//! (zstd-compressed buffers) the collector and indexer speak.
+//!
+//! The storage schema is what Parquet splits hold; the wire schema adds the
+//! two source columns (`src`, `src_offset`) the indexer uses to drop lines it
+//! already holds after a collector restart, and strips before storing.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::builder::{BooleanBuilder, StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray, UInt32Array,
+    UInt64Array,
+};
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_ipc::CompressionType;
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::labels::LabelSet;
+use crate::record::{Level, LogRecord};
+use crate::ModelError;
+
+/// Column names, in schema order.
+pub mod col {
+    pub const TS: &str = "ts";
+    pub const INGEST_TS: &str = "ingest_ts";
+    pub const NAMESPACE: &str = "namespace";
+    pub const POD: &str = "pod";
+    pub const CONTAINER: &str = "container";
+    pub const NODE: &str = "node";
+    pub const STREAM: &str = "stream";
+    pub const LABELS: &str = "labels";
+    pub const RUN: &str = "run";
+    pub const RANK: &str = "rank";
+    pub const POD_UID: &str = "pod_uid";
+    pub const RESTART: &str = "restart";
+    pub const LEVEL: &str = "level";
+    pub const ML_EVENT: &str = "ml_event";
+    pub const FIELDS: &str = "fields";
+    pub const TRUNCATED: &str = "truncated";
+    pub const PARSE_ERROR: &str = "parse_error";
+    pub const LINE: &str = "line";
+    pub const SRC: &str = "src";
+    pub const SRC_OFFSET: &str = "src_offset";
+}
+
+/// Schema metadata key holding the JSON array of source keys that `src`
+/// indexes into.
+pub const META_SOURCES: &str = "weft.sources";
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+fn storage_fields() -> Vec<Field> {
+    vec![
+        Field::new(col::TS, ts_type(), false),
+        Field::new(col::INGEST_TS, ts_type(), false),
+        Field::new(col::NAMESPACE, DataType::Utf8, false),
+        Field::new(col::POD, DataType::Utf8, false),
+        Field::new(col::CONTAINER, DataType::Utf8, false),
+        Field::new(col::NODE, DataType::Utf8, false),
+        Field::new(col::STREAM, DataType::Utf8, false),
+        Field::new(col::LABELS, DataType::Utf8, true),
+        Field::new(col::RUN, DataType::Utf8, true),
+        Field::new(col::RANK, DataType::Utf8, true),
+        Field::new(col::POD_UID, DataType::Utf8, true),
+        Field::new(col::RESTART, DataType::UInt32, true),
+        Field::new(col::LEVEL, DataType::Utf8, false),
+        Field::new(col::ML_EVENT, DataType::Utf8, true),
+        Field::new(col::FIELDS, DataType::Utf8, true),
+        Field::new(col::TRUNCATED, DataType::Boolean, false),
+        Field::new(col::PARSE_ERROR, DataType::Boolean, false),
+        Field::new(col::LINE, DataType::Utf8, false),
+    ]
+}
+
+/// Schema of log rows in Parquet splits.
+pub fn storage_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA.get_or_init(|| Arc::new(Schema::new(storage_fields()))).clone()
+}
+
+/// Schema of log rows on the collector → indexer wire.
+pub fn wire_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields = storage_fields();
+            fields.push(Field::new(col::SRC, DataType::UInt32, true));
+            fields.push(Field::new(col::SRC_OFFSET, DataType::UInt64, true));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// A record borrowed from the producer's buffers, so the collector's hot path
+/// appends without allocating per line.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub ts: i64,
+    pub ingest_ts: i64,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub container: &'a str,
+    pub node: &'a str,
+    pub stream: &'a str,
+    pub labels: &'a LabelSet,
+    pub run: Option<&'a str>,
+    pub rank: Option<&'a str>,
+    pub pod_uid: Option<&'a str>,
+    pub restart: Option<u32>,
+    pub level: Level,
+    pub ml_event: Option<&'a str>,
+    pub fields: &'a LabelSet,
+    pub truncated: bool,
+    pub parse_error: bool,
+    pub line: &'a str,
+    pub source: Option<(u32, u64)>,
+}
+
+impl LogRecord {
+    /// Borrows this record for appending to a [`LogBatchBuilder`].
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            ts: self.ts,
+            ingest_ts: self.ingest_ts,
+            namespace: &self.namespace,
+            pod: &self.pod,
+            container: &self.container,
+            node: &self.node,
+            stream: &self.stream,
+            labels: &self.labels,
+            run: self.run.as_deref(),
+            rank: self.rank.as_deref(),
+            pod_uid: self.pod_uid.as_deref(),
+            restart: self.restart,
+            level: self.level,
+            ml_event: self.ml_event.as_deref(),
+            fields: &self.fields,
+            truncated: self.truncated,
+            parse_error: self.parse_error,
+            line: &self.line,
+            source: self.source,
+        }
+    }
+}
+
+fn labels_json(set: &LabelSet) -> Option<String> {
+    if set.is_empty() {
+        None
+    } else {
+        Some(set.to_json().to_string())
+    }
+}
+
+fn labels_from_json(text: Option<&str>) -> LabelSet {
+    let Some(text) = text else { return LabelSet::new() };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        Ok(map) => LabelSet::from_pairs(map.into_iter().map(|(k, v)| {
+            let value = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, value)
+        })),
+        Err(_) => LabelSet::new(),
+    }
+}
+
+/// Appends records into Arrow column builders.
+pub struct LogBatchBuilder {
+    ts: TimestampNanosecondBuilder,
+    ingest_ts: TimestampNanosecondBuilder,
+    namespace: StringBuilder,
+    pod: StringBuilder,
+    container: StringBuilder,
+    node: StringBuilder,
+    stream: StringBuilder,
+    labels: StringBuilder,
+    run: StringBuilder,
+    rank: StringBuilder,
+    pod_uid: StringBuilder,
+    restart: UInt32Builder,
+    level: StringBuilder,
+    ml_event: StringBuilder,
+    fields: StringBuilder,
+    truncated: BooleanBuilder,
+    parse_error: BooleanBuilder,
+    line: StringBuilder,
+    src: UInt32Builder,
+    src_offset: UInt64Builder,
+    rows: usize,
+    line_bytes: usize,
+}
+
+impl Default for LogBatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(1024, 256 * 1024)
+    }
+}
+
+impl LogBatchBuilder {
+    /// A builder sized for `rows` rows holding about `line_bytes` of text.
+    pub fn with_capacity(rows: usize, line_bytes: usize) -> Self {
+        let small = || StringBuilder::with_capacity(rows, rows * 8);
+        Self {
+            ts: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ingest_ts: TimestampNanosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            namespace: small(),
+            pod: small(),
+            container: small(),
+            node: small(),
+            stream: small(),
+            labels: StringBuilder::new(),
+            run: StringBuilder::new(),
+            rank: StringBuilder::new(),
+            pod_uid: small(),
+            restart: UInt32Builder::with_capacity(rows),
+            level: small(),
+            ml_event: StringBuilder::new(),
+            fields: StringBuilder::new(),
+            truncated: BooleanBuilder::with_capacity(rows),
+            parse_error: BooleanBuilder::with_capacity(rows),
+            line: StringBuilder::with_capacity(rows, line_bytes),
+            src: UInt32Builder::with_capacity(rows),
+            src_offset: UInt64Builder::with_capacity(rows),
+            rows: 0,
+            line_bytes: 0,
+        }
+    }
+
+    /// Appends one record.
+    pub fn append(&mut self, r: &RecordRef<'_>) {
+        self.ts.append_value(r.ts);
+        self.ingest_ts.append_value(r.ingest_ts);
+        self.namespace.append_value(r.namespace);
+        self.pod.append_value(r.pod);
+        self.container.append_value(r.container);
+        self.node.append_value(r.node);
+        self.stream.append_value(r.stream);
+        self.labels.append_option(labels_json(r.labels));
+        self.run.append_option(r.run);
+        self.rank.append_option(r.rank);
+        self.pod_uid.append_option(r.pod_uid);
+        self.restart.append_option(r.restart);
+        self.level.append_value(r.level.as_str());
+        self.ml_event.append_option(r.ml_event);
+        self.fields.append_option(labels_json(r.fields));
+        self.truncated.append_value(r.truncated);
+        self.parse_error.append_value(r.parse_error);
+        self.line.append_value(r.line);
+        self.src.append_option(r.source.map(|s| s.0));
+        self.src_offset.append_option(r.source.map(|s| s.1));
+        self.rows += 1;
+        self.line_bytes += r.line.len();
+    }
+
+    /// Rows appended since the last finish.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when nothing was appended since the last finish.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes of line text appended since the last finish.
+    pub fn line_bytes(&self) -> usize {
+        self.line_bytes
+    }
+
+    /// Finishes the rows appended so far into a batch of the wire schema
+    /// (`wire = true`) or the storage schema, and resets the builder.
+    pub fn finish(&mut self, wire: bool) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish()),
+            Arc::new(self.ingest_ts.finish()),
+            Arc::new(self.namespace.finish()),
+            Arc::new(self.pod.finish()),
+            Arc::new(self.container.finish()),
+            Arc::new(self.node.finish()),
+            Arc::new(self.stream.finish()),
+            Arc::new(self.labels.finish()),
+            Arc::new(self.run.finish()),
+            Arc::new(self.rank.finish()),
+            Arc::new(self.pod_uid.finish()),
+            Arc::new(self.restart.finish()),
+            Arc::new(self.level.finish()),
+            Arc::new(self.ml_event.finish()),
+            Arc::new(self.fields.finish()),
+            Arc::new(self.truncated.finish()),
+            Arc::new(self.parse_error.finish()),
+            Arc::new(self.line.finish()),
+        ];
+        let src: ArrayRef = Arc::new(self.src.finish());
+        let src_offset: ArrayRef = Arc::new(self.src_offset.finish());
+        let rows = self.rows;
+        self.rows = 0;
+        self.line_bytes = 0;
+        let schema = if wire {
+            columns.push(src);
+            columns.push(src_offset);
+            wire_schema()
+        } else {
+            storage_schema()
+        };
+        RecordBatch::try_new_with_options(schema, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
+            .expect("builder columns match the schema by construction")
+    }
+}
+
+/// Typed access to the columns of a log batch (storage or wire schema).
+pub struct LogBatchView<'a> {
+    pub ts: &'a TimestampNanosecondArray,
+    pub ingest_ts: &'a TimestampNanosecondArray,
+    pub namespace: &'a StringArray,
+    pub pod: &'a StringArray,
+    pub container: &'a StringArray,
+    pub node: &'a StringArray,
+    pub stream: &'a StringArray,
+    pub labels: &'a StringArray,
+    pub run: &'a StringArray,
+    pub rank: &'a StringArray,
+    pub pod_uid: &'a StringArray,
+    pub restart: &'a UInt32Array,
+    pub level: &'a StringArray,
+    pub ml_event: &'a StringArray,
+    pub fields: &'a StringArray,
+    pub truncated: &'a BooleanArray,
+    pub parse_error: &'a BooleanArray,
+    pub line: &'a StringArray,
+    pub src: Option<&'a UInt32Array>,
+    pub src_offset: Option<&'a UInt64Array>,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ModelError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| ModelError::Schema(format!("missing column {name:?}")))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ModelError::Schema(format!("column {name:?} has the wrong type")))
+}
+
+fn opt<T>(present: bool, value: T) -> Option<T> {
+    present.then_some(value)
+}
+
+impl<'a> LogBatchView<'a> {
+    /// Views a batch that has the storage schema (and possibly the wire
+    /// columns).
+    pub fn new(batch: &'a RecordBatch) -> Result<Self, ModelError> {
+        Ok(Self {
+            ts: column(batch, col::TS)?,
+            ingest_ts: column(batch, col::INGEST_TS)?,
+            namespace: column(batch, col::NAMESPACE)?,
+            pod: column(batch, col::POD)?,
+            container: column(batch, col::CONTAINER)?,
+            node: column(batch, col::NODE)?,
+            stream: column(batch, col::STREAM)?,
+            labels: column(batch, col::LABELS)?,
+            run: column(batch, col::RUN)?,
+            rank: column(batch, col::RANK)?,
+            pod_uid: column(batch, col::POD_UID)?,
+            restart: column(batch, col::RESTART)?,
+            level: column(batch, col::LEVEL)?,
+            ml_event: column(batch, col::ML_EVENT)?,
+            fields: column(batch, col::FIELDS)?,
+            truncated: column(batch, col::TRUNCATED)?,
+            parse_error: column(batch, col::PARSE_ERROR)?,
+            line: column(batch, col::LINE)?,
+            src: column(batch, col::SRC).ok(),
+            src_offset: column(batch, col::SRC_OFFSET).ok(),
+        })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// True when the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    fn opt_str(array: &StringArray, row: usize) -> Option<String> {
+        opt(array.is_valid(row), array.value(row).to_string())
+    }
+
+    /// The stream labels of one row (well-known columns plus extra labels).
+    pub fn stream_labels(&self, row: usize) -> LabelSet {
+        let mut set = labels_from_json(opt(self.labels.is_valid(row), self.labels.value(row)));
+        for (name, array) in [
+            ("namespace", self.namespace),
+            ("pod", self.pod),
+            ("container", self.container),
+            ("node", self.node),
+            ("stream", self.stream),
+            ("run", self.run),
+            ("rank", self.rank),
+        ] {
+            if array.is_valid(row) && !array.value(row).is_empty() {
+                set.insert(name, array.value(row));
+            }
+        }
+        set
+    }
+
+    /// The per-line structured metadata of one row.
+    pub fn fields(&self, row: usize) -> LabelSet {
+        labels_from_json(opt(self.fields.is_valid(row), self.fields.value(row)))
+    }
+
+    /// Copies one row out as an owned record.
+    pub fn record(&self, row: usize) -> LogRecord {
+        LogRecord {
+            ts: self.ts.value(row),
+            ingest_ts: self.ingest_ts.value(row),
+            namespace: self.namespace.value(row).to_string(),
+            pod: self.pod.value(row).to_string(),
+            container: self.container.value(row).to_string(),
+            node: self.node.value(row).to_string(),
+            stream: self.stream.value(row).to_string(),
+            labels: labels_from_json(opt(self.labels.is_valid(row), self.labels.value(row))),
+            run: Self::opt_str(self.run, row),
+            rank: Self::opt_str(self.rank, row),
+            pod_uid: Self::opt_str(self.pod_uid, row),
+            restart: opt(self.restart.is_valid(row), self.restart.value(row)),
+            level: Level::parse(self.level.value(row)),
+            ml_event: Self::opt_str(self.ml_event, row),
+            fields: self.fields(row),
+            truncated: self.truncated.value(row),
+            parse_error: self.parse_error.value(row),
+            line: self.line.value(row).to_string(),
+            source: match (self.src, self.src_offset) {
+                (Some(src), Some(off)) if src.is_valid(row) && off.is_valid(row) => Some((src.value(row), off.value(row))),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Encodes batches as one Arrow IPC stream with zstd-compressed buffers and
+/// the given schema metadata.
+pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => wire_schema(),
+    };
+    let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::ZSTD))
+        .map_err(|e| ModelError::Ipc(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut writer =
+        StreamWriter::try_new_with_options(&mut out, &schema, options).map_err(|e| ModelError::Ipc(e.to_string()))?;
+    for batch in batches {
+        let batch = batch.clone().with_schema(schema.clone()).map_err(|e| ModelError::Ipc(e.to_string()))?;
+        writer.write(&batch).map_err(|e| ModelError::Ipc(e.to_string()))?;
+    }
+    writer.finish().map_err(|e| ModelError::Ipc(e.to_string()))?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Decodes an Arrow IPC stream, returning its schema metadata and batches
+/// conformed to `target` (columns reordered, missing nullable columns filled
+/// with nulls). Stops with an error past `max_rows` rows.
+pub fn decode_ipc(
+    bytes: &[u8],
+    target: &SchemaRef,
+    max_rows: usize,
+) -> Result<(HashMap<String, String>, Vec<RecordBatch>), ModelError> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| ModelError::Ipc(e.to_string()))?;
+    let metadata = reader.schema().metadata().clone();
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| ModelError::Ipc(e.to_string()))?;
+        rows += batch.num_rows();
+        if rows > max_rows {
+            return Err(ModelError::TooLarge(format!("batch has more than {max_rows} rows")));
+        }
+        batches.push(conform(&batch, target)?);
+    }
+    Ok((metadata.into(), batches))
+}
+
+/// Reorders and type-checks a batch's columns to `target`'s; nullable
+/// columns missing from `batch` become all-null.
+pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ModelError> {
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        match batch.column_by_name(field.name()) {
+            Some(array) => {
+                if array.data_type() != field.data_type() {
+                    return Err(ModelError::Schema(format!(
+                        "column {:?} is {} but must be {}",
+                        field.name(),
+                        array.data_type(),
+                        field.data_type()
+                    )));
+                }
+                if !field.is_nullable() && array.null_count() > 0 {
+                    return Err(ModelError::Schema(format!("column {:?} must not contain nulls", field.name())));
+                }
+                columns.push(array.clone());
+            }
+            None if field.is_nullable() => columns.push(arrow_array::new_null_array(field.data_type(), batch.num_rows())),
+            None => return Err(ModelError::Schema(format!("missing column {:?}", field.name()))),
+        }
+    }
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| ModelError::Schema(e.to_string()))
+}
+
+/// Drops the wire-only columns.
+pub fn to_storage(batch: &RecordBatch) -> Result<RecordBatch, ModelError> {
+    conform(batch, &storage_schema())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(i: u64) -> LogRecord {
+        LogRecord {
+            ts: 1_000 + i as i64,
+            namespace: "ml".into(),
+            pod: "train-0".into(),
+            container: "main".into(),
+            node: "gpu-1".into(),
+            stream: "stdout".into(),
+            labels: LabelSet::from_pairs([("job", "x")]),
+            run: Some("run-a".into()),
+            restart: Some(2),
+            level: Level::Error,
+            fields: LabelSet::from_pairs([("trace_id", "abc")]),
+            line: format!("line {i} ünïcode"),
+            source: Some((0, 100 * i)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ipc_round_trip_keeps_every_field() {
+        let mut builder = LogBatchBuilder::default();
+        let records: Vec<_> = (0..5).map(sample).collect();
+        for r in &records {
+            builder.append(&r.as_ref());
+        }
+        let batch = builder.finish(true);
+        let meta = HashMap::from([(META_SOURCES.to_string(), "[\"a\"]".to_string())]);
+        let bytes = encode_ipc(&[batch], meta).unwrap();
+        let (metadata, batches) = decode_ipc(&bytes, &wire_schema(), 100).unwrap();
+        assert_eq!(metadata.get(META_SOURCES).unwrap(), "[\"a\"]");
+        let view = LogBatchView::new(&batches[0]).unwrap();
+        let back: Vec<_> = (0..view.len()).map(|i| view.record(i)).collect();
+        assert_eq!(back, records);
+        assert!(decode_ipc(&bytes, &wire_schema(), 4).is_err());
+    }
+
+    #[test]
+    fn conform_fills_missing_nullable_and_rejects_wrong_types() {
+        let mut builder = LogBatchBuilder::default();
+        builder.append(&sample(1).as_ref());
+        let storage = builder.finish(false);
+        let wire = conform(&storage, &wire_schema()).unwrap();
+        assert_eq!(wire.num_columns(), wire_schema().fields().len());
+        assert!(LogBatchView::new(&wire).unwrap().record(0).source.is_none());
+        let bad = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(col::TS, DataType::Utf8, false)])),
+            vec![Arc::new(StringArray::from(vec!["x"]))],
+        )
+        .unwrap();
+        let err = conform(&bad, &storage_schema()).unwrap_err().to_string();
+        assert!(err.contains("\"ts\""), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_ipc(b"not arrow at all", &wire_schema(), 10).is_err());
+        assert!(decode_ipc(&[], &wire_schema(), 10).is_err());
+    }
+}
