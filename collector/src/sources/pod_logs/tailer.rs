@@ -206,7 +206,7 @@ impl PodLogTailer {
         }
         let restore = checkpoint.files.into_iter().map(|f| ((f.identity.dev, f.identity.ino), f)).collect();
         Self {
-            read_buf: vec![0; config.read_buffer_bytes.max(4096)],
+            read_buf: vec![0; config.read_buffer_bytes.max(1)],
             root,
             collector_id,
             config,
@@ -385,7 +385,7 @@ impl PodLogTailer {
         for identity in closed {
             if let Some(file) = self.files.remove(&identity) {
                 tracing::debug!(path = %file.path.display(), "log file deleted and drained, released");
-                self.flush_partials_of(&file, sink);
+                self.detach_partials_of(&file);
             }
         }
         if self.order.len() != self.files.len() {
@@ -630,16 +630,14 @@ impl PodLogTailer {
         }
     }
 
-    /// Emits every pending partial now (shutdown of a stream's last file).
-    fn flush_partials_of(&mut self, file: &TailedFile, sink: &mut dyn LineSink) {
-        let keys: Vec<JoinKey> = self.partials.iter().filter(|(_, p)| p.source == file.identity).map(|(k, _)| k.clone()).collect();
-        for key in keys {
-            if let Some(mut pending) = self.partials.remove(&key) {
-                pending.source_offset = file.offset;
-                pending.source_key = file.source_key.clone();
-                pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
-                self.emit_pending(key.1, &pending, sink);
-            }
+    /// A released file's partials may still be continued by the next file of
+    /// their stream; they keep the released file's final position so that,
+    /// if they time out instead, they are emitted past its last line.
+    fn detach_partials_of(&mut self, file: &TailedFile) {
+        for pending in self.partials.values_mut().filter(|p| p.source == file.identity) {
+            pending.source_offset = file.offset;
+            pending.source_key = file.source_key.clone();
+            pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
         }
     }
 

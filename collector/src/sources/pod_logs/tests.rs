@@ -1,0 +1,340 @@
+//! Model-based tests of the tailer: random sequences of appends (with CRI
+//! `P`/`F` splits on both streams and torn physical lines), kubelet-style
+//! rotations, deletions of rotated files, truncations and restarts from the
+//! checkpoint, checked against a model of the lines that must come out:
+//! every complete line exactly once, in order per stream, capped at the
+//! configured size.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::format::Stream;
+use super::tailer::{LineSink, LogLine, PodLogTailer, TailerConfig};
+use crate::checkpoint::TailerCheckpoint;
+use crate::metrics::CollectorMetrics;
+
+#[derive(Debug, Default)]
+struct Collected {
+    lines: Vec<(Option<Stream>, String, bool, bool)>,
+    positions: HashMap<String, u64>,
+}
+
+impl LineSink for Collected {
+    fn line(&mut self, line: LogLine<'_>) {
+        let last = self.positions.entry(line.source_key.to_string()).or_insert(0);
+        assert!(line.position > *last || (*last == 0 && line.position == 0), "positions must increase per source");
+        *last = line.position;
+        self.lines.push((line.stream, String::from_utf8_lossy(line.text).into_owned(), line.truncated, line.parse_error));
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Writes a logical line on a stream as segments of these lengths;
+    /// `finish` ends it with `F`, otherwise it stays open (only `P`s).
+    Write { stderr: bool, parts: Vec<usize>, finish: bool, torn: bool },
+    Poll,
+    Rotate,
+    DeleteOldestRotated,
+    Truncate,
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<bool>(), prop::collection::vec(0usize..120, 1..4), prop::bool::weighted(0.8), prop::bool::weighted(0.2))
+            .prop_map(|(stderr, parts, finish, torn)| Op::Write { stderr, parts, finish, torn }),
+        3 => Just(Op::Poll),
+        1 => Just(Op::Rotate),
+        1 => Just(Op::DeleteOldestRotated),
+        1 => Just(Op::Truncate),
+        1 => Just(Op::Restart),
+    ]
+}
+
+struct Harness {
+    root: PathBuf,
+    dir: PathBuf,
+    config: TailerConfig,
+    tailer: PodLogTailer,
+    sink: Collected,
+    expected: Vec<(Stream, String, bool)>,
+    open_line: HashMap<bool, String>,
+    torn_tail: Vec<u8>,
+    rotated: Vec<PathBuf>,
+    /// A rotated file was deleted before it was read to its end: only the
+    /// open descriptor still reaches its data, so a restart now would lose
+    /// it for real (as it would for any tailer).
+    deleted_unread: bool,
+    next_id: usize,
+    stamp: u32,
+    ts: i64,
+}
+
+const MAX_LINE: usize = 200;
+
+impl Harness {
+    fn new(root: &Path, read_buffer: usize, per_pass: usize) -> Self {
+        let dir = root.join("ml_train-0_0000-1111").join("main");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("0.log"), b"").unwrap();
+        let config = TailerConfig {
+            max_line_bytes: MAX_LINE,
+            read_buffer_bytes: read_buffer,
+            max_bytes_per_pass: per_pass,
+            partial_timeout: Duration::from_secs(3600),
+            max_open_files: 64,
+        };
+        let mut tailer = PodLogTailer::new(root.to_path_buf(), "test".into(), config.clone(), TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+        tailer.scan().unwrap();
+        Self {
+            root: root.to_path_buf(),
+            dir,
+            config,
+            tailer,
+            sink: Collected::default(),
+            expected: Vec::new(),
+            open_line: HashMap::new(),
+            torn_tail: Vec::new(),
+            rotated: Vec::new(),
+            deleted_unread: false,
+            next_id: 0,
+            stamp: 0,
+            ts: 1_700_000_000_000_000_000,
+        }
+    }
+
+    fn live(&self) -> PathBuf {
+        self.dir.join("0.log")
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(self.live()).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    fn finish_torn(&mut self) {
+        let tail = std::mem::take(&mut self.torn_tail);
+        if !tail.is_empty() {
+            self.append(&tail);
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Write { stderr, parts, finish, torn } => {
+                self.finish_torn();
+                let stream = if *stderr { "stderr" } else { "stdout" };
+                let mut bytes = Vec::new();
+                let text = self.open_line.entry(*stderr).or_default();
+                for (i, len) in parts.iter().enumerate() {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let mut segment = format!("<{id}>");
+                    while segment.len() < *len {
+                        segment.push(char::from(b'a' + (segment.len() % 26) as u8));
+                    }
+                    text.push_str(&segment);
+                    let tag = if *finish && i + 1 == parts.len() { "F" } else { "P" };
+                    self.ts += 1000;
+                    bytes.extend_from_slice(format!("{} {stream} {tag} {segment}\n", weft_model::time::format_rfc3339_nanos(self.ts)).as_bytes());
+                }
+                if *finish {
+                    let full = self.open_line.remove(stderr).unwrap_or_default();
+                    let truncated = full.len() > MAX_LINE;
+                    let kept = full[..full.len().min(MAX_LINE)].to_string();
+                    self.expected.push((if *stderr { Stream::Stderr } else { Stream::Stdout }, kept, truncated));
+                }
+                if *torn && bytes.len() > 2 {
+                    let cut = bytes.len() - 2;
+                    self.torn_tail = bytes.split_off(cut);
+                }
+                self.append(&bytes);
+            }
+            Op::Poll => {
+                self.tailer.poll(&mut self.sink);
+            }
+            Op::Rotate => {
+                self.finish_torn();
+                self.stamp += 1;
+                let rotated = self.dir.join(format!("0.log.20261125-{:06}", self.stamp));
+                fs::rename(self.live(), &rotated).unwrap();
+                fs::write(self.live(), b"").unwrap();
+                self.rotated.push(rotated);
+                self.tailer.scan().unwrap();
+            }
+            Op::DeleteOldestRotated => {
+                if !self.rotated.is_empty() {
+                    let oldest = self.rotated.remove(0);
+                    fs::remove_file(oldest).unwrap();
+                    self.deleted_unread = true;
+                    self.tailer.scan().unwrap();
+                }
+            }
+            Op::Truncate => {
+                // Everything written is read first: truncation loses only
+                // what was never read, which this model does not allow.
+                self.finish_torn();
+                self.drain();
+                OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
+                self.tailer.poll(&mut self.sink);
+            }
+            Op::Restart => {
+                if self.deleted_unread {
+                    self.drain();
+                }
+                let checkpoint = self.tailer.checkpoint();
+                // The checkpoint survives a round trip through its file format.
+                let checkpoint: TailerCheckpoint = serde_json::from_slice(&serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+                self.tailer = PodLogTailer::new(self.root.clone(), "test".into(), self.config.clone(), checkpoint, Arc::new(CollectorMetrics::unregistered()));
+                self.tailer.scan().unwrap();
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        self.deleted_unread = false;
+        loop {
+            let before = self.sink.lines.len();
+            let read = self.tailer.poll(&mut self.sink);
+            if read == 0 && before == self.sink.lines.len() {
+                // One more pass releases drained deleted files.
+                self.tailer.poll(&mut self.sink);
+                return;
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        self.finish_torn();
+        self.drain();
+        let got: Vec<(Stream, String, bool)> = self
+            .sink
+            .lines
+            .iter()
+            .map(|(stream, text, truncated, parse_error)| {
+                assert!(!parse_error, "no line is malformed: {text}");
+                (stream.expect("parsed lines have a stream"), text.clone(), *truncated)
+            })
+            .collect();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let want: Vec<_> = self.expected.iter().filter(|l| l.0 == stream).collect();
+            let have: Vec<_> = got.iter().filter(|l| l.0 == stream).collect();
+            assert_eq!(have, want, "lines of {stream:?}");
+        }
+        assert_eq!(self.tailer.open_files(), 1 + self.rotated.len(), "deleted files are released");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tailer_delivers_every_complete_line_once(
+        ops in prop::collection::vec(op(), 1..40),
+        read_buffer in prop_oneof![Just(1usize), Just(7), Just(64), Just(4096)],
+        per_pass in prop_oneof![Just(50usize), Just(1 << 20)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut harness = Harness::new(dir.path(), read_buffer, per_pass);
+        for op in &ops {
+            harness.apply(op);
+        }
+        harness.check();
+    }
+}
+
+fn one_file_tailer(dir: &Path, content: &[u8], max_line: usize) -> (PodLogTailer, Collected, PathBuf) {
+    let container = dir.join("ns_pod_uid").join("c");
+    fs::create_dir_all(&container).unwrap();
+    let path = container.join("0.log");
+    fs::write(&path, content).unwrap();
+    let config = TailerConfig { max_line_bytes: max_line, read_buffer_bytes: 4096, ..TailerConfig::default() };
+    let mut tailer = PodLogTailer::new(dir.to_path_buf(), "t".into(), config, TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+    tailer.scan().unwrap();
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    (tailer, sink, path)
+}
+
+#[test]
+fn malformed_lines_are_kept_raw_and_the_file_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = b"2026-11-25T10:00:00Z stdout F first\nthis is not cri\n2026-11-25T10:00:01Z stdout F \xff\xfe bad utf8\n2026-11-25T10:00:02Z stdout F last\n";
+    let (_, sink, _) = one_file_tailer(dir.path(), content, 1024);
+    let texts: Vec<_> = sink.lines.iter().map(|l| (l.1.as_str(), l.3)).collect();
+    assert_eq!(texts, vec![("first", false), ("this is not cri", true), ("\u{fffd}\u{fffd} bad utf8", false), ("last", false)]);
+}
+
+#[test]
+fn a_line_ten_times_the_cap_does_not_stop_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "x".repeat(20_000);
+    let content = format!("2026-11-25T10:00:00Z stdout F {huge}\nnot cri and also huge {huge}\n2026-11-25T10:00:01Z stdout F after\n");
+    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 2000);
+    assert_eq!(sink.lines.len(), 3);
+    assert_eq!(sink.lines[0].1.len(), 2000);
+    assert!(sink.lines[0].2, "marked truncated");
+    assert!(sink.lines[1].2 && sink.lines[1].3, "raw huge line truncated and flagged");
+    assert_eq!(sink.lines[2].1, "after");
+}
+
+#[test]
+fn docker_json_files_are_detected_and_partials_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = concat!(
+        r#"{"log":"hello ","stream":"stdout","time":"2026-11-25T10:00:00.1Z"}"#, "\n",
+        r#"{"log":"err\n","stream":"stderr","time":"2026-11-25T10:00:00.2Z"}"#, "\n",
+        r#"{"log":"world\n","stream":"stdout","time":"2026-11-25T10:00:00.3Z"}"#, "\n",
+    );
+    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
+    let texts: Vec<_> = sink.lines.iter().map(|l| (l.0, l.1.as_str())).collect();
+    assert_eq!(texts, vec![(Some(Stream::Stderr), "err"), (Some(Stream::Stdout), "hello world")]);
+}
+
+#[test]
+fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let container = dir.path().join("ns_pod_uid").join("c");
+    fs::create_dir_all(&container).unwrap();
+    fs::write(container.join("0.log"), b"2026-11-25T10:00:00Z stdout P half\n2026-11-25T10:00:01Z stderr F other\n").unwrap();
+    let config = TailerConfig { partial_timeout: Duration::from_millis(0), ..TailerConfig::default() };
+    let mut tailer = PodLogTailer::new(dir.path().to_path_buf(), "t".into(), config, TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+    tailer.scan().unwrap();
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    let texts: Vec<_> = sink.lines.iter().map(|l| l.1.as_str()).collect();
+    // The sink asserts positions increase even though the partial was read
+    // before the stderr line.
+    assert_eq!(texts, vec!["other", "half"]);
+}
+
+#[test]
+fn inode_reuse_with_the_same_head_is_read_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = b"2026-11-25T10:00:00Z stdout F same first line\n";
+    let (tailer, sink, path) = one_file_tailer(dir.path(), line, 1024);
+    assert_eq!(sink.lines.len(), 1);
+    let mut checkpoint = tailer.checkpoint();
+    drop(tailer);
+    // Recreate the file; pretend it got the same inode (the checkpoint is
+    // edited to the new inode) but it was born later.
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, line).unwrap();
+    let stat = fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    checkpoint.files[0].identity.ino = stat.ino();
+    checkpoint.files[0].identity.dev = stat.dev();
+    checkpoint.files[0].identity.born = 1;
+    let mut tailer = PodLogTailer::new(dir.path().to_path_buf(), "t".into(), TailerConfig::default(), checkpoint, Arc::new(CollectorMetrics::unregistered()));
+    tailer.scan().unwrap();
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    assert_eq!(sink.lines.len(), 1, "the new file is read from offset 0");
+}
