@@ -12,7 +12,7 @@ use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
 
 use crate::checkpoint::TailerCheckpoint;
 use crate::metrics::CollectorMetrics;
-use crate::sources::pod_logs::level::detect_level;
+use weft_model::level::detect_level;
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod labels;
+pub mod level;
 pub mod record;
 pub mod time;
 

@@ -5,7 +5,6 @@
 //! instead of buffering without bound.
 
 pub mod format;
-pub mod level;
 pub mod path;
 pub mod tailer;
 

@@ -5,7 +5,7 @@
 //! `[INFO]` prefixes. Looks only at the head of the line, so it costs the
 //! same for a 10-byte and a 1-MiB line.
 
-use weft_model::Level;
+use crate::Level;
 
 /// How far into a line level detection looks.
 const HEAD_BYTES: usize = 160;

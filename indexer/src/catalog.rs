@@ -1,0 +1,182 @@
+//! The catalog of live splits: what each split holds (time range, row
+//! count, stream label sets), the WAL position the splits cover, and the
+//! per-source watermarks used to drop lines the indexer already holds. It
+//! lives in one JSON file replaced atomically (write new, fsync, rename,
+//! fsync directory), so readers see the old or the new catalog, never half.
+//!
+//! Files of splits removed by merges or retention are kept for a grace
+//! period (the graveyard) so queries that loaded the previous catalog can
+//! finish reading them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::IndexerError;
+
+/// What one split holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitMeta {
+    pub id: String,
+    pub tenant: String,
+    /// Parquet file, relative to the data directory.
+    pub parquet: String,
+    /// tantivy index directory, relative to the data directory.
+    pub index: String,
+    pub rows: u64,
+    pub line_bytes: u64,
+    pub parquet_bytes: u64,
+    pub index_bytes: u64,
+    /// Event-time range, Unix nanoseconds, inclusive.
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// Ingest-time range, Unix nanoseconds, inclusive.
+    pub min_ingest_ts: i64,
+    pub max_ingest_ts: i64,
+    pub created_at: i64,
+    /// How many merges produced this split (0 for a fresh commit).
+    pub merges: u32,
+    /// Canonical label sets of the streams in the split.
+    pub streams: Vec<String>,
+}
+
+/// Highest position delivered from one collector source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    pub position: u64,
+    /// When it last moved, Unix nanoseconds (old entries are forgotten).
+    pub updated: i64,
+}
+
+/// Files waiting to be deleted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Grave {
+    pub paths: Vec<String>,
+    /// Unix nanoseconds after which the files are deleted.
+    pub delete_after: i64,
+}
+
+/// The catalog's content.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogState {
+    /// Bumped on every change.
+    pub version: u64,
+    pub splits: Vec<SplitMeta>,
+    /// Highest WAL sequence number whose data is in the splits.
+    pub wal_seq: u64,
+    pub watermarks: HashMap<String, Watermark>,
+    #[serde(default)]
+    pub graveyard: Vec<Grave>,
+}
+
+impl CatalogState {
+    /// Distinct label names → values over the splits of a tenant
+    /// overlapping `[start, end]`.
+    pub fn label_values(&self, tenant: &str, start: i64, end: i64) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for split in self.splits.iter().filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts <= end) {
+            for stream in &split.streams {
+                if let Ok(labels) = weft_model::LabelSet::parse(stream) {
+                    for (name, value) in labels.iter() {
+                        out.entry(name.to_string()).or_default().insert(value.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The catalog file and its in-memory copy.
+pub struct Catalog {
+    path: PathBuf,
+    state: RwLock<CatalogState>,
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+impl Catalog {
+    /// The catalog file of a data directory.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("catalog.json")
+    }
+
+    /// Loads the catalog of `data_dir` (empty when there is none yet).
+    pub fn open(data_dir: &Path) -> Result<Self, IndexerError> {
+        let path = Self::path_in(data_dir);
+        let state = Self::read(&path)?;
+        Ok(Self { path, state: RwLock::new(state) })
+    }
+
+    /// Reads a catalog file without keeping it open.
+    pub fn read(path: &Path) -> Result<CatalogState, IndexerError> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| IndexerError::Corrupt(format!("catalog {}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CatalogState::default()),
+            Err(source) => Err(IndexerError::Io { path: path.to_path_buf(), source }),
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> CatalogState {
+        self.state.read().expect("catalog lock").clone()
+    }
+
+    /// Reads the current state without copying it.
+    pub fn with<T>(&self, f: impl FnOnce(&CatalogState) -> T) -> T {
+        f(&self.state.read().expect("catalog lock"))
+    }
+
+    /// Applies `change` to a copy, writes it atomically, then publishes it.
+    /// If writing fails nothing changes.
+    pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> T) -> Result<T, IndexerError> {
+        let mut guard = self.state.write().expect("catalog lock");
+        let mut next = guard.clone();
+        let out = change(&mut next);
+        next.version += 1;
+        let bytes = serde_json::to_vec(&next).expect("catalog serializes");
+        write_atomic(&self.path, &bytes).map_err(|source| IndexerError::Io { path: self.path.clone(), source })?;
+        *guard = next;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_is_persisted_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).unwrap();
+        assert_eq!(catalog.snapshot(), CatalogState::default());
+        catalog
+            .update(|s| {
+                s.wal_seq = 7;
+                s.watermarks.insert("src".into(), Watermark { position: 9, updated: 1 });
+            })
+            .unwrap();
+        let reopened = Catalog::open(dir.path()).unwrap().snapshot();
+        assert_eq!(reopened.wal_seq, 7);
+        assert_eq!(reopened.version, 1);
+        assert_eq!(reopened.watermarks["src"].position, 9);
+        fs::write(Catalog::path_in(dir.path()), b"{").unwrap();
+        assert!(Catalog::open(dir.path()).is_err());
+    }
+}

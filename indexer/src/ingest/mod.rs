@@ -1,0 +1,138 @@
+//! The indexer's HTTP ingest endpoints: the collector's Arrow batches
+//! (`POST /api/v1/ingest`) and Loki's push API (`POST /loki/api/v1/push`).
+//! Disk and CPU work runs on blocking threads, never on the async runtime.
+
+pub mod loki_push;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use weft_model::batch::encode_ipc;
+use weft_model::LogBatchBuilder;
+
+use crate::service::Indexer;
+use crate::IndexerError;
+
+/// Header carrying a batch's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "x-weft-idempotency-key";
+
+/// The tenant of a request: `X-Scope-OrgID`, `default` when absent.
+pub fn tenant_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-scope-orgid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// Checks the bearer token when one is configured.
+pub fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), IndexerError> {
+    let Some(token) = token else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token) {
+        Ok(())
+    } else {
+        Err(IndexerError::Unauthorized)
+    }
+}
+
+impl IntoResponse for IndexerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "ingest request failed");
+        }
+        (status, Json(serde_json::json!({"status": "error", "error": self.to_string(), "message": self.to_string()}))).into_response()
+    }
+}
+
+/// The ingest routes, served by the indexer (and by standalone).
+pub fn router(indexer: Arc<Indexer>) -> Router {
+    let limit = indexer.config().max_request_bytes;
+    Router::new()
+        .route("/api/v1/ingest", post(ingest_arrow))
+        .route("/loki/api/v1/push", post(loki_push))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(indexer)
+}
+
+async fn ingest_arrow(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        authorize(&headers, indexer.config().auth_token.as_deref())?;
+        let tenant = tenant_of(&headers);
+        let key = headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let me = indexer.clone();
+        tokio::task::spawn_blocking(move || me.ingest_arrow(&tenant, &key, &body, "native"))
+            .await
+            .map_err(|e| IndexerError::Internal(format!("ingest task: {e}")))?
+    }
+    .await;
+    let code = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    indexer.metrics.requests.with_label_values(&["native", code.as_str()]).inc();
+    match result {
+        Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        authorize(&headers, indexer.config().auth_token.as_deref())?;
+        let tenant = tenant_of(&headers);
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_ascii_lowercase();
+        let gzip = headers.get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let config = indexer.config().clone();
+        let me = indexer.clone();
+        tokio::task::spawn_blocking(move || {
+            let limits = loki_push::PushLimits {
+                max_body_bytes: config.max_request_bytes,
+                max_line_bytes: config.max_line_bytes,
+                max_entries: config.max_request_rows,
+            };
+            let body = if gzip { loki_push::gunzip(&body, config.max_request_bytes)? } else { body.to_vec() };
+            let mut stats = loki_push::PushStats::default();
+            let records = if content_type.starts_with("application/x-protobuf") {
+                loki_push::decode_protobuf(&body, &limits, &mut stats)?
+            } else if content_type.starts_with("application/json") || content_type.is_empty() {
+                loki_push::decode_json(&body, &limits, &mut stats)?
+            } else {
+                return Err(IndexerError::UnsupportedMediaType(format!(
+                    "content type {content_type:?}: use application/json or application/x-protobuf"
+                )));
+            };
+            me.metrics.truncated_lines.inc_by(stats.truncated);
+            me.metrics.invalid_utf8.inc_by(stats.invalid_utf8);
+            if records.is_empty() {
+                return Ok(());
+            }
+            let mut builder = LogBatchBuilder::with_capacity(records.len(), body.len());
+            for record in &records {
+                builder.append(&record.as_ref());
+            }
+            let ipc = encode_ipc(&[builder.finish(true)], Default::default())?;
+            me.ingest_arrow(&tenant, "", &ipc, "loki_push").map(|_| ())
+        })
+        .await
+        .map_err(|e| IndexerError::Internal(format!("push task: {e}")))?
+    }
+    .await;
+    let code = match &result {
+        Ok(_) => StatusCode::NO_CONTENT,
+        Err(e) => e.status(),
+    };
+    indexer.metrics.requests.with_label_values(&["loki_push", code.as_str()]).inc();
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}

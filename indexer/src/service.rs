@@ -1,0 +1,640 @@
+//! The indexer's write path, wired together: ingest → dedupe → WAL →
+//! pending rows → commit into splits → catalog; plus the background merges,
+//! retention and graveyard clean-up.
+//!
+//! Deduplication: a collector batch carries an idempotency key (a repeat of
+//! a whole batch is dropped) and, per line, its source and position (a line
+//! at or below the source's watermark is dropped). Watermarks move under the
+//! same lock as the WAL append, and are published in the catalog with the
+//! WAL position the splits cover, so replay after a crash rebuilds exactly
+//! the same state.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampNanosecondArray};
+use arrow_select::filter::filter_record_batch;
+use weft_model::batch::{decode_ipc, to_storage, wire_schema, META_SOURCES};
+use weft_model::time::now_nanos;
+use weft_model::LogBatchView;
+
+use crate::catalog::{Catalog, Grave, SplitMeta, Watermark};
+use crate::config::IndexerConfig;
+use crate::metrics::IndexerMetrics;
+use crate::split;
+use crate::wal::WriteAheadLog;
+use crate::IndexerError;
+
+const WAL_FORMAT: u8 = 1;
+const RECENT_KEYS: usize = 100_000;
+
+/// What an ingest request achieved.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IngestOutcome {
+    /// Rows accepted and made durable.
+    pub accepted: usize,
+    /// Rows dropped because the indexer already holds them.
+    pub duplicates: usize,
+    /// The whole batch repeated an earlier idempotency key.
+    pub duplicate_batch: bool,
+}
+
+#[derive(Default)]
+struct RecentKeys {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl RecentKeys {
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: &str) {
+        if key.is_empty() || !self.set.insert(key.to_string()) {
+            return;
+        }
+        self.order.push_back(key.to_string());
+        if self.order.len() > RECENT_KEYS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    batches: Vec<(String, RecordBatch)>,
+    bytes: u64,
+}
+
+struct WriteState {
+    wal: WriteAheadLog,
+    pending: Pending,
+    watermarks: HashMap<String, Watermark>,
+    recent_keys: RecentKeys,
+}
+
+/// A decoded request, ready to be admitted.
+struct Prepared {
+    batches: Vec<RecordBatch>,
+    sources: Vec<String>,
+}
+
+/// The indexer: owns the WAL, the pending rows and the catalog.
+pub struct Indexer {
+    data_dir: PathBuf,
+    config: IndexerConfig,
+    catalog: Arc<Catalog>,
+    write: Mutex<WriteState>,
+    commit_lock: Mutex<()>,
+    pub metrics: IndexerMetrics,
+    commit_wanted: tokio::sync::Notify,
+}
+
+fn encode_wal_payload(tenant: &str, key: &str, ingest_ts: i64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + tenant.len() + key.len() + 16);
+    out.push(WAL_FORMAT);
+    out.extend_from_slice(&ingest_ts.to_le_bytes());
+    out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
+    out.extend_from_slice(tenant.as_bytes());
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode_wal_payload(payload: &[u8]) -> Option<(String, String, i64, &[u8])> {
+    if payload.first() != Some(&WAL_FORMAT) || payload.len() < 13 {
+        return None;
+    }
+    let ingest_ts = i64::from_le_bytes(payload[1..9].try_into().ok()?);
+    let tenant_len = u16::from_le_bytes(payload[9..11].try_into().ok()?) as usize;
+    let tenant = std::str::from_utf8(payload.get(11..11 + tenant_len)?).ok()?.to_string();
+    let at = 11 + tenant_len;
+    let key_len = u16::from_le_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
+    let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?).ok()?.to_string();
+    Some((tenant, key, ingest_ts, &payload[at + 2 + key_len..]))
+}
+
+/// Checks a tenant id: 1–150 of `[A-Za-z0-9_.-]`.
+pub fn validate_tenant(tenant: &str) -> Result<(), IndexerError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 150
+        && tenant != "."
+        && tenant != ".."
+        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(IndexerError::BadRequest(format!("invalid tenant {tenant:?}: use 1-150 of [A-Za-z0-9_.-]")))
+    }
+}
+
+impl Indexer {
+    /// Opens the data directory: loads the catalog, removes files no split
+    /// owns (a crash between writing a split and publishing it), and
+    /// replays the WAL into pending rows.
+    pub fn open(data_dir: &Path, config: IndexerConfig, registry: &prometheus::Registry) -> Result<Arc<Self>, IndexerError> {
+        config.validate()?;
+        std::fs::create_dir_all(data_dir).map_err(|source| IndexerError::Io { path: data_dir.to_path_buf(), source })?;
+        let metrics = IndexerMetrics::new(registry);
+        let catalog = Arc::new(Catalog::open(data_dir)?);
+        let state = catalog.snapshot();
+        remove_orphans(data_dir, &state);
+        let (wal, report) = WriteAheadLog::open(&data_dir.join("wal"), config.wal_segment_bytes, state.wal_seq, config.wal_fsync)?;
+        metrics.wal_corruptions.inc_by(report.corruptions);
+        let indexer = Arc::new(Self {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            catalog,
+            write: Mutex::new(WriteState {
+                wal,
+                pending: Pending::default(),
+                watermarks: state.watermarks.clone(),
+                recent_keys: RecentKeys::default(),
+            }),
+            commit_lock: Mutex::new(()),
+            metrics,
+            commit_wanted: tokio::sync::Notify::new(),
+        });
+        let replayed = report.records.len();
+        for record in report.records {
+            let Some((tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
+                tracing::error!(seq = record.seq, "WAL record has an unknown format; skipped");
+                continue;
+            };
+            match indexer.prepare(body) {
+                Ok(prepared) => {
+                    let mut write = indexer.write.lock().expect("write lock");
+                    indexer.admit(&mut write, &tenant, &key, prepared, ingest_ts, None, "replay")?;
+                }
+                Err(e) => tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped"),
+            }
+        }
+        if replayed > 0 || report.corruptions > 0 {
+            tracing::info!(records = replayed, corruptions = report.corruptions, bytes_cut = report.bytes_cut, "WAL replayed");
+        }
+        indexer.update_gauges();
+        Ok(indexer)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The catalog (shared with the query side in standalone mode).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.clone()
+    }
+
+    pub fn config(&self) -> &IndexerConfig {
+        &self.config
+    }
+
+    fn prepare(&self, body: &[u8]) -> Result<Prepared, IndexerError> {
+        let (metadata, batches) = decode_ipc(body, &wire_schema(), self.config.max_request_rows)
+            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
+        let sources: Vec<String> = match metadata.get(META_SOURCES) {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| IndexerError::BadRequest(format!("schema metadata {META_SOURCES} is not a JSON list of strings: {e}")))?,
+            None => Vec::new(),
+        };
+        for batch in &batches {
+            let view = LogBatchView::new(batch)?;
+            if let Some(src) = view.src {
+                if let Some(bad) = src.iter().flatten().find(|s| *s as usize >= sources.len()) {
+                    return Err(IndexerError::BadRequest(format!("row refers to source {bad} but the batch lists {}", sources.len())));
+                }
+            }
+            if let Some(row) = (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes) {
+                return Err(IndexerError::BadRequest(format!(
+                    "row {row} has a line of {} bytes, over the {} byte limit",
+                    view.line.value(row).len(),
+                    self.config.max_line_bytes
+                )));
+            }
+        }
+        Ok(Prepared { batches, sources })
+    }
+
+    /// Ingests one Arrow IPC body (wire schema). Blocking: call from a
+    /// blocking thread.
+    pub fn ingest_arrow(&self, tenant: &str, key: &str, body: &[u8], endpoint: &str) -> Result<IngestOutcome, IndexerError> {
+        validate_tenant(tenant)?;
+        if key.len() > 512 {
+            return Err(IndexerError::BadRequest("idempotency key longer than 512 bytes".into()));
+        }
+        let prepared = self.prepare(body)?;
+        let ingest_ts = now_nanos();
+        let mut write = self.write.lock().expect("write lock");
+        if write.pending.bytes >= self.config.max_pending_bytes {
+            return Err(IndexerError::Unavailable(format!(
+                "indexer is behind: {} bytes wait for commit (limit {}); retry later",
+                write.pending.bytes, self.config.max_pending_bytes
+            )));
+        }
+        let payload = encode_wal_payload(tenant, key, ingest_ts, body);
+        let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, Some(&payload), endpoint)?;
+        let pending = write.pending.bytes;
+        drop(write);
+        self.metrics.bytes_ingested.inc_by(body.len() as u64);
+        self.metrics.pending_bytes.set(pending as i64);
+        if pending >= self.config.commit_bytes {
+            self.commit_wanted.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// Drops what is already held, appends to the WAL (when `wal_payload` is
+    /// given), then moves watermarks and adds the rows to pending.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        write: &mut WriteState,
+        tenant: &str,
+        key: &str,
+        prepared: Prepared,
+        ingest_ts: i64,
+        wal_payload: Option<&[u8]>,
+        endpoint: &str,
+    ) -> Result<IngestOutcome, IndexerError> {
+        let total_rows: usize = prepared.batches.iter().map(|b| b.num_rows()).sum();
+        if !key.is_empty() && write.recent_keys.contains(key) {
+            self.metrics.duplicate_rows.with_label_values(&["idempotency_key"]).inc_by(total_rows as u64);
+            return Ok(IngestOutcome { accepted: 0, duplicates: total_rows, duplicate_batch: true });
+        }
+        // Positions must rise per source; anything at or below the
+        // watermark is already held.
+        let mut moved: HashMap<usize, u64> = HashMap::new();
+        let mut masks = Vec::with_capacity(prepared.batches.len());
+        let mut duplicates = 0usize;
+        for batch in &prepared.batches {
+            let view = LogBatchView::new(batch)?;
+            let (Some(src), Some(offset)) = (view.src, view.src_offset) else {
+                masks.push(None);
+                continue;
+            };
+            let mut keep = Vec::with_capacity(view.len());
+            for row in 0..view.len() {
+                if !src.is_valid(row) || !offset.is_valid(row) {
+                    keep.push(true);
+                    continue;
+                }
+                let source = src.value(row) as usize;
+                let position = offset.value(row);
+                let current = moved
+                    .get(&source)
+                    .copied()
+                    .or_else(|| write.watermarks.get(&prepared.sources[source]).map(|w| w.position));
+                let fresh = current.is_none_or(|c| position > c);
+                if fresh {
+                    moved.insert(source, position);
+                } else {
+                    duplicates += 1;
+                }
+                keep.push(fresh);
+            }
+            masks.push(Some(BooleanArray::from(keep)));
+        }
+        let accepted = total_rows - duplicates;
+        if duplicates > 0 {
+            self.metrics.duplicate_rows.with_label_values(&["source_position"]).inc_by(duplicates as u64);
+        }
+        if accepted > 0 {
+            if let Some(payload) = wal_payload {
+                write.wal.append(payload).map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
+                self.metrics.wal_appends.inc();
+            }
+        }
+        write.recent_keys.insert(key);
+        let now = now_nanos();
+        for (source, position) in moved {
+            write.watermarks.insert(prepared.sources[source].clone(), Watermark { position, updated: now });
+        }
+        for (batch, mask) in prepared.batches.into_iter().zip(masks) {
+            let batch = match mask {
+                Some(mask) => filter_record_batch(&batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?,
+                None => batch,
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let batch = with_ingest_ts(to_storage(&batch)?, ingest_ts)?;
+            let bytes = LogBatchView::new(&batch)?.line.values().len() as u64;
+            write.pending.bytes += bytes;
+            write.pending.batches.push((tenant.to_string(), batch));
+        }
+        self.metrics.rows_ingested.with_label_values(&[endpoint]).inc_by(accepted as u64);
+        Ok(IngestOutcome { accepted, duplicates, duplicate_batch: false })
+    }
+
+    /// Writes pending rows into splits and publishes them with the WAL
+    /// position and watermarks they cover. Returns the splits written.
+    pub fn commit(&self) -> Result<usize, IndexerError> {
+        let _serial = self.commit_lock.lock().expect("commit lock");
+        let started = Instant::now();
+        let (pending, seq, watermarks) = {
+            let mut write = self.write.lock().expect("write lock");
+            let pending = std::mem::take(&mut write.pending);
+            (pending, write.wal.next_seq() - 1, write.watermarks.clone())
+        };
+        if pending.batches.is_empty() && self.catalog.with(|c| c.wal_seq >= seq) {
+            return Ok(0);
+        }
+        let result = self.write_splits(&pending.batches).and_then(|splits| {
+            let count = splits.len();
+            let cutoff = now_nanos() - self.config.retention.as_nanos() as i64;
+            let written: Vec<SplitMeta> = splits.clone();
+            self.catalog
+                .update(move |state| {
+                    state.splits.extend(splits);
+                    state.wal_seq = state.wal_seq.max(seq);
+                    state.watermarks = watermarks;
+                    state.watermarks.retain(|_, w| w.updated >= cutoff);
+                })
+                .inspect_err(|_| {
+                    for split in &written {
+                        let (parquet, index) = split::split_files(&self.data_dir, split);
+                        split::remove_path(&parquet);
+                        split::remove_path(&index);
+                    }
+                })
+                .map(|_| count)
+        });
+        match result {
+            Ok(count) => {
+                let mut write = self.write.lock().expect("write lock");
+                if let Err(e) = write.wal.remove_committed(seq) {
+                    tracing::warn!(error = %e, "removing committed WAL segments failed");
+                }
+                self.metrics.wal_bytes.set(write.wal.size_bytes() as i64);
+                self.metrics.pending_bytes.set(write.pending.bytes as i64);
+                drop(write);
+                if count > 0 {
+                    self.metrics.commits.inc();
+                    self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                self.update_gauges();
+                Ok(count)
+            }
+            Err(e) => {
+                // Put the rows back in front, in order; they are still in the WAL.
+                self.metrics.commit_errors.inc();
+                let mut write = self.write.lock().expect("write lock");
+                let mut restored = pending.batches;
+                restored.append(&mut write.pending.batches);
+                write.pending.batches = restored;
+                write.pending.bytes += pending.bytes;
+                Err(e)
+            }
+        }
+    }
+
+    /// One split per (tenant, hour of event time).
+    fn write_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
+        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
+        const HOUR: i64 = 3600 * 1_000_000_000;
+        for (tenant, batch) in batches {
+            let view = LogBatchView::new(batch)?;
+            let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR)).collect();
+            let first = hours[0];
+            if hours.iter().all(|h| *h == first) {
+                by_bucket.entry((tenant.clone(), first)).or_default().push(batch.clone());
+                continue;
+            }
+            let distinct: std::collections::BTreeSet<i64> = hours.iter().copied().collect();
+            for hour in distinct {
+                let mask = BooleanArray::from(hours.iter().map(|h| *h == hour).collect::<Vec<_>>());
+                let part = filter_record_batch(batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?;
+                by_bucket.entry((tenant.clone(), hour)).or_default().push(part);
+            }
+        }
+        let mut written = Vec::new();
+        for ((tenant, _), parts) in by_bucket {
+            match split::write_split(&self.data_dir, &tenant, &parts, 0) {
+                Ok(meta) => written.push(meta),
+                Err(e) => {
+                    for split in &written {
+                        let (parquet, index) = split::split_files(&self.data_dir, split);
+                        split::remove_path(&parquet);
+                        split::remove_path(&index);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Merges one group of small splits of the same tenant and hour, if
+    /// there is one. Returns whether a merge happened.
+    pub fn merge_once(&self) -> Result<bool, IndexerError> {
+        let state = self.catalog.snapshot();
+        let small = self.config.merge_max_line_bytes / 2;
+        let mut groups: HashMap<(String, String), Vec<&SplitMeta>> = HashMap::new();
+        for split in state.splits.iter().filter(|s| s.line_bytes < small) {
+            let dir = Path::new(&split.parquet).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            groups.entry((split.tenant.clone(), dir)).or_default().push(split);
+        }
+        let Some(((tenant, _), mut group)) = groups.into_iter().filter(|(_, g)| g.len() >= self.config.merge_min_splits).max_by_key(|(_, g)| g.len())
+        else {
+            return Ok(false);
+        };
+        group.sort_by_key(|s| (s.min_ts, s.id.clone()));
+        let mut chosen = Vec::new();
+        let mut total = 0;
+        for split in group {
+            if total + split.line_bytes > self.config.merge_max_line_bytes && chosen.len() >= 2 {
+                break;
+            }
+            total += split.line_bytes;
+            chosen.push(split.clone());
+        }
+        if chosen.len() < 2 {
+            return Ok(false);
+        }
+        let mut batches = Vec::new();
+        for split in &chosen {
+            batches.extend(split::read_parquet(&self.data_dir.join(&split.parquet))?);
+        }
+        let merges = chosen.iter().map(|s| s.merges).max().unwrap_or(0) + 1;
+        let merged = split::write_split(&self.data_dir, &tenant, &batches, merges)?;
+        let ids: HashSet<String> = chosen.iter().map(|s| s.id.clone()).collect();
+        let delete_after = now_nanos() + self.config.grace_period.as_nanos() as i64;
+        let output = merged.clone();
+        let applied = self.catalog.update(move |state| {
+            let present = state.splits.iter().filter(|s| ids.contains(&s.id)).count();
+            if present != ids.len() {
+                return false;
+            }
+            let mut paths = Vec::new();
+            state.splits.retain(|s| {
+                if ids.contains(&s.id) {
+                    paths.push(s.parquet.clone());
+                    paths.push(s.index.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            state.splits.push(output);
+            state.graveyard.push(Grave { paths, delete_after });
+            true
+        })?;
+        if !applied {
+            let (parquet, index) = split::split_files(&self.data_dir, &merged);
+            split::remove_path(&parquet);
+            split::remove_path(&index);
+            return Ok(false);
+        }
+        self.metrics.merges.inc();
+        tracing::debug!(inputs = chosen.len(), rows = merged.rows, split = %merged.id, "merged splits");
+        self.update_gauges();
+        Ok(true)
+    }
+
+    /// Deletes splits past retention (by ingest time) and files whose grace
+    /// period is over.
+    pub fn enforce_retention(&self) -> Result<(), IndexerError> {
+        let now = now_nanos();
+        let cutoff = now - self.config.retention.as_nanos() as i64;
+        let delete_after = now + self.config.grace_period.as_nanos() as i64;
+        let needed = self.catalog.with(|s| s.splits.iter().any(|s| s.max_ingest_ts < cutoff) || s.graveyard.iter().any(|g| g.delete_after <= now));
+        if !needed {
+            return Ok(());
+        }
+        let (expired, due) = self.catalog.update(|state| {
+            let mut expired = Vec::new();
+            state.splits.retain(|s| {
+                if s.max_ingest_ts < cutoff {
+                    expired.push(vec![s.parquet.clone(), s.index.clone()]);
+                    false
+                } else {
+                    true
+                }
+            });
+            let count = expired.len();
+            for paths in expired {
+                state.graveyard.push(Grave { paths, delete_after });
+            }
+            let mut due = Vec::new();
+            state.graveyard.retain(|g| {
+                if g.delete_after <= now {
+                    due.extend(g.paths.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            (count, due)
+        })?;
+        self.metrics.retention_deleted_splits.inc_by(expired as u64);
+        for path in due {
+            split::remove_path(&self.data_dir.join(path));
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        self.catalog.with(|state| {
+            self.metrics.splits.set(state.splits.len() as i64);
+            self.metrics.split_bytes.set(state.splits.iter().map(|s| s.parquet_bytes + s.index_bytes).sum::<u64>() as i64);
+        });
+    }
+
+    /// Runs commits, merges and retention until `shutdown` turns true, then
+    /// commits what is pending.
+    pub async fn run_background(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut commit_tick = tokio::time::interval(self.config.commit_interval);
+        let mut maintenance_tick = tokio::time::interval(self.config.merge_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        maintenance_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let maintenance_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        loop {
+            tokio::select! {
+                _ = commit_tick.tick() => self.clone().commit_in_background().await,
+                _ = self.commit_wanted.notified() => self.clone().commit_in_background().await,
+                _ = maintenance_tick.tick() => {
+                    // Merges can take a while: run them beside commits, one at a time.
+                    if !maintenance_running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let me = self.clone();
+                        let running = maintenance_running.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = me.enforce_retention() {
+                                tracing::warn!(error = %e, "retention failed");
+                            }
+                            loop {
+                                match me.merge_once() {
+                                    Ok(true) => continue,
+                                    Ok(false) => break,
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "merge failed");
+                                        break;
+                                    }
+                                }
+                            }
+                            running.store(false, std::sync::atomic::Ordering::Release);
+                        });
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.commit_in_background().await;
+        tracing::info!("indexer stopped");
+    }
+
+    async fn commit_in_background(self: Arc<Self>) {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.commit()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "commit failed; rows stay pending and in the WAL"),
+            Err(e) => tracing::error!(error = %e, "commit task panicked"),
+        }
+    }
+}
+
+fn with_ingest_ts(batch: RecordBatch, ingest_ts: i64) -> Result<RecordBatch, IndexerError> {
+    let column: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![ingest_ts; batch.num_rows()]).with_timezone("UTC"));
+    let mut columns = batch.columns().to_vec();
+    columns[1] = column;
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| IndexerError::Internal(e.to_string()))
+}
+
+/// Deletes split files the catalog does not reference (and temporary
+/// files), left by a crash between writing a split and publishing it.
+fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
+    let mut owned: HashSet<PathBuf> = HashSet::new();
+    for split in &state.splits {
+        owned.insert(data_dir.join(&split.parquet));
+        owned.insert(data_dir.join(&split.index));
+    }
+    for grave in &state.graveyard {
+        for path in &grave.paths {
+            owned.insert(data_dir.join(path));
+        }
+    }
+    fn walk(dir: &Path, owned: &HashSet<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_split_file = name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
+            if is_split_file {
+                if !owned.contains(&path) {
+                    tracing::info!(path = %path.display(), "removing split file no catalog entry owns");
+                    split::remove_path(&path);
+                }
+            } else if path.is_dir() {
+                walk(&path, owned);
+            }
+        }
+    }
+    walk(&data_dir.join("splits"), &owned);
+}

@@ -1,0 +1,101 @@
+//! The tantivy side of a split: the schema and the writer. The index has a
+//! single segment written in Parquet row order, so a doc id *is* the row
+//! number in the split's Parquet file.
+//!
+//! Fields: `line` (tokenized, positions, for words and phrases), `label`
+//! (raw `name=value` terms of the stream labels), `level`, `ml_event`,
+//! `field` (raw `name=value` terms of structured metadata), `ts` (i64 fast
+//! and indexed). Nothing is stored: the row's content is in Parquet.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::Array;
+use tantivy::directory::MmapDirectory;
+use tantivy::schema::{Field, Schema, INDEXED, FAST, STRING, TEXT};
+use tantivy::{Index, TantivyDocument};
+use weft_model::LogBatchView;
+
+use crate::IndexerError;
+
+/// Field handles of the split index schema.
+#[derive(Clone, Copy, Debug)]
+pub struct LogFields {
+    pub line: Field,
+    pub label: Field,
+    pub level: Field,
+    pub ml_event: Field,
+    pub field: Field,
+    pub ts: Field,
+}
+
+/// The split index schema and its fields.
+pub fn log_schema() -> (Schema, LogFields) {
+    let mut builder = Schema::builder();
+    let fields = LogFields {
+        line: builder.add_text_field("line", TEXT),
+        label: builder.add_text_field("label", STRING),
+        level: builder.add_text_field("level", STRING),
+        ml_event: builder.add_text_field("ml_event", STRING),
+        field: builder.add_text_field("field", STRING),
+        ts: builder.add_i64_field("ts", INDEXED | FAST),
+    };
+    (builder.build(), fields)
+}
+
+/// Finds the fields of an opened index.
+pub fn fields_of(schema: &Schema) -> Result<LogFields, IndexerError> {
+    let get = |name: &str| schema.get_field(name).map_err(|e| IndexerError::Corrupt(format!("split index field {name}: {e}")));
+    Ok(LogFields {
+        line: get("line")?,
+        label: get("label")?,
+        level: get("level")?,
+        ml_event: get("ml_event")?,
+        field: get("field")?,
+        ts: get("ts")?,
+    })
+}
+
+fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
+    IndexerError::Internal(format!("tantivy: {e}"))
+}
+
+/// Writes the index of `view`'s rows (already in final row order) into the
+/// empty directory `path`.
+pub fn write_index(path: &Path, view: &LogBatchView<'_>, label_terms: &[Arc<Vec<String>>]) -> Result<(), IndexerError> {
+    if path.exists() {
+        std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io { path: path.to_path_buf(), source })?;
+    }
+    std::fs::create_dir_all(path).map_err(|source| IndexerError::Io { path: path.to_path_buf(), source })?;
+    let (schema, f) = log_schema();
+    let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
+    let mut writer = Index::builder()
+        .schema(schema)
+        .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
+        .map_err(tantivy_err)?;
+    for row in 0..view.len() {
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.line, view.line.value(row));
+        for term in label_terms[row].iter() {
+            doc.add_text(f.label, term);
+        }
+        doc.add_text(f.level, view.level.value(row));
+        if view.ml_event.is_valid(row) {
+            doc.add_text(f.ml_event, view.ml_event.value(row));
+        }
+        if view.fields.is_valid(row) {
+            for (name, value) in view.fields(row).iter() {
+                doc.add_text(f.field, format!("{name}={value}"));
+            }
+        }
+        doc.add_i64(f.ts, view.ts.value(row));
+        writer.add_document(doc).map_err(tantivy_err)?;
+    }
+    writer.finalize().map_err(tantivy_err)?;
+    Ok(())
+}
+
+/// Opens a split index read-only.
+pub fn open_index(path: &Path) -> Result<Index, IndexerError> {
+    Index::open_in_dir(path).map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
+}

@@ -1,0 +1,221 @@
+//! Splits: the immutable unit of storage. A split is one Parquet file (zstd,
+//! rows sorted by stream then time, page index on) and, beside it, a tantivy
+//! index with one segment whose doc ids are the Parquet row numbers.
+//!
+//! Paths are Hive-style so other engines read the data directly:
+//! `splits/logs/tenant=<t>/date=<YYYY-MM-DD>/hour=<HH>/<id>.parquet` and the
+//! index in `<id>.tantivy/` next to it. Files are written under temporary
+//! names and renamed into place; a split exists for readers only once the
+//! catalog lists it.
+
+pub mod index;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, UInt32Array};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take_record_batch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::metadata::SortingColumn;
+use parquet::schema::types::ColumnPath;
+use weft_model::batch::{col, storage_schema};
+use weft_model::LogBatchView;
+
+use crate::catalog::SplitMeta;
+use crate::IndexerError;
+
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
+    move |source| IndexerError::Io { path: path.to_path_buf(), source }
+}
+
+/// A new split id: creation time then randomness, so ids sort by age.
+pub fn new_split_id() -> String {
+    format!("{:016x}-{:08x}", weft_model::time::now_nanos(), fastrand::u32(..))
+}
+
+/// The stream key of a row: the well-known stream label columns and the
+/// extra labels, in sort order.
+fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
+    let opt = |a: &'a arrow_array::StringArray| if a.is_valid(row) { a.value(row) } else { "" };
+    [
+        view.namespace.value(row),
+        view.pod.value(row),
+        view.container.value(row),
+        view.node.value(row),
+        view.stream.value(row),
+        opt(view.run),
+        opt(view.rank),
+        opt(view.labels),
+    ]
+}
+
+/// Sorts rows by stream then time; returns the sorted batch and the
+/// canonical label set of each distinct stream, in order.
+pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec<String>), IndexerError> {
+    let view = LogBatchView::new(batch)?;
+    let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
+    let mut first_row: Vec<usize> = Vec::new();
+    let mut row_stream = Vec::with_capacity(view.len());
+    for row in 0..view.len() {
+        let next = streams.len() as u32;
+        let id = *streams.entry(stream_key(&view, row)).or_insert_with(|| {
+            first_row.push(row);
+            next
+        });
+        row_stream.push(id);
+    }
+    let mut keys: Vec<([&str; 8], u32)> = streams.into_iter().collect();
+    keys.sort();
+    let mut rank = vec![0u32; keys.len()];
+    for (position, (_, id)) in keys.iter().enumerate() {
+        rank[*id as usize] = position as u32;
+    }
+    let mut order: Vec<u32> = (0..view.len() as u32).collect();
+    let ts = view.ts.values();
+    order.sort_by_key(|&row| (rank[row_stream[row as usize] as usize], ts[row as usize]));
+    let labels = keys.iter().map(|(_, id)| view.stream_labels(first_row[*id as usize]).to_string()).collect();
+    let sorted = take_record_batch(batch, &UInt32Array::from(order)).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    Ok((sorted, labels))
+}
+
+fn writer_properties() -> WriterProperties {
+    let no_dictionary = [col::LINE, col::FIELDS, col::TS, col::INGEST_TS];
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![
+            SortingColumn { column_idx: 2, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 3, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 4, descending: false, nulls_first: false },
+            SortingColumn { column_idx: 0, descending: false, nulls_first: false },
+        ]))
+        .set_created_by(format!("weft {}", env!("CARGO_PKG_VERSION")));
+    for name in no_dictionary {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
+    builder.build()
+}
+
+/// Where a split's files go, relative to the data directory.
+pub fn split_paths(tenant: &str, min_ts: i64, id: &str) -> (String, String) {
+    let (date, hour) = weft_model::time::date_hour(min_ts);
+    let dir = format!("splits/logs/tenant={tenant}/date={date}/hour={hour:02}");
+    (format!("{dir}/{id}.parquet"), format!("{dir}/{id}.tantivy"))
+}
+
+fn dir_size(path: &Path) -> u64 {
+    fs::read_dir(path).map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+}
+
+/// Writes one split from rows of the storage schema (any order) and
+/// returns its catalog entry. `merges` is recorded in the entry.
+pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
+    let schema = storage_schema();
+    let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let (sorted, streams) = sort_by_stream_then_time(&batch)?;
+    let view = LogBatchView::new(&sorted)?;
+    let id = new_split_id();
+    let ts = view.ts.values();
+    let ingest = view.ingest_ts.values();
+    let min_ts = ts.iter().copied().min().unwrap_or(0);
+    let (parquet_rel, index_rel) = split_paths(tenant, min_ts, &id);
+    let parquet_path = data_dir.join(&parquet_rel);
+    let index_path = data_dir.join(&index_rel);
+    let dir = parquet_path.parent().expect("split paths have a parent");
+    fs::create_dir_all(dir).map_err(io(dir))?;
+
+    // tantivy first (into a temporary directory), then Parquet; the
+    // catalog entry is what makes both visible.
+    let tmp_index = dir.join(format!(".{id}.tantivy.tmp"));
+    index::write_index(&tmp_index, &view, &streams_per_row(&view))?;
+    fs::rename(&tmp_index, &index_path).map_err(io(&index_path))?;
+
+    let tmp_parquet = dir.join(format!(".{id}.parquet.tmp"));
+    {
+        let file = File::create(&tmp_parquet).map_err(io(&tmp_parquet))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+            .map_err(|e| IndexerError::Internal(format!("parquet writer: {e}")))?;
+        writer.write(&sorted).map_err(|e| IndexerError::Internal(format!("parquet write: {e}")))?;
+        let file = writer.into_inner().map_err(|e| IndexerError::Internal(format!("parquet close: {e}")))?;
+        file.sync_all().map_err(io(&tmp_parquet))?;
+    }
+    fs::rename(&tmp_parquet, &parquet_path).map_err(io(&parquet_path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+
+    Ok(SplitMeta {
+        id,
+        tenant: tenant.to_string(),
+        parquet_bytes: fs::metadata(&parquet_path).map(|m| m.len()).unwrap_or(0),
+        index_bytes: dir_size(&index_path),
+        parquet: parquet_rel,
+        index: index_rel,
+        rows: view.len() as u64,
+        line_bytes: view.line.values().len() as u64,
+        min_ts,
+        max_ts: ts.iter().copied().max().unwrap_or(0),
+        min_ingest_ts: ingest.iter().copied().min().unwrap_or(0),
+        max_ingest_ts: ingest.iter().copied().max().unwrap_or(0),
+        created_at: weft_model::time::now_nanos(),
+        merges,
+        streams,
+    })
+}
+
+/// The `name=value` terms of each row's stream labels (computed once per
+/// run of equal streams, since rows are sorted by stream).
+fn streams_per_row(view: &LogBatchView<'_>) -> Vec<Arc<Vec<String>>> {
+    let mut out: Vec<Arc<Vec<String>>> = Vec::with_capacity(view.len());
+    let mut previous: Option<[&str; 8]> = None;
+    for row in 0..view.len() {
+        let key = stream_key(view, row);
+        match (previous, out.last()) {
+            (Some(p), Some(last)) if p == key => out.push(last.clone()),
+            _ => {
+                let terms = view.stream_labels(row).iter().map(|(n, v)| format!("{n}={v}")).collect();
+                out.push(Arc::new(terms));
+            }
+        }
+        previous = Some(key);
+    }
+    out
+}
+
+/// Reads all rows of a split's Parquet file.
+pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, IndexerError> {
+    let file = File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
+    let target = storage_schema();
+    reader
+        .map(|batch| {
+            let batch = batch.map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
+            Ok(weft_model::batch::conform(&batch, &target)?)
+        })
+        .collect()
+}
+
+/// Paths of a split's files.
+pub fn split_files(data_dir: &Path, split: &SplitMeta) -> (PathBuf, PathBuf) {
+    (data_dir.join(&split.parquet), data_dir.join(&split.index))
+}
+
+/// Deletes a file or directory tree, ignoring what is already gone.
+pub fn remove_path(path: &Path) {
+    let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete split file");
+        }
+    }
+}
