@@ -42,6 +42,9 @@ pub struct SplitMeta {
     pub merges: u32,
     /// Canonical label sets of the streams in the split.
     pub streams: Vec<String>,
+    /// Some rows carry structured metadata (`fields`).
+    #[serde(default)]
+    pub has_fields: bool,
 }
 
 /// Highest position delivered from one collector source.

@@ -2,10 +2,13 @@
 //! single segment written in Parquet row order, so a doc id *is* the row
 //! number in the split's Parquet file.
 //!
-//! Fields: `line` (tokenized, positions, for words and phrases), `label`
-//! (raw `name=value` terms of the stream labels), `level`, `ml_event`,
-//! `field` (raw `name=value` terms of structured metadata), `ts` (i64 fast
-//! and indexed). Nothing is stored: the row's content is in Parquet.
+//! Fields: `line` (tokenized, positions, for words and phrases), `stream`
+//! (the canonical label set, raw and fast: selectors resolve to a set of
+//! these, and metric queries read it per row without touching Parquet),
+//! `label` (raw `name=value` terms of the stream labels), `level` and
+//! `ml_event` (raw and fast), `field` (raw `name=value` terms of structured metadata), `ts`
+//! (i64 fast and indexed) and `bytes` (line length, fast). Nothing is
+//! stored: the row's content is in Parquet.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,11 +25,13 @@ use crate::IndexerError;
 #[derive(Clone, Copy, Debug)]
 pub struct LogFields {
     pub line: Field,
+    pub stream: Field,
     pub label: Field,
     pub level: Field,
     pub ml_event: Field,
     pub field: Field,
     pub ts: Field,
+    pub bytes: Field,
 }
 
 /// The split index schema and its fields.
@@ -34,11 +39,13 @@ pub fn log_schema() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
     let fields = LogFields {
         line: builder.add_text_field("line", TEXT),
+        stream: builder.add_text_field("stream", STRING | FAST),
         label: builder.add_text_field("label", STRING),
-        level: builder.add_text_field("level", STRING),
-        ml_event: builder.add_text_field("ml_event", STRING),
+        level: builder.add_text_field("level", STRING | FAST),
+        ml_event: builder.add_text_field("ml_event", STRING | FAST),
         field: builder.add_text_field("field", STRING),
         ts: builder.add_i64_field("ts", INDEXED | FAST),
+        bytes: builder.add_u64_field("bytes", FAST),
     };
     (builder.build(), fields)
 }
@@ -48,11 +55,13 @@ pub fn fields_of(schema: &Schema) -> Result<LogFields, IndexerError> {
     let get = |name: &str| schema.get_field(name).map_err(|e| IndexerError::Corrupt(format!("split index field {name}: {e}")));
     Ok(LogFields {
         line: get("line")?,
+        stream: get("stream")?,
         label: get("label")?,
         level: get("level")?,
         ml_event: get("ml_event")?,
         field: get("field")?,
         ts: get("ts")?,
+        bytes: get("bytes")?,
     })
 }
 
@@ -62,7 +71,7 @@ fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
 
 /// Writes the index of `view`'s rows (already in final row order) into the
 /// empty directory `path`.
-pub fn write_index(path: &Path, view: &LogBatchView<'_>, label_terms: &[Arc<Vec<String>>]) -> Result<(), IndexerError> {
+pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>, Arc<Vec<String>>)]) -> Result<(), IndexerError> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io { path: path.to_path_buf(), source })?;
     }
@@ -76,7 +85,8 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, label_terms: &[Arc<Vec<
     for row in 0..view.len() {
         let mut doc = TantivyDocument::default();
         doc.add_text(f.line, view.line.value(row));
-        for term in label_terms[row].iter() {
+        doc.add_text(f.stream, streams[row].0.as_str());
+        for term in streams[row].1.iter() {
             doc.add_text(f.label, term);
         }
         doc.add_text(f.level, view.level.value(row));
@@ -89,6 +99,7 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, label_terms: &[Arc<Vec<
             }
         }
         doc.add_i64(f.ts, view.ts.value(row));
+        doc.add_u64(f.bytes, view.line.value(row).len() as u64);
         writer.add_document(doc).map_err(tantivy_err)?;
     }
     writer.finalize().map_err(tantivy_err)?;

@@ -168,21 +168,23 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         created_at: weft_model::time::now_nanos(),
         merges,
         streams,
+        has_fields: view.fields.null_count() < view.len(),
     })
 }
 
-/// The `name=value` terms of each row's stream labels (computed once per
-/// run of equal streams, since rows are sorted by stream).
-fn streams_per_row(view: &LogBatchView<'_>) -> Vec<Arc<Vec<String>>> {
-    let mut out: Vec<Arc<Vec<String>>> = Vec::with_capacity(view.len());
+/// Each row's canonical stream label set and its `name=value` terms
+/// (computed once per run of equal streams, since rows are sorted by stream).
+fn streams_per_row(view: &LogBatchView<'_>) -> Vec<(Arc<String>, Arc<Vec<String>>)> {
+    let mut out: Vec<(Arc<String>, Arc<Vec<String>>)> = Vec::with_capacity(view.len());
     let mut previous: Option<[&str; 8]> = None;
     for row in 0..view.len() {
         let key = stream_key(view, row);
         match (previous, out.last()) {
             (Some(p), Some(last)) if p == key => out.push(last.clone()),
             _ => {
-                let terms = view.stream_labels(row).iter().map(|(n, v)| format!("{n}={v}")).collect();
-                out.push(Arc::new(terms));
+                let labels = view.stream_labels(row);
+                let terms = labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                out.push((Arc::new(labels.to_string()), Arc::new(terms)));
             }
         }
         previous = Some(key);

@@ -1,0 +1,163 @@
+//! HTTP APIs of the query service: Loki's (for Grafana's built-in Loki data
+//! source) and weft's native search. Every endpoint takes GET parameters
+//! and form-encoded POST bodies alike; every error is a JSON envelope with
+//! `status`, `errorType`, `error` and `message`.
+
+pub mod loki;
+pub mod native;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::{QueryError, QueryService};
+
+/// Request parameters from the query string and a form body.
+#[derive(Debug, Default)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    /// Reads the query string and, for form posts, the body.
+    pub fn from_request(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Self, QueryError> {
+        let mut pairs: Vec<(String, String)> = match uri.query() {
+            Some(q) => serde_urlencoded::from_str(q).map_err(|e| QueryError::BadRequest(format!("invalid query string: {e}")))?,
+            None => Vec::new(),
+        };
+        let is_form = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if is_form && !body.is_empty() {
+            let text = std::str::from_utf8(body).map_err(|_| QueryError::BadRequest("form body is not UTF-8".into()))?;
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(text).map_err(|e| QueryError::BadRequest(format!("invalid form body: {e}")))?;
+            pairs.extend(form);
+        }
+        Ok(Params(pairs))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// The tenant of a request: `X-Scope-OrgID`, `default` when absent.
+pub fn tenant_of(headers: &HeaderMap) -> String {
+    weft_indexer::ingest::tenant_of(headers)
+}
+
+/// The JSON error envelope for an error.
+pub fn error_response(error: &QueryError) -> Response {
+    let message = error.to_string();
+    (
+        error.status(),
+        Json(serde_json::json!({"status": "error", "errorType": error.error_type(), "error": message, "message": message})),
+    )
+        .into_response()
+}
+
+/// A success envelope around `data`.
+pub fn success(data: serde_json::Value) -> Response {
+    (StatusCode::OK, Json(serde_json::json!({"status": "success", "data": data}))).into_response()
+}
+
+/// Runs a handler body on a blocking thread with the service's timeout,
+/// auth check, error envelope and latency metric.
+pub async fn run<F>(service: Arc<QueryService>, endpoint: &'static str, headers: HeaderMap, uri: Uri, body: Bytes, work: F) -> Response
+where
+    F: FnOnce(&QueryService, &str, &Params) -> Result<Response, QueryError> + Send + 'static,
+{
+    let started = Instant::now();
+    let result = async {
+        if let Some(token) = &service.config.auth_token {
+            let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(token.as_str()) {
+                return Ok((StatusCode::UNAUTHORIZED, Json(serde_json::json!({"status":"error","errorType":"unauthorized","error":"missing or wrong bearer token","message":"missing or wrong bearer token"}))).into_response());
+            }
+        }
+        let params = Params::from_request(&uri, &headers, &body)?;
+        let tenant = tenant_of(&headers);
+        weft_indexer::service::validate_tenant(&tenant).map_err(|e| QueryError::BadRequest(e.to_string()))?;
+        let timeout = service.config.timeout;
+        let me = service.clone();
+        let task = tokio::task::spawn_blocking(move || work(&me, &tenant, &params));
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(QueryError::Internal(format!("query task failed: {e}"))),
+            Err(_) => Err(QueryError::Timeout(timeout)),
+        }
+    }
+    .await;
+    service.metrics.duration.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            service.metrics.errors.with_label_values(&[endpoint, error.error_type()]).inc();
+            if error.status().is_server_error() {
+                tracing::warn!(endpoint, error = %error, "query failed");
+            }
+            error_response(&error)
+        }
+    }
+}
+
+macro_rules! endpoint {
+    ($name:ident, $label:literal, $work:path) => {
+        async fn $name(
+            axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
+            headers: HeaderMap,
+            uri: Uri,
+            body: Bytes,
+        ) -> Response {
+            run(service, $label, headers, uri, body, $work).await
+        }
+    };
+}
+
+endpoint!(loki_query_range, "loki_query_range", loki::query_range);
+endpoint!(loki_query, "loki_query", loki::query);
+endpoint!(loki_labels, "loki_labels", loki::labels);
+endpoint!(loki_series, "loki_series", loki::series);
+endpoint!(loki_index_stats, "loki_index_stats", loki::index_stats);
+endpoint!(native_search, "search", native::search);
+
+async fn loki_label_values(
+    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    run(service, "loki_label_values", headers, uri, body, move |s, t, p| loki::label_values(s, t, p, &name)).await
+}
+
+async fn not_built() -> Response {
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({"status":"error","errorType":"not_found","error":"not implemented in weft yet","message":"not implemented in weft yet"}))).into_response()
+}
+
+/// The query routes (Loki API and native search).
+pub fn router(service: Arc<QueryService>) -> Router {
+    Router::new()
+        .route("/loki/api/v1/query_range", get(loki_query_range).post(loki_query_range))
+        .route("/loki/api/v1/query", get(loki_query).post(loki_query))
+        .route("/loki/api/v1/labels", get(loki_labels).post(loki_labels))
+        .route("/loki/api/v1/label/{name}/values", get(loki_label_values).post(loki_label_values))
+        .route("/loki/api/v1/series", get(loki_series).post(loki_series))
+        .route("/loki/api/v1/index/stats", get(loki_index_stats).post(loki_index_stats))
+        .route("/loki/api/v1/detected_labels", get(not_built))
+        .route("/loki/api/v1/detected_fields", get(not_built))
+        .route("/loki/api/v1/index/volume", get(not_built))
+        .route("/loki/api/v1/index/volume_range", get(not_built))
+        .route("/loki/api/v1/patterns", get(not_built))
+        .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
+        .route("/api/v1/search", get(native_search).post(native_search))
+        .with_state(service)
+}

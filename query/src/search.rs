@@ -1,0 +1,197 @@
+//! Native full-text search: a free-text expression (words, "phrases",
+//! AND / OR / NOT, `-word`) over log lines, plus label filters written
+//! `name:value` or `name="value"` (stream labels, `level`, `ml_event`),
+//! newest first, paged by a time cursor.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::Term;
+use weft_model::LabelSet;
+
+use crate::logql::ast::{MatchOp, Matcher};
+use crate::storage::{stored_rows, OpenSplit, SplitStore};
+use crate::QueryError;
+
+/// Most hits one page may ask for.
+pub const MAX_SEARCH_LIMIT: usize = 1000;
+
+/// One search request.
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    pub query: String,
+    pub start: i64,
+    /// Inclusive.
+    pub end: i64,
+    pub limit: usize,
+    /// Hits at exactly `end` to skip (they were on the previous page).
+    pub skip_at_end: usize,
+}
+
+/// One hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    pub ts: i64,
+    pub labels: LabelSet,
+    pub line: String,
+    pub level: String,
+    pub ml_event: Option<String>,
+}
+
+/// A page of hits and the cursor of the next page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// `<ts>:<skip>` to pass as `cursor` for older hits; none on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The text part and the label filters of a search expression.
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedSearch {
+    pub text: String,
+    pub matchers: Vec<Matcher>,
+    pub level: Option<String>,
+    pub ml_event: Option<String>,
+}
+
+/// Splits `expr` into label filters (`name:value`, `name="value"`) on known
+/// label names and the remaining full-text expression.
+pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
+    let mut parsed = ParsedSearch::default();
+    let mut text_parts = Vec::new();
+    let mut rest = expr.trim();
+    while !rest.is_empty() {
+        // One whitespace-separated word, keeping quoted parts together.
+        let mut end = 0;
+        let mut quoted = false;
+        for (i, c) in rest.char_indices() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if c.is_whitespace() && !quoted {
+                break;
+            }
+            end = i + c.len_utf8();
+        }
+        let word = &rest[..end];
+        rest = rest[end..].trim_start();
+        let filter = word.split_once(':').or_else(|| word.split_once('=')).filter(|(name, value)| {
+            !value.is_empty() && (label_names.contains(*name) || *name == "level" || *name == "ml_event")
+        });
+        match filter {
+            Some((name, value)) => {
+                let value = value.trim_matches('"').to_string();
+                match name {
+                    "level" => parsed.level = Some(value.to_ascii_lowercase()),
+                    "ml_event" => parsed.ml_event = Some(value),
+                    _ => parsed.matchers.push(Matcher { name: name.to_string(), op: MatchOp::Eq, value, regex: None }),
+                }
+            }
+            None => text_parts.push(word),
+        }
+    }
+    parsed.text = text_parts.join(" ");
+    parsed
+}
+
+fn split_query(split: &OpenSplit, parsed: &ParsedSearch, streams: &[usize], start: i64, end: i64) -> Result<Box<dyn Query>, QueryError> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
+    if !parsed.text.trim().is_empty() {
+        clauses.push((Occur::Must, split.text_query(&parsed.text)?));
+    }
+    if let Some(level) = &parsed.level {
+        clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(split.fields.level, level), IndexRecordOption::Basic))));
+    }
+    if let Some(event) = &parsed.ml_event {
+        clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(split.fields.ml_event, event), IndexRecordOption::Basic))));
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// Runs a search over the splits of `tenant`.
+pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
+    if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
+        return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_SEARCH_LIMIT}")));
+    }
+    let splits = store.splits(tenant, request.start, request.end.saturating_add(1))?;
+    let label_names: HashSet<String> = splits.iter().flat_map(|s| s.streams.iter().flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())).collect();
+    let parsed = split_search(&request.query, &label_names);
+    if parsed.text.trim().is_empty() && parsed.matchers.is_empty() && parsed.level.is_none() && parsed.ml_event.is_none() {
+        return Err(QueryError::BadRequest("the search expression is empty".into()));
+    }
+    let want = request.limit + request.skip_at_end + 1;
+    // (ts, split index, row), newest first; ties by split then row.
+    let mut candidates: Vec<(i64, usize, u32)> = Vec::new();
+    for (i, split) in splits.iter().enumerate() {
+        let streams = split.matching_streams(&parsed.matchers);
+        if streams.is_empty() {
+            continue;
+        }
+        let query = split_query(split, &parsed, &streams, request.start, request.end)?;
+        candidates.extend(split.top_rows(query.as_ref(), want, true)?.into_iter().map(|(ts, row)| (ts, i, row)));
+    }
+    candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut skipped = 0;
+    candidates.retain(|c| {
+        if c.0 == request.end && skipped < request.skip_at_end {
+            skipped += 1;
+            false
+        } else {
+            true
+        }
+    });
+    let more = candidates.len() > request.limit;
+    candidates.truncate(request.limit);
+    let mut by_split: std::collections::HashMap<usize, Vec<u32>> = Default::default();
+    for (_, i, row) in &candidates {
+        by_split.entry(*i).or_default().push(*row);
+    }
+    let mut fetched = std::collections::HashMap::new();
+    for (i, mut rows) in by_split {
+        rows.sort_unstable();
+        let batches = splits[i].read_rows(&rows)?;
+        let mut out = Vec::new();
+        stored_rows(&batches, &mut out)?;
+        for (row, stored) in rows.into_iter().zip(out) {
+            fetched.insert((i, row), stored);
+        }
+    }
+    let hits: Vec<SearchHit> = candidates
+        .iter()
+        .filter_map(|(_, i, row)| fetched.remove(&(*i, *row)))
+        .map(|row| SearchHit {
+            ts: row.ts,
+            labels: (*row.stream).clone(),
+            level: row.metadata.get("detected_level").unwrap_or("unknown").to_string(),
+            ml_event: row.metadata.get("ml_event").map(str::to_string),
+            line: row.line,
+        })
+        .collect();
+    let next_cursor = if more {
+        hits.last().map(|last| {
+            let at_last = hits.iter().filter(|h| h.ts == last.ts).count();
+            let carried = if last.ts == request.end { request.skip_at_end } else { 0 };
+            format!("{}:{}", last.ts, at_last + carried)
+        })
+    } else {
+        None
+    };
+    Ok(SearchPage { hits, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_filters_are_split_from_text() {
+        let names: HashSet<String> = ["namespace".to_string(), "pod".to_string()].into();
+        let parsed = split_search(r#"namespace:ml "out of memory" pod="train-0" -warning level:ERROR url:http://x"#, &names);
+        assert_eq!(parsed.text, r#""out of memory" -warning url:http://x"#);
+        assert_eq!(parsed.matchers.len(), 2);
+        assert_eq!(parsed.matchers[1].value, "train-0");
+        assert_eq!(parsed.level.as_deref(), Some("error"));
+    }
+}

@@ -1,0 +1,417 @@
+//! Reading splits. The store follows the indexer's catalog file (reloading
+//! it when it changes, so a standalone process and a separate `weft query`
+//! see commits the same way) and keeps opened splits: the tantivy index
+//! (doc id = Parquet row) and the Parquet footer with its page index.
+//!
+//! Queries resolve a stream selector to the split's matching streams, ask
+//! tantivy for the rows (stream, time range, and a token prefilter derived
+//! from `|=` filters), then read exactly those rows from Parquet.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Bound;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::index::Order;
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
+use weft_indexer::catalog::{Catalog, CatalogState, SplitMeta};
+use weft_indexer::split::index::{fields_of, open_index, LogFields};
+use weft_model::LabelSet;
+
+use crate::logql::ast::{LineFilter, LineFilterOp, Matcher};
+use crate::QueryError;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+}
+
+struct Loaded {
+    stamp: Option<FileStamp>,
+    catalog: Arc<CatalogState>,
+    open: HashMap<String, Arc<OpenSplit>>,
+}
+
+/// The splits of a data directory, as its catalog lists them.
+pub struct SplitStore {
+    data_dir: PathBuf,
+    catalog_path: PathBuf,
+    loaded: RwLock<Loaded>,
+}
+
+fn stamp_of(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { ino: meta.ino(), len: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec() })
+}
+
+impl SplitStore {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            catalog_path: Catalog::path_in(data_dir),
+            loaded: RwLock::new(Loaded { stamp: None, catalog: Arc::new(CatalogState::default()), open: HashMap::new() }),
+        }
+    }
+
+    /// Reloads the catalog if its file changed. Cheap when it did not.
+    pub fn refresh(&self) -> Result<(), QueryError> {
+        let stamp = stamp_of(&self.catalog_path);
+        if self.loaded.read().expect("store lock").stamp == stamp && stamp.is_some() {
+            return Ok(());
+        }
+        let catalog = Catalog::read(&self.catalog_path).map_err(|e| QueryError::Storage(e.to_string()))?;
+        let mut loaded = self.loaded.write().expect("store lock");
+        let live: std::collections::HashSet<&str> = catalog.splits.iter().map(|s| s.id.as_str()).collect();
+        loaded.open.retain(|id, _| live.contains(id.as_str()));
+        loaded.catalog = Arc::new(catalog);
+        loaded.stamp = stamp;
+        Ok(())
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<CatalogState> {
+        self.loaded.read().expect("store lock").catalog.clone()
+    }
+
+    /// Opened splits of `tenant` whose event time overlaps `[start, end)`.
+    pub fn splits(&self, tenant: &str, start: i64, end: i64) -> Result<Vec<Arc<OpenSplit>>, QueryError> {
+        self.refresh()?;
+        let catalog = self.catalog();
+        let mut out = Vec::new();
+        for meta in catalog.splits.iter().filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts < end) {
+            if let Some(open) = self.loaded.read().expect("store lock").open.get(&meta.id) {
+                out.push(open.clone());
+                continue;
+            }
+            let open = Arc::new(OpenSplit::open(&self.data_dir, meta)?);
+            self.loaded.write().expect("store lock").open.insert(meta.id.clone(), open.clone());
+            out.push(open);
+        }
+        Ok(out)
+    }
+}
+
+/// One split, opened for reading.
+pub struct OpenSplit {
+    pub meta: SplitMeta,
+    pub streams: Vec<Arc<LabelSet>>,
+    index: tantivy::Index,
+    reader: IndexReader,
+    pub fields: LogFields,
+    parquet_path: PathBuf,
+    parquet_meta: ArrowReaderMetadata,
+}
+
+fn storage_err(split: &SplitMeta, e: impl std::fmt::Display) -> QueryError {
+    QueryError::Storage(format!("split {}: {e}", split.id))
+}
+
+/// Collects the doc ids of all matches (one segment per split index).
+struct DocIds;
+struct DocIdsSegment(Vec<DocId>);
+
+impl Collector for DocIds {
+    type Fruit = Vec<DocId>;
+    type Child = DocIdsSegment;
+
+    fn for_segment(&self, _ord: u32, _segment: &SegmentReader) -> tantivy::Result<DocIdsSegment> {
+        Ok(DocIdsSegment(Vec::new()))
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<DocId>>) -> tantivy::Result<Vec<DocId>> {
+        Ok(fruits.into_iter().flatten().collect())
+    }
+}
+
+impl SegmentCollector for DocIdsSegment {
+    type Fruit = Vec<DocId>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        self.0.push(doc);
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        self.0.extend_from_slice(docs);
+    }
+
+    fn harvest(self) -> Vec<DocId> {
+        self.0
+    }
+}
+
+/// What the fast path of metric queries reads per row, from tantivy alone.
+pub struct FastRow<'a> {
+    pub ts: i64,
+    pub bytes: u64,
+    pub stream: &'a str,
+    pub level: &'a str,
+    pub ml_event: &'a str,
+}
+
+/// The `default` tokenizer's terms of a filter string, with whether each
+/// could be cut off at the left / right edge of the filter.
+fn filter_tokens(text: &str) -> Vec<(String, bool, bool)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let push = |out: &mut Vec<(String, bool, bool)>, from: usize, to: usize| {
+        let token = text[from..to].to_lowercase();
+        if token.len() <= 40 {
+            out.push((token, from == 0, to == text.len()));
+        }
+    };
+    for (i, c) in text.char_indices() {
+        if c.is_alphanumeric() {
+            start.get_or_insert(i);
+        } else if let Some(from) = start.take() {
+            push(&mut out, from, i);
+        }
+    }
+    if let Some(from) = start {
+        push(&mut out, from, text.len());
+    }
+    out
+}
+
+impl OpenSplit {
+    fn open(data_dir: &Path, meta: &SplitMeta) -> Result<Self, QueryError> {
+        let index = open_index(&data_dir.join(&meta.index)).map_err(|e| storage_err(meta, e))?;
+        let fields = fields_of(&index.schema()).map_err(|e| storage_err(meta, e))?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(|e| storage_err(meta, e))?;
+        let parquet_path = data_dir.join(&meta.parquet);
+        let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
+        let parquet_meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)).map_err(|e| storage_err(meta, e))?;
+        let streams = meta.streams.iter().map(|s| Arc::new(LabelSet::parse(s).unwrap_or_default())).collect();
+        Ok(Self { meta: meta.clone(), streams, index, reader, fields, parquet_path, parquet_meta })
+    }
+
+    /// Indices of the split's streams that satisfy every matcher.
+    pub fn matching_streams(&self, matchers: &[Matcher]) -> Vec<usize> {
+        self.streams
+            .iter()
+            .enumerate()
+            .filter(|(_, labels)| matchers.iter().all(|m| m.matches(labels.get(&m.name).unwrap_or(""))))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The tantivy query for rows of `streams` in `[start, end)` that may
+    /// pass `filters` (a superset: filters are applied exactly later).
+    pub fn query(&self, streams: &[usize], start: i64, end: i64, filters: &[&LineFilter]) -> Box<dyn Query> {
+        let f = self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if streams.len() < self.streams.len() {
+            let terms = streams.iter().map(|i| Term::from_field_text(f.stream, &self.meta.streams[*i]));
+            clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+        }
+        if start > self.meta.min_ts || end <= self.meta.max_ts {
+            clauses.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(Bound::Included(Term::from_field_i64(f.ts, start)), Bound::Excluded(Term::from_field_i64(f.ts, end)))),
+            ));
+        }
+        for filter in filters {
+            if filter.op != LineFilterOp::Contains || filter.values.len() != 1 {
+                continue;
+            }
+            for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
+                let query: Box<dyn Query> = match (left_open, right_open) {
+                    (false, false) => Box::new(TermQuery::new(Term::from_field_text(f.line, &token), IndexRecordOption::Basic)),
+                    (true, false) => Box::new(RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid")),
+                    (false, true) => Box::new(RegexQuery::from_pattern(&format!("{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid")),
+                    (true, true) => Box::new(RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid")),
+                };
+                clauses.push((Occur::Must, query));
+            }
+        }
+        if clauses.is_empty() {
+            return Box::new(tantivy::query::AllQuery);
+        }
+        Box::new(BooleanQuery::new(clauses))
+    }
+
+    /// Parses a full-text expression (words, "phrases", AND/OR/NOT, `-word`)
+    /// over the line field; words are required by default.
+    pub fn text_query(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {
+        let mut parser = tantivy::query::QueryParser::for_index(&self.index, vec![self.fields.line]);
+        parser.set_conjunction_by_default();
+        parser.parse_query(text).map_err(|e| QueryError::BadRequest(format!("invalid search expression: {e}")))
+    }
+
+    /// Up to `k` matching rows, newest first (`descending`) or oldest first.
+    pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
+        let searcher = self.reader.searcher();
+        let order = if descending { Order::Desc } else { Order::Asc };
+        let top = TopDocs::with_limit(k.max(1)).order_by_fast_field::<i64>("ts", order);
+        let hits = searcher.search(query, &top).map_err(|e| storage_err(&self.meta, e))?;
+        Ok(hits.into_iter().map(|(ts, addr)| (ts.unwrap_or(0), addr.doc_id)).collect())
+    }
+
+    /// All matching rows, in row order.
+    pub fn all_rows(&self, query: &dyn Query) -> Result<Vec<u32>, QueryError> {
+        let searcher = self.reader.searcher();
+        let mut docs = searcher.search(query, &DocIds).map_err(|e| storage_err(&self.meta, e))?;
+        docs.sort_unstable();
+        Ok(docs)
+    }
+
+    /// Number of matching rows.
+    pub fn count(&self, query: &dyn Query) -> Result<usize, QueryError> {
+        let searcher = self.reader.searcher();
+        searcher.search(query, &tantivy::collector::Count).map_err(|e| storage_err(&self.meta, e))
+    }
+
+    /// Calls `visit` for every matching row with what the index holds about
+    /// it (time, line length, stream, level, ML event), without Parquet.
+    pub fn scan_fast(&self, query: &dyn Query, mut visit: impl FnMut(FastRow<'_>)) -> Result<(), QueryError> {
+        let searcher = self.reader.searcher();
+        let docs = searcher.search(query, &DocIds).map_err(|e| storage_err(&self.meta, e))?;
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let segment = searcher.segment_reader(0);
+        let fast = segment.fast_fields();
+        let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
+        let ts = fast.i64("ts").map_err(err)?;
+        let bytes = fast.u64("bytes").map_err(err)?;
+        let dictionary = |name: &str| -> Result<(Option<tantivy::columnar::StrColumn>, Vec<String>), QueryError> {
+            let column = fast.str(name).map_err(err)?;
+            let mut words = Vec::new();
+            if let Some(column) = &column {
+                for ord in 0..column.num_terms() as u64 {
+                    let mut word = String::new();
+                    column.ord_to_str(ord, &mut word).map_err(|e| storage_err(&self.meta, e))?;
+                    words.push(word);
+                }
+            }
+            Ok((column, words))
+        };
+        let (stream_col, stream_words) = dictionary("stream")?;
+        let (level_col, level_words) = dictionary("level")?;
+        let (event_col, event_words) = dictionary("ml_event")?;
+        let word = |col: &Option<tantivy::columnar::StrColumn>, doc: DocId| -> usize {
+            col.as_ref().and_then(|c| c.term_ords(doc).next()).map(|o| o as usize).unwrap_or(usize::MAX)
+        };
+        for doc in docs {
+            let stream = word(&stream_col, doc);
+            let level = word(&level_col, doc);
+            let event = word(&event_col, doc);
+            visit(FastRow {
+                ts: ts.first(doc).unwrap_or(0),
+                bytes: bytes.first(doc).unwrap_or(0),
+                stream: stream_words.get(stream).map(String::as_str).unwrap_or(""),
+                level: level_words.get(level).map(String::as_str).unwrap_or("unknown"),
+                ml_event: event_words.get(event).map(String::as_str).unwrap_or(""),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the given rows (sorted ascending) from Parquet.
+    pub fn read_rows(&self, rows: &[u32]) -> Result<Vec<RecordBatch>, QueryError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows must be sorted and distinct");
+        let mut ranges = Vec::new();
+        let mut start = rows[0] as usize;
+        let mut end = start + 1;
+        for &row in &rows[1..] {
+            let row = row as usize;
+            if row == end {
+                end += 1;
+            } else {
+                ranges.push(start..end);
+                start = row;
+                end = row + 1;
+            }
+        }
+        ranges.push(start..end);
+        let total = self.meta.rows as usize;
+        let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
+        let file = File::open(&self.parquet_path).map_err(|e| storage_err(&self.meta, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.parquet_meta.clone())
+            .with_row_selection(selection)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| storage_err(&self.meta, e))?;
+        let target = weft_model::batch::storage_schema();
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| storage_err(&self.meta, e))?;
+            out.push(weft_model::batch::conform(&batch, &target).map_err(|e| storage_err(&self.meta, e))?);
+        }
+        let read: usize = out.iter().map(|b| b.num_rows()).sum();
+        if read != rows.len() {
+            return Err(storage_err(&self.meta, format!("asked for {} rows, read {read}", rows.len())));
+        }
+        Ok(out)
+    }
+}
+
+/// A row read back from a split, with the labels a LogQL pipeline starts
+/// from.
+#[derive(Clone, Debug)]
+pub struct StoredRow {
+    pub ts: i64,
+    pub stream: Arc<LabelSet>,
+    /// Structured metadata: `detected_level`, `ml_event`, and the per-line
+    /// fields.
+    pub metadata: LabelSet,
+    pub line: String,
+}
+
+/// Turns batches read by [`OpenSplit::read_rows`] into rows.
+pub fn stored_rows(batches: &[RecordBatch], out: &mut Vec<StoredRow>) -> Result<(), QueryError> {
+    for batch in batches {
+        let view = weft_model::LogBatchView::new(batch).map_err(|e| QueryError::Storage(e.to_string()))?;
+        let mut previous: Option<(String, Arc<LabelSet>)> = None;
+        for row in 0..view.len() {
+            let labels = view.stream_labels(row);
+            let key = labels.to_string();
+            let stream = match &previous {
+                Some((k, s)) if *k == key => s.clone(),
+                _ => {
+                    let s = Arc::new(labels);
+                    previous = Some((key, s.clone()));
+                    s
+                }
+            };
+            let mut metadata = view.fields(row);
+            metadata.insert("detected_level", view.level.value(row));
+            if view.ml_event.is_valid(row) {
+                metadata.insert("ml_event", view.ml_event.value(row));
+            }
+            out.push(StoredRow { ts: view.ts.value(row), stream, metadata, line: view.line.value(row).to_string() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_tokens;
+
+    #[test]
+    fn filter_tokens_know_their_open_edges() {
+        assert_eq!(
+            filter_tokens("CUDA out of memory"),
+            vec![("cuda".into(), true, false), ("out".into(), false, false), ("of".into(), false, false), ("memory".into(), false, true)]
+        );
+        assert_eq!(filter_tokens(" exact "), vec![("exact".into(), false, false)]);
+        assert_eq!(filter_tokens("OutOfMemory"), vec![("outofmemory".into(), true, true)]);
+        assert!(filter_tokens("!!").is_empty());
+    }
+}
