@@ -1,1 +1,148 @@
-fn main() {}
+//! The `weft` command: parses flags and the config file, then starts one
+//! role (`collector`, `indexer`, `query`) or all three (`standalone`).
+
+mod app;
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Logs and metrics of ML training jobs on Kubernetes: tail, index, search, alert")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Collector, indexer and query in one process on local directories.
+    Standalone {
+        /// Root of the kubelet pod log tree [default: /var/log/pods]
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        /// Data directory [default: ./weft-data]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// HTTP address for every API [default: 127.0.0.1:3100]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Config file (YAML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node name put on records [default: NODE_NAME, then the hostname]
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+    },
+    /// Node agent: tails pod logs and ships them to an indexer.
+    Collector {
+        /// Root of the kubelet pod log tree [default: /var/log/pods]
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        /// Checkpoints and spool [default: ./weft-state]
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Indexer base URL [default: http://127.0.0.1:3100]
+        #[arg(long)]
+        indexer: Option<String>,
+        /// Config file (YAML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node name put on records [default: NODE_NAME, then the hostname]
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+    },
+    /// Write path: ingest endpoints, WAL, splits.
+    Indexer {
+        /// Data directory [default: ./weft-data]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// HTTP address [default: 127.0.0.1:3100]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Delete splits older than this [default: 7d]
+        #[arg(long)]
+        retention: Option<String>,
+        /// Config file (YAML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read path: search, Loki API.
+    Query {
+        /// Data directory [default: ./weft-data]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// HTTP address [default: 127.0.0.1:3100]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Config file (YAML); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<config::WeftConfig> {
+    match path {
+        Some(path) => config::WeftConfig::load(path),
+        None => Ok(config::WeftConfig::default()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (role, mut cfg) = match &cli.command {
+        Command::Standalone { config, .. } => (app::Role::Standalone, load(config.as_ref())?),
+        Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
+        Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
+        Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
+    };
+    match cli.command {
+        Command::Standalone { logs, data, listen, node, .. } => {
+            if let Some(logs) = logs {
+                cfg.collector.logs = logs;
+            }
+            cfg.data = data.or(cfg.data);
+            cfg.listen = listen.or(cfg.listen);
+            cfg.collector.node = node.or(cfg.collector.node);
+        }
+        Command::Collector { logs, state, indexer, node, .. } => {
+            if let Some(logs) = logs {
+                cfg.collector.logs = logs;
+            }
+            if let Some(state) = state {
+                cfg.collector.state = state;
+            }
+            if let Some(indexer) = indexer {
+                cfg.collector.indexer = indexer;
+            }
+            cfg.collector.node = node.or(cfg.collector.node);
+        }
+        Command::Indexer { data, listen, retention, .. } => {
+            cfg.data = data.or(cfg.data);
+            cfg.listen = listen.or(cfg.listen);
+            if let Some(retention) = retention {
+                let nanos = weft_model::time::parse_duration(&retention).map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
+                cfg.indexer.retention = std::time::Duration::from_nanos(nanos as u64);
+            }
+        }
+        Command::Query { data, listen, .. } => {
+            cfg.data = data.or(cfg.data);
+            cfg.listen = listen.or(cfg.listen);
+        }
+    }
+    app::init_logging(cfg.log_level.as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weft").build()?;
+    runtime.block_on(app::run(role, cfg))
+}

@@ -19,6 +19,13 @@ pub fn detect_level(line: &[u8]) -> Level {
     if let Some(level) = glog_level(head) {
         return level;
     }
+    // glog behind a bracketed prefix, as torch.distributed prints:
+    // `[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] …`
+    for (at, _) in head.iter().enumerate().take(48).filter(|(_, b)| **b == b'[') {
+        if let Some(level) = glog_level(&head[at + 1..]) {
+            return level;
+        }
+    }
     if let Some(level) = keyed_level(head) {
         return level;
     }
@@ -128,6 +135,7 @@ mod tests {
             ("[2026-11-25 22:16:18] [INFO] step 10", Level::Info),
             ("I1125 22:16:18.123456    1 main.go:42] started", Level::Info),
             ("E1125 22:16:18.123456    1 main.go:42] failed", Level::Error),
+            ("[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught", Level::Error),
             (r#"{"ts":"x","level":"warn","msg":"slow"}"#, Level::Warn),
             (r#"{"severity":"ERROR","message":"boom"}"#, Level::Error),
             ("ts=2026 level=debug msg=hello", Level::Debug),

@@ -1,0 +1,156 @@
+//! Wires the roles together: one HTTP listener per process serving every
+//! API the role has, `/metrics`, `/healthz` and `/readyz`, and an orderly
+//! shutdown on Ctrl-C or SIGTERM (the collector seals and ships its last
+//! batch while the server still runs, then the indexer commits).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::config::WeftConfig;
+
+/// Which parts run in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Standalone,
+    Collector,
+    Indexer,
+    Query,
+}
+
+/// How long the collector may take to deliver its last batch on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub fn init_logging(level: Option<&str>) {
+    let filter = std::env::var("RUST_LOG").ok().or(level.map(str::to_string)).unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn metrics_router(registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut out = String::new();
+                    let encoder = prometheus::TextEncoder::new();
+                    if let Err(e) = encoder.encode_utf8(&registry.gather(), &mut out) {
+                        out = format!("# encoding metrics failed: {e}\n");
+                    }
+                    ([("content-type", "text/plain; version=0.0.4")], out)
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/ready", get(|| async { "ready" }))
+}
+
+/// The URL a collector in this process uses to reach the listener.
+fn loopback_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => "127.0.0.1".to_string(),
+            SocketAddr::V6(_) => "[::1]".to_string(),
+        }
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{ip}:{}", addr.port())
+}
+
+pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let data: PathBuf = cfg.data.clone().unwrap_or_else(|| PathBuf::from("./weft-data"));
+    let listen = cfg.listen.unwrap_or_else(|| "127.0.0.1:3100".parse().expect("valid default address"));
+
+    if role == Role::Collector {
+        let collector = weft_collector::start(&cfg.collector, &registry)?;
+        shutdown_signal().await;
+        collector.shutdown(SHUTDOWN_GRACE).await;
+        return Ok(());
+    }
+
+    let mut app = metrics_router(registry.clone());
+    let mut indexer = None;
+    if matches!(role, Role::Standalone | Role::Indexer) {
+        let opened = weft_indexer::Indexer::open(&data, cfg.indexer.clone(), &registry)?;
+        app = app.merge(weft_indexer::ingest::router(opened.clone()));
+        indexer = Some(opened);
+    }
+    if matches!(role, Role::Standalone | Role::Query) {
+        let service = weft_query::QueryService::new(&data, cfg.query.clone(), &registry);
+        app = app.merge(weft_query::api::router(service));
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, data = %data.display(), ?role, "weft listening");
+    // Tests start weft on port 0 and read the address from this line.
+    println!("weft listening on {bound}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = indexer.clone().map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
+
+    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = server_stop_rx.await;
+            })
+            .await
+    });
+
+    let collector = if role == Role::Standalone {
+        cfg.collector.indexer = loopback_url(bound);
+        if cfg.collector.state == weft_collector::CollectorConfig::default().state {
+            cfg.collector.state = data.join("collector");
+        }
+        Some(weft_collector::start(&cfg.collector, &registry)?)
+    } else {
+        None
+    };
+
+    shutdown_signal().await;
+    if let Some(collector) = collector {
+        collector.shutdown(SHUTDOWN_GRACE).await;
+    }
+    let _ = server_stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server error"),
+        Err(_) => tracing::warn!("HTTP connections did not close within 10s"),
+        _ => {}
+    }
+    let _ = stop_tx.send(true);
+    if let Some(background) = background {
+        let _ = background.await;
+    }
+    Ok(())
+}
