@@ -55,6 +55,11 @@ pub struct CollectorConfig {
     /// Longest wait between two delivery attempts.
     #[serde(with = "serde_duration")]
     pub max_backoff: Duration,
+    /// Least time between two writes of the checkpoint file. Lines
+    /// acknowledged since the last write are read again after a crash and
+    /// dropped by the indexer as duplicates.
+    #[serde(with = "serde_duration")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -78,6 +83,7 @@ impl Default for CollectorConfig {
             spool_max_bytes: 512 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(10),
+            checkpoint_interval: Duration::from_millis(500),
         }
     }
 }

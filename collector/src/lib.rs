@@ -66,6 +66,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         max_backoff: config.max_backoff,
         spool_max_bytes: config.spool_max_bytes,
         bearer_token: config.bearer_token.clone(),
+        checkpoint_interval: config.checkpoint_interval,
         ..Default::default()
     };
     let shipper = shipper::Shipper::new(&config.state, settings, metrics.clone())?;

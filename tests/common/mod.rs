@@ -1,0 +1,223 @@
+//! Helpers for end-to-end tests: start the real `weft` binary on port 0,
+//! write kubelet-style pod log files, query over HTTP, and wait on
+//! conditions with timeouts (never sleep-and-hope).
+
+#![allow(dead_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `weft` process.
+pub struct Weft {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Weft {
+    /// Starts `weft <args>` and waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> Weft {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("NODE_NAME", "test-node")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weft starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("weft listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("weft reports its address within 60s");
+        Weft { child, addr }
+    }
+
+    /// Starts a role that serves no HTTP (the collector).
+    pub fn start_quiet(args: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .env("NODE_NAME", "test-node")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weft starts")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM and waits (up to 30 s) for the process to exit 0.
+pub fn terminate(child: &mut Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "weft exited with {status} after SIGTERM");
+            return;
+        }
+        assert!(Instant::now() < deadline, "weft did not stop within 30s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// GET with query parameters; returns (status, JSON body).
+pub fn get_json(url: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let response = client().get(url).query(params).send().expect("request succeeds");
+    let status = response.status().as_u16();
+    let text = response.text().expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url} answered non-JSON ({status}): {text}"));
+    (status, body)
+}
+
+/// All lines of a Loki streams result as (stream label, line) pairs.
+pub fn stream_lines(body: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for stream in body["data"]["result"].as_array().expect("result array") {
+        let name = stream["stream"]["stream"].as_str().unwrap_or("").to_string();
+        for value in stream["values"].as_array().expect("values") {
+            out.push((name.clone(), value[1].as_str().expect("line").to_string()));
+        }
+    }
+    out
+}
+
+/// Writes CRI log files the way containerd and the kubelet do.
+pub struct PodLogWriter {
+    pub dir: PathBuf,
+    rotations: u32,
+}
+
+impl PodLogWriter {
+    pub fn new(root: &Path, namespace: &str, pod: &str, container: &str) -> Self {
+        let dir = root.join(format!("{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666")).join(container);
+        fs::create_dir_all(&dir).expect("pod dir");
+        fs::write(dir.join("0.log"), b"").expect("log file");
+        Self { dir, rotations: 0 }
+    }
+
+    pub fn live(&self) -> PathBuf {
+        self.dir.join("0.log")
+    }
+
+    /// Appends raw bytes to the live file.
+    pub fn append(&self, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(self.live()).expect("open live file");
+        file.write_all(bytes).expect("append");
+    }
+
+    /// One CRI line: `<ts> <stream> <tag> <msg>`.
+    pub fn cri(stream: &str, tag: &str, message: &str) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let secs = now.as_secs() as i64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z {stream} {tag} {message}\n",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60,
+            now.subsec_nanos()
+        )
+    }
+
+    /// kubelet rotation: rename `0.log` to `0.log.<stamp>`, start a new one.
+    pub fn rotate(&mut self) -> PathBuf {
+        self.rotations += 1;
+        let rotated = self.dir.join(format!("0.log.20261125-{:06}", self.rotations));
+        fs::rename(self.live(), &rotated).expect("rename");
+        fs::write(self.live(), b"").expect("new live file");
+        rotated
+    }
+}
+
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + if m <= 2 { 1 } else { 0 }, m, d)
+}
+
+/// Numbered lines, alternating streams, every 5th split into `P` segments.
+pub fn numbered_lines(range: std::ops::Range<usize>) -> (String, Vec<(String, String)>) {
+    let mut text = String::new();
+    let mut expected = Vec::new();
+    for n in range {
+        let stream = if n % 2 == 0 { "stdout" } else { "stderr" };
+        let line = format!("line-{n:06} payload {}", "x".repeat(n % 17));
+        if n % 5 == 0 {
+            let (a, rest) = line.split_at(7);
+            let (b, c) = rest.split_at(5);
+            text.push_str(&PodLogWriter::cri(stream, "P", a));
+            text.push_str(&PodLogWriter::cri(stream, "P", b));
+            text.push_str(&PodLogWriter::cri(stream, "F", c));
+        } else {
+            text.push_str(&PodLogWriter::cri(stream, "F", &line));
+        }
+        expected.push((stream.to_string(), line));
+    }
+    (text, expected)
+}
+
+/// Fetches every line of `selector` over the last hour (forward order).
+pub fn all_lines(weft: &Weft, selector: &str) -> Vec<(String, String)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let start = (now - 3_600_000_000_000).to_string();
+    let end = (now + 60_000_000_000).to_string();
+    let (status, body) = get_json(
+        &weft.url("/loki/api/v1/query_range"),
+        &[("query", selector), ("start", &start), ("end", &end), ("limit", "10000"), ("direction", "forward")],
+    );
+    assert_eq!(status, 200, "{body}");
+    stream_lines(&body)
+}
