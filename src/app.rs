@@ -26,10 +26,18 @@ pub enum Role {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn init_logging(level: Option<&str>) {
-    let filter = std::env::var("RUST_LOG").ok().or(level.map(str::to_string)).unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or(level.map(str::to_string))
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -89,8 +97,13 @@ fn loopback_url(addr: SocketAddr) -> String {
 
 pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
-    let data: PathBuf = cfg.data.clone().unwrap_or_else(|| PathBuf::from("./weft-data"));
-    let listen = cfg.listen.unwrap_or_else(|| "127.0.0.1:3100".parse().expect("valid default address"));
+    let data: PathBuf = cfg
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./weft-data"));
+    let listen = cfg
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:3100".parse().expect("valid default address"));
 
     if role == Role::Collector {
         let collector = weft_collector::start(&cfg.collector, &registry)?;
@@ -110,14 +123,18 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         let service = weft_query::QueryService::new(&data, cfg.query.clone(), &registry);
         app = app.merge(weft_query::api::router(service));
     }
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, data = %data.display(), ?role, "weft listening");
     // Tests start weft on port 0 and read the address from this line.
     println!("weft listening on {bound}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = indexer.clone().map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
+    let background = indexer
+        .clone()
+        .map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
 
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Logs and metrics of ML training jobs on Kubernetes: tail, index, search, alert")]
+#[command(
+    name = "weft",
+    version,
+    about = "Logs and metrics of ML training jobs on Kubernetes: tail, index, search, alert"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,7 +113,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
     };
     match cli.command {
-        Command::Standalone { logs, data, listen, node, .. } => {
+        Command::Standalone {
+            logs,
+            data,
+            listen,
+            node,
+            ..
+        } => {
             if let Some(logs) = logs {
                 cfg.collector.logs = logs;
             }
@@ -117,7 +127,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.listen = listen.or(cfg.listen);
             cfg.collector.node = node.or(cfg.collector.node);
         }
-        Command::Collector { logs, state, indexer, node, .. } => {
+        Command::Collector {
+            logs,
+            state,
+            indexer,
+            node,
+            ..
+        } => {
             if let Some(logs) = logs {
                 cfg.collector.logs = logs;
             }
@@ -129,11 +145,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cfg.collector.node = node.or(cfg.collector.node);
         }
-        Command::Indexer { data, listen, retention, .. } => {
+        Command::Indexer {
+            data,
+            listen,
+            retention,
+            ..
+        } => {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
             if let Some(retention) = retention {
-                let nanos = weft_model::time::parse_duration(&retention).map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
+                let nanos = weft_model::time::parse_duration(&retention)
+                    .map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
                 cfg.indexer.retention = std::time::Duration::from_nanos(nanos as u64);
             }
         }
@@ -143,6 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     app::init_logging(cfg.log_level.as_deref());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("weft").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weft")
+        .build()?;
     runtime.block_on(app::run(role, cfg))
 }

@@ -15,9 +15,19 @@ fn check_exactly_once(got: &[(String, String)], expected: &[(String, String)]) {
     for line in got {
         *counts.entry(line).or_default() += 1;
     }
-    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(l, n)| format!("{}x {}", n, l.1)).take(5).collect();
+    let duplicated: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(l, n)| format!("{}x {}", n, l.1))
+        .take(5)
+        .collect();
     assert!(duplicated.is_empty(), "duplicated lines: {duplicated:?}");
-    let missing: Vec<_> = expected.iter().filter(|l| !counts.contains_key(l)).map(|l| l.1.clone()).take(5).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|l| !counts.contains_key(l))
+        .map(|l| l.1.clone())
+        .take(5)
+        .collect();
     assert!(missing.is_empty(), "missing lines (first 5): {missing:?}");
     assert_eq!(got.len(), expected.len());
 }
@@ -36,7 +46,17 @@ fn every_line_exactly_once_across_rotations_and_kill_9() {
     let config = root.path().join("weft.yaml");
     std::fs::write(&config, "collector:\n  checkpoint_interval: 1h\n").unwrap();
     let config_arg = config.to_string_lossy().into_owned();
-    let args = ["standalone", "--logs", &logs_arg, "--data", &data, "--listen", "127.0.0.1:0", "--config", &config_arg];
+    let args = [
+        "standalone",
+        "--logs",
+        &logs_arg,
+        "--data",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &config_arg,
+    ];
 
     let weft = Weft::start(&args);
     let (text, lines) = numbered_lines(0..300);
@@ -52,7 +72,9 @@ fn every_line_exactly_once_across_rotations_and_kill_9() {
     writer.append(text.as_bytes());
     expected.extend(lines);
     // Let part of it arrive, then crash without any chance to flush.
-    wait_for("some lines indexed", Duration::from_secs(60), || (all_lines(&weft, r#"{namespace="e2e"}"#).len() >= 100).then_some(()));
+    wait_for("some lines indexed", Duration::from_secs(60), || {
+        (all_lines(&weft, r#"{namespace="e2e"}"#).len() >= 100).then_some(())
+    });
     weft.kill9();
 
     // Written while weft is down, across a second rotation.
@@ -73,9 +95,13 @@ fn every_line_exactly_once_across_rotations_and_kill_9() {
     // Nothing more trickles in later (no duplicates after a further commit).
     weft.terminate();
     let weft = Weft::start(&args);
-    let got = wait_for("lines after a clean restart", Duration::from_secs(30), || {
-        let got = all_lines(&weft, r#"{namespace="e2e"}"#);
-        (got.len() >= expected.len()).then_some(got)
-    });
+    let got = wait_for(
+        "lines after a clean restart",
+        Duration::from_secs(30),
+        || {
+            let got = all_lines(&weft, r#"{namespace="e2e"}"#);
+            (got.len() >= expected.len()).then_some(got)
+        },
+    );
     check_exactly_once(&got, &expected);
 }

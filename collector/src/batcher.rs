@@ -12,10 +12,10 @@ use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
 
 use crate::checkpoint::TailerCheckpoint;
 use crate::metrics::CollectorMetrics;
-use weft_model::level::detect_level;
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;
+use weft_model::level::detect_level;
 
 /// When a batch is sealed.
 #[derive(Clone, Debug)]
@@ -30,7 +30,11 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
-        Self { max_bytes: 4 * 1024 * 1024, max_rows: 32 * 1024, max_age: Duration::from_secs(1) }
+        Self {
+            max_bytes: 4 * 1024 * 1024,
+            max_rows: 32 * 1024,
+            max_age: Duration::from_secs(1),
+        }
     }
 }
 
@@ -72,7 +76,12 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 }
 
 impl BatchAssembler {
-    pub fn new(limits: BatchLimits, collector_id: String, node: String, metrics: Arc<CollectorMetrics>) -> Self {
+    pub fn new(
+        limits: BatchLimits,
+        collector_id: String,
+        node: String,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Self {
         Self {
             builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
             limits,
@@ -100,12 +109,16 @@ impl BatchAssembler {
 
     /// True when the open batch should be sealed now.
     pub fn is_due(&self) -> bool {
-        self.is_full() || self.opened.is_some_and(|t| t.elapsed() >= self.limits.max_age)
+        self.is_full()
+            || self
+                .opened
+                .is_some_and(|t| t.elapsed() >= self.limits.max_age)
     }
 
     /// Time until the open batch becomes due by age.
     pub fn time_left(&self) -> Option<Duration> {
-        self.opened.map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
+        self.opened
+            .map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
     }
 
     fn source_slot(&mut self, key: &str, position: u64) -> u32 {
@@ -145,14 +158,23 @@ impl BatchAssembler {
         }
         fnv1a(&mut hash, &(rows as u64).to_le_bytes());
         let key = format!("{}-{hash:016x}", self.collector_id);
-        let metadata = HashMap::from([(META_SOURCES.to_string(), serde_json::to_string(&self.sources).expect("strings serialize"))]);
+        let metadata = HashMap::from([(
+            META_SOURCES.to_string(),
+            serde_json::to_string(&self.sources).expect("strings serialize"),
+        )]);
         let body = encode_ipc(&[batch], metadata).map_err(CollectorError::Model)?;
         self.sources.clear();
         self.source_index.clear();
         self.ranges.clear();
         self.last_source = None;
         self.opened = None;
-        Ok(SealedBatch { key, body, rows, line_bytes, checkpoint })
+        Ok(SealedBatch {
+            key,
+            body,
+            rows,
+            line_bytes,
+            checkpoint,
+        })
     }
 }
 
@@ -192,6 +214,7 @@ impl LineSink for BatchAssembler {
     }
 
     fn is_full(&self) -> bool {
-        self.builder.line_bytes() >= self.limits.max_bytes || self.builder.len() >= self.limits.max_rows
+        self.builder.line_bytes() >= self.limits.max_bytes
+            || self.builder.len() >= self.limits.max_rows
     }
 }

@@ -95,7 +95,9 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(state_dir: &Path) -> Self {
-        Self { path: state_dir.join("checkpoints.json") }
+        Self {
+            path: state_dir.join("checkpoints.json"),
+        }
     }
 
     /// Loads the last written checkpoint; an absent file is an empty
@@ -107,14 +109,20 @@ impl CheckpointStore {
                 reason: e.to_string(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TailerCheckpoint::default()),
-            Err(e) => Err(CollectorError::Io { path: self.path.clone(), source: e }),
+            Err(e) => Err(CollectorError::Io {
+                path: self.path.clone(),
+                source: e,
+            }),
         }
     }
 
     /// Replaces the checkpoint file atomically.
     pub fn store(&self, checkpoint: &TailerCheckpoint) -> Result<(), CollectorError> {
         let bytes = serde_json::to_vec(checkpoint).expect("checkpoint serializes");
-        write_atomic(&self.path, &bytes).map_err(|source| CollectorError::Io { path: self.path.clone(), source })
+        write_atomic(&self.path, &bytes).map_err(|source| CollectorError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -129,7 +137,11 @@ mod tests {
         assert_eq!(store.load().unwrap(), TailerCheckpoint::default());
         let checkpoint = TailerCheckpoint {
             files: vec![FileCheckpoint {
-                identity: FileIdentity { dev: 1, ino: 2, born: 3 },
+                identity: FileIdentity {
+                    dev: 1,
+                    ino: 2,
+                    born: 3,
+                },
                 fingerprint: Some(Fingerprint { len: 10, crc: 42 }),
                 generation: 1,
                 offset: 99,
@@ -149,6 +161,10 @@ mod tests {
         assert_eq!(store.load().unwrap(), checkpoint);
         assert!(!dir.path().join(".checkpoints.json.tmp").exists());
         fs::write(dir.path().join("checkpoints.json"), b"{torn").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("checkpoints.json"));
+        assert!(store
+            .load()
+            .unwrap_err()
+            .to_string()
+            .contains("checkpoints.json"));
     }
 }

@@ -26,7 +26,10 @@ use metrics::CollectorMetrics;
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint file {path} is unreadable: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("invalid collector config: {0}")]
@@ -36,7 +39,10 @@ pub enum CollectorError {
 }
 
 pub(crate) fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A running collector.
@@ -51,12 +57,18 @@ pub struct CollectorHandle {
 }
 
 /// Starts the pod-log pipeline described by `config`.
-pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Result<CollectorHandle, CollectorError> {
+pub fn start(
+    config: &CollectorConfig,
+    registry: &prometheus::Registry,
+) -> Result<CollectorHandle, CollectorError> {
     use notify::Watcher;
 
     config.validate()?;
     let metrics = Arc::new(CollectorMetrics::new(registry));
-    std::fs::create_dir_all(&config.state).map_err(|source| CollectorError::Io { path: config.state.clone(), source })?;
+    std::fs::create_dir_all(&config.state).map_err(|source| CollectorError::Io {
+        path: config.state.clone(),
+        source,
+    })?;
     let node = config.node_name();
     let collector_id = config.collector_id.clone().unwrap_or_else(|| node.clone());
     let settings = shipper::ShipperSettings {
@@ -89,19 +101,28 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         max_rows: config.batch_max_rows,
         max_age: config.batch_max_age,
     };
-    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone());
+    let assembler =
+        batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone());
 
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let hint = wake_tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             use notify::event::{EventKind, ModifyKind};
-            let structural = matches!(event.kind, EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
+            let structural = matches!(
+                event.kind,
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(ModifyKind::Name(_))
+            );
             // A full channel already holds a wake-up; dropping hints is fine.
             let _ = hint.try_send(structural);
         }
     })
-    .and_then(|mut w| w.watch(&config.logs, notify::RecursiveMode::Recursive).map(|_| w));
+    .and_then(|mut w| {
+        w.watch(&config.logs, notify::RecursiveMode::Recursive)
+            .map(|_| w)
+    });
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
@@ -125,7 +146,10 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
     let tailer_thread = std::thread::Builder::new()
         .name("weft-pod-log-tailer".into())
         .spawn(move || tailer_loop.run())
-        .map_err(|source| CollectorError::Io { path: config.logs.clone(), source })?;
+        .map_err(|source| CollectorError::Io {
+            path: config.logs.clone(),
+            source,
+        })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shipper = tokio::spawn(shipper.run(batch_rx, shutdown_rx));
     tracing::info!(logs = %config.logs.display(), state = %config.state.display(), indexer = %config.indexer, node, "collector started");
@@ -159,4 +183,3 @@ impl CollectorHandle {
         tracing::info!("collector stopped");
     }
 }
-

@@ -79,13 +79,24 @@ pub struct CatalogState {
 impl CatalogState {
     /// Distinct label names → values over the splits of a tenant
     /// overlapping `[start, end]`.
-    pub fn label_values(&self, tenant: &str, start: i64, end: i64) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    pub fn label_values(
+        &self,
+        tenant: &str,
+        start: i64,
+        end: i64,
+    ) -> BTreeMap<String, std::collections::BTreeSet<String>> {
         let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-        for split in self.splits.iter().filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts <= end) {
+        for split in self
+            .splits
+            .iter()
+            .filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts <= end)
+        {
             for stream in &split.streams {
                 if let Ok(labels) = weft_model::LabelSet::parse(stream) {
                     for (name, value) in labels.iter() {
-                        out.entry(name.to_string()).or_default().insert(value.to_string());
+                        out.entry(name.to_string())
+                            .or_default()
+                            .insert(value.to_string());
                     }
                 }
             }
@@ -103,7 +114,10 @@ pub struct Catalog {
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -123,7 +137,10 @@ impl Catalog {
     pub fn open(data_dir: &Path) -> Result<Self, IndexerError> {
         let path = Self::path_in(data_dir);
         let state = Self::read(&path)?;
-        Ok(Self { path, state: RwLock::new(state) })
+        Ok(Self {
+            path,
+            state: RwLock::new(state),
+        })
     }
 
     /// Reads a catalog file without keeping it open.
@@ -132,7 +149,10 @@ impl Catalog {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| IndexerError::Corrupt(format!("catalog {}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CatalogState::default()),
-            Err(source) => Err(IndexerError::Io { path: path.to_path_buf(), source }),
+            Err(source) => Err(IndexerError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -148,13 +168,19 @@ impl Catalog {
 
     /// Applies `change` to a copy, writes it atomically, then publishes it.
     /// If writing fails nothing changes.
-    pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> T) -> Result<T, IndexerError> {
+    pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut CatalogState) -> T,
+    ) -> Result<T, IndexerError> {
         let mut guard = self.state.write().expect("catalog lock");
         let mut next = guard.clone();
         let out = change(&mut next);
         next.version += 1;
         let bytes = serde_json::to_vec(&next).expect("catalog serializes");
-        write_atomic(&self.path, &bytes).map_err(|source| IndexerError::Io { path: self.path.clone(), source })?;
+        write_atomic(&self.path, &bytes).map_err(|source| IndexerError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         *guard = next;
         Ok(out)
     }
@@ -172,7 +198,13 @@ mod tests {
         catalog
             .update(|s| {
                 s.wal_seq = 7;
-                s.watermarks.insert("src".into(), Watermark { position: 9, updated: 1 });
+                s.watermarks.insert(
+                    "src".into(),
+                    Watermark {
+                        position: 9,
+                        updated: 1,
+                    },
+                );
             })
             .unwrap();
         let reopened = Catalog::open(dir.path()).unwrap().snapshot();

@@ -113,10 +113,14 @@ fn decode_wal_payload(payload: &[u8]) -> Option<(String, String, i64, &[u8])> {
     }
     let ingest_ts = i64::from_le_bytes(payload[1..9].try_into().ok()?);
     let tenant_len = u16::from_le_bytes(payload[9..11].try_into().ok()?) as usize;
-    let tenant = std::str::from_utf8(payload.get(11..11 + tenant_len)?).ok()?.to_string();
+    let tenant = std::str::from_utf8(payload.get(11..11 + tenant_len)?)
+        .ok()?
+        .to_string();
     let at = 11 + tenant_len;
     let key_len = u16::from_le_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
-    let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?).ok()?.to_string();
+    let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?)
+        .ok()?
+        .to_string();
     Some((tenant, key, ingest_ts, &payload[at + 2 + key_len..]))
 }
 
@@ -126,11 +130,15 @@ pub fn validate_tenant(tenant: &str) -> Result<(), IndexerError> {
         && tenant.len() <= 150
         && tenant != "."
         && tenant != ".."
-        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(IndexerError::BadRequest(format!("invalid tenant {tenant:?}: use 1-150 of [A-Za-z0-9_.-]")))
+        Err(IndexerError::BadRequest(format!(
+            "invalid tenant {tenant:?}: use 1-150 of [A-Za-z0-9_.-]"
+        )))
     }
 }
 
@@ -138,14 +146,26 @@ impl Indexer {
     /// Opens the data directory: loads the catalog, removes files no split
     /// owns (a crash between writing a split and publishing it), and
     /// replays the WAL into pending rows.
-    pub fn open(data_dir: &Path, config: IndexerConfig, registry: &prometheus::Registry) -> Result<Arc<Self>, IndexerError> {
+    pub fn open(
+        data_dir: &Path,
+        config: IndexerConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>, IndexerError> {
         config.validate()?;
-        std::fs::create_dir_all(data_dir).map_err(|source| IndexerError::Io { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| IndexerError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let metrics = IndexerMetrics::new(registry);
         let catalog = Arc::new(Catalog::open(data_dir)?);
         let state = catalog.snapshot();
         remove_orphans(data_dir, &state);
-        let (wal, report) = WriteAheadLog::open(&data_dir.join("wal"), config.wal_segment_bytes, state.wal_seq, config.wal_fsync)?;
+        let (wal, report) = WriteAheadLog::open(
+            &data_dir.join("wal"),
+            config.wal_segment_bytes,
+            state.wal_seq,
+            config.wal_fsync,
+        )?;
         metrics.wal_corruptions.inc_by(report.corruptions);
         let indexer = Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
@@ -164,19 +184,31 @@ impl Indexer {
         let replayed = report.records.len();
         for record in report.records {
             let Some((tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
-                tracing::error!(seq = record.seq, "WAL record has an unknown format; skipped");
+                tracing::error!(
+                    seq = record.seq,
+                    "WAL record has an unknown format; skipped"
+                );
                 continue;
             };
             match indexer.prepare(body) {
                 Ok(prepared) => {
                     let mut write = indexer.write.lock().expect("write lock");
-                    indexer.admit(&mut write, &tenant, &key, prepared, ingest_ts, None, "replay")?;
+                    indexer.admit(
+                        &mut write, &tenant, &key, prepared, ingest_ts, None, "replay",
+                    )?;
                 }
-                Err(e) => tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped"),
+                Err(e) => {
+                    tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped")
+                }
             }
         }
         if replayed > 0 || report.corruptions > 0 {
-            tracing::info!(records = replayed, corruptions = report.corruptions, bytes_cut = report.bytes_cut, "WAL replayed");
+            tracing::info!(
+                records = replayed,
+                corruptions = report.corruptions,
+                bytes_cut = report.bytes_cut,
+                "WAL replayed"
+            );
         }
         indexer.update_gauges();
         Ok(indexer)
@@ -198,20 +230,30 @@ impl Indexer {
 
     fn prepare(&self, body: &[u8]) -> Result<Prepared, IndexerError> {
         let (metadata, batches) = decode_ipc(body, &wire_schema(), self.config.max_request_rows)
-            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
+            .map_err(|e| {
+                IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}"))
+            })?;
         let sources: Vec<String> = match metadata.get(META_SOURCES) {
-            Some(json) => serde_json::from_str(json)
-                .map_err(|e| IndexerError::BadRequest(format!("schema metadata {META_SOURCES} is not a JSON list of strings: {e}")))?,
+            Some(json) => serde_json::from_str(json).map_err(|e| {
+                IndexerError::BadRequest(format!(
+                    "schema metadata {META_SOURCES} is not a JSON list of strings: {e}"
+                ))
+            })?,
             None => Vec::new(),
         };
         for batch in &batches {
             let view = LogBatchView::new(batch)?;
             if let Some(src) = view.src {
                 if let Some(bad) = src.iter().flatten().find(|s| *s as usize >= sources.len()) {
-                    return Err(IndexerError::BadRequest(format!("row refers to source {bad} but the batch lists {}", sources.len())));
+                    return Err(IndexerError::BadRequest(format!(
+                        "row refers to source {bad} but the batch lists {}",
+                        sources.len()
+                    )));
                 }
             }
-            if let Some(row) = (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes) {
+            if let Some(row) =
+                (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes)
+            {
                 return Err(IndexerError::BadRequest(format!(
                     "row {row} has a line of {} bytes, over the {} byte limit",
                     view.line.value(row).len(),
@@ -224,10 +266,18 @@ impl Indexer {
 
     /// Ingests one Arrow IPC body (wire schema). Blocking: call from a
     /// blocking thread.
-    pub fn ingest_arrow(&self, tenant: &str, key: &str, body: &[u8], endpoint: &str) -> Result<IngestOutcome, IndexerError> {
+    pub fn ingest_arrow(
+        &self,
+        tenant: &str,
+        key: &str,
+        body: &[u8],
+        endpoint: &str,
+    ) -> Result<IngestOutcome, IndexerError> {
         validate_tenant(tenant)?;
         if key.len() > 512 {
-            return Err(IndexerError::BadRequest("idempotency key longer than 512 bytes".into()));
+            return Err(IndexerError::BadRequest(
+                "idempotency key longer than 512 bytes".into(),
+            ));
         }
         let prepared = self.prepare(body)?;
         let ingest_ts = now_nanos();
@@ -239,7 +289,15 @@ impl Indexer {
             )));
         }
         let payload = encode_wal_payload(tenant, key, ingest_ts, body);
-        let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, Some(&payload), endpoint)?;
+        let outcome = self.admit(
+            &mut write,
+            tenant,
+            key,
+            prepared,
+            ingest_ts,
+            Some(&payload),
+            endpoint,
+        )?;
         let pending = write.pending.bytes;
         drop(write);
         self.metrics.bytes_ingested.inc_by(body.len() as u64);
@@ -265,8 +323,15 @@ impl Indexer {
     ) -> Result<IngestOutcome, IndexerError> {
         let total_rows: usize = prepared.batches.iter().map(|b| b.num_rows()).sum();
         if !key.is_empty() && write.recent_keys.contains(key) {
-            self.metrics.duplicate_rows.with_label_values(&["idempotency_key"]).inc_by(total_rows as u64);
-            return Ok(IngestOutcome { accepted: 0, duplicates: total_rows, duplicate_batch: true });
+            self.metrics
+                .duplicate_rows
+                .with_label_values(&["idempotency_key"])
+                .inc_by(total_rows as u64);
+            return Ok(IngestOutcome {
+                accepted: 0,
+                duplicates: total_rows,
+                duplicate_batch: true,
+            });
         }
         // Positions must rise per source; anything at or below the
         // watermark is already held.
@@ -287,10 +352,12 @@ impl Indexer {
                 }
                 let source = src.value(row) as usize;
                 let position = offset.value(row);
-                let current = moved
-                    .get(&source)
-                    .copied()
-                    .or_else(|| write.watermarks.get(&prepared.sources[source]).map(|w| w.position));
+                let current = moved.get(&source).copied().or_else(|| {
+                    write
+                        .watermarks
+                        .get(&prepared.sources[source])
+                        .map(|w| w.position)
+                });
                 let fresh = current.is_none_or(|c| position > c);
                 if fresh {
                     moved.insert(source, position);
@@ -303,22 +370,34 @@ impl Indexer {
         }
         let accepted = total_rows - duplicates;
         if duplicates > 0 {
-            self.metrics.duplicate_rows.with_label_values(&["source_position"]).inc_by(duplicates as u64);
+            self.metrics
+                .duplicate_rows
+                .with_label_values(&["source_position"])
+                .inc_by(duplicates as u64);
         }
         if accepted > 0 {
             if let Some(payload) = wal_payload {
-                write.wal.append(payload).map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
+                write.wal.append(payload).map_err(|e| {
+                    IndexerError::Unavailable(format!("write-ahead log append failed: {e}"))
+                })?;
                 self.metrics.wal_appends.inc();
             }
         }
         write.recent_keys.insert(key);
         let now = now_nanos();
         for (source, position) in moved {
-            write.watermarks.insert(prepared.sources[source].clone(), Watermark { position, updated: now });
+            write.watermarks.insert(
+                prepared.sources[source].clone(),
+                Watermark {
+                    position,
+                    updated: now,
+                },
+            );
         }
         for (batch, mask) in prepared.batches.into_iter().zip(masks) {
             let batch = match mask {
-                Some(mask) => filter_record_batch(&batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?,
+                Some(mask) => filter_record_batch(&batch, &mask)
+                    .map_err(|e| IndexerError::Internal(e.to_string()))?,
                 None => batch,
             };
             if batch.num_rows() == 0 {
@@ -329,8 +408,15 @@ impl Indexer {
             write.pending.bytes += bytes;
             write.pending.batches.push((tenant.to_string(), batch));
         }
-        self.metrics.rows_ingested.with_label_values(&[endpoint]).inc_by(accepted as u64);
-        Ok(IngestOutcome { accepted, duplicates, duplicate_batch: false })
+        self.metrics
+            .rows_ingested
+            .with_label_values(&[endpoint])
+            .inc_by(accepted as u64);
+        Ok(IngestOutcome {
+            accepted,
+            duplicates,
+            duplicate_batch: false,
+        })
     }
 
     /// Writes pending rows into splits and publishes them with the WAL
@@ -377,7 +463,9 @@ impl Indexer {
                 drop(write);
                 if count > 0 {
                     self.metrics.commits.inc();
-                    self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                 }
                 self.update_gauges();
                 Ok(count)
@@ -396,22 +484,38 @@ impl Indexer {
     }
 
     /// One split per (tenant, hour of event time).
-    fn write_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
-        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
+    fn write_splits(
+        &self,
+        batches: &[(String, RecordBatch)],
+    ) -> Result<Vec<SplitMeta>, IndexerError> {
+        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> =
+            Default::default();
         const HOUR: i64 = 3600 * 1_000_000_000;
         for (tenant, batch) in batches {
             let view = LogBatchView::new(batch)?;
-            let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR)).collect();
+            let hours: Vec<i64> = view
+                .ts
+                .values()
+                .iter()
+                .map(|ts| ts.div_euclid(HOUR))
+                .collect();
             let first = hours[0];
             if hours.iter().all(|h| *h == first) {
-                by_bucket.entry((tenant.clone(), first)).or_default().push(batch.clone());
+                by_bucket
+                    .entry((tenant.clone(), first))
+                    .or_default()
+                    .push(batch.clone());
                 continue;
             }
             let distinct: std::collections::BTreeSet<i64> = hours.iter().copied().collect();
             for hour in distinct {
                 let mask = BooleanArray::from(hours.iter().map(|h| *h == hour).collect::<Vec<_>>());
-                let part = filter_record_batch(batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?;
-                by_bucket.entry((tenant.clone(), hour)).or_default().push(part);
+                let part = filter_record_batch(batch, &mask)
+                    .map_err(|e| IndexerError::Internal(e.to_string()))?;
+                by_bucket
+                    .entry((tenant.clone(), hour))
+                    .or_default()
+                    .push(part);
             }
         }
         let mut written = Vec::new();
@@ -438,10 +542,19 @@ impl Indexer {
         let small = self.config.merge_max_line_bytes / 2;
         let mut groups: HashMap<(String, String), Vec<&SplitMeta>> = HashMap::new();
         for split in state.splits.iter().filter(|s| s.line_bytes < small) {
-            let dir = Path::new(&split.parquet).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-            groups.entry((split.tenant.clone(), dir)).or_default().push(split);
+            let dir = Path::new(&split.parquet)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            groups
+                .entry((split.tenant.clone(), dir))
+                .or_default()
+                .push(split);
         }
-        let Some(((tenant, _), mut group)) = groups.into_iter().filter(|(_, g)| g.len() >= self.config.merge_min_splits).max_by_key(|(_, g)| g.len())
+        let Some(((tenant, _), mut group)) = groups
+            .into_iter()
+            .filter(|(_, g)| g.len() >= self.config.merge_min_splits)
+            .max_by_key(|(_, g)| g.len())
         else {
             return Ok(false);
         };
@@ -483,7 +596,10 @@ impl Indexer {
                 }
             });
             state.splits.push(output);
-            state.graveyard.push(Grave { paths, delete_after });
+            state.graveyard.push(Grave {
+                paths,
+                delete_after,
+            });
             true
         })?;
         if !applied {
@@ -504,7 +620,10 @@ impl Indexer {
         let now = now_nanos();
         let cutoff = now - self.config.retention.as_nanos() as i64;
         let delete_after = now + self.config.grace_period.as_nanos() as i64;
-        let needed = self.catalog.with(|s| s.splits.iter().any(|s| s.max_ingest_ts < cutoff) || s.graveyard.iter().any(|g| g.delete_after <= now));
+        let needed = self.catalog.with(|s| {
+            s.splits.iter().any(|s| s.max_ingest_ts < cutoff)
+                || s.graveyard.iter().any(|g| g.delete_after <= now)
+        });
         if !needed {
             return Ok(());
         }
@@ -520,7 +639,10 @@ impl Indexer {
             });
             let count = expired.len();
             for paths in expired {
-                state.graveyard.push(Grave { paths, delete_after });
+                state.graveyard.push(Grave {
+                    paths,
+                    delete_after,
+                });
             }
             let mut due = Vec::new();
             state.graveyard.retain(|g| {
@@ -544,7 +666,13 @@ impl Indexer {
     fn update_gauges(&self) {
         self.catalog.with(|state| {
             self.metrics.splits.set(state.splits.len() as i64);
-            self.metrics.split_bytes.set(state.splits.iter().map(|s| s.parquet_bytes + s.index_bytes).sum::<u64>() as i64);
+            self.metrics.split_bytes.set(
+                state
+                    .splits
+                    .iter()
+                    .map(|s| s.parquet_bytes + s.index_bytes)
+                    .sum::<u64>() as i64,
+            );
         });
     }
 
@@ -594,14 +722,18 @@ impl Indexer {
         let me = self.clone();
         match tokio::task::spawn_blocking(move || me.commit()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "commit failed; rows stay pending and in the WAL"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "commit failed; rows stay pending and in the WAL")
+            }
             Err(e) => tracing::error!(error = %e, "commit task panicked"),
         }
     }
 }
 
 fn with_ingest_ts(batch: RecordBatch, ingest_ts: i64) -> Result<RecordBatch, IndexerError> {
-    let column: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![ingest_ts; batch.num_rows()]).with_timezone("UTC"));
+    let column: ArrayRef = Arc::new(
+        TimestampNanosecondArray::from(vec![ingest_ts; batch.num_rows()]).with_timezone("UTC"),
+    );
     let mut columns = batch.columns().to_vec();
     columns[1] = column;
     RecordBatch::try_new(batch.schema(), columns).map_err(|e| IndexerError::Internal(e.to_string()))
@@ -621,11 +753,14 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
         }
     }
     fn walk(dir: &Path, owned: &HashSet<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_split_file = name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
+            let is_split_file =
+                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
             if is_split_file {
                 if !owned.contains(&path) {
                     tracing::info!(path = %path.display(), "removing split file no catalog entry owns");

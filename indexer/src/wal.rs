@@ -52,19 +52,33 @@ pub struct WriteAheadLog {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
-    move |source| IndexerError::Io { path: path.to_path_buf(), source }
+    move |source| IndexerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl WriteAheadLog {
     /// Opens the log in `dir`, replaying (and repairing) every segment.
     /// Records with `seq <= committed_seq` are skipped (already in splits).
-    pub fn open(dir: &Path, segment_bytes: u64, committed_seq: u64, fsync: bool) -> Result<(Self, ReplayReport), IndexerError> {
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        committed_seq: u64,
+        fsync: bool,
+    ) -> Result<(Self, ReplayReport), IndexerError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(first_seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
-                segments.push(Segment { first_seq, path: entry.path() });
+            if let Some(first_seq) = name
+                .strip_suffix(".wal")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                segments.push(Segment {
+                    first_seq,
+                    path: entry.path(),
+                });
             }
         }
         segments.sort_by_key(|s| s.first_seq);
@@ -82,13 +96,24 @@ impl WriteAheadLog {
                 report.corruptions += 1;
                 report.bytes_cut += file_len - records_end;
                 tracing::warn!(path = %segment.path.display(), at = records_end, cut = file_len - records_end, "damaged WAL tail cut off");
-                let file = OpenOptions::new().write(true).open(&segment.path).map_err(io(&segment.path))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&segment.path)
+                    .map_err(io(&segment.path))?;
                 file.set_len(records_end).map_err(io(&segment.path))?;
                 file.sync_all().map_err(io(&segment.path))?;
             }
             next_seq = next_seq.max(seq);
         }
-        let mut wal = Self { dir: dir.to_path_buf(), segment_bytes, segments, active: None, active_len: 0, next_seq, fsync };
+        let mut wal = Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments,
+            active: None,
+            active_len: 0,
+            next_seq,
+            fsync,
+        };
         // Never append after a repaired tail in an old segment: start fresh.
         wal.roll()?;
         Ok((wal, report))
@@ -96,11 +121,20 @@ impl WriteAheadLog {
 
     fn roll(&mut self) -> Result<(), IndexerError> {
         let path = self.dir.join(format!("{:020}.wal", self.next_seq));
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
         let len = file.metadata().map_err(io(&path))?.len();
         if !self.segments.iter().any(|s| s.path == path) {
-            self.segments.push(Segment { first_seq: self.next_seq, path: path.clone() });
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+            self.segments.push(Segment {
+                first_seq: self.next_seq,
+                path: path.clone(),
+            });
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
         }
         self.active = Some(file);
         self.active_len = len;
@@ -115,18 +149,30 @@ impl WriteAheadLog {
     /// Appends one record durably and returns its sequence number.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, IndexerError> {
         if payload.len() > MAX_RECORD_BYTES {
-            return Err(IndexerError::TooLarge(format!("WAL record of {} bytes exceeds {MAX_RECORD_BYTES}", payload.len())));
+            return Err(IndexerError::TooLarge(format!(
+                "WAL record of {} bytes exceeds {MAX_RECORD_BYTES}",
+                payload.len()
+            )));
         }
         if self.active_len >= self.segment_bytes {
             self.roll()?;
         }
-        let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
-        let file = self.active.as_mut().expect("an active segment exists after open");
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        let file = self
+            .active
+            .as_mut()
+            .expect("an active segment exists after open");
         let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let written = file.write_all(&frame).and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
+        let written =
+            file.write_all(&frame)
+                .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(source) = written {
             // Cut a partial frame so the next append does not follow garbage.
             let _ = file.set_len(self.active_len);
@@ -155,15 +201,24 @@ impl WriteAheadLog {
 
     /// Total bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.segments.iter().filter_map(|s| fs::metadata(&s.path).ok()).map(|m| m.len()).sum()
+        self.segments
+            .iter()
+            .filter_map(|s| fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum()
     }
 }
 
 /// Reads records from one segment until the end or the first damaged
 /// record. Returns (end of the last intact record, file length).
-fn replay_segment(path: &Path, mut on_record: impl FnMut(Vec<u8>)) -> Result<(u64, u64), IndexerError> {
+fn replay_segment(
+    path: &Path,
+    mut on_record: impl FnMut(Vec<u8>),
+) -> Result<(u64, u64), IndexerError> {
     let mut bytes = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io(path))?;
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
     let mut pos = 0usize;
     while bytes.len() - pos >= HEADER_BYTES {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
@@ -203,10 +258,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_all(dir.path());
         let (_, report) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
-        assert_eq!(report.records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), payloads());
-        assert_eq!(report.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            report
+                .records
+                .iter()
+                .map(|r| r.payload.clone())
+                .collect::<Vec<_>>(),
+            payloads()
+        );
+        assert_eq!(
+            report.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
         let (mut wal, report) = WriteAheadLog::open(dir.path(), 1 << 20, 2, true).unwrap();
-        assert_eq!(report.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(
+            report.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
         assert_eq!(wal.append(b"next").unwrap(), 5);
     }
 
@@ -237,7 +305,11 @@ mod tests {
                 assert_eq!(got, intact, "cut={cut} flip={flip}");
                 let damaged = !(cut == last_start && !flip);
                 assert_eq!(report.corruptions, damaged as u64, "cut={cut} flip={flip}");
-                assert_eq!(fs::metadata(&path).unwrap().len() as usize, last_start, "tail cut off");
+                assert_eq!(
+                    fs::metadata(&path).unwrap().len() as usize,
+                    last_start,
+                    "tail cut off"
+                );
                 let seq = wal.append(b"after").unwrap();
                 assert_eq!(seq, 4);
                 drop(wal);

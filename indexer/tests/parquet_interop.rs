@@ -10,13 +10,28 @@ use weft_model::batch::{encode_ipc, META_SOURCES};
 use weft_model::{LabelSet, Level, LogBatchBuilder, LogRecord};
 
 fn python_with_pyarrow() -> &'static str {
-    let has = |py: &str| Command::new(py).args(["-c", "import pyarrow"]).status().is_ok_and(|s| s.success());
+    let has = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import pyarrow"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if !has("python3") {
         let installed = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pyarrow>=15"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "pyarrow>=15",
+            ])
             .status()
             .expect("python3 runs");
-        assert!(installed.success(), "pyarrow could not be installed; run scripts/install-test-deps");
+        assert!(
+            installed.success(),
+            "pyarrow could not be installed; run scripts/install-test-deps"
+        );
     }
     "python3"
 }
@@ -24,7 +39,12 @@ fn python_with_pyarrow() -> &'static str {
 #[test]
 fn pyarrow_reads_a_split_back() {
     let dir = tempfile::tempdir().unwrap();
-    let indexer = Indexer::open(dir.path(), IndexerConfig::default(), &prometheus::Registry::new()).unwrap();
+    let indexer = Indexer::open(
+        dir.path(),
+        IndexerConfig::default(),
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     let mut builder = LogBatchBuilder::default();
     for i in 0..50u64 {
         let record = LogRecord {
@@ -36,7 +56,11 @@ fn pyarrow_reads_a_split_back() {
             stream: "stdout".into(),
             labels: LabelSet::from_pairs([("job", "trainer")]),
             restart: Some(0),
-            level: if i % 10 == 0 { Level::Error } else { Level::Info },
+            level: if i % 10 == 0 {
+                Level::Error
+            } else {
+                Level::Info
+            },
             line: format!("step {i} loss 0.{i:02} ünïcode"),
             source: Some((0, 4 * (i + 1))),
             ..Default::default()
@@ -49,7 +73,13 @@ fn pyarrow_reads_a_split_back() {
     indexer.commit().unwrap();
     let split = indexer.catalog().snapshot().splits.remove(0);
     let path = dir.path().join(&split.parquet);
-    assert!(split.parquet.starts_with("splits/logs/tenant=default/date="), "hive-style path: {}", split.parquet);
+    assert!(
+        split
+            .parquet
+            .starts_with("splits/logs/tenant=default/date="),
+        "hive-style path: {}",
+        split.parquet
+    );
 
     let script = r#"
 import sys, pyarrow as pa, pyarrow.parquet as pq
@@ -69,7 +99,15 @@ assert all("ünïcode" in r["line"] for r in rows)
 assert rows[0]["labels"] == '{"job":"trainer"}', rows[0]["labels"]
 print("ok", t.num_rows)
 "#;
-    let output = Command::new(python_with_pyarrow()).args(["-c", script, path.to_str().unwrap()]).output().expect("python runs");
-    assert!(output.status.success(), "pyarrow check failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(python_with_pyarrow())
+        .args(["-c", script, path.to_str().unwrap()])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "pyarrow check failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok 50");
 }

@@ -101,7 +101,11 @@ impl LabelSet {
     /// Parses the canonical text form `{a="x", b="y"}` (also `{}`), with Go
     /// string escapes in values.
     pub fn parse(text: &str) -> Result<Self, ModelError> {
-        let invalid = |at: usize, reason: &'static str| ModelError::InvalidLabels { text: text.chars().take(200).collect(), at, reason };
+        let invalid = |at: usize, reason: &'static str| ModelError::InvalidLabels {
+            text: text.chars().take(200).collect(),
+            at,
+            reason,
+        };
         let bytes = text.as_bytes();
         let mut pos = skip_ws(bytes, 0);
         if bytes.get(pos) != Some(&b'{') {
@@ -110,11 +114,17 @@ impl LabelSet {
         pos = skip_ws(bytes, pos + 1);
         let mut set = LabelSet::new();
         if bytes.get(pos) == Some(&b'}') {
-            return if skip_ws(bytes, pos + 1) == bytes.len() { Ok(set) } else { Err(invalid(pos + 1, "trailing text after '}'")) };
+            return if skip_ws(bytes, pos + 1) == bytes.len() {
+                Ok(set)
+            } else {
+                Err(invalid(pos + 1, "trailing text after '}'"))
+            };
         }
         loop {
             let name_start = pos;
-            while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'_' || bytes[pos] == b'.') {
+            while pos < bytes.len()
+                && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'_' || bytes[pos] == b'.')
+            {
                 pos += 1;
             }
             if pos == name_start {
@@ -139,7 +149,11 @@ impl LabelSet {
             match bytes.get(pos) {
                 Some(b',') => pos = skip_ws(bytes, pos + 1),
                 Some(b'}') => {
-                    return if skip_ws(bytes, pos + 1) == bytes.len() { Ok(set) } else { Err(invalid(pos + 1, "trailing text after '}'")) };
+                    return if skip_ws(bytes, pos + 1) == bytes.len() {
+                        Ok(set)
+                    } else {
+                        Err(invalid(pos + 1, "trailing text after '}'"))
+                    };
                 }
                 _ => return Err(invalid(pos, "expected ',' or '}'")),
             }
@@ -196,7 +210,8 @@ pub fn parse_quoted(text: &str, pos: usize) -> Result<(String, usize), &'static 
                     }
                     out.push(char::from_u32(value).ok_or("invalid unicode escape")?);
                 }
-                '.' | '-' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | 'd' | 'w' | 's' | 'D' | 'W' | 'S' => {
+                '.' | '-' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^'
+                | '$' | 'd' | 'w' | 's' | 'D' | 'W' | 'S' => {
                     // Regex escapes inside double-quoted strings are kept
                     // verbatim so `=~ "a\.b"` means what users expect.
                     out.push('\\');
@@ -217,18 +232,31 @@ pub fn validate_label_name(name: &str) -> Result<(), ModelError> {
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_LABEL_BYTES
         && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
     if valid {
         Ok(())
     } else {
-        Err(ModelError::InvalidLabelName(name.chars().take(100).collect()))
+        Err(ModelError::InvalidLabelName(
+            name.chars().take(100).collect(),
+        ))
     }
 }
 
 /// Replaces characters that are not valid in a label name with `_`
 /// (OTLP `k8s.pod.name` style keys, JSON keys).
 pub fn sanitize_label_name(name: &str) -> String {
-    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if out.is_empty() || out.as_bytes()[0].is_ascii_digit() {
         out.insert(0, '_');
     }
@@ -272,17 +300,31 @@ mod tests {
 
     #[test]
     fn canonical_round_trip() {
-        let set = LabelSet::from_pairs([("pod", "train-0"), ("namespace", "ml"), ("msg", "a \"q\"\n")]);
+        let set = LabelSet::from_pairs([
+            ("pod", "train-0"),
+            ("namespace", "ml"),
+            ("msg", "a \"q\"\n"),
+        ]);
         let text = set.to_string();
         assert_eq!(text, r#"{msg="a \"q\"\n", namespace="ml", pod="train-0"}"#);
         assert_eq!(LabelSet::parse(&text).unwrap(), set);
         assert_eq!(LabelSet::parse("{}").unwrap(), LabelSet::new());
-        assert_eq!(LabelSet::parse(r#"{job="x",a="b"}"#).unwrap().get("job"), Some("x"));
+        assert_eq!(
+            LabelSet::parse(r#"{job="x",a="b"}"#).unwrap().get("job"),
+            Some("x")
+        );
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "job=\"x\"", "{job=x}", "{job=\"x\"", "{1a=\"x\"}", "{a=\"x\"} junk"] {
+        for bad in [
+            "",
+            "job=\"x\"",
+            "{job=x}",
+            "{job=\"x\"",
+            "{1a=\"x\"}",
+            "{a=\"x\"} junk",
+        ] {
             assert!(LabelSet::parse(bad).is_err(), "{bad}");
         }
     }

@@ -19,7 +19,11 @@ pub use config::QueryConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("parse error at line {line}, col {col}: {message}")]
-    Parse { line: usize, col: usize, message: String },
+    Parse {
+        line: usize,
+        col: usize,
+        message: String,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("not supported: {0}")]
@@ -42,15 +46,26 @@ impl QueryError {
         let pos = pos.min(text.len());
         let before = &text[..pos];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-        QueryError::Parse { line, col, message: message.into() }
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(0)
+            + 1;
+        QueryError::Parse {
+            line,
+            col,
+            message: message.into(),
+        }
     }
 
     /// HTTP status of the error.
     pub fn status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => {
+                StatusCode::BAD_REQUEST
+            }
             QueryError::Execution(_) | QueryError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::Storage(_) | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -60,7 +75,9 @@ impl QueryError {
     /// The `errorType` of Prometheus-style error envelopes.
     pub fn error_type(&self) -> &'static str {
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => "bad_data",
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => {
+                "bad_data"
+            }
             QueryError::Execution(_) | QueryError::Limit(_) => "execution",
             QueryError::Timeout(_) => "timeout",
             QueryError::Storage(_) | QueryError::Internal(_) => "internal",
@@ -80,6 +97,10 @@ impl QueryService {
     pub fn new(data_dir: &Path, config: QueryConfig, registry: &prometheus::Registry) -> Arc<Self> {
         let store = Arc::new(storage::SplitStore::new(data_dir));
         let engine = logql::eval::Engine::new(store, config.limits());
-        Arc::new(Self { engine, config, metrics: metrics::QueryMetrics::new(registry) })
+        Arc::new(Self {
+            engine,
+            config,
+            metrics: metrics::QueryMetrics::new(registry),
+        })
     }
 }

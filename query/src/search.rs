@@ -77,16 +77,25 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
         }
         let word = &rest[..end];
         rest = rest[end..].trim_start();
-        let filter = word.split_once(':').or_else(|| word.split_once('=')).filter(|(name, value)| {
-            !value.is_empty() && (label_names.contains(*name) || *name == "level" || *name == "ml_event")
-        });
+        let filter = word
+            .split_once(':')
+            .or_else(|| word.split_once('='))
+            .filter(|(name, value)| {
+                !value.is_empty()
+                    && (label_names.contains(*name) || *name == "level" || *name == "ml_event")
+            });
         match filter {
             Some((name, value)) => {
                 let value = value.trim_matches('"').to_string();
                 match name {
                     "level" => parsed.level = Some(value.to_ascii_lowercase()),
                     "ml_event" => parsed.ml_event = Some(value),
-                    _ => parsed.matchers.push(Matcher { name: name.to_string(), op: MatchOp::Eq, value, regex: None }),
+                    _ => parsed.matchers.push(Matcher {
+                        name: name.to_string(),
+                        op: MatchOp::Eq,
+                        value,
+                        regex: None,
+                    }),
                 }
             }
             None => text_parts.push(word),
@@ -96,30 +105,70 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
     parsed
 }
 
-fn split_query(split: &OpenSplit, parsed: &ParsedSearch, streams: &[usize], start: i64, end: i64) -> Result<Box<dyn Query>, QueryError> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
+fn split_query(
+    split: &OpenSplit,
+    parsed: &ParsedSearch,
+    streams: &[usize],
+    start: i64,
+    end: i64,
+) -> Result<Box<dyn Query>, QueryError> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+        Occur::Must,
+        split.query(streams, start, end.saturating_add(1), &[]),
+    )];
     if !parsed.text.trim().is_empty() {
         clauses.push((Occur::Must, split.text_query(&parsed.text)?));
     }
     if let Some(level) = &parsed.level {
-        clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(split.fields.level, level), IndexRecordOption::Basic))));
+        clauses.push((
+            Occur::Must,
+            Box::new(TermQuery::new(
+                Term::from_field_text(split.fields.level, level),
+                IndexRecordOption::Basic,
+            )),
+        ));
     }
     if let Some(event) = &parsed.ml_event {
-        clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(split.fields.ml_event, event), IndexRecordOption::Basic))));
+        clauses.push((
+            Occur::Must,
+            Box::new(TermQuery::new(
+                Term::from_field_text(split.fields.ml_event, event),
+                IndexRecordOption::Basic,
+            )),
+        ));
     }
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
 /// Runs a search over the splits of `tenant`.
-pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
+pub fn search(
+    store: &Arc<SplitStore>,
+    tenant: &str,
+    request: &SearchRequest,
+) -> Result<SearchPage, QueryError> {
     if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
-        return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_SEARCH_LIMIT}")));
+        return Err(QueryError::BadRequest(format!(
+            "limit must be between 1 and {MAX_SEARCH_LIMIT}"
+        )));
     }
     let splits = store.splits(tenant, request.start, request.end.saturating_add(1))?;
-    let label_names: HashSet<String> = splits.iter().flat_map(|s| s.streams.iter().flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())).collect();
+    let label_names: HashSet<String> = splits
+        .iter()
+        .flat_map(|s| {
+            s.streams
+                .iter()
+                .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+        })
+        .collect();
     let parsed = split_search(&request.query, &label_names);
-    if parsed.text.trim().is_empty() && parsed.matchers.is_empty() && parsed.level.is_none() && parsed.ml_event.is_none() {
-        return Err(QueryError::BadRequest("the search expression is empty".into()));
+    if parsed.text.trim().is_empty()
+        && parsed.matchers.is_empty()
+        && parsed.level.is_none()
+        && parsed.ml_event.is_none()
+    {
+        return Err(QueryError::BadRequest(
+            "the search expression is empty".into(),
+        ));
     }
     let want = request.limit + request.skip_at_end + 1;
     // (ts, split index, row), newest first; ties by split then row.
@@ -130,7 +179,12 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
             continue;
         }
         let query = split_query(split, &parsed, &streams, request.start, request.end)?;
-        candidates.extend(split.top_rows(query.as_ref(), want, true)?.into_iter().map(|(ts, row)| (ts, i, row)));
+        candidates.extend(
+            split
+                .top_rows(query.as_ref(), want, true)?
+                .into_iter()
+                .map(|(ts, row)| (ts, i, row)),
+        );
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut skipped = 0;
@@ -164,7 +218,11 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         .map(|row| SearchHit {
             ts: row.ts,
             labels: (*row.stream).clone(),
-            level: row.metadata.get("detected_level").unwrap_or("unknown").to_string(),
+            level: row
+                .metadata
+                .get("detected_level")
+                .unwrap_or("unknown")
+                .to_string(),
             ml_event: row.metadata.get("ml_event").map(str::to_string),
             line: row.line,
         })
@@ -172,7 +230,11 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     let next_cursor = if more {
         hits.last().map(|last| {
             let at_last = hits.iter().filter(|h| h.ts == last.ts).count();
-            let carried = if last.ts == request.end { request.skip_at_end } else { 0 };
+            let carried = if last.ts == request.end {
+                request.skip_at_end
+            } else {
+                0
+            };
             format!("{}:{}", last.ts, at_last + carried)
         })
     } else {
@@ -188,7 +250,10 @@ mod tests {
     #[test]
     fn label_filters_are_split_from_text() {
         let names: HashSet<String> = ["namespace".to_string(), "pod".to_string()].into();
-        let parsed = split_search(r#"namespace:ml "out of memory" pod="train-0" -warning level:ERROR url:http://x"#, &names);
+        let parsed = split_search(
+            r#"namespace:ml "out of memory" pod="train-0" -warning level:ERROR url:http://x"#,
+            &names,
+        );
         assert_eq!(parsed.text, r#""out of memory" -warning url:http://x"#);
         assert_eq!(parsed.matchers.len(), 2);
         assert_eq!(parsed.matchers[1].value, "train-0");

@@ -36,7 +36,9 @@ impl Weft {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("weft reports its address within 60s");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("weft reports its address within 60s");
         Weft { child, addr }
     }
 
@@ -77,7 +79,10 @@ impl Drop for Weft {
 
 /// Sends SIGTERM and waits (up to 30 s) for the process to exit 0.
 pub fn terminate(child: &mut Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -85,7 +90,10 @@ pub fn terminate(child: &mut Child) {
             assert!(status.success(), "weft exited with {status} after SIGTERM");
             return;
         }
-        assert!(Instant::now() < deadline, "weft did not stop within 30s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "weft did not stop within 30s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -97,21 +105,32 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 /// GET with query parameters; returns (status, JSON body).
 pub fn get_json(url: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
-    let response = client().get(url).query(params).send().expect("request succeeds");
+    let response = client()
+        .get(url)
+        .query(params)
+        .send()
+        .expect("request succeeds");
     let status = response.status().as_u16();
     let text = response.text().expect("body");
-    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url} answered non-JSON ({status}): {text}"));
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{url} answered non-JSON ({status}): {text}"));
     (status, body)
 }
 
@@ -119,7 +138,10 @@ pub fn get_json(url: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) 
 pub fn stream_lines(body: &serde_json::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for stream in body["data"]["result"].as_array().expect("result array") {
-        let name = stream["stream"]["stream"].as_str().unwrap_or("").to_string();
+        let name = stream["stream"]["stream"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         for value in stream["values"].as_array().expect("values") {
             out.push((name.clone(), value[1].as_str().expect("line").to_string()));
         }
@@ -135,7 +157,11 @@ pub struct PodLogWriter {
 
 impl PodLogWriter {
     pub fn new(root: &Path, namespace: &str, pod: &str, container: &str) -> Self {
-        let dir = root.join(format!("{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666")).join(container);
+        let dir = root
+            .join(format!(
+                "{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666"
+            ))
+            .join(container);
         fs::create_dir_all(&dir).expect("pod dir");
         fs::write(dir.join("0.log"), b"").expect("log file");
         Self { dir, rotations: 0 }
@@ -147,13 +173,18 @@ impl PodLogWriter {
 
     /// Appends raw bytes to the live file.
     pub fn append(&self, bytes: &[u8]) {
-        let mut file = OpenOptions::new().append(true).open(self.live()).expect("open live file");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(self.live())
+            .expect("open live file");
         file.write_all(bytes).expect("append");
     }
 
     /// One CRI line: `<ts> <stream> <tag> <msg>`.
     pub fn cri(stream: &str, tag: &str, message: &str) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
         let secs = now.as_secs() as i64;
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil(days);
@@ -169,7 +200,9 @@ impl PodLogWriter {
     /// kubelet rotation: rename `0.log` to `0.log.<stamp>`, start a new one.
     pub fn rotate(&mut self) -> PathBuf {
         self.rotations += 1;
-        let rotated = self.dir.join(format!("0.log.20261125-{:06}", self.rotations));
+        let rotated = self
+            .dir
+            .join(format!("0.log.20261125-{:06}", self.rotations));
         fs::rename(self.live(), &rotated).expect("rename");
         fs::write(self.live(), b"").expect("new live file");
         rotated
@@ -211,12 +244,21 @@ pub fn numbered_lines(range: std::ops::Range<usize>) -> (String, Vec<(String, St
 
 /// Fetches every line of `selector` over the last hour (forward order).
 pub fn all_lines(weft: &Weft, selector: &str) -> Vec<(String, String)> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let start = (now - 3_600_000_000_000).to_string();
     let end = (now + 60_000_000_000).to_string();
     let (status, body) = get_json(
         &weft.url("/loki/api/v1/query_range"),
-        &[("query", selector), ("start", &start), ("end", &end), ("limit", "10000"), ("direction", "forward")],
+        &[
+            ("query", selector),
+            ("start", &start),
+            ("end", &end),
+            ("limit", "10000"),
+            ("direction", "forward"),
+        ],
     );
     assert_eq!(status, 200, "{body}");
     stream_lines(&body)

@@ -99,14 +99,25 @@ fn backoff(settings: &ShipperSettings, attempt: u32) -> Duration {
 
 impl Shipper {
     /// A shipper with its spool and checkpoints under `state_dir`.
-    pub fn new(state_dir: &std::path::Path, settings: ShipperSettings, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
-        let spool = Spool::open(&state_dir.join("spool"), settings.spool_max_bytes, metrics.clone())?;
+    pub fn new(
+        state_dir: &std::path::Path,
+        settings: ShipperSettings,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Result<Self, CollectorError> {
+        let spool = Spool::open(
+            &state_dir.join("spool"),
+            settings.spool_max_bytes,
+            metrics.clone(),
+        )?;
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .build()
             .map_err(|e| CollectorError::Config(format!("http client: {e}")))?;
         Ok(Self {
-            url: format!("{}/api/v1/ingest", settings.indexer_url.trim_end_matches('/')),
+            url: format!(
+                "{}/api/v1/ingest",
+                settings.indexer_url.trim_end_matches('/')
+            ),
             settings,
             client,
             spool,
@@ -141,7 +152,10 @@ impl Shipper {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let response = request.send().await.map_err(|e| {
-            self.metrics.send_errors.with_label_values(&["connect"]).inc();
+            self.metrics
+                .send_errors
+                .with_label_values(&["connect"])
+                .inc();
             SendError::Retryable(format!("{e}"))
         })?;
         let status = response.status();
@@ -149,12 +163,21 @@ impl Shipper {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        let reason = format!("indexer answered {status}: {}", body.chars().take(300).collect::<String>());
+        let reason = format!(
+            "indexer answered {status}: {}",
+            body.chars().take(300).collect::<String>()
+        );
         if status.as_u16() == 429 || status.is_server_error() {
-            self.metrics.send_errors.with_label_values(&["retryable_status"]).inc();
+            self.metrics
+                .send_errors
+                .with_label_values(&["retryable_status"])
+                .inc();
             Err(SendError::Retryable(reason))
         } else {
-            self.metrics.send_errors.with_label_values(&["rejected"]).inc();
+            self.metrics
+                .send_errors
+                .with_label_values(&["rejected"])
+                .inc();
             Err(SendError::Permanent(reason))
         }
     }
@@ -171,7 +194,9 @@ impl Shipper {
     }
 
     fn write_checkpoint(&mut self) {
-        let Some(checkpoint) = self.acked.take() else { return };
+        let Some(checkpoint) = self.acked.take() else {
+            return;
+        };
         match self.checkpoints.store(&checkpoint) {
             Ok(()) => {
                 self.metrics.checkpoint_writes.inc();
@@ -188,10 +213,16 @@ impl Shipper {
         tracing::error!(key = %batch.key, rows = batch.rows, reason, dir = %self.rejected_dir.display(), "indexer refused batch; kept under rejected/");
         self.metrics.batches_rejected.inc();
         let stored = if spooled {
-            self.spool.reject_head(&self.rejected_dir, self.settings.keep_rejected)
+            self.spool
+                .reject_head(&self.rejected_dir, self.settings.keep_rejected)
         } else {
             self.rejected_seq += 1;
-            spool::store_rejected(&self.rejected_dir, self.rejected_seq, batch, self.settings.keep_rejected)
+            spool::store_rejected(
+                &self.rejected_dir,
+                self.rejected_seq,
+                batch,
+                self.settings.keep_rejected,
+            )
         };
         if let Err(e) = stored {
             tracing::error!(error = %e, "could not keep refused batch");
@@ -209,12 +240,18 @@ impl Shipper {
 
     /// Runs until the tailer closes the channel. `shutdown` turning true
     /// stops retries: what is not delivered by then stays in the spool.
-    pub async fn run(mut self, mut batches: mpsc::Receiver<SealedBatch>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<SealedBatch>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut attempt = 0u32;
         loop {
             let stopping = *shutdown.borrow();
             if self.spool.is_empty() {
-                let Some(batch) = batches.recv().await else { break };
+                let Some(batch) = batches.recv().await else {
+                    break;
+                };
                 self.deliver_fresh(batch, &mut shutdown).await;
                 continue;
             }
@@ -239,7 +276,9 @@ impl Shipper {
                     None => break,
                 }
             }
-            let Some(head) = self.spool.head() else { continue };
+            let Some(head) = self.spool.head() else {
+                continue;
+            };
             match self.send(&head).await {
                 Ok(()) => {
                     attempt = 0;
@@ -258,7 +297,12 @@ impl Shipper {
                 Err(SendError::Retryable(reason)) => {
                     let wait = backoff(&self.settings, attempt);
                     attempt = attempt.saturating_add(1);
-                    tracing::warn!(reason, spooled = self.spool.len(), retry_in_ms = wait.as_millis() as u64, "indexer unreachable");
+                    tracing::warn!(
+                        reason,
+                        spooled = self.spool.len(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "indexer unreachable"
+                    );
                     let sleep = tokio::time::sleep(wait);
                     tokio::pin!(sleep);
                     loop {

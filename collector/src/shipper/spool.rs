@@ -46,7 +46,10 @@ pub struct Spool {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CollectorError + '_ {
-    move |source| CollectorError::Io { path: path.to_path_buf(), source }
+    move |source| CollectorError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Encodes a batch as a spool file.
@@ -79,9 +82,17 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         return Err("checksum mismatch");
     }
     let header_len = u32::from_le_bytes(content[8..12].try_into().expect("4 bytes")) as usize;
-    let header_end = 12usize.checked_add(header_len).filter(|e| *e + 8 <= content.len()).ok_or("header length out of range")?;
-    let header: SpoolHeader = serde_json::from_slice(&content[12..header_end]).map_err(|_| "header is not valid json")?;
-    let body_len = u64::from_le_bytes(content[header_end..header_end + 8].try_into().expect("8 bytes")) as usize;
+    let header_end = 12usize
+        .checked_add(header_len)
+        .filter(|e| *e + 8 <= content.len())
+        .ok_or("header length out of range")?;
+    let header: SpoolHeader =
+        serde_json::from_slice(&content[12..header_end]).map_err(|_| "header is not valid json")?;
+    let body_len = u64::from_le_bytes(
+        content[header_end..header_end + 8]
+            .try_into()
+            .expect("8 bytes"),
+    ) as usize;
     if header_end + 8 + body_len != content.len() {
         return Err("body length mismatch");
     }
@@ -97,7 +108,11 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
 impl Spool {
     /// Opens (creating) the spool under `dir`; damaged files are renamed to
     /// `*.corrupt` and counted.
-    pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        metrics: Arc<CollectorMetrics>,
+    ) -> Result<Self, CollectorError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
@@ -109,7 +124,12 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let Some(seq) = name.strip_suffix(".batch").and_then(|s| s.parse::<u64>().ok()) else { continue };
+            let Some(seq) = name
+                .strip_suffix(".batch")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             found.push(SpoolEntry { seq, path, size });
         }
@@ -123,7 +143,10 @@ impl Spool {
             metrics,
         };
         for entry in found {
-            match fs::read(&entry.path).map_err(|_| "unreadable").and_then(|b| decode(&b).map(|_| ())) {
+            match fs::read(&entry.path)
+                .map_err(|_| "unreadable")
+                .and_then(|b| decode(&b).map(|_| ()))
+            {
                 Ok(()) => {
                     spool.total_bytes += entry.size;
                     spool.entries.push_back(entry);
@@ -168,7 +191,11 @@ impl Spool {
         write_atomic(&path, &bytes).map_err(io_err(&path))?;
         self.next_seq += 1;
         self.total_bytes += bytes.len() as u64;
-        self.entries.push_back(SpoolEntry { seq, path, size: bytes.len() as u64 });
+        self.entries.push_back(SpoolEntry {
+            seq,
+            path,
+            size: bytes.len() as u64,
+        });
         self.metrics.batches_spooled.inc();
         self.update_gauges();
         Ok(())
@@ -177,7 +204,10 @@ impl Spool {
     /// Reads the oldest batch. A damaged one is set aside and the next tried.
     pub fn head(&mut self) -> Option<SealedBatch> {
         while let Some(entry) = self.entries.front() {
-            match fs::read(&entry.path).map_err(|_| "unreadable").and_then(|b| decode(&b)) {
+            match fs::read(&entry.path)
+                .map_err(|_| "unreadable")
+                .and_then(|b| decode(&b))
+            {
                 Ok(batch) => return Some(batch),
                 Err(reason) => {
                     let entry = self.entries.pop_front().expect("front exists");
@@ -203,7 +233,9 @@ impl Spool {
     /// Moves the oldest batch to `rejected_dir` (the indexer refused it
     /// permanently), keeping at most `keep` rejected files.
     pub fn reject_head(&mut self, rejected_dir: &Path, keep: usize) -> Result<(), CollectorError> {
-        let Some(entry) = self.entries.pop_front() else { return Ok(()) };
+        let Some(entry) = self.entries.pop_front() else {
+            return Ok(());
+        };
         self.total_bytes -= entry.size;
         fs::create_dir_all(rejected_dir).map_err(io_err(rejected_dir))?;
         let target = rejected_dir.join(entry.path.file_name().expect("spool files have names"));
@@ -217,13 +249,18 @@ impl Spool {
     /// resumes, since everything before it is safe in the spool.
     pub fn last_checkpoint(&self) -> Option<TailerCheckpoint> {
         let entry = self.entries.back()?;
-        fs::read(&entry.path).ok().and_then(|b| decode(&b).ok()).map(|b| b.checkpoint)
+        fs::read(&entry.path)
+            .ok()
+            .and_then(|b| decode(&b).ok())
+            .map(|b| b.checkpoint)
     }
 }
 
 /// Keeps the newest `keep` files of the rejected directory.
 pub fn prune_rejected(dir: &Path, keep: usize) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     names.sort();
     while names.len() > keep {
@@ -234,7 +271,12 @@ pub fn prune_rejected(dir: &Path, keep: usize) {
 }
 
 /// Writes a batch the indexer refused into `dir` for inspection.
-pub fn store_rejected(dir: &Path, seq: u64, batch: &SealedBatch, keep: usize) -> Result<(), CollectorError> {
+pub fn store_rejected(
+    dir: &Path,
+    seq: u64,
+    batch: &SealedBatch,
+    keep: usize,
+) -> Result<(), CollectorError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(format!("{seq:016}.batch"));
     write_atomic(&path, &encode(batch)).map_err(io_err(&path))?;
@@ -277,7 +319,8 @@ mod tests {
     #[test]
     fn bounded_by_size() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 300, Arc::new(CollectorMetrics::unregistered())).unwrap();
+        let mut spool =
+            Spool::open(dir.path(), 300, Arc::new(CollectorMetrics::unregistered())).unwrap();
         assert!(spool.has_room());
         spool.push(&batch(1)).unwrap();
         assert!(spool.has_room());

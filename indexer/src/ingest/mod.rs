@@ -35,7 +35,10 @@ pub fn tenant_of(headers: &HeaderMap) -> String {
 /// Checks the bearer token when one is configured.
 pub fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), IndexerError> {
     let Some(token) = token else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if given == Some(token) {
         Ok(())
     } else {
@@ -63,11 +66,19 @@ pub fn router(indexer: Arc<Indexer>) -> Router {
         .with_state(indexer)
 }
 
-async fn ingest_arrow(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ingest_arrow(
+    State(indexer): State<Arc<Indexer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
         authorize(&headers, indexer.config().auth_token.as_deref())?;
         let tenant = tenant_of(&headers);
-        let key = headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let key = headers
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let me = indexer.clone();
         tokio::task::spawn_blocking(move || me.ingest_arrow(&tenant, &key, &body, "native"))
             .await
@@ -78,19 +89,34 @@ async fn ingest_arrow(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, b
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
     };
-    indexer.metrics.requests.with_label_values(&["native", code.as_str()]).inc();
+    indexer
+        .metrics
+        .requests
+        .with_label_values(&["native", code.as_str()])
+        .inc();
     match result {
         Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn loki_push(
+    State(indexer): State<Arc<Indexer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let result = async {
         authorize(&headers, indexer.config().auth_token.as_deref())?;
         let tenant = tenant_of(&headers);
-        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_ascii_lowercase();
-        let gzip = headers.get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_ascii_lowercase();
+        let gzip = headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
         let config = indexer.config().clone();
         let me = indexer.clone();
         tokio::task::spawn_blocking(move || {
@@ -99,7 +125,11 @@ async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body
                 max_line_bytes: config.max_line_bytes,
                 max_entries: config.max_request_rows,
             };
-            let body = if gzip { loki_push::gunzip(&body, config.max_request_bytes)? } else { body.to_vec() };
+            let body = if gzip {
+                loki_push::gunzip(&body, config.max_request_bytes)?
+            } else {
+                body.to_vec()
+            };
             let mut stats = loki_push::PushStats::default();
             let records = if content_type.starts_with("application/x-protobuf") {
                 loki_push::decode_protobuf(&body, &limits, &mut stats)?
@@ -130,7 +160,11 @@ async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body
         Ok(_) => StatusCode::NO_CONTENT,
         Err(e) => e.status(),
     };
-    indexer.metrics.requests.with_label_values(&["loki_push", code.as_str()]).inc();
+    indexer
+        .metrics
+        .requests
+        .with_label_values(&["loki_push", code.as_str()])
+        .inc();
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::{Field, Schema, INDEXED, FAST, STRING, TEXT};
+use tantivy::schema::{Field, Schema, FAST, INDEXED, STRING, TEXT};
 use tantivy::{Index, TantivyDocument};
 use weft_model::LogBatchView;
 
@@ -52,7 +52,11 @@ pub fn log_schema() -> (Schema, LogFields) {
 
 /// Finds the fields of an opened index.
 pub fn fields_of(schema: &Schema) -> Result<LogFields, IndexerError> {
-    let get = |name: &str| schema.get_field(name).map_err(|e| IndexerError::Corrupt(format!("split index field {name}: {e}")));
+    let get = |name: &str| {
+        schema
+            .get_field(name)
+            .map_err(|e| IndexerError::Corrupt(format!("split index field {name}: {e}")))
+    };
     Ok(LogFields {
         line: get("line")?,
         stream: get("stream")?,
@@ -71,22 +75,33 @@ fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
 
 /// Writes the index of `view`'s rows (already in final row order) into the
 /// empty directory `path`.
-pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>, Arc<Vec<String>>)]) -> Result<(), IndexerError> {
+pub fn write_index(
+    path: &Path,
+    view: &LogBatchView<'_>,
+    streams: &[(Arc<String>, Arc<Vec<String>>)],
+) -> Result<(), IndexerError> {
     if path.exists() {
-        std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io { path: path.to_path_buf(), source })?;
+        std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
-    std::fs::create_dir_all(path).map_err(|source| IndexerError::Io { path: path.to_path_buf(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| IndexerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let (schema, f) = log_schema();
-    let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
+    let directory = MmapDirectory::open(path)
+        .map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
     let mut writer = Index::builder()
         .schema(schema)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
-    for row in 0..view.len() {
+    for (row, (stream, terms)) in streams.iter().enumerate().take(view.len()) {
         let mut doc = TantivyDocument::default();
         doc.add_text(f.line, view.line.value(row));
-        doc.add_text(f.stream, streams[row].0.as_str());
-        for term in streams[row].1.iter() {
+        doc.add_text(f.stream, stream.as_str());
+        for term in terms.iter() {
             doc.add_text(f.label, term);
         }
         doc.add_text(f.level, view.level.value(row));
@@ -108,5 +123,6 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>
 
 /// Opens a split index read-only.
 pub fn open_index(path: &Path) -> Result<Index, IndexerError> {
-    Index::open_in_dir(path).map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
+    Index::open_in_dir(path)
+        .map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
 }

@@ -21,8 +21,8 @@ use arrow_select::take::take_record_batch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use weft_model::batch::{col, storage_schema};
 use weft_model::LogBatchView;
@@ -34,12 +34,19 @@ use crate::IndexerError;
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
-    move |source| IndexerError::Io { path: path.to_path_buf(), source }
+    move |source| IndexerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A new split id: creation time then randomness, so ids sort by age.
 pub fn new_split_id() -> String {
-    format!("{:016x}-{:08x}", weft_model::time::now_nanos(), fastrand::u32(..))
+    format!(
+        "{:016x}-{:08x}",
+        weft_model::time::now_nanos(),
+        fastrand::u32(..)
+    )
 }
 
 /// The stream key of a row: the well-known stream label columns and the
@@ -60,7 +67,9 @@ fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
 
 /// Sorts rows by stream then time; returns the sorted batch and the
 /// canonical label set of each distinct stream, in order.
-pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec<String>), IndexerError> {
+pub fn sort_by_stream_then_time(
+    batch: &RecordBatch,
+) -> Result<(RecordBatch, Vec<String>), IndexerError> {
     let view = LogBatchView::new(batch)?;
     let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
     let mut first_row: Vec<usize> = Vec::new();
@@ -82,22 +91,44 @@ pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec
     let mut order: Vec<u32> = (0..view.len() as u32).collect();
     let ts = view.ts.values();
     order.sort_by_key(|&row| (rank[row_stream[row as usize] as usize], ts[row as usize]));
-    let labels = keys.iter().map(|(_, id)| view.stream_labels(first_row[*id as usize]).to_string()).collect();
-    let sorted = take_record_batch(batch, &UInt32Array::from(order)).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let labels = keys
+        .iter()
+        .map(|(_, id)| view.stream_labels(first_row[*id as usize]).to_string())
+        .collect();
+    let sorted = take_record_batch(batch, &UInt32Array::from(order))
+        .map_err(|e| IndexerError::Internal(e.to_string()))?;
     Ok((sorted, labels))
 }
 
 fn writer_properties() -> WriterProperties {
     let no_dictionary = [col::LINE, col::FIELDS, col::TS, col::INGEST_TS];
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid zstd level"),
+        ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(vec![
-            SortingColumn { column_idx: 2, descending: false, nulls_first: false },
-            SortingColumn { column_idx: 3, descending: false, nulls_first: false },
-            SortingColumn { column_idx: 4, descending: false, nulls_first: false },
-            SortingColumn { column_idx: 0, descending: false, nulls_first: false },
+            SortingColumn {
+                column_idx: 2,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 3,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 4,
+                descending: false,
+                nulls_first: false,
+            },
+            SortingColumn {
+                column_idx: 0,
+                descending: false,
+                nulls_first: false,
+            },
         ]))
         .set_created_by(format!("weft {}", env!("CARGO_PKG_VERSION")));
     for name in no_dictionary {
@@ -114,14 +145,28 @@ pub fn split_paths(tenant: &str, min_ts: i64, id: &str) -> (String, String) {
 }
 
 fn dir_size(path: &Path) -> u64 {
-    fs::read_dir(path).map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Writes one split from rows of the storage schema (any order) and
 /// returns its catalog entry. `merges` is recorded in the entry.
-pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
+pub fn write_split(
+    data_dir: &Path,
+    tenant: &str,
+    batches: &[RecordBatch],
+    merges: u32,
+) -> Result<SplitMeta, IndexerError> {
     let schema = storage_schema();
-    let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let batch =
+        concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
     let (sorted, streams) = sort_by_stream_then_time(&batch)?;
     let view = LogBatchView::new(&sorted)?;
     let id = new_split_id();
@@ -145,12 +190,18 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         let file = File::create(&tmp_parquet).map_err(io(&tmp_parquet))?;
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
             .map_err(|e| IndexerError::Internal(format!("parquet writer: {e}")))?;
-        writer.write(&sorted).map_err(|e| IndexerError::Internal(format!("parquet write: {e}")))?;
-        let file = writer.into_inner().map_err(|e| IndexerError::Internal(format!("parquet close: {e}")))?;
+        writer
+            .write(&sorted)
+            .map_err(|e| IndexerError::Internal(format!("parquet write: {e}")))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| IndexerError::Internal(format!("parquet close: {e}")))?;
         file.sync_all().map_err(io(&tmp_parquet))?;
     }
     fs::rename(&tmp_parquet, &parquet_path).map_err(io(&parquet_path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
 
     Ok(SplitMeta {
         id,
@@ -201,7 +252,8 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, IndexerError> {
     let target = storage_schema();
     reader
         .map(|batch| {
-            let batch = batch.map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
+            let batch =
+                batch.map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
             Ok(weft_model::batch::conform(&batch, &target)?)
         })
         .collect()
@@ -214,7 +266,11 @@ pub fn split_files(data_dir: &Path, split: &SplitMeta) -> (PathBuf, PathBuf) {
 
 /// Deletes a file or directory tree, ignoring what is already gone.
 pub fn remove_path(path: &Path) {
-    let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
     if let Err(e) = result {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not delete split file");

@@ -10,18 +10,27 @@ use crate::{QueryError, QueryService};
 
 fn timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
     match params.get(name) {
-        Some(text) => parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
+        Some(text) => parse_api_timestamp(text)
+            .map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
         None => Ok(default),
     }
 }
 
 /// Runs a search; results newest first with their labels.
-pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
-    let query = params.get("query").ok_or_else(|| QueryError::BadRequest("invalid parameter \"query\": the search expression is empty".into()))?;
+pub fn search(
+    service: &QueryService,
+    tenant: &str,
+    params: &Params,
+) -> Result<Response, QueryError> {
+    let query = params.get("query").ok_or_else(|| {
+        QueryError::BadRequest("invalid parameter \"query\": the search expression is empty".into())
+    })?;
     let mut end = timestamp(params, "end", now_nanos())?;
     let start = timestamp(params, "start", end - 7 * 86_400 * NANOS_PER_SEC)?;
     let limit = match params.get("limit") {
-        Some(text) => text.parse::<usize>().map_err(|_| QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?}")))?,
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?}"))
+        })?,
         None => 100,
     };
     let mut skip_at_end = 0;
@@ -34,9 +43,17 @@ pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<R
         skip_at_end = skip;
     }
     if end < start {
-        return Err(QueryError::BadRequest("invalid parameter \"end\": the end must not be before the start".into()));
+        return Err(QueryError::BadRequest(
+            "invalid parameter \"end\": the end must not be before the start".into(),
+        ));
     }
-    let request = SearchRequest { query: query.to_string(), start, end, limit, skip_at_end };
+    let request = SearchRequest {
+        query: query.to_string(),
+        start,
+        end,
+        limit,
+        skip_at_end,
+    };
     let page = run_search(service.engine.store(), tenant, &request)?;
     let hits: Vec<serde_json::Value> = page
         .hits
@@ -52,5 +69,7 @@ pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<R
             })
         })
         .collect();
-    Ok(success(serde_json::json!({"hits": hits, "next_cursor": page.next_cursor})))
+    Ok(success(
+        serde_json::json!({"hits": hits, "next_cursor": page.next_cursor}),
+    ))
 }

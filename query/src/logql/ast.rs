@@ -141,7 +141,12 @@ pub enum LabelFilter {
     And(Box<LabelFilter>, Box<LabelFilter>),
     Or(Box<LabelFilter>, Box<LabelFilter>),
     Match(Matcher),
-    Compare { name: String, op: CmpOp, value: f64, kind: NumberKind },
+    Compare {
+        name: String,
+        op: CmpOp,
+        value: f64,
+        kind: NumberKind,
+    },
 }
 
 /// One piece of a `line_format` / `label_format` template.
@@ -166,8 +171,14 @@ pub enum PatternPart {
 /// `label_format dst=src` (rename) or `dst="template"`.
 #[derive(Clone, Debug)]
 pub enum LabelFormat {
-    Rename { dst: String, src: String },
-    Template { dst: String, template: Vec<TemplatePart> },
+    Rename {
+        dst: String,
+        src: String,
+    },
+    Template {
+        dst: String,
+        template: Vec<TemplatePart>,
+    },
 }
 
 /// One stage of a log pipeline.
@@ -232,7 +243,14 @@ impl RangeOp {
 
     /// Operations over the lines themselves (no `unwrap`).
     pub fn counts_lines(self) -> bool {
-        matches!(self, RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate | RangeOp::AbsentOverTime)
+        matches!(
+            self,
+            RangeOp::CountOverTime
+                | RangeOp::Rate
+                | RangeOp::BytesOverTime
+                | RangeOp::BytesRate
+                | RangeOp::AbsentOverTime
+        )
     }
 }
 
@@ -330,7 +348,10 @@ pub enum BinOp {
 
 impl BinOp {
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le)
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le
+        )
     }
 
     pub fn is_set(self) -> bool {

@@ -38,7 +38,13 @@ pub struct QueryLimits {
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self { max_series: 10_000, max_points: 20_000_000, max_entries: 10_000, max_steps: 11_000, max_samples: 50_000_000 }
+        Self {
+            max_series: 10_000,
+            max_points: 20_000_000,
+            max_entries: 10_000,
+            max_steps: 11_000,
+            max_samples: 50_000_000,
+        }
     }
 }
 
@@ -108,8 +114,16 @@ impl Grid {
             return None;
         }
         let n = self.steps.len() as i64;
-        let first = if lo <= self.first { 0 } else { (lo - self.first + self.step - 1) / self.step };
-        let last = if hi < self.first { -1 } else { ((hi - self.first) / self.step).min(n - 1) };
+        let first = if lo <= self.first {
+            0
+        } else {
+            (lo - self.first + self.step - 1) / self.step
+        };
+        let last = if hi < self.first {
+            -1
+        } else {
+            ((hi - self.first) / self.step).min(n - 1)
+        };
         (first <= last && first < n).then_some((first as usize, last as usize))
     }
 }
@@ -143,7 +157,14 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn refill(&mut self, k: usize, start: i64, end: i64, backward: bool, filters: &[&LineFilter]) -> Result<(), QueryError> {
+    fn refill(
+        &mut self,
+        k: usize,
+        start: i64,
+        end: i64,
+        backward: bool,
+        filters: &[&LineFilter],
+    ) -> Result<(), QueryError> {
         let (lo, hi) = match (self.bound, backward) {
             (Some(b), true) => (start, b.saturating_add(1)),
             (Some(b), false) => (b, end),
@@ -159,7 +180,11 @@ impl Cursor {
             self.exhausted = true;
             return Ok(());
         };
-        let mut next_seen: HashSet<u32> = if Some(last_ts) == self.bound { self.seen_at_bound.clone() } else { HashSet::new() };
+        let mut next_seen: HashSet<u32> = if Some(last_ts) == self.bound {
+            self.seen_at_bound.clone()
+        } else {
+            HashSet::new()
+        };
         for (ts, row) in hits {
             if Some(ts) == self.bound && self.seen_at_bound.contains(&row) {
                 continue;
@@ -188,23 +213,44 @@ impl Engine {
     }
 
     /// Runs a log query over `[start, end)`.
-    pub fn logs(&self, tenant: &str, log: &LogExpr, start: i64, end: i64, limit: usize, backward: bool) -> Result<Vec<StreamResult>, QueryError> {
+    pub fn logs(
+        &self,
+        tenant: &str,
+        log: &LogExpr,
+        start: i64,
+        end: i64,
+        limit: usize,
+        backward: bool,
+    ) -> Result<Vec<StreamResult>, QueryError> {
         if limit > self.limits.max_entries {
-            return Err(QueryError::BadRequest(format!("max entries limit per query exceeded, limit > max_entries_limit ({limit} > {})", self.limits.max_entries)));
+            return Err(QueryError::BadRequest(format!(
+                "max entries limit per query exceeded, limit > max_entries_limit ({limit} > {})",
+                self.limits.max_entries
+            )));
         }
         let filters = prefilters(&log.pipeline);
         let mut cursors = Vec::new();
         for split in self.store.splits(tenant, start, end)? {
             let streams = split.matching_streams(&log.matchers);
             if !streams.is_empty() {
-                cursors.push(Cursor { split, streams, bound: None, seen_at_bound: HashSet::new(), exhausted: false, buffer: VecDeque::new() });
+                cursors.push(Cursor {
+                    split,
+                    streams,
+                    bound: None,
+                    seen_at_bound: HashSet::new(),
+                    exhausted: false,
+                    buffer: VecDeque::new(),
+                });
             }
         }
         let k = (limit * 2).clamp(64, 4096);
         let mut streams: HashMap<LabelSet, Vec<(i64, String)>> = HashMap::new();
         let mut emitted = 0usize;
         while emitted < limit {
-            for cursor in cursors.iter_mut().filter(|c| c.buffer.is_empty() && !c.exhausted) {
+            for cursor in cursors
+                .iter_mut()
+                .filter(|c| c.buffer.is_empty() && !c.exhausted)
+            {
                 cursor.refill(k, start, end, backward, &filters)?;
             }
             // Take candidates in global time order while every cursor that
@@ -215,7 +261,13 @@ impl Engine {
                     .iter()
                     .enumerate()
                     .filter_map(|(i, c)| c.buffer.front().map(|(ts, _)| (i, *ts)))
-                    .reduce(|a, b| if (backward && b.1 > a.1) || (!backward && b.1 < a.1) { b } else { a });
+                    .reduce(|a, b| {
+                        if (backward && b.1 > a.1) || (!backward && b.1 < a.1) {
+                            b
+                        } else {
+                            a
+                        }
+                    });
                 let Some((i, _)) = best else { break };
                 let (_, row) = cursors[i].buffer.pop_front().expect("front exists");
                 chunk.push((i, row));
@@ -242,34 +294,55 @@ impl Engine {
                 }
             }
             for key in chunk {
-                let Some(row) = fetched.remove(&key) else { continue };
+                let Some(row) = fetched.remove(&key) else {
+                    continue;
+                };
                 let mut labels = (*row.stream).clone();
                 for (name, value) in row.metadata.iter() {
                     labels.insert(name, value);
                 }
-                let mut state = LineState { ts: row.ts, line: row.line, labels };
+                let mut state = LineState {
+                    ts: row.ts,
+                    line: row.line,
+                    labels,
+                };
                 if !pipeline::run(&log.pipeline, &row.stream, &mut state) {
                     continue;
                 }
-                streams.entry(state.labels).or_default().push((state.ts, state.line));
+                streams
+                    .entry(state.labels)
+                    .or_default()
+                    .push((state.ts, state.line));
                 emitted += 1;
                 if emitted >= limit {
                     break;
                 }
             }
         }
-        let mut out: Vec<StreamResult> = streams.into_iter().map(|(labels, entries)| StreamResult { labels, entries }).collect();
+        let mut out: Vec<StreamResult> = streams
+            .into_iter()
+            .map(|(labels, entries)| StreamResult { labels, entries })
+            .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
 
     /// Evaluates a metric query at every step from `start` to `end`.
-    pub fn range(&self, tenant: &str, expr: &Expr, start: i64, end: i64, step: i64) -> Result<QueryResult, QueryError> {
+    pub fn range(
+        &self,
+        tenant: &str,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<QueryResult, QueryError> {
         if step <= 0 {
             return Err(QueryError::BadRequest("zero or negative query resolution step widths are not accepted. Try a positive integer".into()));
         }
         if end < start {
-            return Err(QueryError::BadRequest("end timestamp must not be before start time".into()));
+            return Err(QueryError::BadRequest(
+                "end timestamp must not be before start time".into(),
+            ));
         }
         let count = ((end - start) / step) as usize + 1;
         if count > self.limits.max_steps {
@@ -278,7 +351,11 @@ impl Engine {
                 self.limits.max_steps
             )));
         }
-        let grid = Grid { steps: (0..count as i64).map(|i| start + i * step).collect(), first: start, step };
+        let grid = Grid {
+            steps: (0..count as i64).map(|i| start + i * step).collect(),
+            first: start,
+            step,
+        };
         let value = self.eval(tenant, expr, &grid)?;
         Ok(match value {
             Value::Scalar(values) => QueryResult::Matrix(vec![SeriesResult {
@@ -290,7 +367,12 @@ impl Engine {
                     .into_iter()
                     .map(|s| SeriesResult {
                         labels: s.labels,
-                        points: grid.steps.iter().zip(s.values).filter_map(|(t, v)| v.map(|v| (*t, v))).collect(),
+                        points: grid
+                            .steps
+                            .iter()
+                            .zip(s.values)
+                            .filter_map(|(t, v)| v.map(|v| (*t, v)))
+                            .collect(),
                     })
                     .filter(|s| !s.points.is_empty())
                     .collect();
@@ -302,13 +384,23 @@ impl Engine {
 
     /// Evaluates a metric query at one instant.
     pub fn instant(&self, tenant: &str, expr: &Expr, time: i64) -> Result<QueryResult, QueryError> {
-        let grid = Grid { steps: vec![time], first: time, step: 1 };
+        let grid = Grid {
+            steps: vec![time],
+            first: time,
+            step: 1,
+        };
         Ok(match self.eval(tenant, expr, &grid)? {
             Value::Scalar(values) => QueryResult::Scalar(time, values[0]),
             Value::Vector(series) => {
                 let mut out: Vec<SampleResult> = series
                     .into_iter()
-                    .filter_map(|s| s.values[0].map(|value| SampleResult { labels: s.labels, ts: time, value }))
+                    .filter_map(|s| {
+                        s.values[0].map(|value| SampleResult {
+                            labels: s.labels,
+                            ts: time,
+                            value,
+                        })
+                    })
                     .collect();
                 out.sort_by(|a, b| a.labels.cmp(&b.labels));
                 QueryResult::Vector(out)
@@ -318,10 +410,16 @@ impl Engine {
 
     fn check_series(&self, series: usize, steps: usize) -> Result<(), QueryError> {
         if series > self.limits.max_series {
-            return Err(QueryError::Limit(format!("maximum of series ({}) reached for a single query", self.limits.max_series)));
+            return Err(QueryError::Limit(format!(
+                "maximum of series ({}) reached for a single query",
+                self.limits.max_series
+            )));
         }
         if series.saturating_mul(steps) > self.limits.max_points {
-            return Err(QueryError::Limit(format!("query would hold more than {} points; narrow the range or raise the step", self.limits.max_points)));
+            return Err(QueryError::Limit(format!(
+                "query would hold more than {} points; narrow the range or raise the step",
+                self.limits.max_points
+            )));
         }
         Ok(())
     }
@@ -366,11 +464,17 @@ impl Engine {
             // count and weight difference arrays per series
             let mut series: HashMap<LabelSet, (Vec<i64>, Vec<f64>)> = HashMap::new();
             let mut add = |labels: LabelSet, ts: i64, weight: f64| -> Result<(), QueryError> {
-                let Some((first, last)) = grid.span(ts + range.offset, ts + range.offset + range.range - 1) else { return Ok(()) };
+                let Some((first, last)) =
+                    grid.span(ts + range.offset, ts + range.offset + range.range - 1)
+                else {
+                    return Ok(());
+                };
                 if !series.contains_key(&labels) {
                     self.check_series(series.len() + 1, n)?;
                 }
-                let entry = series.entry(labels).or_insert_with(|| (vec![0; n + 1], vec![0.0; n + 1]));
+                let entry = series
+                    .entry(labels)
+                    .or_insert_with(|| (vec![0; n + 1], vec![0.0; n + 1]));
                 entry.0[first] += 1;
                 entry.0[last + 1] -= 1;
                 entry.1[first] += weight;
@@ -391,7 +495,11 @@ impl Engine {
                         if failure.is_some() {
                             return;
                         }
-                        let key = (row.stream.to_string(), row.level.to_string(), row.ml_event.to_string());
+                        let key = (
+                            row.stream.to_string(),
+                            row.level.to_string(),
+                            row.ml_event.to_string(),
+                        );
                         let labels = labels_of
                             .entry(key)
                             .or_insert_with(|| {
@@ -416,7 +524,9 @@ impl Engine {
                     let mut stored = Vec::with_capacity(chunk.len());
                     stored_rows(&batches, &mut stored)?;
                     for row in stored {
-                        let Some(state) = run_pipeline(&range.log.pipeline, row)? else { continue };
+                        let Some(state) = run_pipeline(&range.log.pipeline, row)? else {
+                            continue;
+                        };
                         let bytes = state.line.len() as f64;
                         add(state.labels, state.ts, bytes)?;
                     }
@@ -429,7 +539,14 @@ impl Engine {
                         present[i] += c;
                     }
                 }
-                let labels = LabelSet::from_pairs(range.log.matchers.iter().filter(|m| m.op == MatchOp::Eq).map(|m| (m.name.clone(), m.value.clone())));
+                let labels = LabelSet::from_pairs(
+                    range
+                        .log
+                        .matchers
+                        .iter()
+                        .filter(|m| m.op == MatchOp::Eq)
+                        .map(|m| (m.name.clone(), m.value.clone())),
+                );
                 let mut running = 0;
                 let values = (0..n)
                     .map(|i| {
@@ -463,7 +580,10 @@ impl Engine {
             return Ok(Value::Vector(out));
         }
         // unwrap: keep samples per series, then slide.
-        let unwrap = range.unwrap.as_ref().expect("parser requires unwrap for these operations");
+        let unwrap = range
+            .unwrap
+            .as_ref()
+            .expect("parser requires unwrap for these operations");
         let mut samples: HashMap<LabelSet, Vec<(i64, f64)>> = HashMap::new();
         let mut total = 0usize;
         for split in &splits {
@@ -483,7 +603,11 @@ impl Engine {
                     for (name, value) in row.metadata.iter() {
                         labels.insert(name, value);
                     }
-                    let mut state = LineState { ts: row.ts, line: row.line, labels };
+                    let mut state = LineState {
+                        ts: row.ts,
+                        line: row.line,
+                        labels,
+                    };
                     if !pipeline::run(&range.log.pipeline, &stream, &mut state) {
                         continue;
                     }
@@ -502,7 +626,10 @@ impl Engine {
                     }
                     total += 1;
                     if total > self.limits.max_samples {
-                        return Err(QueryError::Limit(format!("query holds more than {} samples; narrow it", self.limits.max_samples)));
+                        return Err(QueryError::Limit(format!(
+                            "query holds more than {} samples; narrow it",
+                            self.limits.max_samples
+                        )));
                     }
                     samples.entry(labels).or_default().push((state.ts, value));
                 }
@@ -545,7 +672,11 @@ fn run_pipeline(stages: &[Stage], row: StoredRow) -> Result<Option<LineState>, Q
     for (name, value) in row.metadata.iter() {
         labels.insert(name, value);
     }
-    let mut state = LineState { ts: row.ts, line: row.line, labels };
+    let mut state = LineState {
+        ts: row.ts,
+        line: row.line,
+        labels,
+    };
     if !pipeline::run(stages, &row.stream, &mut state) {
         return Ok(None);
     }
@@ -555,7 +686,12 @@ fn run_pipeline(stages: &[Stage], row: StoredRow) -> Result<Option<LineState>, Q
     Ok(Some(state))
 }
 
-fn over_time(op: RangeOp, param: Option<f64>, points: &[(i64, f64)], range_secs: f64) -> Option<f64> {
+fn over_time(
+    op: RangeOp,
+    param: Option<f64>,
+    points: &[(i64, f64)],
+    range_secs: f64,
+) -> Option<f64> {
     if points.is_empty() {
         return None;
     }
@@ -625,17 +761,25 @@ fn group_labels(labels: &LabelSet, grouping: &Grouping) -> LabelSet {
     out
 }
 
+// Steps index several parallel per-series arrays at once.
+#[allow(clippy::needless_range_loop)]
 fn aggregate(agg: &VectorAgg, series: Vec<Series>, n: usize) -> Vec<Series> {
     if matches!(agg.op, VectorOp::Topk | VectorOp::Bottomk) {
         let k = agg.param.unwrap_or(1.0) as usize;
         let mut groups: HashMap<LabelSet, Vec<usize>> = HashMap::new();
         for (i, s) in series.iter().enumerate() {
-            groups.entry(group_labels(&s.labels, &agg.grouping)).or_default().push(i);
+            groups
+                .entry(group_labels(&s.labels, &agg.grouping))
+                .or_default()
+                .push(i);
         }
         let mut keep: Vec<Vec<bool>> = vec![vec![false; n]; series.len()];
         for members in groups.values() {
             for step in 0..n {
-                let mut present: Vec<(f64, usize)> = members.iter().filter_map(|&i| series[i].values[step].map(|v| (v, i))).collect();
+                let mut present: Vec<(f64, usize)> = members
+                    .iter()
+                    .filter_map(|&i| series[i].values[step].map(|v| (v, i)))
+                    .collect();
                 if agg.op == VectorOp::Topk {
                     present.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 } else {
@@ -649,7 +793,15 @@ fn aggregate(agg: &VectorAgg, series: Vec<Series>, n: usize) -> Vec<Series> {
         return series
             .into_iter()
             .zip(keep)
-            .map(|(s, keep)| Series { labels: s.labels, values: s.values.into_iter().zip(keep).map(|(v, k)| v.filter(|_| k)).collect() })
+            .map(|(s, keep)| Series {
+                labels: s.labels,
+                values: s
+                    .values
+                    .into_iter()
+                    .zip(keep)
+                    .map(|(v, k)| v.filter(|_| k))
+                    .collect(),
+            })
             .filter(|s| s.values.iter().any(Option::is_some))
             .collect();
     }
@@ -664,10 +816,16 @@ fn aggregate(agg: &VectorAgg, series: Vec<Series>, n: usize) -> Vec<Series> {
     }
     let mut groups: HashMap<LabelSet, Vec<Option<Acc>>> = HashMap::new();
     for s in series {
-        let accs = groups.entry(group_labels(&s.labels, &agg.grouping)).or_insert_with(|| vec![None; n]);
+        let accs = groups
+            .entry(group_labels(&s.labels, &agg.grouping))
+            .or_insert_with(|| vec![None; n]);
         for (step, value) in s.values.into_iter().enumerate() {
             let Some(v) = value else { continue };
-            let acc = accs[step].get_or_insert(Acc { min: f64::INFINITY, max: f64::NEG_INFINITY, ..Default::default() });
+            let acc = accs[step].get_or_insert(Acc {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                ..Default::default()
+            });
             acc.count += 1.0;
             acc.sum += v;
             acc.min = acc.min.min(v);
@@ -749,34 +907,63 @@ fn signature(labels: &LabelSet, matching: Option<&VectorMatching>) -> LabelSet {
 fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
     if b.op.is_set() {
         let (Value::Vector(lhs), Value::Vector(rhs)) = (lhs, rhs) else {
-            return Err(QueryError::BadRequest(format!("set operator {:?} needs vectors on both sides", b.op)));
+            return Err(QueryError::BadRequest(format!(
+                "set operator {:?} needs vectors on both sides",
+                b.op
+            )));
         };
         let matching = b.matching.as_ref();
         let mut rhs_by_sig: HashMap<LabelSet, Vec<usize>> = HashMap::new();
         for (i, s) in rhs.iter().enumerate() {
-            rhs_by_sig.entry(signature(&s.labels, matching)).or_default().push(i);
+            rhs_by_sig
+                .entry(signature(&s.labels, matching))
+                .or_default()
+                .push(i);
         }
-        let n = lhs.first().or(rhs.first()).map(|s| s.values.len()).unwrap_or(0);
-        let present = |sig: &LabelSet, step: usize| rhs_by_sig.get(sig).is_some_and(|idx| idx.iter().any(|&i| rhs[i].values[step].is_some()));
+        let n = lhs
+            .first()
+            .or(rhs.first())
+            .map(|s| s.values.len())
+            .unwrap_or(0);
+        let present = |sig: &LabelSet, step: usize| {
+            rhs_by_sig
+                .get(sig)
+                .is_some_and(|idx| idx.iter().any(|&i| rhs[i].values[step].is_some()))
+        };
         return Ok(Value::Vector(match b.op {
             BinOp::And => lhs
                 .iter()
                 .map(|s| {
                     let sig = signature(&s.labels, matching);
-                    Series { labels: s.labels.clone(), values: (0..n).map(|i| s.values[i].filter(|_| present(&sig, i))).collect() }
+                    Series {
+                        labels: s.labels.clone(),
+                        values: (0..n)
+                            .map(|i| s.values[i].filter(|_| present(&sig, i)))
+                            .collect(),
+                    }
                 })
                 .collect(),
             BinOp::Unless => lhs
                 .iter()
                 .map(|s| {
                     let sig = signature(&s.labels, matching);
-                    Series { labels: s.labels.clone(), values: (0..n).map(|i| s.values[i].filter(|_| !present(&sig, i))).collect() }
+                    Series {
+                        labels: s.labels.clone(),
+                        values: (0..n)
+                            .map(|i| s.values[i].filter(|_| !present(&sig, i)))
+                            .collect(),
+                    }
                 })
                 .collect(),
             _ => {
-                let lhs_sigs: HashSet<LabelSet> = lhs.iter().map(|s| signature(&s.labels, matching)).collect();
+                let lhs_sigs: HashSet<LabelSet> =
+                    lhs.iter().map(|s| signature(&s.labels, matching)).collect();
                 let mut out = lhs.clone();
-                out.extend(rhs.iter().filter(|s| !lhs_sigs.contains(&signature(&s.labels, matching))).cloned());
+                out.extend(
+                    rhs.iter()
+                        .filter(|s| !lhs_sigs.contains(&signature(&s.labels, matching)))
+                        .cloned(),
+                );
                 out
             }
         }));
@@ -784,16 +971,25 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
     match (lhs, rhs) {
         (Value::Scalar(a), Value::Scalar(c)) => {
             if b.op.is_comparison() && !b.return_bool {
-                return Err(QueryError::BadRequest("comparisons between scalars must use the bool modifier".into()));
+                return Err(QueryError::BadRequest(
+                    "comparisons between scalars must use the bool modifier".into(),
+                ));
             }
-            Ok(Value::Scalar(a.iter().zip(&c).map(|(x, y)| arith(b.op, *x, *y)).collect()))
+            Ok(Value::Scalar(
+                a.iter().zip(&c).map(|(x, y)| arith(b.op, *x, *y)).collect(),
+            ))
         }
         (Value::Vector(series), Value::Scalar(c)) => Ok(Value::Vector(
             series
                 .into_iter()
                 .map(|s| Series {
                     labels: s.labels,
-                    values: s.values.into_iter().zip(&c).map(|(v, y)| v.and_then(|x| combine(b, x, x, *y))).collect(),
+                    values: s
+                        .values
+                        .into_iter()
+                        .zip(&c)
+                        .map(|(v, y)| v.and_then(|x| combine(b, x, x, *y)))
+                        .collect(),
                 })
                 .collect(),
         )),
@@ -802,7 +998,12 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                 .into_iter()
                 .map(|s| Series {
                     labels: s.labels,
-                    values: s.values.into_iter().zip(&a).map(|(v, x)| v.and_then(|y| combine(b, y, *x, y))).collect(),
+                    values: s
+                        .values
+                        .into_iter()
+                        .zip(&a)
+                        .map(|(v, x)| v.and_then(|y| combine(b, y, *x, y)))
+                        .collect(),
                 })
                 .collect(),
         )),
@@ -811,7 +1012,11 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
             let group = matching.and_then(|m| m.group);
             let mut rhs_by_sig: HashMap<LabelSet, usize> = HashMap::new();
             for (i, s) in rhs.iter().enumerate() {
-                if rhs_by_sig.insert(signature(&s.labels, matching), i).is_some() && group != Some(true) {
+                if rhs_by_sig
+                    .insert(signature(&s.labels, matching), i)
+                    .is_some()
+                    && group != Some(true)
+                {
                     return Err(QueryError::Execution("found duplicate series for the match group on the right hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side".into()));
                 }
             }
@@ -819,7 +1024,9 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
             let mut seen_lhs: HashSet<LabelSet> = HashSet::new();
             for s in &lhs {
                 let sig = signature(&s.labels, matching);
-                let Some(&j) = rhs_by_sig.get(&sig) else { continue };
+                let Some(&j) = rhs_by_sig.get(&sig) else {
+                    continue;
+                };
                 if group.is_none() && !seen_lhs.insert(sig.clone()) {
                     return Err(QueryError::Execution("found duplicate series for the match group on the left hand-side of the operation; many-to-many matching not allowed".into()));
                 }
@@ -835,7 +1042,9 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                     .iter()
                     .zip(&rhs[j].values)
                     .map(|(x, y)| match (x, y) {
-                        (Some(x), Some(y)) => combine(b, if group == Some(true) { *y } else { *x }, *x, *y),
+                        (Some(x), Some(y)) => {
+                            combine(b, if group == Some(true) { *y } else { *x }, *x, *y)
+                        }
                         _ => None,
                     })
                     .collect();
@@ -852,7 +1061,11 @@ mod tests {
 
     #[test]
     fn grid_span_finds_steps_in_a_window() {
-        let grid = Grid { steps: vec![10, 20, 30, 40], first: 10, step: 10 };
+        let grid = Grid {
+            steps: vec![10, 20, 30, 40],
+            first: 10,
+            step: 10,
+        };
         assert_eq!(grid.span(10, 10), Some((0, 0)));
         assert_eq!(grid.span(11, 29), Some((1, 1)));
         assert_eq!(grid.span(0, 100), Some((0, 3)));

@@ -50,7 +50,7 @@ fn describe(tok: &Tok) -> String {
     match tok {
         Tok::Str(s) => format!("string {s:?}"),
         Tok::Num(n) => format!("number {n}"),
-        Tok::Unit(u) => format!("{u}"),
+        Tok::Unit(u) => u.to_string(),
         Tok::Ident(i) => format!("identifier {i}"),
         Tok::Eof => "end of input".into(),
         other => format!("{:?}", symbol(other)),
@@ -95,7 +95,10 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn run(text: &'a str) -> Result<Vec<(Tok, usize)>, QueryError> {
-        let mut lexer = Lexer { text, tokens: Vec::new() };
+        let mut lexer = Lexer {
+            text,
+            tokens: Vec::new(),
+        };
         lexer.lex()?;
         Ok(lexer.tokens)
     }
@@ -120,7 +123,11 @@ impl<'a> Lexer<'a> {
                 continue;
             }
             let start = pos;
-            let two = if pos + 1 < bytes.len() { &bytes[pos..pos + 2] } else { &bytes[pos..pos + 1] };
+            let two = if pos + 1 < bytes.len() {
+                &bytes[pos..pos + 2]
+            } else {
+                &bytes[pos..pos + 1]
+            };
             let (tok, len) = match two {
                 b"|=" => (Tok::PipeExact, 2),
                 b"|~" => (Tok::PipeMatch, 2),
@@ -149,14 +156,17 @@ impl<'a> Lexer<'a> {
                     b'%' => (Tok::Mod, 1),
                     b'^' => (Tok::Pow, 1),
                     b'"' | b'`' => {
-                        let (value, end) = weft_model::labels::parse_quoted(self.text, pos).map_err(|reason| self.err(pos, reason))?;
+                        let (value, end) = weft_model::labels::parse_quoted(self.text, pos)
+                            .map_err(|reason| self.err(pos, reason))?;
                         self.tokens.push((Tok::Str(value), start));
                         pos = end;
                         continue;
                     }
                     b'0'..=b'9' | b'.' => {
                         let mut end = pos;
-                        while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b'.') {
+                        while end < bytes.len()
+                            && (bytes[end].is_ascii_digit() || bytes[end] == b'.')
+                        {
                             end += 1;
                         }
                         // Exponent: 1e-5
@@ -174,12 +184,20 @@ impl<'a> Lexer<'a> {
                         }
                         if end < bytes.len() && bytes[end].is_ascii_alphabetic() {
                             // Duration (5m, 1h30m, 1.5s) or byte size (10KB).
-                            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'.') {
+                            while end < bytes.len()
+                                && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'.')
+                            {
                                 end += 1;
                             }
-                            self.tokens.push((Tok::Unit(self.text[start..end].to_string()), start));
+                            self.tokens
+                                .push((Tok::Unit(self.text[start..end].to_string()), start));
                         } else {
-                            let number: f64 = self.text[start..end].parse().map_err(|_| self.err(start, format!("invalid number {:?}", &self.text[start..end])))?;
+                            let number: f64 = self.text[start..end].parse().map_err(|_| {
+                                self.err(
+                                    start,
+                                    format!("invalid number {:?}", &self.text[start..end]),
+                                )
+                            })?;
                             self.tokens.push((Tok::Num(number), start));
                         }
                         pos = end;
@@ -187,16 +205,23 @@ impl<'a> Lexer<'a> {
                     }
                     c if c.is_ascii_alphabetic() || c == b'_' => {
                         let mut end = pos;
-                        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b'.') {
+                        while end < bytes.len()
+                            && (bytes[end].is_ascii_alphanumeric()
+                                || bytes[end] == b'_'
+                                || bytes[end] == b'.')
+                        {
                             end += 1;
                         }
-                        self.tokens.push((Tok::Ident(self.text[start..end].to_string()), start));
+                        self.tokens
+                            .push((Tok::Ident(self.text[start..end].to_string()), start));
                         pos = end;
                         continue;
                     }
                     _ => {
                         let ch = self.text[pos..].chars().next().unwrap_or('?');
-                        return Err(self.err(pos, format!("syntax error: unexpected character {ch:?}")));
+                        return Err(
+                            self.err(pos, format!("syntax error: unexpected character {ch:?}"))
+                        );
                     }
                 },
             };
@@ -217,18 +242,29 @@ struct Parser<'a> {
 /// Parses a LogQL query.
 pub fn parse(text: &str) -> Result<Expr, QueryError> {
     if text.len() > MAX_QUERY_BYTES {
-        return Err(QueryError::BadRequest(format!("query is {} bytes, over the {MAX_QUERY_BYTES} byte limit", text.len())));
+        return Err(QueryError::BadRequest(format!(
+            "query is {} bytes, over the {MAX_QUERY_BYTES} byte limit",
+            text.len()
+        )));
     }
     if text.trim().is_empty() {
         return Err(QueryError::parse(text, 0, "syntax error: empty query"));
     }
     let tokens = Lexer::run(text)?;
-    let mut parser = Parser { text, tokens, at: 0 };
+    let mut parser = Parser {
+        text,
+        tokens,
+        at: 0,
+    };
     let expr = parser.expr(0)?;
     parser.expect_eof()?;
     if let Expr::Binary(b) = &expr {
         if matches!(b.lhs, Expr::Log(_)) || matches!(b.rhs, Expr::Log(_)) {
-            return Err(QueryError::parse(text, 0, "syntax error: a log query cannot be used in a binary operation"));
+            return Err(QueryError::parse(
+                text,
+                0,
+                "syntax error: a log query cannot be used in a binary operation",
+            ));
         }
     }
     Ok(expr)
@@ -238,16 +274,20 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
 pub fn parse_selector(text: &str) -> Result<Vec<Matcher>, QueryError> {
     match parse(text)? {
         Expr::Log(LogExpr { matchers, pipeline }) if pipeline.is_empty() => Ok(matchers),
-        _ => Err(QueryError::BadRequest(format!("{text:?} is not a stream selector like {{namespace=\"ml\"}}"))),
+        _ => Err(QueryError::BadRequest(format!(
+            "{text:?} is not a stream selector like {{namespace=\"ml\"}}"
+        ))),
     }
 }
 
 fn anchored(text: &str, pattern: &str, pos: usize) -> Result<Regex, QueryError> {
-    Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
+    Regex::new(&format!("^(?s:{pattern})$"))
+        .map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
 }
 
 fn unanchored(text: &str, pattern: &str, pos: usize) -> Result<Regex, QueryError> {
-    Regex::new(pattern).map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
+    Regex::new(pattern)
+        .map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
 }
 
 /// Parses a byte size such as `10KB`, `1.5MiB`, `512B`.
@@ -285,13 +325,17 @@ pub fn parse_go_duration_secs(text: &str) -> Option<f64> {
     }
     let mut total = 0.0;
     while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if number_end == 0 {
             return None;
         }
         let number: f64 = rest[..number_end].parse().ok()?;
         rest = &rest[number_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -356,7 +400,10 @@ impl<'a> Parser<'a> {
     }
 
     fn unexpected(&self, expecting: &str) -> QueryError {
-        self.err_here(format!("syntax error: unexpected {}, expecting {expecting}", describe(self.peek())))
+        self.err_here(format!(
+            "syntax error: unexpected {}, expecting {expecting}",
+            describe(self.peek())
+        ))
     }
 
     fn expect(&mut self, tok: Tok) -> Result<(), QueryError> {
@@ -419,9 +466,18 @@ impl<'a> Parser<'a> {
     fn duration(&mut self) -> Result<i64, QueryError> {
         let pos = self.pos();
         match self.next() {
-            Tok::Unit(text) => parse_duration(&text).map_err(|e| QueryError::parse(self.text, pos, e.to_string())),
+            Tok::Unit(text) => {
+                parse_duration(&text).map_err(|e| QueryError::parse(self.text, pos, e.to_string()))
+            }
             Tok::Num(n) => Ok((n * 1e9) as i64),
-            other => Err(QueryError::parse(self.text, pos, format!("syntax error: unexpected {}, expecting a duration like 5m", describe(&other)))),
+            other => Err(QueryError::parse(
+                self.text,
+                pos,
+                format!(
+                    "syntax error: unexpected {}, expecting a duration like 5m",
+                    describe(&other)
+                ),
+            )),
         }
     }
 
@@ -436,7 +492,9 @@ impl<'a> Parser<'a> {
             let mut return_bool = false;
             if self.ident_is("bool") {
                 if !op.is_comparison() {
-                    return Err(self.err_here("syntax error: bool is only allowed on comparison operators"));
+                    return Err(
+                        self.err_here("syntax error: bool is only allowed on comparison operators")
+                    );
                 }
                 self.next();
                 return_bool = true;
@@ -444,7 +502,13 @@ impl<'a> Parser<'a> {
             let matching = self.vector_matching()?;
             let next_min = if right { prec } else { prec + 1 };
             let rhs = self.expr(next_min)?;
-            lhs = Expr::Binary(Box::new(Binary { op, lhs, rhs, return_bool, matching }));
+            lhs = Expr::Binary(Box::new(Binary {
+                op,
+                lhs,
+                rhs,
+                return_bool,
+                matching,
+            }));
         }
         Ok(lhs)
     }
@@ -456,7 +520,11 @@ impl<'a> Parser<'a> {
         let on = self.ident_is("on");
         self.next();
         let labels = self.label_list()?;
-        let mut matching = VectorMatching { on, labels, group: None };
+        let mut matching = VectorMatching {
+            on,
+            labels,
+            group: None,
+        };
         if self.ident_is("group_left") || self.ident_is("group_right") {
             matching.group = Some(self.ident_is("group_right"));
             self.next();
@@ -569,14 +637,21 @@ impl<'a> Parser<'a> {
         }
         let inner = self.expr(0)?;
         if matches!(inner, Expr::Log(_)) {
-            return Err(self.err_here("syntax error: a vector aggregation needs a metric expression, not a log query"));
+            return Err(self.err_here(
+                "syntax error: a vector aggregation needs a metric expression, not a log query",
+            ));
         }
         self.expect(Tok::RParen)?;
         let after = self.grouping()?;
         if before.is_some() && after.is_some() {
             return Err(self.err_here("syntax error: grouping given twice"));
         }
-        Ok(Expr::VectorAgg(VectorAgg { op, param, grouping: before.or(after).unwrap_or_default(), inner: Box::new(inner) }))
+        Ok(Expr::VectorAgg(VectorAgg {
+            op,
+            param,
+            grouping: before.or(after).unwrap_or_default(),
+            inner: Box::new(inner),
+        }))
     }
 
     fn range_agg(&mut self, op: RangeOp) -> Result<Expr, QueryError> {
@@ -591,15 +666,32 @@ impl<'a> Parser<'a> {
         self.expect(Tok::RParen)?;
         let grouping = self.grouping()?;
         if op.counts_lines() && range.unwrap.is_some() {
-            return Err(QueryError::parse(self.text, self.pos(), "syntax error: this range aggregation counts lines and takes no unwrap"));
+            return Err(QueryError::parse(
+                self.text,
+                self.pos(),
+                "syntax error: this range aggregation counts lines and takes no unwrap",
+            ));
         }
         if !op.counts_lines() && range.unwrap.is_none() {
-            return Err(QueryError::parse(self.text, self.pos(), "syntax error: this range aggregation needs | unwrap <label>"));
+            return Err(QueryError::parse(
+                self.text,
+                self.pos(),
+                "syntax error: this range aggregation needs | unwrap <label>",
+            ));
         }
         if grouping.is_some() && op.counts_lines() {
-            return Err(QueryError::parse(self.text, self.pos(), "syntax error: grouping is only allowed on unwrapped range aggregations"));
+            return Err(QueryError::parse(
+                self.text,
+                self.pos(),
+                "syntax error: grouping is only allowed on unwrapped range aggregations",
+            ));
         }
-        Ok(Expr::RangeAgg(RangeAgg { op, param, range, grouping }))
+        Ok(Expr::RangeAgg(RangeAgg {
+            op,
+            param,
+            range,
+            grouping,
+        }))
     }
 
     /// `{…} pipeline [5m] offset d` or `({…} pipeline)[5m]`.
@@ -627,7 +719,12 @@ impl<'a> Parser<'a> {
             self.next();
             offset = self.duration()?;
         }
-        Ok(LogRange { log, range, offset, unwrap })
+        Ok(LogRange {
+            log,
+            range,
+            offset,
+            unwrap,
+        })
     }
 
     fn bracket_range(&mut self) -> Result<i64, QueryError> {
@@ -648,7 +745,9 @@ impl<'a> Parser<'a> {
         let mut unwrap = None;
         self.pipeline_into(&mut log.pipeline, &mut unwrap)?;
         if unwrap.is_some() {
-            return Err(self.err_here("syntax error: unwrap is only allowed inside a range aggregation"));
+            return Err(
+                self.err_here("syntax error: unwrap is only allowed inside a range aggregation")
+            );
         }
         Ok(log)
     }
@@ -673,7 +772,10 @@ impl<'a> Parser<'a> {
         if matchers.iter().all(|m| m.matches("")) {
             return Err(self.err_here("syntax error: queries require at least one regexp or equality matcher that does not match the empty string"));
         }
-        Ok(LogExpr { matchers, pipeline: Vec::new() })
+        Ok(LogExpr {
+            matchers,
+            pipeline: Vec::new(),
+        })
     }
 
     fn matcher(&mut self) -> Result<Matcher, QueryError> {
@@ -695,15 +797,26 @@ impl<'a> Parser<'a> {
             MatchOp::Re | MatchOp::Nre => Some(anchored(self.text, &value, pos)?),
             _ => None,
         };
-        Ok(Matcher { name, op, value, regex })
+        Ok(Matcher {
+            name,
+            op,
+            value,
+            regex,
+        })
     }
 
-    fn pipeline_into(&mut self, stages: &mut Vec<Stage>, unwrap: &mut Option<Unwrap>) -> Result<(), QueryError> {
+    fn pipeline_into(
+        &mut self,
+        stages: &mut Vec<Stage>,
+        unwrap: &mut Option<Unwrap>,
+    ) -> Result<(), QueryError> {
         loop {
             match self.peek().clone() {
                 Tok::PipeExact | Tok::Neq | Tok::PipeMatch | Tok::Nre => {
                     if unwrap.is_some() {
-                        return Err(self.err_here("syntax error: line filters must come before unwrap"));
+                        return Err(
+                            self.err_here("syntax error: line filters must come before unwrap")
+                        );
                     }
                     let op = match self.next() {
                         Tok::PipeExact => LineFilterOp::Contains,
@@ -728,7 +841,11 @@ impl<'a> Parser<'a> {
                             regexes.push(unanchored(self.text, value, pos)?);
                         }
                     }
-                    stages.push(Stage::LineFilter(LineFilter { op, values, regexes }));
+                    stages.push(Stage::LineFilter(LineFilter {
+                        op,
+                        values,
+                        regexes,
+                    }));
                 }
                 Tok::Pipe => {
                     self.next();
@@ -739,13 +856,28 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn pipe_stage(&mut self, stages: &mut Vec<Stage>, unwrap: &mut Option<Unwrap>) -> Result<(), QueryError> {
+    fn pipe_stage(
+        &mut self,
+        stages: &mut Vec<Stage>,
+        unwrap: &mut Option<Unwrap>,
+    ) -> Result<(), QueryError> {
         let pos = self.pos();
         let Tok::Ident(word) = self.peek().clone() else {
             return Err(self.unexpected("a parser, label filter or formatting stage"));
         };
         // A label filter starts with a label name followed by an operator.
-        let is_filter_start = matches!(self.peek_at(1), Tok::Eq | Tok::EqEq | Tok::Neq | Tok::Re | Tok::Nre | Tok::Gt | Tok::Ge | Tok::Lt | Tok::Le);
+        let is_filter_start = matches!(
+            self.peek_at(1),
+            Tok::Eq
+                | Tok::EqEq
+                | Tok::Neq
+                | Tok::Re
+                | Tok::Nre
+                | Tok::Gt
+                | Tok::Ge
+                | Tok::Lt
+                | Tok::Le
+        );
         if is_filter_start || word == "(" {
             let filter = self.label_filter()?;
             match unwrap {
@@ -899,7 +1031,20 @@ impl<'a> Parser<'a> {
         loop {
             if self.ident_is("and") || *self.peek() == Tok::Comma {
                 self.next();
-            } else if !(matches!(self.peek(), Tok::Ident(w) if w != "or" && w != "offset") && matches!(self.peek_at(1), Tok::Eq | Tok::EqEq | Tok::Neq | Tok::Re | Tok::Nre | Tok::Gt | Tok::Ge | Tok::Lt | Tok::Le)) {
+            } else if !(matches!(self.peek(), Tok::Ident(w) if w != "or" && w != "offset")
+                && matches!(
+                    self.peek_at(1),
+                    Tok::Eq
+                        | Tok::EqEq
+                        | Tok::Neq
+                        | Tok::Re
+                        | Tok::Nre
+                        | Tok::Gt
+                        | Tok::Ge
+                        | Tok::Lt
+                        | Tok::Le
+                ))
+            {
                 break;
             }
             let rhs = self.label_filter_atom()?;
@@ -932,7 +1077,12 @@ impl<'a> Parser<'a> {
                 MatchOp::Re | MatchOp::Nre => Some(anchored(self.text, &value, value_pos)?),
                 _ => None,
             };
-            return Ok(LabelFilter::Match(Matcher { name, op: match_op, value, regex }));
+            return Ok(LabelFilter::Match(Matcher {
+                name,
+                op: match_op,
+                value,
+                regex,
+            }));
         }
         let cmp = match op {
             Tok::Gt => CmpOp::Gt,
@@ -941,7 +1091,13 @@ impl<'a> Parser<'a> {
             Tok::Le => CmpOp::Le,
             Tok::Eq | Tok::EqEq => CmpOp::Eq,
             Tok::Neq => CmpOp::Neq,
-            _ => return Err(QueryError::parse(self.text, op_pos, "syntax error: expecting a comparison operator")),
+            _ => {
+                return Err(QueryError::parse(
+                    self.text,
+                    op_pos,
+                    "syntax error: expecting a comparison operator",
+                ))
+            }
         };
         let negative = if *self.peek() == Tok::Sub {
             self.next();
@@ -963,7 +1119,12 @@ impl<'a> Parser<'a> {
             }
             other => return Err(QueryError::parse(self.text, value_pos, format!("syntax error: unexpected {}, expecting a number, duration, byte size or string", describe(&other)))),
         };
-        Ok(LabelFilter::Compare { name, op: cmp, value: value * sign, kind })
+        Ok(LabelFilter::Compare {
+            name,
+            op: cmp,
+            value: value * sign,
+            kind,
+        })
     }
 }
 
@@ -1006,7 +1167,11 @@ fn parse_json_path(text: &str, path: &str, pos: usize) -> Result<Vec<String>, Qu
 /// Parses `line_format` templates: text with `{{.label}}`, `{{ .label }}`,
 /// `{{__line__}}` and `{{__timestamp__}}`. Other template functions are not
 /// supported and say so.
-pub fn parse_template(text: &str, template: &str, pos: usize) -> Result<Vec<TemplatePart>, QueryError> {
+pub fn parse_template(
+    text: &str,
+    template: &str,
+    pos: usize,
+) -> Result<Vec<TemplatePart>, QueryError> {
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
@@ -1014,8 +1179,14 @@ pub fn parse_template(text: &str, template: &str, pos: usize) -> Result<Vec<Temp
             parts.push(TemplatePart::Text(rest[..open].to_string()));
         }
         let after = &rest[open + 2..];
-        let close = after.find("}}").ok_or_else(|| QueryError::parse(text, pos, "template: unclosed {{"))?;
-        let action = after[..close].trim().trim_start_matches('-').trim_end_matches('-').trim();
+        let close = after
+            .find("}}")
+            .ok_or_else(|| QueryError::parse(text, pos, "template: unclosed {{"))?;
+        let action = after[..close]
+            .trim()
+            .trim_start_matches('-')
+            .trim_end_matches('-')
+            .trim();
         if action == "__line__" {
             parts.push(TemplatePart::Line);
         } else if action == "__timestamp__" {
@@ -1037,7 +1208,11 @@ pub fn parse_template(text: &str, template: &str, pos: usize) -> Result<Vec<Temp
 }
 
 /// Parses a `pattern` expression: literals and `<name>` / `<_>` captures.
-pub fn parse_pattern(text: &str, pattern: &str, pos: usize) -> Result<Vec<PatternPart>, QueryError> {
+pub fn parse_pattern(
+    text: &str,
+    pattern: &str,
+    pos: usize,
+) -> Result<Vec<PatternPart>, QueryError> {
     let mut parts = Vec::new();
     let mut rest = pattern;
     let mut captures = 0;
@@ -1045,16 +1220,26 @@ pub fn parse_pattern(text: &str, pattern: &str, pos: usize) -> Result<Vec<Patter
         match rest.find('<') {
             Some(open) => {
                 let close = rest[open..].find('>').map(|c| c + open);
-                let name = close.map(|c| &rest[open + 1..c]).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                let name = close.map(|c| &rest[open + 1..c]).filter(|n| {
+                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
                 match (close, name) {
                     (Some(close), Some(name)) => {
                         if open > 0 {
                             parts.push(PatternPart::Literal(rest[..open].to_string()));
                         }
                         if matches!(parts.last(), Some(PatternPart::Capture(_))) {
-                            return Err(QueryError::parse(text, pos, "pattern: two captures must be separated by literal text"));
+                            return Err(QueryError::parse(
+                                text,
+                                pos,
+                                "pattern: two captures must be separated by literal text",
+                            ));
                         }
-                        parts.push(PatternPart::Capture(if name == "_" { None } else { Some(name.to_string()) }));
+                        parts.push(PatternPart::Capture(if name == "_" {
+                            None
+                        } else {
+                            Some(name.to_string())
+                        }));
                         captures += 1;
                         rest = &rest[close + 1..];
                     }
@@ -1071,7 +1256,11 @@ pub fn parse_pattern(text: &str, pattern: &str, pos: usize) -> Result<Vec<Patter
         }
     }
     if captures == 0 {
-        return Err(QueryError::parse(text, pos, "pattern needs at least one <capture>"));
+        return Err(QueryError::parse(
+            text,
+            pos,
+            "pattern needs at least one <capture>",
+        ));
     }
     Ok(parts)
 }
@@ -1136,7 +1325,10 @@ mod tests {
         let e = err(r#"{app="x""#);
         assert!(e.contains("col 9") && e.contains("expecting"), "{e}");
         let e = err(r#"{app="x"} |= error"#);
-        assert!(e.contains("col 14") && e.contains("identifier error"), "{e}");
+        assert!(
+            e.contains("col 14") && e.contains("identifier error"),
+            "{e}"
+        );
         let e = err(r#"count_over_time({app="x"})"#);
         assert!(e.contains("range"), "{e}");
         let e = err(r#"{app=~"("}"#);

@@ -44,7 +44,11 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, 
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}_{k}")
+                };
                 flatten_json(&key, v, out);
             }
         }
@@ -92,7 +96,8 @@ pub fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
         }
         pos += 1;
         if pos < bytes.len() && bytes[pos] == b'"' {
-            let (value, end) = weft_model::labels::parse_quoted(line, pos).map_err(|e| format!("{e} at byte {pos}"))?;
+            let (value, end) = weft_model::labels::parse_quoted(line, pos)
+                .map_err(|e| format!("{e} at byte {pos}"))?;
             out.push((key.to_string(), value));
             pos = end;
         } else {
@@ -113,7 +118,9 @@ fn render(template: &[TemplatePart], state: &LineState) -> String {
             TemplatePart::Text(t) => out.push_str(t),
             TemplatePart::Label(name) => out.push_str(state.labels.get(name).unwrap_or("")),
             TemplatePart::Line => out.push_str(&state.line),
-            TemplatePart::Timestamp => out.push_str(&weft_model::time::format_rfc3339_nanos(state.ts)),
+            TemplatePart::Timestamp => {
+                out.push_str(&weft_model::time::format_rfc3339_nanos(state.ts))
+            }
         }
     }
     out
@@ -180,8 +187,15 @@ pub fn eval_label_filter(filter: &LabelFilter, labels: &mut LabelSet) -> bool {
         LabelFilter::And(a, b) => eval_label_filter(a, labels) && eval_label_filter(b, labels),
         LabelFilter::Or(a, b) => eval_label_filter(a, labels) || eval_label_filter(b, labels),
         LabelFilter::Match(m) => m.matches(labels.get(&m.name).unwrap_or("")),
-        LabelFilter::Compare { name, op, value, kind } => {
-            let Some(raw) = labels.get(name) else { return false };
+        LabelFilter::Compare {
+            name,
+            op,
+            value,
+            kind,
+        } => {
+            let Some(raw) = labels.get(name) else {
+                return false;
+            };
             match label_number(raw, *kind) {
                 Some(number) => op.apply(number, *value),
                 None => {
@@ -217,13 +231,15 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                             let mut found = true;
                             for part in path {
                                 at = match (at, part.parse::<usize>()) {
-                                    (serde_json::Value::Array(items), Ok(i)) => match items.get(i) {
-                                        Some(v) => v,
-                                        None => {
-                                            found = false;
-                                            break;
+                                    (serde_json::Value::Array(items), Ok(i)) => {
+                                        match items.get(i) {
+                                            Some(v) => v,
+                                            None => {
+                                                found = false;
+                                                break;
+                                            }
                                         }
-                                    },
+                                    }
                                     (serde_json::Value::Object(map), _) => match map.get(part) {
                                         Some(v) => v,
                                         None => {
@@ -237,11 +253,24 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                                     }
                                 };
                             }
-                            add_parsed(&mut state.labels, stream, label, if found { json_value_text(at) } else { String::new() });
+                            add_parsed(
+                                &mut state.labels,
+                                stream,
+                                label,
+                                if found {
+                                    json_value_text(at)
+                                } else {
+                                    String::new()
+                                },
+                            );
                         }
                     }
                 }
-                Ok(_) => set_error(&mut state.labels, "JSONParserErr", "line is JSON but not an object".into()),
+                Ok(_) => set_error(
+                    &mut state.labels,
+                    "JSONParserErr",
+                    "line is JSON but not an object".into(),
+                ),
                 Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
             },
             Stage::Logfmt => match parse_logfmt(&state.line) {
@@ -269,22 +298,26 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                     }
                 }
             }
-            Stage::Unpack => match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&state.line) {
-                Ok(map) => {
-                    let mut entry = None;
-                    for (k, v) in map {
-                        if k == "_entry" {
-                            entry = Some(json_value_text(&v));
-                        } else if let serde_json::Value::String(s) = v {
-                            add_parsed(&mut state.labels, stream, &k, s);
+            Stage::Unpack => {
+                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                    &state.line,
+                ) {
+                    Ok(map) => {
+                        let mut entry = None;
+                        for (k, v) in map {
+                            if k == "_entry" {
+                                entry = Some(json_value_text(&v));
+                            } else if let serde_json::Value::String(s) = v {
+                                add_parsed(&mut state.labels, stream, &k, s);
+                            }
+                        }
+                        if let Some(entry) = entry {
+                            state.line = entry;
                         }
                     }
-                    if let Some(entry) = entry {
-                        state.line = entry;
-                    }
+                    Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
                 }
-                Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
-            },
+            }
             Stage::LabelFilter(filter) => {
                 if !eval_label_filter(filter, &mut state.labels) {
                     return false;
@@ -324,7 +357,9 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                     .labels
                     .iter()
                     .filter(|(name, value)| {
-                        items.iter().any(|(n, m)| n == name && m.as_ref().is_none_or(|m| m.matches(value)))
+                        items
+                            .iter()
+                            .any(|(n, m)| n == name && m.as_ref().is_none_or(|m| m.matches(value)))
                     })
                     .map(|(n, v)| (n.to_string(), v.to_string()))
                     .collect();
@@ -348,7 +383,11 @@ pub fn unwrap_value(unwrap: &Unwrap, state: &mut LineState) -> Option<f64> {
             }
         },
         None => {
-            set_error(&mut state.labels, "SampleExtractionErr", format!("label {} is absent", unwrap.label));
+            set_error(
+                &mut state.labels,
+                "SampleExtractionErr",
+                format!("label {} is absent", unwrap.label),
+            );
             None
         }
     };
@@ -374,13 +413,21 @@ mod tests {
 
     fn apply(q: &str, line: &str) -> Option<LineState> {
         let stream = LabelSet::from_pairs([("app", "x")]);
-        let mut state = LineState { ts: 0, line: line.into(), labels: stream.clone() };
+        let mut state = LineState {
+            ts: 0,
+            line: line.into(),
+            labels: stream.clone(),
+        };
         run(&pipeline(q), &stream, &mut state).then_some(state)
     }
 
     #[test]
     fn json_flattens_and_filters() {
-        let s = apply(r#"{app="x"} | json | status >= 500"#, r#"{"status":503,"req":{"method":"GET"},"app":"y","tags":[1]}"#).unwrap();
+        let s = apply(
+            r#"{app="x"} | json | status >= 500"#,
+            r#"{"status":503,"req":{"method":"GET"},"app":"y","tags":[1]}"#,
+        )
+        .unwrap();
         assert_eq!(s.labels.get("req_method"), Some("GET"));
         assert_eq!(s.labels.get("app_extracted"), Some("y"));
         assert!(apply(r#"{app="x"} | json | status >= 500"#, r#"{"status":200}"#).is_none());
@@ -389,8 +436,15 @@ mod tests {
         assert!(apply(r#"{app="x"} | json | __error__="""#, "not json").is_none());
         let dropped = apply(r#"{app="x"} | json | drop __error__"#, "not json").unwrap();
         assert_eq!(dropped.labels.get(ERROR_LABEL), None);
-        let picked = apply(r#"{app="x"} | json m="req.method", first="list[0]""#, r#"{"req":{"method":"PUT"},"list":["a"]}"#).unwrap();
-        assert_eq!((picked.labels.get("m"), picked.labels.get("first")), (Some("PUT"), Some("a")));
+        let picked = apply(
+            r#"{app="x"} | json m="req.method", first="list[0]""#,
+            r#"{"req":{"method":"PUT"},"list":["a"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (picked.labels.get("m"), picked.labels.get("first")),
+            (Some("PUT"), Some("a"))
+        );
     }
 
     #[test]
@@ -400,7 +454,13 @@ mod tests {
         assert!(apply(q, "level=error latency=100ms").is_none());
         let s = apply(r#"{app="x"} | logfmt | size > 1KB"#, "size=abc").unwrap();
         assert_eq!(s.labels.get(ERROR_LABEL), Some("LabelFilterErr"));
-        assert_eq!(apply(r#"{app="x"} | logfmt"#, r#"a="unterminated"#).unwrap().labels.get(ERROR_LABEL), Some("LogfmtParserErr"));
+        assert_eq!(
+            apply(r#"{app="x"} | logfmt"#, r#"a="unterminated"#)
+                .unwrap()
+                .labels
+                .get(ERROR_LABEL),
+            Some("LogfmtParserErr")
+        );
     }
 
     #[test]
@@ -409,10 +469,21 @@ mod tests {
         assert!(apply(r#"{app="x"} |= "err" != "timeout""#, "error timeout").is_none());
         assert!(apply(r#"{app="x"} |~ "(?i)CUDA""#, "cuda oom").is_some());
         assert!(apply(r#"{app="x"} |= "a" or "b""#, "xbx").is_some());
-        let s = apply(r#"{app="x"} | logfmt | line_format "{{.app}}: {{ .msg }}""#, "msg=hi").unwrap();
+        let s = apply(
+            r#"{app="x"} | logfmt | line_format "{{.app}}: {{ .msg }}""#,
+            "msg=hi",
+        )
+        .unwrap();
         assert_eq!(s.line, "x: hi");
-        let s = apply(r#"{app="x"} | pattern "<ip> - <_> <code>""#, "1.2.3.4 - frank 200").unwrap();
-        assert_eq!((s.labels.get("ip"), s.labels.get("code")), (Some("1.2.3.4"), Some("200")));
+        let s = apply(
+            r#"{app="x"} | pattern "<ip> - <_> <code>""#,
+            "1.2.3.4 - frank 200",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.labels.get("ip"), s.labels.get("code")),
+            (Some("1.2.3.4"), Some("200"))
+        );
         let s = apply(r#"{app="x"} | regexp "took (?P<ms>\\d+)ms""#, "took 42ms").unwrap();
         assert_eq!(s.labels.get("ms"), Some("42"));
         let s = apply(r#"{app="x"} | keep app"#, "x").unwrap();

@@ -66,7 +66,8 @@ mod tests {
 
     #[test]
     fn parses_live_and_rotated_paths() {
-        let live = PodLogPath::parse(Path::new("/var/log/pods/ml_train-0_1234-ab/main/3.log")).unwrap();
+        let live =
+            PodLogPath::parse(Path::new("/var/log/pods/ml_train-0_1234-ab/main/3.log")).unwrap();
         assert_eq!(
             live,
             PodLogPath {
@@ -78,7 +79,8 @@ mod tests {
                 rotated_at: None
             }
         );
-        let rotated = PodLogPath::parse(Path::new("/x/ml_train-0_uid/main/0.log.20261125-221618")).unwrap();
+        let rotated =
+            PodLogPath::parse(Path::new("/x/ml_train-0_uid/main/0.log.20261125-221618")).unwrap();
         assert_eq!(rotated.rotated_at.as_deref(), Some("20261125-221618"));
         for skipped in [
             "/x/ml_train-0_uid/main/0.log.20261125-221618.gz",

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use super::format::{LogFormat, Segment, Stream};
 use super::path::PodLogPath;
-use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint, FINGERPRINT_BYTES};
+use crate::checkpoint::{
+    FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint,
+    FINGERPRINT_BYTES,
+};
 use crate::metrics::CollectorMetrics;
 
 /// Tunables of the tailer.
@@ -128,13 +131,14 @@ pub struct PodLogTailer {
 }
 
 fn group_of(meta: &PodLogPath) -> Arc<str> {
-    Arc::from(format!("{}_{}_{}/{}/{}", meta.namespace, meta.pod, meta.pod_uid, meta.container, meta.restart))
+    Arc::from(format!(
+        "{}_{}_{}/{}/{}",
+        meta.namespace, meta.pod, meta.pod_uid, meta.container, meta.restart
+    ))
 }
 
 fn meta_of_group(group: &str) -> Option<PodLogPath> {
-    let mut parts = group.rsplitn(2, '/');
-    let restart = parts.next()?;
-    let dir = parts.next()?;
+    let (dir, restart) = group.rsplit_once('/')?;
     PodLogPath::parse(&Path::new(dir).join(format!("{restart}.log")))
 }
 
@@ -145,7 +149,11 @@ fn identity_of(meta: &std::fs::Metadata) -> FileIdentity {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    FileIdentity { dev: meta.dev(), ino: meta.ino(), born }
+    FileIdentity {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        born,
+    }
 }
 
 fn fingerprint_of(file: &File, size: u64) -> io::Result<Option<Fingerprint>> {
@@ -155,11 +163,17 @@ fn fingerprint_of(file: &File, size: u64) -> io::Result<Option<Fingerprint>> {
     }
     let mut head = vec![0u8; len];
     file.read_exact_at(&mut head, 0)?;
-    Ok(Some(Fingerprint { len: len as u32, crc: crc32fast::hash(&head) }))
+    Ok(Some(Fingerprint {
+        len: len as u32,
+        crc: crc32fast::hash(&head),
+    }))
 }
 
 fn source_key(collector_id: &str, identity: &FileIdentity, generation: u32) -> Arc<str> {
-    Arc::from(format!("{collector_id}/{}:{}:{}/{generation}", identity.dev, identity.ino, identity.born))
+    Arc::from(format!(
+        "{collector_id}/{}:{}:{}/{generation}",
+        identity.dev, identity.ino, identity.born
+    ))
 }
 
 fn stream_slot(stream: Stream) -> u64 {
@@ -181,15 +195,22 @@ impl PodLogTailer {
         let now = Instant::now();
         let mut partials = HashMap::new();
         for p in checkpoint.partials {
-            let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream)) else {
+            let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream))
+            else {
                 continue;
             };
             let source = checkpoint
                 .files
                 .iter()
-                .find(|f| source_key(&collector_id, &f.identity, f.generation).as_ref() == p.source_key)
+                .find(|f| {
+                    source_key(&collector_id, &f.identity, f.generation).as_ref() == p.source_key
+                })
                 .map(|f| f.identity)
-                .unwrap_or(FileIdentity { dev: 0, ino: 0, born: 0 });
+                .unwrap_or(FileIdentity {
+                    dev: 0,
+                    ino: 0,
+                    born: 0,
+                });
             partials.insert(
                 (Arc::from(p.group.as_str()), stream),
                 Pending {
@@ -204,7 +225,11 @@ impl PodLogTailer {
                 },
             );
         }
-        let restore = checkpoint.files.into_iter().map(|f| ((f.identity.dev, f.identity.ino), f)).collect();
+        let restore = checkpoint
+            .files
+            .into_iter()
+            .map(|f| ((f.identity.dev, f.identity.ino), f))
+            .collect();
         Self {
             read_buf: vec![0; config.read_buffer_bytes.max(1)],
             root,
@@ -241,9 +266,13 @@ impl PodLogTailer {
         };
         let mut found = Vec::new();
         for pod_dir in pod_dirs.flatten() {
-            let Ok(containers) = std::fs::read_dir(pod_dir.path()) else { continue };
+            let Ok(containers) = std::fs::read_dir(pod_dir.path()) else {
+                continue;
+            };
             for container in containers.flatten() {
-                let Ok(entries) = std::fs::read_dir(container.path()) else { continue };
+                let Ok(entries) = std::fs::read_dir(container.path()) else {
+                    continue;
+                };
                 for entry in entries.flatten() {
                     let path = entry.path();
                     if let Some(meta) = PodLogPath::parse(&path) {
@@ -263,7 +292,9 @@ impl PodLogTailer {
     }
 
     fn track(&mut self, path: PathBuf, meta: PodLogPath) {
-        let Ok(stat) = std::fs::metadata(&path) else { return };
+        let Ok(stat) = std::fs::metadata(&path) else {
+            return;
+        };
         if !stat.is_file() {
             return;
         }
@@ -283,7 +314,9 @@ impl PodLogTailer {
             tracing::warn!(path = %path.display(), limit = self.config.max_open_files, "not following log file: too many open files");
             return;
         }
-        let Ok(handle) = File::open(&path) else { return };
+        let Ok(handle) = File::open(&path) else {
+            return;
+        };
         // The file may have been replaced between stat and open.
         let Ok(stat) = handle.metadata() else { return };
         let identity = identity_of(&stat);
@@ -294,7 +327,9 @@ impl PodLogTailer {
         let mut offset = 0;
         let mut generation = 0;
         if let Some(saved) = self.restore.remove(&(identity.dev, identity.ino)) {
-            let born_matches = saved.identity.born == 0 || identity.born == 0 || saved.identity.born == identity.born;
+            let born_matches = saved.identity.born == 0
+                || identity.born == 0
+                || saved.identity.born == identity.born;
             let head_matches = match saved.fingerprint {
                 Some(fp) if size >= fp.len as u64 => {
                     let mut head = vec![0u8; fp.len as usize];
@@ -346,7 +381,13 @@ impl PodLogTailer {
         let mut order: Vec<_> = self
             .files
             .values()
-            .map(|f| (f.group.clone(), f.meta.rotated_at.clone().unwrap_or_else(|| "~".into()), f.identity))
+            .map(|f| {
+                (
+                    f.group.clone(),
+                    f.meta.rotated_at.clone().unwrap_or_else(|| "~".into()),
+                    f.identity,
+                )
+            })
             .collect();
         order.sort();
         self.order = order.into_iter().map(|(_, _, id)| id).collect();
@@ -365,14 +406,18 @@ impl PodLogTailer {
             if sink.is_full() {
                 break;
             }
-            let Some(mut file) = self.files.remove(identity) else { continue };
+            let Some(mut file) = self.files.remove(identity) else {
+                continue;
+            };
             if blocked_group.as_ref().is_some_and(|g| *g == file.group) {
                 self.files.insert(*identity, file);
                 continue;
             }
             match self.read_file(&mut file, sink) {
                 Ok(n) => total += n,
-                Err(e) => tracing::warn!(path = %file.path.display(), error = %e, "reading log file failed, will retry"),
+                Err(e) => {
+                    tracing::warn!(path = %file.path.display(), error = %e, "reading log file failed, will retry")
+                }
             }
             if !file.at_eof {
                 blocked_group = Some(file.group.clone());
@@ -421,7 +466,10 @@ impl PodLogTailer {
             file.source_key = source_key(&self.collector_id, &file.identity, file.generation);
             file.fingerprint = None;
         }
-        if file.fingerprint.is_none_or(|fp| (fp.len as usize) < FINGERPRINT_BYTES && size > fp.len as u64) {
+        if file
+            .fingerprint
+            .is_none_or(|fp| (fp.len as usize) < FINGERPRINT_BYTES && size > fp.len as u64)
+        {
             file.fingerprint = fingerprint_of(&file.file, size).unwrap_or(file.fingerprint);
         }
         let mut read = 0usize;
@@ -431,7 +479,10 @@ impl PodLogTailer {
                 return Ok(read);
             }
             let pos = file.offset + file.carry.len() as u64;
-            let want = self.read_buf.len().min(self.config.max_bytes_per_pass - read);
+            let want = self
+                .read_buf
+                .len()
+                .min(self.config.max_bytes_per_pass - read);
             let mut buf = std::mem::take(&mut self.read_buf);
             let n = match file.file.read_at(&mut buf[..want], pos) {
                 Ok(n) => n,
@@ -451,12 +502,22 @@ impl PodLogTailer {
         }
         file.at_eof = true;
         let unlinked = stat.nlink() == 0;
-        file.deleted_passes = if unlinked && read == 0 { file.deleted_passes + 1 } else { 0 };
+        file.deleted_passes = if unlinked && read == 0 {
+            file.deleted_passes + 1
+        } else {
+            0
+        };
         Ok(read)
     }
 
     /// Splits a chunk read at file position `pos` into physical lines.
-    fn consume_chunk(&mut self, file: &mut TailedFile, chunk: &[u8], pos: u64, sink: &mut dyn LineSink) {
+    fn consume_chunk(
+        &mut self,
+        file: &mut TailedFile,
+        chunk: &[u8],
+        pos: u64,
+        sink: &mut dyn LineSink,
+    ) {
         let max_physical = self.config.max_line_bytes + 512;
         let mut start = 0;
         for newline in memchr::memchr_iter(b'\n', chunk) {
@@ -494,14 +555,25 @@ impl PodLogTailer {
         }
     }
 
-    fn physical_line(&mut self, file: &mut TailedFile, line: &[u8], end_offset: u64, overlong: bool, sink: &mut dyn LineSink) {
+    fn physical_line(
+        &mut self,
+        file: &mut TailedFile,
+        line: &[u8],
+        end_offset: u64,
+        overlong: bool,
+        sink: &mut dyn LineSink,
+    ) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return;
         }
         let format = *file.format.get_or_insert_with(|| LogFormat::detect(line));
         let parsed = format.parse(line).or_else(|err| {
-            let other = if format == LogFormat::Cri { LogFormat::Docker } else { LogFormat::Cri };
+            let other = if format == LogFormat::Cri {
+                LogFormat::Docker
+            } else {
+                LogFormat::Cri
+            };
             other.parse(line).map_err(|_| err)
         });
         let position = end_offset * 4;
@@ -529,7 +601,14 @@ impl PodLogTailer {
         }
     }
 
-    fn join(&mut self, file: &mut TailedFile, segment: Segment<'_>, position: u64, overlong: bool, sink: &mut dyn LineSink) {
+    fn join(
+        &mut self,
+        file: &mut TailedFile,
+        segment: Segment<'_>,
+        position: u64,
+        overlong: bool,
+        sink: &mut dyn LineSink,
+    ) {
         let max = self.config.max_line_bytes;
         if !segment.complete {
             let key = (file.group.clone(), segment.stream);
@@ -547,7 +626,9 @@ impl PodLogTailer {
             if segment.message.len() > room || overlong {
                 pending.truncated = true;
             }
-            pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+            pending
+                .bytes
+                .extend_from_slice(&segment.message[..segment.message.len().min(room)]);
             pending.meta = file.meta.clone();
             pending.source = file.identity;
             pending.source_key = file.source_key.clone();
@@ -555,12 +636,18 @@ impl PodLogTailer {
             pending.updated = Instant::now();
             return;
         }
-        let pending = if self.partials.is_empty() { None } else { self.partials.remove(&(file.group.clone(), segment.stream)) };
+        let pending = if self.partials.is_empty() {
+            None
+        } else {
+            self.partials.remove(&(file.group.clone(), segment.stream))
+        };
         match pending {
             Some(mut pending) => {
                 let room = max.saturating_sub(pending.bytes.len());
                 let truncated = pending.truncated || overlong || segment.message.len() > room;
-                pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+                pending
+                    .bytes
+                    .extend_from_slice(&segment.message[..segment.message.len().min(room)]);
                 if truncated {
                     self.metrics.truncated_lines.inc();
                 }
@@ -599,8 +686,16 @@ impl PodLogTailer {
 
     fn emit_pending(&self, stream: Stream, pending: &Pending, sink: &mut dyn LineSink) {
         // Position past every line read from the source so far.
-        let offset = self.files.get(&pending.source).map(|f| f.offset).unwrap_or(pending.source_offset);
-        let source_key = self.files.get(&pending.source).map(|f| f.source_key.clone()).unwrap_or(pending.source_key.clone());
+        let offset = self
+            .files
+            .get(&pending.source)
+            .map(|f| f.offset)
+            .unwrap_or(pending.source_offset);
+        let source_key = self
+            .files
+            .get(&pending.source)
+            .map(|f| f.source_key.clone())
+            .unwrap_or(pending.source_key.clone());
         if pending.truncated {
             self.metrics.truncated_lines.inc();
         }
@@ -622,7 +717,12 @@ impl PodLogTailer {
             return;
         }
         let timeout = self.config.partial_timeout;
-        let stale: Vec<JoinKey> = self.partials.iter().filter(|(_, p)| p.updated.elapsed() >= timeout).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<JoinKey> = self
+            .partials
+            .iter()
+            .filter(|(_, p)| p.updated.elapsed() >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in stale {
             if let Some(pending) = self.partials.remove(&key) {
                 self.emit_pending(key.1, &pending, sink);
@@ -634,10 +734,18 @@ impl PodLogTailer {
     /// their stream; they keep the released file's final position so that,
     /// if they time out instead, they are emitted past its last line.
     fn detach_partials_of(&mut self, file: &TailedFile) {
-        for pending in self.partials.values_mut().filter(|p| p.source == file.identity) {
+        for pending in self
+            .partials
+            .values_mut()
+            .filter(|p| p.source == file.identity)
+        {
             pending.source_offset = file.offset;
             pending.source_key = file.source_key.clone();
-            pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
+            pending.source = FileIdentity {
+                dev: 0,
+                ino: 0,
+                born: 0,
+            };
         }
     }
 
@@ -663,8 +771,16 @@ impl PodLogTailer {
                 ts: p.ts,
                 text: String::from_utf8_lossy(&p.bytes).into_owned(),
                 truncated: p.truncated,
-                source_key: self.files.get(&p.source).map(|f| f.source_key.to_string()).unwrap_or_else(|| p.source_key.to_string()),
-                source_offset: self.files.get(&p.source).map(|f| f.offset).unwrap_or(p.source_offset),
+                source_key: self
+                    .files
+                    .get(&p.source)
+                    .map(|f| f.source_key.to_string())
+                    .unwrap_or_else(|| p.source_key.to_string()),
+                source_offset: self
+                    .files
+                    .get(&p.source)
+                    .map(|f| f.offset)
+                    .unwrap_or(p.source_offset),
             })
             .collect();
         TailerCheckpoint { files, partials }

@@ -27,10 +27,21 @@ struct Collected {
 
 impl LineSink for Collected {
     fn line(&mut self, line: LogLine<'_>) {
-        let last = self.positions.entry(line.source_key.to_string()).or_insert(0);
-        assert!(line.position > *last || (*last == 0 && line.position == 0), "positions must increase per source");
+        let last = self
+            .positions
+            .entry(line.source_key.to_string())
+            .or_insert(0);
+        assert!(
+            line.position > *last || (*last == 0 && line.position == 0),
+            "positions must increase per source"
+        );
         *last = line.position;
-        self.lines.push((line.stream, String::from_utf8_lossy(line.text).into_owned(), line.truncated, line.parse_error));
+        self.lines.push((
+            line.stream,
+            String::from_utf8_lossy(line.text).into_owned(),
+            line.truncated,
+            line.parse_error,
+        ));
     }
 }
 
@@ -38,7 +49,12 @@ impl LineSink for Collected {
 enum Op {
     /// Writes a logical line on a stream as segments of these lengths;
     /// `finish` ends it with `F`, otherwise it stays open (only `P`s).
-    Write { stderr: bool, parts: Vec<usize>, finish: bool, torn: bool },
+    Write {
+        stderr: bool,
+        parts: Vec<usize>,
+        finish: bool,
+        torn: bool,
+    },
     Poll,
     Rotate,
     DeleteOldestRotated,
@@ -91,7 +107,13 @@ impl Harness {
             partial_timeout: Duration::from_secs(3600),
             max_open_files: 64,
         };
-        let mut tailer = PodLogTailer::new(root.to_path_buf(), "test".into(), config.clone(), TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+        let mut tailer = PodLogTailer::new(
+            root.to_path_buf(),
+            "test".into(),
+            config.clone(),
+            TailerCheckpoint::default(),
+            Arc::new(CollectorMetrics::unregistered()),
+        );
         tailer.scan().unwrap();
         Self {
             root: root.to_path_buf(),
@@ -128,7 +150,12 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Write { stderr, parts, finish, torn } => {
+            Op::Write {
+                stderr,
+                parts,
+                finish,
+                torn,
+            } => {
                 self.finish_torn();
                 let stream = if *stderr { "stderr" } else { "stdout" };
                 let mut bytes = Vec::new();
@@ -141,15 +168,33 @@ impl Harness {
                         segment.push(char::from(b'a' + (segment.len() % 26) as u8));
                     }
                     text.push_str(&segment);
-                    let tag = if *finish && i + 1 == parts.len() { "F" } else { "P" };
+                    let tag = if *finish && i + 1 == parts.len() {
+                        "F"
+                    } else {
+                        "P"
+                    };
                     self.ts += 1000;
-                    bytes.extend_from_slice(format!("{} {stream} {tag} {segment}\n", weft_model::time::format_rfc3339_nanos(self.ts)).as_bytes());
+                    bytes.extend_from_slice(
+                        format!(
+                            "{} {stream} {tag} {segment}\n",
+                            weft_model::time::format_rfc3339_nanos(self.ts)
+                        )
+                        .as_bytes(),
+                    );
                 }
                 if *finish {
                     let full = self.open_line.remove(stderr).unwrap_or_default();
                     let truncated = full.len() > MAX_LINE;
                     let kept = full[..full.len().min(MAX_LINE)].to_string();
-                    self.expected.push((if *stderr { Stream::Stderr } else { Stream::Stdout }, kept, truncated));
+                    self.expected.push((
+                        if *stderr {
+                            Stream::Stderr
+                        } else {
+                            Stream::Stdout
+                        },
+                        kept,
+                        truncated,
+                    ));
                 }
                 if *torn && bytes.len() > 2 {
                     let cut = bytes.len() - 2;
@@ -182,7 +227,12 @@ impl Harness {
                 // what was never read, which this model does not allow.
                 self.finish_torn();
                 self.drain();
-                OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
+                OpenOptions::new()
+                    .write(true)
+                    .open(self.live())
+                    .unwrap()
+                    .set_len(0)
+                    .unwrap();
                 self.tailer.poll(&mut self.sink);
             }
             Op::Restart => {
@@ -191,8 +241,15 @@ impl Harness {
                 }
                 let checkpoint = self.tailer.checkpoint();
                 // The checkpoint survives a round trip through its file format.
-                let checkpoint: TailerCheckpoint = serde_json::from_slice(&serde_json::to_vec(&checkpoint).unwrap()).unwrap();
-                self.tailer = PodLogTailer::new(self.root.clone(), "test".into(), self.config.clone(), checkpoint, Arc::new(CollectorMetrics::unregistered()));
+                let checkpoint: TailerCheckpoint =
+                    serde_json::from_slice(&serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+                self.tailer = PodLogTailer::new(
+                    self.root.clone(),
+                    "test".into(),
+                    self.config.clone(),
+                    checkpoint,
+                    Arc::new(CollectorMetrics::unregistered()),
+                );
                 self.tailer.scan().unwrap();
             }
         }
@@ -220,7 +277,11 @@ impl Harness {
             .iter()
             .map(|(stream, text, truncated, parse_error)| {
                 assert!(!parse_error, "no line is malformed: {text}");
-                (stream.expect("parsed lines have a stream"), text.clone(), *truncated)
+                (
+                    stream.expect("parsed lines have a stream"),
+                    text.clone(),
+                    *truncated,
+                )
             })
             .collect();
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -228,7 +289,11 @@ impl Harness {
             let have: Vec<_> = got.iter().filter(|l| l.0 == stream).collect();
             assert_eq!(have, want, "lines of {stream:?}");
         }
-        assert_eq!(self.tailer.open_files(), 1 + self.rotated.len(), "deleted files are released");
+        assert_eq!(
+            self.tailer.open_files(),
+            1 + self.rotated.len(),
+            "deleted files are released"
+        );
     }
 }
 
@@ -250,13 +315,27 @@ proptest! {
     }
 }
 
-fn one_file_tailer(dir: &Path, content: &[u8], max_line: usize) -> (PodLogTailer, Collected, PathBuf) {
+fn one_file_tailer(
+    dir: &Path,
+    content: &[u8],
+    max_line: usize,
+) -> (PodLogTailer, Collected, PathBuf) {
     let container = dir.join("ns_pod_uid").join("c");
     fs::create_dir_all(&container).unwrap();
     let path = container.join("0.log");
     fs::write(&path, content).unwrap();
-    let config = TailerConfig { max_line_bytes: max_line, read_buffer_bytes: 4096, ..TailerConfig::default() };
-    let mut tailer = PodLogTailer::new(dir.to_path_buf(), "t".into(), config, TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+    let config = TailerConfig {
+        max_line_bytes: max_line,
+        read_buffer_bytes: 4096,
+        ..TailerConfig::default()
+    };
+    let mut tailer = PodLogTailer::new(
+        dir.to_path_buf(),
+        "t".into(),
+        config,
+        TailerCheckpoint::default(),
+        Arc::new(CollectorMetrics::unregistered()),
+    );
     tailer.scan().unwrap();
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
@@ -269,7 +348,15 @@ fn malformed_lines_are_kept_raw_and_the_file_goes_on() {
     let content = b"2026-11-25T10:00:00Z stdout F first\nthis is not cri\n2026-11-25T10:00:01Z stdout F \xff\xfe bad utf8\n2026-11-25T10:00:02Z stdout F last\n";
     let (_, sink, _) = one_file_tailer(dir.path(), content, 1024);
     let texts: Vec<_> = sink.lines.iter().map(|l| (l.1.as_str(), l.3)).collect();
-    assert_eq!(texts, vec![("first", false), ("this is not cri", true), ("\u{fffd}\u{fffd} bad utf8", false), ("last", false)]);
+    assert_eq!(
+        texts,
+        vec![
+            ("first", false),
+            ("this is not cri", true),
+            ("\u{fffd}\u{fffd} bad utf8", false),
+            ("last", false)
+        ]
+    );
 }
 
 #[test]
@@ -281,7 +368,10 @@ fn a_line_ten_times_the_cap_does_not_stop_the_file() {
     assert_eq!(sink.lines.len(), 3);
     assert_eq!(sink.lines[0].1.len(), 2000);
     assert!(sink.lines[0].2, "marked truncated");
-    assert!(sink.lines[1].2 && sink.lines[1].3, "raw huge line truncated and flagged");
+    assert!(
+        sink.lines[1].2 && sink.lines[1].3,
+        "raw huge line truncated and flagged"
+    );
     assert_eq!(sink.lines[2].1, "after");
 }
 
@@ -289,13 +379,22 @@ fn a_line_ten_times_the_cap_does_not_stop_the_file() {
 fn docker_json_files_are_detected_and_partials_joined() {
     let dir = tempfile::tempdir().unwrap();
     let content = concat!(
-        r#"{"log":"hello ","stream":"stdout","time":"2026-11-25T10:00:00.1Z"}"#, "\n",
-        r#"{"log":"err\n","stream":"stderr","time":"2026-11-25T10:00:00.2Z"}"#, "\n",
-        r#"{"log":"world\n","stream":"stdout","time":"2026-11-25T10:00:00.3Z"}"#, "\n",
+        r#"{"log":"hello ","stream":"stdout","time":"2026-11-25T10:00:00.1Z"}"#,
+        "\n",
+        r#"{"log":"err\n","stream":"stderr","time":"2026-11-25T10:00:00.2Z"}"#,
+        "\n",
+        r#"{"log":"world\n","stream":"stdout","time":"2026-11-25T10:00:00.3Z"}"#,
+        "\n",
     );
     let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
     let texts: Vec<_> = sink.lines.iter().map(|l| (l.0, l.1.as_str())).collect();
-    assert_eq!(texts, vec![(Some(Stream::Stderr), "err"), (Some(Stream::Stdout), "hello world")]);
+    assert_eq!(
+        texts,
+        vec![
+            (Some(Stream::Stderr), "err"),
+            (Some(Stream::Stdout), "hello world")
+        ]
+    );
 }
 
 #[test]
@@ -303,9 +402,22 @@ fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
     let dir = tempfile::tempdir().unwrap();
     let container = dir.path().join("ns_pod_uid").join("c");
     fs::create_dir_all(&container).unwrap();
-    fs::write(container.join("0.log"), b"2026-11-25T10:00:00Z stdout P half\n2026-11-25T10:00:01Z stderr F other\n").unwrap();
-    let config = TailerConfig { partial_timeout: Duration::from_millis(0), ..TailerConfig::default() };
-    let mut tailer = PodLogTailer::new(dir.path().to_path_buf(), "t".into(), config, TailerCheckpoint::default(), Arc::new(CollectorMetrics::unregistered()));
+    fs::write(
+        container.join("0.log"),
+        b"2026-11-25T10:00:00Z stdout P half\n2026-11-25T10:00:01Z stderr F other\n",
+    )
+    .unwrap();
+    let config = TailerConfig {
+        partial_timeout: Duration::from_millis(0),
+        ..TailerConfig::default()
+    };
+    let mut tailer = PodLogTailer::new(
+        dir.path().to_path_buf(),
+        "t".into(),
+        config,
+        TailerCheckpoint::default(),
+        Arc::new(CollectorMetrics::unregistered()),
+    );
     tailer.scan().unwrap();
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
@@ -332,7 +444,13 @@ fn inode_reuse_with_the_same_head_is_read_from_the_start() {
     checkpoint.files[0].identity.ino = stat.ino();
     checkpoint.files[0].identity.dev = stat.dev();
     checkpoint.files[0].identity.born = 1;
-    let mut tailer = PodLogTailer::new(dir.path().to_path_buf(), "t".into(), TailerConfig::default(), checkpoint, Arc::new(CollectorMetrics::unregistered()));
+    let mut tailer = PodLogTailer::new(
+        dir.path().to_path_buf(),
+        "t".into(),
+        TailerConfig::default(),
+        checkpoint,
+        Arc::new(CollectorMetrics::unregistered()),
+    );
     tailer.scan().unwrap();
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
