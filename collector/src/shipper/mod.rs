@@ -345,3 +345,6 @@ impl Shipper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! The shipper against a real HTTP server on loopback that fails on
+//! demand: batches spool in order while it fails, the spool's bound stops
+//! the shipper from taking more (the channel fills, so tailing would pause),
+//! and once the server answers again every batch arrives in order and the
+//! checkpoint moves only to what was acknowledged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::{Shipper, ShipperSettings};
+use crate::batcher::SealedBatch;
+use crate::checkpoint::{CheckpointStore, FileCheckpoint, FileIdentity, TailerCheckpoint};
+use crate::metrics::CollectorMetrics;
+
+struct FakeIndexer {
+    url: String,
+    up: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+/// A minimal HTTP/1.1 server: 503 while `up` is false, else 200, recording
+/// the idempotency key of each accepted request.
+async fn fake_indexer() -> FakeIndexer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let up = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (up2, received2) = (up.clone(), received.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (up, received) = (up2.clone(), received2.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let header_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+                    if let Some(end) = header_end {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            let key = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("x-weft-idempotency-key:"))
+                                .unwrap_or("")
+                                .trim()
+                                .to_string();
+                            let ok = up.load(Ordering::SeqCst);
+                            if ok {
+                                received.lock().unwrap().push(key);
+                            }
+                            let status = if ok {
+                                "200 OK"
+                            } else {
+                                "503 Service Unavailable"
+                            };
+                            let reply =
+                                format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
+                            let _ = socket.write_all(reply.as_bytes()).await;
+                            buf.drain(..end + 4 + length);
+                            continue;
+                        }
+                    }
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    FakeIndexer { url, up, received }
+}
+
+fn batch(n: u64) -> SealedBatch {
+    SealedBatch {
+        key: format!("batch-{n:03}"),
+        body: vec![n as u8; 1000],
+        rows: 1,
+        line_bytes: 10,
+        checkpoint: TailerCheckpoint {
+            files: vec![FileCheckpoint {
+                identity: FileIdentity {
+                    dev: 1,
+                    ino: 1,
+                    born: 0,
+                },
+                fingerprint: None,
+                generation: 0,
+                offset: n,
+                path: "/x/0.log".into(),
+            }],
+            partials: Vec::new(),
+        },
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spools_in_order_applies_backpressure_and_delivers_when_back() {
+    let server = fake_indexer().await;
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(CollectorMetrics::unregistered());
+    let settings = ShipperSettings {
+        indexer_url: server.url.clone(),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        attempts_before_spool: 2,
+        // Room for about three 1 KB batches.
+        spool_max_bytes: 3000,
+        checkpoint_interval: Duration::ZERO,
+        ..Default::default()
+    };
+    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(shipper.run(rx, stop_rx));
+
+    // While the indexer fails, batches go to the spool until it is full...
+    let mut sent = 0;
+    loop {
+        match tx.try_send(batch(sent)) {
+            Ok(()) => sent += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // ...then the shipper stops taking them: the channel stays full.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if tx.try_send(batch(sent)).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            sent < 50,
+            "the spool bound must stop the shipper from taking batches"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let spooled = metrics.spool_batches.get();
+    assert!(spooled >= 2, "batches waited in the spool ({spooled})");
+    assert!(server.received.lock().unwrap().is_empty());
+    // Nothing was acknowledged, so no checkpoint moved.
+    assert_eq!(
+        CheckpointStore::new(state.path()).load().unwrap(),
+        TailerCheckpoint::default()
+    );
+
+    server.up.store(true, Ordering::SeqCst);
+    let more = sent + 3;
+    for n in sent..more {
+        tx.send(batch(n)).await.unwrap();
+    }
+    wait_until("every batch delivered", || {
+        server.received.lock().unwrap().len() as u64 == more
+    })
+    .await;
+    let keys = server.received.lock().unwrap().clone();
+    let expected: Vec<String> = (0..more).map(|n| format!("batch-{n:03}")).collect();
+    assert_eq!(keys, expected, "delivered once each, in order");
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(metrics.spool_batches.get(), 0);
+    let checkpoint = CheckpointStore::new(state.path()).load().unwrap();
+    assert_eq!(
+        checkpoint.files[0].offset,
+        more - 1,
+        "checkpoint of the last acknowledged batch"
+    );
+}
