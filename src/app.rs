@@ -30,8 +30,7 @@ pub fn init_logging(level: Option<&str>) {
         .ok()
         .or(level.map(str::to_string))
         .unwrap_or_else(|| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -97,10 +96,7 @@ fn loopback_url(addr: SocketAddr) -> String {
 
 pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
-    let data: PathBuf = cfg
-        .data
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("./weft-data"));
+    let data: PathBuf = cfg.data.clone().unwrap_or_else(|| PathBuf::from("./weft-data"));
     let listen = cfg
         .listen
         .unwrap_or_else(|| "127.0.0.1:3100".parse().expect("valid default address"));
@@ -132,9 +128,7 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
     println!("weft listening on {bound}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = indexer
-        .clone()
-        .map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
+    let background = indexer.clone().map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
 
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

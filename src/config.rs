@@ -28,8 +28,7 @@ pub struct WeftConfig {
 impl WeftConfig {
     /// Reads a config file; errors say which file, where and why.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
     }
 
@@ -48,16 +47,11 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses_and_sets_every_section() {
-        let text =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/weft.example.yaml"))
-                .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/weft.example.yaml")).unwrap();
         let config = WeftConfig::parse(&text).unwrap();
         assert_eq!(config.listen, Some("127.0.0.1:3100".parse().unwrap()));
         assert_eq!(config.collector.logs, PathBuf::from("/var/log/pods"));
-        assert_eq!(
-            config.indexer.retention,
-            std::time::Duration::from_secs(7 * 86_400)
-        );
+        assert_eq!(config.indexer.retention, std::time::Duration::from_secs(7 * 86_400));
         assert_eq!(config.query.max_entries, 10_000);
         // The example spells out every default, so it round-trips to them.
         let defaults = WeftConfig {
@@ -72,16 +66,9 @@ mod tests {
 
     #[test]
     fn typos_are_errors_with_line_and_field() {
-        let err = WeftConfig::parse("collector:\n  logz: /x\n")
-            .unwrap_err()
-            .to_string();
+        let err = WeftConfig::parse("collector:\n  logz: /x\n").unwrap_err().to_string();
         assert!(err.contains("logz") && err.contains("line 2"), "{err}");
-        let err = WeftConfig::parse("indexer:\n  retention: forever\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("retention") || err.contains("duration"),
-            "{err}"
-        );
+        let err = WeftConfig::parse("indexer:\n  retention: forever\n").unwrap_err().to_string();
+        assert!(err.contains("retention") || err.contains("duration"), "{err}");
     }
 }

@@ -114,11 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Standalone {
-            logs,
-            data,
-            listen,
-            node,
-            ..
+            logs, data, listen, node, ..
         } => {
             if let Some(logs) = logs {
                 cfg.collector.logs = logs;
@@ -146,16 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.collector.node = node.or(cfg.collector.node);
         }
         Command::Indexer {
-            data,
-            listen,
-            retention,
-            ..
+            data, listen, retention, ..
         } => {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
             if let Some(retention) = retention {
-                let nanos = weft_model::time::parse_duration(&retention)
-                    .map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
+                let nanos = weft_model::time::parse_duration(&retention).map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
                 cfg.indexer.retention = std::time::Duration::from_nanos(nanos as u64);
             }
         }

@@ -95,13 +95,9 @@ fn every_line_exactly_once_across_rotations_and_kill_9() {
     // Nothing more trickles in later (no duplicates after a further commit).
     weft.terminate();
     let weft = Weft::start(&args);
-    let got = wait_for(
-        "lines after a clean restart",
-        Duration::from_secs(30),
-        || {
-            let got = all_lines(&weft, r#"{namespace="e2e"}"#);
-            (got.len() >= expected.len()).then_some(got)
-        },
-    );
+    let got = wait_for("lines after a clean restart", Duration::from_secs(30), || {
+        let got = all_lines(&weft, r#"{namespace="e2e"}"#);
+        (got.len() >= expected.len()).then_some(got)
+    });
     check_exactly_once(&got, &expected);
 }

@@ -10,11 +10,7 @@ use common::*;
 
 fn spooled_batches(state: &std::path::Path) -> usize {
     std::fs::read_dir(state.join("spool"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
-                .count()
-        })
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".batch")).count())
         .unwrap_or(0)
 }
 
@@ -25,11 +21,7 @@ fn collector_spools_while_the_indexer_is_down_then_delivers_everything() {
     let state = root.path().join("state");
     let data = root.path().join("data").to_string_lossy().into_owned();
     let config = root.path().join("weft.yaml");
-    std::fs::write(
-        &config,
-        "collector:\n  max_backoff: 300ms\n  request_timeout: 2s\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "collector:\n  max_backoff: 300ms\n  request_timeout: 2s\n").unwrap();
     let mut writer = PodLogWriter::new(&logs, "spool", "job-0", "main");
 
     let indexer = Weft::start(&["indexer", "--data", &data, "--listen", "127.0.0.1:0"]);
@@ -73,14 +65,10 @@ fn collector_spools_while_the_indexer_is_down_then_delivers_everything() {
     std::fs::remove_file(rotated).unwrap();
 
     let indexer = Weft::start(&["indexer", "--data", &data, "--listen", &indexer_addr]);
-    let got = wait_for(
-        "every line after the indexer returned",
-        Duration::from_secs(90),
-        || {
-            let got = all_lines(&query, r#"{namespace="spool"}"#);
-            (got.len() >= expected.len()).then_some(got)
-        },
-    );
+    let got = wait_for("every line after the indexer returned", Duration::from_secs(90), || {
+        let got = all_lines(&query, r#"{namespace="spool"}"#);
+        (got.len() >= expected.len()).then_some(got)
+    });
     let mut sorted_got = got.clone();
     sorted_got.sort();
     let mut sorted_expected = expected.clone();

@@ -16,23 +16,12 @@ fn sample_weft() -> (tempfile::TempDir, Weft) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").to_string_lossy().into_owned();
     let logs = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pod-logs");
-    let weft = Weft::start(&[
-        "standalone",
-        "--logs",
-        logs,
-        "--data",
-        &data,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
+    let weft = Weft::start(&["standalone", "--logs", logs, "--data", &data, "--listen", "127.0.0.1:0"]);
     // 834 physical lines; the OOM line is 3 CRI segments joined into one.
     wait_for("sample data indexed", Duration::from_secs(60), || {
         let (_, body) = get_json(
             &weft.url("/loki/api/v1/query"),
-            &[
-                ("query", r#"sum(count_over_time({namespace=~".+"}[2h]))"#),
-                ("time", END),
-            ],
+            &[("query", r#"sum(count_over_time({namespace=~".+"}[2h]))"#), ("time", END)],
         );
         (body["data"]["result"][0]["value"][1].as_str() == Some("832")).then_some(())
     });
@@ -47,11 +36,7 @@ fn loki_api_answers_like_loki() {
     // Grafana's "Save & test": one sample whose value is 2.
     let (status, body) = get_json(
         &url("/loki/api/v1/query"),
-        &[
-            ("query", "vector(1)+vector(1)"),
-            ("direction", "backward"),
-            ("time", "4000000000"),
-        ],
+        &[("query", "vector(1)+vector(1)"), ("direction", "backward"), ("time", "4000000000")],
     );
     assert_eq!(status, 200);
     assert_eq!(body["data"]["resultType"], "vector");
@@ -60,36 +45,19 @@ fn loki_api_answers_like_loki() {
     assert_eq!(body["data"]["result"][0]["metric"], serde_json::json!({}));
 
     // Label browser.
-    let (_, labels) = get_json(
-        &url("/loki/api/v1/labels"),
-        &[("start", START), ("end", END)],
-    );
+    let (_, labels) = get_json(&url("/loki/api/v1/labels"), &[("start", START), ("end", END)]);
     assert_eq!(labels["status"], "success");
     for name in ["namespace", "pod", "container", "node", "stream"] {
-        assert!(
-            labels["data"].as_array().unwrap().iter().any(|v| v == name),
-            "{name} in {labels}"
-        );
+        assert!(labels["data"].as_array().unwrap().iter().any(|v| v == name), "{name} in {labels}");
     }
     let (_, pods) = get_json(
         &url("/loki/api/v1/label/pod/values"),
-        &[
-            ("start", START),
-            ("end", END),
-            ("query", r#"{namespace="ml"}"#),
-        ],
+        &[("start", START), ("end", END), ("query", r#"{namespace="ml"}"#)],
     );
-    assert_eq!(
-        pods["data"],
-        serde_json::json!(["train-llama-0", "train-llama-1"])
-    );
+    assert_eq!(pods["data"], serde_json::json!(["train-llama-0", "train-llama-1"]));
     let (_, series) = get_json(
         &url("/loki/api/v1/series"),
-        &[
-            ("match[]", r#"{namespace="serving"}"#),
-            ("start", START),
-            ("end", END),
-        ],
+        &[("match[]", r#"{namespace="serving"}"#), ("start", START), ("end", END)],
     );
     assert_eq!(series["data"].as_array().unwrap().len(), 1);
     assert_eq!(series["data"][0]["container"], "server");
@@ -100,10 +68,7 @@ fn loki_api_answers_like_loki() {
     let (status, body) = get_json(
         &url("/loki/api/v1/query_range"),
         &[
-            (
-                "query",
-                r#"{namespace="ml", pod="train-llama-1"} |= "Watchdog""#,
-            ),
+            ("query", r#"{namespace="ml", pod="train-llama-1"} |= "Watchdog""#),
             ("start", START),
             ("end", END),
             ("limit", "10"),
@@ -130,18 +95,14 @@ fn loki_api_answers_like_loki() {
     let (_, body) = get_json(
         &url("/loki/api/v1/query_range"),
         &[
-            (
-                "query",
-                r#"{pod="train-llama-0"} |= "torch.OutOfMemoryError""#,
-            ),
+            ("query", r#"{pod="train-llama-0"} |= "torch.OutOfMemoryError""#),
             ("start", START),
             ("end", END),
         ],
     );
     let line = body["data"]["result"][0]["values"][0][1].as_str().unwrap();
     assert!(
-        line.starts_with("torch.OutOfMemoryError: CUDA out of memory.")
-            && line.ends_with("#environment-variables)"),
+        line.starts_with("torch.OutOfMemoryError: CUDA out of memory.") && line.ends_with("#environment-variables)"),
         "{line}"
     );
 
@@ -170,19 +131,12 @@ fn loki_api_answers_like_loki() {
 
     // A metric range query: a matrix of [seconds, "value"] points, form POST.
     let form = [
-        (
-            "query",
-            r#"sum by (pod) (count_over_time({namespace="ml"}[10m]))"#,
-        ),
+        ("query", r#"sum by (pod) (count_over_time({namespace="ml"}[10m]))"#),
         ("start", "1795601400"),
         ("end", "1795602600"),
         ("step", "600000ms"),
     ];
-    let response = client()
-        .post(url("/loki/api/v1/query_range"))
-        .form(&form)
-        .send()
-        .unwrap();
+    let response = client().post(url("/loki/api/v1/query_range")).form(&form).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
     assert_eq!(body["data"]["resultType"], "matrix");
@@ -198,28 +152,16 @@ fn loki_api_answers_like_loki() {
     assert_eq!(status, 400);
     assert_eq!(body["status"], "error");
     let message = body["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("parse error at line 1, col 17"),
-        "{message}"
-    );
-    let (status, body) = get_json(
-        &url("/loki/api/v1/query"),
-        &[("query", r#"{namespace="ml"}"#)],
-    );
+    assert!(message.starts_with("parse error at line 1, col 17"), "{message}");
+    let (status, body) = get_json(&url("/loki/api/v1/query"), &[("query", r#"{namespace="ml"}"#)]);
     assert_eq!(status, 400);
     assert!(body["message"].as_str().unwrap().contains("instant query"));
     let (status, body) = get_json(
         &url("/loki/api/v1/query_range"),
-        &[(
-            "query",
-            r#"label_replace(rate({namespace="ml"}[1m]), "a", "$1", "pod", "(.*)")"#,
-        )],
+        &[("query", r#"label_replace(rate({namespace="ml"}[1m]), "a", "$1", "pod", "(.*)")"#)],
     );
     assert_eq!(status, 400);
-    assert!(body["message"]
-        .as_str()
-        .unwrap()
-        .contains("not supported: function label_replace"));
+    assert!(body["message"].as_str().unwrap().contains("not supported: function label_replace"));
     let (status, _) = get_json(
         &url("/loki/api/v1/query_range"),
         &[("query", r#"{namespace="ml"}"#), ("start", "yesterday")],
@@ -231,11 +173,7 @@ fn loki_api_answers_like_loki() {
     // index/stats is a bare object.
     let (_, stats) = get_json(
         &url("/loki/api/v1/index/stats"),
-        &[
-            ("query", r#"{namespace="ml"}"#),
-            ("start", START),
-            ("end", END),
-        ],
+        &[("query", r#"{namespace="ml"}"#), ("start", START), ("end", END)],
     );
     assert_eq!(stats["streams"], 4);
     assert!(stats["entries"].as_u64().unwrap() > 300);
@@ -243,12 +181,7 @@ fn loki_api_answers_like_loki() {
     // Native search with paging.
     let (_, page) = get_json(
         &url("/api/v1/search"),
-        &[
-            ("query", "watchdog namespace:ml"),
-            ("start", START),
-            ("end", END),
-            ("limit", "1"),
-        ],
+        &[("query", "watchdog namespace:ml"), ("start", START), ("end", END), ("limit", "1")],
     );
     let hits = page["data"]["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 1);
@@ -265,26 +198,10 @@ fn loki_api_answers_like_loki() {
     assert_ne!(next["data"]["hits"][0]["line"], hits[0]["line"]);
 
     // Self-observability.
-    let metrics = client()
-        .get(url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics.contains("weft_collector_lines_total 832"),
-        "collector counted every line"
-    );
+    let metrics = client().get(url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("weft_collector_lines_total 832"), "collector counted every line");
     assert!(metrics.contains("weft_indexer_rows_ingested_total"));
     assert!(metrics.contains("weft_query_duration_seconds_bucket"));
-    assert_eq!(
-        client()
-            .get(url("/healthz"))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(client().get(url("/healthz")).send().unwrap().status().as_u16(), 200);
     weft.terminate();
 }

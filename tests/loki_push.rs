@@ -122,9 +122,7 @@ fn promtail_style_pushes_land_per_tenant() {
             }],
         }],
     };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&proto.encode_to_vec())
-        .unwrap();
+    let body = snap::raw::Encoder::new().compress_vec(&proto.encode_to_vec()).unwrap();
     let response = client()
         .post(&push)
         .header("content-type", "application/x-protobuf")
@@ -142,10 +140,7 @@ fn promtail_style_pushes_land_per_tenant() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    assert!(response
-        .text()
-        .unwrap()
-        .contains("timestamp must be a string"));
+    assert!(response.text().unwrap().contains("timestamp must be a string"));
     let response = client()
         .post(&push)
         .header("content-type", "application/x-protobuf")
@@ -153,31 +148,19 @@ fn promtail_style_pushes_land_per_tenant() {
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    let response = client()
-        .post(&push)
-        .header("content-type", "text/plain")
-        .body("x")
-        .send()
-        .unwrap();
+    let response = client().post(&push).header("content-type", "text/plain").body("x").send().unwrap();
     assert_eq!(response.status().as_u16(), 415);
 
     let team_a = wait_for("team-a lines searchable", Duration::from_secs(30), || {
         let lines = lines_for(&weft, "team-a", r#"{job="trainer"}"#);
         (lines.len() == 3).then_some(lines)
     });
-    assert_eq!(
-        team_a,
-        vec!["gzipped line", "json line one", "json line two"]
-    );
+    assert_eq!(team_a, vec!["gzipped line", "json line one", "json line two"]);
     let team_b = wait_for("team-b lines searchable", Duration::from_secs(30), || {
         let lines = lines_for(&weft, "team-b", r#"{job="trainer"}"#);
         (!lines.is_empty()).then_some(lines)
     });
-    assert_eq!(
-        team_b,
-        vec!["protobuf line"],
-        "tenants do not see each other's lines"
-    );
+    assert_eq!(team_b, vec!["protobuf line"], "tenants do not see each other's lines");
     assert!(lines_for(&weft, "default", r#"{job="trainer"}"#).is_empty());
     weft.terminate();
 }

@@ -26,6 +26,8 @@ pub struct BatchLimits {
     pub max_rows: usize,
     /// Seal a non-empty batch this long after its first line.
     pub max_age: Duration,
+    /// Longest line text after UTF-8 repair (repair can lengthen a line).
+    pub max_line_bytes: usize,
 }
 
 impl Default for BatchLimits {
@@ -34,6 +36,7 @@ impl Default for BatchLimits {
             max_bytes: 4 * 1024 * 1024,
             max_rows: 32 * 1024,
             max_age: Duration::from_secs(1),
+            max_line_bytes: 1024 * 1024,
         }
     }
 }
@@ -76,12 +79,7 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 }
 
 impl BatchAssembler {
-    pub fn new(
-        limits: BatchLimits,
-        collector_id: String,
-        node: String,
-        metrics: Arc<CollectorMetrics>,
-    ) -> Self {
+    pub fn new(limits: BatchLimits, collector_id: String, node: String, metrics: Arc<CollectorMetrics>) -> Self {
         Self {
             builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
             limits,
@@ -109,16 +107,12 @@ impl BatchAssembler {
 
     /// True when the open batch should be sealed now.
     pub fn is_due(&self) -> bool {
-        self.is_full()
-            || self
-                .opened
-                .is_some_and(|t| t.elapsed() >= self.limits.max_age)
+        self.is_full() || self.opened.is_some_and(|t| t.elapsed() >= self.limits.max_age)
     }
 
     /// Time until the open batch becomes due by age.
     pub fn time_left(&self) -> Option<Duration> {
-        self.opened
-            .map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
+        self.opened.map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
     }
 
     fn source_slot(&mut self, key: &str, position: u64) -> u32 {
@@ -184,9 +178,19 @@ impl LineSink for BatchAssembler {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        let text = String::from_utf8_lossy(line.text);
-        if matches!(text, std::borrow::Cow::Owned(_)) {
+        let mut text = String::from_utf8_lossy(line.text);
+        let mut truncated = line.truncated;
+        if let std::borrow::Cow::Owned(repaired) = &mut text {
             self.metrics.invalid_utf8.inc();
+            // U+FFFD takes 3 bytes: a repaired line may outgrow the cap.
+            if repaired.len() > self.limits.max_line_bytes {
+                let mut cut = self.limits.max_line_bytes;
+                while !repaired.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                repaired.truncate(cut);
+                truncated = true;
+            }
         }
         self.metrics.lines.inc();
         let meta = line.meta;
@@ -206,7 +210,7 @@ impl LineSink for BatchAssembler {
             level: detect_level(line.text),
             ml_event: None,
             fields: &self.empty_labels,
-            truncated: line.truncated,
+            truncated,
             parse_error: line.parse_error,
             line: &text,
             source: Some((src, line.position)),
@@ -214,7 +218,6 @@ impl LineSink for BatchAssembler {
     }
 
     fn is_full(&self) -> bool {
-        self.builder.line_bytes() >= self.limits.max_bytes
-            || self.builder.len() >= self.limits.max_rows
+        self.builder.line_bytes() >= self.limits.max_bytes || self.builder.len() >= self.limits.max_rows
     }
 }

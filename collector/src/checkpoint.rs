@@ -46,6 +46,10 @@ pub struct FileCheckpoint {
     pub generation: u32,
     /// Bytes consumed: the end of the last complete physical line read.
     pub offset: u64,
+    /// The offset is inside an over-long physical line whose head was
+    /// already shipped: skip to the next newline.
+    #[serde(default)]
+    pub skipping: bool,
     /// Last known path, for humans reading the file.
     pub path: PathBuf,
 }
@@ -65,20 +69,29 @@ pub struct PartialCheckpoint {
     pub source_offset: u64,
 }
 
+/// A released (deleted and drained) file: a new file that reuses its
+/// inode starts at `next_generation`, so it never shares a source key (and
+/// the indexer's watermark) with the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub next_generation: u32,
+}
+
 /// Everything needed to resume tailing exactly where acknowledged data ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TailerCheckpoint {
     pub files: Vec<FileCheckpoint>,
     pub partials: Vec<PartialCheckpoint>,
+    #[serde(default)]
+    pub released: Vec<ReleasedFile>,
 }
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -137,14 +150,11 @@ mod tests {
         assert_eq!(store.load().unwrap(), TailerCheckpoint::default());
         let checkpoint = TailerCheckpoint {
             files: vec![FileCheckpoint {
-                identity: FileIdentity {
-                    dev: 1,
-                    ino: 2,
-                    born: 3,
-                },
+                identity: FileIdentity { dev: 1, ino: 2, born: 3 },
                 fingerprint: Some(Fingerprint { len: 10, crc: 42 }),
                 generation: 1,
                 offset: 99,
+                skipping: false,
                 path: "/x/0.log".into(),
             }],
             partials: vec![PartialCheckpoint {
@@ -156,15 +166,16 @@ mod tests {
                 source_key: "k".into(),
                 source_offset: 7,
             }],
+            released: vec![ReleasedFile {
+                dev: 1,
+                ino: 3,
+                next_generation: 2,
+            }],
         };
         store.store(&checkpoint).unwrap();
         assert_eq!(store.load().unwrap(), checkpoint);
         assert!(!dir.path().join(".checkpoints.json.tmp").exists());
         fs::write(dir.path().join("checkpoints.json"), b"{torn").unwrap();
-        assert!(store
-            .load()
-            .unwrap_err()
-            .to_string()
-            .contains("checkpoints.json"));
+        assert!(store.load().unwrap_err().to_string().contains("checkpoints.json"));
     }
 }

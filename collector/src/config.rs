@@ -98,10 +98,7 @@ impl CollectorConfig {
         if self.batch_max_bytes == 0 || self.batch_max_rows == 0 {
             return bad("collector.batch_max_bytes and batch_max_rows must be positive");
         }
-        if self.batch_max_age.is_zero()
-            || self.poll_interval.is_zero()
-            || self.rescan_interval.is_zero()
-        {
+        if self.batch_max_age.is_zero() || self.poll_interval.is_zero() || self.rescan_interval.is_zero() {
             return bad("collector durations must be positive");
         }
         if !(self.indexer.starts_with("http://") || self.indexer.starts_with("https://")) {

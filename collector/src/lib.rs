@@ -26,10 +26,7 @@ use metrics::CollectorMetrics;
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("checkpoint file {path} is unreadable: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("invalid collector config: {0}")]
@@ -57,10 +54,7 @@ pub struct CollectorHandle {
 }
 
 /// Starts the pod-log pipeline described by `config`.
-pub fn start(
-    config: &CollectorConfig,
-    registry: &prometheus::Registry,
-) -> Result<CollectorHandle, CollectorError> {
+pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Result<CollectorHandle, CollectorError> {
     use notify::Watcher;
 
     config.validate()?;
@@ -100,9 +94,9 @@ pub fn start(
         max_bytes: config.batch_max_bytes,
         max_rows: config.batch_max_rows,
         max_age: config.batch_max_age,
+        max_line_bytes: config.max_line_bytes,
     };
-    let assembler =
-        batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone());
+    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone());
 
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let hint = wake_tx.clone();
@@ -111,18 +105,13 @@ pub fn start(
             use notify::event::{EventKind, ModifyKind};
             let structural = matches!(
                 event.kind,
-                EventKind::Create(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Modify(ModifyKind::Name(_))
+                EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
             );
             // A full channel already holds a wake-up; dropping hints is fine.
             let _ = hint.try_send(structural);
         }
     })
-    .and_then(|mut w| {
-        w.watch(&config.logs, notify::RecursiveMode::Recursive)
-            .map(|_| w)
-    });
+    .and_then(|mut w| w.watch(&config.logs, notify::RecursiveMode::Recursive).map(|_| w));
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {

@@ -39,25 +39,14 @@ impl CollectorMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Self {
         let send_errors = IntCounterVec::new(
-            Opts::new(
-                "weft_collector_send_errors_total",
-                "Failed deliveries to the indexer, by kind",
-            ),
+            Opts::new("weft_collector_send_errors_total", "Failed deliveries to the indexer, by kind"),
             &["kind"],
         )
         .expect("valid metric");
         let _ = registry.register(Box::new(send_errors.clone()));
         Self {
-            lines: counter(
-                registry,
-                "weft_collector_lines_total",
-                "Log lines read and shipped",
-            ),
-            bytes_read: counter(
-                registry,
-                "weft_collector_read_bytes_total",
-                "Bytes read from log files",
-            ),
+            lines: counter(registry, "weft_collector_lines_total", "Log lines read and shipped"),
+            bytes_read: counter(registry, "weft_collector_read_bytes_total", "Bytes read from log files"),
             parse_errors: counter(
                 registry,
                 "weft_collector_parse_errors_total",
@@ -78,21 +67,9 @@ impl CollectorMetrics {
                 "weft_collector_file_truncations_total",
                 "Files found shorter than their read offset",
             ),
-            rotations: counter(
-                registry,
-                "weft_collector_rotations_total",
-                "Log files seen renamed by rotation",
-            ),
-            files_open: gauge(
-                registry,
-                "weft_collector_files_open",
-                "Log files being tailed",
-            ),
-            batches_sent: counter(
-                registry,
-                "weft_collector_batches_sent_total",
-                "Batches acknowledged by the indexer",
-            ),
+            rotations: counter(registry, "weft_collector_rotations_total", "Log files seen renamed by rotation"),
+            files_open: gauge(registry, "weft_collector_files_open", "Log files being tailed"),
+            batches_sent: counter(registry, "weft_collector_batches_sent_total", "Batches acknowledged by the indexer"),
             batches_spooled: counter(
                 registry,
                 "weft_collector_batches_spooled_total",
@@ -104,26 +81,14 @@ impl CollectorMetrics {
                 "Batches the indexer refused permanently, kept under state/rejected",
             ),
             send_errors,
-            spool_bytes: gauge(
-                registry,
-                "weft_collector_spool_bytes",
-                "Bytes waiting in the disk spool",
-            ),
-            spool_batches: gauge(
-                registry,
-                "weft_collector_spool_batches",
-                "Batches waiting in the disk spool",
-            ),
+            spool_bytes: gauge(registry, "weft_collector_spool_bytes", "Bytes waiting in the disk spool"),
+            spool_batches: gauge(registry, "weft_collector_spool_batches", "Batches waiting in the disk spool"),
             spool_corrupt: counter(
                 registry,
                 "weft_collector_spool_corrupt_total",
                 "Spool files that failed their checksum, set aside",
             ),
-            checkpoint_writes: counter(
-                registry,
-                "weft_collector_checkpoint_writes_total",
-                "Checkpoint files written",
-            ),
+            checkpoint_writes: counter(registry, "weft_collector_checkpoint_writes_total", "Checkpoint files written"),
             backpressure_waits: counter(
                 registry,
                 "weft_collector_backpressure_waits_total",

@@ -79,12 +79,7 @@ pub struct CatalogState {
 impl CatalogState {
     /// Distinct label names → values over the splits of a tenant
     /// overlapping `[start, end]`.
-    pub fn label_values(
-        &self,
-        tenant: &str,
-        start: i64,
-        end: i64,
-    ) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    pub fn label_values(&self, tenant: &str, start: i64, end: i64) -> BTreeMap<String, std::collections::BTreeSet<String>> {
         let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for split in self
             .splits
@@ -94,9 +89,7 @@ impl CatalogState {
             for stream in &split.streams {
                 if let Ok(labels) = weft_model::LabelSet::parse(stream) {
                     for (name, value) in labels.iter() {
-                        out.entry(name.to_string())
-                            .or_default()
-                            .insert(value.to_string());
+                        out.entry(name.to_string()).or_default().insert(value.to_string());
                     }
                 }
             }
@@ -114,10 +107,7 @@ pub struct Catalog {
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
     {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -146,8 +136,7 @@ impl Catalog {
     /// Reads a catalog file without keeping it open.
     pub fn read(path: &Path) -> Result<CatalogState, IndexerError> {
         match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| IndexerError::Corrupt(format!("catalog {}: {e}", path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IndexerError::Corrupt(format!("catalog {}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CatalogState::default()),
             Err(source) => Err(IndexerError::Io {
                 path: path.to_path_buf(),
@@ -168,10 +157,7 @@ impl Catalog {
 
     /// Applies `change` to a copy, writes it atomically, then publishes it.
     /// If writing fails nothing changes.
-    pub fn update<T>(
-        &self,
-        change: impl FnOnce(&mut CatalogState) -> T,
-    ) -> Result<T, IndexerError> {
+    pub fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> T) -> Result<T, IndexerError> {
         let mut guard = self.state.write().expect("catalog lock");
         let mut next = guard.clone();
         let out = change(&mut next);
@@ -198,13 +184,7 @@ mod tests {
         catalog
             .update(|s| {
                 s.wal_seq = 7;
-                s.watermarks.insert(
-                    "src".into(),
-                    Watermark {
-                        position: 9,
-                        updated: 1,
-                    },
-                );
+                s.watermarks.insert("src".into(), Watermark { position: 9, updated: 1 });
             })
             .unwrap();
         let reopened = Catalog::open(dir.path()).unwrap().snapshot();

@@ -23,10 +23,7 @@ pub use service::Indexer;
 #[derive(Debug, thiserror::Error)]
 pub enum IndexerError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("too large: {0}")]
@@ -56,12 +53,8 @@ impl IndexerError {
             IndexerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IndexerError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IndexerError::Unauthorized => StatusCode::UNAUTHORIZED,
-            IndexerError::Unavailable(_) | IndexerError::Io { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            IndexerError::Corrupt(_) | IndexerError::Config(_) | IndexerError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            IndexerError::Unavailable(_) | IndexerError::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            IndexerError::Corrupt(_) | IndexerError::Config(_) | IndexerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

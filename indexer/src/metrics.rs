@@ -31,28 +31,14 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 impl IndexerMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Self {
-        let counter = |name: &str, help: &str| {
-            register(registry, IntCounter::new(name, help).expect("valid metric"))
-        };
-        let gauge = |name: &str, help: &str| {
-            register(registry, IntGauge::new(name, help).expect("valid metric"))
-        };
+        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("valid metric"));
         let vec = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         Self {
-            rows_ingested: vec(
-                "weft_indexer_rows_ingested_total",
-                "Rows accepted, by endpoint",
-                &["endpoint"],
-            ),
-            bytes_ingested: counter(
-                "weft_indexer_request_bytes_total",
-                "Request body bytes accepted",
-            ),
+            rows_ingested: vec("weft_indexer_rows_ingested_total", "Rows accepted, by endpoint", &["endpoint"]),
+            bytes_ingested: counter("weft_indexer_request_bytes_total", "Request body bytes accepted"),
             duplicate_rows: vec(
                 "weft_indexer_duplicate_rows_total",
                 "Rows dropped as already held, by reason",
@@ -63,50 +49,23 @@ impl IndexerMetrics {
                 "Ingest requests, by endpoint and status code",
                 &["endpoint", "code"],
             ),
-            wal_appends: counter(
-                "weft_indexer_wal_appends_total",
-                "Records appended to the WAL",
-            ),
+            wal_appends: counter("weft_indexer_wal_appends_total", "Records appended to the WAL"),
             wal_bytes: gauge("weft_indexer_wal_bytes", "Bytes in WAL segments"),
-            wal_corruptions: counter(
-                "weft_indexer_wal_corruptions_total",
-                "Damaged WAL tails cut off at replay",
-            ),
-            pending_bytes: gauge(
-                "weft_indexer_pending_bytes",
-                "Bytes of lines waiting for the next commit",
-            ),
+            wal_corruptions: counter("weft_indexer_wal_corruptions_total", "Damaged WAL tails cut off at replay"),
+            pending_bytes: gauge("weft_indexer_pending_bytes", "Bytes of lines waiting for the next commit"),
             commits: counter("weft_indexer_commits_total", "Commits that wrote splits"),
             commit_seconds: register(
                 registry,
-                Histogram::with_opts(HistogramOpts::new(
-                    "weft_indexer_commit_seconds",
-                    "Time to write a commit's splits",
-                ))
-                .expect("valid metric"),
+                Histogram::with_opts(HistogramOpts::new("weft_indexer_commit_seconds", "Time to write a commit's splits"))
+                    .expect("valid metric"),
             ),
-            commit_errors: counter(
-                "weft_indexer_commit_errors_total",
-                "Commits that failed and will be retried",
-            ),
+            commit_errors: counter("weft_indexer_commit_errors_total", "Commits that failed and will be retried"),
             splits: gauge("weft_indexer_splits", "Live splits in the catalog"),
-            split_bytes: gauge(
-                "weft_indexer_split_bytes",
-                "Bytes of live splits (Parquet + index)",
-            ),
+            split_bytes: gauge("weft_indexer_split_bytes", "Bytes of live splits (Parquet + index)"),
             merges: counter("weft_indexer_merges_total", "Merges of small splits"),
-            retention_deleted_splits: counter(
-                "weft_indexer_retention_deleted_splits_total",
-                "Splits deleted by retention",
-            ),
-            truncated_lines: counter(
-                "weft_indexer_truncated_lines_total",
-                "Pushed lines longer than the cap, head kept",
-            ),
-            invalid_utf8: counter(
-                "weft_indexer_invalid_utf8_total",
-                "Pushed lines with invalid UTF-8, kept lossily",
-            ),
+            retention_deleted_splits: counter("weft_indexer_retention_deleted_splits_total", "Splits deleted by retention"),
+            truncated_lines: counter("weft_indexer_truncated_lines_total", "Pushed lines longer than the cap, head kept"),
+            invalid_utf8: counter("weft_indexer_invalid_utf8_total", "Pushed lines with invalid UTF-8, kept lossily"),
         }
     }
 

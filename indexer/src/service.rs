@@ -113,14 +113,10 @@ fn decode_wal_payload(payload: &[u8]) -> Option<(String, String, i64, &[u8])> {
     }
     let ingest_ts = i64::from_le_bytes(payload[1..9].try_into().ok()?);
     let tenant_len = u16::from_le_bytes(payload[9..11].try_into().ok()?) as usize;
-    let tenant = std::str::from_utf8(payload.get(11..11 + tenant_len)?)
-        .ok()?
-        .to_string();
+    let tenant = std::str::from_utf8(payload.get(11..11 + tenant_len)?).ok()?.to_string();
     let at = 11 + tenant_len;
     let key_len = u16::from_le_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
-    let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?)
-        .ok()?
-        .to_string();
+    let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?).ok()?.to_string();
     Some((tenant, key, ingest_ts, &payload[at + 2 + key_len..]))
 }
 
@@ -146,11 +142,7 @@ impl Indexer {
     /// Opens the data directory: loads the catalog, removes files no split
     /// owns (a crash between writing a split and publishing it), and
     /// replays the WAL into pending rows.
-    pub fn open(
-        data_dir: &Path,
-        config: IndexerConfig,
-        registry: &prometheus::Registry,
-    ) -> Result<Arc<Self>, IndexerError> {
+    pub fn open(data_dir: &Path, config: IndexerConfig, registry: &prometheus::Registry) -> Result<Arc<Self>, IndexerError> {
         config.validate()?;
         std::fs::create_dir_all(data_dir).map_err(|source| IndexerError::Io {
             path: data_dir.to_path_buf(),
@@ -160,12 +152,7 @@ impl Indexer {
         let catalog = Arc::new(Catalog::open(data_dir)?);
         let state = catalog.snapshot();
         remove_orphans(data_dir, &state);
-        let (wal, report) = WriteAheadLog::open(
-            &data_dir.join("wal"),
-            config.wal_segment_bytes,
-            state.wal_seq,
-            config.wal_fsync,
-        )?;
+        let (wal, report) = WriteAheadLog::open(&data_dir.join("wal"), config.wal_segment_bytes, state.wal_seq, config.wal_fsync)?;
         metrics.wal_corruptions.inc_by(report.corruptions);
         let indexer = Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
@@ -184,18 +171,13 @@ impl Indexer {
         let replayed = report.records.len();
         for record in report.records {
             let Some((tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
-                tracing::error!(
-                    seq = record.seq,
-                    "WAL record has an unknown format; skipped"
-                );
+                tracing::error!(seq = record.seq, "WAL record has an unknown format; skipped");
                 continue;
             };
             match indexer.prepare(body) {
                 Ok(prepared) => {
                     let mut write = indexer.write.lock().expect("write lock");
-                    indexer.admit(
-                        &mut write, &tenant, &key, prepared, ingest_ts, None, "replay",
-                    )?;
+                    indexer.admit(&mut write, &tenant, &key, prepared, ingest_ts, None, "replay")?;
                 }
                 Err(e) => {
                     tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped")
@@ -230,15 +212,10 @@ impl Indexer {
 
     fn prepare(&self, body: &[u8]) -> Result<Prepared, IndexerError> {
         let (metadata, batches) = decode_ipc(body, &wire_schema(), self.config.max_request_rows)
-            .map_err(|e| {
-                IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}"))
-            })?;
+            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
         let sources: Vec<String> = match metadata.get(META_SOURCES) {
-            Some(json) => serde_json::from_str(json).map_err(|e| {
-                IndexerError::BadRequest(format!(
-                    "schema metadata {META_SOURCES} is not a JSON list of strings: {e}"
-                ))
-            })?,
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| IndexerError::BadRequest(format!("schema metadata {META_SOURCES} is not a JSON list of strings: {e}")))?,
             None => Vec::new(),
         };
         for batch in &batches {
@@ -251,9 +228,7 @@ impl Indexer {
                     )));
                 }
             }
-            if let Some(row) =
-                (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes)
-            {
+            if let Some(row) = (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes) {
                 return Err(IndexerError::BadRequest(format!(
                     "row {row} has a line of {} bytes, over the {} byte limit",
                     view.line.value(row).len(),
@@ -266,18 +241,10 @@ impl Indexer {
 
     /// Ingests one Arrow IPC body (wire schema). Blocking: call from a
     /// blocking thread.
-    pub fn ingest_arrow(
-        &self,
-        tenant: &str,
-        key: &str,
-        body: &[u8],
-        endpoint: &str,
-    ) -> Result<IngestOutcome, IndexerError> {
+    pub fn ingest_arrow(&self, tenant: &str, key: &str, body: &[u8], endpoint: &str) -> Result<IngestOutcome, IndexerError> {
         validate_tenant(tenant)?;
         if key.len() > 512 {
-            return Err(IndexerError::BadRequest(
-                "idempotency key longer than 512 bytes".into(),
-            ));
+            return Err(IndexerError::BadRequest("idempotency key longer than 512 bytes".into()));
         }
         let prepared = self.prepare(body)?;
         let ingest_ts = now_nanos();
@@ -289,15 +256,7 @@ impl Indexer {
             )));
         }
         let payload = encode_wal_payload(tenant, key, ingest_ts, body);
-        let outcome = self.admit(
-            &mut write,
-            tenant,
-            key,
-            prepared,
-            ingest_ts,
-            Some(&payload),
-            endpoint,
-        )?;
+        let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, Some(&payload), endpoint)?;
         let pending = write.pending.bytes;
         drop(write);
         self.metrics.bytes_ingested.inc_by(body.len() as u64);
@@ -352,12 +311,10 @@ impl Indexer {
                 }
                 let source = src.value(row) as usize;
                 let position = offset.value(row);
-                let current = moved.get(&source).copied().or_else(|| {
-                    write
-                        .watermarks
-                        .get(&prepared.sources[source])
-                        .map(|w| w.position)
-                });
+                let current = moved
+                    .get(&source)
+                    .copied()
+                    .or_else(|| write.watermarks.get(&prepared.sources[source]).map(|w| w.position));
                 let fresh = current.is_none_or(|c| position > c);
                 if fresh {
                     moved.insert(source, position);
@@ -377,27 +334,23 @@ impl Indexer {
         }
         if accepted > 0 {
             if let Some(payload) = wal_payload {
-                write.wal.append(payload).map_err(|e| {
-                    IndexerError::Unavailable(format!("write-ahead log append failed: {e}"))
-                })?;
+                write
+                    .wal
+                    .append(payload)
+                    .map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
                 self.metrics.wal_appends.inc();
             }
         }
         write.recent_keys.insert(key);
         let now = now_nanos();
         for (source, position) in moved {
-            write.watermarks.insert(
-                prepared.sources[source].clone(),
-                Watermark {
-                    position,
-                    updated: now,
-                },
-            );
+            write
+                .watermarks
+                .insert(prepared.sources[source].clone(), Watermark { position, updated: now });
         }
         for (batch, mask) in prepared.batches.into_iter().zip(masks) {
             let batch = match mask {
-                Some(mask) => filter_record_batch(&batch, &mask)
-                    .map_err(|e| IndexerError::Internal(e.to_string()))?,
+                Some(mask) => filter_record_batch(&batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?,
                 None => batch,
             };
             if batch.num_rows() == 0 {
@@ -408,10 +361,7 @@ impl Indexer {
             write.pending.bytes += bytes;
             write.pending.batches.push((tenant.to_string(), batch));
         }
-        self.metrics
-            .rows_ingested
-            .with_label_values(&[endpoint])
-            .inc_by(accepted as u64);
+        self.metrics.rows_ingested.with_label_values(&[endpoint]).inc_by(accepted as u64);
         Ok(IngestOutcome {
             accepted,
             duplicates,
@@ -463,9 +413,7 @@ impl Indexer {
                 drop(write);
                 if count > 0 {
                     self.metrics.commits.inc();
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 }
                 self.update_gauges();
                 Ok(count)
@@ -484,38 +432,22 @@ impl Indexer {
     }
 
     /// One split per (tenant, hour of event time).
-    fn write_splits(
-        &self,
-        batches: &[(String, RecordBatch)],
-    ) -> Result<Vec<SplitMeta>, IndexerError> {
-        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> =
-            Default::default();
+    fn write_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
+        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
         const HOUR: i64 = 3600 * 1_000_000_000;
         for (tenant, batch) in batches {
             let view = LogBatchView::new(batch)?;
-            let hours: Vec<i64> = view
-                .ts
-                .values()
-                .iter()
-                .map(|ts| ts.div_euclid(HOUR))
-                .collect();
+            let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR)).collect();
             let first = hours[0];
             if hours.iter().all(|h| *h == first) {
-                by_bucket
-                    .entry((tenant.clone(), first))
-                    .or_default()
-                    .push(batch.clone());
+                by_bucket.entry((tenant.clone(), first)).or_default().push(batch.clone());
                 continue;
             }
             let distinct: std::collections::BTreeSet<i64> = hours.iter().copied().collect();
             for hour in distinct {
                 let mask = BooleanArray::from(hours.iter().map(|h| *h == hour).collect::<Vec<_>>());
-                let part = filter_record_batch(batch, &mask)
-                    .map_err(|e| IndexerError::Internal(e.to_string()))?;
-                by_bucket
-                    .entry((tenant.clone(), hour))
-                    .or_default()
-                    .push(part);
+                let part = filter_record_batch(batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?;
+                by_bucket.entry((tenant.clone(), hour)).or_default().push(part);
             }
         }
         let mut written = Vec::new();
@@ -546,10 +478,7 @@ impl Indexer {
                 .parent()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            groups
-                .entry((split.tenant.clone(), dir))
-                .or_default()
-                .push(split);
+            groups.entry((split.tenant.clone(), dir)).or_default().push(split);
         }
         let Some(((tenant, _), mut group)) = groups
             .into_iter()
@@ -596,10 +525,7 @@ impl Indexer {
                 }
             });
             state.splits.push(output);
-            state.graveyard.push(Grave {
-                paths,
-                delete_after,
-            });
+            state.graveyard.push(Grave { paths, delete_after });
             true
         })?;
         if !applied {
@@ -620,10 +546,9 @@ impl Indexer {
         let now = now_nanos();
         let cutoff = now - self.config.retention.as_nanos() as i64;
         let delete_after = now + self.config.grace_period.as_nanos() as i64;
-        let needed = self.catalog.with(|s| {
-            s.splits.iter().any(|s| s.max_ingest_ts < cutoff)
-                || s.graveyard.iter().any(|g| g.delete_after <= now)
-        });
+        let needed = self
+            .catalog
+            .with(|s| s.splits.iter().any(|s| s.max_ingest_ts < cutoff) || s.graveyard.iter().any(|g| g.delete_after <= now));
         if !needed {
             return Ok(());
         }
@@ -639,10 +564,7 @@ impl Indexer {
             });
             let count = expired.len();
             for paths in expired {
-                state.graveyard.push(Grave {
-                    paths,
-                    delete_after,
-                });
+                state.graveyard.push(Grave { paths, delete_after });
             }
             let mut due = Vec::new();
             state.graveyard.retain(|g| {
@@ -666,13 +588,9 @@ impl Indexer {
     fn update_gauges(&self) {
         self.catalog.with(|state| {
             self.metrics.splits.set(state.splits.len() as i64);
-            self.metrics.split_bytes.set(
-                state
-                    .splits
-                    .iter()
-                    .map(|s| s.parquet_bytes + s.index_bytes)
-                    .sum::<u64>() as i64,
-            );
+            self.metrics
+                .split_bytes
+                .set(state.splits.iter().map(|s| s.parquet_bytes + s.index_bytes).sum::<u64>() as i64);
         });
     }
 
@@ -731,9 +649,7 @@ impl Indexer {
 }
 
 fn with_ingest_ts(batch: RecordBatch, ingest_ts: i64) -> Result<RecordBatch, IndexerError> {
-    let column: ArrayRef = Arc::new(
-        TimestampNanosecondArray::from(vec![ingest_ts; batch.num_rows()]).with_timezone("UTC"),
-    );
+    let column: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![ingest_ts; batch.num_rows()]).with_timezone("UTC"));
     let mut columns = batch.columns().to_vec();
     columns[1] = column;
     RecordBatch::try_new(batch.schema(), columns).map_err(|e| IndexerError::Internal(e.to_string()))
@@ -759,8 +675,7 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_split_file =
-                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
+            let is_split_file = name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
             if is_split_file {
                 if !owned.contains(&path) {
                     tracing::info!(path = %path.display(), "removing split file no catalog entry owns");

@@ -26,10 +26,7 @@ fn body(lines: &[(u32, u64, &str)], sources: &[&str]) -> Vec<u8> {
         };
         builder.append(&record.as_ref());
     }
-    let meta = HashMap::from([(
-        META_SOURCES.to_string(),
-        serde_json::to_string(sources).unwrap(),
-    )]);
+    let meta = HashMap::from([(META_SOURCES.to_string(), serde_json::to_string(sources).unwrap())]);
     encode_ipc(&[builder.finish(true)], meta).unwrap()
 }
 
@@ -58,25 +55,12 @@ fn duplicates_by_key_and_by_position_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
     let first = body(&[(0, 4, "a"), (0, 8, "b"), (1, 4, "x")], &["c/f0", "c/f1"]);
-    assert_eq!(
-        indexer
-            .ingest_arrow("default", "k1", &first, "test")
-            .unwrap()
-            .accepted,
-        3
-    );
-    let repeat = indexer
-        .ingest_arrow("default", "k1", &first, "test")
-        .unwrap();
+    assert_eq!(indexer.ingest_arrow("default", "k1", &first, "test").unwrap().accepted, 3);
+    let repeat = indexer.ingest_arrow("default", "k1", &first, "test").unwrap();
     assert!(repeat.duplicate_batch);
     // After a collector restart the batch boundaries differ: overlap is cut.
-    let overlap = body(
-        &[(0, 8, "b"), (0, 12, "c"), (1, 4, "x"), (1, 8, "y")],
-        &["c/f0", "c/f1"],
-    );
-    let outcome = indexer
-        .ingest_arrow("default", "k2", &overlap, "test")
-        .unwrap();
+    let overlap = body(&[(0, 8, "b"), (0, 12, "c"), (1, 4, "x"), (1, 8, "y")], &["c/f0", "c/f1"]);
+    let outcome = indexer.ingest_arrow("default", "k2", &overlap, "test").unwrap();
     assert_eq!((outcome.accepted, outcome.duplicates), (2, 2));
     indexer.commit().unwrap();
     assert_eq!(all_lines(&indexer), vec!["a", "b", "c", "x", "y"]);
@@ -99,12 +83,7 @@ fn uncommitted_rows_survive_a_crash_and_watermarks_too() {
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
     // The replayed watermark still drops a resend of "b".
     let again = indexer
-        .ingest_arrow(
-            "default",
-            "k3",
-            &body(&[(0, 8, "b"), (0, 12, "c")], &["s"]),
-            "test",
-        )
+        .ingest_arrow("default", "k3", &body(&[(0, 8, "b"), (0, 12, "c")], &["s"]), "test")
         .unwrap();
     assert_eq!((again.accepted, again.duplicates), (1, 1));
     indexer.commit().unwrap();
@@ -115,41 +94,21 @@ fn uncommitted_rows_survive_a_crash_and_watermarks_too() {
 fn bad_bodies_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
-    let err = indexer
-        .ingest_arrow("default", "", b"garbage", "test")
-        .unwrap_err();
+    let err = indexer.ingest_arrow("default", "", b"garbage", "test").unwrap_err();
     assert_eq!(err.status(), 400);
     assert!(err.to_string().contains("Arrow IPC"), "{err}");
     let good = body(&[(0, 4, "a")], &["s"]);
     let truncated = &good[..good.len() / 2];
-    assert_eq!(
-        indexer
-            .ingest_arrow("default", "", truncated, "test")
-            .unwrap_err()
-            .status(),
-        400
-    );
+    assert_eq!(indexer.ingest_arrow("default", "", truncated, "test").unwrap_err().status(), 400);
     let dangling = body(&[(3, 4, "a")], &["only-one"]);
     assert!(indexer
         .ingest_arrow("default", "", &dangling, "test")
         .unwrap_err()
         .to_string()
         .contains("source 3"));
-    assert_eq!(
-        indexer
-            .ingest_arrow("../x", "", &good, "test")
-            .unwrap_err()
-            .status(),
-        400
-    );
+    assert_eq!(indexer.ingest_arrow("../x", "", &good, "test").unwrap_err().status(), 400);
     // Nothing bad reached the WAL: a good batch still goes through.
-    assert_eq!(
-        indexer
-            .ingest_arrow("default", "", &good, "test")
-            .unwrap()
-            .accepted,
-        1
-    );
+    assert_eq!(indexer.ingest_arrow("default", "", &good, "test").unwrap().accepted, 1);
 }
 
 #[test]
@@ -158,12 +117,7 @@ fn small_splits_merge_and_old_ones_expire() {
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
     for (i, line) in ["a", "b", "c"].iter().enumerate() {
         indexer
-            .ingest_arrow(
-                "default",
-                "",
-                &body(&[(0, 4 * (i as u64 + 1), line)], &["s"]),
-                "test",
-            )
+            .ingest_arrow("default", "", &body(&[(0, 4 * (i as u64 + 1), line)], &["s"]), "test")
             .unwrap();
         indexer.commit().unwrap();
     }
@@ -175,10 +129,7 @@ fn small_splits_merge_and_old_ones_expire() {
     assert_eq!(all_lines(&indexer), vec!["a", "b", "c"]);
     // The replaced files go after the grace period (zero here).
     indexer.enforce_retention().unwrap();
-    let parquet_files = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.ends_with(".parquet"))
-        .count();
+    let parquet_files = walk(dir.path()).into_iter().filter(|p| p.ends_with(".parquet")).count();
     assert_eq!(parquet_files, 1);
 
     let short = IndexerConfig {

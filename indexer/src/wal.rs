@@ -61,20 +61,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
 impl WriteAheadLog {
     /// Opens the log in `dir`, replaying (and repairing) every segment.
     /// Records with `seq <= committed_seq` are skipped (already in splits).
-    pub fn open(
-        dir: &Path,
-        segment_bytes: u64,
-        committed_seq: u64,
-        fsync: bool,
-    ) -> Result<(Self, ReplayReport), IndexerError> {
+    pub fn open(dir: &Path, segment_bytes: u64, committed_seq: u64, fsync: bool) -> Result<(Self, ReplayReport), IndexerError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(first_seq) = name
-                .strip_suffix(".wal")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(first_seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
                 segments.push(Segment {
                     first_seq,
                     path: entry.path(),
@@ -96,10 +88,7 @@ impl WriteAheadLog {
                 report.corruptions += 1;
                 report.bytes_cut += file_len - records_end;
                 tracing::warn!(path = %segment.path.display(), at = records_end, cut = file_len - records_end, "damaged WAL tail cut off");
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&segment.path)
-                    .map_err(io(&segment.path))?;
+                let file = OpenOptions::new().write(true).open(&segment.path).map_err(io(&segment.path))?;
                 file.set_len(records_end).map_err(io(&segment.path))?;
                 file.sync_all().map_err(io(&segment.path))?;
             }
@@ -121,20 +110,14 @@ impl WriteAheadLog {
 
     fn roll(&mut self) -> Result<(), IndexerError> {
         let path = self.dir.join(format!("{:020}.wal", self.next_seq));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
         let len = file.metadata().map_err(io(&path))?.len();
         if !self.segments.iter().any(|s| s.path == path) {
             self.segments.push(Segment {
                 first_seq: self.next_seq,
                 path: path.clone(),
             });
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
+            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         }
         self.active = Some(file);
         self.active_len = len;
@@ -157,22 +140,15 @@ impl WriteAheadLog {
         if self.active_len >= self.segment_bytes {
             self.roll()?;
         }
-        let path = self
-            .segments
-            .last()
-            .map(|s| s.path.clone())
-            .unwrap_or_default();
-        let file = self
-            .active
-            .as_mut()
-            .expect("an active segment exists after open");
+        let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let file = self.active.as_mut().expect("an active segment exists after open");
         let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let written =
-            file.write_all(&frame)
-                .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
+        let written = file
+            .write_all(&frame)
+            .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(source) = written {
             // Cut a partial frame so the next append does not follow garbage.
             let _ = file.set_len(self.active_len);
@@ -211,14 +187,9 @@ impl WriteAheadLog {
 
 /// Reads records from one segment until the end or the first damaged
 /// record. Returns (end of the last intact record, file length).
-fn replay_segment(
-    path: &Path,
-    mut on_record: impl FnMut(Vec<u8>),
-) -> Result<(u64, u64), IndexerError> {
+fn replay_segment(path: &Path, mut on_record: impl FnMut(Vec<u8>)) -> Result<(u64, u64), IndexerError> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io(path))?;
     let mut pos = 0usize;
     while bytes.len() - pos >= HEADER_BYTES {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
@@ -258,23 +229,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_all(dir.path());
         let (_, report) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
-        assert_eq!(
-            report
-                .records
-                .iter()
-                .map(|r| r.payload.clone())
-                .collect::<Vec<_>>(),
-            payloads()
-        );
-        assert_eq!(
-            report.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
+        assert_eq!(report.records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), payloads());
+        assert_eq!(report.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         let (mut wal, report) = WriteAheadLog::open(dir.path(), 1 << 20, 2, true).unwrap();
-        assert_eq!(
-            report.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            vec![3, 4]
-        );
+        assert_eq!(report.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(wal.append(b"next").unwrap(), 5);
     }
 
@@ -305,11 +263,7 @@ mod tests {
                 assert_eq!(got, intact, "cut={cut} flip={flip}");
                 let damaged = !(cut == last_start && !flip);
                 assert_eq!(report.corruptions, damaged as u64, "cut={cut} flip={flip}");
-                assert_eq!(
-                    fs::metadata(&path).unwrap().len() as usize,
-                    last_start,
-                    "tail cut off"
-                );
+                assert_eq!(fs::metadata(&path).unwrap().len() as usize, last_start, "tail cut off");
                 let seq = wal.append(b"after").unwrap();
                 assert_eq!(seq, 4);
                 drop(wal);

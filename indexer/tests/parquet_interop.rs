@@ -10,28 +10,13 @@ use weft_model::batch::{encode_ipc, META_SOURCES};
 use weft_model::{LabelSet, Level, LogBatchBuilder, LogRecord};
 
 fn python_with_pyarrow() -> &'static str {
-    let has = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import pyarrow"])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let has = |py: &str| Command::new(py).args(["-c", "import pyarrow"]).status().is_ok_and(|s| s.success());
     if !has("python3") {
         let installed = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "pyarrow>=15",
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pyarrow>=15"])
             .status()
             .expect("python3 runs");
-        assert!(
-            installed.success(),
-            "pyarrow could not be installed; run scripts/install-test-deps"
-        );
+        assert!(installed.success(), "pyarrow could not be installed; run scripts/install-test-deps");
     }
     "python3"
 }
@@ -39,12 +24,7 @@ fn python_with_pyarrow() -> &'static str {
 #[test]
 fn pyarrow_reads_a_split_back() {
     let dir = tempfile::tempdir().unwrap();
-    let indexer = Indexer::open(
-        dir.path(),
-        IndexerConfig::default(),
-        &prometheus::Registry::new(),
-    )
-    .unwrap();
+    let indexer = Indexer::open(dir.path(), IndexerConfig::default(), &prometheus::Registry::new()).unwrap();
     let mut builder = LogBatchBuilder::default();
     for i in 0..50u64 {
         let record = LogRecord {
@@ -56,11 +36,7 @@ fn pyarrow_reads_a_split_back() {
             stream: "stdout".into(),
             labels: LabelSet::from_pairs([("job", "trainer")]),
             restart: Some(0),
-            level: if i % 10 == 0 {
-                Level::Error
-            } else {
-                Level::Info
-            },
+            level: if i % 10 == 0 { Level::Error } else { Level::Info },
             line: format!("step {i} loss 0.{i:02} ünïcode"),
             source: Some((0, 4 * (i + 1))),
             ..Default::default()
@@ -74,9 +50,7 @@ fn pyarrow_reads_a_split_back() {
     let split = indexer.catalog().snapshot().splits.remove(0);
     let path = dir.path().join(&split.parquet);
     assert!(
-        split
-            .parquet
-            .starts_with("splits/logs/tenant=default/date="),
+        split.parquet.starts_with("splits/logs/tenant=default/date="),
         "hive-style path: {}",
         split.parquet
     );

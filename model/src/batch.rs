@@ -10,12 +10,9 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, OnceLock};
 
-use arrow_array::builder::{
-    BooleanBuilder, StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{BooleanBuilder, StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray,
-    TimestampNanosecondArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -84,9 +81,7 @@ fn storage_fields() -> Vec<Field> {
 /// Schema of log rows in Parquet splits.
 pub fn storage_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| Arc::new(Schema::new(storage_fields())))
-        .clone()
+    SCHEMA.get_or_init(|| Arc::new(Schema::new(storage_fields()))).clone()
 }
 
 /// Schema of log rows on the collector → indexer wire.
@@ -316,12 +311,8 @@ impl LogBatchBuilder {
         } else {
             storage_schema()
         };
-        RecordBatch::try_new_with_options(
-            schema,
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )
-        .expect("builder columns match the schema by construction")
+        RecordBatch::try_new_with_options(schema, columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
+            .expect("builder columns match the schema by construction")
     }
 }
 
@@ -450,9 +441,7 @@ impl<'a> LogBatchView<'a> {
             parse_error: self.parse_error.value(row),
             line: self.line.value(row).to_string(),
             source: match (self.src, self.src_offset) {
-                (Some(src), Some(off)) if src.is_valid(row) && off.is_valid(row) => {
-                    Some((src.value(row), off.value(row)))
-                }
+                (Some(src), Some(off)) if src.is_valid(row) && off.is_valid(row) => Some((src.value(row), off.value(row))),
                 _ => None,
             },
         }
@@ -461,10 +450,7 @@ impl<'a> LogBatchView<'a> {
 
 /// Encodes batches as one Arrow IPC stream with zstd-compressed buffers and
 /// the given schema metadata.
-pub fn encode_ipc(
-    batches: &[RecordBatch],
-    metadata: HashMap<String, String>,
-) -> Result<Vec<u8>, ModelError> {
+pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
     let schema = match batches.first() {
         Some(b) => b.schema(),
         None => wire_schema(),
@@ -474,20 +460,15 @@ pub fn encode_ipc(
         .try_with_compression(Some(CompressionType::ZSTD))
         .map_err(|e| ModelError::Ipc(e.to_string()))?;
     let mut out = Vec::new();
-    let mut writer = StreamWriter::try_new_with_options(&mut out, &schema, options)
-        .map_err(|e| ModelError::Ipc(e.to_string()))?;
+    let mut writer = StreamWriter::try_new_with_options(&mut out, &schema, options).map_err(|e| ModelError::Ipc(e.to_string()))?;
     for batch in batches {
         let batch = batch
             .clone()
             .with_schema(schema.clone())
             .map_err(|e| ModelError::Ipc(e.to_string()))?;
-        writer
-            .write(&batch)
-            .map_err(|e| ModelError::Ipc(e.to_string()))?;
+        writer.write(&batch).map_err(|e| ModelError::Ipc(e.to_string()))?;
     }
-    writer
-        .finish()
-        .map_err(|e| ModelError::Ipc(e.to_string()))?;
+    writer.finish().map_err(|e| ModelError::Ipc(e.to_string()))?;
     drop(writer);
     Ok(out)
 }
@@ -495,13 +476,8 @@ pub fn encode_ipc(
 /// Decodes an Arrow IPC stream, returning its schema metadata and batches
 /// conformed to `target` (columns reordered, missing nullable columns filled
 /// with nulls). Stops with an error past `max_rows` rows.
-pub fn decode_ipc(
-    bytes: &[u8],
-    target: &SchemaRef,
-    max_rows: usize,
-) -> Result<(HashMap<String, String>, Vec<RecordBatch>), ModelError> {
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)
-        .map_err(|e| ModelError::Ipc(e.to_string()))?;
+pub fn decode_ipc(bytes: &[u8], target: &SchemaRef, max_rows: usize) -> Result<(HashMap<String, String>, Vec<RecordBatch>), ModelError> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| ModelError::Ipc(e.to_string()))?;
     let metadata = reader.schema().metadata().clone();
     let mut batches = Vec::new();
     let mut rows = 0usize;
@@ -509,9 +485,7 @@ pub fn decode_ipc(
         let batch = batch.map_err(|e| ModelError::Ipc(e.to_string()))?;
         rows += batch.num_rows();
         if rows > max_rows {
-            return Err(ModelError::TooLarge(format!(
-                "batch has more than {max_rows} rows"
-            )));
+            return Err(ModelError::TooLarge(format!("batch has more than {max_rows} rows")));
         }
         batches.push(conform(&batch, target)?);
     }
@@ -534,23 +508,12 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, M
                     )));
                 }
                 if !field.is_nullable() && array.null_count() > 0 {
-                    return Err(ModelError::Schema(format!(
-                        "column {:?} must not contain nulls",
-                        field.name()
-                    )));
+                    return Err(ModelError::Schema(format!("column {:?} must not contain nulls", field.name())));
                 }
                 columns.push(array.clone());
             }
-            None if field.is_nullable() => columns.push(arrow_array::new_null_array(
-                field.data_type(),
-                batch.num_rows(),
-            )),
-            None => {
-                return Err(ModelError::Schema(format!(
-                    "missing column {:?}",
-                    field.name()
-                )))
-            }
+            None if field.is_nullable() => columns.push(arrow_array::new_null_array(field.data_type(), batch.num_rows())),
+            None => return Err(ModelError::Schema(format!("missing column {:?}", field.name()))),
         }
     }
     RecordBatch::try_new_with_options(
@@ -616,11 +579,7 @@ mod tests {
         assert_eq!(wire.num_columns(), wire_schema().fields().len());
         assert!(LogBatchView::new(&wire).unwrap().record(0).source.is_none());
         let bad = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new(
-                col::TS,
-                DataType::Utf8,
-                false,
-            )])),
+            Arc::new(Schema::new(vec![Field::new(col::TS, DataType::Utf8, false)])),
             vec![Arc::new(StringArray::from(vec!["x"]))],
         )
         .unwrap();

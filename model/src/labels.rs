@@ -122,9 +122,7 @@ impl LabelSet {
         }
         loop {
             let name_start = pos;
-            while pos < bytes.len()
-                && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'_' || bytes[pos] == b'.')
-            {
+            while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'_' || bytes[pos] == b'.') {
                 pos += 1;
             }
             if pos == name_start {
@@ -210,8 +208,7 @@ pub fn parse_quoted(text: &str, pos: usize) -> Result<(String, usize), &'static 
                     }
                     out.push(char::from_u32(value).ok_or("invalid unicode escape")?);
                 }
-                '.' | '-' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^'
-                | '$' | 'd' | 'w' | 's' | 'D' | 'W' | 'S' => {
+                '.' | '-' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | 'd' | 'w' | 's' | 'D' | 'W' | 'S' => {
                     // Regex escapes inside double-quoted strings are kept
                     // verbatim so `=~ "a\.b"` means what users expect.
                     out.push('\\');
@@ -232,15 +229,11 @@ pub fn validate_label_name(name: &str) -> Result<(), ModelError> {
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_LABEL_BYTES
         && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
     if valid {
         Ok(())
     } else {
-        Err(ModelError::InvalidLabelName(
-            name.chars().take(100).collect(),
-        ))
+        Err(ModelError::InvalidLabelName(name.chars().take(100).collect()))
     }
 }
 
@@ -249,13 +242,7 @@ pub fn validate_label_name(name: &str) -> Result<(), ModelError> {
 pub fn sanitize_label_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
         .collect();
     if out.is_empty() || out.as_bytes()[0].is_ascii_digit() {
         out.insert(0, '_');
@@ -300,31 +287,17 @@ mod tests {
 
     #[test]
     fn canonical_round_trip() {
-        let set = LabelSet::from_pairs([
-            ("pod", "train-0"),
-            ("namespace", "ml"),
-            ("msg", "a \"q\"\n"),
-        ]);
+        let set = LabelSet::from_pairs([("pod", "train-0"), ("namespace", "ml"), ("msg", "a \"q\"\n")]);
         let text = set.to_string();
         assert_eq!(text, r#"{msg="a \"q\"\n", namespace="ml", pod="train-0"}"#);
         assert_eq!(LabelSet::parse(&text).unwrap(), set);
         assert_eq!(LabelSet::parse("{}").unwrap(), LabelSet::new());
-        assert_eq!(
-            LabelSet::parse(r#"{job="x",a="b"}"#).unwrap().get("job"),
-            Some("x")
-        );
+        assert_eq!(LabelSet::parse(r#"{job="x",a="b"}"#).unwrap().get("job"), Some("x"));
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in [
-            "",
-            "job=\"x\"",
-            "{job=x}",
-            "{job=\"x\"",
-            "{1a=\"x\"}",
-            "{a=\"x\"} junk",
-        ] {
+        for bad in ["", "job=\"x\"", "{job=x}", "{job=\"x\"", "{1a=\"x\"}", "{a=\"x\"} junk"] {
             assert!(LabelSet::parse(bad).is_err(), "{bad}");
         }
     }

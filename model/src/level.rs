@@ -21,12 +21,7 @@ pub fn detect_level(line: &[u8]) -> Level {
     }
     // glog behind a bracketed prefix, as torch.distributed prints:
     // `[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] …`
-    for (at, _) in head
-        .iter()
-        .enumerate()
-        .take(48)
-        .filter(|(_, b)| **b == b'[')
-    {
+    for (at, _) in head.iter().enumerate().take(48).filter(|(_, b)| **b == b'[') {
         if let Some(level) = glog_level(&head[at + 1..]) {
             return level;
         }
@@ -39,11 +34,7 @@ pub fn detect_level(line: &[u8]) -> Level {
 
 /// glog / klog: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg`.
 fn glog_level(head: &[u8]) -> Option<Level> {
-    if head.len() < 14
-        || !head[1..5].iter().all(u8::is_ascii_digit)
-        || head[5] != b' '
-        || head[8] != b':'
-    {
+    if head.len() < 14 || !head[1..5].iter().all(u8::is_ascii_digit) || head[5] != b' ' || head[8] != b':' {
         return None;
     }
     match head[0] {
@@ -57,14 +48,7 @@ fn glog_level(head: &[u8]) -> Option<Level> {
 
 /// JSON (`"level":"error"`) and logfmt (`level=error`) keys.
 fn keyed_level(head: &[u8]) -> Option<Level> {
-    const KEYS: [&[u8]; 6] = [
-        b"level",
-        b"severity",
-        b"lvl",
-        b"levelname",
-        b"loglevel",
-        b"severity_text",
-    ];
+    const KEYS: [&[u8]; 6] = [b"level", b"severity", b"lvl", b"levelname", b"loglevel", b"severity_text"];
     let mut search_from = 0;
     while let Some(found) = memchr::memchr2(b'=', b':', &head[search_from..]) {
         let sep = search_from + found;
@@ -75,11 +59,7 @@ fn keyed_level(head: &[u8]) -> Option<Level> {
             key_end -= 1;
         }
         let mut key_start = key_end;
-        while key_start > 0
-            && (head[key_start - 1].is_ascii_alphanumeric()
-                || head[key_start - 1] == b'_'
-                || head[key_start - 1] == b'@')
-        {
+        while key_start > 0 && (head[key_start - 1].is_ascii_alphanumeric() || head[key_start - 1] == b'_' || head[key_start - 1] == b'@') {
             key_start -= 1;
         }
         let key = &head[key_start..key_end];
@@ -122,9 +102,7 @@ fn word_level(head: &[u8]) -> Option<Level> {
         let word = &head[start..pos];
         // Only upper-case words (or bracketed ones) count: "error" inside
         // prose such as "no error found" must not make a line an error.
-        let bracketed = start > 0
-            && matches!(head[start - 1], b'[' | b'<')
-            && matches!(head.get(pos), Some(b']') | Some(b'>'));
+        let bracketed = start > 0 && matches!(head[start - 1], b'[' | b'<') && matches!(head.get(pos), Some(b']') | Some(b'>'));
         let upper = word.iter().all(u8::is_ascii_uppercase);
         if word.len() < 4 && word != b"ERR" && word != b"WRN" && word != b"INF" && word != b"DBG" {
             continue;
@@ -157,7 +135,10 @@ mod tests {
             ("[2026-11-25 22:16:18] [INFO] step 10", Level::Info),
             ("I1125 22:16:18.123456    1 main.go:42] started", Level::Info),
             ("E1125 22:16:18.123456    1 main.go:42] failed", Level::Error),
-            ("[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught", Level::Error),
+            (
+                "[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught",
+                Level::Error,
+            ),
             (r#"{"ts":"x","level":"warn","msg":"slow"}"#, Level::Warn),
             (r#"{"severity":"ERROR","message":"boom"}"#, Level::Error),
             ("ts=2026 level=debug msg=hello", Level::Debug),

@@ -19,11 +19,7 @@ pub enum ModelError {
     #[error("invalid duration {text:?}: {reason}")]
     InvalidDuration { text: String, reason: &'static str },
     #[error("invalid label set {text:?} at byte {at}: {reason}")]
-    InvalidLabels {
-        text: String,
-        at: usize,
-        reason: &'static str,
-    },
+    InvalidLabels { text: String, at: usize, reason: &'static str },
     #[error("invalid label name {0:?}: must match [a-zA-Z_][a-zA-Z0-9_]*")]
     InvalidLabelName(String),
     #[error("arrow ipc: {0}")]

@@ -6,9 +6,7 @@ use crate::labels::LabelSet;
 
 /// Severity of a log line, detected at collection time (Loki calls it
 /// `detected_level`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Critical,
@@ -46,8 +44,7 @@ impl Level {
             *dst = src.to_ascii_lowercase();
         }
         Some(match &lower[..word.len()] {
-            b"critical" | b"crit" | b"fatal" | b"panic" | b"emerg" | b"emergency" | b"alert"
-            | b"dpanic" => Level::Critical,
+            b"critical" | b"crit" | b"fatal" | b"panic" | b"emerg" | b"emergency" | b"alert" | b"dpanic" => Level::Critical,
             b"error" | b"err" | b"eror" | b"e" | b"severe" => Level::Error,
             b"warn" | b"warning" | b"w" => Level::Warn,
             b"info" | b"information" | b"informational" | b"notice" | b"i" => Level::Info,
@@ -136,12 +133,4 @@ impl LogRecord {
 }
 
 /// Names of the stream labels stored in their own columns.
-pub const WELL_KNOWN_STREAM_LABELS: [&str; 7] = [
-    "namespace",
-    "pod",
-    "container",
-    "node",
-    "stream",
-    "run",
-    "rank",
-];
+pub const WELL_KNOWN_STREAM_LABELS: [&str; 7] = ["namespace", "pod", "container", "node", "stream", "run", "rank"];

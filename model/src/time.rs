@@ -53,10 +53,7 @@ pub fn parse_rfc3339_nanos(text: &[u8]) -> Option<i64> {
         return None;
     }
     let year = two_digits(text, 0)? as i64 * 100 + two_digits(text, 2)? as i64;
-    if text[4] != b'-'
-        || text[7] != b'-'
-        || !(text[10] == b'T' || text[10] == b't' || text[10] == b' ')
-    {
+    if text[4] != b'-' || text[7] != b'-' || !(text[10] == b'T' || text[10] == b't' || text[10] == b' ') {
         return None;
     }
     let month = two_digits(text, 5)?;
@@ -67,12 +64,7 @@ pub fn parse_rfc3339_nanos(text: &[u8]) -> Option<i64> {
     let hour = two_digits(text, 11)?;
     let minute = two_digits(text, 14)?;
     let second = two_digits(text, 17)?;
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut pos = 19;
@@ -115,8 +107,7 @@ pub fn parse_rfc3339_nanos(text: &[u8]) -> Option<i64> {
         return None;
     }
     let days = days_from_civil(year, month, day);
-    let secs =
-        days * 86_400 + (hour as i64) * 3600 + (minute as i64) * 60 + second as i64 - offset_secs;
+    let secs = days * 86_400 + (hour as i64) * 3600 + (minute as i64) * 60 + second as i64 - offset_secs;
     secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)
 }
 
@@ -140,10 +131,7 @@ pub fn format_rfc3339_nanos(ts: i64) -> String {
 pub fn date_hour(ts: i64) -> (String, u32) {
     let secs = ts.div_euclid(NANOS_PER_SEC);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        (secs.rem_euclid(86_400) / 3600) as u32,
-    )
+    (format!("{y:04}-{m:02}-{d:02}"), (secs.rem_euclid(86_400) / 3600) as u32)
 }
 
 /// Current wall-clock time in Unix nanoseconds.
@@ -180,11 +168,7 @@ pub fn parse_api_timestamp(text: &str) -> Result<i64, ModelError> {
     }
     if let Ok(int) = text.parse::<i64>() {
         let digits = text.trim_start_matches('-').len();
-        return Ok(if digits <= 10 {
-            int.saturating_mul(NANOS_PER_SEC)
-        } else {
-            int
-        });
+        return Ok(if digits <= 10 { int.saturating_mul(NANOS_PER_SEC) } else { int });
     }
     parse_rfc3339_nanos(text.as_bytes()).ok_or_else(|| ModelError::InvalidTimestamp {
         text: text.to_string(),
@@ -220,9 +204,7 @@ pub fn parse_duration(text: &str) -> Result<i64, ModelError> {
         if pos == start {
             return Err(invalid("expected a number before each unit"));
         }
-        let number: i64 = text[start..pos]
-            .parse()
-            .map_err(|_| invalid("number too large"))?;
+        let number: i64 = text[start..pos].parse().map_err(|_| invalid("number too large"))?;
         let unit_start = pos;
         while pos < bytes.len() && bytes[pos].is_ascii_alphabetic() {
             pos += 1;
@@ -284,10 +266,7 @@ mod tests {
             parse_rfc3339_nanos(b"2016-10-06T00:17:09.669794202Z"),
             Some(1_475_713_029_669_794_202)
         );
-        assert_eq!(
-            parse_rfc3339_nanos(b"2016-10-06T02:17:09.5+02:00"),
-            Some(1_475_713_029_500_000_000)
-        );
+        assert_eq!(parse_rfc3339_nanos(b"2016-10-06T02:17:09.5+02:00"), Some(1_475_713_029_500_000_000));
         assert_eq!(parse_rfc3339_nanos(b"2016-10-06T00:17:09.669794202"), None);
         assert_eq!(parse_rfc3339_nanos(b"2016-13-06T00:17:09Z"), None);
         assert_eq!(parse_rfc3339_nanos(b"garbage garbage garbage"), None);
@@ -295,21 +274,10 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for ts in [
-            0i64,
-            1_475_713_029_669_794_202,
-            1_764_108_978_000_000_001,
-            -1,
-        ] {
-            assert_eq!(
-                parse_rfc3339_nanos(format_rfc3339_nanos(ts).as_bytes()),
-                Some(ts)
-            );
+        for ts in [0i64, 1_475_713_029_669_794_202, 1_764_108_978_000_000_001, -1] {
+            assert_eq!(parse_rfc3339_nanos(format_rfc3339_nanos(ts).as_bytes()), Some(ts));
         }
-        assert_eq!(
-            date_hour(1_764_108_978_000_000_000),
-            ("2025-11-25".to_string(), 22)
-        );
+        assert_eq!(date_hour(1_764_108_978_000_000_000), ("2025-11-25".to_string(), 22));
     }
 
     #[test]
@@ -322,20 +290,11 @@ mod tests {
 
     #[test]
     fn api_timestamps_and_durations() {
-        assert_eq!(
-            parse_api_timestamp("4000000000").unwrap(),
-            4_000_000_000 * NANOS_PER_SEC
-        );
-        assert_eq!(
-            parse_api_timestamp("1764108978000000000").unwrap(),
-            1_764_108_978_000_000_000
-        );
+        assert_eq!(parse_api_timestamp("4000000000").unwrap(), 4_000_000_000 * NANOS_PER_SEC);
+        assert_eq!(parse_api_timestamp("1764108978000000000").unwrap(), 1_764_108_978_000_000_000);
         assert_eq!(parse_api_timestamp("4").unwrap(), 4 * NANOS_PER_SEC);
         assert_eq!(parse_api_timestamp("1.5").unwrap(), 1_500_000_000);
-        assert_eq!(
-            parse_api_timestamp("1970-01-01T00:00:04Z").unwrap(),
-            4 * NANOS_PER_SEC
-        );
+        assert_eq!(parse_api_timestamp("1970-01-01T00:00:04Z").unwrap(), 4 * NANOS_PER_SEC);
         assert!(parse_api_timestamp("yesterday").is_err());
         assert_eq!(parse_duration("1m30s").unwrap(), 90 * NANOS_PER_SEC);
         assert_eq!(parse_duration("250ms").unwrap(), 250_000_000);

@@ -19,11 +19,7 @@ pub use config::QueryConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("parse error at line {line}, col {col}: {message}")]
-    Parse {
-        line: usize,
-        col: usize,
-        message: String,
-    },
+    Parse { line: usize, col: usize, message: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("not supported: {0}")]
@@ -46,12 +42,7 @@ impl QueryError {
         let pos = pos.min(text.len());
         let before = &text[..pos];
         let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map(|l| l.chars().count())
-            .unwrap_or(0)
-            + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         QueryError::Parse {
             line,
             col,
@@ -63,9 +54,7 @@ impl QueryError {
     pub fn status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => StatusCode::BAD_REQUEST,
             QueryError::Execution(_) | QueryError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::Storage(_) | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,9 +64,7 @@ impl QueryError {
     /// The `errorType` of Prometheus-style error envelopes.
     pub fn error_type(&self) -> &'static str {
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => {
-                "bad_data"
-            }
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => "bad_data",
             QueryError::Execution(_) | QueryError::Limit(_) => "execution",
             QueryError::Timeout(_) => "timeout",
             QueryError::Storage(_) | QueryError::Internal(_) => "internal",

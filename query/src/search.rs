@@ -80,10 +80,7 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
         let filter = word
             .split_once(':')
             .or_else(|| word.split_once('='))
-            .filter(|(name, value)| {
-                !value.is_empty()
-                    && (label_names.contains(*name) || *name == "level" || *name == "ml_event")
-            });
+            .filter(|(name, value)| !value.is_empty() && (label_names.contains(*name) || *name == "level" || *name == "ml_event"));
         match filter {
             Some((name, value)) => {
                 let value = value.trim_matches('"').to_string();
@@ -105,17 +102,8 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
     parsed
 }
 
-fn split_query(
-    split: &OpenSplit,
-    parsed: &ParsedSearch,
-    streams: &[usize],
-    start: i64,
-    end: i64,
-) -> Result<Box<dyn Query>, QueryError> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-        Occur::Must,
-        split.query(streams, start, end.saturating_add(1), &[]),
-    )];
+fn split_query(split: &OpenSplit, parsed: &ParsedSearch, streams: &[usize], start: i64, end: i64) -> Result<Box<dyn Query>, QueryError> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
     if !parsed.text.trim().is_empty() {
         clauses.push((Occur::Must, split.text_query(&parsed.text)?));
     }
@@ -141,15 +129,9 @@ fn split_query(
 }
 
 /// Runs a search over the splits of `tenant`.
-pub fn search(
-    store: &Arc<SplitStore>,
-    tenant: &str,
-    request: &SearchRequest,
-) -> Result<SearchPage, QueryError> {
+pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
     if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
-        return Err(QueryError::BadRequest(format!(
-            "limit must be between 1 and {MAX_SEARCH_LIMIT}"
-        )));
+        return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_SEARCH_LIMIT}")));
     }
     let splits = store.splits(tenant, request.start, request.end.saturating_add(1))?;
     let label_names: HashSet<String> = splits
@@ -161,14 +143,8 @@ pub fn search(
         })
         .collect();
     let parsed = split_search(&request.query, &label_names);
-    if parsed.text.trim().is_empty()
-        && parsed.matchers.is_empty()
-        && parsed.level.is_none()
-        && parsed.ml_event.is_none()
-    {
-        return Err(QueryError::BadRequest(
-            "the search expression is empty".into(),
-        ));
+    if parsed.text.trim().is_empty() && parsed.matchers.is_empty() && parsed.level.is_none() && parsed.ml_event.is_none() {
+        return Err(QueryError::BadRequest("the search expression is empty".into()));
     }
     let want = request.limit + request.skip_at_end + 1;
     // (ts, split index, row), newest first; ties by split then row.
@@ -218,11 +194,7 @@ pub fn search(
         .map(|row| SearchHit {
             ts: row.ts,
             labels: (*row.stream).clone(),
-            level: row
-                .metadata
-                .get("detected_level")
-                .unwrap_or("unknown")
-                .to_string(),
+            level: row.metadata.get("detected_level").unwrap_or("unknown").to_string(),
             ml_event: row.metadata.get("ml_event").map(str::to_string),
             line: row.line,
         })
@@ -230,11 +202,7 @@ pub fn search(
     let next_cursor = if more {
         hits.last().map(|last| {
             let at_last = hits.iter().filter(|h| h.ts == last.ts).count();
-            let carried = if last.ts == request.end {
-                request.skip_at_end
-            } else {
-                0
-            };
+            let carried = if last.ts == request.end { request.skip_at_end } else { 0 };
             format!("{}:{}", last.ts, at_last + carried)
         })
     } else {

@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
@@ -78,11 +76,9 @@ impl SplitStore {
         if self.loaded.read().expect("store lock").stamp == stamp && stamp.is_some() {
             return Ok(());
         }
-        let catalog =
-            Catalog::read(&self.catalog_path).map_err(|e| QueryError::Storage(e.to_string()))?;
+        let catalog = Catalog::read(&self.catalog_path).map_err(|e| QueryError::Storage(e.to_string()))?;
         let mut loaded = self.loaded.write().expect("store lock");
-        let live: std::collections::HashSet<&str> =
-            catalog.splits.iter().map(|s| s.id.as_str()).collect();
+        let live: std::collections::HashSet<&str> = catalog.splits.iter().map(|s| s.id.as_str()).collect();
         loaded.open.retain(|id, _| live.contains(id.as_str()));
         loaded.catalog = Arc::new(catalog);
         loaded.stamp = stamp;
@@ -95,12 +91,7 @@ impl SplitStore {
     }
 
     /// Opened splits of `tenant` whose event time overlaps `[start, end)`.
-    pub fn splits(
-        &self,
-        tenant: &str,
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<Arc<OpenSplit>>, QueryError> {
+    pub fn splits(&self, tenant: &str, start: i64, end: i64) -> Result<Vec<Arc<OpenSplit>>, QueryError> {
         self.refresh()?;
         let catalog = self.catalog();
         let mut out = Vec::new();
@@ -114,11 +105,7 @@ impl SplitStore {
                 continue;
             }
             let open = Arc::new(OpenSplit::open(&self.data_dir, meta)?);
-            self.loaded
-                .write()
-                .expect("store lock")
-                .open
-                .insert(meta.id.clone(), open.clone());
+            self.loaded.write().expect("store lock").open.insert(meta.id.clone(), open.clone());
             out.push(open);
         }
         Ok(out)
@@ -223,8 +210,7 @@ impl OpenSplit {
         let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
         let parquet_meta = ArrowReaderMetadata::load(
             &file,
-            ArrowReaderOptions::new()
-                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+            ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
         )
         .map_err(|e| storage_err(meta, e))?;
         let streams = meta
@@ -248,30 +234,18 @@ impl OpenSplit {
         self.streams
             .iter()
             .enumerate()
-            .filter(|(_, labels)| {
-                matchers
-                    .iter()
-                    .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
-            })
+            .filter(|(_, labels)| matchers.iter().all(|m| m.matches(labels.get(&m.name).unwrap_or(""))))
             .map(|(i, _)| i)
             .collect()
     }
 
     /// The tantivy query for rows of `streams` in `[start, end)` that may
     /// pass `filters` (a superset: filters are applied exactly later).
-    pub fn query(
-        &self,
-        streams: &[usize],
-        start: i64,
-        end: i64,
-        filters: &[&LineFilter],
-    ) -> Box<dyn Query> {
+    pub fn query(&self, streams: &[usize], start: i64, end: i64, filters: &[&LineFilter]) -> Box<dyn Query> {
         let f = self.fields;
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         if streams.len() < self.streams.len() {
-            let terms = streams
-                .iter()
-                .map(|i| Term::from_field_text(f.stream, &self.meta.streams[*i]));
+            let terms = streams.iter().map(|i| Term::from_field_text(f.stream, &self.meta.streams[*i]));
             clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
         }
         if start > self.meta.min_ts || end <= self.meta.max_ts {
@@ -289,21 +263,15 @@ impl OpenSplit {
             }
             for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
                 let query: Box<dyn Query> = match (left_open, right_open) {
-                    (false, false) => Box::new(TermQuery::new(
-                        Term::from_field_text(f.line, &token),
-                        IndexRecordOption::Basic,
-                    )),
+                    (false, false) => Box::new(TermQuery::new(Term::from_field_text(f.line, &token), IndexRecordOption::Basic)),
                     (true, false) => Box::new(
-                        RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line)
-                            .expect("escaped pattern is valid"),
+                        RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
                     (false, true) => Box::new(
-                        RegexQuery::from_pattern(&format!("{}.*", regex::escape(&token)), f.line)
-                            .expect("escaped pattern is valid"),
+                        RegexQuery::from_pattern(&format!("{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
                     (true, true) => Box::new(
-                        RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line)
-                            .expect("escaped pattern is valid"),
+                        RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
                 };
                 clauses.push((Occur::Must, query));
@@ -318,8 +286,7 @@ impl OpenSplit {
     /// Parses a full-text expression (words, "phrases", AND/OR/NOT, `-word`)
     /// over the line field; words are required by default.
     pub fn text_query(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {
-        let mut parser =
-            tantivy::query::QueryParser::for_index(&self.index, vec![self.fields.line]);
+        let mut parser = tantivy::query::QueryParser::for_index(&self.index, vec![self.fields.line]);
         parser.set_conjunction_by_default();
         parser
             .parse_query(text)
@@ -327,30 +294,18 @@ impl OpenSplit {
     }
 
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.
-    pub fn top_rows(
-        &self,
-        query: &dyn Query,
-        k: usize,
-        descending: bool,
-    ) -> Result<Vec<(i64, u32)>, QueryError> {
+    pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
         let searcher = self.reader.searcher();
         let order = if descending { Order::Desc } else { Order::Asc };
         let top = TopDocs::with_limit(k.max(1)).order_by_fast_field::<i64>("ts", order);
-        let hits = searcher
-            .search(query, &top)
-            .map_err(|e| storage_err(&self.meta, e))?;
-        Ok(hits
-            .into_iter()
-            .map(|(ts, addr)| (ts.unwrap_or(0), addr.doc_id))
-            .collect())
+        let hits = searcher.search(query, &top).map_err(|e| storage_err(&self.meta, e))?;
+        Ok(hits.into_iter().map(|(ts, addr)| (ts.unwrap_or(0), addr.doc_id)).collect())
     }
 
     /// All matching rows, in row order.
     pub fn all_rows(&self, query: &dyn Query) -> Result<Vec<u32>, QueryError> {
         let searcher = self.reader.searcher();
-        let mut docs = searcher
-            .search(query, &DocIds)
-            .map_err(|e| storage_err(&self.meta, e))?;
+        let mut docs = searcher.search(query, &DocIds).map_err(|e| storage_err(&self.meta, e))?;
         docs.sort_unstable();
         Ok(docs)
     }
@@ -365,15 +320,9 @@ impl OpenSplit {
 
     /// Calls `visit` for every matching row with what the index holds about
     /// it (time, line length, stream, level, ML event), without Parquet.
-    pub fn scan_fast(
-        &self,
-        query: &dyn Query,
-        mut visit: impl FnMut(FastRow<'_>),
-    ) -> Result<(), QueryError> {
+    pub fn scan_fast(&self, query: &dyn Query, mut visit: impl FnMut(FastRow<'_>)) -> Result<(), QueryError> {
         let searcher = self.reader.searcher();
-        let docs = searcher
-            .search(query, &DocIds)
-            .map_err(|e| storage_err(&self.meta, e))?;
+        let docs = searcher.search(query, &DocIds).map_err(|e| storage_err(&self.meta, e))?;
         if docs.is_empty() {
             return Ok(());
         }
@@ -382,18 +331,13 @@ impl OpenSplit {
         let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
         let ts = fast.i64("ts").map_err(err)?;
         let bytes = fast.u64("bytes").map_err(err)?;
-        let dictionary = |name: &str| -> Result<
-            (Option<tantivy::columnar::StrColumn>, Vec<String>),
-            QueryError,
-        > {
+        let dictionary = |name: &str| -> Result<(Option<tantivy::columnar::StrColumn>, Vec<String>), QueryError> {
             let column = fast.str(name).map_err(err)?;
             let mut words = Vec::new();
             if let Some(column) = &column {
                 for ord in 0..column.num_terms() as u64 {
                     let mut word = String::new();
-                    column
-                        .ord_to_str(ord, &mut word)
-                        .map_err(|e| storage_err(&self.meta, e))?;
+                    column.ord_to_str(ord, &mut word).map_err(|e| storage_err(&self.meta, e))?;
                     words.push(word);
                 }
             }
@@ -416,10 +360,7 @@ impl OpenSplit {
                 ts: ts.first(doc).unwrap_or(0),
                 bytes: bytes.first(doc).unwrap_or(0),
                 stream: stream_words.get(stream).map(String::as_str).unwrap_or(""),
-                level: level_words
-                    .get(level)
-                    .map(String::as_str)
-                    .unwrap_or("unknown"),
+                level: level_words.get(level).map(String::as_str).unwrap_or("unknown"),
                 ml_event: event_words.get(event).map(String::as_str).unwrap_or(""),
             });
         }
@@ -431,10 +372,7 @@ impl OpenSplit {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        debug_assert!(
-            rows.windows(2).all(|w| w[0] < w[1]),
-            "rows must be sorted and distinct"
-        );
+        debug_assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows must be sorted and distinct");
         let mut ranges = Vec::new();
         let mut start = rows[0] as usize;
         let mut end = start + 1;
@@ -452,27 +390,20 @@ impl OpenSplit {
         let total = self.meta.rows as usize;
         let selection = RowSelection::from_consecutive_ranges(ranges.into_iter(), total);
         let file = File::open(&self.parquet_path).map_err(|e| storage_err(&self.meta, e))?;
-        let reader =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.parquet_meta.clone())
-                .with_row_selection(selection)
-                .with_batch_size(8192)
-                .build()
-                .map_err(|e| storage_err(&self.meta, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.parquet_meta.clone())
+            .with_row_selection(selection)
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| storage_err(&self.meta, e))?;
         let target = weft_model::batch::storage_schema();
         let mut out = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|e| storage_err(&self.meta, e))?;
-            out.push(
-                weft_model::batch::conform(&batch, &target)
-                    .map_err(|e| storage_err(&self.meta, e))?,
-            );
+            out.push(weft_model::batch::conform(&batch, &target).map_err(|e| storage_err(&self.meta, e))?);
         }
         let read: usize = out.iter().map(|b| b.num_rows()).sum();
         if read != rows.len() {
-            return Err(storage_err(
-                &self.meta,
-                format!("asked for {} rows, read {read}", rows.len()),
-            ));
+            return Err(storage_err(&self.meta, format!("asked for {} rows, read {read}", rows.len())));
         }
         Ok(out)
     }
@@ -493,8 +424,7 @@ pub struct StoredRow {
 /// Turns batches read by [`OpenSplit::read_rows`] into rows.
 pub fn stored_rows(batches: &[RecordBatch], out: &mut Vec<StoredRow>) -> Result<(), QueryError> {
     for batch in batches {
-        let view =
-            weft_model::LogBatchView::new(batch).map_err(|e| QueryError::Storage(e.to_string()))?;
+        let view = weft_model::LogBatchView::new(batch).map_err(|e| QueryError::Storage(e.to_string()))?;
         let mut previous: Option<(String, Arc<LabelSet>)> = None;
         for row in 0..view.len() {
             let labels = view.stream_labels(row);
@@ -538,14 +468,8 @@ mod tests {
                 ("memory".into(), false, true)
             ]
         );
-        assert_eq!(
-            filter_tokens(" exact "),
-            vec![("exact".into(), false, false)]
-        );
-        assert_eq!(
-            filter_tokens("OutOfMemory"),
-            vec![("outofmemory".into(), true, true)]
-        );
+        assert_eq!(filter_tokens(" exact "), vec![("exact".into(), false, false)]);
+        assert_eq!(filter_tokens("OutOfMemory"), vec![("outofmemory".into(), true, true)]);
         assert!(filter_tokens("!!").is_empty());
     }
 }

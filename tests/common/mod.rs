@@ -90,10 +90,7 @@ pub fn terminate(child: &mut Child) {
             assert!(status.success(), "weft exited with {status} after SIGTERM");
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "weft did not stop within 30s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "weft did not stop within 30s of SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -105,10 +102,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -122,15 +116,10 @@ pub fn client() -> reqwest::blocking::Client {
 
 /// GET with query parameters; returns (status, JSON body).
 pub fn get_json(url: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
-    let response = client()
-        .get(url)
-        .query(params)
-        .send()
-        .expect("request succeeds");
+    let response = client().get(url).query(params).send().expect("request succeeds");
     let status = response.status().as_u16();
     let text = response.text().expect("body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("{url} answered non-JSON ({status}): {text}"));
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url} answered non-JSON ({status}): {text}"));
     (status, body)
 }
 
@@ -138,10 +127,7 @@ pub fn get_json(url: &str, params: &[(&str, &str)]) -> (u16, serde_json::Value) 
 pub fn stream_lines(body: &serde_json::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for stream in body["data"]["result"].as_array().expect("result array") {
-        let name = stream["stream"]["stream"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+        let name = stream["stream"]["stream"].as_str().unwrap_or("").to_string();
         for value in stream["values"].as_array().expect("values") {
             out.push((name.clone(), value[1].as_str().expect("line").to_string()));
         }
@@ -158,9 +144,7 @@ pub struct PodLogWriter {
 impl PodLogWriter {
     pub fn new(root: &Path, namespace: &str, pod: &str, container: &str) -> Self {
         let dir = root
-            .join(format!(
-                "{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666"
-            ))
+            .join(format!("{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666"))
             .join(container);
         fs::create_dir_all(&dir).expect("pod dir");
         fs::write(dir.join("0.log"), b"").expect("log file");
@@ -173,18 +157,13 @@ impl PodLogWriter {
 
     /// Appends raw bytes to the live file.
     pub fn append(&self, bytes: &[u8]) {
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(self.live())
-            .expect("open live file");
+        let mut file = OpenOptions::new().append(true).open(self.live()).expect("open live file");
         file.write_all(bytes).expect("append");
     }
 
     /// One CRI line: `<ts> <stream> <tag> <msg>`.
     pub fn cri(stream: &str, tag: &str, message: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
         let secs = now.as_secs() as i64;
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil(days);
@@ -200,9 +179,7 @@ impl PodLogWriter {
     /// kubelet rotation: rename `0.log` to `0.log.<stamp>`, start a new one.
     pub fn rotate(&mut self) -> PathBuf {
         self.rotations += 1;
-        let rotated = self
-            .dir
-            .join(format!("0.log.20261125-{:06}", self.rotations));
+        let rotated = self.dir.join(format!("0.log.20261125-{:06}", self.rotations));
         fs::rename(self.live(), &rotated).expect("rename");
         fs::write(self.live(), b"").expect("new live file");
         rotated

@@ -87,6 +87,9 @@ pub struct Shipper {
     /// the checkpoint must not move past it, so it stays where it is until a
     /// restart reads those lines again.
     checkpoint_frozen: bool,
+    /// Set once a batch could not be kept during shutdown: later batches
+    /// must not be spooled after it (tailing resumes from the spool).
+    spooling_stopped: bool,
 }
 
 /// Exponential backoff with full jitter.
@@ -99,25 +102,14 @@ fn backoff(settings: &ShipperSettings, attempt: u32) -> Duration {
 
 impl Shipper {
     /// A shipper with its spool and checkpoints under `state_dir`.
-    pub fn new(
-        state_dir: &std::path::Path,
-        settings: ShipperSettings,
-        metrics: Arc<CollectorMetrics>,
-    ) -> Result<Self, CollectorError> {
-        let spool = Spool::open(
-            &state_dir.join("spool"),
-            settings.spool_max_bytes,
-            metrics.clone(),
-        )?;
+    pub fn new(state_dir: &std::path::Path, settings: ShipperSettings, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
+        let spool = Spool::open(&state_dir.join("spool"), settings.spool_max_bytes, metrics.clone())?;
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .build()
             .map_err(|e| CollectorError::Config(format!("http client: {e}")))?;
         Ok(Self {
-            url: format!(
-                "{}/api/v1/ingest",
-                settings.indexer_url.trim_end_matches('/')
-            ),
+            url: format!("{}/api/v1/ingest", settings.indexer_url.trim_end_matches('/')),
             settings,
             client,
             spool,
@@ -128,6 +120,7 @@ impl Shipper {
             metrics,
             rejected_seq: crate::now_millis(),
             checkpoint_frozen: false,
+            spooling_stopped: false,
         })
     }
 
@@ -152,10 +145,7 @@ impl Shipper {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         let response = request.send().await.map_err(|e| {
-            self.metrics
-                .send_errors
-                .with_label_values(&["connect"])
-                .inc();
+            self.metrics.send_errors.with_label_values(&["connect"]).inc();
             SendError::Retryable(format!("{e}"))
         })?;
         let status = response.status();
@@ -163,21 +153,12 @@ impl Shipper {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        let reason = format!(
-            "indexer answered {status}: {}",
-            body.chars().take(300).collect::<String>()
-        );
+        let reason = format!("indexer answered {status}: {}", body.chars().take(300).collect::<String>());
         if status.as_u16() == 429 || status.is_server_error() {
-            self.metrics
-                .send_errors
-                .with_label_values(&["retryable_status"])
-                .inc();
+            self.metrics.send_errors.with_label_values(&["retryable_status"]).inc();
             Err(SendError::Retryable(reason))
         } else {
-            self.metrics
-                .send_errors
-                .with_label_values(&["rejected"])
-                .inc();
+            self.metrics.send_errors.with_label_values(&["rejected"]).inc();
             Err(SendError::Permanent(reason))
         }
     }
@@ -213,38 +194,46 @@ impl Shipper {
         tracing::error!(key = %batch.key, rows = batch.rows, reason, dir = %self.rejected_dir.display(), "indexer refused batch; kept under rejected/");
         self.metrics.batches_rejected.inc();
         let stored = if spooled {
-            self.spool
-                .reject_head(&self.rejected_dir, self.settings.keep_rejected)
+            self.spool.reject_head(&self.rejected_dir, self.settings.keep_rejected)
         } else {
             self.rejected_seq += 1;
-            spool::store_rejected(
-                &self.rejected_dir,
-                self.rejected_seq,
-                batch,
-                self.settings.keep_rejected,
-            )
+            spool::store_rejected(&self.rejected_dir, self.rejected_seq, batch, self.settings.keep_rejected)
         };
         if let Err(e) = stored {
             tracing::error!(error = %e, "could not keep refused batch");
         }
     }
 
-    fn spool_batch(&mut self, batch: &SealedBatch) {
-        if let Err(e) = self.spool.push(batch) {
-            // The checkpoint has not moved past this batch, so its lines are
-            // read again from the files after a restart.
-            tracing::error!(error = %e, key = %batch.key, "spooling batch failed; its lines stay unacknowledged");
-            self.checkpoint_frozen = true;
+    /// Spools a batch, retrying a failed write (full disk) until it works or
+    /// shutdown begins: the shipper stops taking batches meanwhile, so the
+    /// tailer pauses instead of anything being dropped.
+    async fn spool_batch(&mut self, batch: &SealedBatch, shutdown: &mut watch::Receiver<bool>) {
+        let mut attempt = 0;
+        loop {
+            match self.spool.push(batch) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, key = %batch.key, "spooling batch failed; retrying");
+                    if *shutdown.borrow() {
+                        // Not spooled and not acknowledged: nothing after it is
+                        // spooled either, so a restart reads it again.
+                        self.checkpoint_frozen = true;
+                        self.spooling_stopped = true;
+                        return;
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(&self.settings, attempt)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
         }
     }
 
     /// Runs until the tailer closes the channel. `shutdown` turning true
     /// stops retries: what is not delivered by then stays in the spool.
-    pub async fn run(
-        mut self,
-        mut batches: mpsc::Receiver<SealedBatch>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, mut batches: mpsc::Receiver<SealedBatch>, mut shutdown: watch::Receiver<bool>) {
         let mut attempt = 0u32;
         loop {
             let stopping = *shutdown.borrow();
@@ -256,21 +245,24 @@ impl Shipper {
                 continue;
             }
             // Keep order: while the spool holds batches, new ones queue behind.
-            while self.spool.has_room() {
+            while self.spool.has_room() && !self.spooling_stopped {
                 match batches.try_recv() {
-                    Ok(batch) => self.spool_batch(&batch),
+                    Ok(batch) => self.spool_batch(&batch, &mut shutdown).await,
                     Err(_) => break,
                 }
             }
             if stopping {
                 // Nothing more will be retried; drain what the tailer still sends.
                 match batches.recv().await {
-                    Some(batch) if self.spool.has_room() => {
-                        self.spool_batch(&batch);
+                    Some(batch) if self.spool.has_room() && !self.spooling_stopped => {
+                        self.spool_batch(&batch, &mut shutdown).await;
                         continue;
                     }
                     Some(_) => {
+                        // Dropped from memory, not acknowledged: read again
+                        // after the restart. Nothing after it may be spooled.
                         self.checkpoint_frozen = true;
+                        self.spooling_stopped = true;
                         continue;
                     }
                     None => break,
@@ -310,7 +302,7 @@ impl Shipper {
                             _ = &mut sleep => break,
                             _ = shutdown.changed() => break,
                             batch = batches.recv(), if self.spool.has_room() => match batch {
-                                Some(batch) => self.spool_batch(&batch),
+                                Some(batch) => self.spool_batch(&batch, &mut shutdown).await,
                                 None => break,
                             },
                         }
@@ -334,7 +326,11 @@ impl Shipper {
                     attempt += 1;
                     if attempt >= self.settings.attempts_before_spool || *shutdown.borrow() {
                         tracing::warn!(reason, key = %batch.key, "indexer unreachable; spooling batch");
-                        return self.spool_batch(&batch);
+                        if self.spooling_stopped {
+                            self.checkpoint_frozen = true;
+                            return;
+                        }
+                        return self.spool_batch(&batch, shutdown).await;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(&self.settings, attempt)) => {}

@@ -86,13 +86,8 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         .checked_add(header_len)
         .filter(|e| *e + 8 <= content.len())
         .ok_or("header length out of range")?;
-    let header: SpoolHeader =
-        serde_json::from_slice(&content[12..header_end]).map_err(|_| "header is not valid json")?;
-    let body_len = u64::from_le_bytes(
-        content[header_end..header_end + 8]
-            .try_into()
-            .expect("8 bytes"),
-    ) as usize;
+    let header: SpoolHeader = serde_json::from_slice(&content[12..header_end]).map_err(|_| "header is not valid json")?;
+    let body_len = u64::from_le_bytes(content[header_end..header_end + 8].try_into().expect("8 bytes")) as usize;
     if header_end + 8 + body_len != content.len() {
         return Err("body length mismatch");
     }
@@ -108,11 +103,7 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
 impl Spool {
     /// Opens (creating) the spool under `dir`; damaged files are renamed to
     /// `*.corrupt` and counted.
-    pub fn open(
-        dir: &Path,
-        max_bytes: u64,
-        metrics: Arc<CollectorMetrics>,
-    ) -> Result<Self, CollectorError> {
+    pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
@@ -124,10 +115,7 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let Some(seq) = name
-                .strip_suffix(".batch")
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
+            let Some(seq) = name.strip_suffix(".batch").and_then(|s| s.parse::<u64>().ok()) else {
                 continue;
             };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -143,10 +131,7 @@ impl Spool {
             metrics,
         };
         for entry in found {
-            match fs::read(&entry.path)
-                .map_err(|_| "unreadable")
-                .and_then(|b| decode(&b).map(|_| ()))
-            {
+            match fs::read(&entry.path).map_err(|_| "unreadable").and_then(|b| decode(&b).map(|_| ())) {
                 Ok(()) => {
                     spool.total_bytes += entry.size;
                     spool.entries.push_back(entry);
@@ -204,10 +189,7 @@ impl Spool {
     /// Reads the oldest batch. A damaged one is set aside and the next tried.
     pub fn head(&mut self) -> Option<SealedBatch> {
         while let Some(entry) = self.entries.front() {
-            match fs::read(&entry.path)
-                .map_err(|_| "unreadable")
-                .and_then(|b| decode(&b))
-            {
+            match fs::read(&entry.path).map_err(|_| "unreadable").and_then(|b| decode(&b)) {
                 Ok(batch) => return Some(batch),
                 Err(reason) => {
                     let entry = self.entries.pop_front().expect("front exists");
@@ -249,10 +231,7 @@ impl Spool {
     /// resumes, since everything before it is safe in the spool.
     pub fn last_checkpoint(&self) -> Option<TailerCheckpoint> {
         let entry = self.entries.back()?;
-        fs::read(&entry.path)
-            .ok()
-            .and_then(|b| decode(&b).ok())
-            .map(|b| b.checkpoint)
+        fs::read(&entry.path).ok().and_then(|b| decode(&b).ok()).map(|b| b.checkpoint)
     }
 }
 
@@ -271,12 +250,7 @@ pub fn prune_rejected(dir: &Path, keep: usize) {
 }
 
 /// Writes a batch the indexer refused into `dir` for inspection.
-pub fn store_rejected(
-    dir: &Path,
-    seq: u64,
-    batch: &SealedBatch,
-    keep: usize,
-) -> Result<(), CollectorError> {
+pub fn store_rejected(dir: &Path, seq: u64, batch: &SealedBatch, keep: usize) -> Result<(), CollectorError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let path = dir.join(format!("{seq:016}.batch"));
     write_atomic(&path, &encode(batch)).map_err(io_err(&path))?;
@@ -319,8 +293,7 @@ mod tests {
     #[test]
     fn bounded_by_size() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool =
-            Spool::open(dir.path(), 300, Arc::new(CollectorMetrics::unregistered())).unwrap();
+        let mut spool = Spool::open(dir.path(), 300, Arc::new(CollectorMetrics::unregistered())).unwrap();
         assert!(spool.has_room());
         spool.push(&batch(1)).unwrap();
         assert!(spool.has_room());

@@ -59,13 +59,8 @@ async fn fake_indexer() -> FakeIndexer {
                             if ok {
                                 received.lock().unwrap().push(key);
                             }
-                            let status = if ok {
-                                "200 OK"
-                            } else {
-                                "503 Service Unavailable"
-                            };
-                            let reply =
-                                format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
+                            let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+                            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
                             let _ = socket.write_all(reply.as_bytes()).await;
                             buf.drain(..end + 4 + length);
                             continue;
@@ -90,17 +85,15 @@ fn batch(n: u64) -> SealedBatch {
         line_bytes: 10,
         checkpoint: TailerCheckpoint {
             files: vec![FileCheckpoint {
-                identity: FileIdentity {
-                    dev: 1,
-                    ino: 1,
-                    born: 0,
-                },
+                identity: FileIdentity { dev: 1, ino: 1, born: 0 },
                 fingerprint: None,
                 generation: 0,
                 offset: n,
+                skipping: false,
                 path: "/x/0.log".into(),
             }],
             partials: Vec::new(),
+            released: Vec::new(),
         },
     }
 }
@@ -108,10 +101,7 @@ fn batch(n: u64) -> SealedBatch {
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,30 +141,21 @@ async fn spools_in_order_applies_backpressure_and_delivers_when_back() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(
-            sent < 50,
-            "the spool bound must stop the shipper from taking batches"
-        );
+        assert!(sent < 50, "the spool bound must stop the shipper from taking batches");
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let spooled = metrics.spool_batches.get();
     assert!(spooled >= 2, "batches waited in the spool ({spooled})");
     assert!(server.received.lock().unwrap().is_empty());
     // Nothing was acknowledged, so no checkpoint moved.
-    assert_eq!(
-        CheckpointStore::new(state.path()).load().unwrap(),
-        TailerCheckpoint::default()
-    );
+    assert_eq!(CheckpointStore::new(state.path()).load().unwrap(), TailerCheckpoint::default());
 
     server.up.store(true, Ordering::SeqCst);
     let more = sent + 3;
     for n in sent..more {
         tx.send(batch(n)).await.unwrap();
     }
-    wait_until("every batch delivered", || {
-        server.received.lock().unwrap().len() as u64 == more
-    })
-    .await;
+    wait_until("every batch delivered", || server.received.lock().unwrap().len() as u64 == more).await;
     let keys = server.received.lock().unwrap().clone();
     let expected: Vec<String> = (0..more).map(|n| format!("batch-{n:03}")).collect();
     assert_eq!(keys, expected, "delivered once each, in order");
@@ -182,9 +163,5 @@ async fn spools_in_order_applies_backpressure_and_delivers_when_back() {
     task.await.unwrap();
     assert_eq!(metrics.spool_batches.get(), 0);
     let checkpoint = CheckpointStore::new(state.path()).load().unwrap();
-    assert_eq!(
-        checkpoint.files[0].offset,
-        more - 1,
-        "checkpoint of the last acknowledged batch"
-    );
+    assert_eq!(checkpoint.files[0].offset, more - 1, "checkpoint of the last acknowledged batch");
 }

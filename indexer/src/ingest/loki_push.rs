@@ -96,25 +96,13 @@ pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, IndexerError> {
         .read_to_end(&mut out)
         .map_err(|e| bad(format!("body is not valid gzip: {e}")))?;
     if out.len() > limit {
-        return Err(IndexerError::TooLarge(format!(
-            "decompressed body exceeds {limit} bytes"
-        )));
+        return Err(IndexerError::TooLarge(format!("decompressed body exceeds {limit} bytes")));
     }
     Ok(out)
 }
 
-fn record_for(
-    labels: &LabelSet,
-    ts: i64,
-    line: String,
-    fields: LabelSet,
-    limits: &PushLimits,
-    stats: &mut PushStats,
-) -> LogRecord {
-    let mut record = LogRecord {
-        ts,
-        ..Default::default()
-    };
+fn record_for(labels: &LabelSet, ts: i64, line: String, fields: LabelSet, limits: &PushLimits, stats: &mut PushStats) -> LogRecord {
+    let mut record = LogRecord { ts, ..Default::default() };
     let mut labels = labels.clone();
     // A `level` / `detected_level` label or field wins over detection.
     let given = labels
@@ -145,24 +133,16 @@ fn record_for(
 }
 
 /// Decodes a JSON push body.
-pub fn decode_json(
-    body: &[u8],
-    limits: &PushLimits,
-    stats: &mut PushStats,
-) -> Result<Vec<LogRecord>, IndexerError> {
-    let push: PushJson =
-        serde_json::from_slice(body).map_err(|e| bad(format!("invalid push JSON: {e}")))?;
+pub fn decode_json(body: &[u8], limits: &PushLimits, stats: &mut PushStats) -> Result<Vec<LogRecord>, IndexerError> {
+    let push: PushJson = serde_json::from_slice(body).map_err(|e| bad(format!("invalid push JSON: {e}")))?;
     let mut records = Vec::new();
     for (s, stream) in push.streams.into_iter().enumerate() {
         for name in stream.stream.keys() {
-            weft_model::labels::validate_label_name(name)
-                .map_err(|e| bad(format!("streams[{s}]: {e}")))?;
+            weft_model::labels::validate_label_name(name).map_err(|e| bad(format!("streams[{s}]: {e}")))?;
         }
         let labels = LabelSet::from_pairs(stream.stream);
         if labels.is_empty() {
-            return Err(bad(format!(
-                "streams[{s}]: a stream needs at least one label"
-            )));
+            return Err(bad(format!("streams[{s}]: a stream needs at least one label")));
         }
         for (v, entry) in stream.values.into_iter().enumerate() {
             let at = || format!("streams[{s}].values[{v}]");
@@ -173,18 +153,10 @@ pub fn decode_json(
                 )));
             }
             let ts = match &entry[0] {
-                serde_json::Value::String(text) => text.parse::<i64>().map_err(|_| {
-                    bad(format!(
-                        "{}: timestamp {text:?} is not integer nanoseconds",
-                        at()
-                    ))
-                })?,
-                _ => {
-                    return Err(bad(format!(
-                        "{}: timestamp must be a string of Unix nanoseconds",
-                        at()
-                    )))
-                }
+                serde_json::Value::String(text) => text
+                    .parse::<i64>()
+                    .map_err(|_| bad(format!("{}: timestamp {text:?} is not integer nanoseconds", at())))?,
+                _ => return Err(bad(format!("{}: timestamp must be a string of Unix nanoseconds", at()))),
             };
             let line = match &entry[1] {
                 serde_json::Value::String(line) => line.clone(),
@@ -193,27 +165,18 @@ pub fn decode_json(
             let mut fields = LabelSet::new();
             if let Some(meta) = entry.get(2) {
                 let serde_json::Value::Object(map) = meta else {
-                    return Err(bad(format!(
-                        "{}: structured metadata must be an object of strings",
-                        at()
-                    )));
+                    return Err(bad(format!("{}: structured metadata must be an object of strings", at())));
                 };
                 for (k, v) in map {
                     let serde_json::Value::String(v) = v else {
-                        return Err(bad(format!(
-                            "{}: structured metadata value of {k:?} must be a string",
-                            at()
-                        )));
+                        return Err(bad(format!("{}: structured metadata value of {k:?} must be a string", at())));
                     };
                     fields.insert(k.clone(), v.clone());
                 }
             }
             records.push(record_for(&labels, ts, line, fields, limits, stats));
             if records.len() > limits.max_entries {
-                return Err(IndexerError::TooLarge(format!(
-                    "push has more than {} entries",
-                    limits.max_entries
-                )));
+                return Err(IndexerError::TooLarge(format!("push has more than {} entries", limits.max_entries)));
             }
         }
     }
@@ -221,13 +184,8 @@ pub fn decode_json(
 }
 
 /// Decodes a snappy-compressed protobuf push body.
-pub fn decode_protobuf(
-    body: &[u8],
-    limits: &PushLimits,
-    stats: &mut PushStats,
-) -> Result<Vec<LogRecord>, IndexerError> {
-    let len = snap::raw::decompress_len(body)
-        .map_err(|e| bad(format!("body is not snappy (block format): {e}")))?;
+pub fn decode_protobuf(body: &[u8], limits: &PushLimits, stats: &mut PushStats) -> Result<Vec<LogRecord>, IndexerError> {
+    let len = snap::raw::decompress_len(body).map_err(|e| bad(format!("body is not snappy (block format): {e}")))?;
     if len > limits.max_body_bytes {
         return Err(IndexerError::TooLarge(format!(
             "decompressed body of {len} bytes exceeds {}",
@@ -237,25 +195,17 @@ pub fn decode_protobuf(
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| bad(format!("body is not snappy (block format): {e}")))?;
-    let push = <PushRequest as prost::Message>::decode(raw.as_slice())
-        .map_err(|e| bad(format!("invalid PushRequest protobuf: {e}")))?;
+    let push = <PushRequest as prost::Message>::decode(raw.as_slice()).map_err(|e| bad(format!("invalid PushRequest protobuf: {e}")))?;
     let mut records = Vec::new();
     for (s, stream) in push.streams.into_iter().enumerate() {
-        let labels = LabelSet::parse(&stream.labels)
-            .map_err(|e| bad(format!("streams[{s}].labels: {e}")))?;
+        let labels = LabelSet::parse(&stream.labels).map_err(|e| bad(format!("streams[{s}].labels: {e}")))?;
         if labels.is_empty() {
-            return Err(bad(format!(
-                "streams[{s}]: a stream needs at least one label"
-            )));
+            return Err(bad(format!("streams[{s}]: a stream needs at least one label")));
         }
         for entry in stream.entries {
             let ts = entry
                 .timestamp
-                .map(|t| {
-                    t.seconds
-                        .saturating_mul(1_000_000_000)
-                        .saturating_add(t.nanos as i64)
-                })
+                .map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(t.nanos as i64))
                 .unwrap_or(0);
             let line = match String::from_utf8(entry.line) {
                 Ok(line) => line,
@@ -264,18 +214,10 @@ pub fn decode_protobuf(
                     String::from_utf8_lossy(e.as_bytes()).into_owned()
                 }
             };
-            let fields = LabelSet::from_pairs(
-                entry
-                    .structured_metadata
-                    .into_iter()
-                    .map(|p| (p.name, p.value)),
-            );
+            let fields = LabelSet::from_pairs(entry.structured_metadata.into_iter().map(|p| (p.name, p.value)));
             records.push(record_for(&labels, ts, line, fields, limits, stats));
             if records.len() > limits.max_entries {
-                return Err(IndexerError::TooLarge(format!(
-                    "push has more than {} entries",
-                    limits.max_entries
-                )));
+                return Err(IndexerError::TooLarge(format!("push has more than {} entries", limits.max_entries)));
             }
         }
     }
@@ -310,15 +252,9 @@ mod tests {
     #[test]
     fn json_push_errors_name_the_entry() {
         let mut stats = PushStats::default();
-        let numeric_ts =
-            br#"{"streams":[{"stream":{"job":"x"},"values":[[1570818238000000000,"x"]]}]}"#;
-        let err = decode_json(numeric_ts, &LIMITS, &mut stats)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("streams[0].values[0]") && err.contains("string"),
-            "{err}"
-        );
+        let numeric_ts = br#"{"streams":[{"stream":{"job":"x"},"values":[[1570818238000000000,"x"]]}]}"#;
+        let err = decode_json(numeric_ts, &LIMITS, &mut stats).unwrap_err().to_string();
+        assert!(err.contains("streams[0].values[0]") && err.contains("string"), "{err}");
         assert!(decode_json(b"{\"streams\":", &LIMITS, &mut stats).is_err());
         let bad_label = br#"{"streams":[{"stream":{"1x":"y"},"values":[]}]}"#;
         assert!(decode_json(bad_label, &LIMITS, &mut stats).is_err());
@@ -330,10 +266,7 @@ mod tests {
             streams: vec![StreamAdapter {
                 labels: r#"{job="trainer", pod="train-0"}"#.into(),
                 entries: vec![EntryAdapter {
-                    timestamp: Some(ProtoTimestamp {
-                        seconds: 1,
-                        nanos: 5,
-                    }),
+                    timestamp: Some(ProtoTimestamp { seconds: 1, nanos: 5 }),
                     line: b"ok \xff".to_vec(),
                     structured_metadata: vec![LabelPairAdapter {
                         name: "ml_event".into(),
@@ -343,9 +276,7 @@ mod tests {
                 hash: 0,
             }],
         };
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&push.encode_to_vec())
-            .unwrap();
+        let body = snap::raw::Encoder::new().compress_vec(&push.encode_to_vec()).unwrap();
         let mut stats = PushStats::default();
         let records = decode_protobuf(&body, &LIMITS, &mut stats).unwrap();
         assert_eq!(records[0].ts, 1_000_000_005);
@@ -354,9 +285,7 @@ mod tests {
         assert_eq!(records[0].ml_event.as_deref(), Some("cuda_oom"));
         assert_eq!(stats.invalid_utf8, 1);
         assert!(decode_protobuf(b"not snappy", &LIMITS, &mut stats).is_err());
-        let framed_garbage = snap::raw::Encoder::new()
-            .compress_vec(b"\x0a\x05junk")
-            .unwrap();
+        let framed_garbage = snap::raw::Encoder::new().compress_vec(b"\x0a\x05junk").unwrap();
         assert!(decode_protobuf(&framed_garbage, &LIMITS, &mut stats).is_err());
     }
 }

@@ -52,7 +52,11 @@ impl IntoResponse for IndexerError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "ingest request failed");
         }
-        (status, Json(serde_json::json!({"status": "error", "error": self.to_string(), "message": self.to_string()}))).into_response()
+        (
+            status,
+            Json(serde_json::json!({"status": "error", "error": self.to_string(), "message": self.to_string()})),
+        )
+            .into_response()
     }
 }
 
@@ -66,11 +70,7 @@ pub fn router(indexer: Arc<Indexer>) -> Router {
         .with_state(indexer)
 }
 
-async fn ingest_arrow(
-    State(indexer): State<Arc<Indexer>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn ingest_arrow(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         authorize(&headers, indexer.config().auth_token.as_deref())?;
         let tenant = tenant_of(&headers);
@@ -89,22 +89,14 @@ async fn ingest_arrow(
         Ok(_) => StatusCode::OK,
         Err(e) => e.status(),
     };
-    indexer
-        .metrics
-        .requests
-        .with_label_values(&["native", code.as_str()])
-        .inc();
+    indexer.metrics.requests.with_label_values(&["native", code.as_str()]).inc();
     match result {
         Ok(outcome) => (StatusCode::OK, Json(outcome)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn loki_push(
-    State(indexer): State<Arc<Indexer>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         authorize(&headers, indexer.config().auth_token.as_deref())?;
         let tenant = tenant_of(&headers);
@@ -160,11 +152,7 @@ async fn loki_push(
         Ok(_) => StatusCode::NO_CONTENT,
         Err(e) => e.status(),
     };
-    indexer
-        .metrics
-        .requests
-        .with_label_values(&["loki_push", code.as_str()])
-        .inc();
+    indexer.metrics.requests.with_label_values(&["loki_push", code.as_str()]).inc();
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),

@@ -75,11 +75,7 @@ fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
 
 /// Writes the index of `view`'s rows (already in final row order) into the
 /// empty directory `path`.
-pub fn write_index(
-    path: &Path,
-    view: &LogBatchView<'_>,
-    streams: &[(Arc<String>, Arc<Vec<String>>)],
-) -> Result<(), IndexerError> {
+pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>, Arc<Vec<String>>)]) -> Result<(), IndexerError> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io {
             path: path.to_path_buf(),
@@ -91,8 +87,7 @@ pub fn write_index(
         source,
     })?;
     let (schema, f) = log_schema();
-    let directory = MmapDirectory::open(path)
-        .map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
+    let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
     let mut writer = Index::builder()
         .schema(schema)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
@@ -123,6 +118,5 @@ pub fn write_index(
 
 /// Opens a split index read-only.
 pub fn open_index(path: &Path) -> Result<Index, IndexerError> {
-    Index::open_in_dir(path)
-        .map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
+    Index::open_in_dir(path).map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
 }

@@ -42,11 +42,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
 
 /// A new split id: creation time then randomness, so ids sort by age.
 pub fn new_split_id() -> String {
-    format!(
-        "{:016x}-{:08x}",
-        weft_model::time::now_nanos(),
-        fastrand::u32(..)
-    )
+    format!("{:016x}-{:08x}", weft_model::time::now_nanos(), fastrand::u32(..))
 }
 
 /// The stream key of a row: the well-known stream label columns and the
@@ -67,9 +63,7 @@ fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
 
 /// Sorts rows by stream then time; returns the sorted batch and the
 /// canonical label set of each distinct stream, in order.
-pub fn sort_by_stream_then_time(
-    batch: &RecordBatch,
-) -> Result<(RecordBatch, Vec<String>), IndexerError> {
+pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec<String>), IndexerError> {
     let view = LogBatchView::new(batch)?;
     let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
     let mut first_row: Vec<usize> = Vec::new();
@@ -95,17 +89,14 @@ pub fn sort_by_stream_then_time(
         .iter()
         .map(|(_, id)| view.stream_labels(first_row[*id as usize]).to_string())
         .collect();
-    let sorted = take_record_batch(batch, &UInt32Array::from(order))
-        .map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let sorted = take_record_batch(batch, &UInt32Array::from(order)).map_err(|e| IndexerError::Internal(e.to_string()))?;
     Ok((sorted, labels))
 }
 
 fn writer_properties() -> WriterProperties {
     let no_dictionary = [col::LINE, col::FIELDS, col::TS, col::INGEST_TS];
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid zstd level"),
-        ))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(vec![
@@ -146,27 +137,15 @@ pub fn split_paths(tenant: &str, min_ts: i64, id: &str) -> (String, String) {
 
 fn dir_size(path: &Path) -> u64 {
     fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
 
 /// Writes one split from rows of the storage schema (any order) and
 /// returns its catalog entry. `merges` is recorded in the entry.
-pub fn write_split(
-    data_dir: &Path,
-    tenant: &str,
-    batches: &[RecordBatch],
-    merges: u32,
-) -> Result<SplitMeta, IndexerError> {
+pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
     let schema = storage_schema();
-    let batch =
-        concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
     let (sorted, streams) = sort_by_stream_then_time(&batch)?;
     let view = LogBatchView::new(&sorted)?;
     let id = new_split_id();
@@ -199,9 +178,7 @@ pub fn write_split(
         file.sync_all().map_err(io(&tmp_parquet))?;
     }
     fs::rename(&tmp_parquet, &parquet_path).map_err(io(&parquet_path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
 
     Ok(SplitMeta {
         id,
@@ -252,8 +229,7 @@ pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>, IndexerError> {
     let target = storage_schema();
     reader
         .map(|batch| {
-            let batch =
-                batch.map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
+            let batch = batch.map_err(|e| IndexerError::Corrupt(format!("{}: {e}", path.display())))?;
             Ok(weft_model::batch::conform(&batch, &target)?)
         })
         .collect()

@@ -20,28 +20,23 @@ const DEFAULT_LIMIT: usize = 100;
 
 fn timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
     match params.get(name) {
-        Some(text) => parse_api_timestamp(text)
-            .map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
+        Some(text) => parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
         None => Ok(default),
     }
 }
 
 fn limit(params: &Params) -> Result<usize, QueryError> {
     match params.get("limit") {
-        Some(text) => text.parse::<usize>().map_err(|_| {
-            QueryError::BadRequest(format!(
-                "invalid parameter \"limit\": {text:?} is not a non-negative integer"
-            ))
-        }),
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?} is not a non-negative integer"))),
         None => Ok(DEFAULT_LIMIT),
     }
 }
 
 /// Loki treats anything but `forward` as `backward`.
 fn backward(params: &Params) -> bool {
-    !params
-        .get("direction")
-        .is_some_and(|d| d.eq_ignore_ascii_case("forward"))
+    !params.get("direction").is_some_and(|d| d.eq_ignore_ascii_case("forward"))
 }
 
 /// A sample value as Prometheus writes it.
@@ -108,31 +103,24 @@ pub fn result_json(result: QueryResult) -> serde_json::Value {
 
 /// Loki's default step: the range / 250, at least one second.
 fn default_step(start: i64, end: i64) -> i64 {
-    let secs = ((end - start) as f64 / NANOS_PER_SEC as f64 / 250.0)
-        .ceil()
-        .max(1.0);
+    let secs = ((end - start) as f64 / NANOS_PER_SEC as f64 / 250.0).ceil().max(1.0);
     secs as i64 * NANOS_PER_SEC
 }
 
 fn query_param(params: &Params) -> Result<&str, QueryError> {
-    params.get("query").ok_or_else(|| {
-        QueryError::BadRequest("invalid parameter \"query\": the query is empty".into())
-    })
+    params
+        .get("query")
+        .ok_or_else(|| QueryError::BadRequest("invalid parameter \"query\": the query is empty".into()))
 }
 
 /// `GET|POST /loki/api/v1/query_range`
-pub fn query_range(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
+pub fn query_range(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
     let expr = parse(query_param(params)?)?;
     let now = now_nanos();
     let end = timestamp(params, "end", now)?;
     let start = match params.get("since") {
         Some(since) if params.get("start").is_none() => {
-            end - parse_duration(since)
-                .map_err(|e| QueryError::BadRequest(format!("invalid parameter \"since\": {e}")))?
+            end - parse_duration(since).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"since\": {e}")))?
         }
         _ => timestamp(params, "start", end - 3600 * NANOS_PER_SEC)?,
     };
@@ -142,19 +130,10 @@ pub fn query_range(
         ));
     }
     let result = match &expr {
-        Expr::Log(log) => QueryResult::Streams(service.engine.logs(
-            tenant,
-            log,
-            start,
-            end,
-            limit(params)?,
-            backward(params),
-        )?),
+        Expr::Log(log) => QueryResult::Streams(service.engine.logs(tenant, log, start, end, limit(params)?, backward(params))?),
         metric => {
             let step = match params.get("step") {
-                Some(text) => parse_duration(text).map_err(|e| {
-                    QueryError::BadRequest(format!("invalid parameter \"step\": {e}"))
-                })?,
+                Some(text) => parse_duration(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"step\": {e}")))?,
                 None => default_step(start, end),
             };
             service.engine.range(tenant, metric, start, end, step)?
@@ -164,11 +143,7 @@ pub fn query_range(
 }
 
 /// `GET|POST /loki/api/v1/query`: instant metric queries.
-pub fn query(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
+pub fn query(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
     let expr = parse(query_param(params)?)?;
     let time = timestamp(params, "time", now_nanos())?;
     let result = match &expr {
@@ -205,11 +180,9 @@ fn streams_in(
                 continue;
             };
             let keep = selectors.is_empty()
-                || selectors.iter().any(|matchers| {
-                    matchers
-                        .iter()
-                        .all(|m| m.matches(labels.get(&m.name).unwrap_or("")))
-                });
+                || selectors
+                    .iter()
+                    .any(|matchers| matchers.iter().all(|m| m.matches(labels.get(&m.name).unwrap_or(""))));
             if keep {
                 out.insert(labels);
             }
@@ -232,42 +205,27 @@ fn optional_selector(params: &Params) -> Result<Vec<Vec<Matcher>>, QueryError> {
 }
 
 /// `GET /loki/api/v1/labels`
-pub fn labels(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
+pub fn labels(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
     let (start, end) = label_window(params)?;
-    let names: BTreeSet<String> =
-        streams_in(service, tenant, start, end, &optional_selector(params)?)?
-            .iter()
-            .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
-            .collect();
+    let names: BTreeSet<String> = streams_in(service, tenant, start, end, &optional_selector(params)?)?
+        .iter()
+        .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+        .collect();
     Ok(success(serde_json::json!(names)))
 }
 
 /// `GET /loki/api/v1/label/<name>/values`
-pub fn label_values(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-    name: &str,
-) -> Result<Response, QueryError> {
+pub fn label_values(service: &QueryService, tenant: &str, params: &Params, name: &str) -> Result<Response, QueryError> {
     let (start, end) = label_window(params)?;
-    let values: BTreeSet<String> =
-        streams_in(service, tenant, start, end, &optional_selector(params)?)?
-            .iter()
-            .filter_map(|l| l.get(name).map(str::to_string))
-            .collect();
+    let values: BTreeSet<String> = streams_in(service, tenant, start, end, &optional_selector(params)?)?
+        .iter()
+        .filter_map(|l| l.get(name).map(str::to_string))
+        .collect();
     Ok(success(serde_json::json!(values)))
 }
 
 /// `GET|POST /loki/api/v1/series?match[]=…`
-pub fn series(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
+pub fn series(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
     let mut selectors = Vec::new();
     for text in params.all("match[]").into_iter().chain(params.all("match")) {
         selectors.push(parse_selector(text)?);
@@ -286,11 +244,7 @@ pub fn series(
 }
 
 /// `GET /loki/api/v1/index/stats`: a bare object, no envelope.
-pub fn index_stats(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
+pub fn index_stats(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
     let selector = parse_selector(query_param(params)?)?;
     let end = timestamp(params, "end", now_nanos())?;
     let start = timestamp(params, "start", end - 3600 * NANOS_PER_SEC)?;

@@ -25,8 +25,7 @@ impl Params {
     /// Reads the query string and, for form posts, the body.
     pub fn from_request(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Self, QueryError> {
         let mut pairs: Vec<(String, String)> = match uri.query() {
-            Some(q) => serde_urlencoded::from_str(q)
-                .map_err(|e| QueryError::BadRequest(format!("invalid query string: {e}")))?,
+            Some(q) => serde_urlencoded::from_str(q).map_err(|e| QueryError::BadRequest(format!("invalid query string: {e}")))?,
             None => Vec::new(),
         };
         let is_form = headers
@@ -34,10 +33,9 @@ impl Params {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
         if is_form && !body.is_empty() {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| QueryError::BadRequest("form body is not UTF-8".into()))?;
-            let form: Vec<(String, String)> = serde_urlencoded::from_str(text)
-                .map_err(|e| QueryError::BadRequest(format!("invalid form body: {e}")))?;
+            let text = std::str::from_utf8(body).map_err(|_| QueryError::BadRequest("form body is not UTF-8".into()))?;
+            let form: Vec<(String, String)> =
+                serde_urlencoded::from_str(text).map_err(|e| QueryError::BadRequest(format!("invalid form body: {e}")))?;
             pairs.extend(form);
         }
         Ok(Params(pairs))
@@ -52,11 +50,7 @@ impl Params {
     }
 
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
     }
 }
 
@@ -77,23 +71,12 @@ pub fn error_response(error: &QueryError) -> Response {
 
 /// A success envelope around `data`.
 pub fn success(data: serde_json::Value) -> Response {
-    (
-        StatusCode::OK,
-        Json(serde_json::json!({"status": "success", "data": data})),
-    )
-        .into_response()
+    (StatusCode::OK, Json(serde_json::json!({"status": "success", "data": data}))).into_response()
 }
 
 /// Runs a handler body on a blocking thread with the service's timeout,
 /// auth check, error envelope and latency metric.
-pub async fn run<F>(
-    service: Arc<QueryService>,
-    endpoint: &'static str,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-    work: F,
-) -> Response
+pub async fn run<F>(service: Arc<QueryService>, endpoint: &'static str, headers: HeaderMap, uri: Uri, body: Bytes, work: F) -> Response
 where
     F: FnOnce(&QueryService, &str, &Params) -> Result<Response, QueryError> + Send + 'static,
 {
@@ -126,11 +109,7 @@ where
     match result {
         Ok(response) => response,
         Err(error) => {
-            service
-                .metrics
-                .errors
-                .with_label_values(&[endpoint, error.error_type()])
-                .inc();
+            service.metrics.errors.with_label_values(&[endpoint, error.error_type()]).inc();
             if error.status().is_server_error() {
                 tracing::warn!(endpoint, error = %error, "query failed");
             }
@@ -166,14 +145,9 @@ async fn loki_label_values(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    run(
-        service,
-        "loki_label_values",
-        headers,
-        uri,
-        body,
-        move |s, t, p| loki::label_values(s, t, p, &name),
-    )
+    run(service, "loki_label_values", headers, uri, body, move |s, t, p| {
+        loki::label_values(s, t, p, &name)
+    })
     .await
 }
 
@@ -184,21 +158,12 @@ async fn not_built() -> Response {
 /// The query routes (Loki API and native search).
 pub fn router(service: Arc<QueryService>) -> Router {
     Router::new()
-        .route(
-            "/loki/api/v1/query_range",
-            get(loki_query_range).post(loki_query_range),
-        )
+        .route("/loki/api/v1/query_range", get(loki_query_range).post(loki_query_range))
         .route("/loki/api/v1/query", get(loki_query).post(loki_query))
         .route("/loki/api/v1/labels", get(loki_labels).post(loki_labels))
-        .route(
-            "/loki/api/v1/label/{name}/values",
-            get(loki_label_values).post(loki_label_values),
-        )
+        .route("/loki/api/v1/label/{name}/values", get(loki_label_values).post(loki_label_values))
         .route("/loki/api/v1/series", get(loki_series).post(loki_series))
-        .route(
-            "/loki/api/v1/index/stats",
-            get(loki_index_stats).post(loki_index_stats),
-        )
+        .route("/loki/api/v1/index/stats", get(loki_index_stats).post(loki_index_stats))
         .route("/loki/api/v1/detected_labels", get(not_built))
         .route("/loki/api/v1/detected_fields", get(not_built))
         .route("/loki/api/v1/index/volume", get(not_built))

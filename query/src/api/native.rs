@@ -10,27 +10,22 @@ use crate::{QueryError, QueryService};
 
 fn timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
     match params.get(name) {
-        Some(text) => parse_api_timestamp(text)
-            .map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
+        Some(text) => parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
         None => Ok(default),
     }
 }
 
 /// Runs a search; results newest first with their labels.
-pub fn search(
-    service: &QueryService,
-    tenant: &str,
-    params: &Params,
-) -> Result<Response, QueryError> {
-    let query = params.get("query").ok_or_else(|| {
-        QueryError::BadRequest("invalid parameter \"query\": the search expression is empty".into())
-    })?;
+pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let query = params
+        .get("query")
+        .ok_or_else(|| QueryError::BadRequest("invalid parameter \"query\": the search expression is empty".into()))?;
     let mut end = timestamp(params, "end", now_nanos())?;
     let start = timestamp(params, "start", end - 7 * 86_400 * NANOS_PER_SEC)?;
     let limit = match params.get("limit") {
-        Some(text) => text.parse::<usize>().map_err(|_| {
-            QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?}"))
-        })?,
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?}")))?,
         None => 100,
     };
     let mut skip_at_end = 0;
@@ -38,7 +33,11 @@ pub fn search(
         let (ts, skip) = cursor
             .split_once(':')
             .and_then(|(t, s)| Some((t.parse::<i64>().ok()?, s.parse::<usize>().ok()?)))
-            .ok_or_else(|| QueryError::BadRequest(format!("invalid parameter \"cursor\": {cursor:?} is not <ts>:<skip> from a previous page")))?;
+            .ok_or_else(|| {
+                QueryError::BadRequest(format!(
+                    "invalid parameter \"cursor\": {cursor:?} is not <ts>:<skip> from a previous page"
+                ))
+            })?;
         end = ts;
         skip_at_end = skip;
     }
@@ -69,7 +68,5 @@ pub fn search(
             })
         })
         .collect();
-    Ok(success(
-        serde_json::json!({"hits": hits, "next_cursor": page.next_cursor}),
-    ))
+    Ok(success(serde_json::json!({"hits": hits, "next_cursor": page.next_cursor})))
 }

@@ -171,14 +171,8 @@ pub enum PatternPart {
 /// `label_format dst=src` (rename) or `dst="template"`.
 #[derive(Clone, Debug)]
 pub enum LabelFormat {
-    Rename {
-        dst: String,
-        src: String,
-    },
-    Template {
-        dst: String,
-        template: Vec<TemplatePart>,
-    },
+    Rename { dst: String, src: String },
+    Template { dst: String, template: Vec<TemplatePart> },
 }
 
 /// One stage of a log pipeline.
@@ -245,11 +239,7 @@ impl RangeOp {
     pub fn counts_lines(self) -> bool {
         matches!(
             self,
-            RangeOp::CountOverTime
-                | RangeOp::Rate
-                | RangeOp::BytesOverTime
-                | RangeOp::BytesRate
-                | RangeOp::AbsentOverTime
+            RangeOp::CountOverTime | RangeOp::Rate | RangeOp::BytesOverTime | RangeOp::BytesRate | RangeOp::AbsentOverTime
         )
     }
 }
@@ -348,10 +338,7 @@ pub enum BinOp {
 
 impl BinOp {
     pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le
-        )
+        matches!(self, BinOp::Eq | BinOp::Neq | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le)
     }
 
     pub fn is_set(self) -> bool {

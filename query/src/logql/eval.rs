@@ -157,14 +157,7 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn refill(
-        &mut self,
-        k: usize,
-        start: i64,
-        end: i64,
-        backward: bool,
-        filters: &[&LineFilter],
-    ) -> Result<(), QueryError> {
+    fn refill(&mut self, k: usize, start: i64, end: i64, backward: bool, filters: &[&LineFilter]) -> Result<(), QueryError> {
         let (lo, hi) = match (self.bound, backward) {
             (Some(b), true) => (start, b.saturating_add(1)),
             (Some(b), false) => (b, end),
@@ -247,10 +240,7 @@ impl Engine {
         let mut streams: HashMap<LabelSet, Vec<(i64, String)>> = HashMap::new();
         let mut emitted = 0usize;
         while emitted < limit {
-            for cursor in cursors
-                .iter_mut()
-                .filter(|c| c.buffer.is_empty() && !c.exhausted)
-            {
+            for cursor in cursors.iter_mut().filter(|c| c.buffer.is_empty() && !c.exhausted) {
                 cursor.refill(k, start, end, backward, &filters)?;
             }
             // Take candidates in global time order while every cursor that
@@ -309,10 +299,7 @@ impl Engine {
                 if !pipeline::run(&log.pipeline, &row.stream, &mut state) {
                     continue;
                 }
-                streams
-                    .entry(state.labels)
-                    .or_default()
-                    .push((state.ts, state.line));
+                streams.entry(state.labels).or_default().push((state.ts, state.line));
                 emitted += 1;
                 if emitted >= limit {
                     break;
@@ -328,21 +315,14 @@ impl Engine {
     }
 
     /// Evaluates a metric query at every step from `start` to `end`.
-    pub fn range(
-        &self,
-        tenant: &str,
-        expr: &Expr,
-        start: i64,
-        end: i64,
-        step: i64,
-    ) -> Result<QueryResult, QueryError> {
+    pub fn range(&self, tenant: &str, expr: &Expr, start: i64, end: i64, step: i64) -> Result<QueryResult, QueryError> {
         if step <= 0 {
-            return Err(QueryError::BadRequest("zero or negative query resolution step widths are not accepted. Try a positive integer".into()));
+            return Err(QueryError::BadRequest(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
         }
         if end < start {
-            return Err(QueryError::BadRequest(
-                "end timestamp must not be before start time".into(),
-            ));
+            return Err(QueryError::BadRequest("end timestamp must not be before start time".into()));
         }
         let count = ((end - start) / step) as usize + 1;
         if count > self.limits.max_steps {
@@ -367,12 +347,7 @@ impl Engine {
                     .into_iter()
                     .map(|s| SeriesResult {
                         labels: s.labels,
-                        points: grid
-                            .steps
-                            .iter()
-                            .zip(s.values)
-                            .filter_map(|(t, v)| v.map(|v| (*t, v)))
-                            .collect(),
+                        points: grid.steps.iter().zip(s.values).filter_map(|(t, v)| v.map(|v| (*t, v))).collect(),
                     })
                     .filter(|s| !s.points.is_empty())
                     .collect();
@@ -428,14 +403,25 @@ impl Engine {
         let n = grid.steps.len();
         match expr {
             Expr::Number(v) => Ok(Value::Scalar(vec![*v; n])),
-            Expr::Vector(v) => Ok(Value::Vector(vec![Series { labels: LabelSet::new(), values: vec![Some(*v); n] }])),
+            Expr::Vector(v) => Ok(Value::Vector(vec![Series {
+                labels: LabelSet::new(),
+                values: vec![Some(*v); n],
+            }])),
             Expr::Negate(inner) => Ok(match self.eval(tenant, inner, grid)? {
                 Value::Scalar(values) => Value::Scalar(values.into_iter().map(|v| -v).collect()),
                 Value::Vector(series) => Value::Vector(
-                    series.into_iter().map(|s| Series { labels: s.labels, values: s.values.into_iter().map(|v| v.map(|v| -v)).collect() }).collect(),
+                    series
+                        .into_iter()
+                        .map(|s| Series {
+                            labels: s.labels,
+                            values: s.values.into_iter().map(|v| v.map(|v| -v)).collect(),
+                        })
+                        .collect(),
                 ),
             }),
-            Expr::Log(_) => Err(QueryError::BadRequest("a log query has no metric value; wrap it in a range aggregation such as count_over_time".into())),
+            Expr::Log(_) => Err(QueryError::BadRequest(
+                "a log query has no metric value; wrap it in a range aggregation such as count_over_time".into(),
+            )),
             Expr::RangeAgg(agg) => self.range_agg(tenant, agg, grid),
             Expr::VectorAgg(agg) => {
                 let inner = self.eval(tenant, &agg.inner, grid)?;
@@ -464,17 +450,13 @@ impl Engine {
             // count and weight difference arrays per series
             let mut series: HashMap<LabelSet, (Vec<i64>, Vec<f64>)> = HashMap::new();
             let mut add = |labels: LabelSet, ts: i64, weight: f64| -> Result<(), QueryError> {
-                let Some((first, last)) =
-                    grid.span(ts + range.offset, ts + range.offset + range.range - 1)
-                else {
+                let Some((first, last)) = grid.span(ts + range.offset, ts + range.offset + range.range - 1) else {
                     return Ok(());
                 };
                 if !series.contains_key(&labels) {
                     self.check_series(series.len() + 1, n)?;
                 }
-                let entry = series
-                    .entry(labels)
-                    .or_insert_with(|| (vec![0; n + 1], vec![0.0; n + 1]));
+                let entry = series.entry(labels).or_insert_with(|| (vec![0; n + 1], vec![0.0; n + 1]));
                 entry.0[first] += 1;
                 entry.0[last + 1] -= 1;
                 entry.1[first] += weight;
@@ -495,11 +477,7 @@ impl Engine {
                         if failure.is_some() {
                             return;
                         }
-                        let key = (
-                            row.stream.to_string(),
-                            row.level.to_string(),
-                            row.ml_event.to_string(),
-                        );
+                        let key = (row.stream.to_string(), row.level.to_string(), row.ml_event.to_string());
                         let labels = labels_of
                             .entry(key)
                             .or_insert_with(|| {
@@ -580,10 +558,7 @@ impl Engine {
             return Ok(Value::Vector(out));
         }
         // unwrap: keep samples per series, then slide.
-        let unwrap = range
-            .unwrap
-            .as_ref()
-            .expect("parser requires unwrap for these operations");
+        let unwrap = range.unwrap.as_ref().expect("parser requires unwrap for these operations");
         let mut samples: HashMap<LabelSet, Vec<(i64, f64)>> = HashMap::new();
         let mut total = 0usize;
         for split in &splits {
@@ -686,12 +661,7 @@ fn run_pipeline(stages: &[Stage], row: StoredRow) -> Result<Option<LineState>, Q
     Ok(Some(state))
 }
 
-fn over_time(
-    op: RangeOp,
-    param: Option<f64>,
-    points: &[(i64, f64)],
-    range_secs: f64,
-) -> Option<f64> {
+fn over_time(op: RangeOp, param: Option<f64>, points: &[(i64, f64)], range_secs: f64) -> Option<f64> {
     if points.is_empty() {
         return None;
     }
@@ -768,18 +738,12 @@ fn aggregate(agg: &VectorAgg, series: Vec<Series>, n: usize) -> Vec<Series> {
         let k = agg.param.unwrap_or(1.0) as usize;
         let mut groups: HashMap<LabelSet, Vec<usize>> = HashMap::new();
         for (i, s) in series.iter().enumerate() {
-            groups
-                .entry(group_labels(&s.labels, &agg.grouping))
-                .or_default()
-                .push(i);
+            groups.entry(group_labels(&s.labels, &agg.grouping)).or_default().push(i);
         }
         let mut keep: Vec<Vec<bool>> = vec![vec![false; n]; series.len()];
         for members in groups.values() {
             for step in 0..n {
-                let mut present: Vec<(f64, usize)> = members
-                    .iter()
-                    .filter_map(|&i| series[i].values[step].map(|v| (v, i)))
-                    .collect();
+                let mut present: Vec<(f64, usize)> = members.iter().filter_map(|&i| series[i].values[step].map(|v| (v, i))).collect();
                 if agg.op == VectorOp::Topk {
                     present.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 } else {
@@ -795,12 +759,7 @@ fn aggregate(agg: &VectorAgg, series: Vec<Series>, n: usize) -> Vec<Series> {
             .zip(keep)
             .map(|(s, keep)| Series {
                 labels: s.labels,
-                values: s
-                    .values
-                    .into_iter()
-                    .zip(keep)
-                    .map(|(v, k)| v.filter(|_| k))
-                    .collect(),
+                values: s.values.into_iter().zip(keep).map(|(v, k)| v.filter(|_| k)).collect(),
             })
             .filter(|s| s.values.iter().any(Option::is_some))
             .collect();
@@ -915,16 +874,9 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
         let matching = b.matching.as_ref();
         let mut rhs_by_sig: HashMap<LabelSet, Vec<usize>> = HashMap::new();
         for (i, s) in rhs.iter().enumerate() {
-            rhs_by_sig
-                .entry(signature(&s.labels, matching))
-                .or_default()
-                .push(i);
+            rhs_by_sig.entry(signature(&s.labels, matching)).or_default().push(i);
         }
-        let n = lhs
-            .first()
-            .or(rhs.first())
-            .map(|s| s.values.len())
-            .unwrap_or(0);
+        let n = lhs.first().or(rhs.first()).map(|s| s.values.len()).unwrap_or(0);
         let present = |sig: &LabelSet, step: usize| {
             rhs_by_sig
                 .get(sig)
@@ -937,9 +889,7 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                     let sig = signature(&s.labels, matching);
                     Series {
                         labels: s.labels.clone(),
-                        values: (0..n)
-                            .map(|i| s.values[i].filter(|_| present(&sig, i)))
-                            .collect(),
+                        values: (0..n).map(|i| s.values[i].filter(|_| present(&sig, i))).collect(),
                     }
                 })
                 .collect(),
@@ -949,21 +899,14 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                     let sig = signature(&s.labels, matching);
                     Series {
                         labels: s.labels.clone(),
-                        values: (0..n)
-                            .map(|i| s.values[i].filter(|_| !present(&sig, i)))
-                            .collect(),
+                        values: (0..n).map(|i| s.values[i].filter(|_| !present(&sig, i))).collect(),
                     }
                 })
                 .collect(),
             _ => {
-                let lhs_sigs: HashSet<LabelSet> =
-                    lhs.iter().map(|s| signature(&s.labels, matching)).collect();
+                let lhs_sigs: HashSet<LabelSet> = lhs.iter().map(|s| signature(&s.labels, matching)).collect();
                 let mut out = lhs.clone();
-                out.extend(
-                    rhs.iter()
-                        .filter(|s| !lhs_sigs.contains(&signature(&s.labels, matching)))
-                        .cloned(),
-                );
+                out.extend(rhs.iter().filter(|s| !lhs_sigs.contains(&signature(&s.labels, matching))).cloned());
                 out
             }
         }));
@@ -975,9 +918,7 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                     "comparisons between scalars must use the bool modifier".into(),
                 ));
             }
-            Ok(Value::Scalar(
-                a.iter().zip(&c).map(|(x, y)| arith(b.op, *x, *y)).collect(),
-            ))
+            Ok(Value::Scalar(a.iter().zip(&c).map(|(x, y)| arith(b.op, *x, *y)).collect()))
         }
         (Value::Vector(series), Value::Scalar(c)) => Ok(Value::Vector(
             series
@@ -1012,11 +953,7 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
             let group = matching.and_then(|m| m.group);
             let mut rhs_by_sig: HashMap<LabelSet, usize> = HashMap::new();
             for (i, s) in rhs.iter().enumerate() {
-                if rhs_by_sig
-                    .insert(signature(&s.labels, matching), i)
-                    .is_some()
-                    && group != Some(true)
-                {
+                if rhs_by_sig.insert(signature(&s.labels, matching), i).is_some() && group != Some(true) {
                     return Err(QueryError::Execution("found duplicate series for the match group on the right hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side".into()));
                 }
             }
@@ -1042,9 +979,7 @@ fn binary_op(b: &Binary, lhs: Value, rhs: Value) -> Result<Value, QueryError> {
                     .iter()
                     .zip(&rhs[j].values)
                     .map(|(x, y)| match (x, y) {
-                        (Some(x), Some(y)) => {
-                            combine(b, if group == Some(true) { *y } else { *x }, *x, *y)
-                        }
+                        (Some(x), Some(y)) => combine(b, if group == Some(true) { *y } else { *x }, *x, *y),
                         _ => None,
                     })
                     .collect();

@@ -95,10 +95,7 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn run(text: &'a str) -> Result<Vec<(Tok, usize)>, QueryError> {
-        let mut lexer = Lexer {
-            text,
-            tokens: Vec::new(),
-        };
+        let mut lexer = Lexer { text, tokens: Vec::new() };
         lexer.lex()?;
         Ok(lexer.tokens)
     }
@@ -156,17 +153,14 @@ impl<'a> Lexer<'a> {
                     b'%' => (Tok::Mod, 1),
                     b'^' => (Tok::Pow, 1),
                     b'"' | b'`' => {
-                        let (value, end) = weft_model::labels::parse_quoted(self.text, pos)
-                            .map_err(|reason| self.err(pos, reason))?;
+                        let (value, end) = weft_model::labels::parse_quoted(self.text, pos).map_err(|reason| self.err(pos, reason))?;
                         self.tokens.push((Tok::Str(value), start));
                         pos = end;
                         continue;
                     }
                     b'0'..=b'9' | b'.' => {
                         let mut end = pos;
-                        while end < bytes.len()
-                            && (bytes[end].is_ascii_digit() || bytes[end] == b'.')
-                        {
+                        while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b'.') {
                             end += 1;
                         }
                         // Exponent: 1e-5
@@ -184,20 +178,14 @@ impl<'a> Lexer<'a> {
                         }
                         if end < bytes.len() && bytes[end].is_ascii_alphabetic() {
                             // Duration (5m, 1h30m, 1.5s) or byte size (10KB).
-                            while end < bytes.len()
-                                && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'.')
-                            {
+                            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'.') {
                                 end += 1;
                             }
-                            self.tokens
-                                .push((Tok::Unit(self.text[start..end].to_string()), start));
+                            self.tokens.push((Tok::Unit(self.text[start..end].to_string()), start));
                         } else {
-                            let number: f64 = self.text[start..end].parse().map_err(|_| {
-                                self.err(
-                                    start,
-                                    format!("invalid number {:?}", &self.text[start..end]),
-                                )
-                            })?;
+                            let number: f64 = self.text[start..end]
+                                .parse()
+                                .map_err(|_| self.err(start, format!("invalid number {:?}", &self.text[start..end])))?;
                             self.tokens.push((Tok::Num(number), start));
                         }
                         pos = end;
@@ -205,23 +193,16 @@ impl<'a> Lexer<'a> {
                     }
                     c if c.is_ascii_alphabetic() || c == b'_' => {
                         let mut end = pos;
-                        while end < bytes.len()
-                            && (bytes[end].is_ascii_alphanumeric()
-                                || bytes[end] == b'_'
-                                || bytes[end] == b'.')
-                        {
+                        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_' || bytes[end] == b'.') {
                             end += 1;
                         }
-                        self.tokens
-                            .push((Tok::Ident(self.text[start..end].to_string()), start));
+                        self.tokens.push((Tok::Ident(self.text[start..end].to_string()), start));
                         pos = end;
                         continue;
                     }
                     _ => {
                         let ch = self.text[pos..].chars().next().unwrap_or('?');
-                        return Err(
-                            self.err(pos, format!("syntax error: unexpected character {ch:?}"))
-                        );
+                        return Err(self.err(pos, format!("syntax error: unexpected character {ch:?}")));
                     }
                 },
             };
@@ -251,11 +232,7 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
         return Err(QueryError::parse(text, 0, "syntax error: empty query"));
     }
     let tokens = Lexer::run(text)?;
-    let mut parser = Parser {
-        text,
-        tokens,
-        at: 0,
-    };
+    let mut parser = Parser { text, tokens, at: 0 };
     let expr = parser.expr(0)?;
     parser.expect_eof()?;
     if let Expr::Binary(b) = &expr {
@@ -281,13 +258,11 @@ pub fn parse_selector(text: &str) -> Result<Vec<Matcher>, QueryError> {
 }
 
 fn anchored(text: &str, pattern: &str, pos: usize) -> Result<Regex, QueryError> {
-    Regex::new(&format!("^(?s:{pattern})$"))
-        .map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
+    Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
 }
 
 fn unanchored(text: &str, pattern: &str, pos: usize) -> Result<Regex, QueryError> {
-    Regex::new(pattern)
-        .map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
+    Regex::new(pattern).map_err(|e| QueryError::parse(text, pos, format!("invalid regex {pattern:?}: {e}")))
 }
 
 /// Parses a byte size such as `10KB`, `1.5MiB`, `512B`.
@@ -325,17 +300,13 @@ pub fn parse_go_duration_secs(text: &str) -> Option<f64> {
     }
     let mut total = 0.0;
     while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if number_end == 0 {
             return None;
         }
         let number: f64 = rest[..number_end].parse().ok()?;
         rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "ns" => 1e-9,
             "us" | "µs" | "μs" => 1e-6,
@@ -400,10 +371,7 @@ impl<'a> Parser<'a> {
     }
 
     fn unexpected(&self, expecting: &str) -> QueryError {
-        self.err_here(format!(
-            "syntax error: unexpected {}, expecting {expecting}",
-            describe(self.peek())
-        ))
+        self.err_here(format!("syntax error: unexpected {}, expecting {expecting}", describe(self.peek())))
     }
 
     fn expect(&mut self, tok: Tok) -> Result<(), QueryError> {
@@ -466,17 +434,12 @@ impl<'a> Parser<'a> {
     fn duration(&mut self) -> Result<i64, QueryError> {
         let pos = self.pos();
         match self.next() {
-            Tok::Unit(text) => {
-                parse_duration(&text).map_err(|e| QueryError::parse(self.text, pos, e.to_string()))
-            }
+            Tok::Unit(text) => parse_duration(&text).map_err(|e| QueryError::parse(self.text, pos, e.to_string())),
             Tok::Num(n) => Ok((n * 1e9) as i64),
             other => Err(QueryError::parse(
                 self.text,
                 pos,
-                format!(
-                    "syntax error: unexpected {}, expecting a duration like 5m",
-                    describe(&other)
-                ),
+                format!("syntax error: unexpected {}, expecting a duration like 5m", describe(&other)),
             )),
         }
     }
@@ -492,9 +455,7 @@ impl<'a> Parser<'a> {
             let mut return_bool = false;
             if self.ident_is("bool") {
                 if !op.is_comparison() {
-                    return Err(
-                        self.err_here("syntax error: bool is only allowed on comparison operators")
-                    );
+                    return Err(self.err_here("syntax error: bool is only allowed on comparison operators"));
                 }
                 self.next();
                 return_bool = true;
@@ -520,11 +481,7 @@ impl<'a> Parser<'a> {
         let on = self.ident_is("on");
         self.next();
         let labels = self.label_list()?;
-        let mut matching = VectorMatching {
-            on,
-            labels,
-            group: None,
-        };
+        let mut matching = VectorMatching { on, labels, group: None };
         if self.ident_is("group_left") || self.ident_is("group_right") {
             matching.group = Some(self.ident_is("group_right"));
             self.next();
@@ -602,10 +559,11 @@ impl<'a> Parser<'a> {
                     return self.vector_agg(op);
                 }
                 match name.as_str() {
-                    "label_replace" | "absent" | "sort" | "sort_desc" | "ceil" | "floor" | "round" | "abs" | "sqrt" | "exp" | "ln" | "clamp" | "sgn" => {
-                        Err(QueryError::Unsupported(format!("function {name} is not supported yet")))
-                    }
-                    _ => Err(self.err_here(format!("syntax error: unexpected identifier {name}, expecting a selector, aggregation or number"))),
+                    "label_replace" | "absent" | "sort" | "sort_desc" | "ceil" | "floor" | "round" | "abs" | "sqrt" | "exp" | "ln"
+                    | "clamp" | "sgn" => Err(QueryError::Unsupported(format!("function {name} is not supported yet"))),
+                    _ => Err(self.err_here(format!(
+                        "syntax error: unexpected identifier {name}, expecting a selector, aggregation or number"
+                    ))),
                 }
             }
             _ => Err(self.unexpected("a selector, aggregation or number")),
@@ -637,9 +595,7 @@ impl<'a> Parser<'a> {
         }
         let inner = self.expr(0)?;
         if matches!(inner, Expr::Log(_)) {
-            return Err(self.err_here(
-                "syntax error: a vector aggregation needs a metric expression, not a log query",
-            ));
+            return Err(self.err_here("syntax error: a vector aggregation needs a metric expression, not a log query"));
         }
         self.expect(Tok::RParen)?;
         let after = self.grouping()?;
@@ -745,9 +701,7 @@ impl<'a> Parser<'a> {
         let mut unwrap = None;
         self.pipeline_into(&mut log.pipeline, &mut unwrap)?;
         if unwrap.is_some() {
-            return Err(
-                self.err_here("syntax error: unwrap is only allowed inside a range aggregation")
-            );
+            return Err(self.err_here("syntax error: unwrap is only allowed inside a range aggregation"));
         }
         Ok(log)
     }
@@ -770,7 +724,9 @@ impl<'a> Parser<'a> {
             return Err(self.err_here("syntax error: a stream selector needs at least one matcher"));
         }
         if matchers.iter().all(|m| m.matches("")) {
-            return Err(self.err_here("syntax error: queries require at least one regexp or equality matcher that does not match the empty string"));
+            return Err(
+                self.err_here("syntax error: queries require at least one regexp or equality matcher that does not match the empty string")
+            );
         }
         Ok(LogExpr {
             matchers,
@@ -797,26 +753,15 @@ impl<'a> Parser<'a> {
             MatchOp::Re | MatchOp::Nre => Some(anchored(self.text, &value, pos)?),
             _ => None,
         };
-        Ok(Matcher {
-            name,
-            op,
-            value,
-            regex,
-        })
+        Ok(Matcher { name, op, value, regex })
     }
 
-    fn pipeline_into(
-        &mut self,
-        stages: &mut Vec<Stage>,
-        unwrap: &mut Option<Unwrap>,
-    ) -> Result<(), QueryError> {
+    fn pipeline_into(&mut self, stages: &mut Vec<Stage>, unwrap: &mut Option<Unwrap>) -> Result<(), QueryError> {
         loop {
             match self.peek().clone() {
                 Tok::PipeExact | Tok::Neq | Tok::PipeMatch | Tok::Nre => {
                     if unwrap.is_some() {
-                        return Err(
-                            self.err_here("syntax error: line filters must come before unwrap")
-                        );
+                        return Err(self.err_here("syntax error: line filters must come before unwrap"));
                     }
                     let op = match self.next() {
                         Tok::PipeExact => LineFilterOp::Contains,
@@ -841,11 +786,7 @@ impl<'a> Parser<'a> {
                             regexes.push(unanchored(self.text, value, pos)?);
                         }
                     }
-                    stages.push(Stage::LineFilter(LineFilter {
-                        op,
-                        values,
-                        regexes,
-                    }));
+                    stages.push(Stage::LineFilter(LineFilter { op, values, regexes }));
                 }
                 Tok::Pipe => {
                     self.next();
@@ -856,11 +797,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn pipe_stage(
-        &mut self,
-        stages: &mut Vec<Stage>,
-        unwrap: &mut Option<Unwrap>,
-    ) -> Result<(), QueryError> {
+    fn pipe_stage(&mut self, stages: &mut Vec<Stage>, unwrap: &mut Option<Unwrap>) -> Result<(), QueryError> {
         let pos = self.pos();
         let Tok::Ident(word) = self.peek().clone() else {
             return Err(self.unexpected("a parser, label filter or formatting stage"));
@@ -868,15 +805,7 @@ impl<'a> Parser<'a> {
         // A label filter starts with a label name followed by an operator.
         let is_filter_start = matches!(
             self.peek_at(1),
-            Tok::Eq
-                | Tok::EqEq
-                | Tok::Neq
-                | Tok::Re
-                | Tok::Nre
-                | Tok::Gt
-                | Tok::Ge
-                | Tok::Lt
-                | Tok::Le
+            Tok::Eq | Tok::EqEq | Tok::Neq | Tok::Re | Tok::Nre | Tok::Gt | Tok::Ge | Tok::Lt | Tok::Le
         );
         if is_filter_start || word == "(" {
             let filter = self.label_filter()?;
@@ -1034,15 +963,7 @@ impl<'a> Parser<'a> {
             } else if !(matches!(self.peek(), Tok::Ident(w) if w != "or" && w != "offset")
                 && matches!(
                     self.peek_at(1),
-                    Tok::Eq
-                        | Tok::EqEq
-                        | Tok::Neq
-                        | Tok::Re
-                        | Tok::Nre
-                        | Tok::Gt
-                        | Tok::Ge
-                        | Tok::Lt
-                        | Tok::Le
+                    Tok::Eq | Tok::EqEq | Tok::Neq | Tok::Re | Tok::Nre | Tok::Gt | Tok::Ge | Tok::Lt | Tok::Le
                 ))
             {
                 break;
@@ -1114,10 +1035,23 @@ impl<'a> Parser<'a> {
                 } else if let Some(bytes) = parse_bytes(&text) {
                     (bytes, NumberKind::Bytes)
                 } else {
-                    return Err(QueryError::parse(self.text, value_pos, format!("invalid duration or byte size {text:?}")));
+                    return Err(QueryError::parse(
+                        self.text,
+                        value_pos,
+                        format!("invalid duration or byte size {text:?}"),
+                    ));
                 }
             }
-            other => return Err(QueryError::parse(self.text, value_pos, format!("syntax error: unexpected {}, expecting a number, duration, byte size or string", describe(&other)))),
+            other => {
+                return Err(QueryError::parse(
+                    self.text,
+                    value_pos,
+                    format!(
+                        "syntax error: unexpected {}, expecting a number, duration, byte size or string",
+                        describe(&other)
+                    ),
+                ))
+            }
         };
         Ok(LabelFilter::Compare {
             name,
@@ -1167,11 +1101,7 @@ fn parse_json_path(text: &str, path: &str, pos: usize) -> Result<Vec<String>, Qu
 /// Parses `line_format` templates: text with `{{.label}}`, `{{ .label }}`,
 /// `{{__line__}}` and `{{__timestamp__}}`. Other template functions are not
 /// supported and say so.
-pub fn parse_template(
-    text: &str,
-    template: &str,
-    pos: usize,
-) -> Result<Vec<TemplatePart>, QueryError> {
+pub fn parse_template(text: &str, template: &str, pos: usize) -> Result<Vec<TemplatePart>, QueryError> {
     let mut parts = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
@@ -1182,22 +1112,22 @@ pub fn parse_template(
         let close = after
             .find("}}")
             .ok_or_else(|| QueryError::parse(text, pos, "template: unclosed {{"))?;
-        let action = after[..close]
-            .trim()
-            .trim_start_matches('-')
-            .trim_end_matches('-')
-            .trim();
+        let action = after[..close].trim().trim_start_matches('-').trim_end_matches('-').trim();
         if action == "__line__" {
             parts.push(TemplatePart::Line);
         } else if action == "__timestamp__" {
             parts.push(TemplatePart::Timestamp);
         } else if let Some(label) = action.strip_prefix('.') {
             if label.is_empty() || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(QueryError::Unsupported(format!("template action {{{{{action}}}}} is not supported: only {{{{.label}}}}, {{{{__line__}}}} and {{{{__timestamp__}}}}")));
+                return Err(QueryError::Unsupported(format!(
+                    "template action {{{{{action}}}}} is not supported: only {{{{.label}}}}, {{{{__line__}}}} and {{{{__timestamp__}}}}"
+                )));
             }
             parts.push(TemplatePart::Label(label.to_string()));
         } else {
-            return Err(QueryError::Unsupported(format!("template action {{{{{action}}}}} is not supported: only {{{{.label}}}}, {{{{__line__}}}} and {{{{__timestamp__}}}}")));
+            return Err(QueryError::Unsupported(format!(
+                "template action {{{{{action}}}}} is not supported: only {{{{.label}}}}, {{{{__line__}}}} and {{{{__timestamp__}}}}"
+            )));
         }
         rest = &after[close + 2..];
     }
@@ -1208,11 +1138,7 @@ pub fn parse_template(
 }
 
 /// Parses a `pattern` expression: literals and `<name>` / `<_>` captures.
-pub fn parse_pattern(
-    text: &str,
-    pattern: &str,
-    pos: usize,
-) -> Result<Vec<PatternPart>, QueryError> {
+pub fn parse_pattern(text: &str, pattern: &str, pos: usize) -> Result<Vec<PatternPart>, QueryError> {
     let mut parts = Vec::new();
     let mut rest = pattern;
     let mut captures = 0;
@@ -1220,9 +1146,9 @@ pub fn parse_pattern(
         match rest.find('<') {
             Some(open) => {
                 let close = rest[open..].find('>').map(|c| c + open);
-                let name = close.map(|c| &rest[open + 1..c]).filter(|n| {
-                    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
+                let name = close
+                    .map(|c| &rest[open + 1..c])
+                    .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
                 match (close, name) {
                     (Some(close), Some(name)) => {
                         if open > 0 {
@@ -1235,11 +1161,7 @@ pub fn parse_pattern(
                                 "pattern: two captures must be separated by literal text",
                             ));
                         }
-                        parts.push(PatternPart::Capture(if name == "_" {
-                            None
-                        } else {
-                            Some(name.to_string())
-                        }));
+                        parts.push(PatternPart::Capture(if name == "_" { None } else { Some(name.to_string()) }));
                         captures += 1;
                         rest = &rest[close + 1..];
                     }
@@ -1256,11 +1178,7 @@ pub fn parse_pattern(
         }
     }
     if captures == 0 {
-        return Err(QueryError::parse(
-            text,
-            pos,
-            "pattern needs at least one <capture>",
-        ));
+        return Err(QueryError::parse(text, pos, "pattern needs at least one <capture>"));
     }
     Ok(parts)
 }
@@ -1325,10 +1243,7 @@ mod tests {
         let e = err(r#"{app="x""#);
         assert!(e.contains("col 9") && e.contains("expecting"), "{e}");
         let e = err(r#"{app="x"} |= error"#);
-        assert!(
-            e.contains("col 14") && e.contains("identifier error"),
-            "{e}"
-        );
+        assert!(e.contains("col 14") && e.contains("identifier error"), "{e}");
         let e = err(r#"count_over_time({app="x"})"#);
         assert!(e.contains("range"), "{e}");
         let e = err(r#"{app=~"("}"#);

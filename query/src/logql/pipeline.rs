@@ -44,11 +44,7 @@ fn flatten_json(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, 
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}_{k}")
-                };
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}_{k}") };
                 flatten_json(&key, v, out);
             }
         }
@@ -96,8 +92,7 @@ pub fn parse_logfmt(line: &str) -> Result<Vec<(String, String)>, String> {
         }
         pos += 1;
         if pos < bytes.len() && bytes[pos] == b'"' {
-            let (value, end) = weft_model::labels::parse_quoted(line, pos)
-                .map_err(|e| format!("{e} at byte {pos}"))?;
+            let (value, end) = weft_model::labels::parse_quoted(line, pos).map_err(|e| format!("{e} at byte {pos}"))?;
             out.push((key.to_string(), value));
             pos = end;
         } else {
@@ -118,9 +113,7 @@ fn render(template: &[TemplatePart], state: &LineState) -> String {
             TemplatePart::Text(t) => out.push_str(t),
             TemplatePart::Label(name) => out.push_str(state.labels.get(name).unwrap_or("")),
             TemplatePart::Line => out.push_str(&state.line),
-            TemplatePart::Timestamp => {
-                out.push_str(&weft_model::time::format_rfc3339_nanos(state.ts))
-            }
+            TemplatePart::Timestamp => out.push_str(&weft_model::time::format_rfc3339_nanos(state.ts)),
         }
     }
     out
@@ -187,12 +180,7 @@ pub fn eval_label_filter(filter: &LabelFilter, labels: &mut LabelSet) -> bool {
         LabelFilter::And(a, b) => eval_label_filter(a, labels) && eval_label_filter(b, labels),
         LabelFilter::Or(a, b) => eval_label_filter(a, labels) || eval_label_filter(b, labels),
         LabelFilter::Match(m) => m.matches(labels.get(&m.name).unwrap_or("")),
-        LabelFilter::Compare {
-            name,
-            op,
-            value,
-            kind,
-        } => {
+        LabelFilter::Compare { name, op, value, kind } => {
             let Some(raw) = labels.get(name) else {
                 return false;
             };
@@ -231,15 +219,13 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                             let mut found = true;
                             for part in path {
                                 at = match (at, part.parse::<usize>()) {
-                                    (serde_json::Value::Array(items), Ok(i)) => {
-                                        match items.get(i) {
-                                            Some(v) => v,
-                                            None => {
-                                                found = false;
-                                                break;
-                                            }
+                                    (serde_json::Value::Array(items), Ok(i)) => match items.get(i) {
+                                        Some(v) => v,
+                                        None => {
+                                            found = false;
+                                            break;
                                         }
-                                    }
+                                    },
                                     (serde_json::Value::Object(map), _) => match map.get(part) {
                                         Some(v) => v,
                                         None => {
@@ -257,20 +243,12 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                                 &mut state.labels,
                                 stream,
                                 label,
-                                if found {
-                                    json_value_text(at)
-                                } else {
-                                    String::new()
-                                },
+                                if found { json_value_text(at) } else { String::new() },
                             );
                         }
                     }
                 }
-                Ok(_) => set_error(
-                    &mut state.labels,
-                    "JSONParserErr",
-                    "line is JSON but not an object".into(),
-                ),
+                Ok(_) => set_error(&mut state.labels, "JSONParserErr", "line is JSON but not an object".into()),
                 Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
             },
             Stage::Logfmt => match parse_logfmt(&state.line) {
@@ -298,26 +276,22 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                     }
                 }
             }
-            Stage::Unpack => {
-                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
-                    &state.line,
-                ) {
-                    Ok(map) => {
-                        let mut entry = None;
-                        for (k, v) in map {
-                            if k == "_entry" {
-                                entry = Some(json_value_text(&v));
-                            } else if let serde_json::Value::String(s) = v {
-                                add_parsed(&mut state.labels, stream, &k, s);
-                            }
-                        }
-                        if let Some(entry) = entry {
-                            state.line = entry;
+            Stage::Unpack => match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&state.line) {
+                Ok(map) => {
+                    let mut entry = None;
+                    for (k, v) in map {
+                        if k == "_entry" {
+                            entry = Some(json_value_text(&v));
+                        } else if let serde_json::Value::String(s) = v {
+                            add_parsed(&mut state.labels, stream, &k, s);
                         }
                     }
-                    Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
+                    if let Some(entry) = entry {
+                        state.line = entry;
+                    }
                 }
-            }
+                Err(e) => set_error(&mut state.labels, "JSONParserErr", e.to_string()),
+            },
             Stage::LabelFilter(filter) => {
                 if !eval_label_filter(filter, &mut state.labels) {
                     return false;
@@ -356,11 +330,7 @@ pub fn run(stages: &[Stage], stream: &LabelSet, state: &mut LineState) -> bool {
                 let keep: Vec<(String, String)> = state
                     .labels
                     .iter()
-                    .filter(|(name, value)| {
-                        items
-                            .iter()
-                            .any(|(n, m)| n == name && m.as_ref().is_none_or(|m| m.matches(value)))
-                    })
+                    .filter(|(name, value)| items.iter().any(|(n, m)| n == name && m.as_ref().is_none_or(|m| m.matches(value))))
                     .map(|(n, v)| (n.to_string(), v.to_string()))
                     .collect();
                 state.labels = LabelSet::from_pairs(keep);
@@ -441,10 +411,7 @@ mod tests {
             r#"{"req":{"method":"PUT"},"list":["a"]}"#,
         )
         .unwrap();
-        assert_eq!(
-            (picked.labels.get("m"), picked.labels.get("first")),
-            (Some("PUT"), Some("a"))
-        );
+        assert_eq!((picked.labels.get("m"), picked.labels.get("first")), (Some("PUT"), Some("a")));
     }
 
     #[test]
@@ -469,21 +436,10 @@ mod tests {
         assert!(apply(r#"{app="x"} |= "err" != "timeout""#, "error timeout").is_none());
         assert!(apply(r#"{app="x"} |~ "(?i)CUDA""#, "cuda oom").is_some());
         assert!(apply(r#"{app="x"} |= "a" or "b""#, "xbx").is_some());
-        let s = apply(
-            r#"{app="x"} | logfmt | line_format "{{.app}}: {{ .msg }}""#,
-            "msg=hi",
-        )
-        .unwrap();
+        let s = apply(r#"{app="x"} | logfmt | line_format "{{.app}}: {{ .msg }}""#, "msg=hi").unwrap();
         assert_eq!(s.line, "x: hi");
-        let s = apply(
-            r#"{app="x"} | pattern "<ip> - <_> <code>""#,
-            "1.2.3.4 - frank 200",
-        )
-        .unwrap();
-        assert_eq!(
-            (s.labels.get("ip"), s.labels.get("code")),
-            (Some("1.2.3.4"), Some("200"))
-        );
+        let s = apply(r#"{app="x"} | pattern "<ip> - <_> <code>""#, "1.2.3.4 - frank 200").unwrap();
+        assert_eq!((s.labels.get("ip"), s.labels.get("code")), (Some("1.2.3.4"), Some("200")));
         let s = apply(r#"{app="x"} | regexp "took (?P<ms>\\d+)ms""#, "took 42ms").unwrap();
         assert_eq!(s.labels.get("ms"), Some("42"));
         let s = apply(r#"{app="x"} | keep app"#, "x").unwrap();

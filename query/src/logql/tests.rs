@@ -32,12 +32,7 @@ fn record(pod: &str, second: i64, line: &str) -> LogRecord {
 /// Writes each group of records as its own commit (its own split).
 fn engine_with(commits: &[Vec<LogRecord>]) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let indexer = Indexer::open(
-        dir.path(),
-        IndexerConfig::default(),
-        &prometheus::Registry::new(),
-    )
-    .unwrap();
+    let indexer = Indexer::open(dir.path(), IndexerConfig::default(), &prometheus::Registry::new()).unwrap();
     for records in commits {
         let mut builder = LogBatchBuilder::default();
         for r in records {
@@ -47,10 +42,7 @@ fn engine_with(commits: &[Vec<LogRecord>]) -> (tempfile::TempDir, Engine) {
         indexer.ingest_arrow("default", "", &body, "test").unwrap();
         indexer.commit().unwrap();
     }
-    let engine = Engine::new(
-        Arc::new(SplitStore::new(dir.path())),
-        QueryLimits::default(),
-    );
+    let engine = Engine::new(Arc::new(SplitStore::new(dir.path())), QueryLimits::default());
     (dir, engine)
 }
 
@@ -64,17 +56,10 @@ fn sample_data() -> Vec<Vec<LogRecord>> {
             format!(r#"{{"status":200,"msg":"ok step {s}"}}"#)
         };
         first.push(record("a", s, &a));
-        second.push(record(
-            "b",
-            s,
-            &format!("level=info step={s} loss=0.{s:02}"),
-        ));
+        second.push(record("b", s, &format!("level=info step={s} loss=0.{s:02}")));
     }
     // A third split overlapping the others in time.
-    let third = vec![
-        record("a", 30, "ERROR CUDA out of memory"),
-        record("b", 61, "not json at all"),
-    ];
+    let third = vec![record("a", 30, "ERROR CUDA out of memory"), record("b", 61, "not json at all")];
     vec![first, second, third]
 }
 
@@ -86,9 +71,7 @@ fn lines(result: &[super::eval::StreamResult]) -> Vec<(i64, String)> {
 
 fn log(engine: &Engine, q: &str, limit: usize, backward: bool) -> Vec<super::eval::StreamResult> {
     match parse(q).unwrap() {
-        super::ast::Expr::Log(log) => engine
-            .logs("default", &log, BASE, BASE + 3600 * SEC, limit, backward)
-            .unwrap(),
+        super::ast::Expr::Log(log) => engine.logs("default", &log, BASE, BASE + 3600 * SEC, limit, backward).unwrap(),
         other => panic!("{other:?}"),
     }
 }
@@ -110,31 +93,16 @@ fn selectors_filters_and_limits() {
     let result = log(&engine, r#"{pod="a"} |= "error""#, 100, true);
     assert_eq!(lines(&result).len(), 6);
     let oom = log(&engine, r#"{namespace="ml"} |= "out of memory""#, 100, true);
-    assert_eq!(
-        lines(&oom),
-        vec![(BASE + 30 * SEC, "ERROR CUDA out of memory".to_string())]
-    );
+    assert_eq!(lines(&oom), vec![(BASE + 30 * SEC, "ERROR CUDA out of memory".to_string())]);
     // Substrings inside tokens still match (the index only narrows rows).
-    assert_eq!(
-        lines(&log(&engine, r#"{pod="a"} |= "RROR CUD""#, 100, true)).len(),
-        1
-    );
+    assert_eq!(lines(&log(&engine, r#"{pod="a"} |= "RROR CUD""#, 100, true)).len(), 1);
     // Newest first, across three overlapping splits, limited.
     let newest = log(&engine, r#"{namespace="ml"}"#, 5, true);
-    let mut got: Vec<i64> = newest
-        .iter()
-        .flat_map(|s| s.entries.iter().map(|e| e.0))
-        .collect();
+    let mut got: Vec<i64> = newest.iter().flat_map(|s| s.entries.iter().map(|e| e.0)).collect();
     got.sort();
     assert_eq!(
         got,
-        vec![
-            BASE + 58 * SEC,
-            BASE + 58 * SEC,
-            BASE + 59 * SEC,
-            BASE + 59 * SEC,
-            BASE + 61 * SEC
-        ]
+        vec![BASE + 58 * SEC, BASE + 58 * SEC, BASE + 59 * SEC, BASE + 59 * SEC, BASE + 61 * SEC]
     );
     for stream in &newest {
         assert!(
@@ -150,9 +118,7 @@ fn selectors_filters_and_limits() {
 
 #[test]
 fn paging_through_many_equal_timestamps_loses_nothing() {
-    let same: Vec<LogRecord> = (0..300)
-        .map(|i| record("c", 5, &format!("same-ts {i}")))
-        .collect();
+    let same: Vec<LogRecord> = (0..300).map(|i| record("c", 5, &format!("same-ts {i}"))).collect();
     let (_dir, engine) = engine_with(&[same[..150].to_vec(), same[150..].to_vec()]);
     let result = log(&engine, r#"{pod="c"}"#, 300, true);
     let mut got: Vec<String> = lines(&result).into_iter().map(|e| e.1).collect();
@@ -167,23 +133,11 @@ fn parsers_and_label_filters() {
     let result = log(&engine, r#"{pod="a"} | json | status >= 500"#, 100, true);
     assert_eq!(lines(&result).len(), 6);
     assert!(result.iter().all(|s| s.labels.get("status") == Some("503")));
-    let result = log(
-        &engine,
-        r#"{pod="b"} | logfmt | loss >= 0.5 and step < 55"#,
-        100,
-        true,
-    );
+    let result = log(&engine, r#"{pod="b"} | logfmt | loss >= 0.5 and step < 55"#, 100, true);
     assert_eq!(lines(&result).len(), 5, "steps 50..54");
-    let errors = log(
-        &engine,
-        r#"{pod="b"} | json | __error__="JSONParserErr""#,
-        100,
-        true,
-    );
+    let errors = log(&engine, r#"{pod="b"} | json | __error__="JSONParserErr""#, 100, true);
     assert_eq!(lines(&errors).len(), 61);
-    assert!(errors
-        .iter()
-        .all(|s| s.labels.get("__error__") == Some("JSONParserErr")));
+    assert!(errors.iter().all(|s| s.labels.get("__error__") == Some("JSONParserErr")));
     let formatted = log(
         &engine,
         r#"{pod="a"} | json | status=503 | line_format "{{.pod}} failed: {{.msg}}""#,
@@ -197,14 +151,7 @@ fn parsers_and_label_filters() {
 fn range_aggregations_count_exactly() {
     let (_dir, engine) = engine_with(&sample_data());
     // (0, 60] window at t=60: pod a has seconds 1..59 + the OOM line = 60, b has 1..59.
-    let counts = vector(
-        instant(
-            &engine,
-            r#"sum by (pod) (count_over_time({namespace="ml"}[60s]))"#,
-            60,
-        )
-        .unwrap(),
-    );
+    let counts = vector(instant(&engine, r#"sum by (pod) (count_over_time({namespace="ml"}[60s]))"#, 60).unwrap());
     assert_eq!(
         counts,
         vec![
@@ -213,36 +160,15 @@ fn range_aggregations_count_exactly() {
         ]
     );
     // The pipeline path (Parquet) and the index-only path agree.
-    let slow = vector(
-        instant(
-            &engine,
-            r#"sum by (pod) (count_over_time({namespace="ml"} |= "" [60s]))"#,
-            60,
-        )
-        .unwrap(),
-    );
+    let slow = vector(instant(&engine, r#"sum by (pod) (count_over_time({namespace="ml"} |= "" [60s]))"#, 60).unwrap());
     assert_eq!(slow, counts);
     let rate = vector(instant(&engine, r#"sum(rate({pod="b"}[10s]))"#, 20).unwrap());
     assert_eq!(rate, vec![(LabelSet::new(), 1.0)]);
     let bytes = vector(instant(&engine, r#"sum(bytes_over_time({pod="b"}[1s]))"#, 10).unwrap());
     assert_eq!(bytes[0].1, "level=info step=10 loss=0.10".len() as f64);
-    let top = vector(
-        instant(
-            &engine,
-            r#"topk(1, sum by (pod) (count_over_time({namespace="ml"}[60s])))"#,
-            60,
-        )
-        .unwrap(),
-    );
+    let top = vector(instant(&engine, r#"topk(1, sum by (pod) (count_over_time({namespace="ml"}[60s])))"#, 60).unwrap());
     assert_eq!(top, vec![(LabelSet::from_pairs([("pod", "a")]), 60.0)]);
-    let by_level = vector(
-        instant(
-            &engine,
-            r#"sum by (detected_level) (count_over_time({pod="a"}[1h]))"#,
-            61,
-        )
-        .unwrap(),
-    );
+    let by_level = vector(instant(&engine, r#"sum by (detected_level) (count_over_time({pod="a"}[1h]))"#, 61).unwrap());
     assert_eq!(
         by_level,
         vec![
@@ -256,18 +182,11 @@ fn range_aggregations_count_exactly() {
 fn range_queries_step_over_windows() {
     let (_dir, engine) = engine_with(&sample_data());
     let expr = parse(r#"count_over_time({pod="b"} |= "step" [10s])"#).unwrap();
-    let QueryResult::Matrix(series) = engine
-        .range("default", &expr, BASE + 10 * SEC, BASE + 70 * SEC, 20 * SEC)
-        .unwrap()
-    else {
+    let QueryResult::Matrix(series) = engine.range("default", &expr, BASE + 10 * SEC, BASE + 70 * SEC, 20 * SEC).unwrap() else {
         panic!()
     };
     assert_eq!(series.len(), 1);
-    let points: Vec<(i64, f64)> = series[0]
-        .points
-        .iter()
-        .map(|(t, v)| ((t - BASE) / SEC, *v))
-        .collect();
+    let points: Vec<(i64, f64)> = series[0].points.iter().map(|(t, v)| ((t - BASE) / SEC, *v)).collect();
     assert_eq!(
         points,
         vec![(10, 10.0), (30, 10.0), (50, 10.0)],
@@ -278,83 +197,30 @@ fn range_queries_step_over_windows() {
 #[test]
 fn unwrap_and_arithmetic() {
     let (_dir, engine) = engine_with(&sample_data());
-    let avg = vector(
-        instant(
-            &engine,
-            r#"avg_over_time({pod="b"} | logfmt | unwrap loss [10s]) by (pod)"#,
-            10,
-        )
-        .unwrap(),
-    );
+    let avg = vector(instant(&engine, r#"avg_over_time({pod="b"} | logfmt | unwrap loss [10s]) by (pod)"#, 10).unwrap());
     assert_eq!(avg.len(), 1);
     assert!((avg[0].1 - 0.055).abs() < 1e-9, "{avg:?}");
     let two = vector(instant(&engine, "vector(1)+vector(1)", 4).unwrap());
     assert_eq!(two, vec![(LabelSet::new(), 2.0)]);
-    let scaled = vector(
-        instant(
-            &engine,
-            r#"sum(count_over_time({pod="b"}[10s])) * 2 + 1"#,
-            10,
-        )
-        .unwrap(),
-    );
+    let scaled = vector(instant(&engine, r#"sum(count_over_time({pod="b"}[10s])) * 2 + 1"#, 10).unwrap());
     assert_eq!(scaled[0].1, 21.0);
-    assert_eq!(
-        instant(&engine, "2 * 3 ^ 2", 0).unwrap(),
-        QueryResult::Scalar(BASE, 18.0)
-    );
-    let compared = vector(
-        instant(
-            &engine,
-            r#"sum by (pod) (count_over_time({namespace="ml"}[60s])) > 59"#,
-            60,
-        )
-        .unwrap(),
-    );
+    assert_eq!(instant(&engine, "2 * 3 ^ 2", 0).unwrap(), QueryResult::Scalar(BASE, 18.0));
+    let compared = vector(instant(&engine, r#"sum by (pod) (count_over_time({namespace="ml"}[60s])) > 59"#, 60).unwrap());
     assert_eq!(compared.len(), 1);
-    let boolean = vector(
-        instant(
-            &engine,
-            r#"sum by (pod) (count_over_time({namespace="ml"}[60s])) > bool 59"#,
-            60,
-        )
-        .unwrap(),
-    );
-    assert_eq!(
-        boolean.iter().map(|s| s.1).collect::<Vec<_>>(),
-        vec![1.0, 0.0]
-    );
+    let boolean = vector(instant(&engine, r#"sum by (pod) (count_over_time({namespace="ml"}[60s])) > bool 59"#, 60).unwrap());
+    assert_eq!(boolean.iter().map(|s| s.1).collect::<Vec<_>>(), vec![1.0, 0.0]);
 }
 
 #[test]
 fn pipeline_errors_fail_metric_queries_unless_filtered() {
     let (_dir, engine) = engine_with(&sample_data());
-    let err = instant(
-        &engine,
-        r#"sum(count_over_time({pod="b"} | json [1h]))"#,
-        62,
-    )
-    .unwrap_err();
+    let err = instant(&engine, r#"sum(count_over_time({pod="b"} | json [1h]))"#, 62).unwrap_err();
     assert!(
         matches!(err, QueryError::Execution(_)) && err.to_string().contains("JSONParserErr"),
         "{err}"
     );
-    let ok = vector(
-        instant(
-            &engine,
-            r#"sum(count_over_time({pod="b"} | json | __error__="" [1h]))"#,
-            62,
-        )
-        .unwrap(),
-    );
+    let ok = vector(instant(&engine, r#"sum(count_over_time({pod="b"} | json | __error__="" [1h]))"#, 62).unwrap());
     assert!(ok.is_empty());
-    let dropped = vector(
-        instant(
-            &engine,
-            r#"sum(count_over_time({pod="b"} | json | drop __error__ [1h]))"#,
-            62,
-        )
-        .unwrap(),
-    );
+    let dropped = vector(instant(&engine, r#"sum(count_over_time({pod="b"} | json | drop __error__ [1h]))"#, 62).unwrap());
     assert_eq!(dropped[0].1, 61.0);
 }

@@ -72,10 +72,8 @@ impl LogFormat {
 /// Parses a CRI line. Only the first `:`-separated tag is interpreted.
 pub fn parse_cri(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let ts_end =
-        memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
-    let ts = parse_rfc3339_nanos(&line[..ts_end])
-        .ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
+    let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
+    let ts = parse_rfc3339_nanos(&line[..ts_end]).ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
     let rest = &line[ts_end + 1..];
     let stream_end = memchr::memchr(b' ', rest).ok_or(MalformedLine("cri: missing tag field"))?;
     let stream = match &rest[..stream_end] {
@@ -116,12 +114,9 @@ struct DockerLine<'a> {
 /// Parses a docker json-file line. A `log` without a trailing newline is a
 /// partial chunk.
 pub fn parse_docker(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
-    let parsed: DockerLine<'_> = serde_json::from_slice(line)
-        .map_err(|_| MalformedLine("docker: not a json-file log object"))?;
-    let stream = Stream::parse(&parsed.stream)
-        .ok_or(MalformedLine("docker: stream is neither stdout nor stderr"))?;
-    let ts = parse_rfc3339_nanos(parsed.time.as_bytes())
-        .ok_or(MalformedLine("docker: invalid RFC 3339 time"))?;
+    let parsed: DockerLine<'_> = serde_json::from_slice(line).map_err(|_| MalformedLine("docker: not a json-file log object"))?;
+    let stream = Stream::parse(&parsed.stream).ok_or(MalformedLine("docker: stream is neither stdout nor stderr"))?;
+    let ts = parse_rfc3339_nanos(parsed.time.as_bytes()).ok_or(MalformedLine("docker: invalid RFC 3339 time"))?;
     let (complete, message) = match parsed.log {
         std::borrow::Cow::Borrowed(text) => match text.strip_suffix('\n') {
             Some(body) => (true, std::borrow::Cow::Borrowed(body.as_bytes())),
@@ -177,16 +172,10 @@ mod tests {
 
     #[test]
     fn parses_docker_lines() {
-        let seg = parse_docker(
-            br#"{"log":"content 1\n","stream":"stdout","time":"2016-10-20T18:39:20.57606443Z"}"#,
-        )
-        .unwrap();
+        let seg = parse_docker(br#"{"log":"content 1\n","stream":"stdout","time":"2016-10-20T18:39:20.57606443Z"}"#).unwrap();
         assert!(seg.complete);
         assert_eq!(&*seg.message, b"content 1");
-        let part = parse_docker(
-            br#"{"log":"tab\there","stream":"stderr","time":"2016-10-20T18:39:20.57606443Z"}"#,
-        )
-        .unwrap();
+        let part = parse_docker(br#"{"log":"tab\there","stream":"stderr","time":"2016-10-20T18:39:20.57606443Z"}"#).unwrap();
         assert!(!part.complete);
         assert_eq!(&*part.message, b"tab\there");
         assert!(parse_docker(br#"{"log":"x","stream":"stdout"}"#).is_err());
@@ -196,9 +185,6 @@ mod tests {
     #[test]
     fn detects_format() {
         assert_eq!(LogFormat::detect(b"{\"log\":\"x\"}"), LogFormat::Docker);
-        assert_eq!(
-            LogFormat::detect(b"2016-10-06T00:17:09Z stdout F x"),
-            LogFormat::Cri
-        );
+        assert_eq!(LogFormat::detect(b"2016-10-06T00:17:09Z stdout F x"), LogFormat::Cri);
     }
 }

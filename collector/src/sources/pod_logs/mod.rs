@@ -50,21 +50,14 @@ impl TailerLoop {
                 rescan = false;
             }
             let read = self.tailer.poll(&mut self.assembler);
-            if !self.assembler.is_empty()
-                && (self.assembler.is_due() || stopping)
-                && !self.seal_and_send()
-            {
+            if !self.assembler.is_empty() && (self.assembler.is_due() || stopping) && !self.seal_and_send() {
                 return;
             }
             if stopping {
                 return;
             }
             if read == 0 {
-                let wait = self
-                    .assembler
-                    .time_left()
-                    .unwrap_or(self.poll_interval)
-                    .min(self.poll_interval);
+                let wait = self.assembler.time_left().unwrap_or(self.poll_interval).min(self.poll_interval);
                 match self.wake.recv_timeout(wait.max(Duration::from_millis(1))) {
                     Ok(hint) => {
                         rescan |= hint;

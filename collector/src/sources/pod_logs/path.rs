@@ -53,10 +53,8 @@ fn parse_file_name(file: &str) -> Option<(u32, Option<&str>)> {
     }
     let stamp = rest.strip_prefix('.')?;
     let bytes = stamp.as_bytes();
-    let is_stamp = bytes.len() == 15
-        && bytes[8] == b'-'
-        && bytes[..8].iter().all(u8::is_ascii_digit)
-        && bytes[9..].iter().all(u8::is_ascii_digit);
+    let is_stamp =
+        bytes.len() == 15 && bytes[8] == b'-' && bytes[..8].iter().all(u8::is_ascii_digit) && bytes[9..].iter().all(u8::is_ascii_digit);
     is_stamp.then_some((restart, Some(stamp)))
 }
 
@@ -66,8 +64,7 @@ mod tests {
 
     #[test]
     fn parses_live_and_rotated_paths() {
-        let live =
-            PodLogPath::parse(Path::new("/var/log/pods/ml_train-0_1234-ab/main/3.log")).unwrap();
+        let live = PodLogPath::parse(Path::new("/var/log/pods/ml_train-0_1234-ab/main/3.log")).unwrap();
         assert_eq!(
             live,
             PodLogPath {
@@ -79,8 +76,7 @@ mod tests {
                 rotated_at: None
             }
         );
-        let rotated =
-            PodLogPath::parse(Path::new("/x/ml_train-0_uid/main/0.log.20261125-221618")).unwrap();
+        let rotated = PodLogPath::parse(Path::new("/x/ml_train-0_uid/main/0.log.20261125-221618")).unwrap();
         assert_eq!(rotated.rotated_at.as_deref(), Some("20261125-221618"));
         for skipped in [
             "/x/ml_train-0_uid/main/0.log.20261125-221618.gz",

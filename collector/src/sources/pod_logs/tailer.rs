@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{LogFormat, Segment, Stream};
 use super::path::PodLogPath;
-use crate::checkpoint::{
-    FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint,
-    FINGERPRINT_BYTES,
-};
+use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint, FINGERPRINT_BYTES};
 use crate::metrics::CollectorMetrics;
 
 /// Tunables of the tailer.
@@ -195,22 +192,15 @@ impl PodLogTailer {
         let now = Instant::now();
         let mut partials = HashMap::new();
         for p in checkpoint.partials {
-            let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream))
-            else {
+            let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream)) else {
                 continue;
             };
             let source = checkpoint
                 .files
                 .iter()
-                .find(|f| {
-                    source_key(&collector_id, &f.identity, f.generation).as_ref() == p.source_key
-                })
+                .find(|f| source_key(&collector_id, &f.identity, f.generation).as_ref() == p.source_key)
                 .map(|f| f.identity)
-                .unwrap_or(FileIdentity {
-                    dev: 0,
-                    ino: 0,
-                    born: 0,
-                });
+                .unwrap_or(FileIdentity { dev: 0, ino: 0, born: 0 });
             partials.insert(
                 (Arc::from(p.group.as_str()), stream),
                 Pending {
@@ -327,9 +317,7 @@ impl PodLogTailer {
         let mut offset = 0;
         let mut generation = 0;
         if let Some(saved) = self.restore.remove(&(identity.dev, identity.ino)) {
-            let born_matches = saved.identity.born == 0
-                || identity.born == 0
-                || saved.identity.born == identity.born;
+            let born_matches = saved.identity.born == 0 || identity.born == 0 || saved.identity.born == identity.born;
             let head_matches = match saved.fingerprint {
                 Some(fp) if size >= fp.len as u64 => {
                     let mut head = vec![0u8; fp.len as usize];
@@ -381,13 +369,7 @@ impl PodLogTailer {
         let mut order: Vec<_> = self
             .files
             .values()
-            .map(|f| {
-                (
-                    f.group.clone(),
-                    f.meta.rotated_at.clone().unwrap_or_else(|| "~".into()),
-                    f.identity,
-                )
-            })
+            .map(|f| (f.group.clone(), f.meta.rotated_at.clone().unwrap_or_else(|| "~".into()), f.identity))
             .collect();
         order.sort();
         self.order = order.into_iter().map(|(_, _, id)| id).collect();
@@ -479,10 +461,7 @@ impl PodLogTailer {
                 return Ok(read);
             }
             let pos = file.offset + file.carry.len() as u64;
-            let want = self
-                .read_buf
-                .len()
-                .min(self.config.max_bytes_per_pass - read);
+            let want = self.read_buf.len().min(self.config.max_bytes_per_pass - read);
             let mut buf = std::mem::take(&mut self.read_buf);
             let n = match file.file.read_at(&mut buf[..want], pos) {
                 Ok(n) => n,
@@ -502,22 +481,12 @@ impl PodLogTailer {
         }
         file.at_eof = true;
         let unlinked = stat.nlink() == 0;
-        file.deleted_passes = if unlinked && read == 0 {
-            file.deleted_passes + 1
-        } else {
-            0
-        };
+        file.deleted_passes = if unlinked && read == 0 { file.deleted_passes + 1 } else { 0 };
         Ok(read)
     }
 
     /// Splits a chunk read at file position `pos` into physical lines.
-    fn consume_chunk(
-        &mut self,
-        file: &mut TailedFile,
-        chunk: &[u8],
-        pos: u64,
-        sink: &mut dyn LineSink,
-    ) {
+    fn consume_chunk(&mut self, file: &mut TailedFile, chunk: &[u8], pos: u64, sink: &mut dyn LineSink) {
         let max_physical = self.config.max_line_bytes + 512;
         let mut start = 0;
         for newline in memchr::memchr_iter(b'\n', chunk) {
@@ -555,14 +524,7 @@ impl PodLogTailer {
         }
     }
 
-    fn physical_line(
-        &mut self,
-        file: &mut TailedFile,
-        line: &[u8],
-        end_offset: u64,
-        overlong: bool,
-        sink: &mut dyn LineSink,
-    ) {
+    fn physical_line(&mut self, file: &mut TailedFile, line: &[u8], end_offset: u64, overlong: bool, sink: &mut dyn LineSink) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return;
@@ -601,14 +563,7 @@ impl PodLogTailer {
         }
     }
 
-    fn join(
-        &mut self,
-        file: &mut TailedFile,
-        segment: Segment<'_>,
-        position: u64,
-        overlong: bool,
-        sink: &mut dyn LineSink,
-    ) {
+    fn join(&mut self, file: &mut TailedFile, segment: Segment<'_>, position: u64, overlong: bool, sink: &mut dyn LineSink) {
         let max = self.config.max_line_bytes;
         if !segment.complete {
             let key = (file.group.clone(), segment.stream);
@@ -626,9 +581,7 @@ impl PodLogTailer {
             if segment.message.len() > room || overlong {
                 pending.truncated = true;
             }
-            pending
-                .bytes
-                .extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+            pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
             pending.meta = file.meta.clone();
             pending.source = file.identity;
             pending.source_key = file.source_key.clone();
@@ -645,9 +598,7 @@ impl PodLogTailer {
             Some(mut pending) => {
                 let room = max.saturating_sub(pending.bytes.len());
                 let truncated = pending.truncated || overlong || segment.message.len() > room;
-                pending
-                    .bytes
-                    .extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+                pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
                 if truncated {
                     self.metrics.truncated_lines.inc();
                 }
@@ -686,11 +637,7 @@ impl PodLogTailer {
 
     fn emit_pending(&self, stream: Stream, pending: &Pending, sink: &mut dyn LineSink) {
         // Position past every line read from the source so far.
-        let offset = self
-            .files
-            .get(&pending.source)
-            .map(|f| f.offset)
-            .unwrap_or(pending.source_offset);
+        let offset = self.files.get(&pending.source).map(|f| f.offset).unwrap_or(pending.source_offset);
         let source_key = self
             .files
             .get(&pending.source)
@@ -734,18 +681,10 @@ impl PodLogTailer {
     /// their stream; they keep the released file's final position so that,
     /// if they time out instead, they are emitted past its last line.
     fn detach_partials_of(&mut self, file: &TailedFile) {
-        for pending in self
-            .partials
-            .values_mut()
-            .filter(|p| p.source == file.identity)
-        {
+        for pending in self.partials.values_mut().filter(|p| p.source == file.identity) {
             pending.source_offset = file.offset;
             pending.source_key = file.source_key.clone();
-            pending.source = FileIdentity {
-                dev: 0,
-                ino: 0,
-                born: 0,
-            };
+            pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
         }
     }
 
@@ -776,11 +715,7 @@ impl PodLogTailer {
                     .get(&p.source)
                     .map(|f| f.source_key.to_string())
                     .unwrap_or_else(|| p.source_key.to_string()),
-                source_offset: self
-                    .files
-                    .get(&p.source)
-                    .map(|f| f.offset)
-                    .unwrap_or(p.source_offset),
+                source_offset: self.files.get(&p.source).map(|f| f.offset).unwrap_or(p.source_offset),
             })
             .collect();
         TailerCheckpoint { files, partials }

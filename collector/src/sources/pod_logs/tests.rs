@@ -27,10 +27,7 @@ struct Collected {
 
 impl LineSink for Collected {
     fn line(&mut self, line: LogLine<'_>) {
-        let last = self
-            .positions
-            .entry(line.source_key.to_string())
-            .or_insert(0);
+        let last = self.positions.entry(line.source_key.to_string()).or_insert(0);
         assert!(
             line.position > *last || (*last == 0 && line.position == 0),
             "positions must increase per source"
@@ -168,33 +165,18 @@ impl Harness {
                         segment.push(char::from(b'a' + (segment.len() % 26) as u8));
                     }
                     text.push_str(&segment);
-                    let tag = if *finish && i + 1 == parts.len() {
-                        "F"
-                    } else {
-                        "P"
-                    };
+                    let tag = if *finish && i + 1 == parts.len() { "F" } else { "P" };
                     self.ts += 1000;
                     bytes.extend_from_slice(
-                        format!(
-                            "{} {stream} {tag} {segment}\n",
-                            weft_model::time::format_rfc3339_nanos(self.ts)
-                        )
-                        .as_bytes(),
+                        format!("{} {stream} {tag} {segment}\n", weft_model::time::format_rfc3339_nanos(self.ts)).as_bytes(),
                     );
                 }
                 if *finish {
                     let full = self.open_line.remove(stderr).unwrap_or_default();
                     let truncated = full.len() > MAX_LINE;
                     let kept = full[..full.len().min(MAX_LINE)].to_string();
-                    self.expected.push((
-                        if *stderr {
-                            Stream::Stderr
-                        } else {
-                            Stream::Stdout
-                        },
-                        kept,
-                        truncated,
-                    ));
+                    self.expected
+                        .push((if *stderr { Stream::Stderr } else { Stream::Stdout }, kept, truncated));
                 }
                 if *torn && bytes.len() > 2 {
                     let cut = bytes.len() - 2;
@@ -227,12 +209,7 @@ impl Harness {
                 // what was never read, which this model does not allow.
                 self.finish_torn();
                 self.drain();
-                OpenOptions::new()
-                    .write(true)
-                    .open(self.live())
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                OpenOptions::new().write(true).open(self.live()).unwrap().set_len(0).unwrap();
                 self.tailer.poll(&mut self.sink);
             }
             Op::Restart => {
@@ -241,8 +218,7 @@ impl Harness {
                 }
                 let checkpoint = self.tailer.checkpoint();
                 // The checkpoint survives a round trip through its file format.
-                let checkpoint: TailerCheckpoint =
-                    serde_json::from_slice(&serde_json::to_vec(&checkpoint).unwrap()).unwrap();
+                let checkpoint: TailerCheckpoint = serde_json::from_slice(&serde_json::to_vec(&checkpoint).unwrap()).unwrap();
                 self.tailer = PodLogTailer::new(
                     self.root.clone(),
                     "test".into(),
@@ -277,11 +253,7 @@ impl Harness {
             .iter()
             .map(|(stream, text, truncated, parse_error)| {
                 assert!(!parse_error, "no line is malformed: {text}");
-                (
-                    stream.expect("parsed lines have a stream"),
-                    text.clone(),
-                    *truncated,
-                )
+                (stream.expect("parsed lines have a stream"), text.clone(), *truncated)
             })
             .collect();
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -289,11 +261,7 @@ impl Harness {
             let have: Vec<_> = got.iter().filter(|l| l.0 == stream).collect();
             assert_eq!(have, want, "lines of {stream:?}");
         }
-        assert_eq!(
-            self.tailer.open_files(),
-            1 + self.rotated.len(),
-            "deleted files are released"
-        );
+        assert_eq!(self.tailer.open_files(), 1 + self.rotated.len(), "deleted files are released");
     }
 }
 
@@ -315,11 +283,7 @@ proptest! {
     }
 }
 
-fn one_file_tailer(
-    dir: &Path,
-    content: &[u8],
-    max_line: usize,
-) -> (PodLogTailer, Collected, PathBuf) {
+fn one_file_tailer(dir: &Path, content: &[u8], max_line: usize) -> (PodLogTailer, Collected, PathBuf) {
     let container = dir.join("ns_pod_uid").join("c");
     fs::create_dir_all(&container).unwrap();
     let path = container.join("0.log");
@@ -368,10 +332,7 @@ fn a_line_ten_times_the_cap_does_not_stop_the_file() {
     assert_eq!(sink.lines.len(), 3);
     assert_eq!(sink.lines[0].1.len(), 2000);
     assert!(sink.lines[0].2, "marked truncated");
-    assert!(
-        sink.lines[1].2 && sink.lines[1].3,
-        "raw huge line truncated and flagged"
-    );
+    assert!(sink.lines[1].2 && sink.lines[1].3, "raw huge line truncated and flagged");
     assert_eq!(sink.lines[2].1, "after");
 }
 
@@ -388,13 +349,7 @@ fn docker_json_files_are_detected_and_partials_joined() {
     );
     let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
     let texts: Vec<_> = sink.lines.iter().map(|l| (l.0, l.1.as_str())).collect();
-    assert_eq!(
-        texts,
-        vec![
-            (Some(Stream::Stderr), "err"),
-            (Some(Stream::Stdout), "hello world")
-        ]
-    );
+    assert_eq!(texts, vec![(Some(Stream::Stderr), "err"), (Some(Stream::Stdout), "hello world")]);
 }
 
 #[test]
