@@ -63,6 +63,10 @@ pub struct PartialCheckpoint {
     pub ts: i64,
     pub text: String,
     pub truncated: bool,
+    /// The head was shipped at the cap; the rest up to the final segment
+    /// is dropped.
+    #[serde(default)]
+    pub skipping: bool,
     /// Source and offset of the last segment joined, used when the partial
     /// is flushed on its own.
     pub source_key: String,
@@ -163,6 +167,7 @@ mod tests {
                 ts: 5,
                 text: "half a line".into(),
                 truncated: false,
+                skipping: false,
                 source_key: "k".into(),
                 source_offset: 7,
             }],

@@ -6,9 +6,11 @@
 //! It is a synchronous state machine driven by [`PodLogTailer::scan`] and
 //! [`PodLogTailer::poll`]; the thread, the filesystem watcher and batching
 //! live in the module above. Each emitted line carries a *position* in its
-//! source file, `end offset × 4 + k` (k = 0 for a line, 1 or 2 for a partial
-//! flushed on its own), which is strictly increasing per source, so the
-//! indexer can drop lines it already holds after a restart.
+//! source file, `end offset × 4` for a line and `end offset × 4 + 1..3` for a
+//! partial flushed on its own after the source's last line; positions rise
+//! strictly per source, so the indexer can drop lines it already holds
+//! after a restart. A file that reuses a released inode, or is truncated,
+//! gets a new generation and with it a new source.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{LogFormat, Segment, Stream};
 use super::path::PodLogPath;
-use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, TailerCheckpoint, FINGERPRINT_BYTES};
+use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, ReleasedFile, TailerCheckpoint, FINGERPRINT_BYTES};
 use crate::metrics::CollectorMetrics;
 
 /// Tunables of the tailer.
@@ -92,6 +94,8 @@ struct TailedFile {
     skipping: bool,
     format: Option<LogFormat>,
     source_key: Arc<str>,
+    /// Highest position emitted from this source (0 before the first).
+    last_position: u64,
     at_eof: bool,
     deleted_passes: u32,
     missing_scans: u32,
@@ -101,14 +105,21 @@ struct Pending {
     ts: i64,
     bytes: Vec<u8>,
     truncated: bool,
+    /// The line reached the cap and its head was already emitted: drop the
+    /// remaining segments up to the final one.
+    skipping: bool,
     meta: Arc<PodLogPath>,
     source: FileIdentity,
     source_key: Arc<str>,
     /// Consumed offset of the source when it was last known (used when the
     /// source is no longer open).
     source_offset: u64,
-    updated: Instant,
+    /// When the first segment arrived; the partial times out from here.
+    started: Instant,
 }
+
+/// Most released inodes remembered for generation numbering.
+const MAX_RELEASED: usize = 4096;
 
 type JoinKey = (Arc<str>, Stream);
 
@@ -121,6 +132,11 @@ pub struct PodLogTailer {
     order: Vec<FileIdentity>,
     partials: HashMap<JoinKey, Pending>,
     restore: HashMap<(u64, u64), FileCheckpoint>,
+    /// Next generation per released inode (oldest first), see [`ReleasedFile`].
+    released: Vec<ReleasedFile>,
+    /// Last position emitted per source that is no longer open but still
+    /// owns pending partials.
+    closed_positions: HashMap<Arc<str>, u64>,
     metrics: Arc<CollectorMetrics>,
     read_buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -173,13 +189,6 @@ fn source_key(collector_id: &str, identity: &FileIdentity, generation: u32) -> A
     ))
 }
 
-fn stream_slot(stream: Stream) -> u64 {
-    match stream {
-        Stream::Stdout => 1,
-        Stream::Stderr => 2,
-    }
-}
-
 impl PodLogTailer {
     /// A tailer over `root` that resumes from `checkpoint`.
     pub fn new(
@@ -207,11 +216,12 @@ impl PodLogTailer {
                     ts: p.ts,
                     bytes: p.text.into_bytes(),
                     truncated: p.truncated,
+                    skipping: p.skipping,
                     meta: Arc::new(meta),
                     source,
                     source_key: Arc::from(p.source_key.as_str()),
                     source_offset: p.source_offset,
-                    updated: now,
+                    started: now,
                 },
             );
         }
@@ -229,6 +239,8 @@ impl PodLogTailer {
             order: Vec::new(),
             partials,
             restore,
+            released: checkpoint.released,
+            closed_positions: HashMap::new(),
             metrics,
             scratch: Vec::new(),
             now_ns: 0,
@@ -315,7 +327,14 @@ impl PodLogTailer {
         }
         let size = stat.len();
         let mut offset = 0;
-        let mut generation = 0;
+        let mut skipping = false;
+        let mut generation = self
+            .released
+            .iter()
+            .rev()
+            .find(|r| r.dev == identity.dev && r.ino == identity.ino)
+            .map(|r| r.next_generation)
+            .unwrap_or(0);
         if let Some(saved) = self.restore.remove(&(identity.dev, identity.ino)) {
             let born_matches = saved.identity.born == 0 || identity.born == 0 || saved.identity.born == identity.born;
             let head_matches = match saved.fingerprint {
@@ -330,11 +349,14 @@ impl PodLogTailer {
                 generation = saved.generation;
                 if size >= saved.offset {
                     offset = saved.offset;
+                    skipping = saved.skipping;
                 } else {
                     generation += 1;
                     self.metrics.file_truncations.inc();
                 }
             } else {
+                // A new generation: the old file's watermark must not apply.
+                generation = generation.max(saved.generation + 1);
                 tracing::info!(path = %path.display(), "inode reused by a new file, reading it from the start");
             }
         }
@@ -353,9 +375,10 @@ impl PodLogTailer {
                 file: handle,
                 offset,
                 carry: Vec::new(),
-                skipping: false,
+                skipping,
                 format: None,
                 source_key: source_key(&self.collector_id, &identity, generation),
+                last_position: 0,
                 at_eof: false,
                 deleted_passes: 0,
                 missing_scans: 0,
@@ -413,6 +436,16 @@ impl PodLogTailer {
             if let Some(file) = self.files.remove(&identity) {
                 tracing::debug!(path = %file.path.display(), "log file deleted and drained, released");
                 self.detach_partials_of(&file);
+                self.released
+                    .retain(|r| !(r.dev == file.identity.dev && r.ino == file.identity.ino));
+                self.released.push(ReleasedFile {
+                    dev: file.identity.dev,
+                    ino: file.identity.ino,
+                    next_generation: file.generation + 1,
+                });
+                if self.released.len() > MAX_RELEASED {
+                    self.released.remove(0);
+                }
             }
         }
         if self.order.len() != self.files.len() {
@@ -437,7 +470,14 @@ impl PodLogTailer {
         let stat = file.file.metadata()?;
         let size = stat.len();
         let consumed = file.offset + file.carry.len() as u64;
-        if size < consumed {
+        // Truncated and written again past our offset between two polls
+        // (copytruncate): the head no longer matches its fingerprint.
+        let head_changed = size > consumed
+            && consumed > 0
+            && file.fingerprint.is_some_and(|fp| {
+                fp.len as usize == FINGERPRINT_BYTES && fingerprint_of(&file.file, size).ok().flatten().is_some_and(|now| now != fp)
+            });
+        if size < consumed || head_changed {
             tracing::info!(path = %file.path.display(), size, offset = consumed, "log file truncated, reading from the start");
             self.metrics.file_truncations.inc();
             file.offset = 0;
@@ -446,6 +486,7 @@ impl PodLogTailer {
             file.format = None;
             file.generation += 1;
             file.source_key = source_key(&self.collector_id, &file.identity, file.generation);
+            file.last_position = 0;
             file.fingerprint = None;
         }
         if file
@@ -549,16 +590,7 @@ impl PodLogTailer {
                 if truncated {
                     self.metrics.truncated_lines.inc();
                 }
-                sink.line(LogLine {
-                    meta: &file.meta,
-                    source_key: &file.source_key,
-                    position,
-                    ts: self.now_ns,
-                    stream: None,
-                    text: &line[..cap],
-                    truncated,
-                    parse_error: true,
-                });
+                emit(file, sink, position, self.now_ns, None, &line[..cap], truncated, true);
             }
         }
     }
@@ -571,22 +603,34 @@ impl PodLogTailer {
                 ts: segment.ts,
                 bytes: Vec::new(),
                 truncated: false,
+                skipping: false,
                 meta: file.meta.clone(),
                 source: file.identity,
                 source_key: file.source_key.clone(),
                 source_offset: file.offset,
-                updated: Instant::now(),
+                started: Instant::now(),
             });
+            pending.meta = file.meta.clone();
+            pending.source = file.identity;
+            pending.source_key = file.source_key.clone();
+            pending.source_offset = position / 4;
+            if pending.skipping {
+                return;
+            }
             let room = max.saturating_sub(pending.bytes.len());
             if segment.message.len() > room || overlong {
                 pending.truncated = true;
             }
             pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
-            pending.meta = file.meta.clone();
-            pending.source = file.identity;
-            pending.source_key = file.source_key.clone();
-            pending.source_offset = position / 4;
-            pending.updated = Instant::now();
+            if pending.truncated {
+                // The cap is reached: ship the head now (memory stays bounded)
+                // and drop the rest of the line up to its final segment.
+                let head = std::mem::take(&mut pending.bytes);
+                let ts = pending.ts;
+                pending.skipping = true;
+                self.metrics.truncated_lines.inc();
+                emit(file, sink, position, ts, Some(segment.stream), &head, true, false);
+            }
             return;
         }
         let pending = if self.partials.is_empty() {
@@ -595,6 +639,7 @@ impl PodLogTailer {
             self.partials.remove(&(file.group.clone(), segment.stream))
         };
         match pending {
+            Some(pending) if pending.skipping => {}
             Some(mut pending) => {
                 let room = max.saturating_sub(pending.bytes.len());
                 let truncated = pending.truncated || overlong || segment.message.len() > room;
@@ -602,16 +647,16 @@ impl PodLogTailer {
                 if truncated {
                     self.metrics.truncated_lines.inc();
                 }
-                sink.line(LogLine {
-                    meta: &file.meta,
-                    source_key: &file.source_key,
+                emit(
+                    file,
+                    sink,
                     position,
-                    ts: pending.ts,
-                    stream: Some(segment.stream),
-                    text: &pending.bytes,
+                    pending.ts,
+                    Some(segment.stream),
+                    &pending.bytes,
                     truncated,
-                    parse_error: false,
-                });
+                    false,
+                );
                 pending.bytes.clear();
                 self.scratch = pending.bytes;
             }
@@ -621,58 +666,79 @@ impl PodLogTailer {
                 if truncated {
                     self.metrics.truncated_lines.inc();
                 }
-                sink.line(LogLine {
-                    meta: &file.meta,
-                    source_key: &file.source_key,
+                emit(
+                    file,
+                    sink,
                     position,
-                    ts: segment.ts,
-                    stream: Some(segment.stream),
-                    text: &segment.message[..cap],
+                    segment.ts,
+                    Some(segment.stream),
+                    &segment.message[..cap],
                     truncated,
-                    parse_error: false,
-                });
+                    false,
+                );
             }
         }
     }
 
-    fn emit_pending(&self, stream: Stream, pending: &Pending, sink: &mut dyn LineSink) {
-        // Position past every line read from the source so far.
-        let offset = self.files.get(&pending.source).map(|f| f.offset).unwrap_or(pending.source_offset);
-        let source_key = self
-            .files
-            .get(&pending.source)
-            .map(|f| f.source_key.clone())
-            .unwrap_or(pending.source_key.clone());
+    /// Emits a partial on its own, at a position past everything emitted
+    /// from its source so far (and below the source's next line).
+    fn emit_pending(&mut self, stream: Stream, pending: Pending, sink: &mut dyn LineSink) {
+        if pending.skipping {
+            return;
+        }
         if pending.truncated {
             self.metrics.truncated_lines.inc();
         }
+        if let Some(file) = self.files.get_mut(&pending.source) {
+            let position = (file.last_position + 1).max(file.offset * 4 + 1);
+            debug_assert!(position < (file.offset + 1) * 4, "at most three flushes share an offset");
+            emit(
+                file,
+                sink,
+                position,
+                pending.ts,
+                Some(stream),
+                &pending.bytes,
+                pending.truncated,
+                false,
+            );
+            return;
+        }
+        let last = self.closed_positions.get(&pending.source_key).copied().unwrap_or(0);
+        let position = (last + 1).max(pending.source_offset * 4 + 1);
+        self.closed_positions.insert(pending.source_key.clone(), position);
         sink.line(LogLine {
             meta: &pending.meta,
-            source_key: &source_key,
-            position: offset * 4 + stream_slot(stream),
+            source_key: &pending.source_key,
+            position,
             ts: pending.ts,
             stream: Some(stream),
             text: &pending.bytes,
             truncated: pending.truncated,
             parse_error: false,
         });
+        if !self.partials.values().any(|p| p.source_key == pending.source_key) {
+            self.closed_positions.remove(&pending.source_key);
+        }
     }
 
-    /// Emits partial lines that got no continuation within the timeout.
+    /// Emits partial lines whose first segment is older than the timeout,
+    /// in a fixed order so positions come out the same way every time.
     pub fn flush_stale_partials(&mut self, sink: &mut dyn LineSink) {
         if self.partials.is_empty() {
             return;
         }
         let timeout = self.config.partial_timeout;
-        let stale: Vec<JoinKey> = self
+        let mut stale: Vec<(Arc<str>, JoinKey)> = self
             .partials
             .iter()
-            .filter(|(_, p)| p.updated.elapsed() >= timeout)
-            .map(|(k, _)| k.clone())
+            .filter(|(_, p)| p.started.elapsed() >= timeout)
+            .map(|(k, p)| (p.source_key.clone(), k.clone()))
             .collect();
-        for key in stale {
+        stale.sort_by(|a, b| (&a.0, &a.1 .0, a.1 .1).cmp(&(&b.0, &b.1 .0, b.1 .1)));
+        for (_, key) in stale {
             if let Some(pending) = self.partials.remove(&key) {
-                self.emit_pending(key.1, &pending, sink);
+                self.emit_pending(key.1, pending, sink);
             }
         }
     }
@@ -681,10 +747,16 @@ impl PodLogTailer {
     /// their stream; they keep the released file's final position so that,
     /// if they time out instead, they are emitted past its last line.
     fn detach_partials_of(&mut self, file: &TailedFile) {
+        let mut owns = false;
         for pending in self.partials.values_mut().filter(|p| p.source == file.identity) {
             pending.source_offset = file.offset;
             pending.source_key = file.source_key.clone();
             pending.source = FileIdentity { dev: 0, ino: 0, born: 0 };
+            owns = true;
+        }
+        if owns {
+            let last = self.closed_positions.entry(file.source_key.clone()).or_insert(0);
+            *last = (*last).max(file.last_position);
         }
     }
 
@@ -698,6 +770,7 @@ impl PodLogTailer {
                 fingerprint: f.fingerprint,
                 generation: f.generation,
                 offset: f.offset,
+                skipping: f.skipping,
                 path: f.path.clone(),
             })
             .collect();
@@ -710,6 +783,7 @@ impl PodLogTailer {
                 ts: p.ts,
                 text: String::from_utf8_lossy(&p.bytes).into_owned(),
                 truncated: p.truncated,
+                skipping: p.skipping,
                 source_key: self
                     .files
                     .get(&p.source)
@@ -718,6 +792,39 @@ impl PodLogTailer {
                 source_offset: self.files.get(&p.source).map(|f| f.offset).unwrap_or(p.source_offset),
             })
             .collect();
-        TailerCheckpoint { files, partials }
+        TailerCheckpoint {
+            files,
+            partials,
+            released: self.released.clone(),
+        }
     }
+}
+
+/// Hands a line to the sink and records its position on its source.
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    file: &mut TailedFile,
+    sink: &mut dyn LineSink,
+    position: u64,
+    ts: i64,
+    stream: Option<Stream>,
+    text: &[u8],
+    truncated: bool,
+    parse_error: bool,
+) {
+    debug_assert!(
+        position > file.last_position || file.last_position == 0,
+        "positions rise per source"
+    );
+    file.last_position = position;
+    sink.line(LogLine {
+        meta: &file.meta,
+        source_key: &file.source_key,
+        position,
+        ts,
+        stream,
+        text,
+        truncated,
+        parse_error,
+    });
 }

@@ -78,7 +78,9 @@ struct Harness {
     tailer: PodLogTailer,
     sink: Collected,
     expected: Vec<(Stream, String, bool)>,
-    open_line: HashMap<bool, String>,
+    /// Per stream: the open line's text and whether its head was already
+    /// shipped at the cap (the rest up to `F` is dropped).
+    open_line: HashMap<bool, (String, bool)>,
     torn_tail: Vec<u8>,
     rotated: Vec<PathBuf>,
     /// A rotated file was deleted before it was read to its end: only the
@@ -156,7 +158,8 @@ impl Harness {
                 self.finish_torn();
                 let stream = if *stderr { "stderr" } else { "stdout" };
                 let mut bytes = Vec::new();
-                let text = self.open_line.entry(*stderr).or_default();
+                let which = if *stderr { Stream::Stderr } else { Stream::Stdout };
+                let (text, skipping) = self.open_line.entry(*stderr).or_default();
                 for (i, len) in parts.iter().enumerate() {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -164,19 +167,29 @@ impl Harness {
                     while segment.len() < *len {
                         segment.push(char::from(b'a' + (segment.len() % 26) as u8));
                     }
-                    text.push_str(&segment);
-                    let tag = if *finish && i + 1 == parts.len() { "F" } else { "P" };
+                    let last = *finish && i + 1 == parts.len();
+                    let tag = if last { "F" } else { "P" };
                     self.ts += 1000;
                     bytes.extend_from_slice(
                         format!("{} {stream} {tag} {segment}\n", weft_model::time::format_rfc3339_nanos(self.ts)).as_bytes(),
                     );
+                    if *skipping {
+                        continue;
+                    }
+                    text.push_str(&segment);
+                    if !last && text.len() > MAX_LINE {
+                        // The head ships as soon as a partial line passes the cap.
+                        self.expected.push((which, text[..MAX_LINE].to_string(), true));
+                        *skipping = true;
+                    }
                 }
                 if *finish {
-                    let full = self.open_line.remove(stderr).unwrap_or_default();
-                    let truncated = full.len() > MAX_LINE;
-                    let kept = full[..full.len().min(MAX_LINE)].to_string();
-                    self.expected
-                        .push((if *stderr { Stream::Stderr } else { Stream::Stdout }, kept, truncated));
+                    let (full, skipped) = self.open_line.remove(stderr).unwrap_or_default();
+                    if !skipped {
+                        let truncated = full.len() > MAX_LINE;
+                        let kept = full[..full.len().min(MAX_LINE)].to_string();
+                        self.expected.push((which, kept, truncated));
+                    }
                 }
                 if *torn && bytes.len() > 2 {
                     let cut = bytes.len() - 2;
@@ -410,4 +423,53 @@ fn inode_reuse_with_the_same_head_is_read_from_the_start() {
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
     assert_eq!(sink.lines.len(), 1, "the new file is read from offset 0");
+    let key = sink.positions.keys().next().unwrap();
+    assert!(key.ends_with("/1"), "a new generation, so the old watermark does not apply: {key}");
+}
+
+#[test]
+fn partials_of_both_streams_flushed_together_keep_positions_rising() {
+    let dir = tempfile::tempdir().unwrap();
+    let container = dir.path().join("ns_pod_uid").join("c");
+    fs::create_dir_all(&container).unwrap();
+    fs::write(
+        container.join("0.log"),
+        b"2026-11-25T10:00:00Z stderr P err half\n2026-11-25T10:00:01Z stdout P out half\n",
+    )
+    .unwrap();
+    let config = TailerConfig {
+        partial_timeout: Duration::from_millis(0),
+        ..TailerConfig::default()
+    };
+    let mut tailer = PodLogTailer::new(
+        dir.path().to_path_buf(),
+        "t".into(),
+        config,
+        TailerCheckpoint::default(),
+        Arc::new(CollectorMetrics::unregistered()),
+    );
+    tailer.scan().unwrap();
+    // The sink asserts strictly rising positions per source.
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    let mut texts: Vec<_> = sink.lines.iter().map(|l| l.1.as_str()).collect();
+    texts.sort();
+    assert_eq!(texts, vec!["err half", "out half"]);
+}
+
+#[test]
+fn a_partial_line_over_the_cap_ships_its_head_once_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut content = String::new();
+    for i in 0..10 {
+        content.push_str(&format!(
+            "2026-11-25T10:00:00Z stdout P {}\n",
+            char::from(b'a' + i).to_string().repeat(500)
+        ));
+    }
+    content.push_str("2026-11-25T10:00:00Z stdout F end\n2026-11-25T10:00:01Z stdout F next line\n");
+    let (tailer, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1200);
+    let texts: Vec<_> = sink.lines.iter().map(|l| (l.1.len(), l.2)).collect();
+    assert_eq!(texts, vec![(1200, true), (9, false)]);
+    assert!(tailer.checkpoint().partials.is_empty());
 }
