@@ -104,7 +104,10 @@ pub struct Catalog {
     state: RwLock<CatalogState>,
 }
 
-/// Writes `bytes` to `path` atomically and durably.
+/// Writes `bytes` to `path` atomically and durably. Once the rename is
+/// done the new content is what readers see: a failing directory fsync after
+/// it is logged, not reported as a failed write (callers would otherwise
+/// undo work the file already points at).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
@@ -114,7 +117,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         file.sync_all()?;
     }
     fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "fsync of the directory after replacing a file failed");
+    }
+    Ok(())
 }
 
 impl Catalog {

@@ -91,6 +91,9 @@ pub struct Indexer {
     catalog: Arc<Catalog>,
     write: Mutex<WriteState>,
     commit_lock: Mutex<()>,
+    /// Splits a merge failed to read: left out of later merges so one bad
+    /// split does not stop merging everywhere else.
+    merge_quarantine: Mutex<HashSet<String>>,
     pub metrics: IndexerMetrics,
     commit_wanted: tokio::sync::Notify,
 }
@@ -165,6 +168,7 @@ impl Indexer {
                 recent_keys: RecentKeys::default(),
             }),
             commit_lock: Mutex::new(()),
+            merge_quarantine: Mutex::new(HashSet::new()),
             metrics,
             commit_wanted: tokio::sync::Notify::new(),
         });
@@ -211,14 +215,19 @@ impl Indexer {
     }
 
     fn prepare(&self, body: &[u8]) -> Result<Prepared, IndexerError> {
-        let (metadata, batches) = decode_ipc(body, &wire_schema(), self.config.max_request_rows)
-            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
+        let (metadata, mut batches) = decode_ipc(
+            body,
+            &wire_schema(),
+            self.config.max_request_rows,
+            self.config.max_request_bytes as u64 * 16,
+        )
+        .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
         let sources: Vec<String> = match metadata.get(META_SOURCES) {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| IndexerError::BadRequest(format!("schema metadata {META_SOURCES} is not a JSON list of strings: {e}")))?,
             None => Vec::new(),
         };
-        for batch in &batches {
+        for batch in &mut batches {
             let view = LogBatchView::new(batch)?;
             if let Some(src) = view.src {
                 if let Some(bad) = src.iter().flatten().find(|s| *s as usize >= sources.len()) {
@@ -228,12 +237,25 @@ impl Indexer {
                     )));
                 }
             }
-            if let Some(row) = (0..view.len()).find(|&r| view.line.value(r).len() > self.config.max_line_bytes) {
-                return Err(IndexerError::BadRequest(format!(
-                    "row {row} has a line of {} bytes, over the {} byte limit",
-                    view.line.value(row).len(),
-                    self.config.max_line_bytes
-                )));
+            if (0..view.len()).any(|r| view.line.value(r).len() > self.config.max_line_bytes) {
+                // Keep the head of over-long lines, marked truncated, rather
+                // than refuse the whole batch.
+                let max = self.config.max_line_bytes;
+                let mut builder = weft_model::LogBatchBuilder::with_capacity(view.len(), view.line.values().len().min(64 << 20));
+                for row in 0..view.len() {
+                    let mut record = view.record(row);
+                    if record.line.len() > max {
+                        let mut cut = max;
+                        while !record.line.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        record.line.truncate(cut);
+                        record.truncated = true;
+                        self.metrics.truncated_lines.inc();
+                    }
+                    builder.append(&record.as_ref());
+                }
+                *batch = builder.finish(true);
             }
         }
         Ok(Prepared { batches, sources })
@@ -374,8 +396,11 @@ impl Indexer {
     pub fn commit(&self) -> Result<usize, IndexerError> {
         let _serial = self.commit_lock.lock().expect("commit lock");
         let started = Instant::now();
+        let cutoff = now_nanos() - self.config.retention.as_nanos() as i64;
         let (pending, seq, watermarks) = {
             let mut write = self.write.lock().expect("write lock");
+            // Sources silent for a whole retention period are forgotten.
+            write.watermarks.retain(|_, w| w.updated >= cutoff);
             let pending = std::mem::take(&mut write.pending);
             (pending, write.wal.next_seq() - 1, write.watermarks.clone())
         };
@@ -384,14 +409,12 @@ impl Indexer {
         }
         let result = self.write_splits(&pending.batches).and_then(|splits| {
             let count = splits.len();
-            let cutoff = now_nanos() - self.config.retention.as_nanos() as i64;
             let written: Vec<SplitMeta> = splits.clone();
             self.catalog
                 .update(move |state| {
                     state.splits.extend(splits);
                     state.wal_seq = state.wal_seq.max(seq);
                     state.watermarks = watermarks;
-                    state.watermarks.retain(|_, w| w.updated >= cutoff);
                 })
                 .inspect_err(|_| {
                     for split in &written {
@@ -472,8 +495,9 @@ impl Indexer {
     pub fn merge_once(&self) -> Result<bool, IndexerError> {
         let state = self.catalog.snapshot();
         let small = self.config.merge_max_line_bytes / 2;
+        let quarantine = self.merge_quarantine.lock().expect("quarantine lock").clone();
         let mut groups: HashMap<(String, String), Vec<&SplitMeta>> = HashMap::new();
-        for split in state.splits.iter().filter(|s| s.line_bytes < small) {
+        for split in state.splits.iter().filter(|s| s.line_bytes < small && !quarantine.contains(&s.id)) {
             let dir = Path::new(&split.parquet)
                 .parent()
                 .map(|p| p.to_string_lossy().into_owned())
@@ -502,7 +526,14 @@ impl Indexer {
         }
         let mut batches = Vec::new();
         for split in &chosen {
-            batches.extend(split::read_parquet(&self.data_dir.join(&split.parquet))?);
+            match split::read_parquet(&self.data_dir.join(&split.parquet)) {
+                Ok(rows) => batches.extend(rows),
+                Err(e) => {
+                    tracing::error!(split = %split.id, error = %e, "split unreadable; left out of merges");
+                    self.merge_quarantine.lock().expect("quarantine lock").insert(split.id.clone());
+                    return Err(e);
+                }
+            }
         }
         let merges = chosen.iter().map(|s| s.merges).max().unwrap_or(0) + 1;
         let merged = split::write_split(&self.data_dir, &tenant, &batches, merges)?;

@@ -112,6 +112,25 @@ fn bad_bodies_are_refused_with_a_reason() {
 }
 
 #[test]
+fn over_long_lines_keep_their_head_instead_of_failing_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = IndexerConfig {
+        max_line_bytes: 1024,
+        ..config()
+    };
+    let indexer = Indexer::open(dir.path(), config, &prometheus::Registry::new()).unwrap();
+    let long = "é".repeat(700);
+    let outcome = indexer
+        .ingest_arrow("default", "", &body(&[(0, 4, &long), (0, 8, "short")], &["s"]), "test")
+        .unwrap();
+    assert_eq!(outcome.accepted, 2);
+    indexer.commit().unwrap();
+    let lines = all_lines(&indexer);
+    assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), vec![5, 1024]);
+    assert_eq!(indexer.metrics.truncated_lines.get(), 1);
+}
+
+#[test]
 fn small_splits_merge_and_old_ones_expire() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();

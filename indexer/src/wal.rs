@@ -49,6 +49,9 @@ pub struct WriteAheadLog {
     active_len: u64,
     next_seq: u64,
     fsync: bool,
+    /// A failed write left bytes that could not be cut off: the next append
+    /// goes to a new segment so replay never stops before it.
+    needs_roll: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
@@ -102,6 +105,7 @@ impl WriteAheadLog {
             active_len: 0,
             next_seq,
             fsync,
+            needs_roll: false,
         };
         // Never append after a repaired tail in an old segment: start fresh.
         wal.roll()?;
@@ -137,8 +141,9 @@ impl WriteAheadLog {
                 payload.len()
             )));
         }
-        if self.active_len >= self.segment_bytes {
+        if self.active_len >= self.segment_bytes || self.needs_roll {
             self.roll()?;
+            self.needs_roll = false;
         }
         let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = self.active.as_mut().expect("an active segment exists after open");
@@ -151,7 +156,9 @@ impl WriteAheadLog {
             .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
         if let Err(source) = written {
             // Cut a partial frame so the next append does not follow garbage.
-            let _ = file.set_len(self.active_len);
+            if file.set_len(self.active_len).is_err() {
+                self.needs_roll = true;
+            }
             return Err(IndexerError::Io { path, source });
         }
         self.active_len += frame.len() as u64;

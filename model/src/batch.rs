@@ -473,10 +473,75 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
     Ok(out)
 }
 
+/// The decoded size an Arrow IPC stream declares for its record batch
+/// buffers (compressed buffers carry their uncompressed length in their
+/// first 8 bytes), read from the message headers without inflating
+/// anything: a small compressed body cannot claim gigabytes unnoticed.
+pub fn declared_decoded_size(bytes: &[u8]) -> Result<u64, ModelError> {
+    let bad = |what: &str| ModelError::Ipc(format!("malformed IPC stream: {what}"));
+    let mut pos = 0usize;
+    let mut total: u64 = 0;
+    while pos + 4 <= bytes.len() {
+        let mut word = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+        pos += 4;
+        if word == 0xFFFF_FFFF {
+            if pos + 4 > bytes.len() {
+                return Err(bad("truncated message length"));
+            }
+            word = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+            pos += 4;
+        }
+        let meta_len = word as usize;
+        if meta_len == 0 {
+            break;
+        }
+        let meta = bytes.get(pos..pos + meta_len).ok_or_else(|| bad("truncated message header"))?;
+        pos += meta_len;
+        let message = arrow_ipc::root_as_message(meta).map_err(|e| bad(&e.to_string()))?;
+        let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+        let body = bytes.get(pos..pos + body_len).ok_or_else(|| bad("truncated message body"))?;
+        pos += body_len;
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        let Some(batch) = batch else { continue };
+        let compressed = batch.compression().is_some();
+        for buffer in batch.buffers().into_iter().flatten() {
+            let (offset, length) = (buffer.offset() as usize, buffer.length() as usize);
+            let data = body
+                .get(offset..offset.saturating_add(length))
+                .ok_or_else(|| bad("buffer outside the body"))?;
+            let decoded = if compressed && data.len() >= 8 {
+                match i64::from_le_bytes(data[..8].try_into().expect("8 bytes")) {
+                    -1 => (data.len() - 8) as u64,
+                    n if n >= 0 => n as u64,
+                    _ => return Err(bad("negative uncompressed length")),
+                }
+            } else {
+                data.len() as u64
+            };
+            total = total.saturating_add(decoded);
+        }
+    }
+    Ok(total)
+}
+
 /// Decodes an Arrow IPC stream, returning its schema metadata and batches
 /// conformed to `target` (columns reordered, missing nullable columns filled
-/// with nulls). Stops with an error past `max_rows` rows.
-pub fn decode_ipc(bytes: &[u8], target: &SchemaRef, max_rows: usize) -> Result<(HashMap<String, String>, Vec<RecordBatch>), ModelError> {
+/// with nulls). Refuses streams past `max_rows` rows or declaring more than
+/// `max_decoded_bytes` of buffers.
+pub fn decode_ipc(
+    bytes: &[u8],
+    target: &SchemaRef,
+    max_rows: usize,
+    max_decoded_bytes: u64,
+) -> Result<(HashMap<String, String>, Vec<RecordBatch>), ModelError> {
+    let declared = declared_decoded_size(bytes)?;
+    if declared > max_decoded_bytes {
+        return Err(ModelError::TooLarge(format!(
+            "batch declares {declared} decoded bytes, over the {max_decoded_bytes} byte limit"
+        )));
+    }
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| ModelError::Ipc(e.to_string()))?;
     let metadata = reader.schema().metadata().clone();
     let mut batches = Vec::new();
@@ -562,12 +627,14 @@ mod tests {
         let batch = builder.finish(true);
         let meta = HashMap::from([(META_SOURCES.to_string(), "[\"a\"]".to_string())]);
         let bytes = encode_ipc(&[batch], meta).unwrap();
-        let (metadata, batches) = decode_ipc(&bytes, &wire_schema(), 100).unwrap();
+        let (metadata, batches) = decode_ipc(&bytes, &wire_schema(), 100, 1 << 20).unwrap();
         assert_eq!(metadata.get(META_SOURCES).unwrap(), "[\"a\"]");
         let view = LogBatchView::new(&batches[0]).unwrap();
         let back: Vec<_> = (0..view.len()).map(|i| view.record(i)).collect();
         assert_eq!(back, records);
-        assert!(decode_ipc(&bytes, &wire_schema(), 4).is_err());
+        assert!(decode_ipc(&bytes, &wire_schema(), 4, 1 << 20).is_err());
+        assert!(declared_decoded_size(&bytes).unwrap() > 100);
+        assert!(matches!(decode_ipc(&bytes, &wire_schema(), 100, 100), Err(ModelError::TooLarge(_))));
     }
 
     #[test]
@@ -589,7 +656,7 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(decode_ipc(b"not arrow at all", &wire_schema(), 10).is_err());
-        assert!(decode_ipc(&[], &wire_schema(), 10).is_err());
+        assert!(decode_ipc(b"not arrow at all", &wire_schema(), 10, 1 << 20).is_err());
+        assert!(decode_ipc(&[], &wire_schema(), 10, 1 << 20).is_err());
     }
 }

@@ -22,7 +22,7 @@ use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQue
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
 use weft_indexer::catalog::{Catalog, CatalogState, SplitMeta};
-use weft_indexer::split::index::{fields_of, open_index, LogFields};
+use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
 use weft_model::LabelSet;
 
 use crate::logql::ast::{LineFilter, LineFilterOp, Matcher};
@@ -173,15 +173,15 @@ pub struct FastRow<'a> {
     pub ml_event: &'a str,
 }
 
-/// The `default` tokenizer's terms of a filter string, with whether each
-/// could be cut off at the left / right edge of the filter.
+/// The `line` tokenizer's terms of a filter string, with whether each
+/// could be cut off at the left / right edge of the filter. Runs the
+/// tokenizer leaves out (too long) give no term.
 fn filter_tokens(text: &str) -> Vec<(String, bool, bool)> {
     let mut out = Vec::new();
     let mut start = None;
     let push = |out: &mut Vec<(String, bool, bool)>, from: usize, to: usize| {
-        let token = text[from..to].to_lowercase();
-        if token.len() <= 40 {
-            out.push((token, from == 0, to == text.len()));
+        if to - from < LONG_TOKEN_BYTES {
+            out.push((text[from..to].to_lowercase(), from == 0, to == text.len()));
         }
     };
     for (i, c) in text.char_indices() {
@@ -261,6 +261,7 @@ impl OpenSplit {
             if filter.op != LineFilterOp::Contains || filter.values.len() != 1 {
                 continue;
             }
+            let mut tokens: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
                 let query: Box<dyn Query> = match (left_open, right_open) {
                     (false, false) => Box::new(TermQuery::new(Term::from_field_text(f.line, &token), IndexRecordOption::Basic)),
@@ -274,8 +275,18 @@ impl OpenSplit {
                         RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
                 };
-                clauses.push((Occur::Must, query));
+                tokens.push((Occur::Must, query));
             }
+            if tokens.is_empty() {
+                continue;
+            }
+            // Lines with runs too long to be terms are always candidates.
+            let long = TermQuery::new(Term::from_field_text(f.flags, LONG_TOKEN_FLAG), IndexRecordOption::Basic);
+            let either: Vec<(Occur, Box<dyn Query>)> = vec![
+                (Occur::Should, Box::new(BooleanQuery::new(tokens))),
+                (Occur::Should, Box::new(long)),
+            ];
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(either))));
         }
         if clauses.is_empty() {
             return Box::new(tantivy::query::AllQuery);

@@ -2,7 +2,10 @@
 //! single segment written in Parquet row order, so a doc id *is* the row
 //! number in the split's Parquet file.
 //!
-//! Fields: `line` (tokenized, positions, for words and phrases), `stream`
+//! Fields: `line` (tokenized by `weft_line`: alphanumeric runs, lowercased,
+//! runs of [`LONG_TOKEN_BYTES`] or more left out; positions for phrases),
+//! `flags` (`long_token` on lines that had such a run, so a substring
+//! prefilter never misses them), `stream`
 //! (the canonical label set, raw and fast: selectors resolve to a set of
 //! these, and metric queries read it per row without touching Parquet),
 //! `label` (raw `name=value` terms of the stream labels), `level` and
@@ -15,7 +18,8 @@ use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::{Field, Schema, FAST, INDEXED, STRING, TEXT};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING};
+use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, TantivyDocument};
 use weft_model::LogBatchView;
 
@@ -25,6 +29,7 @@ use crate::IndexerError;
 #[derive(Clone, Copy, Debug)]
 pub struct LogFields {
     pub line: Field,
+    pub flags: Field,
     pub stream: Field,
     pub label: Field,
     pub level: Field,
@@ -34,11 +39,52 @@ pub struct LogFields {
     pub bytes: Field,
 }
 
+/// Name of the tokenizer of the `line` field.
+pub const LINE_TOKENIZER: &str = "weft_line";
+/// Alphanumeric runs this long or longer are not indexed as terms.
+pub const LONG_TOKEN_BYTES: usize = 256;
+/// The `flags` term of lines that had such a run.
+pub const LONG_TOKEN_FLAG: &str = "long_token";
+
+/// Registers the `line` tokenizer on an index (needed to write and to
+/// parse queries).
+pub fn register_tokenizers(index: &Index) {
+    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(LONG_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .build();
+    index.tokenizers().register(LINE_TOKENIZER, analyzer);
+}
+
+/// True when `line` has an alphanumeric run the tokenizer leaves out.
+pub fn has_long_token(line: &str) -> bool {
+    let mut run = 0;
+    for c in line.chars() {
+        if c.is_alphanumeric() {
+            run += c.len_utf8();
+            if run >= LONG_TOKEN_BYTES {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
 /// The split index schema and its fields.
 pub fn log_schema() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
     let fields = LogFields {
-        line: builder.add_text_field("line", TEXT),
+        line: builder.add_text_field(
+            "line",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(LINE_TOKENIZER)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            ),
+        ),
+        flags: builder.add_text_field("flags", STRING),
         stream: builder.add_text_field("stream", STRING | FAST),
         label: builder.add_text_field("label", STRING),
         level: builder.add_text_field("level", STRING | FAST),
@@ -59,6 +105,7 @@ pub fn fields_of(schema: &Schema) -> Result<LogFields, IndexerError> {
     };
     Ok(LogFields {
         line: get("line")?,
+        flags: get("flags")?,
         stream: get("stream")?,
         label: get("label")?,
         level: get("level")?,
@@ -88,13 +135,24 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>
     })?;
     let (schema, f) = log_schema();
     let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
+    let tokenizers = tantivy::tokenizer::TokenizerManager::default();
+    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(LONG_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .build();
+    tokenizers.register(LINE_TOKENIZER, analyzer);
     let mut writer = Index::builder()
         .schema(schema)
+        .tokenizers(tokenizers)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
     for (row, (stream, terms)) in streams.iter().enumerate().take(view.len()) {
         let mut doc = TantivyDocument::default();
-        doc.add_text(f.line, view.line.value(row));
+        let line = view.line.value(row);
+        doc.add_text(f.line, line);
+        if has_long_token(line) {
+            doc.add_text(f.flags, LONG_TOKEN_FLAG);
+        }
         doc.add_text(f.stream, stream.as_str());
         for term in terms.iter() {
             doc.add_text(f.label, term);
@@ -118,5 +176,7 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>
 
 /// Opens a split index read-only.
 pub fn open_index(path: &Path) -> Result<Index, IndexerError> {
-    Index::open_in_dir(path).map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))
+    let index = Index::open_in_dir(path).map_err(|e| IndexerError::Corrupt(format!("split index {}: {e}", path.display())))?;
+    register_tokenizers(&index);
+    Ok(index)
 }

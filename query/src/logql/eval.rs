@@ -442,15 +442,21 @@ impl Engine {
         let range = &agg.range;
         let n = grid.steps.len();
         // Rows in (first - offset - range, last - offset].
-        let lo = grid.steps[0] - range.offset - range.range + 1;
-        let hi = grid.steps[n - 1] - range.offset + 1;
+        let lo = grid.steps[0]
+            .saturating_sub(range.offset)
+            .saturating_sub(range.range)
+            .saturating_add(1);
+        let hi = grid.steps[n - 1].saturating_sub(range.offset).saturating_add(1);
         let splits = self.store.splits(tenant, lo, hi)?;
         let range_secs = range.range as f64 / 1e9;
         if agg.op.counts_lines() {
             // count and weight difference arrays per series
             let mut series: HashMap<LabelSet, (Vec<i64>, Vec<f64>)> = HashMap::new();
             let mut add = |labels: LabelSet, ts: i64, weight: f64| -> Result<(), QueryError> {
-                let Some((first, last)) = grid.span(ts + range.offset, ts + range.offset + range.range - 1) else {
+                let Some((first, last)) = grid.span(
+                    ts.saturating_add(range.offset),
+                    ts.saturating_add(range.offset).saturating_add(range.range - 1),
+                ) else {
                     return Ok(());
                 };
                 if !series.contains_key(&labels) {
@@ -618,8 +624,8 @@ impl Engine {
                     .steps
                     .iter()
                     .map(|t| {
-                        let upper = t - range.offset;
-                        let lower = upper - range.range;
+                        let upper = t.saturating_sub(range.offset);
+                        let lower = upper.saturating_sub(range.range);
                         let from = points.partition_point(|p| p.0 <= lower);
                         let to = points.partition_point(|p| p.0 <= upper);
                         over_time(agg.op, agg.param, &points[from..to], range_secs)

@@ -116,6 +116,22 @@ fn selectors_filters_and_limits() {
     assert!(log(&engine, r#"{pod="nope"}"#, 10, true).is_empty());
 }
 
+/// Regression: words of 40+ characters (tantivy's default limit) used to
+/// vanish from the index, so `|=` missed substrings inside them.
+#[test]
+fn substrings_inside_very_long_words_are_found() {
+    let word45 = format!("ConnectionErrorWhileFetching{}", "X".repeat(17));
+    let word300 = format!("{}Error{}", "a".repeat(150), "b".repeat(145));
+    let (_dir, engine) = engine_with(&[vec![
+        record("d", 1, &format!("failed: {word45}")),
+        record("d", 2, &word300),
+        record("d", 3, "fine"),
+    ]]);
+    assert_eq!(lines(&log(&engine, r#"{pod="d"} |= "Error""#, 10, true)).len(), 2);
+    assert_eq!(lines(&log(&engine, &format!(r#"{{pod="d"}} |= "{word45}""#), 10, true)).len(), 1);
+    assert_eq!(lines(&log(&engine, &format!(r#"{{pod="d"}} |= " {word45}""#), 10, true)).len(), 1);
+}
+
 #[test]
 fn paging_through_many_equal_timestamps_loses_nothing() {
     let same: Vec<LogRecord> = (0..300).map(|i| record("c", 5, &format!("same-ts {i}"))).collect();
