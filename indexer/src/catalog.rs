@@ -18,14 +18,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::IndexerError;
 
+/// What a split holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitKind {
+    /// Log lines: Parquet plus a tantivy index.
+    #[default]
+    Logs,
+    /// Metric samples: Parquet plus a series index.
+    Metrics,
+}
+
 /// What one split holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitMeta {
     pub id: String,
+    #[serde(default)]
+    pub kind: SplitKind,
     pub tenant: String,
     /// Parquet file, relative to the data directory.
     pub parquet: String,
-    /// tantivy index directory, relative to the data directory.
+    /// tantivy index directory (logs) or series index file (metrics),
+    /// relative to the data directory.
     pub index: String,
     pub rows: u64,
     pub line_bytes: u64,
@@ -45,6 +59,12 @@ pub struct SplitMeta {
     /// Some rows carry structured metadata (`fields`).
     #[serde(default)]
     pub has_fields: bool,
+    /// Metric names in a metrics split.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// Number of series in a metrics split.
+    #[serde(default)]
+    pub series: u64,
 }
 
 /// Highest position delivered from one collector source.
@@ -74,28 +94,9 @@ pub struct CatalogState {
     pub watermarks: HashMap<String, Watermark>,
     #[serde(default)]
     pub graveyard: Vec<Grave>,
-}
-
-impl CatalogState {
-    /// Distinct label names → values over the splits of a tenant
-    /// overlapping `[start, end]`.
-    pub fn label_values(&self, tenant: &str, start: i64, end: i64) -> BTreeMap<String, std::collections::BTreeSet<String>> {
-        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-        for split in self
-            .splits
-            .iter()
-            .filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts <= end)
-        {
-            for stream in &split.streams {
-                if let Ok(labels) = weft_model::LabelSet::parse(stream) {
-                    for (name, value) in labels.iter() {
-                        out.entry(name.to_string()).or_default().insert(value.to_string());
-                    }
-                }
-            }
-        }
-        out
-    }
+    /// Type, help and unit of metrics, per tenant.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, weft_model::metric::MetadataMap>,
 }
 
 /// The catalog file and its in-memory copy.

@@ -5,6 +5,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 /// Counters and gauges of the write path.
 pub struct IndexerMetrics {
     pub rows_ingested: IntCounterVec,
+    pub samples_ingested: IntCounterVec,
     pub bytes_ingested: IntCounter,
     pub duplicate_rows: IntCounterVec,
     pub requests: IntCounterVec,
@@ -38,6 +39,11 @@ impl IndexerMetrics {
         };
         Self {
             rows_ingested: vec("weft_indexer_rows_ingested_total", "Rows accepted, by endpoint", &["endpoint"]),
+            samples_ingested: vec(
+                "weft_indexer_samples_ingested_total",
+                "Metric samples accepted, by endpoint",
+                &["endpoint"],
+            ),
             bytes_ingested: counter("weft_indexer_request_bytes_total", "Request body bytes accepted"),
             duplicate_rows: vec(
                 "weft_indexer_duplicate_rows_total",

@@ -27,7 +27,9 @@ use crate::split;
 use crate::wal::WriteAheadLog;
 use crate::IndexerError;
 
-const WAL_FORMAT: u8 = 1;
+/// WAL record formats: a log batch, a metric batch.
+const WAL_LOGS: u8 = 1;
+const WAL_METRICS: u8 = 2;
 const RECENT_KEYS: usize = 100_000;
 
 /// What an ingest request achieved.
@@ -68,6 +70,10 @@ impl RecentKeys {
 #[derive(Default)]
 struct Pending {
     batches: Vec<(String, RecordBatch)>,
+    /// Metric samples (wire schema), per tenant.
+    metric_batches: Vec<(String, RecordBatch)>,
+    /// Metric type/help/unit received, per tenant.
+    metadata: Vec<(String, weft_model::metric::MetadataMap)>,
     bytes: u64,
 }
 
@@ -76,6 +82,12 @@ struct WriteState {
     pending: Pending,
     watermarks: HashMap<String, Watermark>,
     recent_keys: RecentKeys,
+}
+
+/// A decoded metric request.
+struct PreparedMetrics {
+    batches: Vec<RecordBatch>,
+    metadata: weft_model::metric::MetadataMap,
 }
 
 /// A decoded request, ready to be admitted.
@@ -98,9 +110,9 @@ pub struct Indexer {
     commit_wanted: tokio::sync::Notify,
 }
 
-fn encode_wal_payload(tenant: &str, key: &str, ingest_ts: i64, body: &[u8]) -> Vec<u8> {
+fn encode_wal_payload(format: u8, tenant: &str, key: &str, ingest_ts: i64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + tenant.len() + key.len() + 16);
-    out.push(WAL_FORMAT);
+    out.push(format);
     out.extend_from_slice(&ingest_ts.to_le_bytes());
     out.extend_from_slice(&(tenant.len() as u16).to_le_bytes());
     out.extend_from_slice(tenant.as_bytes());
@@ -110,8 +122,9 @@ fn encode_wal_payload(tenant: &str, key: &str, ingest_ts: i64, body: &[u8]) -> V
     out
 }
 
-fn decode_wal_payload(payload: &[u8]) -> Option<(String, String, i64, &[u8])> {
-    if payload.first() != Some(&WAL_FORMAT) || payload.len() < 13 {
+fn decode_wal_payload(payload: &[u8]) -> Option<(u8, String, String, i64, &[u8])> {
+    let format = *payload.first()?;
+    if !(format == WAL_LOGS || format == WAL_METRICS) || payload.len() < 13 {
         return None;
     }
     let ingest_ts = i64::from_le_bytes(payload[1..9].try_into().ok()?);
@@ -120,7 +133,7 @@ fn decode_wal_payload(payload: &[u8]) -> Option<(String, String, i64, &[u8])> {
     let at = 11 + tenant_len;
     let key_len = u16::from_le_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
     let key = std::str::from_utf8(payload.get(at + 2..at + 2 + key_len)?).ok()?.to_string();
-    Some((tenant, key, ingest_ts, &payload[at + 2 + key_len..]))
+    Some((format, tenant, key, ingest_ts, &payload[at + 2 + key_len..]))
 }
 
 /// Checks a tenant id: 1–150 of `[A-Za-z0-9_.-]`.
@@ -174,10 +187,17 @@ impl Indexer {
         });
         let replayed = report.records.len();
         for record in report.records {
-            let Some((tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
+            let Some((format, tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
                 tracing::error!(seq = record.seq, "WAL record has an unknown format; skipped");
                 continue;
             };
+            if format == WAL_METRICS {
+                match indexer.prepare_metrics(body) {
+                    Ok(prepared) => indexer.admit_metrics(&mut indexer.write.lock().expect("write lock"), &tenant, prepared, "replay"),
+                    Err(e) => tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped"),
+                }
+                continue;
+            }
             match indexer.prepare(body) {
                 Ok(prepared) => {
                     let mut write = indexer.write.lock().expect("write lock");
@@ -277,7 +297,7 @@ impl Indexer {
                 write.pending.bytes, self.config.max_pending_bytes
             )));
         }
-        let payload = encode_wal_payload(tenant, key, ingest_ts, body);
+        let payload = encode_wal_payload(WAL_LOGS, tenant, key, ingest_ts, body);
         let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, Some(&payload), endpoint)?;
         let pending = write.pending.bytes;
         drop(write);
@@ -397,34 +417,55 @@ impl Indexer {
         let _serial = self.commit_lock.lock().expect("commit lock");
         let started = Instant::now();
         let cutoff = now_nanos() - self.config.retention.as_nanos() as i64;
-        let (pending, seq, watermarks) = {
+        let (mut pending, seq, watermarks) = {
             let mut write = self.write.lock().expect("write lock");
             // Sources silent for a whole retention period are forgotten.
             write.watermarks.retain(|_, w| w.updated >= cutoff);
             let pending = std::mem::take(&mut write.pending);
             (pending, write.wal.next_seq() - 1, write.watermarks.clone())
         };
-        if pending.batches.is_empty() && self.catalog.with(|c| c.wal_seq >= seq) {
+        if pending.batches.is_empty() && pending.metric_batches.is_empty() && self.catalog.with(|c| c.wal_seq >= seq) {
             return Ok(0);
         }
-        let result = self.write_splits(&pending.batches).and_then(|splits| {
-            let count = splits.len();
-            let written: Vec<SplitMeta> = splits.clone();
-            self.catalog
-                .update(move |state| {
-                    state.splits.extend(splits);
-                    state.wal_seq = state.wal_seq.max(seq);
-                    state.watermarks = watermarks;
-                })
-                .inspect_err(|_| {
-                    for split in &written {
+        let metadata = std::mem::take(&mut pending.metadata);
+        let result = self
+            .write_splits(&pending.batches)
+            .and_then(|mut splits| match self.write_metric_splits(&pending.metric_batches) {
+                Ok(metric_splits) => {
+                    splits.extend(metric_splits);
+                    Ok(splits)
+                }
+                Err(e) => {
+                    for split in &splits {
                         let (parquet, index) = split::split_files(&self.data_dir, split);
                         split::remove_path(&parquet);
                         split::remove_path(&index);
                     }
-                })
-                .map(|_| count)
-        });
+                    Err(e)
+                }
+            })
+            .and_then(|splits| {
+                let count = splits.len();
+                let written: Vec<SplitMeta> = splits.clone();
+                let metadata = metadata.clone();
+                self.catalog
+                    .update(move |state| {
+                        state.splits.extend(splits);
+                        state.wal_seq = state.wal_seq.max(seq);
+                        state.watermarks = watermarks;
+                        for (tenant, map) in metadata {
+                            state.metadata.entry(tenant).or_default().extend(map);
+                        }
+                    })
+                    .inspect_err(|_| {
+                        for split in &written {
+                            let (parquet, index) = split::split_files(&self.data_dir, split);
+                            split::remove_path(&parquet);
+                            split::remove_path(&index);
+                        }
+                    })
+                    .map(|_| count)
+            });
         match result {
             Ok(count) => {
                 let mut write = self.write.lock().expect("write lock");
@@ -448,6 +489,12 @@ impl Indexer {
                 let mut restored = pending.batches;
                 restored.append(&mut write.pending.batches);
                 write.pending.batches = restored;
+                let mut restored = pending.metric_batches;
+                restored.append(&mut write.pending.metric_batches);
+                write.pending.metric_batches = restored;
+                let mut restored = metadata;
+                restored.append(&mut write.pending.metadata);
+                write.pending.metadata = restored;
                 write.pending.bytes += pending.bytes;
                 Err(e)
             }
@@ -490,6 +537,123 @@ impl Indexer {
         Ok(written)
     }
 
+    /// One metric split per (tenant, hour of sample time).
+    fn write_metric_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
+        let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
+        const HOUR_MS: i64 = 3_600_000;
+        for (tenant, batch) in batches {
+            let view = weft_model::metric::MetricBatchView::new(batch)?;
+            let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR_MS)).collect();
+            let distinct: std::collections::BTreeSet<i64> = hours.iter().copied().collect();
+            if distinct.len() == 1 {
+                by_bucket.entry((tenant.clone(), hours[0])).or_default().push(batch.clone());
+                continue;
+            }
+            for hour in distinct {
+                let mask = BooleanArray::from(hours.iter().map(|h| *h == hour).collect::<Vec<_>>());
+                let part = filter_record_batch(batch, &mask).map_err(|e| IndexerError::Internal(e.to_string()))?;
+                by_bucket.entry((tenant.clone(), hour)).or_default().push(part);
+            }
+        }
+        let mut written = Vec::new();
+        for ((tenant, _), parts) in by_bucket {
+            match split::metrics::write_metric_split(&self.data_dir, &tenant, &parts, 0) {
+                Ok(meta) => written.push(meta),
+                Err(e) => {
+                    for split in &written {
+                        let (parquet, index) = split::split_files(&self.data_dir, split);
+                        split::remove_path(&parquet);
+                        split::remove_path(&index);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Decodes a metric batch (wire schema) and checks every series.
+    fn prepare_metrics(&self, body: &[u8]) -> Result<PreparedMetrics, IndexerError> {
+        let (metadata, batches) = decode_ipc(
+            body,
+            &weft_model::metric::metric_wire_schema(),
+            self.config.max_request_rows,
+            self.config.max_request_bytes as u64 * 16,
+        )
+        .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft metric batch: {e}")))?;
+        let metadata: weft_model::metric::MetadataMap = match metadata.get(weft_model::metric::META_METRIC_METADATA) {
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| IndexerError::BadRequest(format!("metric metadata is not valid JSON: {e}")))?
+            }
+            None => Default::default(),
+        };
+        let mut checked: HashSet<&str> = HashSet::new();
+        for batch in &batches {
+            let view = weft_model::metric::MetricBatchView::new(batch)?;
+            for row in 0..view.len() {
+                let text = view.series.value(row);
+                if checked.contains(text) {
+                    continue;
+                }
+                let labels = weft_model::LabelSet::parse(text).map_err(|e| IndexerError::BadRequest(format!("row {row}: {e}")))?;
+                weft_model::metric::validate_series(&labels).map_err(|e| IndexerError::BadRequest(format!("row {row}: {e}")))?;
+                if labels.to_string() != text {
+                    return Err(IndexerError::BadRequest(format!(
+                        "row {row}: series {text:?} is not in canonical form {labels}"
+                    )));
+                }
+                checked.insert(text);
+            }
+        }
+        drop(checked);
+        Ok(PreparedMetrics { batches, metadata })
+    }
+
+    fn admit_metrics(&self, write: &mut WriteState, tenant: &str, prepared: PreparedMetrics, endpoint: &str) {
+        let mut rows = 0;
+        for batch in prepared.batches {
+            rows += batch.num_rows();
+            write.pending.bytes += batch.num_rows() as u64 * 16;
+            write.pending.metric_batches.push((tenant.to_string(), batch));
+        }
+        if !prepared.metadata.is_empty() {
+            write.pending.metadata.push((tenant.to_string(), prepared.metadata));
+        }
+        self.metrics.samples_ingested.with_label_values(&[endpoint]).inc_by(rows as u64);
+    }
+
+    /// Ingests one metric batch (Arrow IPC, metric wire schema). Blocking.
+    pub fn ingest_metrics(&self, tenant: &str, body: &[u8], endpoint: &str) -> Result<usize, IndexerError> {
+        validate_tenant(tenant)?;
+        let prepared = self.prepare_metrics(body)?;
+        let rows: usize = prepared.batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 && prepared.metadata.is_empty() {
+            return Ok(0);
+        }
+        let mut write = self.write.lock().expect("write lock");
+        if write.pending.bytes >= self.config.max_pending_bytes {
+            return Err(IndexerError::Unavailable(format!(
+                "indexer is behind: {} bytes wait for commit (limit {}); retry later",
+                write.pending.bytes, self.config.max_pending_bytes
+            )));
+        }
+        let payload = encode_wal_payload(WAL_METRICS, tenant, "", now_nanos(), body);
+        write
+            .wal
+            .append(&payload)
+            .map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
+        self.metrics.wal_appends.inc();
+        self.admit_metrics(&mut write, tenant, prepared, endpoint);
+        let pending = write.pending.bytes;
+        drop(write);
+        self.metrics.bytes_ingested.inc_by(body.len() as u64);
+        self.metrics.pending_bytes.set(pending as i64);
+        if pending >= self.config.commit_bytes {
+            self.commit_wanted.notify_one();
+        }
+        Ok(rows)
+    }
+
     /// Merges one group of small splits of the same tenant and hour, if
     /// there is one. Returns whether a merge happened.
     pub fn merge_once(&self) -> Result<bool, IndexerError> {
@@ -524,9 +688,15 @@ impl Indexer {
         if chosen.len() < 2 {
             return Ok(false);
         }
+        let kind = chosen[0].kind;
         let mut batches = Vec::new();
         for split in &chosen {
-            match split::read_parquet(&self.data_dir.join(&split.parquet)) {
+            let path = self.data_dir.join(&split.parquet);
+            let read = match kind {
+                crate::catalog::SplitKind::Logs => split::read_parquet(&path),
+                crate::catalog::SplitKind::Metrics => split::metrics::read_metric_parquet(&path),
+            };
+            match read {
                 Ok(rows) => batches.extend(rows),
                 Err(e) => {
                     tracing::error!(split = %split.id, error = %e, "split unreadable; left out of merges");
@@ -536,7 +706,17 @@ impl Indexer {
             }
         }
         let merges = chosen.iter().map(|s| s.merges).max().unwrap_or(0) + 1;
-        let merged = split::write_split(&self.data_dir, &tenant, &batches, merges)?;
+        let ingest_range = (
+            chosen.iter().map(|s| s.min_ingest_ts).min().unwrap_or(0),
+            chosen.iter().map(|s| s.max_ingest_ts).max().unwrap_or(0),
+        );
+        let merged = match kind {
+            crate::catalog::SplitKind::Logs => split::write_split(&self.data_dir, &tenant, &batches, merges)?,
+            crate::catalog::SplitKind::Metrics => split::metrics::write_metric_split(&self.data_dir, &tenant, &batches, merges)?,
+        };
+        // Retention counts from when the data arrived, not from the merge.
+        let mut merged = merged;
+        (merged.min_ingest_ts, merged.max_ingest_ts) = ingest_range;
         let ids: HashSet<String> = chosen.iter().map(|s| s.id.clone()).collect();
         let delete_after = now_nanos() + self.config.grace_period.as_nanos() as i64;
         let output = merged.clone();
@@ -706,7 +886,8 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_split_file = name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".tmp");
+            let is_split_file =
+                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.json") || name.ends_with(".tmp");
             if is_split_file {
                 if !owned.contains(&path) {
                     tracing::info!(path = %path.display(), "removing split file no catalog entry owns");

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod labels;
 pub mod level;
+pub mod metric;
 pub mod record;
 pub mod time;
 

@@ -21,7 +21,7 @@ use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
-use weft_indexer::catalog::{Catalog, CatalogState, SplitMeta};
+use weft_indexer::catalog::{Catalog, CatalogState, SplitKind, SplitMeta};
 use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
 use weft_model::LabelSet;
 
@@ -90,7 +90,7 @@ impl SplitStore {
         self.loaded.read().expect("store lock").catalog.clone()
     }
 
-    /// Opened splits of `tenant` whose event time overlaps `[start, end)`.
+    /// Opened log splits of `tenant` whose event time overlaps `[start, end)`.
     pub fn splits(&self, tenant: &str, start: i64, end: i64) -> Result<Vec<Arc<OpenSplit>>, QueryError> {
         self.refresh()?;
         let catalog = self.catalog();
@@ -98,7 +98,7 @@ impl SplitStore {
         for meta in catalog
             .splits
             .iter()
-            .filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts < end)
+            .filter(|s| s.kind == SplitKind::Logs && s.tenant == tenant && s.max_ts >= start && s.min_ts < end)
         {
             if let Some(open) = self.loaded.read().expect("store lock").open.get(&meta.id) {
                 out.push(open.clone());

@@ -3,6 +3,7 @@
 //! Disk and CPU work runs on blocking threads, never on the async runtime.
 
 pub mod loki_push;
+pub mod remote_write;
 
 use std::sync::Arc;
 
@@ -66,6 +67,8 @@ pub fn router(indexer: Arc<Indexer>) -> Router {
     Router::new()
         .route("/api/v1/ingest", post(ingest_arrow))
         .route("/loki/api/v1/push", post(loki_push))
+        .route("/api/v1/write", post(prometheus_remote_write))
+        .route("/api/v1/ingest/metrics", post(ingest_metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(indexer)
 }
@@ -155,6 +158,68 @@ async fn loki_push(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body
     indexer.metrics.requests.with_label_values(&["loki_push", code.as_str()]).inc();
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn ingest_metrics(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        authorize(&headers, indexer.config().auth_token.as_deref())?;
+        let tenant = tenant_of(&headers);
+        let me = indexer.clone();
+        tokio::task::spawn_blocking(move || me.ingest_metrics(&tenant, &body, "native"))
+            .await
+            .map_err(|e| IndexerError::Internal(format!("ingest task: {e}")))?
+    }
+    .await;
+    let code = result.as_ref().map(|_| StatusCode::OK).unwrap_or_else(|e| e.status());
+    indexer.metrics.requests.with_label_values(&["native_metrics", code.as_str()]).inc();
+    match result {
+        Ok(samples) => (StatusCode::OK, Json(serde_json::json!({"accepted": samples}))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn prometheus_remote_write(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        authorize(&headers, indexer.config().auth_token.as_deref())?;
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/x-protobuf");
+        if content_type.contains("io.prometheus.write.v2") {
+            return Err(IndexerError::UnsupportedMediaType(
+                "remote write 2.0 is not supported yet; send prometheus.WriteRequest (1.0)".into(),
+            ));
+        }
+        let tenant = tenant_of(&headers);
+        let me = indexer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut decoded = remote_write::decode(&body, me.config().max_request_bytes)?;
+            if decoded.dropped > 0 {
+                me.metrics
+                    .duplicate_rows
+                    .with_label_values(&["unsupported_histogram_or_exemplar"])
+                    .inc_by(decoded.dropped);
+            }
+            let mut metadata = std::collections::HashMap::new();
+            if !decoded.metadata.is_empty() {
+                metadata.insert(
+                    weft_model::metric::META_METRIC_METADATA.to_string(),
+                    serde_json::to_string(&decoded.metadata).expect("metadata serializes"),
+                );
+            }
+            let ipc = encode_ipc(&[decoded.builder.finish()], metadata)?;
+            me.ingest_metrics(&tenant, &ipc, "remote_write")
+        })
+        .await
+        .map_err(|e| IndexerError::Internal(format!("remote write task: {e}")))?
+    }
+    .await;
+    let code = result.as_ref().map(|_| StatusCode::NO_CONTENT).unwrap_or_else(|e| e.status());
+    indexer.metrics.requests.with_label_values(&["remote_write", code.as_str()]).inc();
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -9,6 +9,7 @@
 //! catalog lists it.
 
 pub mod index;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -182,6 +183,7 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
 
     Ok(SplitMeta {
         id,
+        kind: crate::catalog::SplitKind::Logs,
         tenant: tenant.to_string(),
         parquet_bytes: fs::metadata(&parquet_path).map(|m| m.len()).unwrap_or(0),
         index_bytes: dir_size(&index_path),
@@ -197,6 +199,8 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         merges,
         streams,
         has_fields: view.fields.null_count() < view.len(),
+        metrics: Vec::new(),
+        series: 0,
     })
 }
 

@@ -173,7 +173,7 @@ fn streams_in(
     for split in catalog
         .splits
         .iter()
-        .filter(|s| s.tenant == tenant && s.max_ts >= start && s.min_ts <= end)
+        .filter(|s| s.kind == weft_indexer::catalog::SplitKind::Logs && s.tenant == tenant && s.max_ts >= start && s.min_ts <= end)
     {
         for stream in &split.streams {
             let Ok(labels) = LabelSet::parse(stream) else {
