@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod logql;
 pub mod metrics;
+pub mod promql;
 pub mod search;
 pub mod storage;
 
