@@ -73,7 +73,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Read path: search, Loki API.
+    /// Runs PromQL test files (Prometheus' promqltest format) against
+    /// weft's engine; prints each failing case and `N passed, M failed, K skipped`.
+    PromqlTest {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Read path: search, Loki and Prometheus APIs.
     Query {
         /// Data directory [default: ./weft-data]
         #[arg(long)]
@@ -105,12 +112,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn promql_test(files: &[PathBuf]) -> anyhow::Result<()> {
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for file in files {
+        let report = weft_query::promql::testfile::run_file(file)?;
+        for failure in &report.failed {
+            println!("FAIL {failure}");
+        }
+        for skip in &report.skipped {
+            println!("SKIP {skip}");
+        }
+        passed += report.passed;
+        failed += report.failed.len();
+        skipped += report.skipped.len();
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        anyhow::bail!("{failed} PromQL test cases failed");
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::PromqlTest { files } = &cli.command {
+        return promql_test(files);
+    }
     let (role, mut cfg) = match &cli.command {
         Command::Standalone { config, .. } => (app::Role::Standalone, load(config.as_ref())?),
         Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
         Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
+        Command::PromqlTest { .. } => unreachable!("handled above"),
     };
     match cli.command {
         Command::Standalone {
@@ -155,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
         }
+        Command::PromqlTest { .. } => unreachable!("handled above"),
     }
     app::init_logging(cfg.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -76,6 +76,9 @@ impl QueryError {
 /// Everything the query HTTP handlers share.
 pub struct QueryService {
     pub engine: logql::eval::Engine,
+    pub data_dir: std::path::PathBuf,
+    /// Metric splits opened for PromQL, shared by all queries.
+    pub metric_splits: promql::source::MetricSplitCache,
     pub config: QueryConfig,
     pub metrics: metrics::QueryMetrics,
 }
@@ -87,6 +90,8 @@ impl QueryService {
         let engine = logql::eval::Engine::new(store, config.limits());
         Arc::new(Self {
             engine,
+            data_dir: data_dir.to_path_buf(),
+            metric_splits: Default::default(),
             config,
             metrics: metrics::QueryMetrics::new(registry),
         })

@@ -240,3 +240,82 @@ pub fn all_lines(weft: &Weft, selector: &str) -> Vec<(String, String)> {
     assert_eq!(status, 200, "{body}");
     stream_lines(&body)
 }
+
+/// A free loopback port (for peers that cannot listen on port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Minimal `prometheus.WriteRequest` messages for remote_write tests.
+pub mod remote_write {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+        #[prost(message, repeated, tag = "3")]
+        pub metadata: Vec<Metadata>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Metadata {
+        #[prost(int32, tag = "1")]
+        pub r#type: i32,
+        #[prost(string, tag = "2")]
+        pub metric_family_name: String,
+        #[prost(string, tag = "4")]
+        pub help: String,
+        #[prost(string, tag = "5")]
+        pub unit: String,
+    }
+
+    /// One series: labels (name included) and (ms, value) samples.
+    pub fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples.iter().map(|(t, v)| Sample { value: *v, timestamp: *t }).collect(),
+        }
+    }
+
+    /// POSTs a snappy-compressed WriteRequest; returns the status code.
+    pub fn send(url: &str, request: &WriteRequest) -> u16 {
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&prost::Message::encode_to_vec(request))
+            .unwrap();
+        super::client()
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .header("x-prometheus-remote-write-version", "0.1.0")
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}

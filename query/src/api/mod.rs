@@ -5,6 +5,7 @@
 
 pub mod loki;
 pub mod native;
+pub mod prometheus;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,6 +138,26 @@ endpoint!(loki_labels, "loki_labels", loki::labels);
 endpoint!(loki_series, "loki_series", loki::series);
 endpoint!(loki_index_stats, "loki_index_stats", loki::index_stats);
 endpoint!(native_search, "search", native::search);
+endpoint!(prom_query, "prom_query", prometheus::query);
+endpoint!(prom_query_range, "prom_query_range", prometheus::query_range);
+endpoint!(prom_series, "prom_series", prometheus::series);
+endpoint!(prom_labels, "prom_labels", prometheus::labels);
+endpoint!(prom_metadata, "prom_metadata", prometheus::metadata);
+endpoint!(prom_buildinfo, "prom_buildinfo", prometheus::buildinfo);
+endpoint!(prom_exemplars, "prom_exemplars", prometheus::query_exemplars);
+
+async fn prom_label_values(
+    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    run(service, "prom_label_values", headers, uri, body, move |s, t, p| {
+        prometheus::label_values(s, t, p, &name)
+    })
+    .await
+}
 
 async fn loki_label_values(
     axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
@@ -171,5 +192,13 @@ pub fn router(service: Arc<QueryService>) -> Router {
         .route("/loki/api/v1/patterns", get(not_built))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/api/v1/search", get(native_search).post(native_search))
+        .route("/api/v1/query", get(prom_query).post(prom_query))
+        .route("/api/v1/query_range", get(prom_query_range).post(prom_query_range))
+        .route("/api/v1/series", get(prom_series).post(prom_series))
+        .route("/api/v1/labels", get(prom_labels).post(prom_labels))
+        .route("/api/v1/label/{name}/values", get(prom_label_values).post(prom_label_values))
+        .route("/api/v1/metadata", get(prom_metadata).post(prom_metadata))
+        .route("/api/v1/status/buildinfo", get(prom_buildinfo).post(prom_buildinfo))
+        .route("/api/v1/query_exemplars", get(prom_exemplars).post(prom_exemplars))
         .with_state(service)
 }

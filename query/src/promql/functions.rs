@@ -31,7 +31,7 @@ pub fn quantile(q: f64, sorted: &[f64]) -> f64 {
     sorted[lower] * (1.0 - weight) + sorted[upper] * weight
 }
 
-fn arg<'e>(call: &'e Call, i: usize) -> Result<&'e Expr, QueryError> {
+fn arg(call: &Call, i: usize) -> Result<&Expr, QueryError> {
     call.args
         .args
         .get(i)

@@ -235,7 +235,7 @@ impl SampleSource for MetricStore {
         let mut merged: BTreeMap<LabelSet, Vec<(i64, f64)>> = BTreeMap::new();
         for split in self.splits(start, end)? {
             if let Some(name) = name {
-                if !split.meta.metrics.iter().any(|m| *m == name.value) {
+                if !split.meta.metrics.contains(&name.value) {
                     continue;
                 }
             }

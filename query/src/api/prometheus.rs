@@ -1,0 +1,319 @@
+//! Prometheus' HTTP API for Grafana's built-in Prometheus data source:
+//! `query`, `query_range`, `series`, `labels`, `label/<name>/values`,
+//! `metadata`, `status/buildinfo` (without `features`, so Grafana treats
+//! weft as Prometheus) and `query_exemplars` (empty). GET and form POST on
+//! every one; errors in the `{"status":"error","errorType":…}` envelope
+//! with 400 / 422 / 503.
+
+use std::collections::BTreeSet;
+
+use axum::response::Response;
+use weft_model::time::{now_nanos, parse_duration, parse_rfc3339_nanos};
+use weft_model::LabelSet;
+
+use super::{success, Params};
+use crate::promql::engine::{self, EvalLimits, PromResult};
+use crate::promql::source::{MetricStore, SampleSource};
+use crate::{QueryError, QueryService};
+
+/// Parses a Prometheus API time: float Unix seconds or RFC 3339. Returns ms.
+pub fn parse_time(text: &str, name: &str) -> Result<i64, QueryError> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() {
+            return Ok((seconds * 1000.0).round() as i64);
+        }
+    }
+    if let Some(ns) = parse_rfc3339_nanos(text.as_bytes()) {
+        return Ok(ns.div_euclid(1_000_000));
+    }
+    Err(QueryError::BadRequest(format!(
+        "invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"
+    )))
+}
+
+/// Parses a step or duration: float seconds or a Prometheus duration. Returns ms.
+pub fn parse_step(text: &str, name: &str) -> Result<i64, QueryError> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() {
+            return Ok((seconds * 1000.0).round() as i64);
+        }
+    }
+    parse_duration(text)
+        .map(|ns| ns / 1_000_000)
+        .map_err(|_| QueryError::BadRequest(format!("invalid parameter \"{name}\": cannot parse {text:?} to a valid duration")))
+}
+
+fn now_ms() -> i64 {
+    now_nanos() / 1_000_000
+}
+
+/// Seconds with millisecond precision as a JSON number.
+fn seconds(ms: i64) -> serde_json::Value {
+    serde_json::Number::from_f64(ms as f64 / 1000.0)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn metric_json(labels: &LabelSet) -> serde_json::Value {
+    labels.to_json()
+}
+
+/// The `data` of a query result.
+pub fn result_json(result: PromResult) -> serde_json::Value {
+    match result {
+        PromResult::Scalar(t, v) => serde_json::json!({"resultType": "scalar", "result": [seconds(t), engine::format_float(v)]}),
+        PromResult::String(t, s) => serde_json::json!({"resultType": "string", "result": [seconds(t), s]}),
+        PromResult::Vector(samples) => serde_json::json!({
+            "resultType": "vector",
+            "result": samples.iter().map(|(labels, t, v)| serde_json::json!({"metric": metric_json(labels), "value": [seconds(*t), engine::format_float(*v)]})).collect::<Vec<_>>(),
+        }),
+        PromResult::Matrix(series) => serde_json::json!({
+            "resultType": "matrix",
+            "result": series.iter().map(|s| serde_json::json!({
+                "metric": metric_json(&s.labels),
+                "values": s.samples.iter().map(|(t, v)| serde_json::json!([seconds(*t), engine::format_float(*v)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn store(service: &QueryService, tenant: &str) -> MetricStore {
+    MetricStore::new(service.engine.store().clone(), &service.data_dir, tenant, &service.metric_splits)
+}
+
+fn limits(service: &QueryService) -> EvalLimits {
+    EvalLimits {
+        max_series: service.config.max_series.max(1),
+        max_points: service.config.max_points,
+        ..EvalLimits::default()
+    }
+}
+
+fn query_text(params: &Params) -> Result<&str, QueryError> {
+    params
+        .get("query")
+        .ok_or_else(|| QueryError::BadRequest("invalid parameter \"query\": query must not be empty".into()))
+}
+
+/// `GET|POST /api/v1/query`
+pub fn query(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let expr = engine::parse(query_text(params)?)?;
+    let time = match params.get("time") {
+        Some(t) => parse_time(t, "time")?,
+        None => now_ms(),
+    };
+    let source = store(service, tenant);
+    let result = engine::query_instant(&source, &expr, time, limits(service))?;
+    Ok(success(result_json(result)))
+}
+
+/// `GET|POST /api/v1/query_range`
+pub fn query_range(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let expr = engine::parse(query_text(params)?)?;
+    let start = parse_time(
+        params
+            .get("start")
+            .ok_or_else(|| QueryError::BadRequest("invalid parameter \"start\": missing".into()))?,
+        "start",
+    )?;
+    let end = parse_time(
+        params
+            .get("end")
+            .ok_or_else(|| QueryError::BadRequest("invalid parameter \"end\": missing".into()))?,
+        "end",
+    )?;
+    let step = parse_step(
+        params
+            .get("step")
+            .ok_or_else(|| QueryError::BadRequest("invalid parameter \"step\": missing".into()))?,
+        "step",
+    )?;
+    if end < start {
+        return Err(QueryError::BadRequest(
+            "invalid parameter \"end\": end timestamp must not be before start time".into(),
+        ));
+    }
+    let source = store(service, tenant);
+    let result = engine::query_range(&source, &expr, start, end, step, limits(service))?;
+    Ok(success(result_json(result)))
+}
+
+fn matchers(params: &Params, required: bool) -> Result<Vec<Vec<promql_parser::label::Matcher>>, QueryError> {
+    let mut out = Vec::new();
+    for text in params.all("match[]") {
+        let expr = engine::parse(text)?;
+        match expr {
+            promql_parser::parser::Expr::VectorSelector(vs) => {
+                let mut all = vs.matchers.matchers.clone();
+                if let Some(name) = &vs.name {
+                    all.push(promql_parser::label::Matcher::new(
+                        promql_parser::label::MatchOp::Equal,
+                        weft_model::metric::METRIC_NAME,
+                        name,
+                    ));
+                }
+                out.push(all);
+            }
+            _ => {
+                return Err(QueryError::BadRequest(format!(
+                    "invalid parameter \"match[]\": {text:?} is not a series selector"
+                )))
+            }
+        }
+    }
+    if required && out.is_empty() {
+        return Err(QueryError::BadRequest("no match[] parameter provided".into()));
+    }
+    Ok(out)
+}
+
+fn window(params: &Params) -> Result<(i64, i64), QueryError> {
+    let start = match params.get("start") {
+        Some(t) => parse_time(t, "start")?,
+        None => i64::MIN / 4,
+    };
+    let end = match params.get("end") {
+        Some(t) => parse_time(t, "end")?,
+        None => i64::MAX / 4,
+    };
+    Ok((start, end))
+}
+
+fn limit(params: &Params) -> Result<usize, QueryError> {
+    match params.get("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| QueryError::BadRequest(format!("invalid parameter \"limit\": {text:?}")))
+            .map(|l| if l == 0 { usize::MAX } else { l }),
+        None => Ok(usize::MAX),
+    }
+}
+
+/// `GET|POST /api/v1/series`
+pub fn series(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let selectors = matchers(params, true)?;
+    let (start, end) = window(params)?;
+    let found = store(service, tenant).series(&selectors, start, end)?;
+    let data: Vec<serde_json::Value> = found.iter().take(limit(params)?).map(metric_json).collect();
+    Ok(success(serde_json::Value::Array(data)))
+}
+
+/// `GET|POST /api/v1/labels`
+pub fn labels(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let selectors = matchers(params, false)?;
+    let (start, end) = window(params)?;
+    let names: BTreeSet<String> = store(service, tenant)
+        .series(&selectors, start, end)?
+        .iter()
+        .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+        .collect();
+    Ok(success(serde_json::json!(names
+        .into_iter()
+        .take(limit(params)?)
+        .collect::<Vec<_>>())))
+}
+
+/// Decodes Prometheus' `U__` escaping of UTF-8 label names in paths.
+pub fn unescape_label_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("U__") else {
+        return name.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'_') {
+            chars.next();
+            out.push('_');
+            continue;
+        }
+        let mut hex = String::new();
+        for h in chars.by_ref() {
+            if h == '_' {
+                break;
+            }
+            hex.push(h);
+        }
+        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+            Some(decoded) => out.push(decoded),
+            None => return name.to_string(),
+        }
+    }
+    out
+}
+
+/// `GET /api/v1/label/<name>/values`
+pub fn label_values(service: &QueryService, tenant: &str, params: &Params, name: &str) -> Result<Response, QueryError> {
+    let name = unescape_label_name(name);
+    let selectors = matchers(params, false)?;
+    let (start, end) = window(params)?;
+    let values: BTreeSet<String> = store(service, tenant)
+        .series(&selectors, start, end)?
+        .iter()
+        .filter_map(|l| l.get(&name).map(str::to_string))
+        .collect();
+    Ok(success(serde_json::json!(values
+        .into_iter()
+        .take(limit(params)?)
+        .collect::<Vec<_>>())))
+}
+
+/// `GET /api/v1/metadata`
+pub fn metadata(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {
+    let all = store(service, tenant).metadata()?;
+    let metric = params.get("metric");
+    let limit = limit(params)?;
+    let mut data = serde_json::Map::new();
+    for (name, meta) in all.iter().filter(|(n, _)| metric.is_none_or(|m| m == n.as_str())).take(limit) {
+        data.insert(
+            name.clone(),
+            serde_json::json!([{"type": meta.kind, "help": meta.help, "unit": meta.unit}]),
+        );
+    }
+    Ok(success(serde_json::Value::Object(data)))
+}
+
+/// `GET|POST /api/v1/status/buildinfo`: no `features`, so Grafana sees a Prometheus.
+pub fn buildinfo(_: &QueryService, _: &str, _: &Params) -> Result<Response, QueryError> {
+    Ok(success(serde_json::json!({
+        "version": "2.53.0",
+        "revision": format!("weft-{}", env!("CARGO_PKG_VERSION")),
+        "branch": "HEAD",
+        "buildUser": "weft",
+        "buildDate": "",
+        "goVersion": "",
+    })))
+}
+
+/// `GET|POST /api/v1/query_exemplars`: weft stores no exemplars.
+pub fn query_exemplars(_: &QueryService, _: &str, _: &Params) -> Result<Response, QueryError> {
+    Ok(success(serde_json::json!([])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_steps() {
+        assert_eq!(parse_time("4", "time").unwrap(), 4000);
+        assert_eq!(parse_time("1435781451.781", "time").unwrap(), 1_435_781_451_781);
+        assert_eq!(parse_time("1970-01-01T00:00:04Z", "time").unwrap(), 4000);
+        assert!(parse_time("soon", "time").is_err());
+        assert_eq!(parse_step("15", "step").unwrap(), 15_000);
+        assert_eq!(parse_step("0.5", "step").unwrap(), 500);
+        assert_eq!(parse_step("1m", "step").unwrap(), 60_000);
+    }
+
+    #[test]
+    fn utf8_label_names_unescape() {
+        assert_eq!(unescape_label_name("job"), "job");
+        assert_eq!(unescape_label_name("U__k8s_2e_pod"), "k8s.pod");
+        assert_eq!(unescape_label_name("U__a__b"), "a_b");
+    }
+}
