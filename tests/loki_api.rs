@@ -197,6 +197,57 @@ fn loki_api_answers_like_loki() {
     );
     assert_ne!(next["data"]["hits"][0]["line"], hits[0]["line"]);
 
+    // Training metrics pulled out of the trainer's stdout, on the Prometheus API.
+    let at = "2026-11-25T10:30:00Z";
+    let (_, body) = get_json(
+        &url("/api/v1/query"),
+        &[("query", "count by (run) (count_over_time(weft_train_loss[1h]))"), ("time", at)],
+    );
+    assert_eq!(body["data"]["result"][0]["metric"]["run"], "train-llama", "{body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "2", "one loss series per rank: {body}");
+    let (_, body) = get_json(
+        &url("/api/v1/query"),
+        &[
+            ("query", r#"max_over_time(weft_train_step{pod="train-llama-1"}[1h])"#),
+            ("time", at),
+        ],
+    );
+    assert_eq!(body["data"]["result"][0]["value"][1], "180", "{body}");
+    assert_eq!(body["data"]["result"][0]["metric"]["rank"], "1");
+    let (_, body) = get_json(
+        &url("/api/v1/query"),
+        &[
+            ("query", r#"count_over_time(weft_train_loss{pod="train-llama-0"}[1h])"#),
+            ("time", at),
+        ],
+    );
+    assert_eq!(
+        body["data"]["result"][0]["value"][1], "18",
+        "6 dict lines in the rotated file, 12 in the live one: {body}"
+    );
+    let (_, body) = get_json(
+        &url("/api/v1/series"),
+        &[("match[]", r#"{__name__=~"weft_train_.+", namespace="serving"}"#)],
+    );
+    assert_eq!(body["data"], serde_json::json!([]), "access logs are not training output");
+    // And the lines themselves are still in the logs, with run and rank.
+    let (_, body) = get_json(
+        &url("/loki/api/v1/query_range"),
+        &[
+            ("query", r#"{run="train-llama", rank="0"} |= "'loss'""#),
+            ("start", START),
+            ("end", END),
+            ("limit", "100"),
+        ],
+    );
+    let dict_lines: usize = body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["values"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(dict_lines, 18);
+
     // Self-observability.
     let metrics = client().get(url("/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains("weft_collector_lines_total 832"), "collector counted every line");

@@ -1,8 +1,9 @@
 //! Turns tailed lines into Arrow batches: detects each line's level, keeps
-//! invalid UTF-8 lossily, records each line's source position, and seals a
-//! batch by size or age into the compressed Arrow IPC body the indexer takes,
-//! with its idempotency key and the checkpoint to store once it is
-//! acknowledged.
+//! invalid UTF-8 lossily, records each line's source position, derives run
+//! and rank from the pod name, pulls training metrics out of the line, and
+//! seals a batch by size or age into the compressed Arrow IPC bodies the
+//! indexer takes (lines, and the metric samples found in them), with an
+//! idempotency key and the checkpoint to store once it is acknowledged.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,11 +12,14 @@ use weft_model::batch::{encode_ipc, META_SOURCES};
 use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
 
 use crate::checkpoint::TailerCheckpoint;
+use crate::enrich::run_and_rank;
+use crate::extract::{MetricExtractor, METRIC_PREFIX};
 use crate::metrics::CollectorMetrics;
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;
 use weft_model::level::detect_level;
+use weft_model::metric::{MetricBatchBuilder, METRIC_NAME};
 
 /// When a batch is sealed.
 #[derive(Clone, Debug)]
@@ -48,6 +52,8 @@ pub struct SealedBatch {
     pub key: String,
     /// Arrow IPC stream (zstd buffers), wire schema.
     pub body: Vec<u8>,
+    /// Training metrics found in the lines (Arrow IPC, metric wire schema).
+    pub metrics_body: Option<Vec<u8>>,
     pub rows: usize,
     pub line_bytes: usize,
     /// Tailer state just after the batch's last line.
@@ -68,6 +74,11 @@ pub struct BatchAssembler {
     opened: Option<Instant>,
     metrics: Arc<CollectorMetrics>,
     empty_labels: LabelSet,
+    extractor: Option<MetricExtractor>,
+    samples: MetricBatchBuilder,
+    found: Vec<(String, f64)>,
+    /// Per pod: the run and rank its name suggests.
+    runs: HashMap<String, (Option<String>, Option<String>)>,
 }
 
 /// 64-bit FNV-1a, a stable hash for idempotency keys.
@@ -79,7 +90,14 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 }
 
 impl BatchAssembler {
-    pub fn new(limits: BatchLimits, collector_id: String, node: String, metrics: Arc<CollectorMetrics>) -> Self {
+    /// An assembler; `extractor` finds training metrics in lines (none: off).
+    pub fn new(
+        limits: BatchLimits,
+        collector_id: String,
+        node: String,
+        metrics: Arc<CollectorMetrics>,
+        extractor: Option<MetricExtractor>,
+    ) -> Self {
         Self {
             builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
             limits,
@@ -92,6 +110,10 @@ impl BatchAssembler {
             opened: None,
             metrics,
             empty_labels: LabelSet::new(),
+            extractor,
+            samples: MetricBatchBuilder::new(),
+            found: Vec::new(),
+            runs: HashMap::new(),
         }
     }
 
@@ -157,6 +179,14 @@ impl BatchAssembler {
             serde_json::to_string(&self.sources).expect("strings serialize"),
         )]);
         let body = encode_ipc(&[batch], metadata).map_err(CollectorError::Model)?;
+        let metrics_body = if self.samples.is_empty() {
+            None
+        } else {
+            Some(encode_ipc(&[self.samples.finish()], HashMap::new()).map_err(CollectorError::Model)?)
+        };
+        if self.runs.len() > 4096 {
+            self.runs.clear();
+        }
         self.sources.clear();
         self.source_index.clear();
         self.ranges.clear();
@@ -165,6 +195,7 @@ impl BatchAssembler {
         Ok(SealedBatch {
             key,
             body,
+            metrics_body,
             rows,
             line_bytes,
             checkpoint,
@@ -194,6 +225,26 @@ impl LineSink for BatchAssembler {
         }
         self.metrics.lines.inc();
         let meta = line.meta;
+        let (run, rank) = self.runs.entry(meta.pod.clone()).or_insert_with(|| run_and_rank(&meta.pod)).clone();
+        if let Some(extractor) = &self.extractor {
+            self.found.clear();
+            extractor.extract(&text, &mut self.found);
+            if !self.found.is_empty() {
+                let ts_ms = line.ts.div_euclid(1_000_000);
+                for (key, value) in &self.found {
+                    let series = LabelSet::from_pairs([
+                        (METRIC_NAME, format!("{METRIC_PREFIX}{key}").as_str()),
+                        ("namespace", meta.namespace.as_str()),
+                        ("pod", meta.pod.as_str()),
+                        ("container", meta.container.as_str()),
+                        ("run", run.as_deref().unwrap_or("")),
+                        ("rank", rank.as_deref().unwrap_or("")),
+                    ]);
+                    self.samples.append(&series.to_string(), ts_ms, *value);
+                }
+                self.metrics.samples_extracted.inc_by(self.found.len() as u64);
+            }
+        }
         self.builder.append(&RecordRef {
             ts: line.ts,
             ingest_ts: 0,
@@ -203,8 +254,8 @@ impl LineSink for BatchAssembler {
             node: &self.node,
             stream: line.stream.map(|s| s.as_str()).unwrap_or(""),
             labels: &self.empty_labels,
-            run: None,
-            rank: None,
+            run: run.as_deref(),
+            rank: rank.as_deref(),
             pod_uid: Some(&meta.pod_uid),
             restart: Some(meta.restart),
             level: detect_level(line.text),

@@ -55,6 +55,10 @@ pub struct CollectorConfig {
     /// Longest wait between two delivery attempts.
     #[serde(with = "serde_duration")]
     pub max_backoff: Duration,
+    /// Pull training metrics (`weft_train_<key>`) out of log lines.
+    pub extract_metrics: bool,
+    /// Extra extraction rules: regexes whose named captures become metrics.
+    pub extract_rules: Vec<crate::extract::ExtractRule>,
     /// Least time between two writes of the checkpoint file. Lines
     /// acknowledged since the last write are read again after a crash and
     /// dropped by the indexer as duplicates.
@@ -84,6 +88,8 @@ impl Default for CollectorConfig {
             request_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(500),
+            extract_metrics: true,
+            extract_rules: Vec::new(),
         }
     }
 }

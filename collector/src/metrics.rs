@@ -5,6 +5,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 /// Counters and gauges of every collector stage.
 pub struct CollectorMetrics {
     pub lines: IntCounter,
+    pub samples_extracted: IntCounter,
     pub bytes_read: IntCounter,
     pub parse_errors: IntCounter,
     pub invalid_utf8: IntCounter,
@@ -46,6 +47,11 @@ impl CollectorMetrics {
         let _ = registry.register(Box::new(send_errors.clone()));
         Self {
             lines: counter(registry, "weft_collector_lines_total", "Log lines read and shipped"),
+            samples_extracted: counter(
+                registry,
+                "weft_collector_extracted_samples_total",
+                "Training metric samples found in log lines",
+            ),
             bytes_read: counter(registry, "weft_collector_read_bytes_total", "Bytes read from log files"),
             parse_errors: counter(
                 registry,

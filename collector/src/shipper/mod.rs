@@ -76,6 +76,7 @@ pub struct Shipper {
     settings: ShipperSettings,
     client: reqwest::Client,
     url: String,
+    metrics_url: String,
     spool: Spool,
     checkpoints: CheckpointStore,
     rejected_dir: PathBuf,
@@ -110,6 +111,7 @@ impl Shipper {
             .map_err(|e| CollectorError::Config(format!("http client: {e}")))?;
         Ok(Self {
             url: format!("{}/api/v1/ingest", settings.indexer_url.trim_end_matches('/')),
+            metrics_url: format!("{}/api/v1/ingest/metrics", settings.indexer_url.trim_end_matches('/')),
             settings,
             client,
             spool,
@@ -133,14 +135,17 @@ impl Shipper {
         }
     }
 
-    async fn send(&self, batch: &SealedBatch) -> Result<(), SendError> {
+    /// POSTs one body; maps the answer to success, retry or refusal.
+    async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &[u8]) -> Result<(), SendError> {
         let mut request = self
             .client
-            .post(&self.url)
-            .header("content-type", ARROW_STREAM_CONTENT_TYPE)
-            .header(IDEMPOTENCY_HEADER, &batch.key)
+            .post(url)
+            .header("content-type", content_type)
             .header("x-scope-orgid", &self.settings.tenant)
-            .body(batch.body.clone());
+            .body(body.to_vec());
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_HEADER, key);
+        }
         if let Some(token) = &self.settings.bearer_token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -154,13 +159,32 @@ impl Shipper {
         }
         let body = response.text().await.unwrap_or_default();
         let reason = format!("indexer answered {status}: {}", body.chars().take(300).collect::<String>());
-        if status.as_u16() == 429 || status.is_server_error() {
-            self.metrics.send_errors.with_label_values(&["retryable_status"]).inc();
-            Err(SendError::Retryable(reason))
-        } else {
+        // Only a refusal of the batch itself is permanent; auth, routing and
+        // overload problems get fixed on the other side, so retry those.
+        if matches!(status.as_u16(), 400 | 413 | 415 | 422) {
             self.metrics.send_errors.with_label_values(&["rejected"]).inc();
             Err(SendError::Permanent(reason))
+        } else {
+            self.metrics.send_errors.with_label_values(&["retryable_status"]).inc();
+            Err(SendError::Retryable(reason))
         }
+    }
+
+    /// Delivers a batch: its training metrics first (samples are idempotent
+    /// by series and time, so a retry after a failed log post is harmless),
+    /// then its lines.
+    async fn send(&self, batch: &SealedBatch) -> Result<(), SendError> {
+        if let Some(metrics) = &batch.metrics_body {
+            match self.post(&self.metrics_url, ARROW_STREAM_CONTENT_TYPE, None, metrics).await {
+                Ok(()) => {}
+                Err(SendError::Permanent(reason)) => {
+                    // The lines must not be lost with them.
+                    tracing::error!(key = %batch.key, reason, "indexer refused the batch's training metrics; shipping its lines");
+                }
+                Err(retry) => return Err(retry),
+            }
+        }
+        self.post(&self.url, ARROW_STREAM_CONTENT_TYPE, Some(&batch.key), &batch.body).await
     }
 
     fn acknowledge(&mut self, checkpoint: TailerCheckpoint) {

@@ -4,8 +4,9 @@
 //! and a damaged file is detected, set aside and counted instead of being
 //! delivered or stalling delivery.
 //!
-//! File layout: `WEFTSPL1`, u32 header length, header JSON (key, rows,
-//! line bytes, checkpoint), u64 body length, body, u32 CRC of all before.
+//! File layout: `WEFTSPL2`, u32 header length, header JSON (key, rows,
+//! line bytes, checkpoint, metrics body length), u64 body length, body,
+//! metrics body, u32 CRC of all before.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -19,7 +20,7 @@ use crate::checkpoint::{write_atomic, TailerCheckpoint};
 use crate::metrics::CollectorMetrics;
 use crate::CollectorError;
 
-const MAGIC: &[u8; 8] = b"WEFTSPL1";
+const MAGIC: &[u8; 8] = b"WEFTSPL2";
 
 #[derive(Serialize, Deserialize)]
 struct SpoolHeader {
@@ -27,6 +28,9 @@ struct SpoolHeader {
     rows: usize,
     line_bytes: usize,
     checkpoint: TailerCheckpoint,
+    /// Bytes of the metric body after the log body (0: none).
+    #[serde(default)]
+    metrics_bytes: usize,
 }
 
 struct SpoolEntry {
@@ -59,6 +63,7 @@ fn encode(batch: &SealedBatch) -> Vec<u8> {
         rows: batch.rows,
         line_bytes: batch.line_bytes,
         checkpoint: batch.checkpoint.clone(),
+        metrics_bytes: batch.metrics_body.as_ref().map(Vec::len).unwrap_or(0),
     })
     .expect("header serializes");
     let mut out = Vec::with_capacity(header.len() + batch.body.len() + 32);
@@ -67,6 +72,9 @@ fn encode(batch: &SealedBatch) -> Vec<u8> {
     out.extend_from_slice(&header);
     out.extend_from_slice(&(batch.body.len() as u64).to_le_bytes());
     out.extend_from_slice(&batch.body);
+    if let Some(metrics) = &batch.metrics_body {
+        out.extend_from_slice(metrics);
+    }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -88,7 +96,8 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         .ok_or("header length out of range")?;
     let header: SpoolHeader = serde_json::from_slice(&content[12..header_end]).map_err(|_| "header is not valid json")?;
     let body_len = u64::from_le_bytes(content[header_end..header_end + 8].try_into().expect("8 bytes")) as usize;
-    if header_end + 8 + body_len != content.len() {
+    let body_end = header_end + 8 + body_len;
+    if body_end.checked_add(header.metrics_bytes) != Some(content.len()) {
         return Err("body length mismatch");
     }
     Ok(SealedBatch {
@@ -96,7 +105,8 @@ fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         rows: header.rows,
         line_bytes: header.line_bytes,
         checkpoint: header.checkpoint,
-        body: content[header_end + 8..].to_vec(),
+        body: content[header_end + 8..body_end].to_vec(),
+        metrics_body: (header.metrics_bytes > 0).then(|| content[body_end..].to_vec()),
     })
 }
 
@@ -266,6 +276,7 @@ mod tests {
         SealedBatch {
             key: format!("k{n}"),
             body: vec![n as u8; 100 + n],
+            metrics_body: (n % 2 == 0).then(|| vec![7u8; n + 3]),
             rows: n,
             line_bytes: n * 10,
             checkpoint: TailerCheckpoint::default(),
@@ -287,7 +298,8 @@ mod tests {
         assert_eq!(spool.len(), 2);
         assert_eq!(spool.head().unwrap().key, "k1");
         spool.pop().unwrap();
-        assert_eq!(spool.head().unwrap().body, batch(2).body);
+        let head = spool.head().unwrap();
+        assert_eq!((head.body, head.metrics_body), (batch(2).body, batch(2).metrics_body));
     }
 
     #[test]

@@ -25,6 +25,11 @@ struct FakeIndexer {
 /// A minimal HTTP/1.1 server: 503 while `up` is false, else 200, recording
 /// the idempotency key of each accepted request.
 async fn fake_indexer() -> FakeIndexer {
+    fake_indexer_failing_with("503 Service Unavailable").await
+}
+
+/// Like [`fake_indexer`], failing with `down_status` while down.
+async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let up = Arc::new(AtomicBool::new(false));
@@ -59,7 +64,7 @@ async fn fake_indexer() -> FakeIndexer {
                             if ok {
                                 received.lock().unwrap().push(key);
                             }
-                            let status = if ok { "200 OK" } else { "503 Service Unavailable" };
+                            let status = if ok { "200 OK" } else { down_status };
                             let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
                             let _ = socket.write_all(reply.as_bytes()).await;
                             buf.drain(..end + 4 + length);
@@ -81,6 +86,7 @@ fn batch(n: u64) -> SealedBatch {
     SealedBatch {
         key: format!("batch-{n:03}"),
         body: vec![n as u8; 1000],
+        metrics_body: None,
         rows: 1,
         line_bytes: 10,
         checkpoint: TailerCheckpoint {
@@ -164,4 +170,31 @@ async fn spools_in_order_applies_backpressure_and_delivers_when_back() {
     assert_eq!(metrics.spool_batches.get(), 0);
     let checkpoint = CheckpointStore::new(state.path()).load().unwrap();
     assert_eq!(checkpoint.files[0].offset, more - 1, "checkpoint of the last acknowledged batch");
+}
+
+/// Regression: a wrong bearer token (401) used to be treated as a permanent
+/// refusal, moving every batch to `rejected/` and the checkpoint past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_are_retried_not_rejected() {
+    let server = fake_indexer_failing_with("401 Unauthorized").await;
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(CollectorMetrics::unregistered());
+    let settings = ShipperSettings {
+        indexer_url: server.url.clone(),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        attempts_before_spool: 2,
+        ..Default::default()
+    };
+    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    tx.send(batch(0)).await.unwrap();
+    wait_until("the batch waits in the spool", || metrics.spool_batches.get() == 1).await;
+    assert_eq!(metrics.batches_rejected.get(), 0);
+    server.up.store(true, Ordering::SeqCst);
+    wait_until("delivered once the token is fixed", || server.received.lock().unwrap().len() == 1).await;
+    drop(tx);
+    task.await.unwrap();
 }

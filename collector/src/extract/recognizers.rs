@@ -1,0 +1,292 @@
+//! The built-in recognizers of training output formats.
+
+/// Keys that mark a JSON or logfmt line as training output.
+const TRAINING_KEYS: [&str; 14] = [
+    "loss",
+    "step",
+    "global_step",
+    "iteration",
+    "iter",
+    "epoch",
+    "learning_rate",
+    "lr",
+    "grad_norm",
+    "train_loss",
+    "eval_loss",
+    "tokens_per_sec",
+    "samples_per_second",
+    "perplexity",
+];
+
+/// Parses a number as training code prints it (`2e-05`, `1.500E-04`,
+/// `nan`, `inf`, `-inf`, `1,234`).
+pub fn parse_number(text: &str) -> Option<f64> {
+    let text = text.trim().trim_end_matches(',');
+    match text.to_ascii_lowercase().as_str() {
+        "nan" | "+nan" | "-nan" => return Some(f64::NAN),
+        "inf" | "+inf" | "infinity" => return Some(f64::INFINITY),
+        "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
+        _ => {}
+    }
+    if text.is_empty() || !text.bytes().any(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<f64>().ok().or_else(|| text.replace(',', "").parse::<f64>().ok())
+}
+
+/// `Learning Rate` → `learning_rate`, `elapsed time per iteration (ms)` →
+/// `elapsed_time_per_iteration_ms`; `lr` → `learning_rate`; `iter`,
+/// `iteration`, `global_step`, `steps` → `step`.
+pub fn normalize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut gap = false;
+    for c in key.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            if gap && !out.is_empty() {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+            gap = false;
+        } else if c == '/' {
+            if !out.is_empty() {
+                out.push_str("_per_");
+            }
+            gap = false;
+        } else {
+            gap = true;
+        }
+    }
+    let out = out.trim_matches('_').to_string();
+    match out.as_str() {
+        "lr" => "learning_rate".into(),
+        "iter" | "iteration" | "global_step" | "steps" => "step".into(),
+        "it_per_s" => "iterations_per_second".into(),
+        "s_per_it" => "seconds_per_iteration".into(),
+        _ => out,
+    }
+}
+
+fn push(out: &mut Vec<(String, f64)>, key: &str, value: f64) {
+    let key = normalize_key(key);
+    if !key.is_empty() && key.len() <= 64 {
+        out.push((key, value));
+    }
+}
+
+/// Runs every built-in recognizer on `line`.
+pub fn extract_builtin(line: &str, out: &mut Vec<(String, f64)>) {
+    let line = line.trim_end();
+    if line.len() > 16 * 1024 {
+        return;
+    }
+    if let Some(start) = line.find("{'") {
+        python_dict(&line[start..], out);
+        return;
+    }
+    if line.trim_start().starts_with('{') {
+        json_line(line.trim_start(), out);
+        return;
+    }
+    if line.contains("iteration") && line.contains(" | ") {
+        megatron(line, out);
+        return;
+    }
+    if line.contains("it/s") || line.contains("s/it") {
+        progress_bar(line, out);
+        return;
+    }
+    if line.contains("/step") || line.contains("ETA:") {
+        keras(line, out);
+        return;
+    }
+    if line.contains("step=") || line.contains("steps:") || line.contains("loss:") {
+        deepspeed(line, out);
+        if !out.is_empty() {
+            return;
+        }
+    }
+    if line.contains('=') {
+        logfmt(line, out);
+    }
+}
+
+/// `{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.5}`
+fn python_dict(text: &str, out: &mut Vec<(String, f64)>) {
+    let end = text.find('}').unwrap_or(text.len());
+    for pair in text[1..end].split(", '") {
+        let pair = pair.trim_start_matches('\'');
+        let Some((key, value)) = pair.split_once("':") else { continue };
+        if let Some(value) = parse_number(value.trim().trim_matches('\'')) {
+            push(out, key, value);
+        }
+    }
+}
+
+/// Numeric top-level fields of a JSON object that has a training key.
+fn json_line(text: &str, out: &mut Vec<(String, f64)>) {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    if !map
+        .keys()
+        .any(|k| TRAINING_KEYS.contains(&normalize_key(k).as_str()) || TRAINING_KEYS.contains(&k.as_str()))
+    {
+        return;
+    }
+    for (key, value) in &map {
+        let number = match value {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "nan" | "inf" | "-inf")
+                .then(|| parse_number(s))
+                .flatten(),
+            _ => None,
+        };
+        if let Some(number) = number {
+            push(out, key, number);
+        }
+    }
+}
+
+/// `key=value` pairs of a line that has a training key.
+fn logfmt(line: &str, out: &mut Vec<(String, f64)>) {
+    let mut found = Vec::new();
+    let mut has_training_key = false;
+    for token in line.split(|c: char| c.is_whitespace() || c == ',') {
+        let Some((key, value)) = token.split_once('=') else { continue };
+        let key = key.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        if key.is_empty() {
+            continue;
+        }
+        if let Some(value) = parse_number(value.trim_matches(|c| c == '"' || c == '[' || c == ']')) {
+            has_training_key |= TRAINING_KEYS.contains(&normalize_key(key).as_str()) || TRAINING_KEYS.contains(&key);
+            found.push((key.to_string(), value));
+        }
+    }
+    if has_training_key {
+        for (key, value) in found {
+            push(out, &key, value);
+        }
+    }
+}
+
+/// tqdm and PyTorch Lightning bars:
+/// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`
+fn progress_bar(line: &str, out: &mut Vec<(String, f64)>) {
+    // `Epoch N:` prefix (Lightning).
+    if let Some(at) = line.find("Epoch ") {
+        let rest = &line[at + 6..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Some(epoch) = parse_number(&digits) {
+            push(out, "epoch", epoch);
+        }
+    }
+    // `N/M [` counter: the step within the bar.
+    if let Some(bracket) = line.find(" [") {
+        let before = &line[..bracket];
+        if let Some(counter) = before.rsplit(|c: char| c == '|' || c.is_whitespace()).find(|t| t.contains('/')) {
+            if let Some((done, total)) = counter.split_once('/') {
+                if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
+                    push(out, "step", done);
+                    push(out, "total_steps", total);
+                }
+            }
+        }
+        let inside = &line[bracket + 2..line[bracket..].find(']').map(|e| bracket + e).unwrap_or(line.len())];
+        for part in inside.split(',') {
+            let part = part.trim();
+            if let Some(rate) = part.strip_suffix("it/s") {
+                if let Some(rate) = parse_number(rate) {
+                    push(out, "iterations_per_second", rate);
+                }
+            } else if let Some(seconds) = part.strip_suffix("s/it") {
+                if let Some(seconds) = parse_number(seconds) {
+                    push(out, "seconds_per_iteration", seconds);
+                }
+            } else if let Some((key, value)) = part.split_once('=') {
+                if key.trim() != "v_num" {
+                    if let Some(value) = parse_number(value) {
+                        push(out, key, value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keras: `100/100 [====] - 5s 50ms/step - loss: 0.3012 - accuracy: 0.9123`
+fn keras(line: &str, out: &mut Vec<(String, f64)>) {
+    let mut parts = line.split(" - ");
+    let Some(first) = parts.next() else { return };
+    if let Some(counter) = first
+        .split_whitespace()
+        .find(|t| t.contains('/') && t.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    {
+        if let Some((done, total)) = counter.split_once('/') {
+            if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
+                push(out, "batch", done);
+                push(out, "batches", total);
+            }
+        }
+    }
+    for part in parts {
+        if let Some((key, value)) = part.split_once(": ") {
+            if key.trim() != "ETA" {
+                if let Some(value) = parse_number(value.split_whitespace().next().unwrap_or("")) {
+                    push(out, key, value);
+                }
+            }
+        }
+    }
+}
+
+/// DeepSpeed: `[Rank 0] step=100, skipped=0, lr=[0.0001], mom=[(0.9, 0.999)]`
+/// and `steps: 100 loss: 0.3012 iter time (s): 0.512 samples/sec: 62.5`.
+fn deepspeed(line: &str, out: &mut Vec<(String, f64)>) {
+    if let Some(at) = line.find("step=") {
+        for token in line[at..].split(", ") {
+            let Some((key, value)) = token.split_once('=') else { continue };
+            let value = value.trim().trim_start_matches('[').split([',', ']']).next().unwrap_or("");
+            if let Some(value) = parse_number(value) {
+                push(out, key, value);
+            }
+        }
+        return;
+    }
+    let mut rest = line;
+    while let Some(colon) = rest.find(": ") {
+        let key_start = rest[..colon]
+            .rfind(|c: char| c.is_ascii_digit() || c == ']')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let key = rest[key_start..colon].trim();
+        let after = &rest[colon + 2..];
+        let value = after.split_whitespace().next().unwrap_or("");
+        if let Some(number) = parse_number(value) {
+            if !key.is_empty() && key.len() < 40 {
+                push(out, key, number);
+            }
+        }
+        rest = &after[value.len().min(after.len())..];
+    }
+}
+
+/// Megatron-LM: ` iteration 100/ 500000 | consumed samples: 12800 | … | lm loss: 7.012345E+00 |`
+fn megatron(line: &str, out: &mut Vec<(String, f64)>) {
+    for field in line.split(" | ") {
+        let field = field.trim().trim_end_matches('|').trim();
+        if let Some(rest) = field.strip_prefix("iteration") {
+            if let Some((done, total)) = rest.split_once('/') {
+                if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
+                    push(out, "step", done);
+                    push(out, "total_steps", total);
+                }
+            }
+            continue;
+        }
+        if let Some((key, value)) = field.rsplit_once(':') {
+            if let Some(value) = parse_number(value) {
+                push(out, key, value);
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Extraction over real-format lines of each framework.
+
+use super::*;
+
+fn extract(line: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    MetricExtractor::default().extract(line, &mut out);
+    out
+}
+
+fn get(found: &[(String, f64)], key: &str) -> Option<f64> {
+    found.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
+#[test]
+fn hugging_face_trainer_dicts() {
+    let found = extract("{'loss': 0.3012, 'grad_norm': 1.2345678, 'learning_rate': 4.985e-05, 'epoch': 0.01}");
+    assert_eq!(get(&found, "loss"), Some(0.3012));
+    assert_eq!(get(&found, "learning_rate"), Some(4.985e-05));
+    assert_eq!(get(&found, "epoch"), Some(0.01));
+    assert_eq!(get(&found, "grad_norm"), Some(1.2345678));
+    let nan = extract("{'loss': nan, 'learning_rate': 2e-05, 'epoch': 1.0}");
+    assert!(get(&nan, "loss").unwrap().is_nan());
+    let eval = extract("{'eval_loss': 0.41, 'eval_runtime': 12.5, 'eval_samples_per_second': 80.1, 'epoch': 1.0}");
+    assert_eq!(get(&eval, "eval_samples_per_second"), Some(80.1));
+}
+
+#[test]
+fn json_and_logfmt_with_training_keys_only() {
+    let found = extract(r#"{"step": 1200, "loss": 0.31, "lr": 0.0003, "tokens_per_sec": 51234.5, "run": "exp-7"}"#);
+    assert_eq!(get(&found, "step"), Some(1200.0));
+    assert_eq!(get(&found, "learning_rate"), Some(0.0003));
+    assert_eq!(found.len(), 4);
+    assert!(
+        extract(r#"{"level":"info","status":200,"latency_ms":12.5}"#).is_empty(),
+        "an access log is not training output"
+    );
+    let found = extract("ts=2026-11-25T10:00:00Z level=info step=300 loss=0.287 lr=1.2e-4 throughput=812.5");
+    assert_eq!(
+        (get(&found, "step"), get(&found, "loss"), get(&found, "throughput")),
+        (Some(300.0), Some(0.287), Some(812.5))
+    );
+    assert!(extract("level=info msg=connected retries=3").is_empty());
+}
+
+#[test]
+fn tqdm_and_lightning_progress_bars() {
+    let found = extract(" 45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s]");
+    assert_eq!(
+        (
+            get(&found, "step"),
+            get(&found, "total_steps"),
+            get(&found, "iterations_per_second")
+        ),
+        (Some(450.0), Some(1000.0), Some(5.40))
+    );
+    let found = extract("Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0, train_acc=0.91]");
+    assert_eq!(get(&found, "epoch"), Some(3.0));
+    assert_eq!(get(&found, "loss"), Some(0.321));
+    assert_eq!(get(&found, "train_acc"), Some(0.91));
+    assert_eq!(get(&found, "v_num"), None);
+    let slow = extract("  2%|▏         | 20/1000 [00:40<32:40,  2.00s/it]");
+    assert_eq!(get(&slow, "seconds_per_iteration"), Some(2.0));
+}
+
+#[test]
+fn keras_progress_lines() {
+    let found = extract("100/100 [==============================] - 5s 50ms/step - loss: 0.3012 - accuracy: 0.9123 - val_loss: 0.3521 - val_accuracy: 0.8810");
+    assert_eq!(get(&found, "loss"), Some(0.3012));
+    assert_eq!(get(&found, "val_accuracy"), Some(0.8810));
+    assert_eq!(get(&found, "batch"), Some(100.0));
+    let eta = extract(" 37/100 [==========>...................] - ETA: 3s - loss: 0.4501");
+    assert_eq!(get(&eta, "loss"), Some(0.4501));
+    assert_eq!(get(&eta, "eta"), None);
+}
+
+#[test]
+fn deepspeed_lines() {
+    let found =
+        extract("[2026-11-25 10:00:00,000] [INFO] [logging.py:96:log_dist] [Rank 0] step=100, skipped=0, lr=[0.0001], mom=[(0.9, 0.999)]");
+    assert_eq!(
+        (get(&found, "step"), get(&found, "skipped"), get(&found, "learning_rate")),
+        (Some(100.0), Some(0.0), Some(0.0001))
+    );
+    let found = extract("[Rank 0] steps: 100 loss: 0.3012 iter time (s): 0.512 samples/sec: 62.5");
+    assert_eq!(get(&found, "step"), Some(100.0));
+    assert_eq!(get(&found, "loss"), Some(0.3012));
+    assert_eq!(get(&found, "iter_time_s"), Some(0.512));
+    assert_eq!(get(&found, "samples_per_sec"), Some(62.5));
+}
+
+#[test]
+fn megatron_iteration_lines() {
+    let line = " iteration      100/  500000 | consumed samples:        12800 | elapsed time per iteration (ms): 512.3 | learning rate: 1.500E-04 | global batch size:   128 | lm loss: 7.012345E+00 | loss scale: 65536.0 | grad norm: 1.234 | number of skipped iterations:   0 | number of nan iterations:   0 |";
+    let found = extract(line);
+    assert_eq!(get(&found, "step"), Some(100.0));
+    assert_eq!(get(&found, "total_steps"), Some(500000.0));
+    assert_eq!(get(&found, "learning_rate"), Some(1.5e-4));
+    assert_eq!(get(&found, "lm_loss"), Some(7.012345));
+    assert_eq!(get(&found, "elapsed_time_per_iteration_ms"), Some(512.3));
+    assert_eq!(get(&found, "number_of_nan_iterations"), Some(0.0));
+}
+
+#[test]
+fn ordinary_lines_give_nothing() {
+    for line in [
+        "Traceback (most recent call last):",
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+        "2026-11-25 22:16:18,123 - trainer - WARNING - grad norm is large",
+        "NCCL INFO Bootstrap : Using eth0:10.42.1.17<0>",
+        "",
+    ] {
+        assert!(extract(line).is_empty(), "{line}: {:?}", extract(line));
+    }
+}
+
+#[test]
+fn user_rules_add_metrics() {
+    let rules = [ExtractRule {
+        name: "rl".into(),
+        regex: r"episode (?P<episode>\d+) reward (?P<reward>[-0-9.]+)".into(),
+    }];
+    let extractor = MetricExtractor::new(&rules).unwrap();
+    let mut found = Vec::new();
+    extractor.extract("episode 12 reward -3.5 (best so far)", &mut found);
+    assert_eq!(found, vec![("episode".to_string(), 12.0), ("reward".to_string(), -3.5)]);
+    assert!(MetricExtractor::new(&[ExtractRule {
+        name: "bad".into(),
+        regex: "(".into()
+    }])
+    .is_err());
+    assert!(MetricExtractor::new(&[ExtractRule {
+        name: "none".into(),
+        regex: "x".into()
+    }])
+    .is_err());
+}
+
+#[test]
+fn keys_normalize() {
+    assert_eq!(normalize_key("Learning Rate"), "learning_rate");
+    assert_eq!(normalize_key("elapsed time per iteration (ms)"), "elapsed_time_per_iteration_ms");
+    assert_eq!(normalize_key("samples/sec"), "samples_per_sec");
+    assert_eq!(normalize_key("global_step"), "step");
+}
