@@ -73,6 +73,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Dry run: reads a log file through the collector's parsing and metric
+    /// extraction and prints one JSON object per record.
+    Inspect {
+        /// Force the file format instead of detecting it.
+        #[arg(long, value_enum)]
+        format: Option<InspectFormat>,
+        /// Config file (YAML) whose collector.extract_rules apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The log file.
+        file: PathBuf,
+    },
     /// Runs PromQL test files (Prometheus' promqltest format) against
     /// weft's engine; prints each failing case and `N passed, M failed, K skipped`.
     PromqlTest {
@@ -92,6 +104,39 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InspectFormat {
+    Cri,
+    Docker,
+    Plain,
+}
+
+fn inspect(file: &std::path::Path, format: Option<InspectFormat>, config: Option<&PathBuf>) -> anyhow::Result<()> {
+    use weft_collector::sources::pod_logs::tailer::ForcedFormat;
+    let cfg = load(config)?;
+    let extractor = weft_collector::extract::MetricExtractor::new(&cfg.collector.extract_rules)?;
+    let format = format.map(|f| match f {
+        InspectFormat::Cri => ForcedFormat::Cri,
+        InspectFormat::Docker => ForcedFormat::Docker,
+        InspectFormat::Plain => ForcedFormat::Plain,
+    });
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let written = weft_collector::inspect::inspect(file, format, &extractor, &mut out)
+        .map(|_| ())
+        .and_then(|_| {
+            std::io::Write::flush(&mut out).map_err(|source| weft_collector::CollectorError::Io {
+                path: "stdout".into(),
+                source,
+            })
+        });
+    match written {
+        // The reader went away (`| head`): not an error.
+        Err(weft_collector::CollectorError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<config::WeftConfig> {
@@ -137,12 +182,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::PromqlTest { files } = &cli.command {
         return promql_test(files);
     }
+    if let Command::Inspect { format, config, file } = &cli.command {
+        return inspect(file, *format, config.as_ref());
+    }
     let (role, mut cfg) = match &cli.command {
         Command::Standalone { config, .. } => (app::Role::Standalone, load(config.as_ref())?),
         Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
         Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
-        Command::PromqlTest { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } => unreachable!("handled above"),
     };
     match cli.command {
         Command::Standalone {
@@ -187,7 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
         }
-        Command::PromqlTest { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } => unreachable!("handled above"),
     }
     app::init_logging(cfg.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()

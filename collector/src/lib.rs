@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod enrich;
 pub mod extract;
+pub mod inspect;
 pub mod metrics;
 pub mod shipper;
 pub mod sources;

@@ -40,6 +40,17 @@ pub struct TailerConfig {
     pub partial_timeout: Duration,
     /// Most files held open at once.
     pub max_open_files: usize,
+    /// Read every file in this format instead of detecting it per file.
+    pub forced_format: Option<ForcedFormat>,
+}
+
+/// A format to read files in, whatever their first line looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForcedFormat {
+    Cri,
+    Docker,
+    /// Each line is a message as it is (no runtime framing).
+    Plain,
 }
 
 impl Default for TailerConfig {
@@ -50,6 +61,7 @@ impl Default for TailerConfig {
             max_bytes_per_pass: 4 * 1024 * 1024,
             partial_timeout: Duration::from_secs(5),
             max_open_files: 4096,
+            forced_format: None,
         }
     }
 }
@@ -570,8 +582,30 @@ impl PodLogTailer {
         if line.is_empty() {
             return;
         }
-        let format = *file.format.get_or_insert_with(|| LogFormat::detect(line));
+        let forced = self.config.forced_format;
+        if forced == Some(ForcedFormat::Plain) {
+            let cap = line.len().min(self.config.max_line_bytes);
+            emit(
+                file,
+                sink,
+                end_offset * 4,
+                self.now_ns,
+                None,
+                &line[..cap],
+                overlong || cap < line.len(),
+                false,
+            );
+            return;
+        }
+        let format = *file.format.get_or_insert_with(|| match forced {
+            Some(ForcedFormat::Cri) => LogFormat::Cri,
+            Some(ForcedFormat::Docker) => LogFormat::Docker,
+            _ => LogFormat::detect(line),
+        });
         let parsed = format.parse(line).or_else(|err| {
+            if forced.is_some() {
+                return Err(err);
+            }
             let other = if format == LogFormat::Cri {
                 LogFormat::Docker
             } else {
@@ -737,6 +771,17 @@ impl PodLogTailer {
             .collect();
         stale.sort_by(|a, b| (&a.0, &a.1 .0, a.1 .1).cmp(&(&b.0, &b.1 .0, b.1 .1)));
         for (_, key) in stale {
+            if let Some(pending) = self.partials.remove(&key) {
+                self.emit_pending(key.1, pending, sink);
+            }
+        }
+    }
+
+    /// Emits every pending partial now (end of a dry run).
+    pub fn flush_all_partials(&mut self, sink: &mut dyn LineSink) {
+        let mut keys: Vec<JoinKey> = self.partials.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
             if let Some(pending) = self.partials.remove(&key) {
                 self.emit_pending(key.1, pending, sink);
             }

@@ -105,6 +105,7 @@ impl Harness {
             max_bytes_per_pass: per_pass,
             partial_timeout: Duration::from_secs(3600),
             max_open_files: 64,
+            forced_format: None,
         };
         let mut tailer = PodLogTailer::new(
             root.to_path_buf(),
