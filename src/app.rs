@@ -103,6 +103,9 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
 
     if role == Role::Collector {
         let collector = weft_collector::start(&cfg.collector, &registry)?;
+        if let Some(addr) = collector.otlp_addr {
+            println!("weft otlp listening on {addr}");
+        }
         shutdown_signal().await;
         collector.shutdown(SHUTDOWN_GRACE).await;
         return Ok(());
@@ -144,7 +147,11 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         if cfg.collector.state == weft_collector::CollectorConfig::default().state {
             cfg.collector.state = data.join("collector");
         }
-        Some(weft_collector::start(&cfg.collector, &registry)?)
+        let collector = weft_collector::start(&cfg.collector, &registry)?;
+        if let Some(addr) = collector.otlp_addr {
+            println!("weft otlp listening on {addr}");
+        }
+        Some(collector)
     } else {
         None
     };

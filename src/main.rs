@@ -39,6 +39,9 @@ enum Command {
         /// Node name put on records [default: NODE_NAME, then the hostname]
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
+        /// OTLP/HTTP receiver address ("" turns it off) [default: 127.0.0.1:4318]
+        #[arg(long)]
+        otlp_listen: Option<String>,
     },
     /// Node agent: tails pod logs and ships them to an indexer.
     Collector {
@@ -57,6 +60,9 @@ enum Command {
         /// Node name put on records [default: NODE_NAME, then the hostname]
         #[arg(long, env = "NODE_NAME")]
         node: Option<String>,
+        /// OTLP/HTTP receiver address ("" turns it off) [default: 127.0.0.1:4318]
+        #[arg(long)]
+        otlp_listen: Option<String>,
     },
     /// Write path: ingest endpoints, WAL, splits.
     Indexer {
@@ -194,8 +200,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Standalone {
-            logs, data, listen, node, ..
+            logs,
+            data,
+            listen,
+            node,
+            otlp_listen,
+            ..
         } => {
+            if let Some(otlp) = otlp_listen {
+                cfg.collector.otlp_listen = otlp;
+            }
             if let Some(logs) = logs {
                 cfg.collector.logs = logs;
             }
@@ -208,8 +222,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state,
             indexer,
             node,
+            otlp_listen,
             ..
         } => {
+            if let Some(otlp) = otlp_listen {
+                cfg.collector.otlp_listen = otlp;
+            }
             if let Some(logs) = logs {
                 cfg.collector.logs = logs;
             }

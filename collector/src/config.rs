@@ -55,6 +55,9 @@ pub struct CollectorConfig {
     /// Longest wait between two delivery attempts.
     #[serde(with = "serde_duration")]
     pub max_backoff: Duration,
+    /// Address of the OTLP/HTTP receiver (`/v1/metrics`, `/v1/logs`); empty
+    /// turns it off. A DaemonSet uses `0.0.0.0:4318` with a hostPort.
+    pub otlp_listen: String,
     /// Pull training metrics (`weft_train_<key>`) out of log lines.
     pub extract_metrics: bool,
     /// Extra extraction rules: regexes whose named captures become metrics.
@@ -88,6 +91,7 @@ impl Default for CollectorConfig {
             request_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(500),
+            otlp_listen: "127.0.0.1:4318".into(),
             extract_metrics: true,
             extract_rules: Vec::new(),
         }

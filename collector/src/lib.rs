@@ -54,6 +54,10 @@ pub struct CollectorHandle {
     shipper: tokio::task::JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     pub metrics: Arc<CollectorMetrics>,
+    /// Where the OTLP receiver listens, when it runs.
+    pub otlp_addr: Option<std::net::SocketAddr>,
+    otlp_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    otlp_server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the pod-log pipeline described by `config`.
@@ -149,6 +153,35 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shipper = tokio::spawn(shipper.run(batch_rx, shutdown_rx));
+    let (mut otlp_addr, mut otlp_shutdown, mut otlp_server) = (None, None, None);
+    if !config.otlp_listen.trim().is_empty() {
+        let listener = std::net::TcpListener::bind(config.otlp_listen.trim())
+            .and_then(|l| l.set_nonblocking(true).map(|_| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| CollectorError::Config(format!("collector.otlp_listen {:?}: {e}", config.otlp_listen)))?;
+        otlp_addr = listener.local_addr().ok();
+        let receiver = Arc::new(sources::otlp::OtlpReceiver {
+            client: sources::otlp::client(config.request_timeout),
+            indexer: config.indexer.clone(),
+            tenant: config.tenant.clone(),
+            bearer_token: config.bearer_token.clone(),
+            max_line_bytes: config.max_line_bytes,
+            metrics: metrics.clone(),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        otlp_shutdown = Some(stop_tx);
+        otlp_server = Some(tokio::spawn(async move {
+            let served = axum::serve(listener, sources::otlp::router(receiver))
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "OTLP receiver stopped");
+            }
+        }));
+        tracing::info!(address = ?otlp_addr, "OTLP/HTTP receiver listening");
+    }
     tracing::info!(logs = %config.logs.display(), state = %config.state.display(), indexer = %config.indexer, node, "collector started");
     Ok(CollectorHandle {
         stop,
@@ -158,6 +191,9 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         shipper,
         _watcher: watcher,
         metrics,
+        otlp_addr,
+        otlp_shutdown,
+        otlp_server,
     })
 }
 
@@ -165,7 +201,13 @@ impl CollectorHandle {
     /// Stops tailing, seals the open batch, gives the shipper up to `grace`
     /// to deliver, then leaves the rest in the spool and writes the
     /// checkpoint of what was acknowledged.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.otlp_shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.otlp_server.take() {
+            let _ = tokio::time::timeout(grace, server).await;
+        }
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.try_send(false);
         let thread = self.tailer_thread;

@@ -6,6 +6,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 pub struct CollectorMetrics {
     pub lines: IntCounter,
     pub samples_extracted: IntCounter,
+    pub otlp_samples: IntCounter,
+    pub otlp_log_records: IntCounter,
+    pub otlp_rejected: IntCounter,
     pub bytes_read: IntCounter,
     pub parse_errors: IntCounter,
     pub invalid_utf8: IntCounter,
@@ -47,6 +50,21 @@ impl CollectorMetrics {
         let _ = registry.register(Box::new(send_errors.clone()));
         Self {
             lines: counter(registry, "weft_collector_lines_total", "Log lines read and shipped"),
+            otlp_samples: counter(
+                registry,
+                "weft_collector_otlp_samples_total",
+                "Metric samples received over OTLP and delivered",
+            ),
+            otlp_log_records: counter(
+                registry,
+                "weft_collector_otlp_log_records_total",
+                "Log records received over OTLP and delivered",
+            ),
+            otlp_rejected: counter(
+                registry,
+                "weft_collector_otlp_rejected_requests_total",
+                "OTLP requests that did not decode",
+            ),
             samples_extracted: counter(
                 registry,
                 "weft_collector_extracted_samples_total",

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 pub struct Weft {
     pub child: Child,
     pub addr: String,
+    /// The OTLP receiver's address (standalone and collector).
+    pub otlp: Option<String>,
 }
 
 impl Weft {
     /// Starts `weft <args>` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> Weft {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(args)
+            .args(with_free_otlp_port(args))
             .env("RUST_LOG", "warn")
             .env("NODE_NAME", "test-node")
             .stdout(Stdio::piped())
@@ -29,23 +31,32 @@ impl Weft {
             .expect("weft starts");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (otlp_tx, otlp_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("weft listening on ") {
                     let _ = tx.send(addr.to_string());
+                }
+                if let Some(addr) = line.strip_prefix("weft otlp listening on ") {
+                    let _ = otlp_tx.send(addr.to_string());
                 }
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("weft reports its address within 60s");
-        Weft { child, addr }
+        let otlp = if args.first() == Some(&"standalone") {
+            otlp_rx.recv_timeout(Duration::from_secs(10)).ok()
+        } else {
+            None
+        };
+        Weft { child, addr, otlp }
     }
 
     /// Starts a role that serves no HTTP (the collector).
     pub fn start_quiet(args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(args)
+            .args(with_free_otlp_port(args))
             .env("RUST_LOG", "warn")
             .env("NODE_NAME", "test-node")
             .stdout(Stdio::null())
@@ -75,6 +86,18 @@ impl Drop for Weft {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Tests run many weft processes at once: unless a test says otherwise,
+/// the OTLP receiver listens on a free port instead of 4318.
+fn with_free_otlp_port(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let role = args.first().copied().unwrap_or("");
+    if (role == "standalone" || role == "collector") && !args.contains(&"--otlp-listen") {
+        out.push("--otlp-listen".into());
+        out.push("127.0.0.1:0".into());
+    }
+    out
 }
 
 /// Sends SIGTERM and waits (up to 30 s) for the process to exit 0.
