@@ -58,6 +58,8 @@ pub struct CollectorConfig {
     /// Address of the OTLP/HTTP receiver (`/v1/metrics`, `/v1/logs`); empty
     /// turns it off. A DaemonSet uses `0.0.0.0:4318` with a hostPort.
     pub otlp_listen: String,
+    /// GPU counters (NVML, dcgm-exporter) and their pod attribution.
+    pub gpu: crate::sources::gpu::GpuConfig,
     /// Pull training metrics (`weft_train_<key>`) out of log lines.
     pub extract_metrics: bool,
     /// Extra extraction rules: regexes whose named captures become metrics.
@@ -92,6 +94,7 @@ impl Default for CollectorConfig {
             max_backoff: Duration::from_secs(10),
             checkpoint_interval: Duration::from_millis(500),
             otlp_listen: "127.0.0.1:4318".into(),
+            gpu: Default::default(),
             extract_metrics: true,
             extract_rules: Vec::new(),
         }

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod enrich;
 pub mod extract;
+pub mod forward;
 pub mod inspect;
 pub mod metrics;
 pub mod shipper;
@@ -38,6 +39,20 @@ pub enum CollectorError {
     Model(#[from] weft_model::ModelError),
 }
 
+/// A forwarder to the configured indexer.
+fn forwarder(config: &CollectorConfig, metrics: &Arc<CollectorMetrics>) -> forward::Forwarder {
+    forward::Forwarder {
+        client: reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .build()
+            .expect("http client builds"),
+        indexer: config.indexer.clone(),
+        tenant: config.tenant.clone(),
+        bearer_token: config.bearer_token.clone(),
+        metrics: metrics.clone(),
+    }
+}
+
 pub(crate) fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -58,6 +73,7 @@ pub struct CollectorHandle {
     pub otlp_addr: Option<std::net::SocketAddr>,
     otlp_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     otlp_server: Option<tokio::task::JoinHandle<()>>,
+    gpu: Option<sources::gpu::GpuSource>,
 }
 
 /// Starts the pod-log pipeline described by `config`.
@@ -161,10 +177,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
             .map_err(|e| CollectorError::Config(format!("collector.otlp_listen {:?}: {e}", config.otlp_listen)))?;
         otlp_addr = listener.local_addr().ok();
         let receiver = Arc::new(sources::otlp::OtlpReceiver {
-            client: sources::otlp::client(config.request_timeout),
-            indexer: config.indexer.clone(),
-            tenant: config.tenant.clone(),
-            bearer_token: config.bearer_token.clone(),
+            forwarder: forwarder(config, &metrics),
             max_line_bytes: config.max_line_bytes,
             metrics: metrics.clone(),
         });
@@ -182,6 +195,12 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         }));
         tracing::info!(address = ?otlp_addr, "OTLP/HTTP receiver listening");
     }
+    let gpu = Some(sources::gpu::start(
+        config.gpu.clone(),
+        node.clone(),
+        Arc::new(forwarder(config, &metrics)),
+        metrics.clone(),
+    ));
     tracing::info!(logs = %config.logs.display(), state = %config.state.display(), indexer = %config.indexer, node, "collector started");
     Ok(CollectorHandle {
         stop,
@@ -194,6 +213,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         otlp_addr,
         otlp_shutdown,
         otlp_server,
+        gpu,
     })
 }
 
@@ -207,6 +227,9 @@ impl CollectorHandle {
         }
         if let Some(server) = self.otlp_server.take() {
             let _ = tokio::time::timeout(grace, server).await;
+        }
+        if let Some(gpu) = self.gpu.take() {
+            gpu.shutdown().await;
         }
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.try_send(false);

@@ -9,6 +9,9 @@ pub struct CollectorMetrics {
     pub otlp_samples: IntCounter,
     pub otlp_log_records: IntCounter,
     pub otlp_rejected: IntCounter,
+    pub forward_dropped: IntCounterVec,
+    pub gpu_samples: IntCounter,
+    pub xid_events: IntCounter,
     pub bytes_read: IntCounter,
     pub parse_errors: IntCounter,
     pub invalid_utf8: IntCounter,
@@ -50,6 +53,24 @@ impl CollectorMetrics {
         let _ = registry.register(Box::new(send_errors.clone()));
         Self {
             lines: counter(registry, "weft_collector_lines_total", "Log lines read and shipped"),
+            forward_dropped: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "weft_collector_forward_dropped_total",
+                        "Batches dropped after the indexer did not take them, by source",
+                    ),
+                    &["source"],
+                )
+                .expect("valid metric");
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            gpu_samples: counter(
+                registry,
+                "weft_collector_gpu_samples_total",
+                "GPU counter samples read (NVML or dcgm-exporter)",
+            ),
+            xid_events: counter(registry, "weft_collector_xid_events_total", "GPU Xid events seen through NVML"),
             otlp_samples: counter(
                 registry,
                 "weft_collector_otlp_samples_total",

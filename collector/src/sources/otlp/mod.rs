@@ -16,7 +16,6 @@ pub mod convert;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -34,7 +33,6 @@ use weft_model::metric::META_METRIC_METADATA;
 use weft_model::LogBatchBuilder;
 
 use crate::metrics::CollectorMetrics;
-use crate::shipper::{ARROW_STREAM_CONTENT_TYPE, IDEMPOTENCY_HEADER};
 
 /// Largest request body after decompression (the OTLP spec's limit).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -50,11 +48,7 @@ pub struct RpcStatus {
 
 /// Where received data goes and how.
 pub struct OtlpReceiver {
-    pub client: reqwest::Client,
-    /// Base URL of the indexer.
-    pub indexer: String,
-    pub tenant: String,
-    pub bearer_token: Option<String>,
+    pub forwarder: crate::forward::Forwarder,
     pub max_line_bytes: usize,
     pub metrics: Arc<CollectorMetrics>,
 }
@@ -136,33 +130,14 @@ fn read_body(headers: &HeaderMap, body: &Bytes) -> Result<(Encoding, Vec<u8>), (
 
 impl OtlpReceiver {
     async fn forward(&self, path: &str, key: Option<String>, body: Vec<u8>) -> Result<(), Failure> {
-        let mut request = self
-            .client
-            .post(format!("{}{path}", self.indexer.trim_end_matches('/')))
-            .header("content-type", ARROW_STREAM_CONTENT_TYPE)
-            .header("x-scope-orgid", &self.tenant)
-            .body(body);
-        if let Some(key) = key {
-            request = request.header(IDEMPOTENCY_HEADER, key);
-        }
-        if let Some(token) = &self.bearer_token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, format!("indexer unreachable: {e}")))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = response.text().await.unwrap_or_default();
-        let message = format!("indexer answered {status}: {}", text.chars().take(300).collect::<String>());
-        if matches!(status.as_u16(), 400 | 413 | 422) {
-            Err(Failure(StatusCode::BAD_REQUEST, message))
-        } else {
-            Err(Failure(StatusCode::SERVICE_UNAVAILABLE, message))
-        }
+        self.forwarder.post(path, key.as_deref(), body).await.map_err(|e| {
+            let status = if e.permanent {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Failure(status, e.message)
+        })
     }
 }
 
@@ -307,9 +282,4 @@ pub fn router(receiver: Arc<OtlpReceiver>) -> Router {
         .route("/v1/traces", post(no_traces))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(receiver)
-}
-
-/// A client for forwarding to the indexer.
-pub fn client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(timeout).build().expect("http client builds")
 }

@@ -1,0 +1,124 @@
+//! The Prometheus text exposition format, as dcgm-exporter serves it:
+//! `# HELP` / `# TYPE` comments and `name{label="value",…} value [timestamp]`
+//! lines. A bad line is reported with its number and skipped; the rest of
+//! the scrape is kept.
+
+use weft_model::metric::{MetadataMap, MetricMetadata, METRIC_NAME};
+use weft_model::LabelSet;
+
+/// One parsed sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExposedSample {
+    /// Labels with `__name__`.
+    pub labels: LabelSet,
+    pub value: f64,
+    /// Milliseconds, when the line carries one.
+    pub ts: Option<i64>,
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => text.parse().ok(),
+    }
+}
+
+/// Parses an exposition; returns the samples and one message per bad line.
+pub fn parse(text: &str, metadata: &mut MetadataMap) -> (Vec<ExposedSample>, Vec<String>) {
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut parts = comment.trim().splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("TYPE"), Some(name), Some(kind)) => metadata.entry(name.to_string()).or_default().kind = kind.trim().to_string(),
+                (Some("HELP"), Some(name), help) => {
+                    metadata.entry(name.to_string()).or_insert_with(MetricMetadata::default).help = help.unwrap_or("").to_string()
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let (mut labels, rest) = if line[name_end..].starts_with('{') {
+            let Some(close) = closing_brace(line, name_end) else {
+                errors.push(format!("line {}: unclosed '{{'", n + 1));
+                continue;
+            };
+            match LabelSet::parse(&line[name_end..=close]) {
+                Ok(labels) => (labels, &line[close + 1..]),
+                Err(e) => {
+                    errors.push(format!("line {}: {e}", n + 1));
+                    continue;
+                }
+            }
+        } else {
+            (LabelSet::new(), &line[name_end..])
+        };
+        labels.insert(METRIC_NAME, name);
+        let mut fields = rest.split_whitespace();
+        let Some(value) = fields.next().and_then(parse_value) else {
+            errors.push(format!("line {}: missing or invalid value", n + 1));
+            continue;
+        };
+        let ts = fields.next().and_then(|t| t.parse::<i64>().ok());
+        if weft_model::metric::validate_series(&labels).is_err() {
+            errors.push(format!("line {}: invalid metric or label name", n + 1));
+            continue;
+        }
+        samples.push(ExposedSample { labels, value, ts });
+    }
+    (samples, errors)
+}
+
+fn closing_brace(line: &str, open: usize) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in line[open..].char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(open + i),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dcgm_exporter_output() {
+        let text = r#"# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",pci_bus_id="00000000:01:00.0",device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="n1",DCGM_FI_DRIVER_VERSION="580.126.09",container="main",namespace="ml",pod="train-0"} 97
+DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-a"} 71234 1764000000000
+broken{ 1
+DCGM_FI_DEV_POWER_USAGE{gpu="0"} NaN
+"#;
+        let mut metadata = MetadataMap::new();
+        let (samples, errors) = parse(text, &mut metadata);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("line 5"));
+        assert_eq!(samples[0].labels.get("pod"), Some("train-0"));
+        assert_eq!(samples[0].value, 97.0);
+        assert_eq!(samples[1].ts, Some(1_764_000_000_000));
+        assert!(samples[2].value.is_nan());
+        assert_eq!(metadata["DCGM_FI_DEV_GPU_UTIL"].kind, "gauge");
+        assert_eq!(metadata["DCGM_FI_DEV_GPU_UTIL"].help, "GPU utilization (in %).");
+    }
+}
