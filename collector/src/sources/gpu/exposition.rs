@@ -39,7 +39,7 @@ pub fn parse(text: &str, metadata: &mut MetadataMap) -> (Vec<ExposedSample>, Vec
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("TYPE"), Some(name), Some(kind)) => metadata.entry(name.to_string()).or_default().kind = kind.trim().to_string(),
                 (Some("HELP"), Some(name), help) => {
-                    metadata.entry(name.to_string()).or_insert_with(MetricMetadata::default).help = help.unwrap_or("").to_string()
+                    metadata.entry(name.to_string()).or_default().help = help.unwrap_or("").to_string()
                 }
                 _ => {}
             }
