@@ -3,7 +3,7 @@
 //! lines. A bad line is reported with its number and skipped; the rest of
 //! the scrape is kept.
 
-use weft_model::metric::{MetadataMap, MetricMetadata, METRIC_NAME};
+use weft_model::metric::{MetadataMap, METRIC_NAME};
 use weft_model::LabelSet;
 
 /// One parsed sample.
