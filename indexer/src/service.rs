@@ -887,7 +887,7 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_split_file =
-                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.json") || name.ends_with(".tmp");
+                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.zst") || name.ends_with(".tmp");
             if is_split_file {
                 if !owned.contains(&path) {
                     tracing::info!(path = %path.display(), "removing split file no catalog entry owns");
