@@ -37,7 +37,17 @@ fn main() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut builder = MetricBatchBuilder::new();
     let mut samples = 0usize;
-    let names = ["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_XID_ERRORS"];
+    let names = [
+        "DCGM_FI_DEV_GPU_UTIL",
+        "DCGM_FI_DEV_MEM_COPY_UTIL",
+        "DCGM_FI_DEV_FB_USED",
+        "DCGM_FI_DEV_FB_FREE",
+        "DCGM_FI_DEV_POWER_USAGE",
+        "DCGM_FI_DEV_GPU_TEMP",
+        "DCGM_FI_DEV_SM_CLOCK",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "DCGM_FI_DEV_XID_ERRORS",
+    ];
     let mut series: Vec<(String, f64)> = Vec::new();
     for node in 0..nodes {
         for gpu in 0..gpus {
@@ -101,14 +111,25 @@ fn main() {
         std::fs::create_dir_all(&keep).ok();
     }
     let started = Instant::now();
-    let target = std::env::var("WEFT_BENCH_KEEP").map(std::path::PathBuf::from).unwrap_or_else(|_| dir.path().to_path_buf());
+    let target = std::env::var("WEFT_BENCH_KEEP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.path().to_path_buf());
     let meta = write_metric_split(&target, "default", &[builder.finish()], 0).expect("split written");
     let elapsed = started.elapsed();
     let bytes = meta.parquet_bytes + meta.index_bytes;
     let per_sample = bytes as f64 / samples as f64;
     println!("metric storage, {} series x {steps} scrapes = {samples} samples", series.len());
     println!("{:<34} {:>10} {:>10} {:>10}", "figure", "weft", "goal", "prometheus");
-    println!("{:<34} {:>10.3} {:>10} {:>10}", "bytes per sample (parquet+index)", per_sample, "<= 2.0", "~1.3");
+    println!(
+        "{:<34} {:>10.3} {:>10} {:>10}",
+        "bytes per sample (parquet+index)", per_sample, "<= 2.0", "~1.3"
+    );
     println!("{:<34} {:>10} {:>10} {:>10}", "split bytes", bytes, "-", "-");
-    println!("{:<34} {:>10.1} {:>10} {:>10}", "write ms", elapsed.as_secs_f64() * 1000.0, "-", "-");
+    println!(
+        "{:<34} {:>10.1} {:>10} {:>10}",
+        "write ms",
+        elapsed.as_secs_f64() * 1000.0,
+        "-",
+        "-"
+    );
 }

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod forward;
 pub mod inspect;
 pub mod metrics;
+pub mod multiline;
 pub mod shipper;
 pub mod sources;
 

@@ -2,6 +2,7 @@
 //! collector → indexer wire codec, label sets, and time parsing.
 
 pub mod batch;
+pub mod events;
 pub mod labels;
 pub mod level;
 pub mod metric;

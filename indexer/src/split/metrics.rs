@@ -206,7 +206,8 @@ pub fn write_metric_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch]
 pub fn read_series_index(path: &Path) -> Result<Vec<SeriesEntry>, IndexerError> {
     let bytes = fs::read(path).map_err(io(path))?;
     let mut json = Vec::new();
-    zstd::stream::copy_decode(bytes.as_slice(), &mut json).map_err(|e| IndexerError::Corrupt(format!("series index {}: {e}", path.display())))?;
+    zstd::stream::copy_decode(bytes.as_slice(), &mut json)
+        .map_err(|e| IndexerError::Corrupt(format!("series index {}: {e}", path.display())))?;
     serde_json::from_slice(&json).map_err(|e| IndexerError::Corrupt(format!("series index {}: {e}", path.display())))
 }
 

@@ -38,9 +38,7 @@ pub fn parse(text: &str, metadata: &mut MetadataMap) -> (Vec<ExposedSample>, Vec
             let mut parts = comment.trim().splitn(3, ' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("TYPE"), Some(name), Some(kind)) => metadata.entry(name.to_string()).or_default().kind = kind.trim().to_string(),
-                (Some("HELP"), Some(name), help) => {
-                    metadata.entry(name.to_string()).or_default().help = help.unwrap_or("").to_string()
-                }
+                (Some("HELP"), Some(name), help) => metadata.entry(name.to_string()).or_default().help = help.unwrap_or("").to_string(),
                 _ => {}
             }
             continue;

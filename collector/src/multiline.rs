@@ -1,0 +1,427 @@
+//! Joins multi-line records: a Python traceback (with its "During handling
+//! of the above exception…" and "The above exception was the direct cause…"
+//! chains), a Java stack trace (`at …`, `Caused by:`), a Go panic with its
+//! goroutine dumps, and a C++ abort dump become one record per (container
+//! stream), so a search hit shows the whole traceback. `[rank0]:` prefixes
+//! that torch.distributed adds are looked through.
+//!
+//! A block is bounded in lines and bytes and is closed by the first line
+//! that does not continue it, or when no line came for the timeout. Lines
+//! outside blocks pass straight through without being copied.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::sources::pod_logs::format::Stream;
+use crate::sources::pod_logs::path::PodLogPath;
+use crate::sources::pod_logs::tailer::LogLine;
+
+/// Limits of the joiner.
+#[derive(Clone, Copy, Debug)]
+pub struct MultilineLimits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+    /// A block with no new line for this long is closed.
+    pub timeout: Duration,
+}
+
+impl Default for MultilineLimits {
+    fn default() -> Self {
+        Self {
+            max_lines: 1000,
+            max_bytes: 1024 * 1024,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Python,
+    /// A Java exception line, waiting to see an `at` frame.
+    JavaCandidate,
+    Java,
+    Go,
+    Native,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PyState {
+    Frames,
+    AfterException,
+}
+
+struct Block {
+    kind: Kind,
+    py: PyState,
+    meta: PodLogPath,
+    source_key: String,
+    position: u64,
+    ts: i64,
+    stream: Option<Stream>,
+    text: Vec<u8>,
+    lines: usize,
+    truncated: bool,
+    updated: Instant,
+}
+
+/// Strips torch.distributed's `[rankN]:` prefix for matching.
+fn content(line: &[u8]) -> &[u8] {
+    if line.starts_with(b"[rank") {
+        if let Some(end) = line.iter().position(|b| *b == b']') {
+            if line.get(end + 1) == Some(&b':') {
+                let rest = &line[end + 2..];
+                return rest.strip_prefix(b" ").unwrap_or(rest);
+            }
+        }
+    }
+    line
+}
+
+fn starts(line: &[u8]) -> Option<Kind> {
+    let line = content(line);
+    if line.starts_with(b"Traceback (most recent call last):") {
+        return Some(Kind::Python);
+    }
+    if line.starts_with(b"panic: ") || line.starts_with(b"fatal error: ") {
+        return Some(Kind::Go);
+    }
+    if line.starts_with(b"terminate called after throwing an instance of")
+        || line.starts_with(b"*** Aborted at")
+        || line.starts_with(b"*** SIG")
+        || line.starts_with(b"Fatal Python error:")
+    {
+        return Some(Kind::Native);
+    }
+    if java_exception_line(line) {
+        return Some(Kind::JavaCandidate);
+    }
+    None
+}
+
+/// `java.lang.IllegalStateException: boom` or `Exception in thread "main" …`.
+fn java_exception_line(line: &[u8]) -> bool {
+    let text = std::str::from_utf8(line).unwrap_or("");
+    let text = text
+        .strip_prefix("Exception in thread \"")
+        .and_then(|t| t.split_once("\" ").map(|(_, r)| r))
+        .unwrap_or(text);
+    let head = text.split(':').next().unwrap_or("");
+    !head.is_empty()
+        && head.contains('.')
+        && (head.ends_with("Exception") || head.ends_with("Error") || head.ends_with("Throwable"))
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '$' || c == '_')
+}
+
+fn indented(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ') | Some(b'\t'))
+}
+
+impl Block {
+    /// Whether `line` continues the block (and updates the state).
+    fn continues(&mut self, raw: &[u8]) -> bool {
+        let line = content(raw);
+        match self.kind {
+            Kind::Python => match self.py {
+                PyState::Frames => {
+                    if line.is_empty() || indented(line) || line.starts_with(b"Traceback (most recent call last):") {
+                        return true;
+                    }
+                    // The exception line closes the frames.
+                    self.py = PyState::AfterException;
+                    true
+                }
+                PyState::AfterException => {
+                    if line.is_empty()
+                        || line.starts_with(b"During handling of the above exception")
+                        || line.starts_with(b"The above exception was the direct cause")
+                    {
+                        return true;
+                    }
+                    if line.starts_with(b"Traceback (most recent call last):") {
+                        self.py = PyState::Frames;
+                        return true;
+                    }
+                    false
+                }
+            },
+            Kind::JavaCandidate | Kind::Java => {
+                let text = std::str::from_utf8(line).unwrap_or("");
+                let trimmed = text.trim_start();
+                let frame =
+                    indented(line) && (trimmed.starts_with("at ") || trimmed.starts_with("... ") || trimmed.starts_with("Suppressed: "));
+                if frame || (self.kind == Kind::Java && text.starts_with("Caused by: ")) {
+                    self.kind = Kind::Java;
+                    return true;
+                }
+                false
+            }
+            Kind::Go => {
+                let text = std::str::from_utf8(line).unwrap_or("");
+                line.is_empty()
+                    || indented(line)
+                    || text.starts_with("goroutine ")
+                    || text.starts_with("[signal ")
+                    || text.starts_with("created by ")
+                    || text.starts_with("exit status ")
+                    || (text.ends_with(')') && text.contains('(') && !text.contains(' '))
+            }
+            Kind::Native => {
+                let text = std::str::from_utf8(line).unwrap_or("");
+                line.is_empty()
+                    || indented(line)
+                    || text.starts_with("*** ")
+                    || text.starts_with("@ 0x")
+                    || text.starts_with("PC: @")
+                    || text.starts_with("Current thread")
+                    || text.starts_with("Thread 0x")
+                    || text.starts_with("Aborted")
+                    || text.starts_with("Extension modules:")
+            }
+        }
+    }
+}
+
+/// Joins multi-line records per container stream.
+pub struct MultilineJoiner {
+    limits: MultilineLimits,
+    open: HashMap<(String, Option<Stream>), Block>,
+}
+
+fn key_of(meta: &PodLogPath, stream: Option<Stream>) -> (String, Option<Stream>) {
+    (format!("{}/{}/{}", meta.pod_uid, meta.container, meta.restart), stream)
+}
+
+impl MultilineJoiner {
+    pub fn new(limits: MultilineLimits) -> Self {
+        Self {
+            limits,
+            open: HashMap::new(),
+        }
+    }
+
+    /// True while a block is open and could still grow.
+    pub fn holds_fresh(&self) -> bool {
+        self.open.values().any(|b| b.updated.elapsed() < self.limits.timeout)
+    }
+
+    fn emit(block: Block, out: &mut dyn FnMut(LogLine<'_>, bool)) {
+        let mut text: &[u8] = &block.text;
+        while let Some(stripped) = text.strip_suffix(b"\n") {
+            text = stripped;
+        }
+        out(
+            LogLine {
+                meta: &block.meta,
+                source_key: &block.source_key,
+                position: block.position,
+                ts: block.ts,
+                stream: block.stream,
+                text,
+                truncated: block.truncated,
+                parse_error: false,
+            },
+            block.kind != Kind::JavaCandidate,
+        );
+    }
+
+    /// Takes one line; finished records (single lines or whole blocks) go
+    /// to `out`, with `true` for a joined block.
+    pub fn push(&mut self, line: LogLine<'_>, out: &mut dyn FnMut(LogLine<'_>, bool)) {
+        if line.parse_error {
+            return out(line, false);
+        }
+        let key = key_of(line.meta, line.stream);
+        if let Some(block) = self.open.get_mut(&key) {
+            if block.continues(line.text) && block.lines < self.limits.max_lines {
+                let room = self.limits.max_bytes.saturating_sub(block.text.len() + 1);
+                if line.text.len() > room {
+                    block.truncated = true;
+                }
+                block.text.push(b'\n');
+                block.text.extend_from_slice(&line.text[..line.text.len().min(room)]);
+                block.lines += 1;
+                block.position = line.position;
+                block.source_key.clear();
+                block.source_key.push_str(line.source_key);
+                block.updated = Instant::now();
+                return;
+            }
+            let block = self.open.remove(&key).expect("present");
+            Self::emit(block, out);
+        }
+        match starts(line.text) {
+            Some(kind) => {
+                let block = Block {
+                    kind,
+                    py: PyState::Frames,
+                    meta: line.meta.clone(),
+                    source_key: line.source_key.to_string(),
+                    position: line.position,
+                    ts: line.ts,
+                    stream: line.stream,
+                    text: line.text[..line.text.len().min(self.limits.max_bytes)].to_vec(),
+                    lines: 1,
+                    truncated: line.truncated,
+                    updated: Instant::now(),
+                };
+                self.open.insert(key, block);
+            }
+            None => out(line, false),
+        }
+    }
+
+    /// Closes blocks with no new line for the timeout.
+    pub fn flush_expired(&mut self, out: &mut dyn FnMut(LogLine<'_>, bool)) {
+        let timeout = self.limits.timeout;
+        let expired: Vec<(String, Option<Stream>)> = self
+            .open
+            .iter()
+            .filter(|(_, b)| b.updated.elapsed() >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(block) = self.open.remove(&key) {
+                Self::emit(block, out);
+            }
+        }
+    }
+
+    /// Closes every block (before a batch is sealed, and at the end).
+    pub fn flush_all(&mut self, out: &mut dyn FnMut(LogLine<'_>, bool)) {
+        let mut blocks: Vec<Block> = self.open.drain().map(|(_, b)| b).collect();
+        blocks.sort_by_key(|b| b.position);
+        for block in blocks {
+            Self::emit(block, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[&str]) -> Vec<(String, bool)> {
+        let meta = PodLogPath {
+            namespace: "ml".into(),
+            pod: "p-0".into(),
+            pod_uid: "u".into(),
+            container: "c".into(),
+            restart: 0,
+            rotated_at: None,
+        };
+        let mut joiner = MultilineJoiner::new(MultilineLimits::default());
+        let mut out = Vec::new();
+        for (i, text) in lines.iter().enumerate() {
+            let line = LogLine {
+                meta: &meta,
+                source_key: "s",
+                position: (i as u64 + 1) * 4,
+                ts: i as i64,
+                stream: Some(Stream::Stderr),
+                text: text.as_bytes(),
+                truncated: false,
+                parse_error: false,
+            };
+            joiner.push(line, &mut |l, block| {
+                out.push((String::from_utf8_lossy(l.text).into_owned(), block))
+            });
+        }
+        joiner.flush_all(&mut |l, block| out.push((String::from_utf8_lossy(l.text).into_owned(), block)));
+        out
+    }
+
+    #[test]
+    fn python_traceback_with_a_chain_is_one_record() {
+        let lines = [
+            "step 10",
+            "Traceback (most recent call last):",
+            "  File \"train.py\", line 10, in step",
+            "    loss.backward()",
+            "torch.OutOfMemoryError: CUDA out of memory.",
+            "",
+            "During handling of the above exception, another exception occurred:",
+            "",
+            "Traceback (most recent call last):",
+            "  File \"train.py\", line 20, in <module>",
+            "RuntimeError: giving up",
+            "step 11",
+        ];
+        let out = run(&lines);
+        assert_eq!(out.len(), 3, "{out:#?}");
+        assert_eq!(out[0], ("step 10".into(), false));
+        assert!(
+            out[1].1 && out[1].0.starts_with("Traceback") && out[1].0.ends_with("RuntimeError: giving up"),
+            "{}",
+            out[1].0
+        );
+        assert_eq!(out[1].0.lines().count(), 10);
+        assert_eq!(out[2], ("step 11".into(), false));
+    }
+
+    #[test]
+    fn rank_prefixed_tracebacks_join_too() {
+        let out = run(&[
+            "[rank0]: Traceback (most recent call last):",
+            "[rank0]:   File \"x.py\", line 1, in <module>",
+            "[rank0]: ValueError: bad",
+            "[rank0]: next",
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].0.ends_with("ValueError: bad"));
+    }
+
+    #[test]
+    fn java_go_and_native_dumps() {
+        let java = run(&[
+            "java.lang.IllegalStateException: boom",
+            "\tat a.B.c(B.java:1)",
+            "\t... 3 more",
+            "Caused by: java.io.IOException: x",
+            "\tat d.E.f(E.java:2)",
+            "done",
+        ]);
+        assert_eq!(java.len(), 2);
+        assert_eq!(java[0].0.lines().count(), 5);
+        let lonely = run(&["com.example.NotReallyAnError: just a message", "next line"]);
+        assert_eq!(
+            lonely,
+            vec![
+                ("com.example.NotReallyAnError: just a message".into(), false),
+                ("next line".into(), false)
+            ]
+        );
+        let go = run(&[
+            "panic: runtime error: index out of range [5] with length 3",
+            "",
+            "goroutine 1 [running]:",
+            "main.main()",
+            "\t/tmp/x.go:8 +0x1d",
+            "exit status 2",
+            "after",
+        ]);
+        assert_eq!(go.len(), 2);
+        assert_eq!(go[0].0.lines().count(), 6);
+        let native = run(&[
+            "terminate called after throwing an instance of 'c10::DistBackendError'",
+            "  what():  [Rank 1] Watchdog caught collective operation timeout",
+            "*** Aborted at 1700000000 (unix time) try \"date -d @1700000000\" if you are using GNU date ***",
+            "PC: @     0x7f0000000000 (unknown)",
+            "Aborted (core dumped)",
+            "after",
+        ]);
+        assert_eq!(native.len(), 2);
+    }
+
+    #[test]
+    fn blocks_are_bounded() {
+        let mut lines = vec!["Traceback (most recent call last):".to_string()];
+        for i in 0..1500 {
+            lines.push(format!("  File \"f{i}.py\", line 1"));
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let out = run(&refs);
+        assert_eq!(out[0].0.lines().count(), 1000);
+        assert!(out.len() > 1);
+    }
+}

@@ -1,0 +1,205 @@
+//! The catalogue of ML failures weft recognises in log records, in one
+//! place: CUDA out-of-memory, NCCL timeouts and errors, GPU Xid errors, NaN
+//! or infinite losses, fp16 loss-scale overflows, torch.distributed.elastic
+//! child failures and OOM kills. Each has a stable name (`ml_event`), and
+//! users add their own patterns through the config.
+//!
+//! Every pattern is a literal marker checked with one pass of a multi-literal
+//! search first, so the common case (a line that is none of these) is cheap.
+
+use std::sync::OnceLock;
+
+use regex::{Regex, RegexSet};
+
+/// One recognised failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlEvent {
+    /// `cuda_oom`, `nccl_timeout`, …
+    pub name: String,
+    /// The Xid number of a `gpu_xid`.
+    pub xid: Option<u32>,
+    /// The line of the record that carries the event (for alert texts).
+    pub line: String,
+}
+
+/// Names of the built-in events, in priority order.
+pub const BUILTIN_EVENTS: [&str; 8] = [
+    "cuda_oom",
+    "nccl_timeout",
+    "nccl_error",
+    "gpu_xid",
+    "nan_loss",
+    "loss_scale_overflow",
+    "elastic_child_failed",
+    "oom_killed",
+];
+
+struct Catalogue {
+    /// One pattern per entry of `names`, same order.
+    set: RegexSet,
+    /// The same patterns, one by one (to find the carrying line).
+    singles: Vec<Regex>,
+    names: Vec<&'static str>,
+    xid: Regex,
+}
+
+fn catalogue() -> &'static Catalogue {
+    static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
+    CATALOGUE.get_or_init(|| {
+        let patterns: Vec<(&'static str, &'static str)> = vec![
+            ("cuda_oom", r"(torch\.(cuda\.)?OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation|OOM when allocating tensor)"),
+            ("nccl_timeout", r"(Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout|NCCL (communicator|operation).*timed? ?out|ncclTimeout)"),
+            ("nccl_error", r"(ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|NCCL error in:|unhandled system error|remote process exited or there was a network error|NCCL WARN .*(Connection|Net)\w* (closed|reset|refused))"),
+            ("gpu_xid", r"(NVRM: Xid|Xid \(PCI:|NVML: Xid)"),
+            ("nan_loss", r#"(?i)(\bloss['"]?\s*[:=]\s*['"]?[-+]?(nan|inf)\b|loss is (nan|inf)|non-finite loss|nan loss detected)"#),
+            ("loss_scale_overflow", r"(?i)(gradient overflow\. skipping step|OVERFLOW! Rank|Grad overflow on iteration|skipping step, loss scaler|attempted loss scale)"),
+            ("elastic_child_failed", r"(ChildFailedError|torch\.distributed\.elastic\.multiprocessing\.errors|failed \(exitcode: -?\d+\) local_rank)"),
+            ("oom_killed", r"(OOMKilled|Out of memory: Killed process|exitcode: -9\b|Signal 9 \(SIGKILL\) received|exit code 137)"),
+        ];
+        Catalogue {
+            set: RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("built-in patterns compile"),
+            singles: patterns.iter().map(|(_, p)| Regex::new(p).expect("built-in pattern compiles")).collect(),
+            names: patterns.iter().map(|(n, _)| *n).collect(),
+            xid: Regex::new(r"Xid \(?[^)]*\)?:? ?(\d+)|Xid (\d+)").expect("xid pattern compiles"),
+        }
+    })
+}
+
+/// A user pattern from the config.
+#[derive(Clone, Debug)]
+pub struct UserEvent {
+    pub name: String,
+    pub regex: Regex,
+}
+
+/// Recognises ML failures in log records.
+#[derive(Clone, Debug, Default)]
+pub struct EventClassifier {
+    user: Vec<UserEvent>,
+}
+
+fn matching_line<'a>(text: &'a str, found: impl Fn(&str) -> bool) -> &'a str {
+    text.lines().find(|l| found(l)).unwrap_or_else(|| text.lines().next().unwrap_or(""))
+}
+
+impl EventClassifier {
+    /// A classifier with the built-in catalogue and `user` patterns (which
+    /// are tried first, so users can refine the catalogue).
+    pub fn new(user: Vec<UserEvent>) -> Self {
+        Self { user }
+    }
+
+    /// The event a record (possibly several joined lines) shows, if any.
+    pub fn classify(&self, text: &str) -> Option<MlEvent> {
+        for event in &self.user {
+            if event.regex.is_match(text) {
+                let line = matching_line(text, |l| event.regex.is_match(l)).to_string();
+                return Some(MlEvent {
+                    name: event.name.clone(),
+                    xid: None,
+                    line,
+                });
+            }
+        }
+        let catalogue = catalogue();
+        let matches = catalogue.set.matches(text);
+        let first = matches.iter().next()?;
+        let name = catalogue.names[first];
+        let single = &catalogue.singles[first];
+        let line = matching_line(text, |l| single.is_match(l)).to_string();
+        let xid = if name == "gpu_xid" {
+            catalogue
+                .xid
+                .captures(&line)
+                .and_then(|c| c.get(1).or_else(|| c.get(2)))
+                .and_then(|m| m.as_str().parse().ok())
+        } else {
+            None
+        };
+        Some(MlEvent {
+            name: name.to_string(),
+            xid,
+            line,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(text: &str) -> Option<String> {
+        EventClassifier::default().classify(text).map(|e| e.name)
+    }
+
+    #[test]
+    fn real_format_lines() {
+        let cases = [
+            ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB", "cuda_oom"),
+            ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity)", "cuda_oom"),
+            ("RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED", "cuda_oom"),
+            ("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`", "cuda_oom"),
+            ("[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] [Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1523, OpType=ALLREDUCE, NumelIn=262144, NumelOut=262144, Timeout(ms)=600000) ran for 600041 milliseconds before timing out.", "nccl_timeout"),
+            ("torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:219, unhandled system error (run with NCCL_DEBUG=INFO for details), NCCL version 2.19.3", "nccl_error"),
+            ("ncclInternalError: Internal check failed.", "nccl_error"),
+            ("NCCL WARN Net : Connection closed by remote peer 10.0.0.5<52414>", "nccl_error"),
+            ("[12345.678] NVRM: Xid (PCI:0000:3b:00): 79, pid=2341, GPU has fallen off the bus.", "gpu_xid"),
+            ("{'loss': nan, 'grad_norm': nan, 'learning_rate': 2e-05, 'epoch': 1.2}", "nan_loss"),
+            ("step=1200 loss=inf lr=3e-4", "nan_loss"),
+            ("Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=nan]", "nan_loss"),
+            ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 65536, reducing to 32768", "loss_scale_overflow"),
+            ("Gradient overflow. Skipping step, loss scaler 0 reducing loss scale to 16384.0", "loss_scale_overflow"),
+            ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: train.py FAILED", "elastic_child_failed"),
+            ("E1125 10:12:15.118000 139 torch/distributed/elastic/multiprocessing/api.py:833] failed (exitcode: 1) local_rank: 0 (pid: 48213) of binary: /usr/bin/python3", "elastic_child_failed"),
+            ("Out of memory: Killed process 4123 (python3) total-vm:82345678kB", "oom_killed"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(event(line).as_deref(), Some(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn healthy_lines_are_not_events() {
+        for line in [
+            "{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05}",
+            "NCCL INFO Bootstrap : Using eth0:10.42.1.17<0>",
+            "checking CUDA memory usage: 71 GiB",
+            "loss_scale: 65536.0",
+            "",
+        ] {
+            assert_eq!(event(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn xid_numbers_and_the_carrying_line() {
+        let e = EventClassifier::default()
+            .classify("kernel: [1.0] NVRM: Xid (PCI:0000:3b:00): 79, pid=2341, GPU has fallen off the bus.")
+            .unwrap();
+        assert_eq!(e.xid, Some(79));
+        let e = EventClassifier::default()
+            .classify("NVRM: Xid (GPU 3 GPU-x): 48, Double Bit ECC Error")
+            .unwrap();
+        assert_eq!(e.xid, Some(48));
+        let traceback = "Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    step()\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.";
+        let e = EventClassifier::default().classify(traceback).unwrap();
+        assert_eq!(e.line, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.");
+    }
+
+    #[test]
+    fn user_patterns_come_first() {
+        let user = vec![UserEvent {
+            name: "dataloader_hang".into(),
+            regex: Regex::new("DataLoader worker .* exited unexpectedly").unwrap(),
+        }];
+        let classifier = EventClassifier::new(user);
+        assert_eq!(
+            classifier
+                .classify("RuntimeError: DataLoader worker (pid 123) exited unexpectedly")
+                .unwrap()
+                .name,
+            "dataloader_hang"
+        );
+        assert_eq!(classifier.classify("CUDA out of memory").unwrap().name, "cuda_oom");
+    }
+}
