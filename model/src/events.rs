@@ -78,7 +78,7 @@ pub struct EventClassifier {
     user: Vec<UserEvent>,
 }
 
-fn matching_line<'a>(text: &'a str, found: impl Fn(&str) -> bool) -> &'a str {
+fn matching_line(text: &str, found: impl Fn(&str) -> bool) -> &str {
     text.lines().find(|l| found(l)).unwrap_or_else(|| text.lines().next().unwrap_or(""))
 }
 
