@@ -276,7 +276,7 @@ mod tests {
         SealedBatch {
             key: format!("k{n}"),
             body: vec![n as u8; 100 + n],
-            metrics_body: (n % 2 == 0).then(|| vec![7u8; n + 3]),
+            metrics_body: n.is_multiple_of(2).then(|| vec![7u8; n + 3]),
             rows: n,
             line_bytes: n * 10,
             checkpoint: TailerCheckpoint::default(),
