@@ -268,7 +268,7 @@ mod tests {
                 let (mut wal, report) = WriteAheadLog::open(case.path(), 1 << 20, 0, true).unwrap();
                 let got: Vec<_> = report.records.iter().map(|r| r.payload.clone()).collect();
                 assert_eq!(got, intact, "cut={cut} flip={flip}");
-                let damaged = !(cut == last_start && !flip);
+                let damaged = cut != last_start || flip;
                 assert_eq!(report.corruptions, damaged as u64, "cut={cut} flip={flip}");
                 assert_eq!(fs::metadata(&path).unwrap().len() as usize, last_start, "tail cut off");
                 let seq = wal.append(b"after").unwrap();
