@@ -122,7 +122,7 @@ enum InspectFormat {
 fn inspect(file: &std::path::Path, format: Option<InspectFormat>, config: Option<&PathBuf>) -> anyhow::Result<()> {
     use weft_collector::sources::pod_logs::tailer::ForcedFormat;
     let cfg = load(config)?;
-    let extractor = weft_collector::extract::MetricExtractor::new(&cfg.collector.extract_rules)?;
+    let processing = cfg.collector.record_processing()?;
     let format = format.map(|f| match f {
         InspectFormat::Cri => ForcedFormat::Cri,
         InspectFormat::Docker => ForcedFormat::Docker,
@@ -130,7 +130,7 @@ fn inspect(file: &std::path::Path, format: Option<InspectFormat>, config: Option
     });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = weft_collector::inspect::inspect(file, format, &extractor, &mut out)
+    let written = weft_collector::inspect::inspect(file, format, &processing, &mut out)
         .map(|_| ())
         .and_then(|_| {
             std::io::Write::flush(&mut out).map_err(|source| weft_collector::CollectorError::Io {

@@ -17,13 +17,14 @@ fn sample_weft() -> (tempfile::TempDir, Weft) {
     let data = dir.path().join("data").to_string_lossy().into_owned();
     let logs = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pod-logs");
     let weft = Weft::start(&["standalone", "--logs", logs, "--data", &data, "--listen", "127.0.0.1:0"]);
-    // 834 physical lines; the OOM line is 3 CRI segments joined into one.
+    // 834 physical lines; the OOM line is 3 CRI segments joined into one,
+    // and its 10-line traceback is one record: 823 records.
     wait_for("sample data indexed", Duration::from_secs(60), || {
         let (_, body) = get_json(
             &weft.url("/loki/api/v1/query"),
             &[("query", r#"sum(count_over_time({namespace=~".+"}[2h]))"#), ("time", END)],
         );
-        (body["data"]["result"][0]["value"][1].as_str() == Some("832")).then_some(())
+        (body["data"]["result"][0]["value"][1].as_str() == Some("823")).then_some(())
     });
     (dir, weft)
 }
@@ -91,20 +92,65 @@ fn loki_api_answers_like_loki() {
         .unwrap()
         .contains("Watchdog caught collective operation timeout"));
 
-    // The CUDA OOM line was split by the runtime into P/P/F; it comes back whole.
+    // The CUDA OOM line was split by the runtime into P/P/F; it comes back
+    // whole, as the last line of its joined traceback, tagged cuda_oom.
     let (_, body) = get_json(
         &url("/loki/api/v1/query_range"),
         &[
-            ("query", r#"{pod="train-llama-0"} |= "torch.OutOfMemoryError""#),
+            ("query", r#"{namespace="ml"} | ml_event="cuda_oom""#),
             ("start", START),
             ("end", END),
         ],
     );
-    let line = body["data"]["result"][0]["values"][0][1].as_str().unwrap();
+    let result = body["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["stream"]["pod"], "train-llama-0");
+    assert_eq!(result[0]["stream"]["ml_event"], "cuda_oom");
+    assert_eq!(result[0]["values"].as_array().unwrap().len(), 1);
+    let record = result[0]["values"][0][1].as_str().unwrap();
+    assert!(record.starts_with("Traceback (most recent call last):"), "{record}");
+    let line = record.lines().last().unwrap();
     assert!(
         line.starts_with("torch.OutOfMemoryError: CUDA out of memory.") && line.ends_with("#environment-variables)"),
         "{line}"
     );
+    assert_eq!(record.lines().count(), 10, "{record}");
+
+    // Every tag is a label to filter and group by; the Xid number comes too.
+    let (_, body) = get_json(
+        &url("/loki/api/v1/query"),
+        &[
+            (
+                "query",
+                r#"sum by (ml_event) (count_over_time({namespace=~".+"} | ml_event!="" [2h]))"#,
+            ),
+            ("time", END),
+        ],
+    );
+    let mut events: Vec<(String, String)> = body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"]["ml_event"].as_str().unwrap().to_string(),
+                r["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    events.sort();
+    let expected = [
+        ("cuda_oom", "1"),
+        ("elastic_child_failed", "1"),
+        ("gpu_xid", "1"),
+        ("nccl_timeout", "3"),
+    ];
+    assert_eq!(events, expected.map(|(a, b)| (a.to_string(), b.to_string())), "{body}");
+    let (_, body) = get_json(
+        &url("/loki/api/v1/query_range"),
+        &[("query", r#"{namespace="kube-system"} | xid="79""#), ("start", START), ("end", END)],
+    );
+    assert_eq!(body["data"]["result"][0]["stream"]["ml_event"], "gpu_xid", "{body}");
 
     // JSON access logs parsed, filtered numerically.
     let (_, body) = get_json(
@@ -250,7 +296,7 @@ fn loki_api_answers_like_loki() {
 
     // Self-observability.
     let metrics = client().get(url("/metrics")).send().unwrap().text().unwrap();
-    assert!(metrics.contains("weft_collector_lines_total 832"), "collector counted every line");
+    assert!(metrics.contains("weft_collector_lines_total 823"), "collector counted every line");
     assert!(metrics.contains("weft_indexer_rows_ingested_total"));
     assert!(metrics.contains("weft_query_duration_seconds_bucket"));
     assert_eq!(client().get(url("/healthz")).send().unwrap().status().as_u16(), 200);

@@ -1,9 +1,23 @@
-//! Turns tailed lines into Arrow batches: detects each line's level, keeps
-//! invalid UTF-8 lossily, records each line's source position, derives run
-//! and rank from the pod name, pulls training metrics out of the line, and
-//! seals a batch by size or age into the compressed Arrow IPC bodies the
-//! indexer takes (lines, and the metric samples found in them), with an
-//! idempotency key and the checkpoint to store once it is acknowledged.
+//! Turns tailed lines into Arrow batches: joins multi-line records
+//! (tracebacks, stack dumps), detects each record's level, keeps invalid
+//! UTF-8 lossily, records each record's source position, derives run and
+//! rank from the pod name, tags ML failures (`ml_event`, `xid`), pulls
+//! training metrics out of the line, and seals a batch by size or age into
+//! the compressed Arrow IPC bodies the indexer takes (lines, and the metric
+//! samples found in them), with an idempotency key and the checkpoint to
+//! store once it is acknowledged.
+//!
+//! Besides the extracted training metrics, each batch carries three series
+//! the rules and dashboards use without a log scan:
+//! `weft_ml_events_total{event,namespace,pod,run}` (tagged records),
+//! `weft_log_lines_total{namespace,pod,container}` (records read) and
+//! `weft_container_restarts{namespace,pod,container}` (the restart number
+//! in the log file name). The two counters count from this collector's
+//! start, so they reset when it restarts, like any Prometheus counter.
+//!
+//! A sealed batch holds every line read before it: open multi-line blocks
+//! are closed first, so the checkpoint never covers a line that is not in a
+//! batch.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,11 +29,14 @@ use crate::checkpoint::TailerCheckpoint;
 use crate::enrich::run_and_rank;
 use crate::extract::{MetricExtractor, METRIC_PREFIX};
 use crate::metrics::CollectorMetrics;
+use crate::multiline::{MultilineJoiner, MultilineLimits};
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;
+use weft_model::events::EventClassifier;
 use weft_model::level::detect_level;
 use weft_model::metric::{MetricBatchBuilder, METRIC_NAME};
+use weft_model::Level;
 
 /// When a batch is sealed.
 #[derive(Clone, Debug)]
@@ -60,8 +77,59 @@ pub struct SealedBatch {
     pub checkpoint: TailerCheckpoint,
 }
 
-/// Collects lines into an Arrow batch.
+/// Collects lines into an Arrow batch, joining multi-line records first.
 pub struct BatchAssembler {
+    /// `None` when multi-line joining is off.
+    joiner: Option<MultilineJoiner>,
+    inner: Appender,
+}
+
+/// A labelled count kept across batches and written as a sample at seal.
+#[derive(Debug, Default)]
+struct Tally {
+    value: u64,
+    /// Timestamp (ms) of the latest record that moved it.
+    last_ms: i64,
+    /// Moved since the last seal.
+    dirty: bool,
+    /// A starting zero was written (so the first increment counts in `increase`).
+    announced: bool,
+    /// Timestamp (ms) of the last sample written.
+    written_ms: Option<i64>,
+}
+
+impl Tally {
+    fn bump(&mut self, by: u64, ts_ms: i64, samples: &mut MetricBatchBuilder, series: impl FnOnce() -> String) {
+        if !self.announced {
+            self.announced = true;
+            if by > 0 {
+                samples.append(&series(), ts_ms - 1, self.value as f64);
+            }
+        }
+        self.value += by;
+        self.last_ms = self.last_ms.max(ts_ms);
+        self.dirty = true;
+    }
+
+    /// The timestamp of the next sample: never at or before the last one,
+    /// so a series never holds two values for one instant.
+    fn next_sample_ms(&mut self) -> i64 {
+        let at = match self.written_ms {
+            Some(written) if written >= self.last_ms => written + 1,
+            _ => self.last_ms,
+        };
+        self.written_ms = Some(at);
+        self.dirty = false;
+        at
+    }
+}
+
+/// Most tallied series kept before they are forgotten (a forgotten counter
+/// starts again from zero, which `increase` reads as a reset).
+const MAX_TALLIES: usize = 65_536;
+
+/// Appends finished records (single lines or joined blocks) to the batch.
+struct Appender {
     limits: BatchLimits,
     collector_id: String,
     node: String,
@@ -79,6 +147,23 @@ pub struct BatchAssembler {
     found: Vec<(String, f64)>,
     /// Per pod: the run and rank its name suggests.
     runs: HashMap<String, (Option<String>, Option<String>)>,
+    classifier: EventClassifier,
+    fields: LabelSet,
+    /// `weft_ml_events_total` by (event, namespace, pod, run).
+    events: HashMap<[String; 4], Tally>,
+    /// Per pod uid and container: `weft_log_lines_total` and
+    /// `weft_container_restarts`.
+    containers: HashMap<String, HashMap<String, ContainerTally>>,
+}
+
+/// The per-container tallies.
+#[derive(Debug, Default)]
+struct ContainerTally {
+    /// namespace, pod, container.
+    labels: [String; 3],
+    lines: Tally,
+    /// Highest restart number seen in a log file name.
+    restart: u32,
 }
 
 /// 64-bit FNV-1a, a stable hash for idempotency keys.
@@ -89,14 +174,113 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
+/// What an assembler does to records besides batching them.
+#[derive(Clone, Debug, Default)]
+pub struct RecordProcessing {
+    /// Finds training metrics in lines (none: off).
+    pub extractor: Option<MetricExtractor>,
+    /// Tags ML failures.
+    pub classifier: EventClassifier,
+    /// Joins multi-line records (none: off).
+    pub multiline: Option<MultilineLimits>,
+}
+
 impl BatchAssembler {
-    /// An assembler; `extractor` finds training metrics in lines (none: off).
+    /// An assembler.
     pub fn new(
         limits: BatchLimits,
         collector_id: String,
         node: String,
         metrics: Arc<CollectorMetrics>,
+        processing: RecordProcessing,
+    ) -> Self {
+        Self {
+            joiner: processing.multiline.map(MultilineJoiner::new),
+            inner: Appender::new(limits, collector_id, node, metrics, processing.extractor, processing.classifier),
+        }
+    }
+
+    /// Records in the open batch.
+    pub fn len(&self) -> usize {
+        self.inner.builder.len()
+    }
+
+    /// True when no line is waiting (in the batch or in an open block).
+    pub fn is_empty(&self) -> bool {
+        self.inner.builder.is_empty() && self.joiner.as_ref().is_none_or(|j| j.is_empty())
+    }
+
+    /// True when the open batch should be sealed now. A batch waits past its
+    /// age for a block that is still growing, at most one more age.
+    pub fn is_due(&self) -> bool {
+        if self.inner.is_full() {
+            return true;
+        }
+        let Some(opened) = self.inner.opened else {
+            return false;
+        };
+        let age = opened.elapsed();
+        let growing = self.joiner.as_ref().is_some_and(|j| j.holds_fresh());
+        age >= self.inner.limits.max_age * 2 || (age >= self.inner.limits.max_age && !growing)
+    }
+
+    /// Time until the open batch becomes due by age (or a block times out).
+    pub fn time_left(&self) -> Option<Duration> {
+        let batch = self.inner.opened.map(|t| self.inner.limits.max_age.saturating_sub(t.elapsed()));
+        let block = self.joiner.as_ref().and_then(|j| j.time_left());
+        match (batch, block) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Closes blocks that saw no new line for the multi-line timeout.
+    pub fn tick(&mut self) {
+        if let Some(joiner) = &mut self.joiner {
+            let inner = &mut self.inner;
+            joiner.flush_expired(&mut |line, block| inner.append(line, block));
+        }
+    }
+
+    /// Closes every open block (the end of a dry run).
+    pub fn flush(&mut self) {
+        if let Some(joiner) = &mut self.joiner {
+            let inner = &mut self.inner;
+            joiner.flush_all(&mut |line, block| inner.append(line, block));
+        }
+    }
+
+    /// Seals the open batch with the tailer state that follows it.
+    pub fn seal(&mut self, checkpoint: TailerCheckpoint) -> Result<SealedBatch, CollectorError> {
+        self.flush();
+        self.inner.seal(checkpoint)
+    }
+}
+
+impl LineSink for BatchAssembler {
+    fn line(&mut self, line: LogLine<'_>) {
+        match &mut self.joiner {
+            Some(joiner) => {
+                let inner = &mut self.inner;
+                joiner.push(line, &mut |line, block| inner.append(line, block));
+            }
+            None => self.inner.append(line, false),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.inner.is_full()
+    }
+}
+
+impl Appender {
+    fn new(
+        limits: BatchLimits,
+        collector_id: String,
+        node: String,
+        metrics: Arc<CollectorMetrics>,
         extractor: Option<MetricExtractor>,
+        classifier: EventClassifier,
     ) -> Self {
         Self {
             builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
@@ -114,27 +298,15 @@ impl BatchAssembler {
             samples: MetricBatchBuilder::new(),
             found: Vec::new(),
             runs: HashMap::new(),
+            classifier,
+            fields: LabelSet::new(),
+            events: HashMap::new(),
+            containers: HashMap::new(),
         }
     }
 
-    /// Lines in the open batch.
-    pub fn len(&self) -> usize {
-        self.builder.len()
-    }
-
-    /// True when no line is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.builder.is_empty()
-    }
-
-    /// True when the open batch should be sealed now.
-    pub fn is_due(&self) -> bool {
-        self.is_full() || self.opened.is_some_and(|t| t.elapsed() >= self.limits.max_age)
-    }
-
-    /// Time until the open batch becomes due by age.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.opened.map(|t| self.limits.max_age.saturating_sub(t.elapsed()))
+    fn is_full(&self) -> bool {
+        self.builder.line_bytes() >= self.limits.max_bytes || self.builder.len() >= self.limits.max_rows
     }
 
     fn source_slot(&mut self, key: &str, position: u64) -> u32 {
@@ -161,8 +333,37 @@ impl BatchAssembler {
         index
     }
 
+    /// Writes the moved tallies as samples.
+    fn write_tallies(&mut self) {
+        for (key, tally) in self.events.iter_mut().filter(|(_, t)| t.dirty) {
+            let series = LabelSet::from_pairs([
+                (METRIC_NAME, "weft_ml_events_total"),
+                ("event", key[0].as_str()),
+                ("namespace", key[1].as_str()),
+                ("pod", key[2].as_str()),
+                ("run", key[3].as_str()),
+            ]);
+            let at = tally.next_sample_ms();
+            self.samples.append(&series.to_string(), at, tally.value as f64);
+        }
+        for tally in self.containers.values_mut().flat_map(|c| c.values_mut()).filter(|t| t.lines.dirty) {
+            let at = tally.lines.next_sample_ms();
+            let lines = container_series("weft_log_lines_total", &tally.labels);
+            self.samples.append(&lines, at, tally.lines.value as f64);
+            let restarts = container_series("weft_container_restarts", &tally.labels);
+            self.samples.append(&restarts, at, f64::from(tally.restart));
+        }
+        if self.containers.len() > MAX_TALLIES {
+            self.containers.clear();
+        }
+        if self.events.len() > MAX_TALLIES {
+            self.events.clear();
+        }
+    }
+
     /// Seals the open batch with the tailer state that follows it.
-    pub fn seal(&mut self, checkpoint: TailerCheckpoint) -> Result<SealedBatch, CollectorError> {
+    fn seal(&mut self, checkpoint: TailerCheckpoint) -> Result<SealedBatch, CollectorError> {
+        self.write_tallies();
         let rows = self.builder.len();
         let line_bytes = self.builder.line_bytes();
         let batch = self.builder.finish(true);
@@ -203,8 +404,9 @@ impl BatchAssembler {
     }
 }
 
-impl LineSink for BatchAssembler {
-    fn line(&mut self, line: LogLine<'_>) {
+impl Appender {
+    /// Appends one finished record; `block` is true for joined lines.
+    fn append(&mut self, line: LogLine<'_>, block: bool) {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
         }
@@ -226,11 +428,11 @@ impl LineSink for BatchAssembler {
         self.metrics.lines.inc();
         let meta = line.meta;
         let (run, rank) = self.runs.entry(meta.pod.clone()).or_insert_with(|| run_and_rank(&meta.pod)).clone();
+        let ts_ms = line.ts.div_euclid(1_000_000);
         if let Some(extractor) = &self.extractor {
             self.found.clear();
             extractor.extract(&text, &mut self.found);
             if !self.found.is_empty() {
-                let ts_ms = line.ts.div_euclid(1_000_000);
                 for (key, value) in &self.found {
                     let series = LabelSet::from_pairs([
                         (METRIC_NAME, format!("{METRIC_PREFIX}{key}").as_str()),
@@ -245,6 +447,58 @@ impl LineSink for BatchAssembler {
                 self.metrics.samples_extracted.inc_by(self.found.len() as u64);
             }
         }
+        let event = self.classifier.classify(&text);
+        self.fields = LabelSet::new();
+        if let Some(event) = &event {
+            self.metrics.ml_events.with_label_values(&[event.name.as_str()]).inc();
+            if let Some(xid) = event.xid {
+                self.fields.insert("xid", xid.to_string());
+            }
+            let key = [
+                event.name.clone(),
+                meta.namespace.clone(),
+                meta.pod.clone(),
+                run.clone().unwrap_or_default(),
+            ];
+            let samples = &mut self.samples;
+            self.events.entry(key.clone()).or_default().bump(1, ts_ms, samples, || {
+                LabelSet::from_pairs([
+                    (METRIC_NAME, "weft_ml_events_total"),
+                    ("event", key[0].as_str()),
+                    ("namespace", key[1].as_str()),
+                    ("pod", key[2].as_str()),
+                    ("run", key[3].as_str()),
+                ])
+                .to_string()
+            });
+        }
+        if !self.containers.contains_key(&meta.pod_uid) {
+            self.containers.insert(meta.pod_uid.clone(), HashMap::new());
+        }
+        let pod = self.containers.get_mut(&meta.pod_uid).expect("inserted");
+        if !pod.contains_key(&meta.container) {
+            let labels = [meta.namespace.clone(), meta.pod.clone(), meta.container.clone()];
+            pod.insert(
+                meta.container.clone(),
+                ContainerTally {
+                    labels,
+                    ..Default::default()
+                },
+            );
+        }
+        let tally = pod.get_mut(&meta.container).expect("inserted");
+        tally.restart = tally.restart.max(meta.restart);
+        let labels = &tally.labels;
+        tally
+            .lines
+            .bump(1, ts_ms, &mut self.samples, || container_series("weft_log_lines_total", labels));
+        let mut level = detect_level(line.text);
+        if block {
+            self.metrics.multiline_blocks.inc();
+        }
+        if block && level == Level::Unknown {
+            level = Level::Error;
+        }
         self.builder.append(&RecordRef {
             ts: line.ts,
             ingest_ts: 0,
@@ -258,17 +512,228 @@ impl LineSink for BatchAssembler {
             rank: rank.as_deref(),
             pod_uid: Some(&meta.pod_uid),
             restart: Some(meta.restart),
-            level: detect_level(line.text),
-            ml_event: None,
-            fields: &self.empty_labels,
+            level,
+            ml_event: event.as_ref().map(|e| e.name.as_str()),
+            fields: &self.fields,
             truncated,
             parse_error: line.parse_error,
             line: &text,
             source: Some((src, line.position)),
         });
     }
+}
 
-    fn is_full(&self) -> bool {
-        self.builder.line_bytes() >= self.limits.max_bytes || self.builder.len() >= self.limits.max_rows
+/// The series text of a per-container tally.
+fn container_series(name: &str, key: &[String; 3]) -> String {
+    LabelSet::from_pairs([
+        (METRIC_NAME, name),
+        ("namespace", key[0].as_str()),
+        ("pod", key[1].as_str()),
+        ("container", key[2].as_str()),
+    ])
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::pod_logs::format::Stream;
+    use crate::sources::pod_logs::path::PodLogPath;
+    use weft_model::batch::{decode_ipc, wire_schema};
+    use weft_model::metric::{metric_wire_schema, MetricBatchView};
+    use weft_model::{LogBatchView, LogRecord};
+
+    fn meta(restart: u32) -> PodLogPath {
+        PodLogPath {
+            namespace: "ml".into(),
+            pod: "llama-worker-1".into(),
+            pod_uid: "uid-1".into(),
+            container: "trainer".into(),
+            restart,
+            rotated_at: None,
+        }
+    }
+
+    fn assembler() -> BatchAssembler {
+        BatchAssembler::new(
+            BatchLimits::default(),
+            "test".into(),
+            "node-a".into(),
+            Arc::new(CollectorMetrics::unregistered()),
+            RecordProcessing {
+                extractor: Some(MetricExtractor::default()),
+                classifier: EventClassifier::default(),
+                multiline: Some(MultilineLimits::default()),
+            },
+        )
+    }
+
+    /// Feeds `(stream, text)` lines at one-second steps from `t0`.
+    fn feed(assembler: &mut BatchAssembler, meta: &PodLogPath, first_position: u64, lines: &[(Stream, &str)]) {
+        for (i, (stream, text)) in lines.iter().enumerate() {
+            assembler.line(LogLine {
+                meta,
+                source_key: "file-1",
+                position: first_position + i as u64 * 4,
+                ts: 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000,
+                stream: Some(*stream),
+                text: text.as_bytes(),
+                truncated: false,
+                parse_error: false,
+            });
+        }
+    }
+
+    fn records(batch: &SealedBatch) -> Vec<LogRecord> {
+        let (_, batches) = decode_ipc(&batch.body, &wire_schema(), 1 << 20, 1 << 30).unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                let view = LogBatchView::new(b).unwrap();
+                (0..view.len()).map(move |row| view.record(row)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn samples(batch: &SealedBatch) -> Vec<(String, i64, f64)> {
+        let Some(body) = &batch.metrics_body else {
+            return Vec::new();
+        };
+        let (_, batches) = decode_ipc(body, &metric_wire_schema(), 1 << 20, 1 << 30).unwrap();
+        let mut out = Vec::new();
+        for b in &batches {
+            let view = MetricBatchView::new(b).unwrap();
+            for row in 0..view.len() {
+                out.push((view.series.value(row).to_string(), view.ts.value(row), view.value.value(row)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_traceback_becomes_one_tagged_record_between_other_lines() {
+        let mut assembler = assembler();
+        let meta = meta(2);
+        feed(
+            &mut assembler,
+            &meta,
+            100,
+            &[
+                (Stream::Stdout, "step 10 loss 2.1"),
+                (Stream::Stderr, "Traceback (most recent call last):"),
+                (Stream::Stderr, "  File \"train.py\", line 88, in <module>"),
+                (Stream::Stdout, "heartbeat"),
+                (Stream::Stderr, "    loss.backward()"),
+                (
+                    Stream::Stderr,
+                    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+                ),
+                (Stream::Stdout, "shutting down"),
+            ],
+        );
+        assert!(!assembler.is_empty(), "the traceback is still open");
+        let batch = assembler.seal(TailerCheckpoint::default()).unwrap();
+        let rows = records(&batch);
+        let lines: Vec<&str> = rows.iter().map(|r| r.line.as_str()).collect();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let traceback = rows.iter().find(|r| r.line.starts_with("Traceback")).unwrap();
+        assert_eq!(traceback.line.lines().count(), 4);
+        assert!(traceback.line.ends_with("Tried to allocate 2.00 GiB"));
+        assert_eq!(traceback.ml_event.as_deref(), Some("cuda_oom"));
+        assert_eq!(traceback.level, Level::Error);
+        // The block carries its last line's position, past "heartbeat".
+        assert_eq!(traceback.source.unwrap().1, 120);
+        assert!(rows.iter().filter(|r| r.ml_event.is_none()).count() == 3);
+        assert!(assembler.is_empty());
+    }
+
+    #[test]
+    fn tags_count_into_series_and_containers_report_lines_and_restarts() {
+        let mut assembler = assembler();
+        let meta = meta(3);
+        feed(
+            &mut assembler,
+            &meta,
+            0,
+            &[
+                (
+                    Stream::Stdout,
+                    "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.",
+                ),
+                (Stream::Stdout, "all fine"),
+                (
+                    Stream::Stdout,
+                    "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.",
+                ),
+            ],
+        );
+        let batch = assembler.seal(TailerCheckpoint::default()).unwrap();
+        let rows = records(&batch);
+        assert_eq!(rows[0].ml_event.as_deref(), Some("gpu_xid"));
+        assert_eq!(rows[0].fields.get("xid"), Some("79"));
+        assert_eq!(rows[1].ml_event, None);
+        assert_eq!(rows[1].fields.get("xid"), None);
+        let got = samples(&batch);
+        let t0 = 1_700_000_000_000i64;
+        let events = r#"{__name__="weft_ml_events_total", event="gpu_xid", namespace="ml", pod="llama-worker-1", run="llama"}"#;
+        let find = |series: &str| {
+            got.iter()
+                .filter(|(s, _, _)| s == series)
+                .map(|(_, t, v)| (*t, *v))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(find(events), vec![(t0 - 1, 0.0), (t0 + 2000, 2.0)], "{got:?}");
+        let lines = r#"{__name__="weft_log_lines_total", container="trainer", namespace="ml", pod="llama-worker-1"}"#;
+        assert_eq!(find(lines), vec![(t0 - 1, 0.0), (t0 + 2000, 3.0)]);
+        let restarts = r#"{__name__="weft_container_restarts", container="trainer", namespace="ml", pod="llama-worker-1"}"#;
+        assert_eq!(find(restarts), vec![(t0 + 2000, 3.0)]);
+        // The next batch continues the counts instead of starting again.
+        feed(&mut assembler, &meta, 100, &[(Stream::Stdout, "more")]);
+        let next = assembler.seal(TailerCheckpoint::default()).unwrap();
+        let got = samples(&next);
+        assert!(got.iter().any(|(s, t, v)| s == lines && *t == t0 + 2001 && *v == 4.0), "{got:?}");
+        assert!(!got.iter().any(|(s, _, _)| s == events));
+    }
+
+    #[test]
+    fn a_quiet_block_is_closed_by_tick_and_the_batch_waits_for_a_growing_one() {
+        let mut assembler = BatchAssembler::new(
+            BatchLimits {
+                max_age: Duration::from_millis(50),
+                ..BatchLimits::default()
+            },
+            "test".into(),
+            "node-a".into(),
+            Arc::new(CollectorMetrics::unregistered()),
+            RecordProcessing {
+                extractor: None,
+                classifier: EventClassifier::default(),
+                multiline: Some(MultilineLimits {
+                    timeout: Duration::from_millis(200),
+                    ..MultilineLimits::default()
+                }),
+            },
+        );
+        let meta = meta(0);
+        feed(
+            &mut assembler,
+            &meta,
+            0,
+            &[(Stream::Stdout, "before"), (Stream::Stderr, "Traceback (most recent call last):")],
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Due by age only once the open block went quiet or twice the age passed.
+        while !assembler.is_due() {
+            assert!(Instant::now() < deadline, "never due");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(assembler.len(), 1, "the block is still open");
+        while assembler.len() < 2 {
+            assert!(Instant::now() < deadline, "block never closed");
+            assembler.tick();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rows = records(&assembler.seal(TailerCheckpoint::default()).unwrap());
+        assert_eq!(rows[1].line, "Traceback (most recent call last):");
     }
 }

@@ -64,6 +64,11 @@ pub struct CollectorConfig {
     pub extract_metrics: bool,
     /// Extra extraction rules: regexes whose named captures become metrics.
     pub extract_rules: Vec<crate::extract::ExtractRule>,
+    /// Extra ML failure patterns: records matching `regex` get
+    /// `ml_event=<name>`. They are tried before the built-in catalogue.
+    pub ml_events: Vec<MlEventRule>,
+    /// Joining multi-line records (tracebacks, stack dumps).
+    pub multiline: MultilineConfig,
     /// Least time between two writes of the checkpoint file. Lines
     /// acknowledged since the last write are read again after a crash and
     /// dropped by the indexer as duplicates.
@@ -97,11 +102,85 @@ impl Default for CollectorConfig {
             gpu: Default::default(),
             extract_metrics: true,
             extract_rules: Vec::new(),
+            ml_events: Vec::new(),
+            multiline: MultilineConfig::default(),
+        }
+    }
+}
+
+/// A user pattern for `ml_event`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlEventRule {
+    /// The tag, e.g. `dataloader_crash` (letters, digits, `_`).
+    pub name: String,
+    /// Regular expression matched against the whole record.
+    pub regex: String,
+}
+
+/// Settings of multi-line joining.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// Join tracebacks and stack dumps into one record.
+    pub enabled: bool,
+    /// Most lines in one record.
+    pub max_lines: usize,
+    /// Most bytes in one record.
+    pub max_bytes: usize,
+    /// A record with no new line for this long is closed.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        let limits = crate::multiline::MultilineLimits::default();
+        Self {
+            enabled: true,
+            max_lines: limits.max_lines,
+            max_bytes: limits.max_bytes,
+            timeout: limits.timeout,
         }
     }
 }
 
 impl CollectorConfig {
+    /// The record processing this config asks for (extraction, tagging,
+    /// joining), with every user pattern compiled.
+    pub fn record_processing(&self) -> Result<crate::batcher::RecordProcessing, crate::CollectorError> {
+        let extractor = if self.extract_metrics {
+            Some(crate::extract::MetricExtractor::new(&self.extract_rules)?)
+        } else {
+            None
+        };
+        let mut user = Vec::new();
+        for rule in &self.ml_events {
+            if rule.name.is_empty() || !rule.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(crate::CollectorError::Config(format!(
+                    "collector.ml_events: name {:?} must be letters, digits and _",
+                    rule.name
+                )));
+            }
+            let regex = regex::Regex::new(&rule.regex)
+                .map_err(|e| crate::CollectorError::Config(format!("collector.ml_events {:?}: invalid regex: {e}", rule.name)))?;
+            user.push(weft_model::events::UserEvent {
+                name: rule.name.clone(),
+                regex,
+            });
+        }
+        let multiline = self.multiline.enabled.then_some(crate::multiline::MultilineLimits {
+            max_lines: self.multiline.max_lines.max(1),
+            max_bytes: self.multiline.max_bytes.clamp(1024, self.max_line_bytes),
+            timeout: self.multiline.timeout,
+        });
+        Ok(crate::batcher::RecordProcessing {
+            extractor,
+            classifier: weft_model::events::EventClassifier::new(user),
+            multiline,
+        })
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), crate::CollectorError> {
         let bad = |what: &str| Err(crate::CollectorError::Config(what.to_string()));

@@ -120,12 +120,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         max_age: config.batch_max_age,
         max_line_bytes: config.max_line_bytes,
     };
-    let extractor = if config.extract_metrics {
-        Some(extract::MetricExtractor::new(&config.extract_rules)?)
-    } else {
-        None
-    };
-    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone(), extractor);
+    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone(), config.record_processing()?);
 
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let hint = wake_tx.clone();

@@ -12,6 +12,8 @@ pub struct CollectorMetrics {
     pub forward_dropped: IntCounterVec,
     pub gpu_samples: IntCounter,
     pub xid_events: IntCounter,
+    pub ml_events: IntCounterVec,
+    pub multiline_blocks: IntCounter,
     pub bytes_read: IntCounter,
     pub parse_errors: IntCounter,
     pub invalid_utf8: IntCounter,
@@ -69,6 +71,20 @@ impl CollectorMetrics {
                 registry,
                 "weft_collector_gpu_samples_total",
                 "GPU counter samples read (NVML or dcgm-exporter)",
+            ),
+            ml_events: {
+                let c = IntCounterVec::new(
+                    Opts::new("weft_collector_ml_events_total", "Log records tagged with an ML failure, by event"),
+                    &["event"],
+                )
+                .expect("valid metric");
+                let _ = registry.register(Box::new(c.clone()));
+                c
+            },
+            multiline_blocks: counter(
+                registry,
+                "weft_collector_multiline_blocks_total",
+                "Multi-line records (tracebacks, stack dumps) joined",
             ),
             xid_events: counter(registry, "weft_collector_xid_events_total", "GPU Xid events seen through NVML"),
             otlp_samples: counter(

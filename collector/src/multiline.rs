@@ -205,6 +205,19 @@ impl MultilineJoiner {
         self.open.values().any(|b| b.updated.elapsed() < self.limits.timeout)
     }
 
+    /// True when no block is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// Time until the next open block times out.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.open
+            .values()
+            .map(|b| self.limits.timeout.saturating_sub(b.updated.elapsed()))
+            .min()
+    }
+
     fn emit(block: Block, out: &mut dyn FnMut(LogLine<'_>, bool)) {
         let mut text: &[u8] = &block.text;
         while let Some(stripped) = text.strip_suffix(b"\n") {

@@ -334,8 +334,10 @@ impl Indexer {
                 duplicate_batch: true,
             });
         }
-        // Positions must rise per source; anything at or below the
-        // watermark is already held.
+        // Anything at or below the source's watermark is already held.
+        // Within a batch positions need not rise: a joined traceback
+        // carries its last line's position and may follow lines of the
+        // other stream that came after its first line.
         let mut moved: HashMap<usize, u64> = HashMap::new();
         let mut masks = Vec::with_capacity(prepared.batches.len());
         let mut duplicates = 0usize;
@@ -353,13 +355,11 @@ impl Indexer {
                 }
                 let source = src.value(row) as usize;
                 let position = offset.value(row);
-                let current = moved
-                    .get(&source)
-                    .copied()
-                    .or_else(|| write.watermarks.get(&prepared.sources[source]).map(|w| w.position));
-                let fresh = current.is_none_or(|c| position > c);
+                let held = write.watermarks.get(&prepared.sources[source]).map(|w| w.position);
+                let fresh = held.is_none_or(|c| position > c);
                 if fresh {
-                    moved.insert(source, position);
+                    let top = moved.entry(source).or_insert(position);
+                    *top = (*top).max(position);
                 } else {
                     duplicates += 1;
                 }

@@ -60,7 +60,7 @@ fn catalogue() -> &'static Catalogue {
             set: RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("built-in patterns compile"),
             singles: patterns.iter().map(|(_, p)| Regex::new(p).expect("built-in pattern compiles")).collect(),
             names: patterns.iter().map(|(n, _)| *n).collect(),
-            xid: Regex::new(r"Xid \(?[^)]*\)?:? ?(\d+)|Xid (\d+)").expect("xid pattern compiles"),
+            xid: Regex::new(r"Xid \([^)]*\):? ?(\d+)|Xid:? (\d+)").expect("xid pattern compiles"),
         }
     })
 }
@@ -181,6 +181,10 @@ mod tests {
             .classify("NVRM: Xid (GPU 3 GPU-x): 48, Double Bit ECC Error")
             .unwrap();
         assert_eq!(e.xid, Some(48));
+        let e = EventClassifier::default()
+            .classify("E1125 10:05:00.000000 1 main.go:250] NVML: Xid 79 reported on GPU 00000000:3B:00.0 (GPU has fallen off the bus)")
+            .unwrap();
+        assert_eq!(e.xid, Some(79));
         let traceback = "Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\n    step()\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.";
         let e = EventClassifier::default().classify(traceback).unwrap();
         assert_eq!(e.line, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.");

@@ -50,6 +50,7 @@ impl TailerLoop {
                 rescan = false;
             }
             let read = self.tailer.poll(&mut self.assembler);
+            self.assembler.tick();
             if !self.assembler.is_empty() && (self.assembler.is_due() || stopping) && !self.seal_and_send() {
                 return;
             }
