@@ -49,7 +49,8 @@ fn fake_kubelet(socket: std::path::PathBuf) {
                 name: "trainer".into(),
                 devices: vec![Devices {
                     resource_name: "nvidia.com/gpu".into(),
-                    device_ids: vec!["GPU-aaaa".into()],
+                    // A time-slicing replica name: the counters know the bare UUID.
+                    device_ids: vec!["GPU-aaaa::0".into()],
                 }],
             }],
         }],
@@ -91,8 +92,8 @@ fn fake_kubelet(socket: std::path::PathBuf) {
     });
 }
 
-/// A dcgm-exporter serving two GPUs.
-fn fake_dcgm_exporter() -> u16 {
+/// A dcgm-exporter serving two GPUs, or only the first once `one_gpu` is set.
+fn fake_dcgm_exporter(one_gpu: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -100,11 +101,18 @@ fn fake_dcgm_exporter() -> u16 {
             let mut stream = stream;
             let mut buf = [0u8; 2048];
             let _ = stream.read(&mut buf);
-            let body = "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n\
-                DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",UUID=\"GPU-aaaa\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"} 97\n\
-                DCGM_FI_DEV_GPU_UTIL{gpu=\"1\",UUID=\"GPU-cccc\",device=\"nvidia1\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"} 0\n\
+            let second = if one_gpu.load(std::sync::atomic::Ordering::SeqCst) {
+                ""
+            } else {
+                "DCGM_FI_DEV_GPU_UTIL{gpu=\"1\",UUID=\"GPU-cccc\",device=\"nvidia1\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"} 0\n"
+            };
+            let body = format!(
+                "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n\
+                DCGM_FI_DEV_GPU_UTIL{{gpu=\"0\",UUID=\"GPU-aaaa\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"}} 97\n\
+                {second}\
                 # TYPE DCGM_FI_DEV_FB_USED gauge\n\
-                DCGM_FI_DEV_FB_USED{gpu=\"0\",UUID=\"GPU-aaaa\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"} 71234\n";
+                DCGM_FI_DEV_FB_USED{{gpu=\"0\",UUID=\"GPU-aaaa\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"n1\"}} 71234\n"
+            );
             let reply = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -120,7 +128,8 @@ fn dcgm_exporter_counters_are_attributed_to_the_pod_holding_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("kubelet.sock");
     fake_kubelet(socket.clone());
-    let exporter = fake_dcgm_exporter();
+    let one_gpu = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let exporter = fake_dcgm_exporter(one_gpu.clone());
     let config = dir.path().join("weft.yaml");
     std::fs::write(
         &config,
@@ -168,5 +177,12 @@ fn dcgm_exporter_counters_are_attributed_to_the_pod_holding_the_gpu() {
     assert_eq!(body["data"]["result"], serde_json::json!([]));
     let (_, metadata) = get_json(&weft.url("/api/v1/metadata"), &[("metric", "DCGM_FI_DEV_FB_USED")]);
     assert_eq!(metadata["data"]["DCGM_FI_DEV_FB_USED"][0]["unit"], "mebibytes");
+    // A GPU the exporter stops reporting goes stale at once, as after a
+    // Prometheus scrape, instead of lingering for the 5-minute lookback.
+    one_gpu.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for("the vanished GPU marked stale", Duration::from_secs(30), || {
+        let (_, body) = get_json(&weft.url("/api/v1/query"), &[("query", "count(DCGM_FI_DEV_GPU_UTIL)")]);
+        (body["data"]["result"][0]["value"][1] == "1").then_some(())
+    });
     weft.terminate();
 }

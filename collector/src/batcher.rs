@@ -431,7 +431,12 @@ impl Appender {
         let ts_ms = line.ts.div_euclid(1_000_000);
         if let Some(extractor) = &self.extractor {
             self.found.clear();
-            extractor.extract(&text, &mut self.found);
+            // A recognizer bug must cost one line's metrics, not the tailer.
+            let found = &mut self.found;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| extractor.extract(&text, found))).is_err() {
+                found.clear();
+                self.metrics.extract_panics.inc();
+            }
             if !self.found.is_empty() {
                 for (key, value) in &self.found {
                     let series = LabelSet::from_pairs([

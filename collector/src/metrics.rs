@@ -6,6 +6,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 pub struct CollectorMetrics {
     pub lines: IntCounter,
     pub samples_extracted: IntCounter,
+    pub extract_panics: IntCounter,
     pub otlp_samples: IntCounter,
     pub otlp_log_records: IntCounter,
     pub otlp_rejected: IntCounter,
@@ -106,6 +107,11 @@ impl CollectorMetrics {
                 registry,
                 "weft_collector_extracted_samples_total",
                 "Training metric samples found in log lines",
+            ),
+            extract_panics: counter(
+                registry,
+                "weft_collector_extract_panics_total",
+                "Lines whose metric extraction failed with an internal error (line kept, metrics skipped)",
             ),
             bytes_read: counter(registry, "weft_collector_read_bytes_total", "Bytes read from log files"),
             parse_errors: counter(

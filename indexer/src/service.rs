@@ -33,7 +33,11 @@ const WAL_METRICS: u8 = 2;
 const RECENT_KEYS: usize = 100_000;
 
 /// What an ingest request achieved.
+/// Most distinct sample hours one metrics request may touch.
+pub const MAX_REQUEST_HOURS: usize = 168;
+
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+
 pub struct IngestOutcome {
     /// Rows accepted and made durable.
     pub accepted: usize,
@@ -588,8 +592,18 @@ impl Indexer {
             None => Default::default(),
         };
         let mut checked: HashSet<&str> = HashSet::new();
+        // Samples are stored in hourly splits; a request spread over many
+        // hours (a client with a broken clock) would write one split each.
+        let mut hours: HashSet<i64> = HashSet::new();
         for batch in &batches {
             let view = weft_model::metric::MetricBatchView::new(batch)?;
+            for ts in view.ts.values().iter() {
+                if hours.insert(ts.div_euclid(3_600_000)) && hours.len() > MAX_REQUEST_HOURS {
+                    return Err(IndexerError::BadRequest(format!(
+                        "samples span more than {MAX_REQUEST_HOURS} distinct hours in one request; send them in pieces"
+                    )));
+                }
+            }
             for row in 0..view.len() {
                 let text = view.series.value(row);
                 if checked.contains(text) {
@@ -613,7 +627,9 @@ impl Indexer {
         let mut rows = 0;
         for batch in prepared.batches {
             rows += batch.num_rows();
-            write.pending.bytes += batch.num_rows() as u64 * 16;
+            // Series text included: a sample row is far more than its 16
+            // bytes of time and value.
+            write.pending.bytes += batch.get_array_memory_size() as u64;
             write.pending.metric_batches.push((tenant.to_string(), batch));
         }
         if !prepared.metadata.is_empty() {

@@ -180,3 +180,33 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn positions_need_not_rise_within_a_batch() {
+    // A joined traceback carries its last line's position (20) and comes
+    // after a line of the other stream at 16: both are new.
+    let dir = tempfile::tempdir().unwrap();
+    let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+    let first = body(
+        &[(0, 4, "a"), (0, 16, "other stream"), (0, 20, "traceback"), (0, 12, "late")],
+        &["c/f0"],
+    );
+    assert_eq!(indexer.ingest_arrow("default", "k1", &first, "test").unwrap().accepted, 4);
+    // The watermark is the highest position: a resend is dropped whole.
+    let again = body(&[(0, 12, "late"), (0, 20, "traceback"), (0, 24, "new")], &["c/f0"]);
+    let outcome = indexer.ingest_arrow("default", "k2", &again, "test").unwrap();
+    assert_eq!((outcome.accepted, outcome.duplicates), (1, 2));
+}
+
+#[test]
+fn a_metrics_request_spread_over_too_many_hours_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+    let mut builder = weft_model::metric::MetricBatchBuilder::new();
+    for hour in 0..200i64 {
+        builder.append(r#"{__name__="up"}"#, 1_764_000_000_000 + hour * 3_600_000, 1.0);
+    }
+    let body = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
+    let err = indexer.ingest_metrics("default", &body, "test").unwrap_err().to_string();
+    assert!(err.contains("more than 168 distinct hours"), "{err}");
+}

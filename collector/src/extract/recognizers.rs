@@ -260,13 +260,15 @@ fn deepspeed(line: &str, out: &mut Vec<(String, f64)>) {
             .unwrap_or(0);
         let key = rest[key_start..colon].trim();
         let after = &rest[colon + 2..];
-        let value = after.split_whitespace().next().unwrap_or("");
+        let trimmed = after.trim_start();
+        let value = trimmed.split_whitespace().next().unwrap_or("");
         if let Some(number) = parse_number(value) {
             if !key.is_empty() && key.len() < 40 {
                 push(out, key, number);
             }
         }
-        rest = &after[value.len().min(after.len())..];
+        // `value` starts `after.len() - trimmed.len()` bytes into `after`.
+        rest = &after[after.len() - trimmed.len() + value.len()..];
     }
 }
 

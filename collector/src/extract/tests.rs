@@ -143,3 +143,19 @@ fn keys_normalize() {
     assert_eq!(normalize_key("samples/sec"), "samples_per_sec");
     assert_eq!(normalize_key("global_step"), "step");
 }
+
+#[test]
+fn multibyte_text_after_a_colon_does_not_panic() {
+    // A `steps:` line steers into the DeepSpeed recognizer; a value token
+    // that does not start right after ": " once sliced inside a character.
+    let found = extract("[Rank 0] steps: 5 loss:  █ 0.5 note:  损失下降 lr: 0.1");
+    assert_eq!(get(&found, "step"), Some(5.0));
+    assert_eq!(get(&found, "lr").or(get(&found, "learning_rate")), Some(0.1));
+}
+
+proptest::proptest! {
+    #[test]
+    fn no_line_makes_extraction_panic(line in "(steps: |loss: |step=|iteration |[ :=|/,]|█|损|\\PC){0,40}") {
+        let _ = extract(&line);
+    }
+}

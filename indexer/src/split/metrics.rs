@@ -187,7 +187,9 @@ pub fn write_metric_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch]
         parquet: parquet_rel,
         index: index_rel,
         rows: storage.num_rows() as u64,
-        line_bytes: storage.num_rows() as u64 * 16,
+        // What the rows take decoded (series text included): merges and
+        // memory budgets count this.
+        line_bytes: storage.get_array_memory_size() as u64,
         // Catalog times are nanoseconds for every kind.
         min_ts: min_ts.saturating_mul(1_000_000),
         max_ts: max_ts.saturating_mul(1_000_000).saturating_add(999_999),

@@ -12,24 +12,28 @@ use weft_model::time::{now_nanos, parse_duration, parse_rfc3339_nanos};
 use weft_model::LabelSet;
 
 use super::{success, Params};
-use crate::promql::engine::{self, EvalLimits, PromResult};
+use crate::promql::engine::{self, EvalLimits, PromResult, MAX_DURATION_MS, MAX_TIME_MS};
 use crate::promql::source::{MetricStore, SampleSource};
 use crate::{QueryError, QueryService};
 
 /// Parses a Prometheus API time: float Unix seconds or RFC 3339. Returns ms.
 pub fn parse_time(text: &str, name: &str) -> Result<i64, QueryError> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() {
-            return Ok((seconds * 1000.0).round() as i64);
-        }
+    let ms = if let Some(seconds) = text.parse::<f64>().ok().filter(|s| s.is_finite()) {
+        Some((seconds * 1000.0).round())
+    } else {
+        parse_rfc3339_nanos(text.as_bytes()).map(|ns| ns.div_euclid(1_000_000) as f64)
+    };
+    match ms {
+        Some(ms) if ms.abs() <= MAX_TIME_MS as f64 => Ok(ms as i64),
+        Some(_) => Err(QueryError::BadRequest(format!(
+            "invalid parameter \"{name}\": {text:?} is outside the supported time range (±{} seconds)",
+            MAX_TIME_MS / 1000
+        ))),
+        None => Err(QueryError::BadRequest(format!(
+            "invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"
+        ))),
     }
-    if let Some(ns) = parse_rfc3339_nanos(text.as_bytes()) {
-        return Ok(ns.div_euclid(1_000_000));
-    }
-    Err(QueryError::BadRequest(format!(
-        "invalid parameter \"{name}\": cannot parse {text:?} to a valid timestamp"
-    )))
 }
 
 /// Parses a step or duration: float seconds or a Prometheus duration. Returns ms.
@@ -37,11 +41,11 @@ pub fn parse_step(text: &str, name: &str) -> Result<i64, QueryError> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
         if seconds.is_finite() {
-            return Ok((seconds * 1000.0).round() as i64);
+            return Ok((seconds * 1000.0).round().clamp(-(MAX_DURATION_MS as f64), MAX_DURATION_MS as f64) as i64);
         }
     }
     parse_duration(text)
-        .map(|ns| ns / 1_000_000)
+        .map(|ns| (ns / 1_000_000).min(MAX_DURATION_MS))
         .map_err(|_| QueryError::BadRequest(format!("invalid parameter \"{name}\": cannot parse {text:?} to a valid duration")))
 }
 
@@ -315,5 +319,21 @@ mod tests {
         assert_eq!(unescape_label_name("job"), "job");
         assert_eq!(unescape_label_name("U__k8s_2e_pod"), "k8s.pod");
         assert_eq!(unescape_label_name("U__a__b"), "a_b");
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn times_outside_the_supported_range_are_refused() {
+        assert_eq!(parse_time("1700000000.5", "time").unwrap(), 1_700_000_000_500);
+        assert_eq!(parse_time("2026-11-25T10:00:00Z", "time").unwrap(), 1_795_600_800_000);
+        for far in ["1e17", "-1e300", "1e300"] {
+            let err = parse_time(far, "time").unwrap_err().to_string();
+            assert!(err.contains("outside the supported time range"), "{err}");
+        }
+        assert_eq!(parse_step("1e300", "step").unwrap(), MAX_DURATION_MS);
     }
 }

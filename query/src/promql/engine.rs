@@ -96,8 +96,17 @@ pub struct Evaluator<'a> {
     pub limits: EvalLimits,
 }
 
+/// Longest duration or offset the engine works with, ms (about 3,000
+/// years): with times bounded by [`MAX_TIME_MS`], sums of times and
+/// durations cannot overflow.
+pub const MAX_DURATION_MS: i64 = 100_000_000_000_000;
+
+/// Latest (and, negated, earliest) evaluation time accepted, ms (the year
+/// 5138).
+pub const MAX_TIME_MS: i64 = 100_000_000_000_000;
+
 pub(crate) fn duration_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
+    d.as_millis().min(MAX_DURATION_MS as u128) as i64
 }
 
 fn offset_ms(offset: &Option<Offset>) -> i64 {
@@ -109,10 +118,16 @@ fn offset_ms(offset: &Option<Offset>) -> i64 {
 }
 
 pub(crate) fn system_time_ms(t: &std::time::SystemTime) -> i64 {
+    let bound = |d: Duration| d.as_millis().min(MAX_TIME_MS as u128) as i64;
     match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => bound(d),
+        Err(e) => -bound(e.duration()),
     }
+}
+
+/// The error of a query that loads more than `max` raw samples.
+pub fn too_many_samples(max: usize) -> QueryError {
+    QueryError::Limit(format!("query loads more than {max} samples; narrow its selectors or time range"))
 }
 
 /// Drops `__name__`.
@@ -160,15 +175,25 @@ impl<'a> Evaluator<'a> {
     fn fetch(&self, vs: &VectorSelector, start: i64, end: i64) -> Result<Vec<Series>, QueryError> {
         let groups = Self::selector_matchers(vs);
         if groups.len() == 1 {
-            return self.source.select(&groups[0], start, end);
+            return self.source.select(&groups[0], start, end, self.limits.max_samples);
         }
         let mut merged: BTreeMap<LabelSet, Vec<(i64, f64)>> = BTreeMap::new();
         for group in groups {
-            for series in self.source.select(&group, start, end)? {
+            for series in self.source.select(&group, start, end, self.limits.max_samples)? {
                 merged.entry(series.labels).or_insert(series.samples);
             }
         }
         Ok(merged.into_iter().map(|(labels, samples)| Series { labels, samples }).collect())
+    }
+
+    /// Sources stop reading past the budget; several `or` groups can still
+    /// add up past it.
+    fn check_samples(&self, series: &[Series]) -> Result<(), QueryError> {
+        let total: usize = series.iter().map(|s| s.samples.len()).sum();
+        if total > self.limits.max_samples {
+            return Err(too_many_samples(self.limits.max_samples));
+        }
+        Ok(())
     }
 
     fn check_points(&self, series: usize, steps: usize) -> Result<(), QueryError> {
@@ -194,6 +219,7 @@ impl<'a> Evaluator<'a> {
         let (lo, hi) = (times.iter().min().copied().unwrap_or(0), times.iter().max().copied().unwrap_or(0));
         let fetched = self.fetch(vs, lo - self.lookback + 1, hi)?;
         self.check_points(fetched.len(), steps.len())?;
+        self.check_samples(&fetched)?;
         let mut out = Vec::with_capacity(fetched.len());
         for series in fetched {
             let values: Vec<Option<f64>> = times
@@ -249,13 +275,7 @@ impl<'a> Evaluator<'a> {
         let times = self.eval_times(steps, &vs.at, &vs.offset);
         let (lo, hi) = (times.iter().min().copied().unwrap_or(0), times.iter().max().copied().unwrap_or(0));
         let mut series = self.fetch(vs, lo - range + 1, hi)?;
-        let total: usize = series.iter().map(|s| s.samples.len()).sum();
-        if total > self.limits.max_samples {
-            return Err(QueryError::Limit(format!(
-                "query loads more than {} samples",
-                self.limits.max_samples
-            )));
-        }
+        self.check_samples(&series)?;
         for s in &mut series {
             s.samples.retain(|(_, v)| !is_stale_marker(*v));
         }
@@ -274,15 +294,13 @@ impl<'a> Evaluator<'a> {
         let (lo, hi) = (times.iter().min().copied().unwrap_or(0), times.iter().max().copied().unwrap_or(0));
         // Sub-steps are aligned to multiples of the step, as Prometheus does.
         let first = (lo - range).div_euclid(step) * step + step;
-        let mut sub_steps = Vec::new();
-        let mut t = first;
-        while t <= hi {
-            sub_steps.push(t);
-            t += step;
+        let count = if hi < first { 0 } else { (hi - first) / step + 1 };
+        if count > 1_000_000 {
+            return Err(QueryError::Limit(format!(
+                "subquery would evaluate {count} steps, more than 1000000; raise its step"
+            )));
         }
-        if sub_steps.len() > 1_000_000 {
-            return Err(QueryError::Limit("subquery would evaluate more than 1000000 steps".into()));
-        }
+        let sub_steps: Vec<i64> = (0..count).map(|i| first + i * step).collect();
         let inner = self.eval(&sq.expr, &sub_steps)?;
         let series = match inner {
             Value::Vector(series) => series
@@ -428,6 +446,10 @@ impl<'a> Evaluator<'a> {
                         let Some(v) = v else { continue };
                         let mut key = group.clone();
                         key.insert(label.clone(), format_float(*v));
+                        if !counts.contains_key(&key) {
+                            // Each output series holds one point per step.
+                            self.check_points(counts.len() + 1, n)?;
+                        }
                         let slot = &mut counts.entry(key).or_insert_with(|| vec![None; n])[step];
                         *slot = Some(slot.unwrap_or(0.0) + 1.0);
                     }
@@ -476,7 +498,7 @@ impl<'a> Evaluator<'a> {
                                 "stdvar" => variance(values),
                                 "quantile" => {
                                     let mut sorted = values.clone();
-                                    sorted.sort_by(|a, b| a.total_cmp(b));
+                                    functions::sort_nan_first(&mut sorted);
                                     functions::quantile(param.as_ref().map(|p| p[step]).unwrap_or(0.5), &sorted)
                                 }
                                 other => return Err(QueryError::Unsupported(format!("aggregation {other}"))),
@@ -763,15 +785,6 @@ fn vector_vector(
                 continue;
             };
             let ov = one[j].values[step].expect("checked above");
-            if one_to_one {
-                let seen = seen_many.entry(sig.clone()).or_insert_with(|| vec![false; n]);
-                if seen[step] {
-                    return Err(QueryError::Execution(format!(
-                        "found duplicate series for the match group {sig} on the left hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side"
-                    )));
-                }
-                seen[step] = true;
-            }
             let (a, c) = if swapped { (ov, mv) } else { (mv, ov) };
             let result = arith(op, a, c);
             let value = if comparison && !return_bool {
@@ -782,6 +795,16 @@ fn vector_vector(
             } else {
                 result
             };
+            // As Prometheus: only pairs the filter keeps count as matches.
+            if one_to_one {
+                let seen = seen_many.entry(sig.clone()).or_insert_with(|| vec![false; n]);
+                if seen[step] {
+                    return Err(QueryError::Execution(format!(
+                        "found duplicate series for the match group {sig} on the left hand-side of the operation; many-to-many matching not allowed: matching labels must be unique on one side"
+                    )));
+                }
+                seen[step] = true;
+            }
             // Result labels, as Prometheus' resultMetric.
             let mut labels = s.labels.clone();
             if !comparison || return_bool {
@@ -1000,4 +1023,65 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
         return Err(QueryError::BadRequest("query longer than 65536 bytes".into()));
     }
     promql_parser::parser::parse(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"query\": {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::source::MemorySource;
+
+    fn source() -> MemorySource {
+        let mut source = MemorySource::default();
+        for i in 0..10 {
+            let labels = LabelSet::from_pairs([(METRIC_NAME, "gauge"), ("i", i.to_string().as_str())]);
+            source.add(labels, (0..100).map(|s| (s * 15_000, (s * (i + 1)) as f64)));
+        }
+        source
+    }
+
+    fn instant(source: &MemorySource, query: &str, time: i64, limits: EvalLimits) -> Result<PromResult, QueryError> {
+        let expr = promql_parser::parser::parse(query).unwrap();
+        query_instant(source, &expr, time, limits)
+    }
+
+    #[test]
+    fn a_subquery_with_too_many_steps_fails_before_allocating() {
+        let source = source();
+        let started = std::time::Instant::now();
+        let err = instant(&source, "max_over_time(gauge[30d:1ms])", 1_000_000, EvalLimits::default()).unwrap_err();
+        assert!(matches!(err, QueryError::Limit(_)), "{err}");
+        assert!(err.to_string().contains("2592000000 steps"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Times at the edge of the range do not overflow.
+        let far = instant(&source, "max_over_time(gauge[5m:1m])", MAX_TIME_MS, EvalLimits::default()).unwrap();
+        assert!(matches!(far, PromResult::Vector(v) if v.is_empty()));
+    }
+
+    #[test]
+    fn sample_budget_stops_reading() {
+        let source = source();
+        let limits = EvalLimits {
+            max_samples: 500,
+            ..EvalLimits::default()
+        };
+        // 10 series x 100 samples in the window.
+        let err = instant(&source, "count_over_time(gauge[1h])", 1_500_000, limits).unwrap_err();
+        assert!(matches!(err, QueryError::Limit(_)), "{err}");
+        let err = instant(&source, "gauge", 1_500_000, EvalLimits { max_samples: 5, ..limits }).unwrap_err();
+        assert!(matches!(err, QueryError::Limit(_)), "{err}");
+        assert!(instant(&source, "count_over_time(gauge{i=\"1\"}[1h])", 1_500_000, limits).is_ok());
+    }
+
+    #[test]
+    fn count_values_output_is_bounded() {
+        let source = source();
+        let expr = promql_parser::parser::parse(r#"count_values("v", gauge)"#).unwrap();
+        let limits = EvalLimits {
+            max_points: 1_000,
+            ..EvalLimits::default()
+        };
+        // Up to 10 distinct values per step over 101 steps.
+        let err = query_range(&source, &expr, 0, 1_500_000, 15_000, limits).unwrap_err();
+        assert!(matches!(err, QueryError::Limit(_)), "{err}");
+    }
 }

@@ -351,7 +351,11 @@ pub fn call(ev: &Evaluator<'_>, call: &Call, steps: &[i64]) -> Result<Value, Que
                             .values
                             .into_iter()
                             .zip(&to)
-                            .map(|(v, t)| v.map(|v| ((v / t) + 0.5).floor() * t))
+                            .map(|(v, t)| {
+                                // As Prometheus: multiply by the inverse, so round(0.3, 0.1) is 0.3.
+                                let inverse = 1.0 / t;
+                                v.map(|v| (v * inverse + 0.5).floor() / inverse)
+                            })
                             .collect(),
                     })
                     .collect(),
@@ -378,7 +382,7 @@ pub fn call(ev: &Evaluator<'_>, call: &Call, steps: &[i64]) -> Result<Value, Que
                                 if name == "clamp" && hi[i] < lo[i] {
                                     return None;
                                 }
-                                Some(if lo[i].is_nan() || hi[i].is_nan() {
+                                Some(if v.is_nan() || lo[i].is_nan() || hi[i].is_nan() {
                                     f64::NAN
                                 } else {
                                     v.max(lo[i]).min(hi[i])
@@ -467,7 +471,8 @@ pub fn call(ev: &Evaluator<'_>, call: &Call, steps: &[i64]) -> Result<Value, Que
                     .map(|step| {
                         let w = matrix.window(i, step);
                         (w.len() >= 2).then(|| {
-                            let (slope, intercept) = linear_regression(w, matrix.eval_times[step]);
+                            // Predicted from the evaluation time, not the offset one.
+                            let (slope, intercept) = linear_regression(w, steps[step]);
                             slope * by[step] + intercept
                         })
                     })
@@ -532,7 +537,7 @@ pub fn call(ev: &Evaluator<'_>, call: &Call, steps: &[i64]) -> Result<Value, Que
                         let w = matrix.window(i, step);
                         (!w.is_empty()).then(|| {
                             let mut sorted: Vec<f64> = w.iter().map(|s| s.1).collect();
-                            sorted.sort_by(|a, b| a.total_cmp(b));
+                            sort_nan_first(&mut sorted);
                             quantile(q[step], &sorted)
                         })
                     })
@@ -681,6 +686,17 @@ fn absent_labels(expr: &Expr) -> LabelSet {
 /// in neither. Kept as a function for the one place that translates.
 fn go_template_to_rust(text: &str) -> String {
     text.to_string()
+}
+
+/// Sorts as Go's `sort.Float64s` (which Prometheus uses): NaN first, of
+/// either sign.
+pub fn sort_nan_first(values: &mut [f64]) {
+    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => a.partial_cmp(b).expect("not NaN"),
+    });
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ pub struct Series {
 /// Reads series for PromQL.
 pub trait SampleSource: Send + Sync {
     /// Series matching all `matchers` with their samples in `[start, end]`
-    /// (milliseconds, inclusive). Series without samples there may be left out.
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, QueryError>;
+    /// (milliseconds, inclusive). Series without samples there may be left
+    /// out. Fails as soon as more than `max_samples` samples are read.
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64, max_samples: usize) -> Result<Vec<Series>, QueryError>;
 
     /// Label sets of the series matching any of `selectors` (all series
     /// when empty) with samples overlapping `[start, end]`.
@@ -75,21 +76,25 @@ impl MemorySource {
 }
 
 impl SampleSource for MemorySource {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, QueryError> {
-        Ok(self
-            .series
-            .iter()
-            .filter(|(labels, _)| matches_all(labels, matchers))
-            .map(|(labels, samples)| {
-                let from = samples.partition_point(|s| s.0 < start);
-                let to = samples.partition_point(|s| s.0 <= end);
-                Series {
-                    labels: labels.clone(),
-                    samples: samples[from..to].to_vec(),
-                }
-            })
-            .filter(|s| !s.samples.is_empty())
-            .collect())
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64, max_samples: usize) -> Result<Vec<Series>, QueryError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for (labels, samples) in self.series.iter().filter(|(labels, _)| matches_all(labels, matchers)) {
+            let from = samples.partition_point(|s| s.0 < start);
+            let to = samples.partition_point(|s| s.0 <= end);
+            if from == to {
+                continue;
+            }
+            total += to - from;
+            if total > max_samples {
+                return Err(super::engine::too_many_samples(max_samples));
+            }
+            out.push(Series {
+                labels: labels.clone(),
+                samples: samples[from..to].to_vec(),
+            });
+        }
+        Ok(out)
     }
 
     fn series(&self, selectors: &[Vec<Matcher>], start: i64, end: i64) -> Result<Vec<LabelSet>, QueryError> {
@@ -130,8 +135,10 @@ impl OpenMetricSplit {
         })
     }
 
-    /// Samples of the chosen series (indices into `self.series`), in order.
-    fn read(&self, chosen: &[usize]) -> Result<Vec<Vec<(i64, f64)>>, QueryError> {
+    /// Samples in `[start, end]` of the chosen series (indices into
+    /// `self.series`), in order. Only in-window samples are kept, and
+    /// reading stops once `budget` would be exceeded.
+    fn read(&self, chosen: &[usize], start: i64, end: i64, budget: usize) -> Result<Vec<Vec<(i64, f64)>>, QueryError> {
         let err = |e: &dyn std::fmt::Display| QueryError::Storage(format!("metric split {}: {e}", self.meta.id));
         let ranges: Vec<std::ops::Range<usize>> = chosen
             .iter()
@@ -149,7 +156,12 @@ impl OpenMetricSplit {
             .with_batch_size(64 * 1024)
             .build()
             .map_err(|e| err(&e))?;
-        let mut flat: Vec<(i64, f64)> = Vec::new();
+        let mut out: Vec<Vec<(i64, f64)>> = vec![Vec::new(); chosen.len()];
+        // Rows arrive in the order of `ranges`: `series` is the one being
+        // filled and `left` its rows still to come.
+        let mut series = 0usize;
+        let mut left = ranges.first().map_or(0, |r| r.len());
+        let mut kept = 0usize;
         for batch in reader {
             let batch = batch.map_err(|e| err(&e))?;
             let ts = batch
@@ -160,19 +172,27 @@ impl OpenMetricSplit {
                 .column_by_name("value")
                 .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
                 .ok_or_else(|| err(&"value column"))?;
-            flat.extend(ts.values().iter().copied().zip(value.values().iter().copied()));
             debug_assert_eq!(ts.null_count(), 0);
+            for (t, v) in ts.values().iter().copied().zip(value.values().iter().copied()) {
+                while left == 0 {
+                    series += 1;
+                    left = ranges
+                        .get(series)
+                        .ok_or_else(|| err(&"more rows than the series index says"))?
+                        .len();
+                }
+                left -= 1;
+                if t >= start && t <= end {
+                    kept += 1;
+                    if kept > budget {
+                        return Err(super::engine::too_many_samples(budget));
+                    }
+                    out[series].push((t, v));
+                }
+            }
         }
-        let mut out = Vec::with_capacity(chosen.len());
-        let mut at = 0;
-        for range in ranges {
-            let len = range.len();
-            out.push(
-                flat.get(at..at + len)
-                    .ok_or_else(|| err(&"fewer rows than the series index says"))?
-                    .to_vec(),
-            );
-            at += len;
+        if left != 0 || series + 1 < ranges.len() && ranges[series + 1..].iter().any(|r| !r.is_empty()) {
+            return Err(err(&"fewer rows than the series index says"));
         }
         Ok(out)
     }
@@ -228,7 +248,8 @@ impl MetricStore {
 }
 
 impl SampleSource for MetricStore {
-    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Result<Vec<Series>, QueryError> {
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64, max_samples: usize) -> Result<Vec<Series>, QueryError> {
+        let mut read = 0usize;
         let name = matchers
             .iter()
             .find(|m| m.name == weft_model::metric::METRIC_NAME && matches!(m.op, promql_parser::label::MatchOp::Equal));
@@ -249,13 +270,14 @@ impl SampleSource for MetricStore {
             if chosen.is_empty() {
                 continue;
             }
-            for (i, samples) in chosen.iter().zip(split.read(&chosen)?) {
-                let from = samples.partition_point(|s| s.0 < start);
-                let to = samples.partition_point(|s| s.0 <= end);
-                merged
-                    .entry((*split.series[*i].0).clone())
-                    .or_default()
-                    .extend_from_slice(&samples[from..to]);
+            for (i, samples) in chosen.iter().zip(split.read(&chosen, start, end, max_samples - read)?) {
+                read += samples.len();
+                match merged.get_mut(&*split.series[*i].0) {
+                    Some(held) => held.extend_from_slice(&samples),
+                    None => {
+                        merged.insert((*split.series[*i].0).clone(), samples);
+                    }
+                }
             }
         }
         Ok(merged

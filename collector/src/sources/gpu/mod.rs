@@ -11,7 +11,7 @@ pub mod exposition;
 pub mod nvml;
 pub mod podresources;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -185,6 +185,10 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
             .expect("http client builds");
         let mut owners: HashMap<String, podresources::DeviceOwner> = HashMap::new();
         let mut attribution_warned = false;
+        let mut attribution_failures = 0u32;
+        // Series written last round: those missing now get a staleness
+        // marker, as a Prometheus scrape writes one.
+        let mut previous: HashSet<String> = HashSet::new();
         let mut last_xid: HashMap<u32, u64> = HashMap::new();
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,12 +206,21 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
                 continue;
             }
             match podresources::device_owners(&config.pod_resources_socket, "nvidia.com/").await {
-                Ok(found) => owners = found,
-                Err(e) if !attribution_warned => {
-                    tracing::info!(reason = %e, "GPU to pod attribution unavailable (kubelet PodResources)");
-                    attribution_warned = true;
+                Ok(found) => {
+                    owners = found;
+                    attribution_failures = 0;
                 }
-                Err(_) => {}
+                Err(e) => {
+                    attribution_failures += 1;
+                    // Pods move: an attribution unconfirmed for three rounds is dropped.
+                    if attribution_failures >= 3 {
+                        owners.clear();
+                    }
+                    if !attribution_warned {
+                        tracing::info!(reason = %e, "GPU to pod attribution unavailable (kubelet PodResources)");
+                        attribution_warned = true;
+                    }
+                }
             }
             let now_ms = weft_model::time::now_nanos() / 1_000_000;
             let mut samples: Vec<(LabelSet, f64, i64)> = Vec::new();
@@ -234,15 +247,22 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
                     Err(e) => tracing::warn!(url, error = %e, "scraping dcgm-exporter failed"),
                 }
             }
-            if samples.is_empty() {
-                continue;
-            }
             let mut builder = MetricBatchBuilder::new();
+            let mut current = HashSet::with_capacity(samples.len());
             for (mut labels, value, ts) in samples {
                 attribute(&mut labels, &owners);
-                builder.append(&labels.to_string(), ts, value);
+                let series = labels.to_string();
+                builder.append(&series, ts, value);
+                current.insert(series);
             }
             metrics.gpu_samples.inc_by(builder.len() as u64);
+            for gone in previous.difference(&current) {
+                builder.append(gone, now_ms, weft_model::metric::stale_marker());
+            }
+            previous = current;
+            if builder.is_empty() {
+                continue;
+            }
             let meta = HashMap::from([(
                 META_METRIC_METADATA.to_string(),
                 serde_json::to_string(&metadata).expect("metadata serializes"),

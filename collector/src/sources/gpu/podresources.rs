@@ -133,8 +133,11 @@ pub async fn device_owners(socket: &Path, resource_prefix: &str) -> Result<HashM
         for container in pod.containers {
             for devices in container.devices.iter().filter(|d| d.resource_name.starts_with(resource_prefix)) {
                 for id in &devices.device_ids {
+                    // The device plugin's time-slicing shares name replicas
+                    // `GPU-<uuid>::<n>`; the counters know the bare UUID.
+                    let id = id.split_once("::").map_or(id.as_str(), |(uuid, _)| uuid);
                     owners.insert(
-                        id.clone(),
+                        id.to_string(),
                         DeviceOwner {
                             namespace: pod.namespace.clone(),
                             pod: pod.name.clone(),

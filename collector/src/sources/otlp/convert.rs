@@ -6,13 +6,19 @@
 //! `k8s.node.name`, `service.name` and `service.instance.id` map to the
 //! labels `namespace`, `pod`, `container`, `node`, `job` and `instance`.
 //! Exponential histograms are not stored yet and are reported as rejected.
+//!
+//! Each data point stands alone: one that cannot be stored (too many or too
+//! long labels, no timestamp, a delta-temporality counter or histogram,
+//! which Prometheus refuses too) is counted in `rejected` with a reason and
+//! the rest of the request is kept. A point flagged "no recorded value"
+//! becomes a staleness marker, as Prometheus writes it.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality};
 use weft_model::labels::sanitize_label_name;
-use weft_model::metric::{MetadataMap, MetricBatchBuilder, MetricMetadata, METRIC_NAME};
+use weft_model::metric::{stale_marker, MetadataMap, MetricBatchBuilder, MetricMetadata, METRIC_NAME};
 use weft_model::{LabelSet, Level, LogRecord};
 
 use crate::enrich::run_and_rank;
@@ -107,8 +113,60 @@ pub fn metric_name(name: &str) -> String {
 pub struct ConvertedMetrics {
     pub samples: MetricBatchBuilder,
     pub metadata: MetadataMap,
+    /// Data points not stored.
     pub rejected: i64,
+    /// Why, one line per distinct reason (at most [`MAX_REASONS`]).
     pub reasons: Vec<String>,
+}
+
+/// Most distinct rejection reasons reported back in one response.
+pub const MAX_REASONS: usize = 8;
+
+/// `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
+const FLAG_NO_RECORDED_VALUE: u32 = 1;
+
+impl ConvertedMetrics {
+    fn reject(&mut self, points: usize, reason: String) {
+        self.rejected += points as i64;
+        if self.reasons.len() < MAX_REASONS && !self.reasons.contains(&reason) {
+            self.reasons.push(reason);
+        }
+    }
+}
+
+/// Checks one data point's series and time before any of its samples is
+/// written (a histogram point's samples stand or fall together).
+fn point_problem(metric: &str, labels: &LabelSet, ts: u64) -> Option<String> {
+    if ts == 0 {
+        return Some(format!("{metric}: data point without time_unix_nano"));
+    }
+    if labels.len() + 2 > weft_model::labels::MAX_LABELS {
+        return Some(format!(
+            "{metric}: more than {} labels (resource and point attributes together)",
+            weft_model::labels::MAX_LABELS - 2
+        ));
+    }
+    if let Some((name, _)) = labels.iter().find(|(_, v)| v.len() > weft_model::labels::MAX_LABEL_BYTES) {
+        return Some(format!(
+            "{metric}: attribute {name} is longer than {} bytes",
+            weft_model::labels::MAX_LABEL_BYTES
+        ));
+    }
+    if let Some((name, _)) = labels.iter().find(|(n, _)| weft_model::labels::validate_label_name(n).is_err()) {
+        return Some(format!(
+            "{metric}: attribute name {:?} is not a valid label name",
+            truncate_for_message(name)
+        ));
+    }
+    None
+}
+
+fn truncate_for_message(text: &str) -> &str {
+    let mut cut = text.len().min(64);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 /// Converts an OTLP metrics request.
@@ -124,86 +182,140 @@ pub fn metrics(request: &ExportMetricsServiceRequest) -> ConvertedMetrics {
         for scope in &resource_metrics.scope_metrics {
             for m in &scope.metrics {
                 let name = metric_name(&m.name);
-                let mut add = |suffix: &str, extra: &[(&str, String)], attributes: &[KeyValue], ts: u64, value: f64| {
-                    let mut labels = with_attributes(&base, attributes);
+                let samples = &mut out.samples;
+                // Writes one sample of a point already checked.
+                let add = |samples: &mut MetricBatchBuilder,
+                           labels: &LabelSet,
+                           series: &str,
+                           extra: &[(&str, String)],
+                           ts: u64,
+                           flags: u32,
+                           value: f64| {
+                    let mut labels = labels.clone();
                     for (k, v) in extra {
                         labels.insert(*k, v.clone());
                     }
-                    labels.insert(METRIC_NAME, format!("{name}{suffix}"));
-                    out.samples.append(&labels.to_string(), (ts / 1_000_000) as i64, value);
+                    labels.insert(METRIC_NAME, series);
+                    let value = if flags & FLAG_NO_RECORDED_VALUE != 0 {
+                        stale_marker()
+                    } else {
+                        value
+                    };
+                    samples.append(&labels.to_string(), (ts / 1_000_000).min(i64::MAX as u64) as i64, value);
                 };
+                let mut problems: Vec<(usize, String)> = Vec::new();
                 let mut family = name.clone();
                 let kind = match &m.data {
                     Some(metric::Data::Gauge(gauge)) => {
                         for p in &gauge.data_points {
-                            if let Some(v) = number(p.value) {
-                                add("", &[], &p.attributes, p.time_unix_nano, v);
+                            let labels = with_attributes(&base, &p.attributes);
+                            if let Some(problem) = point_problem(&m.name, &labels, p.time_unix_nano) {
+                                problems.push((1, problem));
+                            } else if let Some(v) = number(p.value).or((p.flags & FLAG_NO_RECORDED_VALUE != 0).then_some(0.0)) {
+                                add(samples, &labels, &name, &[], p.time_unix_nano, p.flags, v);
                             }
                         }
                         "gauge"
                     }
                     Some(metric::Data::Sum(sum)) => {
-                        let cumulative_counter =
-                            sum.is_monotonic && sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
-                        let suffix = if cumulative_counter && !name.ends_with("_total") {
-                            "_total"
-                        } else {
-                            ""
-                        };
+                        let cumulative = sum.aggregation_temporality == AggregationTemporality::Cumulative as i32;
+                        if sum.is_monotonic && !cumulative {
+                            problems.push((
+                                sum.data_points.len(),
+                                format!(
+                                    "{}: monotonic sums with delta temporality are not supported (send cumulative)",
+                                    m.name
+                                ),
+                            ));
+                        }
+                        let counter = sum.is_monotonic && cumulative;
+                        let suffix = if counter && !name.ends_with("_total") { "_total" } else { "" };
                         family = format!("{name}{suffix}");
-                        for p in &sum.data_points {
-                            if let Some(v) = number(p.value) {
-                                add(suffix, &[], &p.attributes, p.time_unix_nano, v);
+                        if !sum.is_monotonic || cumulative {
+                            for p in &sum.data_points {
+                                let labels = with_attributes(&base, &p.attributes);
+                                if let Some(problem) = point_problem(&m.name, &labels, p.time_unix_nano) {
+                                    problems.push((1, problem));
+                                } else if let Some(v) = number(p.value).or((p.flags & FLAG_NO_RECORDED_VALUE != 0).then_some(0.0)) {
+                                    add(samples, &labels, &family, &[], p.time_unix_nano, p.flags, v);
+                                }
                             }
                         }
-                        if cumulative_counter {
+                        if counter {
                             "counter"
                         } else {
                             "gauge"
                         }
                     }
                     Some(metric::Data::Histogram(histogram)) => {
-                        for p in &histogram.data_points {
-                            let mut cumulative = 0u64;
-                            for (i, count) in p.bucket_counts.iter().enumerate() {
-                                cumulative += count;
-                                let le = p.explicit_bounds.get(i).map(|b| format_bound(*b)).unwrap_or_else(|| "+Inf".into());
-                                add("_bucket", &[("le", le)], &p.attributes, p.time_unix_nano, cumulative as f64);
-                            }
-                            if p.bucket_counts.len() <= p.explicit_bounds.len() {
-                                add("_bucket", &[("le", "+Inf".into())], &p.attributes, p.time_unix_nano, p.count as f64);
-                            }
-                            add("_count", &[], &p.attributes, p.time_unix_nano, p.count as f64);
-                            if let Some(sum) = p.sum {
-                                add("_sum", &[], &p.attributes, p.time_unix_nano, sum);
+                        if histogram.aggregation_temporality != AggregationTemporality::Cumulative as i32 {
+                            problems.push((
+                                histogram.data_points.len(),
+                                format!("{}: histograms with delta temporality are not supported (send cumulative)", m.name),
+                            ));
+                        } else {
+                            let (bucket, count, sum_name) = (format!("{name}_bucket"), format!("{name}_count"), format!("{name}_sum"));
+                            for p in &histogram.data_points {
+                                let labels = with_attributes(&base, &p.attributes);
+                                if let Some(problem) = point_problem(&m.name, &labels, p.time_unix_nano) {
+                                    problems.push((1, problem));
+                                    continue;
+                                }
+                                let (ts, flags) = (p.time_unix_nano, p.flags);
+                                let mut cumulative = 0u64;
+                                for (i, n) in p.bucket_counts.iter().enumerate() {
+                                    cumulative = cumulative.saturating_add(*n);
+                                    let le = p.explicit_bounds.get(i).map(|b| format_bound(*b)).unwrap_or_else(|| "+Inf".into());
+                                    add(samples, &labels, &bucket, &[("le", le)], ts, flags, cumulative as f64);
+                                }
+                                if p.bucket_counts.len() <= p.explicit_bounds.len() {
+                                    add(samples, &labels, &bucket, &[("le", "+Inf".into())], ts, flags, p.count as f64);
+                                }
+                                add(samples, &labels, &count, &[], ts, flags, p.count as f64);
+                                if let Some(sum) = p.sum {
+                                    add(samples, &labels, &sum_name, &[], ts, flags, sum);
+                                }
                             }
                         }
                         "histogram"
                     }
                     Some(metric::Data::Summary(summary)) => {
+                        let (count, sum_name) = (format!("{name}_count"), format!("{name}_sum"));
                         for p in &summary.data_points {
+                            let labels = with_attributes(&base, &p.attributes);
+                            if let Some(problem) = point_problem(&m.name, &labels, p.time_unix_nano) {
+                                problems.push((1, problem));
+                                continue;
+                            }
+                            let (ts, flags) = (p.time_unix_nano, p.flags);
                             for q in &p.quantile_values {
                                 add(
-                                    "",
+                                    samples,
+                                    &labels,
+                                    &name,
                                     &[("quantile", format_bound(q.quantile))],
-                                    &p.attributes,
-                                    p.time_unix_nano,
+                                    ts,
+                                    flags,
                                     q.value,
                                 );
                             }
-                            add("_count", &[], &p.attributes, p.time_unix_nano, p.count as f64);
-                            add("_sum", &[], &p.attributes, p.time_unix_nano, p.sum);
+                            add(samples, &labels, &count, &[], ts, flags, p.count as f64);
+                            add(samples, &labels, &sum_name, &[], ts, flags, p.sum);
                         }
                         "summary"
                     }
                     Some(metric::Data::ExponentialHistogram(h)) => {
-                        out.rejected += h.data_points.len() as i64;
-                        out.reasons
-                            .push(format!("{}: exponential histograms are not supported yet", m.name));
+                        out.reject(
+                            h.data_points.len(),
+                            format!("{}: exponential histograms are not supported yet", m.name),
+                        );
                         continue;
                     }
                     None => continue,
                 };
+                for (points, problem) in problems {
+                    out.reject(points, problem);
+                }
                 out.metadata.insert(
                     family,
                     MetricMetadata {
@@ -302,4 +414,84 @@ pub fn logs(request: &ExportLogsServiceRequest, max_line_bytes: usize) -> Vec<Lo
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum};
+    use weft_model::metric::{is_stale_marker, MetricBatchView};
+
+    fn point(key: &str, value: &str, ts: u64, v: f64, flags: u32) -> NumberDataPoint {
+        NumberDataPoint {
+            attributes: vec![KeyValue {
+                key: key.into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(value.into())),
+                }),
+                ..Default::default()
+            }],
+            time_unix_nano: ts,
+            value: Some(number_data_point::Value::AsDouble(v)),
+            flags,
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn rows(converted: &mut ConvertedMetrics) -> Vec<(String, i64, f64)> {
+        let batch = converted.samples.finish();
+        let view = MetricBatchView::new(&batch).unwrap();
+        (0..view.len())
+            .map(|i| (view.series.value(i).to_string(), view.ts.value(i), view.value.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_point_is_rejected_alone() {
+        let long = "x".repeat(5000);
+        let gauge = Metric {
+            name: "gpu.temp".into(),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: vec![
+                    point("gpu", "0", 1_000_000_000, 70.0, 0),
+                    point("url", &long, 1_000_000_000, 71.0, 0),
+                    point("gpu", "1", 0, 72.0, 0),
+                    point("gpu", "2", 2_000_000_000, 0.0, FLAG_NO_RECORDED_VALUE),
+                ],
+            })),
+            ..Default::default()
+        };
+        let delta = Metric {
+            name: "tokens".into(),
+            data: Some(metric::Data::Sum(Sum {
+                data_points: vec![point("gpu", "0", 1_000_000_000, 5.0, 0)],
+                aggregation_temporality: AggregationTemporality::Delta as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let mut converted = metrics(&request(vec![gauge, delta]));
+        assert_eq!(converted.rejected, 3, "{:?}", converted.reasons);
+        let reasons = converted.reasons.join("\n");
+        assert!(reasons.contains("attribute url is longer than 2048 bytes"), "{reasons}");
+        assert!(reasons.contains("without time_unix_nano"), "{reasons}");
+        assert!(reasons.contains("tokens: monotonic sums with delta temporality"), "{reasons}");
+        let rows = rows(&mut converted);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0], (r#"{__name__="gpu_temp", gpu="0"}"#.to_string(), 1000, 70.0));
+        assert_eq!(rows[1].1, 2000);
+        assert!(is_stale_marker(rows[1].2), "no recorded value is a staleness marker");
+    }
 }

@@ -37,6 +37,10 @@ use crate::metrics::CollectorMetrics;
 /// Largest request body after decompression (the OTLP spec's limit).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most samples forwarded to the indexer in one request (its default
+/// request limit is 1,000,000 rows).
+pub const MAX_FORWARD_ROWS: usize = 250_000;
+
 /// `google.rpc.Status`, the body of OTLP error replies.
 #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
 pub struct RpcStatus {
@@ -186,14 +190,22 @@ async fn receive_metrics(State(receiver): State<Arc<OtlpReceiver>>, headers: Hea
             serde_json::to_string(&converted.metadata).expect("metadata serializes"),
         )]);
         let samples = converted.samples.len();
-        let body = match encode_ipc(&[converted.samples.finish()], metadata) {
-            Ok(body) => body,
-            Err(e) => return failure_response(encoding, Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        };
-        if let Err(failure) = receiver.forward("/api/v1/ingest/metrics", None, body).await {
-            return failure_response(encoding, failure);
+        let batch = converted.samples.finish();
+        // A histogram-heavy request expands to many rows: forward it in
+        // pieces the indexer's per-request row limit takes.
+        let mut offset = 0;
+        while offset < samples {
+            let rows = (samples - offset).min(MAX_FORWARD_ROWS);
+            let body = match encode_ipc(&[batch.slice(offset, rows)], metadata.clone()) {
+                Ok(body) => body,
+                Err(e) => return failure_response(encoding, Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            };
+            if let Err(failure) = receiver.forward("/api/v1/ingest/metrics", None, body).await {
+                return failure_response(encoding, failure);
+            }
+            receiver.metrics.otlp_samples.inc_by(rows as u64);
+            offset += rows;
         }
-        receiver.metrics.otlp_samples.inc_by(samples as u64);
     }
     let reason = converted.reasons.join("; ");
     let partial_success = (converted.rejected > 0).then(|| ExportMetricsPartialSuccess {
