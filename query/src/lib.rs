@@ -6,7 +6,9 @@ pub mod api;
 pub mod config;
 pub mod logql;
 pub mod metrics;
+pub mod notify;
 pub mod promql;
+pub mod rules;
 pub mod search;
 pub mod storage;
 
@@ -35,6 +37,9 @@ pub enum QueryError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A bad rule file or alerting config: file, line and reason.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl QueryError {
@@ -55,7 +60,9 @@ impl QueryError {
     pub fn status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => StatusCode::BAD_REQUEST,
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) | QueryError::Config(_) => {
+                StatusCode::BAD_REQUEST
+            }
             QueryError::Execution(_) | QueryError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::Storage(_) | QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,7 +72,7 @@ impl QueryError {
     /// The `errorType` of Prometheus-style error envelopes.
     pub fn error_type(&self) -> &'static str {
         match self {
-            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) => "bad_data",
+            QueryError::Parse { .. } | QueryError::BadRequest(_) | QueryError::Unsupported(_) | QueryError::Config(_) => "bad_data",
             QueryError::Execution(_) | QueryError::Limit(_) => "execution",
             QueryError::Timeout(_) => "timeout",
             QueryError::Storage(_) | QueryError::Internal(_) => "internal",
