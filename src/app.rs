@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -111,6 +112,10 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let bound = listener.local_addr()?;
     let mut app = metrics_router(registry.clone());
     let mut indexer = None;
     if matches!(role, Role::Standalone | Role::Indexer) {
@@ -118,20 +123,35 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         app = app.merge(weft_indexer::ingest::router(opened.clone()));
         indexer = Some(opened);
     }
+    let mut rules = None;
     if matches!(role, Role::Standalone | Role::Query) {
         let service = weft_query::QueryService::new(&data, cfg.query.clone(), &registry);
-        app = app.merge(weft_query::api::router(service));
+        app = app.merge(weft_query::api::router(service.clone()));
+        let groups = weft_query::rules::load_groups(&cfg.rules)?;
+        let writer: Option<Arc<dyn weft_query::rules::SampleWriter>> = match (&indexer, &cfg.rules.indexer) {
+            (Some(indexer), _) => Some(Arc::new(IndexerWriter(indexer.clone()))),
+            (None, Some(url)) => Some(Arc::new(weft_query::rules::HttpWriter::new(url, tokio::runtime::Handle::current()))),
+            (None, None) => None,
+        };
+        let state_dir = data.join("rules");
+        let notifier = weft_query::notify::Notifier::new(&cfg.alerting, &state_dir, &loopback_url(bound), &registry)?;
+        let manager = weft_query::rules::RuleManager::new(service, groups, &cfg.rules, &state_dir, writer, Some(notifier.clone()), &registry)?;
+        tracing::info!(groups = manager.group_count(), "rule evaluator ready");
+        app = app.merge(weft_query::api::rules_router(Some(manager.clone())));
+        rules = Some((manager, notifier));
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let bound = listener.local_addr()?;
     tracing::info!(address = %bound, data = %data.display(), ?role, "weft listening");
     // Tests start weft on port 0 and read the address from this line.
     println!("weft listening on {bound}");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = indexer.clone().map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
+    let rule_tasks = rules.map(|(manager, notifier)| {
+        (
+            tokio::spawn(manager.run(stop_rx.clone())),
+            tokio::spawn(notifier.run(Duration::from_secs(1), stop_rx.clone())),
+        )
+    });
 
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -167,8 +187,21 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         _ => {}
     }
     let _ = stop_tx.send(true);
+    if let Some((rules, notifier)) = rule_tasks {
+        let _ = rules.await;
+        let _ = notifier.await;
+    }
     if let Some(background) = background {
         let _ = background.await;
     }
     Ok(())
+}
+
+/// Recorded series go straight into the indexer of this process.
+struct IndexerWriter(Arc<weft_indexer::Indexer>);
+
+impl weft_query::rules::SampleWriter for IndexerWriter {
+    fn write(&self, tenant: &str, body: Vec<u8>) -> Result<(), String> {
+        self.0.ingest_metrics(tenant, &body, "rules").map(|_| ()).map_err(|e| e.to_string())
+    }
 }

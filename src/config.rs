@@ -23,6 +23,10 @@ pub struct WeftConfig {
     pub collector: CollectorConfig,
     pub indexer: IndexerConfig,
     pub query: QueryConfig,
+    /// Alerting and recording rules (standalone and query roles).
+    pub rules: weft_query::rules::RulesConfig,
+    /// Where alerts go: routes and receivers.
+    pub alerting: weft_query::notify::AlertingConfig,
 }
 
 impl WeftConfig {

@@ -98,6 +98,11 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Rule files: check them (`weft rules check FILE...`).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Read path: search, Loki and Prometheus APIs.
     Query {
         /// Data directory [default: ./weft-data]
@@ -110,6 +115,48 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validates rule files (Prometheus format, LogQL groups allowed) and
+    /// points at the line of any error; `builtin` checks weft's own pack.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn rules_check(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut bad = 0;
+    for file in files {
+        let (text, name) = if file.as_os_str() == "builtin" {
+            (weft_query::rules::BUILTIN_RULES.to_string(), "builtin".to_string())
+        } else {
+            match std::fs::read_to_string(file) {
+                Ok(text) => (text, file.display().to_string()),
+                Err(e) => {
+                    println!("FAILED {}: {e}", file.display());
+                    bad += 1;
+                    continue;
+                }
+            }
+        };
+        match weft_query::rules::file::parse_rule_file(&text, &name, std::time::Duration::from_secs(30)) {
+            Ok(groups) => {
+                let rules: usize = groups.iter().map(|g| g.rules.len()).sum();
+                println!("SUCCESS {name}: {} groups, {rules} rules", groups.len());
+            }
+            Err(e) => {
+                println!("FAILED {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} rule files have errors", files.len());
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -191,12 +238,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Inspect { format, config, file } = &cli.command {
         return inspect(file, *format, config.as_ref());
     }
+    if let Command::Rules {
+        command: RulesCommand::Check { files },
+    } = &cli.command
+    {
+        return rules_check(files);
+    }
     let (role, mut cfg) = match &cli.command {
         Command::Standalone { config, .. } => (app::Role::Standalone, load(config.as_ref())?),
         Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
         Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
-        Command::PromqlTest { .. } | Command::Inspect { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
     };
     match cli.command {
         Command::Standalone {
@@ -253,7 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
         }
-        Command::PromqlTest { .. } | Command::Inspect { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
     }
     app::init_logging(cfg.log_level.as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -176,6 +176,42 @@ async fn not_built() -> Response {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({"status":"error","errorType":"not_found","error":"not implemented in weft yet","message":"not implemented in weft yet"}))).into_response()
 }
 
+/// `?type=alert|record` of the rules endpoint.
+fn rule_type(uri: &Uri) -> Option<String> {
+    let pairs: Vec<(String, String)> = uri.query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    pairs.into_iter().find(|(k, _)| k == "type").map(|(_, v)| v)
+}
+
+/// Prometheus' `/api/v1/rules` and `/api/v1/alerts` (also under
+/// `/prometheus/`, where Grafana looks for a Loki ruler), from the rule
+/// evaluator; empty when rules are off.
+pub fn rules_router(manager: Option<Arc<crate::rules::RuleManager>>) -> Router {
+    let for_rules = manager.clone();
+    let rules = move |uri: Uri| {
+        let manager = for_rules.clone();
+        async move {
+            match manager {
+                Some(m) => success(m.rules_json(rule_type(&uri).as_deref())),
+                None => success(serde_json::json!({"groups": []})),
+            }
+        }
+    };
+    let alerts = move || {
+        let manager = manager.clone();
+        async move {
+            match manager {
+                Some(m) => success(m.alerts_json()),
+                None => success(serde_json::json!({"alerts": []})),
+            }
+        }
+    };
+    Router::new()
+        .route("/api/v1/rules", get(rules.clone()).post(rules.clone()))
+        .route("/prometheus/api/v1/rules", get(rules.clone()).post(rules))
+        .route("/api/v1/alerts", get(alerts.clone()).post(alerts.clone()))
+        .route("/prometheus/api/v1/alerts", get(alerts.clone()).post(alerts))
+}
+
 /// The query routes (Loki API and native search).
 pub fn router(service: Arc<QueryService>) -> Router {
     Router::new()

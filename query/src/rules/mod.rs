@@ -60,6 +60,9 @@ pub struct RulesConfig {
     pub evaluation_interval: Duration,
     /// Tenant whose data the rules read and where records are written.
     pub tenant: String,
+    /// Indexer that takes recorded series when the query role runs alone
+    /// (standalone writes in process).
+    pub indexer: Option<String>,
 }
 
 impl Default for RulesConfig {
@@ -70,6 +73,7 @@ impl Default for RulesConfig {
             disabled: Vec::new(),
             evaluation_interval: Duration::from_secs(30),
             tenant: "default".into(),
+            indexer: None,
         }
     }
 }
@@ -78,6 +82,47 @@ impl Default for RulesConfig {
 pub trait SampleWriter: Send + Sync {
     /// `body` is a metric batch (Arrow IPC, metric wire schema).
     fn write(&self, tenant: &str, body: Vec<u8>) -> Result<(), String>;
+}
+
+/// Writes records to an indexer over HTTP (`/api/v1/ingest/metrics`),
+/// for a query role running without an indexer in its process.
+pub struct HttpWriter {
+    url: String,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl HttpWriter {
+    /// A writer to the indexer at `base` (e.g. `http://weft-indexer:3100`).
+    pub fn new(base: &str, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            url: format!("{}/api/v1/ingest/metrics", base.trim_end_matches('/')),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client builds"),
+            runtime,
+        }
+    }
+}
+
+impl SampleWriter for HttpWriter {
+    fn write(&self, tenant: &str, body: Vec<u8>) -> Result<(), String> {
+        let request = self
+            .client
+            .post(&self.url)
+            .header("X-Scope-OrgID", tenant)
+            .header("content-type", "application/vnd.apache.arrow.stream")
+            .body(body);
+        self.runtime.block_on(async {
+            let response = request.send().await.map_err(|e| format!("indexer unreachable: {}", e.without_url()))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("indexer answered {}", response.status()))
+            }
+        })
+    }
 }
 
 /// An alert's state.
