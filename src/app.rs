@@ -135,7 +135,8 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         };
         let state_dir = data.join("rules");
         let notifier = weft_query::notify::Notifier::new(&cfg.alerting, &state_dir, &loopback_url(bound), &registry)?;
-        let manager = weft_query::rules::RuleManager::new(service, groups, &cfg.rules, &state_dir, writer, Some(notifier.clone()), &registry)?;
+        let manager =
+            weft_query::rules::RuleManager::new(service, groups, &cfg.rules, &state_dir, writer, Some(notifier.clone()), &registry)?;
         tracing::info!(groups = manager.group_count(), "rule evaluator ready");
         app = app.merge(weft_query::api::rules_router(Some(manager.clone())));
         rules = Some((manager, notifier));

@@ -42,6 +42,7 @@ pub enum CollectorError {
 
 /// A forwarder to the configured indexer.
 fn forwarder(config: &CollectorConfig, metrics: &Arc<CollectorMetrics>) -> forward::Forwarder {
+    weft_model::tls::install_crypto_provider();
     forward::Forwarder {
         client: reqwest::Client::builder()
             .timeout(config.request_timeout)

@@ -8,6 +8,7 @@ pub mod level;
 pub mod metric;
 pub mod record;
 pub mod time;
+pub mod tls;
 
 pub use batch::{LogBatchBuilder, LogBatchView, RecordRef};
 pub use labels::LabelSet;

@@ -69,7 +69,9 @@ impl Fixture {
         }
         self.keys += 1;
         let body = encode_ipc(&[builder.finish(true)], HashMap::new()).unwrap();
-        self.indexer.ingest_arrow("default", &format!("k{}", self.keys), &body, "test").unwrap();
+        self.indexer
+            .ingest_arrow("default", &format!("k{}", self.keys), &body, "test")
+            .unwrap();
         self.indexer.commit().unwrap();
     }
 
@@ -125,16 +127,28 @@ fn training_job_failed_names_the_first_failure_once_per_run() {
         (T + 2 * MIN, "ml", "llama-worker-3", "llama", timeout),
         // Healthy run beside it: progress and a benign fp16 scaler notice.
         (T + MIN, "ml", "bert-worker-0", "bert", "step 5 loss 0.9"),
-        (T + MIN, "ml", "bert-worker-0", "bert", "Gradient overflow. Skipping step, loss scaler 0 reducing loss scale to 32768.0"),
+        (
+            T + MIN,
+            "ml",
+            "bert-worker-0",
+            "bert",
+            "Gradient overflow. Skipping step, loss scaler 0 reducing loss scale to 32768.0",
+        ),
     ]);
     let alerts = f.eval("TrainingJobFailed", T + 3 * MIN);
     assert_eq!(alerts.len(), 1, "one alert per run: {alerts:?}");
     let alert = &alerts[0];
     assert_eq!(alert.state, AlertState::Firing);
     assert_eq!((label(alert, "run"), label(alert, "namespace")), ("llama", "ml"));
-    assert_eq!(alert.annotations["pod"], "llama-worker-2", "the first failure, not the ranks that timed out after it");
+    assert_eq!(
+        alert.annotations["pod"], "llama-worker-2",
+        "the first failure, not the ranks that timed out after it"
+    );
     assert_eq!(alert.annotations["event"], "cuda_oom");
-    assert_eq!(alert.annotations["description"], "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB");
+    assert_eq!(
+        alert.annotations["description"],
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    );
     assert_eq!(
         alert.annotations["summary"],
         "Training run llama failed: cuda_oom in pod llama-worker-2"
@@ -148,8 +162,20 @@ fn training_job_failed_names_the_first_failure_once_per_run() {
 fn gpu_xid_fires_per_node_and_number() {
     let mut f = Fixture::new();
     f.logs(&[
-        (T, "kube-system", "nvidia-driver-x", "", "NVRM: Xid (PCI:0000:3b:00): 79, pid=2341, GPU has fallen off the bus."),
-        (T, "kube-system", "nvidia-driver-x", "", "NVRM: loading NVIDIA UNIX x86_64 Kernel Module 580.126.09"),
+        (
+            T,
+            "kube-system",
+            "nvidia-driver-x",
+            "",
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid=2341, GPU has fallen off the bus.",
+        ),
+        (
+            T,
+            "kube-system",
+            "nvidia-driver-x",
+            "",
+            "NVRM: loading NVIDIA UNIX x86_64 Kernel Module 580.126.09",
+        ),
     ]);
     let alerts = f.eval("GpuXid", T + MIN);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
@@ -188,27 +214,71 @@ fn training_stalled_needs_a_live_pod_without_new_steps() {
     let every = 30_000;
     let minutes = |m: i64| (m * MIN / every) as usize;
     // Stalled: steps stop after 5 minutes, the pod keeps logging.
-    f.samples(r#"{__name__="weft_train_step", namespace="ml", pod="stall-0", run="stall", rank="0"}"#, T, every, &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>());
-    f.samples(r#"{__name__="weft_log_lines_total", namespace="ml", pod="stall-0", container="trainer"}"#, T, every, &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>());
+    f.samples(
+        r#"{__name__="weft_train_step", namespace="ml", pod="stall-0", run="stall", rank="0"}"#,
+        T,
+        every,
+        &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
+    f.samples(
+        r#"{__name__="weft_log_lines_total", namespace="ml", pod="stall-0", container="trainer"}"#,
+        T,
+        every,
+        &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
     // Healthy: steps go on.
-    f.samples(r#"{__name__="weft_train_step", namespace="ml", pod="steady-0", run="steady", rank="0"}"#, T, every, &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>());
-    f.samples(r#"{__name__="weft_log_lines_total", namespace="ml", pod="steady-0", container="trainer"}"#, T, every, &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>());
+    f.samples(
+        r#"{__name__="weft_train_step", namespace="ml", pod="steady-0", run="steady", rank="0"}"#,
+        T,
+        every,
+        &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
+    f.samples(
+        r#"{__name__="weft_log_lines_total", namespace="ml", pod="steady-0", container="trainer"}"#,
+        T,
+        every,
+        &(0..minutes(20)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
     // Finished: steps and logs both stopped.
-    f.samples(r#"{__name__="weft_train_step", namespace="ml", pod="done-0", run="done", rank="0"}"#, T, every, &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>());
-    f.samples(r#"{__name__="weft_log_lines_total", namespace="ml", pod="done-0", container="trainer"}"#, T, every, &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>());
+    f.samples(
+        r#"{__name__="weft_train_step", namespace="ml", pod="done-0", run="done", rank="0"}"#,
+        T,
+        every,
+        &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
+    f.samples(
+        r#"{__name__="weft_log_lines_total", namespace="ml", pod="done-0", container="trainer"}"#,
+        T,
+        every,
+        &(0..minutes(5)).map(|i| i as f64).collect::<Vec<_>>(),
+    );
     let alerts = f.eval("TrainingStalled", T + 20 * MIN);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(label(&alerts[0], "pod"), "stall-0");
     // Last step at 4m30s: 15m30s without progress.
     assert_eq!(alerts[0].value, 930.0);
-    assert!(alerts[0].annotations["summary"].contains("15m 30s"), "{}", alerts[0].annotations["summary"]);
+    assert!(
+        alerts[0].annotations["summary"].contains("15m 30s"),
+        "{}",
+        alerts[0].annotations["summary"]
+    );
 }
 
 #[test]
 fn container_restarting_counts_restarts_in_half_an_hour() {
     let mut f = Fixture::new();
-    f.samples(r#"{__name__="weft_container_restarts", namespace="ml", pod="crashy-0", container="trainer"}"#, T, 5 * MIN, &[0.0, 1.0, 2.0, 3.0, 4.0]);
-    f.samples(r#"{__name__="weft_container_restarts", namespace="ml", pod="stable-0", container="trainer"}"#, T, 5 * MIN, &gauge(5, 1.0));
+    f.samples(
+        r#"{__name__="weft_container_restarts", namespace="ml", pod="crashy-0", container="trainer"}"#,
+        T,
+        5 * MIN,
+        &[0.0, 1.0, 2.0, 3.0, 4.0],
+    );
+    f.samples(
+        r#"{__name__="weft_container_restarts", namespace="ml", pod="stable-0", container="trainer"}"#,
+        T,
+        5 * MIN,
+        &gauge(5, 1.0),
+    );
     let alerts = f.eval("ContainerRestarting", T + 20 * MIN);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(label(&alerts[0], "pod"), "crashy-0");
@@ -221,7 +291,11 @@ fn idle_gpu_needs_half_an_hour_under_five_percent() {
     let every = 30_000;
     let n = (40 * MIN / every) as usize;
     let dcgm = |gpu: &str, pod: &str| {
-        let pod = if pod.is_empty() { String::new() } else { format!(r#", namespace="ml", pod="{pod}""#) };
+        let pod = if pod.is_empty() {
+            String::new()
+        } else {
+            format!(r#", namespace="ml", pod="{pod}""#)
+        };
         format!(r#"{{__name__="DCGM_FI_DEV_GPU_UTIL", gpu="{gpu}", UUID="GPU-{gpu}", Hostname="gpu-node-7"{pod}}}"#)
     };
     f.samples(&dcgm("0", "idle-0"), T, every, &(0..n).map(|i| (i % 4) as f64).collect::<Vec<_>>());
@@ -240,11 +314,31 @@ fn hot_and_throttled_gpus() {
     let mut f = Fixture::new();
     let every = 30_000;
     let n = (12 * MIN / every) as usize;
-    f.samples(r#"{__name__="DCGM_FI_DEV_GPU_TEMP", gpu="0", Hostname="gpu-node-7"}"#, T, every, &gauge(n, 91.0));
-    f.samples(r#"{__name__="DCGM_FI_DEV_GPU_TEMP", gpu="1", Hostname="gpu-node-7"}"#, T, every, &gauge(n, 68.0));
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_GPU_TEMP", gpu="0", Hostname="gpu-node-7"}"#,
+        T,
+        every,
+        &gauge(n, 91.0),
+    );
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_GPU_TEMP", gpu="1", Hostname="gpu-node-7"}"#,
+        T,
+        every,
+        &gauge(n, 68.0),
+    );
     // 0x20: SW thermal slowdown. 0x04: the application clock setting, not a problem.
-    f.samples(r#"{__name__="DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", gpu="0", Hostname="gpu-node-7"}"#, T, every, &gauge(n, 32.0));
-    f.samples(r#"{__name__="DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", gpu="1", Hostname="gpu-node-7"}"#, T, every, &gauge(n, 4.0));
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", gpu="0", Hostname="gpu-node-7"}"#,
+        T,
+        every,
+        &gauge(n, 32.0),
+    );
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", gpu="1", Hostname="gpu-node-7"}"#,
+        T,
+        every,
+        &gauge(n, 4.0),
+    );
     // Throttling must last 5 minutes (`for: 5m`): pending first, then firing.
     let throttled = f.eval("GpuThrottled", T + 2 * MIN);
     assert_eq!(throttled.len(), 1);
@@ -259,8 +353,18 @@ fn hot_and_throttled_gpus() {
 #[test]
 fn uncorrectable_ecc_errors() {
     let mut f = Fixture::new();
-    f.samples(r#"{__name__="DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", gpu="0", UUID="GPU-0", Hostname="gpu-node-7"}"#, T, MIN, &[0.0, 0.0, 2.0, 2.0]);
-    f.samples(r#"{__name__="DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", gpu="1", UUID="GPU-1", Hostname="gpu-node-7"}"#, T, MIN, &gauge(4, 0.0));
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", gpu="0", UUID="GPU-0", Hostname="gpu-node-7"}"#,
+        T,
+        MIN,
+        &[0.0, 0.0, 2.0, 2.0],
+    );
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", gpu="1", UUID="GPU-1", Hostname="gpu-node-7"}"#,
+        T,
+        MIN,
+        &gauge(4, 0.0),
+    );
     let alerts = f.eval("GpuEccUncorrectable", T + 4 * MIN);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(label(&alerts[0], "gpu"), "0");
@@ -269,10 +373,28 @@ fn uncorrectable_ecc_errors() {
 #[test]
 fn healthy_data_fires_nothing() {
     let mut f = Fixture::new();
-    f.logs(&[(T, "ml", "ok-0", "ok", "step 1 loss 1.0"), (T + MIN, "ml", "ok-0", "ok", "step 2 loss 0.9")]);
-    f.samples(r#"{__name__="weft_train_loss", namespace="ml", pod="ok-0", run="ok", rank="0"}"#, T, MIN, &[1.0, 0.9]);
-    f.samples(r#"{__name__="weft_train_step", namespace="ml", pod="ok-0", run="ok", rank="0"}"#, T, MIN, &[1.0, 2.0]);
-    f.samples(r#"{__name__="DCGM_FI_DEV_GPU_UTIL", gpu="0", namespace="ml", pod="ok-0"}"#, T, MIN, &[95.0, 96.0]);
+    f.logs(&[
+        (T, "ml", "ok-0", "ok", "step 1 loss 1.0"),
+        (T + MIN, "ml", "ok-0", "ok", "step 2 loss 0.9"),
+    ]);
+    f.samples(
+        r#"{__name__="weft_train_loss", namespace="ml", pod="ok-0", run="ok", rank="0"}"#,
+        T,
+        MIN,
+        &[1.0, 0.9],
+    );
+    f.samples(
+        r#"{__name__="weft_train_step", namespace="ml", pod="ok-0", run="ok", rank="0"}"#,
+        T,
+        MIN,
+        &[1.0, 2.0],
+    );
+    f.samples(
+        r#"{__name__="DCGM_FI_DEV_GPU_UTIL", gpu="0", namespace="ml", pod="ok-0"}"#,
+        T,
+        MIN,
+        &[95.0, 96.0],
+    );
     for group in 0..f.manager.group_count() {
         f.manager.evaluate_group(group, T + 2 * MIN);
     }

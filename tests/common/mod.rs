@@ -16,19 +16,41 @@ pub struct Weft {
     pub addr: String,
     /// The OTLP receiver's address (standalone and collector).
     pub otlp: Option<String>,
+    /// Its log output, when captured.
+    pub stderr: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
 impl Weft {
     /// Starts `weft <args>` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> Weft {
+        Self::start_with(args, &[], false)
+    }
+
+    /// Starts `weft <args>` with extra environment variables, capturing its
+    /// log output when `capture` is set (it is echoed to stderr too).
+    pub fn start_with(args: &[&str], envs: &[(&str, &str)], capture: bool) -> Weft {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(with_free_otlp_port(args))
             .env("RUST_LOG", "warn")
             .env("NODE_NAME", "test-node")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("weft starts");
+        let stderr = child.stderr.take().map(|pipe| {
+            let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            log
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let (otlp_tx, otlp_rx) = std::sync::mpsc::channel();
@@ -50,7 +72,7 @@ impl Weft {
         } else {
             None
         };
-        Weft { child, addr, otlp }
+        Weft { child, addr, otlp, stderr }
     }
 
     /// Starts a role that serves no HTTP (the collector).
@@ -131,6 +153,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
 }
 
 pub fn client() -> reqwest::blocking::Client {
+    weft_model::tls::install_crypto_provider();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -341,4 +364,111 @@ pub mod remote_write {
             .status()
             .as_u16()
     }
+}
+
+/// One request a [`Capture`] server received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} body is not JSON: {e}", self.target))
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    pub fn query(&self) -> Vec<(String, String)> {
+        self.target
+            .split_once('?')
+            .map(|(_, q)| serde_urlencoded::from_str(q).unwrap())
+            .unwrap_or_default()
+    }
+}
+
+/// An HTTP server on 127.0.0.1:0 that records requests and answers each
+/// path with a fixed status and body (chat APIs, webhooks).
+pub struct Capture {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Capture {
+    /// `replies`: (path prefix, status, body); unknown paths get 404.
+    pub fn start(replies: &[(&str, u16, &str)]) -> Capture {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let replies: Vec<(String, u16, String)> = replies.iter().map(|(p, s, b)| (p.to_string(), *s, b.to_string())).collect();
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                let replies = replies.clone();
+                std::thread::spawn(move || serve_one(stream, &replies, &log));
+            }
+        });
+        Capture { port, received }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Requests received so far whose path starts with `prefix`.
+    pub fn received(&self, prefix: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path().starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+fn serve_one(stream: std::net::TcpStream, replies: &[(String, u16, String)], log: &std::sync::Mutex<Vec<Received>>) {
+    use std::io::Read;
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let path = target.split('?').next().unwrap_or("").to_string();
+    log.lock().unwrap().push(Received { method, target, body });
+    let (status, reply) = replies
+        .iter()
+        .find(|(prefix, _, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, s, b)| (*s, b.clone()))
+        .unwrap_or((404, "not found".into()));
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+    let mut stream = reader.into_inner();
+    let _ = stream.write_all(response.as_bytes());
 }

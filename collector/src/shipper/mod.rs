@@ -105,6 +105,7 @@ impl Shipper {
     /// A shipper with its spool and checkpoints under `state_dir`.
     pub fn new(state_dir: &std::path::Path, settings: ShipperSettings, metrics: Arc<CollectorMetrics>) -> Result<Self, CollectorError> {
         let spool = Spool::open(&state_dir.join("spool"), settings.spool_max_bytes, metrics.clone())?;
+        weft_model::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .build()

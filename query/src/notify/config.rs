@@ -67,7 +67,7 @@ impl SecretSource {
 }
 
 /// A node of the routing tree.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Receiver of alerts this route takes (inherited when unset).
@@ -92,20 +92,6 @@ pub struct RouteConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-impl Default for RouteConfig {
-    fn default() -> Self {
-        Self {
-            receiver: None,
-            matchers: Vec::new(),
-            group_by: None,
-            group_wait: None,
-            group_interval: None,
-            repeat_interval: None,
-            continue_: false,
-            routes: Vec::new(),
-        }
-    }
-}
 
 mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};

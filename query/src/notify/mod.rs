@@ -152,6 +152,7 @@ struct LogEntry {
 struct NotifyMetrics {
     sent: IntCounterVec,
     failed: IntCounterVec,
+    suppressed: IntCounterVec,
 }
 
 impl NotifyMetrics {
@@ -166,6 +167,10 @@ impl NotifyMetrics {
             failed: make(
                 "weft_notifications_failed_total",
                 "Notifications that failed after every attempt, by receiver and integration",
+            ),
+            suppressed: make(
+                "weft_notifications_suppressed_total",
+                "Group flushes with nothing new for a target since its last notification (the log said it was sent)",
             ),
         }
     }
@@ -253,7 +258,6 @@ impl Notifier {
         default_external_url: &str,
         registry: &Registry,
     ) -> Result<Arc<Self>, QueryError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let defaults = Defaults {
             receiver: None,
             group_by: None,
@@ -360,6 +364,7 @@ impl Notifier {
             }),
             Err(_) => HashMap::new(),
         };
+        weft_model::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
@@ -390,7 +395,16 @@ impl Notifier {
         for mut alert in alerts {
             if alert.explore_url.is_none() {
                 if let Some((grafana, uid)) = &self.grafana {
-                    alert.explore_url = explore_url(grafana, uid, &alert.labels, alert.starts_at);
+                    // A per-run alert names its pod in an annotation.
+                    let mut place = alert.labels.clone();
+                    for name in ["namespace", "pod", "container"] {
+                        if place.get(name).is_none_or(str::is_empty) {
+                            if let Some(v) = alert.annotations.get(name).filter(|v| !v.is_empty()) {
+                                place.insert(name, v.clone());
+                            }
+                        }
+                    }
+                    alert.explore_url = explore_url(grafana, uid, &place, alert.starts_at);
                 }
             }
             let mut routes = Vec::new();
@@ -442,6 +456,12 @@ impl Notifier {
                         Some(e) => e.sent_at + (route.repeat_interval.as_millis() as i64) <= now,
                     };
                 if !needs {
+                    if entry.is_some() {
+                        self.metrics
+                            .suppressed
+                            .with_label_values(&[route.receiver.as_str(), target.integration.kind()])
+                            .inc();
+                    }
                     continue;
                 }
                 let shown: Vec<NotifyAlert> = alerts

@@ -240,7 +240,7 @@ pub fn parse_rule_file(text: &str, file: &str, default_interval: Duration) -> Re
         if interval < Duration::from_secs(1) {
             return Err(bad(group_line, format!("group {:?}: interval must be at least 1s", group.name)));
         }
-        for (name, _) in &group.labels {
+        for name in group.labels.keys() {
             weft_model::labels::validate_label_name(name).map_err(|e| bad(group_line, format!("group labels: {e}")))?;
         }
         let mut rules = Vec::new();

@@ -95,6 +95,7 @@ pub struct HttpWriter {
 impl HttpWriter {
     /// A writer to the indexer at `base` (e.g. `http://weft-indexer:3100`).
     pub fn new(base: &str, runtime: tokio::runtime::Handle) -> Self {
+        weft_model::tls::install_crypto_provider();
         Self {
             url: format!("{}/api/v1/ingest/metrics", base.trim_end_matches('/')),
             client: reqwest::Client::builder()
@@ -115,7 +116,10 @@ impl SampleWriter for HttpWriter {
             .header("content-type", "application/vnd.apache.arrow.stream")
             .body(body);
         self.runtime.block_on(async {
-            let response = request.send().await.map_err(|e| format!("indexer unreachable: {}", e.without_url()))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("indexer unreachable: {}", e.without_url()))?;
             if response.status().is_success() {
                 Ok(())
             } else {
@@ -481,10 +485,8 @@ impl RuleManager {
             }
             rule_state.evaluation_seconds = rule_started.elapsed().as_secs_f64();
             for alert in rule_state.alerts.values() {
-                if alert.state != AlertState::Pending {
-                    if alert.state == AlertState::Firing || alert.resolved_at.is_some_and(|r| r == at) {
-                        notify.push(self.notify_alert(alert));
-                    }
+                if alert.state == AlertState::Firing || alert.state == AlertState::Inactive && alert.resolved_at == Some(at) {
+                    notify.push(self.notify_alert(alert));
                 }
                 if alert.state != AlertState::Inactive {
                     let mut series = alert.label_set();

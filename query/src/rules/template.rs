@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(render("{{ $value | humanizeDuration }}", 90061.0), "1d 1h 1m 1s");
         assert_eq!(render("{{ $value | humanizeDuration }}", 2.5), "2.5s");
         assert_eq!(render("{{ $value | humanize1024 }}", 2048.0), "2ki");
-        assert_eq!(render(r#"{{ printf "%.2f" $value }}"#, 3.14159), "3.14");
+        assert_eq!(render(r#"{{ printf "%.2f" $value }}"#, 1.23456), "1.23");
         assert_eq!(render(r#"{{ printf "%s/%d" $labels.pod $value }}"#, 7.9), "train-llama-0/7");
         assert_eq!(render("{{ $labels.pod | toUpper }}", 0.0), "TRAIN-LLAMA-0");
         assert_eq!(render("{{ $line }}", 0.0), "torch.OutOfMemoryError: CUDA out of memory.");

@@ -179,6 +179,7 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
         if reader.is_none() && config.dcgm_exporter.is_none() {
             return;
         }
+        weft_model::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
