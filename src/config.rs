@@ -66,6 +66,9 @@ mod tests {
         };
         assert_eq!(config.indexer, defaults.indexer);
         assert_eq!(config.query, defaults.query);
+        assert_eq!(config.rules, defaults.rules);
+        assert_eq!(config.alerting, defaults.alerting);
+        assert_eq!(config.collector.multiline, defaults.collector.multiline);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The offline commands: `weft inspect` (dry run of parsing and
-//! extraction) and `weft promql-test` (PromQL test files).
+//! extraction), `weft promql-test` (PromQL test files) and `weft rules
+//! check` (rule files).
 
 use std::process::Command;
 
@@ -65,4 +66,33 @@ fn promql_test_reports_passes_and_failures() {
     assert!(!output.status.success());
     assert!(stdout.contains("FAIL ") && stdout.contains("bad.test:4:"), "{stdout}");
     assert_eq!(stdout.lines().last().unwrap(), "0 passed, 1 failed, 0 skipped");
+}
+
+#[test]
+fn rules_check_validates_files_and_points_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "groups:\n  - name: ml\n    rules:\n      - alert: NanLoss\n        expr: weft_train_loss != weft_train_loss\n        for: 1m\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "groups:\n  - name: ml\n    lang: logql\n    rules:\n      - alert: Oom\n        expr: x\n      - alert: Fine\n        expr: 'sum(count_over_time({namespace=\"ml\"} |= \"OOM\" [5m])) > 0'\n      - alert: Typo\n        expr: 'sum(count_over_time({namespace=\"ml\"} [5m])'\n",
+    )
+    .unwrap();
+    let output = weft(&["rules", "check", good.to_str().unwrap(), "builtin"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("good.yaml: 1 groups, 1 rules"), "{stdout}");
+    assert!(stdout.contains("SUCCESS builtin: 3 groups, 9 rules"), "{stdout}");
+    let output = weft(&["rules", "check", bad.to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains(&format!("FAILED {}:5: group \"ml\", rule \"Oom\": expr:", bad.display())),
+        "{stdout}"
+    );
 }

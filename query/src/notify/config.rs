@@ -92,7 +92,6 @@ pub struct RouteConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-
 mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
