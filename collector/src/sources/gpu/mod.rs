@@ -191,6 +191,7 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
         // marker, as a Prometheus scrape writes one.
         let mut previous: HashSet<String> = HashSet::new();
         let mut last_xid: HashMap<u32, u64> = HashMap::new();
+        let mut xid_counts: HashMap<[String; 3], u64> = HashMap::new();
         let mut tick = tokio::time::interval(config.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop_loop.load(Ordering::Acquire) {
@@ -201,7 +202,7 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
             // Xid events are recorded as they come, between reads too.
             let events: Vec<nvml::XidEvent> = xid_rx.try_iter().collect();
             if !events.is_empty() {
-                record_xid(events, &mut last_xid, &owners, &node, &forwarder, &metrics).await;
+                record_xid(events, &mut last_xid, &mut xid_counts, &owners, &node, &forwarder, &metrics).await;
             }
             if !due {
                 continue;
@@ -281,16 +282,22 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
     GpuSource { stop, task }
 }
 
-/// Records Xid events as log lines (and as the last Xid per GPU).
+/// Records Xid events as log lines (and as the last Xid per GPU), and
+/// counts them into `weft_ml_events_total{event="gpu_xid"}` as the log
+/// path counts tagged lines.
 async fn record_xid(
     events: Vec<nvml::XidEvent>,
     last_xid: &mut HashMap<u32, u64>,
+    counts: &mut HashMap<[String; 3], u64>,
     owners: &HashMap<String, podresources::DeviceOwner>,
     node: &str,
     forwarder: &Forwarder,
     metrics: &CollectorMetrics,
 ) {
     let mut builder = LogBatchBuilder::default();
+    let mut samples = MetricBatchBuilder::new();
+    let mut touched = HashSet::new();
+    let now_ms = weft_model::time::now_nanos() / 1_000_000;
     for event in events {
         metrics.xid_events.inc();
         last_xid.insert(event.gpu, event.xid);
@@ -303,7 +310,22 @@ async fn record_xid(
             record.run = run;
             record.rank = rank;
         }
+        let key = [record.namespace.clone(), record.pod.clone(), record.run.clone().unwrap_or_default()];
+        if !counts.contains_key(&key) {
+            // A starting zero, so the first event counts in increase().
+            samples.append(&xid_series(&key), now_ms - 1, 0.0);
+        }
+        *counts.entry(key.clone()).or_default() += 1;
+        touched.insert(key);
         builder.append(&record.as_ref());
+    }
+    for key in touched {
+        samples.append(&xid_series(&key), now_ms, counts[&key] as f64);
+    }
+    if let Ok(body) = encode_ipc(&[samples.finish()], HashMap::new()) {
+        forwarder
+            .post_with_retries("/api/v1/ingest/metrics", None, body, 5, "xid_events")
+            .await;
     }
     let key = format!("xid-{node}-{}", weft_model::time::now_nanos());
     if let Ok(body) = encode_ipc(&[builder.finish(true)], HashMap::new()) {
@@ -311,6 +333,18 @@ async fn record_xid(
             .post_with_retries("/api/v1/ingest", Some(&key), body, 5, "xid_events")
             .await;
     }
+}
+
+/// The `weft_ml_events_total` series of Xid events of (namespace, pod, run).
+fn xid_series(key: &[String; 3]) -> String {
+    LabelSet::from_pairs([
+        ("__name__", "weft_ml_events_total"),
+        ("event", "gpu_xid"),
+        ("namespace", key[0].as_str()),
+        ("pod", key[1].as_str()),
+        ("run", key[2].as_str()),
+    ])
+    .to_string()
 }
 
 /// The log record of an Xid event, shaped like the kernel's NVRM line.
