@@ -124,13 +124,23 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
         indexer = Some(opened);
     }
     let mut rules = None;
-    if matches!(role, Role::Standalone | Role::Query) {
-        let service = weft_query::QueryService::new(&data, cfg.query.clone(), &registry);
+    let queries =
+        matches!(role, Role::Standalone | Role::Query).then(|| weft_query::QueryService::new(&data, cfg.query.clone(), &registry));
+    if let Some(service) = &queries {
         app = app.merge(weft_query::api::router(service.clone()));
+        if !cfg.rules.enabled {
+            app = app.merge(weft_query::api::rules_router(None));
+        }
+    }
+    if let (Some(service), true) = (queries, cfg.rules.enabled) {
         let groups = weft_query::rules::load_groups(&cfg.rules)?;
         let writer: Option<Arc<dyn weft_query::rules::SampleWriter>> = match (&indexer, &cfg.rules.indexer) {
             (Some(indexer), _) => Some(Arc::new(IndexerWriter(indexer.clone()))),
-            (None, Some(url)) => Some(Arc::new(weft_query::rules::HttpWriter::new(url, tokio::runtime::Handle::current()))),
+            (None, Some(url)) => Some(Arc::new(weft_query::rules::HttpWriter::new(
+                url,
+                cfg.rules.indexer_bearer_token.clone(),
+                tokio::runtime::Handle::current(),
+            ))),
             (None, None) => None,
         };
         let state_dir = data.join("rules");

@@ -10,8 +10,8 @@
 //! Besides the extracted training metrics, each batch carries three series
 //! the rules and dashboards use without a log scan:
 //! `weft_ml_events_total{event,namespace,pod,run}` (tagged records),
-//! `weft_log_lines_total{namespace,pod,container}` (records read) and
-//! `weft_container_restarts{namespace,pod,container}` (the restart number
+//! `weft_log_lines_total{namespace,pod,container,pod_uid}` (records read) and
+//! `weft_container_restarts{namespace,pod,container,pod_uid}` (the restart number
 //! in the log file name). The two counters count from this collector's
 //! start, so they reset when it restarts, like any Prometheus counter.
 //!
@@ -159,8 +159,9 @@ struct Appender {
 /// The per-container tallies.
 #[derive(Debug, Default)]
 struct ContainerTally {
-    /// namespace, pod, container.
-    labels: [String; 3],
+    /// namespace, pod, container, pod uid (a pod recreated under the same
+    /// name is another series, not a counter reset).
+    labels: [String; 4],
     lines: Tally,
     /// Highest restart number seen in a log file name.
     restart: u32,
@@ -482,7 +483,12 @@ impl Appender {
         }
         let pod = self.containers.get_mut(&meta.pod_uid).expect("inserted");
         if !pod.contains_key(&meta.container) {
-            let labels = [meta.namespace.clone(), meta.pod.clone(), meta.container.clone()];
+            let labels = [
+                meta.namespace.clone(),
+                meta.pod.clone(),
+                meta.container.clone(),
+                meta.pod_uid.clone(),
+            ];
             pod.insert(
                 meta.container.clone(),
                 ContainerTally {
@@ -529,12 +535,13 @@ impl Appender {
 }
 
 /// The series text of a per-container tally.
-fn container_series(name: &str, key: &[String; 3]) -> String {
+fn container_series(name: &str, key: &[String; 4]) -> String {
     LabelSet::from_pairs([
         (METRIC_NAME, name),
         ("namespace", key[0].as_str()),
         ("pod", key[1].as_str()),
         ("container", key[2].as_str()),
+        ("pod_uid", key[3].as_str()),
     ])
     .to_string()
 }
@@ -688,9 +695,10 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(find(events), vec![(t0 - 1, 0.0), (t0 + 2000, 2.0)], "{got:?}");
-        let lines = r#"{__name__="weft_log_lines_total", container="trainer", namespace="ml", pod="llama-worker-1"}"#;
+        let lines = r#"{__name__="weft_log_lines_total", container="trainer", namespace="ml", pod="llama-worker-1", pod_uid="uid-1"}"#;
         assert_eq!(find(lines), vec![(t0 - 1, 0.0), (t0 + 2000, 3.0)]);
-        let restarts = r#"{__name__="weft_container_restarts", container="trainer", namespace="ml", pod="llama-worker-1"}"#;
+        let restarts =
+            r#"{__name__="weft_container_restarts", container="trainer", namespace="ml", pod="llama-worker-1", pod_uid="uid-1"}"#;
         assert_eq!(find(restarts), vec![(t0 + 2000, 3.0)]);
         // The next batch continues the counts instead of starting again.
         feed(&mut assembler, &meta, 100, &[(Stream::Stdout, "more")]);

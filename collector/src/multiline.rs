@@ -65,6 +65,36 @@ struct Block {
     updated: Instant,
 }
 
+/// torch.distributed's `[rankN]:` prefix, if the line has one.
+fn rank_prefix(line: &[u8]) -> &[u8] {
+    if line.starts_with(b"[rank") {
+        if let Some(end) = line.iter().position(|b| *b == b']') {
+            if line.get(end + 1) == Some(&b':') {
+                return &line[..end + 1];
+            }
+        }
+    }
+    b""
+}
+
+/// Lines that continue an exception message past its first line: CUDA's
+/// asynchronous-error advice, NCCL's details, c10's C++ frames.
+const MESSAGE_CONTINUATIONS: [&[u8]; 13] = [
+    b"CUDA kernel errors might be asynchronously reported",
+    b"For debugging consider passing CUDA_LAUNCH_BLOCKING=1",
+    b"Compile with `TORCH_USE_CUDA_DSA`",
+    b"Last error:",
+    b"Exception raised from ",
+    b"frame #",
+    b"ncclSystemError",
+    b"ncclInternalError",
+    b"ncclRemoteError",
+    b"ncclUnhandledCudaError",
+    b"ncclInvalidUsage",
+    b"ncclInvalidArgument",
+    b"ncclInProgress",
+];
+
 /// Strips torch.distributed's `[rankN]:` prefix for matching.
 fn content(line: &[u8]) -> &[u8] {
     if line.starts_with(b"[rank") {
@@ -142,7 +172,7 @@ impl Block {
                         self.py = PyState::Frames;
                         return true;
                     }
-                    false
+                    MESSAGE_CONTINUATIONS.iter().any(|c| line.starts_with(c))
                 }
             },
             Kind::JavaCandidate | Kind::Java => {
@@ -177,6 +207,7 @@ impl Block {
                     || text.starts_with("Thread 0x")
                     || text.starts_with("Aborted")
                     || text.starts_with("Extension modules:")
+                    || MESSAGE_CONTINUATIONS.iter().any(|c| line.starts_with(c))
             }
         }
     }
@@ -188,8 +219,11 @@ pub struct MultilineJoiner {
     open: HashMap<(String, Option<Stream>), Block>,
 }
 
-fn key_of(meta: &PodLogPath, stream: Option<Stream>) -> (String, Option<Stream>) {
-    (format!("{}/{}/{}", meta.pod_uid, meta.container, meta.restart), stream)
+/// A block is joined per file, stream and rank: under torchrun the ranks'
+/// `[rankN]:` lines interleave in one stream.
+fn key_of(meta: &PodLogPath, stream: Option<Stream>, line: &[u8]) -> (String, Option<Stream>) {
+    let rank = String::from_utf8_lossy(rank_prefix(line));
+    (format!("{}/{}/{}{rank}", meta.pod_uid, meta.container, meta.restart), stream)
 }
 
 impl MultilineJoiner {
@@ -244,7 +278,7 @@ impl MultilineJoiner {
         if line.parse_error {
             return out(line, false);
         }
-        let key = key_of(line.meta, line.stream);
+        let key = key_of(line.meta, line.stream, line.text);
         if let Some(block) = self.open.get_mut(&key) {
             if block.continues(line.text) && block.lines < self.limits.max_lines {
                 let room = self.limits.max_bytes.saturating_sub(block.text.len() + 1);
@@ -370,6 +404,56 @@ mod tests {
         );
         assert_eq!(out[1].0.lines().count(), 10);
         assert_eq!(out[2], ("step 11".into(), false));
+    }
+
+    #[test]
+    fn interleaved_ranks_keep_their_own_tracebacks() {
+        let out = run(&[
+            "[rank0]: Traceback (most recent call last):",
+            "[rank1]: Traceback (most recent call last):",
+            "[rank0]:   File \"a.py\", line 1, in <module>",
+            "[rank1]:   File \"b.py\", line 2, in <module>",
+            "[rank0]: ValueError: zero",
+            "[rank1]: KeyError: one",
+            "[rank0]: after",
+            "[rank1]: after",
+        ]);
+        let blocks: Vec<&str> = out.iter().filter(|(_, b)| *b).map(|(t, _)| t.as_str()).collect();
+        assert_eq!(blocks.len(), 2, "{out:#?}");
+        assert!(blocks
+            .iter()
+            .any(|b| b.contains("a.py") && b.ends_with("ValueError: zero") && !b.contains("b.py")));
+        assert!(blocks
+            .iter()
+            .any(|b| b.contains("b.py") && b.ends_with("KeyError: one") && !b.contains("a.py")));
+    }
+
+    #[test]
+    fn multi_line_cuda_and_nccl_messages_and_c10_frames_stay_in_the_record() {
+        let out = run(&[
+            "Traceback (most recent call last):",
+            "  File \"train.py\", line 5, in <module>",
+            "RuntimeError: CUDA error: an illegal memory access was encountered",
+            "CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.",
+            "For debugging consider passing CUDA_LAUNCH_BLOCKING=1",
+            "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.",
+            "",
+            "step 12",
+            "terminate called after throwing an instance of 'c10::DistBackendError'",
+            "  what():  [PG 0 Rank 1] Process group watchdog thread terminated with exception",
+            "Exception raised from checkTimeout at ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:565 (most recent call first):",
+            "frame #0: c10::Error::Error(c10::SourceLocation, std::string) + 0x96 (0x7f3c in /usr/lib/libc10.so)",
+            "frame #1: <unknown function> + 0x1130 (0x7f3d in /usr/lib/libtorch_cuda.so)",
+            "INFO next record",
+        ]);
+        assert_eq!(out.len(), 4, "{out:#?}");
+        assert!(out[0].0.contains("TORCH_USE_CUDA_DSA"));
+        assert_eq!(out[1].0, "step 12");
+        assert!(
+            out[2].0.ends_with("libtorch_cuda.so)") && out[2].0.lines().count() == 5,
+            "{}",
+            out[2].0
+        );
     }
 
     #[test]

@@ -48,10 +48,10 @@ fn catalogue() -> &'static Catalogue {
     CATALOGUE.get_or_init(|| {
         let patterns: Vec<(&'static str, &'static str)> = vec![
             ("cuda_oom", r"(torch\.(cuda\.)?OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation|OOM when allocating tensor)"),
-            ("nccl_timeout", r"(Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout|NCCL (communicator|operation).*timed? ?out|ncclTimeout)"),
+            ("nccl_timeout", r"(Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout|NCCL (communicator|operation).*timed? ?out|ncclTimeout|Heartbeat monitor timed out)"),
             ("nccl_error", r"(ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|NCCL error in:|unhandled system error|remote process exited or there was a network error|NCCL WARN .*(Connection|Net)\w* (closed|reset|refused))"),
             ("gpu_xid", r"(NVRM: Xid|Xid \(PCI:|NVML: Xid)"),
-            ("nan_loss", r#"(?i)(\bloss['"]?\s*[:=]\s*['"]?[-+]?(nan|inf)\b|loss is (nan|inf)|non-finite loss|nan loss detected)"#),
+            ("nan_loss", r#"(?i)((\b|_)loss['"]?\s*[:=]\s*['"]?[-+]?(nan|inf)\b|loss is (nan|inf)|non-finite loss|nan loss detected)"#),
             ("loss_scale_overflow", r"(?i)(gradient overflow\. skipping step|OVERFLOW! Rank|Grad overflow on iteration|skipping step, loss scaler|attempted loss scale)"),
             ("elastic_child_failed", r"(ChildFailedError|torch\.distributed\.elastic\.multiprocessing\.errors|failed \(exitcode: -?\d+\) local_rank)"),
             ("oom_killed", r"(OOMKilled|Out of memory: Killed process|exitcode: -9\b|Signal 9 \(SIGKILL\) received|exit code 137)"),
@@ -147,6 +147,9 @@ mod tests {
             ("{'loss': nan, 'grad_norm': nan, 'learning_rate': 2e-05, 'epoch': 1.2}", "nan_loss"),
             ("step=1200 loss=inf lr=3e-4", "nan_loss"),
             ("Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=nan]", "nan_loss"),
+            ("Epoch 0:  12%|█▏        | 120/1000 [00:30<03:40, 4.00it/s, v_num=3, train_loss=nan]", "nan_loss"),
+            ("epoch 2 val_loss: inf", "nan_loss"),
+            ("[E1125 10:22:37.1 ProcessGroupNCCL.cpp:1362] [PG 0 Rank 3] Heartbeat monitor timed out! Process will be terminated after dumping debug info.", "nccl_timeout"),
             ("[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 65536, reducing to 32768", "loss_scale_overflow"),
             ("Gradient overflow. Skipping step, loss scaler 0 reducing loss scale to 16384.0", "loss_scale_overflow"),
             ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: train.py FAILED", "elastic_child_failed"),

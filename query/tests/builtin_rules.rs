@@ -279,6 +279,20 @@ fn container_restarting_counts_restarts_in_half_an_hour() {
         5 * MIN,
         &gauge(5, 1.0),
     );
+    // A pod recreated under the same name starts again at 0: another uid,
+    // another series, not three restarts.
+    f.samples(
+        r#"{__name__="weft_container_restarts", namespace="ml", pod="sts-0", container="trainer", pod_uid="a"}"#,
+        T,
+        5 * MIN,
+        &gauge(2, 3.0),
+    );
+    f.samples(
+        r#"{__name__="weft_container_restarts", namespace="ml", pod="sts-0", container="trainer", pod_uid="b"}"#,
+        T + 10 * MIN,
+        5 * MIN,
+        &gauge(3, 0.0),
+    );
     let alerts = f.eval("ContainerRestarting", T + 20 * MIN);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(label(&alerts[0], "pod"), "crashy-0");

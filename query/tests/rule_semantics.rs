@@ -114,6 +114,12 @@ fn for_and_keep_firing_for_follow_prometheus() {
         "keep_firing_for holds it through the gap"
     );
     manager.evaluate_group(0, T + 390 * S);
+    assert_eq!(
+        state(&manager),
+        Some(AlertState::Firing),
+        "30s counted from the first evaluation that missed it"
+    );
+    manager.evaluate_group(0, T + 410 * S);
     assert_eq!(state(&manager), None, "resolved once keep_firing_for ran out");
     let resolved = manager.rules_json(None)["groups"][0]["rules"][0]["state"].clone();
     assert_eq!(resolved, "inactive");

@@ -46,6 +46,9 @@ pub struct Notification<'a> {
     pub external_url: &'a str,
     /// Unix ms of the send.
     pub now: i64,
+    /// How often the group is sent again (Alertmanager targets use it to
+    /// keep firing alerts from timing out).
+    pub group_interval_ms: i64,
 }
 
 impl Notification<'_> {
@@ -162,6 +165,20 @@ enum Flavour {
     Plain,
 }
 
+/// Makes text from alerts (pod output included) inert in a chat message:
+/// no `<!channel>` or `<@user>` mentions, no spoofed links.
+fn inert(text: &str, flavour: Flavour) -> String {
+    match flavour {
+        Flavour::Slack => text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;"),
+        Flavour::Markdown => text
+            .replace("<@", "< @")
+            .replace("@all", "@\u{200b}all")
+            .replace('[', "\\[")
+            .replace("](", "\\]("),
+        Flavour::Plain => text.replace("<at", "< at"),
+    }
+}
+
 fn chat_text(n: &Notification<'_>, flavour: Flavour, max_bytes: usize) -> String {
     let bold = |t: &str| match flavour {
         Flavour::Slack => format!("*{t}*"),
@@ -181,11 +198,12 @@ fn chat_text(n: &Notification<'_>, flavour: Flavour, max_bytes: usize) -> String
         }
         let text = alert_text(alert);
         let state = if alert.is_resolved() { "RESOLVED" } else { "FIRING" };
-        out.push_str(&format!("{} {}\n", bold(state), text.headline));
-        let facts: Vec<String> = text.facts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        out.push_str(&format!("{} {}\n", bold(state), inert(&text.headline, flavour)));
+        let facts: Vec<String> = text.facts.iter().map(|(k, v)| format!("{k}: {}", inert(v, flavour))).collect();
         out.push_str(&facts.join(" · "));
         out.push('\n');
         if let Some(detail) = &text.detail {
+            let detail = inert(detail, flavour);
             let detail: String = detail.lines().take(3).collect::<Vec<_>>().join("\n> ");
             out.push_str(&format!("> {detail}\n"));
         }
@@ -342,7 +360,7 @@ impl Integration {
                                 "startsAt": rfc3339_ms(a.starts_at),
                                 // A firing alert not refreshed within this
                                 // time resolves on its own, as Prometheus'.
-                                "endsAt": rfc3339_ms(a.ends_at.unwrap_or(n.now + 15 * 60 * 1000)),
+                                "endsAt": rfc3339_ms(a.ends_at.unwrap_or(n.now + (4 * n.group_interval_ms).max(15 * 60 * 1000))),
                                 "generatorURL": a.generator_url,
                             })
                         })
@@ -467,6 +485,7 @@ mod tests {
             alerts,
             external_url: "http://weft:3100",
             now: 1_700_000_000_000,
+            group_interval_ms: 300_000,
         }
     }
 
@@ -539,6 +558,25 @@ mod tests {
         assert!(slack.check_response(503, "").unwrap_err().retry);
         assert!(slack.check_response(429, "").unwrap_err().retry);
         assert!(!slack.check_response(404, "channel_not_found").unwrap_err().retry);
+    }
+
+    #[test]
+    fn pod_output_cannot_mention_or_link() {
+        let mut evil = alert();
+        evil.annotations
+            .insert("summary".into(), "<!channel> see <https://evil.example|Logs> & @all <@U123>".into());
+        let alerts = [evil];
+        let labels = LabelSet::new();
+        let n = notification(&alerts, &labels);
+        let (_, slack) = Integration::Slack { url: Secret("u".into()) }.request(&n);
+        let text = slack["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert!(
+            text.contains("&lt;!channel&gt; see &lt;https://evil.example|Logs&gt; &amp;"),
+            "{text}"
+        );
+        let (_, wecom) = Integration::WeCom { url: Secret("u".into()) }.request(&n);
+        let text = wecom["markdown"]["content"].as_str().unwrap();
+        assert!(!text.contains("<@U123>") && !text.contains(" @all"), "{text}");
     }
 
     #[test]

@@ -58,12 +58,11 @@ fn compile_route(config: &config::RouteConfig, id: String, inherited: &Defaults)
         .clone()
         .or_else(|| inherited.receiver.clone())
         .ok_or_else(|| QueryError::Config("alerting.route: the root route needs a receiver".into()))?;
-    let matchers = if config.matchers.is_empty() {
-        Vec::new()
-    } else {
-        crate::logql::parser::parse_selector(&format!("{{{}}}", config.matchers.join(",")))
-            .map_err(|e| QueryError::Config(format!("alerting.route {id}: matchers {:?}: {e}", config.matchers)))?
-    };
+    let matchers = config
+        .matchers
+        .iter()
+        .map(|m| parse_matcher(m).map_err(|e| QueryError::Config(format!("alerting.route {id}: matcher {m:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     let group_by = match &config.group_by {
         Some(labels) if labels.iter().any(|l| l == "...") => Some(None),
         Some(labels) => Some(Some(labels.clone())),
@@ -87,12 +86,53 @@ fn compile_route(config: &config::RouteConfig, id: String, inherited: &Defaults)
         matchers,
         matchers_text: config.matchers.join(","),
         receiver,
-        group_by: group_by.unwrap_or(Some(vec!["alertname".into()])),
+        // Alertmanager's default: no grouping labels, one group per route.
+        group_by: group_by.unwrap_or(Some(Vec::new())),
         group_wait: defaults.group_wait,
         group_interval: defaults.group_interval,
         repeat_interval: defaults.repeat_interval,
         continue_: config.continue_,
         routes,
+    })
+}
+
+/// One Alertmanager matcher: `name op value` with `=`, `!=`, `=~`, `!~`
+/// and a quoted or bare value (`severity="critical"`, `team=ml`).
+fn parse_matcher(text: &str) -> Result<Matcher, String> {
+    use crate::logql::ast::MatchOp;
+    let text = text.trim();
+    let name_end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .ok_or("expected an operator (=, !=, =~, !~)")?;
+    let name = &text[..name_end];
+    weft_model::labels::validate_label_name(name).map_err(|e| e.to_string())?;
+    let rest = text[name_end..].trim_start();
+    let (op, value) = if let Some(v) = rest.strip_prefix("=~") {
+        (MatchOp::Re, v)
+    } else if let Some(v) = rest.strip_prefix("!~") {
+        (MatchOp::Nre, v)
+    } else if let Some(v) = rest.strip_prefix("!=") {
+        (MatchOp::Neq, v)
+    } else if let Some(v) = rest.strip_prefix('=') {
+        (MatchOp::Eq, v)
+    } else {
+        return Err("expected an operator (=, !=, =~, !~)".into());
+    };
+    let value = value.trim();
+    let value = if value.starts_with('"') {
+        serde_json::from_str::<String>(value).map_err(|_| "the quoted value does not parse".to_string())?
+    } else {
+        value.to_string()
+    };
+    let regex = match op {
+        MatchOp::Re | MatchOp::Nre => Some(regex::Regex::new(&format!("^(?s:{value})$")).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    Ok(Matcher {
+        name: name.to_string(),
+        op,
+        value,
+        regex,
     })
 }
 
@@ -182,6 +222,8 @@ pub struct Notifier {
     receivers: HashMap<String, Vec<Target>>,
     groups: Mutex<HashMap<String, AlertGroup>>,
     log: Mutex<HashMap<String, LogEntry>>,
+    /// Log keys with a delivery still trying.
+    inflight: Mutex<std::collections::HashSet<String>>,
     log_path: PathBuf,
     client: reqwest::Client,
     max_attempts: u32,
@@ -240,6 +282,7 @@ pub fn explore_url(grafana: &str, datasource_uid: &str, labels: &LabelSet, at_ms
 /// One delivery to do.
 struct Delivery {
     log_key: String,
+    group_interval_ms: i64,
     receiver: String,
     integration: Integration,
     group_key: String,
@@ -374,6 +417,7 @@ impl Notifier {
             receivers,
             groups: Mutex::new(HashMap::new()),
             log: Mutex::new(log),
+            inflight: Mutex::new(Default::default()),
             log_path,
             client,
             max_attempts: config.max_attempts.max(1),
@@ -422,9 +466,8 @@ impl Notifier {
                     alerts: BTreeMap::new(),
                     next_flush: now + route.group_wait.as_millis() as i64,
                 });
-                if alert.is_resolved() && !group.alerts.contains_key(&alert.fingerprint) {
-                    continue;
-                }
+                // Resolved alerts are kept even for a group not in memory
+                // (after a restart): the log knows whom to tell.
                 group.alerts.insert(alert.fingerprint.clone(), alert.clone());
             }
         }
@@ -434,6 +477,7 @@ impl Notifier {
     fn due(&self, now: i64) -> Vec<Delivery> {
         let mut groups = self.groups.lock().expect("groups lock");
         let log = self.log.lock().expect("log lock");
+        let mut inflight = self.inflight.lock().expect("in-flight lock");
         let mut out = Vec::new();
         for group in groups.values_mut().filter(|g| g.next_flush <= now) {
             let Some(route) = self.root.by_id(&group.route_id) else {
@@ -445,6 +489,10 @@ impl Notifier {
             let resolved: BTreeSet<String> = alerts.iter().filter(|a| a.is_resolved()).map(|a| a.fingerprint.clone()).collect();
             for (i, target) in self.receivers.get(&route.receiver).into_iter().flatten().enumerate() {
                 let log_key = format!("{}/{}/{i}/{}", route.receiver, target.integration.kind(), group.key);
+                if inflight.contains(&log_key) {
+                    // The last delivery is still trying; it goes first.
+                    continue;
+                }
                 let entry = log.get(&log_key);
                 let always = matches!(target.integration, Integration::Alertmanager { .. });
                 let needs = always && !alerts.is_empty()
@@ -469,7 +517,9 @@ impl Notifier {
                     .filter(|a| target.send_resolved || !a.is_resolved())
                     .cloned()
                     .collect();
+                inflight.insert(log_key.clone());
                 out.push(Delivery {
+                    group_interval_ms: route.group_interval.as_millis() as i64,
                     log_key,
                     receiver: route.receiver.clone(),
                     integration: target.integration.clone(),
@@ -484,22 +534,30 @@ impl Notifier {
                     },
                 });
             }
-            // Resolved alerts are told once; then they leave the group.
-            group.alerts.retain(|_, a| !a.is_resolved());
+            // A resolved alert leaves once no target still has it as
+            // firing in the log (told, or never told it fired).
+            let targets = self.receivers.get(&route.receiver).map(Vec::as_slice).unwrap_or(&[]);
+            group.alerts.retain(|fp, a| {
+                !a.is_resolved()
+                    || targets.iter().enumerate().any(|(i, t)| {
+                        let key = format!("{}/{}/{i}/{}", route.receiver, t.integration.kind(), group.key);
+                        log.get(&key).is_some_and(|e| e.firing.contains(fp))
+                    })
+            });
         }
         groups.retain(|_, g| !g.alerts.is_empty());
         out
     }
 
+    /// Notes a delivery in the log and saves it (blocking: file I/O). The
+    /// file is written under the log lock, so saves never go back in time.
     fn record(&self, delivery: &Delivery) {
-        let snapshot = {
-            let mut log = self.log.lock().expect("log lock");
-            log.insert(delivery.log_key.clone(), delivery.entry.clone());
-            // Entries of groups long gone are dropped.
-            let horizon = delivery.entry.sent_at - 5 * 86_400_000;
-            log.retain(|_, e| e.sent_at >= horizon);
-            serde_json::to_vec(&*log).expect("log serializes")
-        };
+        let mut log = self.log.lock().expect("log lock");
+        log.insert(delivery.log_key.clone(), delivery.entry.clone());
+        // Entries of groups long gone are dropped.
+        let horizon = delivery.entry.sent_at - 5 * 86_400_000;
+        log.retain(|_, e| e.sent_at >= horizon);
+        let snapshot = serde_json::to_vec(&*log).expect("log serializes");
         let tmp = self.log_path.with_extension("json.tmp");
         if let Err(e) = std::fs::write(&tmp, &snapshot).and_then(|_| std::fs::rename(&tmp, &self.log_path)) {
             tracing::warn!(path = %self.log_path.display(), error = %e, "writing the notification log failed");
@@ -507,9 +565,23 @@ impl Notifier {
     }
 
     async fn deliver(self: Arc<Self>, delivery: Delivery) {
+        let key = delivery.log_key.clone();
+        let me = self.clone();
+        let delivered = self.send(&delivery).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if delivered {
+                me.record(&delivery);
+            }
+            me.inflight.lock().expect("in-flight lock").remove(&key);
+        })
+        .await;
+    }
+
+    /// Sends one delivery with retries; true once it is delivered (or had
+    /// nothing to send).
+    async fn send(&self, delivery: &Delivery) -> bool {
         if delivery.silent {
-            self.record(&delivery);
-            return;
+            return true;
         }
         let notification = Notification {
             receiver: &delivery.receiver,
@@ -518,6 +590,7 @@ impl Notifier {
             alerts: &delivery.alerts,
             external_url: &self.external_url,
             now: weft_model::time::now_nanos() / 1_000_000,
+            group_interval_ms: delivery.group_interval_ms,
         };
         let kind = delivery.integration.kind();
         let labels = [delivery.receiver.as_str(), kind];
@@ -550,8 +623,7 @@ impl Notifier {
             match result {
                 Ok(()) => {
                     self.metrics.sent.with_label_values(&labels).inc();
-                    self.record(&delivery);
-                    return;
+                    return true;
                 }
                 Err(e) if e.retry && attempt < self.max_attempts => {
                     tracing::warn!(receiver = %delivery.receiver, integration = kind, attempt, reason = %e.message, "notification failed; retrying");
@@ -561,10 +633,11 @@ impl Notifier {
                 Err(e) => {
                     tracing::error!(receiver = %delivery.receiver, integration = kind, attempt, reason = %e.message, "notification failed");
                     self.metrics.failed.with_label_values(&labels).inc();
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 
     /// Flushes due groups every `tick` until `stop` turns true.
@@ -620,6 +693,14 @@ mod tests {
         }
     }
 
+    impl Notifier {
+        /// What `deliver` does after a successful send.
+        fn finish(&self, delivery: &Delivery) {
+            self.record(delivery);
+            self.inflight.lock().unwrap().remove(&delivery.log_key);
+        }
+    }
+
     fn notifier(dir: &Path) -> Arc<Notifier> {
         let config = AlertingConfig {
             route: RouteConfig {
@@ -658,7 +739,7 @@ mod tests {
         seen.sort();
         assert_eq!(seen, vec![("oncall".to_string(), 2), ("team".to_string(), 1)]);
         for d in &due {
-            n.record(d);
+            n.finish(d);
         }
         // Nothing new: nothing sent at the next interval.
         assert!(n.due(70_000).is_empty());
@@ -667,13 +748,13 @@ mod tests {
         let due = n.due(130_000);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].alerts.len(), 3);
-        n.record(&due[0]);
+        n.finish(&due[0]);
         // Resolved: a resolved notice once, then the alert leaves.
         n.observe(vec![alert("GpuXid", "a", Some(140_000))], 140_000);
         let due = n.due(190_000);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].alerts.iter().filter(|a| a.is_resolved()).count(), 1);
-        n.record(&due[0]);
+        n.finish(&due[0]);
         // The repeat interval resends unchanged firing alerts.
         assert!(n.due(250_000).is_empty());
         let due = n.due(190_000 + 3_600_000);
@@ -687,12 +768,58 @@ mod tests {
         first.observe(vec![alert("NanLoss", "a", None)], 0);
         let due = first.due(10_000);
         assert_eq!(due.len(), 1);
-        first.record(&due[0]);
+        first.finish(&due[0]);
         drop(first);
         let second = notifier(dir.path());
         second.observe(vec![alert("NanLoss", "a", None)], 20_000);
         assert!(second.due(30_000).is_empty(), "already paged before the restart");
         assert_eq!(second.due(10_000 + 3_600_000).len(), 1, "repeat interval still applies");
+    }
+
+    #[test]
+    fn matchers_in_alertmanager_syntax() {
+        let labels = LabelSet::from_pairs([("severity", "critical"), ("team", "ml")]);
+        for (text, matches) in [
+            (r#"severity="critical""#, true),
+            ("team=ml", true),
+            (r#"severity!="info""#, true),
+            (r#"team=~"m.*""#, true),
+            (r#"team!~"ml|infra""#, false),
+            ("missing=\"\"", true),
+        ] {
+            let m = parse_matcher(text).unwrap();
+            assert_eq!(m.matches(labels.get(&m.name).unwrap_or("")), matches, "{text}");
+        }
+        assert!(parse_matcher("severity critical").is_err());
+        assert!(parse_matcher(r#"x=~"(""#).is_err());
+    }
+
+    #[test]
+    fn a_resolved_notice_survives_a_failed_delivery_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = notifier(dir.path());
+        n.observe(vec![alert("NanLoss", "a", None)], 0);
+        let due = n.due(10_000);
+        n.finish(&due[0]);
+        n.observe(vec![alert("NanLoss", "a", Some(20_000))], 20_000);
+        let due = n.due(70_000);
+        assert_eq!(due.len(), 1);
+        // The delivery failed: nothing recorded, the notice stays.
+        n.inflight.lock().unwrap().clear();
+        let due = n.due(130_000);
+        assert_eq!(due.len(), 1, "resolved notice tried again");
+        drop(due);
+        drop(n);
+        // After a restart the group is gone from memory, but the log says
+        // the target still thinks the alert fires: the notice goes out.
+        let n = notifier(dir.path());
+        n.observe(vec![alert("NanLoss", "a", Some(20_000))], 200_000);
+        let due = n.due(210_000);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].alerts[0].is_resolved());
+        n.finish(&due[0]);
+        assert!(n.due(400_000).is_empty());
+        assert!(n.groups.lock().unwrap().is_empty(), "told, so it left");
     }
 
     #[test]

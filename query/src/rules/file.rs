@@ -135,19 +135,27 @@ fn valid_metric_name(name: &str) -> bool {
     !name.is_empty() && !name.as_bytes()[0].is_ascii_digit() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
-/// 1-based line of the `n`-th (0-based) line whose trimmed text starts
-/// with one of `keys`, in `text`; `None` when the file is not laid out one
-/// key per line.
+/// 1-based line of the `n`-th (0-based) list item of `text` whose first
+/// key is one of `keys` (`- alert: …`); `None` when the file is not laid
+/// out in block style.
 fn nth_key_line(text: &str, keys: &[&str], n: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| {
-            let l = l.trim_start().trim_start_matches("- ").trim_start();
-            keys.iter().any(|k| l.starts_with(k))
+            let Some(item) = l.trim_start().strip_prefix('-') else {
+                return false;
+            };
+            let item = item.trim_start();
+            keys.iter().any(|k| item.starts_with(k) && item[k.len()..].starts_with(':'))
         })
         .nth(n)
         .map(|(i, _)| i + 1)
 }
+
+/// First keys a rule item may start with.
+const RULE_KEYS: [&str; 6] = ["alert", "record", "expr", "for", "keep_firing_for", "annotations"];
+/// First keys a group item may start with.
+const GROUP_KEYS: [&str; 5] = ["name", "interval", "rules", "lang", "limit"];
 
 fn check_rule(rule: &RuleText, lang: Lang, group_labels: &BTreeMap<String, String>) -> Result<Rule, String> {
     let expr = match lang {
@@ -226,7 +234,7 @@ pub fn parse_rule_file(text: &str, file: &str, default_interval: Duration) -> Re
     let mut groups = Vec::new();
     let mut rule_index = 0usize;
     for (g, group) in parsed.groups.iter().enumerate() {
-        let group_line = nth_key_line(text, &["name:"], g);
+        let group_line = nth_key_line(text, &GROUP_KEYS, g);
         if group.name.trim().is_empty() {
             return Err(bad(group_line, "group name is empty".into()));
         }
@@ -245,7 +253,7 @@ pub fn parse_rule_file(text: &str, file: &str, default_interval: Duration) -> Re
         }
         let mut rules = Vec::new();
         for rule in &group.rules {
-            let line = nth_key_line(text, &["alert:", "record:"], rule_index);
+            let line = nth_key_line(text, &RULE_KEYS, rule_index);
             rule_index += 1;
             let what = rule.alert.as_deref().or(rule.record.as_deref()).unwrap_or("?");
             rules.push(
@@ -300,6 +308,13 @@ mod tests {
             RuleKind::Alert { for_, .. } => assert_eq!(*for_, Duration::from_secs(60)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn label_keys_named_like_rule_keys_do_not_shift_lines() {
+        let text = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: vector(1)\n        labels:\n          alert: x\n          name: y\n      - expr: vector(\n        alert: B\n";
+        let err = parse_rule_file(text, "r.yaml", Duration::from_secs(30)).unwrap_err().to_string();
+        assert!(err.starts_with("r.yaml:9: group \"g\", rule \"B\""), "{err}");
     }
 
     #[test]

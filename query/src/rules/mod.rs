@@ -27,6 +27,28 @@ use crate::{QueryError, QueryService};
 use file::{Group, Lang, Rule, RuleExpr, RuleKind};
 use template::TemplateData;
 
+/// The `by (…)` labels of the outermost aggregation of a LogQL expression.
+fn by_labels(expr: &LogqlExpr) -> &[String] {
+    match expr {
+        LogqlExpr::VectorAgg(agg) if !agg.grouping.without => &agg.grouping.labels,
+        LogqlExpr::RangeAgg(agg) => agg
+            .grouping
+            .as_ref()
+            .filter(|g| !g.without)
+            .map(|g| g.labels.as_slice())
+            .unwrap_or(&[]),
+        LogqlExpr::Binary(b) => {
+            let lhs = by_labels(&b.lhs);
+            if lhs.is_empty() {
+                by_labels(&b.rhs)
+            } else {
+                lhs
+            }
+        }
+        _ => &[],
+    }
+}
+
 /// The first `{…} | … [range]` of a LogQL metric expression.
 fn first_log_range(expr: &LogqlExpr) -> Option<&LogRange> {
     match expr {
@@ -63,6 +85,11 @@ pub struct RulesConfig {
     /// Indexer that takes recorded series when the query role runs alone
     /// (standalone writes in process).
     pub indexer: Option<String>,
+    /// Bearer token for that indexer.
+    pub indexer_bearer_token: Option<String>,
+    /// Evaluate rules in this process. With several query replicas, enable
+    /// it on one (each evaluating replica pages on its own).
+    pub enabled: bool,
 }
 
 impl Default for RulesConfig {
@@ -74,6 +101,8 @@ impl Default for RulesConfig {
             evaluation_interval: Duration::from_secs(30),
             tenant: "default".into(),
             indexer: None,
+            indexer_bearer_token: None,
+            enabled: true,
         }
     }
 }
@@ -88,16 +117,18 @@ pub trait SampleWriter: Send + Sync {
 /// for a query role running without an indexer in its process.
 pub struct HttpWriter {
     url: String,
+    token: Option<String>,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
 }
 
 impl HttpWriter {
     /// A writer to the indexer at `base` (e.g. `http://weft-indexer:3100`).
-    pub fn new(base: &str, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(base: &str, token: Option<String>, runtime: tokio::runtime::Handle) -> Self {
         weft_model::tls::install_crypto_provider();
         Self {
             url: format!("{}/api/v1/ingest/metrics", base.trim_end_matches('/')),
+            token,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -109,12 +140,15 @@ impl HttpWriter {
 
 impl SampleWriter for HttpWriter {
     fn write(&self, tenant: &str, body: Vec<u8>) -> Result<(), String> {
-        let request = self
+        let mut request = self
             .client
             .post(&self.url)
             .header("X-Scope-OrgID", tenant)
             .header("content-type", "application/vnd.apache.arrow.stream")
             .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         self.runtime.block_on(async {
             let response = request
                 .send()
@@ -160,6 +194,10 @@ pub struct Alert {
     pub resolved_at: Option<i64>,
     /// Unix ms of the last evaluation that returned it.
     pub last_seen: i64,
+    /// Unix ms of the first evaluation that missed a firing alert (kept
+    /// firing by `keep_firing_for` since then).
+    #[serde(default)]
+    pub keep_firing_since: Option<i64>,
     pub value: f64,
 }
 
@@ -179,7 +217,7 @@ struct RuleState {
 }
 
 struct GroupState {
-    group: Group,
+    group: Arc<Group>,
     rules: Vec<RuleState>,
     last_evaluation: Option<i64>,
     evaluation_seconds: f64,
@@ -189,6 +227,12 @@ struct GroupState {
 #[derive(Default, Serialize, Deserialize)]
 struct StateFile {
     groups: BTreeMap<String, BTreeMap<String, Vec<Alert>>>,
+}
+
+/// Locks a mutex, going on with the data if a panic poisoned it (state
+/// stays consistent: every update is a whole-value replace).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keys a rule within its group: its name, with `#n` for repeats.
@@ -321,7 +365,7 @@ impl RuleManager {
                     })
                     .collect();
                 Mutex::new(GroupState {
-                    group,
+                    group: Arc::new(group),
                     rules,
                     last_evaluation: None,
                     evaluation_seconds: 0.0,
@@ -353,7 +397,7 @@ impl RuleManager {
 
     /// Interval of group `index`.
     pub fn interval(&self, index: usize) -> Duration {
-        self.groups[index].lock().expect("group lock").group.interval
+        lock(&self.groups[index]).group.interval
     }
 
     fn query(&self, lang: Lang, rule: &Rule, at: i64) -> Result<Vec<(LabelSet, f64)>, QueryError> {
@@ -396,7 +440,14 @@ impl RuleManager {
             return Default::default();
         };
         let mut log = range.log.clone();
-        for (name, value) in labels.iter().filter(|(n, _)| *n != METRIC_NAME) {
+        // Grouping labels the sample lacks were empty on its records.
+        let mut wanted = labels.clone();
+        for name in by_labels(expr) {
+            if wanted.get(name).is_none() {
+                wanted.insert(name.clone(), "");
+            }
+        }
+        for (name, value) in wanted.iter().filter(|(n, _)| *n != METRIC_NAME) {
             log.pipeline.push(Stage::LabelFilter(LabelFilter::Match(Matcher {
                 name: name.to_string(),
                 op: MatchOp::Eq,
@@ -435,11 +486,60 @@ impl RuleManager {
         let started = Instant::now();
         let mut records = MetricBatchBuilder::new();
         let mut notify = Vec::new();
-        let mut state = self.groups[index].lock().expect("group lock");
-        let GroupState { group, rules, .. } = &mut *state;
+        // Queries run without the lock: the API reads state meanwhile.
+        let (group, mut rules) = {
+            let state = lock(&self.groups[index]);
+            (state.group.clone(), state.rules.clone())
+        };
         self.evaluations.with_label_values(&[&group.name]).inc();
         for (rule, rule_state) in group.rules.iter().zip(rules.iter_mut()) {
             let rule_started = Instant::now();
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.evaluate_rule(&group, rule, rule_state, at, &mut records)
+            }));
+            if step.is_err() {
+                self.failures.with_label_values(&[&group.name]).inc();
+                tracing::error!(group = %group.name, rule = rule.name(), "rule evaluation panicked");
+                rule_state.health = "err";
+                rule_state.last_error = "internal error: the evaluation panicked (see the log)".into();
+            }
+            rule_state.last_evaluation = Some(at);
+            rule_state.evaluation_seconds = rule_started.elapsed().as_secs_f64();
+            for alert in rule_state.alerts.values() {
+                if alert.state == AlertState::Firing || alert.state == AlertState::Inactive && alert.resolved_at == Some(at) {
+                    notify.push(self.notify_alert(alert));
+                }
+                if alert.state != AlertState::Inactive {
+                    let mut series = alert.label_set();
+                    series.insert(METRIC_NAME, "ALERTS");
+                    series.insert("alertstate", alert.state.as_str());
+                    records.append(&series.to_string(), at, 1.0);
+                }
+            }
+        }
+        {
+            let mut state = lock(&self.groups[index]);
+            state.rules = rules;
+            state.last_evaluation = Some(at);
+            state.evaluation_seconds = started.elapsed().as_secs_f64();
+        }
+        let group_name = group.name.clone();
+        self.save();
+        if let (Some(writer), false) = (&self.writer, records.is_empty()) {
+            let body = weft_model::batch::encode_ipc(&[records.finish()], Default::default());
+            match body.map_err(|e| e.to_string()).and_then(|b| writer.write(&self.tenant, b)) {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(group = %group_name, error = %e, "writing recorded samples failed"),
+            }
+        }
+        if let Some(notifier) = &self.notifier {
+            notifier.observe(notify, at);
+        }
+    }
+
+    /// Runs one rule: its query, then records or the alert state machine.
+    fn evaluate_rule(&self, group: &Group, rule: &Rule, rule_state: &mut RuleState, at: i64, records: &mut MetricBatchBuilder) {
+        {
             let result = self.query(group.lang, rule, at).and_then(|samples| {
                 if group.limit > 0 && samples.len() > group.limit {
                     return Err(QueryError::Execution(format!(
@@ -450,7 +550,6 @@ impl RuleManager {
                 }
                 Ok(samples)
             });
-            rule_state.last_evaluation = Some(at);
             match result {
                 Ok(samples) => {
                     rule_state.health = "ok";
@@ -483,33 +582,6 @@ impl RuleManager {
                     rule_state.last_error = e.to_string();
                 }
             }
-            rule_state.evaluation_seconds = rule_started.elapsed().as_secs_f64();
-            for alert in rule_state.alerts.values() {
-                if alert.state == AlertState::Firing || alert.state == AlertState::Inactive && alert.resolved_at == Some(at) {
-                    notify.push(self.notify_alert(alert));
-                }
-                if alert.state != AlertState::Inactive {
-                    let mut series = alert.label_set();
-                    series.insert(METRIC_NAME, "ALERTS");
-                    series.insert("alertstate", alert.state.as_str());
-                    records.append(&series.to_string(), at, 1.0);
-                }
-            }
-        }
-        state.last_evaluation = Some(at);
-        state.evaluation_seconds = started.elapsed().as_secs_f64();
-        let group_name = state.group.name.clone();
-        drop(state);
-        self.save();
-        if let (Some(writer), false) = (&self.writer, records.is_empty()) {
-            let body = weft_model::batch::encode_ipc(&[records.finish()], Default::default());
-            match body.map_err(|e| e.to_string()).and_then(|b| writer.write(&self.tenant, b)) {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(group = %group_name, error = %e, "writing recorded samples failed"),
-            }
-        }
-        if let Some(notifier) = &self.notifier {
-            notifier.observe(notify, at);
         }
     }
 
@@ -520,7 +592,8 @@ impl RuleManager {
             fingerprint: fingerprint(&labels),
             labels,
             annotations: alert.annotations.clone(),
-            starts_at: alert.active_at,
+            // As Prometheus: an alert starts when it fires, not when pending.
+            starts_at: alert.fired_at.unwrap_or(alert.active_at),
             ends_at: if alert.state == AlertState::Inactive {
                 alert.resolved_at
             } else {
@@ -547,19 +620,29 @@ impl RuleManager {
             && (annotations.iter().any(|(_, t)| t.uses_evidence()) || rule.labels.iter().any(|(_, t)| t.uses_evidence()));
         let mut seen = std::collections::HashSet::new();
         for (labels, value) in samples {
-            let fp_known = |labels: &LabelSet| {
+            // The evidence is looked up once, when the alert starts (always
+            // when rule labels depend on it): probe with the labels that
+            // do not need it.
+            let labels_need_it = rule.labels.iter().any(|(_, t)| t.uses_evidence());
+            let known = !labels_need_it && {
+                let plain = TemplateData {
+                    labels: &labels,
+                    value,
+                    line: "",
+                    evidence: &LabelSet::new(),
+                };
                 let mut probe = labels.clone();
                 probe.remove(METRIC_NAME);
+                for (k, t) in &rule.labels {
+                    probe.insert(k.clone(), t.render(&plain));
+                }
                 probe.insert("alertname", name.clone());
                 state
                     .alerts
                     .get(&fingerprint(&probe))
                     .is_some_and(|a| a.state != AlertState::Inactive)
             };
-            // The evidence is looked up once, when the alert starts (unless
-            // rule labels depend on it).
-            let labels_need_it = rule.labels.iter().any(|(_, t)| t.uses_evidence());
-            let (line, evidence) = if wants_evidence && (!fp_known(&labels) || labels_need_it) {
+            let (line, evidence) = if wants_evidence && !known {
                 self.evidence(rule, &labels, at)
             } else {
                 Default::default()
@@ -602,6 +685,7 @@ impl RuleManager {
                             fired_at: None,
                             resolved_at: None,
                             last_seen: at,
+                            keep_firing_since: None,
                             value,
                         },
                     );
@@ -612,6 +696,7 @@ impl RuleManager {
         let keep_ms = keep_firing_for.as_millis() as i64;
         state.alerts.retain(|fp, alert| {
             if seen.contains(fp) {
+                alert.keep_firing_since = None;
                 if alert.state == AlertState::Pending && at - alert.active_at >= for_ms {
                     alert.state = AlertState::Firing;
                     alert.fired_at = Some(at);
@@ -620,7 +705,8 @@ impl RuleManager {
             }
             match alert.state {
                 AlertState::Pending => false,
-                AlertState::Firing if keep_ms > 0 && at - alert.last_seen < keep_ms => true,
+                // As Prometheus: kept from the first evaluation that missed it.
+                AlertState::Firing if keep_ms > 0 && at - *alert.keep_firing_since.get_or_insert(at) < keep_ms => true,
                 AlertState::Firing => {
                     alert.state = AlertState::Inactive;
                     alert.resolved_at = Some(at);
@@ -632,10 +718,10 @@ impl RuleManager {
     }
 
     fn save(&self) {
-        let _guard = self.state_lock.lock().expect("state lock");
+        let _guard = lock(&self.state_lock);
         let mut file = StateFile::default();
         for group in &self.groups {
-            let group = group.lock().expect("group lock");
+            let group = lock(group);
             let keys = rule_keys(&group.group);
             let rules = keys
                 .into_iter()
@@ -699,7 +785,7 @@ impl RuleManager {
     pub fn rules_json(&self, kind: Option<&str>) -> Value {
         let mut groups = Vec::new();
         for group in &self.groups {
-            let group = group.lock().expect("group lock");
+            let group = lock(group);
             let mut rules = Vec::new();
             for (rule, state) in group.group.rules.iter().zip(&group.rules) {
                 let last = state
@@ -763,7 +849,7 @@ impl RuleManager {
     pub fn alerts_json(&self) -> Value {
         let mut alerts = Vec::new();
         for group in &self.groups {
-            let group = group.lock().expect("group lock");
+            let group = lock(group);
             for state in &group.rules {
                 alerts.extend(
                     state
@@ -781,7 +867,7 @@ impl RuleManager {
     pub fn active_alerts(&self) -> Vec<Alert> {
         let mut out = Vec::new();
         for group in &self.groups {
-            let group = group.lock().expect("group lock");
+            let group = lock(group);
             for state in &group.rules {
                 out.extend(state.alerts.values().filter(|a| a.state != AlertState::Inactive).cloned());
             }

@@ -507,12 +507,14 @@ fn printf(format: &str, args: &[Evaluated]) -> Result<String, String> {
             's' | 'v' => arg.text(),
             'q' => format!("{:?}", arg.text()),
             'd' => format!("{}", arg.number()?.trunc() as i64),
+            'f' | 'F' | 'e' | 'g' if !arg.number()?.is_finite() => format_go_value(arg.number()?),
             'f' | 'F' => format!("{:.*}", precision.unwrap_or(6), arg.number()?),
             'e' => {
                 let s = format!("{:.*e}", precision.unwrap_or(6), arg.number()?);
-                let (m, e) = s.split_once('e').expect("exponent form");
-                let e: i32 = e.parse().expect("exponent");
-                format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
+                match s.split_once('e').map(|(m, e)| (m, e.parse::<i32>())) {
+                    Some((m, Ok(e))) => format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs()),
+                    _ => s,
+                }
             }
             'g' => match precision {
                 Some(p) => format_go_g(arg.number()?, p.max(1)),
@@ -569,6 +571,15 @@ mod tests {
         assert_eq!(render("{{ $value | humanizeDuration }}", 2.5), "2.5s");
         assert_eq!(render("{{ $value | humanize1024 }}", 2048.0), "2ki");
         assert_eq!(render(r#"{{ printf "%.2f" $value }}"#, 1.23456), "1.23");
+        assert_eq!(render(r#"{{ printf "%.2e" $value }}"#, 12345.0), "1.23e+04");
+        for (v, text) in [(f64::NAN, "NaN"), (f64::INFINITY, "+Inf"), (f64::NEG_INFINITY, "-Inf")] {
+            for verb in ["%e", "%.2e", "%f", "%g", "%.3g", "%v"] {
+                assert_eq!(render(&format!("{{{{ printf \"{verb}\" $value }}}}"), v), text, "{verb}");
+            }
+            assert_eq!(render("{{ $value | humanize }}", v), text);
+            assert_eq!(render("{{ $value | humanizeDuration }}", v), text);
+            assert_eq!(render("{{ $value | humanizePercentage }}", v), format!("{text}%"));
+        }
         assert_eq!(render(r#"{{ printf "%s/%d" $labels.pod $value }}"#, 7.9), "train-llama-0/7");
         assert_eq!(render("{{ $labels.pod | toUpper }}", 0.0), "TRAIN-LLAMA-0");
         assert_eq!(render("{{ $line }}", 0.0), "torch.OutOfMemoryError: CUDA out of memory.");
