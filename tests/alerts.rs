@@ -104,17 +104,10 @@ alerting:
     let slack_url = capture.url("/slack/services/T000/B000/slack-token-77c1");
     let broken_url = capture.url("/broken/services/T000/B000/x");
     let weft = Weft::start_with(
-        &[
-            "standalone",
-            "--logs",
-            logs.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &standalone_args(&logs, &data, &config)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         &[
             ("WEFT_TEST_SLACK_URL", slack_url.as_str()),
             ("WEFT_TEST_BROKEN_URL", broken_url.as_str()),
@@ -298,17 +291,7 @@ fn a_real_alertmanager_lists_weft_alerts() {
     let data = dir.path().join("data");
     let logs = dir.path().join("pods");
     std::fs::create_dir_all(&logs).unwrap();
-    let weft = Weft::start(&[
-        "standalone",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let weft = Weft::standalone(&logs, &data, &config);
     let listed = wait_for("Alertmanager lists the alert", Duration::from_secs(60), || {
         let alerts: serde_json::Value = client().get(format!("{am}/api/v2/alerts")).send().ok()?.json().ok()?;
         alerts.as_array()?.iter().find(|a| a["labels"]["alertname"] == "GpuXid").cloned()
@@ -358,17 +341,8 @@ fn a_restart_keeps_a_pending_for_and_pages_once() {
     let data = dir.path().join("data");
     let logs = dir.path().join("pods");
     std::fs::create_dir_all(&logs).unwrap();
-    let args = [
-        "standalone",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ];
+    let args = standalone_args(&logs, &data, &config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let alert_of = |weft: &Weft| -> Option<serde_json::Value> {
         let (_, body) = get_json(&weft.url("/api/v1/alerts"), &[]);
         body["data"]["alerts"].as_array()?.first().cloned()

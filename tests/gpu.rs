@@ -142,17 +142,7 @@ fn dcgm_exporter_counters_are_attributed_to_the_pod_holding_the_gpu() {
     let logs = dir.path().join("pods");
     std::fs::create_dir_all(&logs).unwrap();
     let data = dir.path().join("data");
-    let weft = Weft::start(&[
-        "standalone",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let weft = Weft::standalone(&logs, &data, &config);
     let result = wait_for("GPU counters in weft", Duration::from_secs(30), || {
         let (_, body) = get_json(&weft.url("/api/v1/query"), &[("query", "DCGM_FI_DEV_GPU_UTIL")]);
         let result = body["data"]["result"].as_array().cloned().unwrap_or_default();

@@ -75,6 +75,12 @@ impl Weft {
         Weft { child, addr, otlp, stderr }
     }
 
+    /// `weft standalone` on `logs` and `data`, listening on port 0, with a
+    /// config file.
+    pub fn standalone(logs: &Path, data: &Path, config: &Path) -> Weft {
+        Self::start(&standalone_args(logs, data, config).iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// Starts a role that serves no HTTP (the collector).
     pub fn start_quiet(args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -471,4 +477,22 @@ fn serve_one(stream: std::net::TcpStream, replies: &[(String, u16, String)], log
     );
     let mut stream = reader.into_inner();
     let _ = stream.write_all(response.as_bytes());
+}
+
+/// The arguments of `weft standalone` on `logs` and `data`, port 0, `config`.
+pub fn standalone_args(logs: &Path, data: &Path, config: &Path) -> Vec<String> {
+    [
+        "standalone",
+        "--logs",
+        logs.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }

@@ -114,54 +114,25 @@ mod opt_duration {
     }
 }
 
-/// A Slack incoming webhook.
+/// A chat webhook whose URL holds its secret (Slack incoming webhook,
+/// Teams Workflows, WeCom group robot).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SlackConfig {
+pub struct ChatConfig {
     pub url: SecretSource,
     #[serde(default = "yes")]
     pub send_resolved: bool,
 }
 
-/// A Microsoft Teams Workflows webhook (adaptive card).
+/// A chat robot that signs requests when `secret` is set (DingTalk:
+/// `https://oapi.dingtalk.com/robot/send?access_token=…`; Feishu/Lark:
+/// `https://open.feishu.cn/open-apis/bot/v2/hook/…`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TeamsConfig {
-    pub url: SecretSource,
-    #[serde(default = "yes")]
-    pub send_resolved: bool,
-}
-
-/// A DingTalk group robot, signed when `secret` is set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DingTalkConfig {
-    /// `https://oapi.dingtalk.com/robot/send?access_token=…`
+pub struct SignedChatConfig {
     pub url: SecretSource,
     #[serde(default)]
     pub secret: Option<SecretSource>,
-    #[serde(default = "yes")]
-    pub send_resolved: bool,
-}
-
-/// A Feishu/Lark custom bot, signed when `secret` is set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeishuConfig {
-    /// `https://open.feishu.cn/open-apis/bot/v2/hook/…` (Lark: open.larksuite.com)
-    pub url: SecretSource,
-    #[serde(default)]
-    pub secret: Option<SecretSource>,
-    #[serde(default = "yes")]
-    pub send_resolved: bool,
-}
-
-/// A WeCom group robot.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WeComConfig {
-    /// `https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…`
-    pub url: SecretSource,
     #[serde(default = "yes")]
     pub send_resolved: bool,
 }
@@ -198,15 +169,15 @@ fn yes() -> bool {
 pub struct ReceiverConfig {
     pub name: String,
     #[serde(default)]
-    pub slack: Vec<SlackConfig>,
+    pub slack: Vec<ChatConfig>,
     #[serde(default)]
-    pub teams: Vec<TeamsConfig>,
+    pub teams: Vec<ChatConfig>,
     #[serde(default)]
-    pub dingtalk: Vec<DingTalkConfig>,
+    pub dingtalk: Vec<SignedChatConfig>,
     #[serde(default)]
-    pub feishu: Vec<FeishuConfig>,
+    pub feishu: Vec<SignedChatConfig>,
     #[serde(default)]
-    pub wecom: Vec<WeComConfig>,
+    pub wecom: Vec<ChatConfig>,
     #[serde(default)]
     pub webhook: Vec<WebhookConfig>,
     #[serde(default)]

@@ -25,6 +25,7 @@ use weft_model::LabelSet;
 use crate::logql::ast::Matcher;
 use crate::QueryError;
 pub use config::AlertingConfig;
+use config::Secret;
 use integrations::{Integration, Notification, NotifyAlert};
 
 /// A route with its matchers compiled and timings inherited.
@@ -164,6 +165,11 @@ impl Route {
         }
     }
 }
+
+/// Builds the integration of a chat target from its resolved URL.
+type ChatMaker = fn(Secret) -> Integration;
+/// The same for a signing chat target, with its secret.
+type SignedMaker = fn(Secret, Option<Secret>) -> Integration;
 
 /// A receiver's targets.
 struct Target {
@@ -315,47 +321,31 @@ impl Notifier {
             }
             let what = |kind: &str, i: usize, field: &str| format!("alerting.receivers {:?} {kind}[{i}].{field}", r.name);
             let mut targets = Vec::new();
-            for (i, c) in r.slack.iter().enumerate() {
-                targets.push(Target {
-                    integration: Integration::Slack {
-                        url: c.url.resolve(&what("slack", i, "url"))?,
-                    },
-                    send_resolved: c.send_resolved,
-                });
+            let chats: [(&str, &[config::ChatConfig], ChatMaker); 3] = [
+                ("slack", &r.slack, |url| Integration::Slack { url }),
+                ("teams", &r.teams, |url| Integration::Teams { url }),
+                ("wecom", &r.wecom, |url| Integration::WeCom { url }),
+            ];
+            for (kind, configs, make) in chats {
+                for (i, c) in configs.iter().enumerate() {
+                    targets.push(Target {
+                        integration: make(c.url.resolve(&what(kind, i, "url"))?),
+                        send_resolved: c.send_resolved,
+                    });
+                }
             }
-            for (i, c) in r.teams.iter().enumerate() {
-                targets.push(Target {
-                    integration: Integration::Teams {
-                        url: c.url.resolve(&what("teams", i, "url"))?,
-                    },
-                    send_resolved: c.send_resolved,
-                });
-            }
-            for (i, c) in r.dingtalk.iter().enumerate() {
-                targets.push(Target {
-                    integration: Integration::DingTalk {
-                        url: c.url.resolve(&what("dingtalk", i, "url"))?,
-                        secret: c.secret.as_ref().map(|s| s.resolve(&what("dingtalk", i, "secret"))).transpose()?,
-                    },
-                    send_resolved: c.send_resolved,
-                });
-            }
-            for (i, c) in r.feishu.iter().enumerate() {
-                targets.push(Target {
-                    integration: Integration::Feishu {
-                        url: c.url.resolve(&what("feishu", i, "url"))?,
-                        secret: c.secret.as_ref().map(|s| s.resolve(&what("feishu", i, "secret"))).transpose()?,
-                    },
-                    send_resolved: c.send_resolved,
-                });
-            }
-            for (i, c) in r.wecom.iter().enumerate() {
-                targets.push(Target {
-                    integration: Integration::WeCom {
-                        url: c.url.resolve(&what("wecom", i, "url"))?,
-                    },
-                    send_resolved: c.send_resolved,
-                });
+            let signed: [(&str, &[config::SignedChatConfig], SignedMaker); 2] = [
+                ("dingtalk", &r.dingtalk, |url, secret| Integration::DingTalk { url, secret }),
+                ("feishu", &r.feishu, |url, secret| Integration::Feishu { url, secret }),
+            ];
+            for (kind, configs, make) in signed {
+                for (i, c) in configs.iter().enumerate() {
+                    let secret = c.secret.as_ref().map(|s| s.resolve(&what(kind, i, "secret"))).transpose()?;
+                    targets.push(Target {
+                        integration: make(c.url.resolve(&what(kind, i, "url"))?, secret),
+                        send_resolved: c.send_resolved,
+                    });
+                }
             }
             for (i, c) in r.webhook.iter().enumerate() {
                 targets.push(Target {
