@@ -310,7 +310,9 @@ impl Notifier {
         let defaults = Defaults {
             receiver: None,
             group_by: None,
-            group_wait: Duration::from_secs(30),
+            // Shorter than Alertmanager's 30s: weft promises a failure in
+            // chat within a minute of its log line.
+            group_wait: Duration::from_secs(15),
             group_interval: Duration::from_secs(300),
             repeat_interval: Duration::from_secs(4 * 3600),
         };
