@@ -28,8 +28,10 @@ use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
 use crate::checkpoint::TailerCheckpoint;
 use crate::enrich::run_and_rank;
 use crate::extract::{MetricExtractor, METRIC_PREFIX};
+use crate::kubernetes::{PodDirectory, PodInfo};
 use crate::metrics::CollectorMetrics;
 use crate::multiline::{MultilineJoiner, MultilineLimits};
+use crate::sources::pod_logs::path::PodLogPath;
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;
@@ -141,12 +143,13 @@ struct Appender {
     last_source: Option<(String, u32)>,
     opened: Option<Instant>,
     metrics: Arc<CollectorMetrics>,
-    empty_labels: LabelSet,
     extractor: Option<MetricExtractor>,
     samples: MetricBatchBuilder,
     found: Vec<(String, f64)>,
     /// Per pod: the run and rank its name suggests.
-    runs: HashMap<String, (Option<String>, Option<String>)>,
+    runs: HashMap<String, (u64, Arc<PodInfo>)>,
+    /// Pod metadata from the Kubernetes API, when watched.
+    pods: Option<Arc<PodDirectory>>,
     classifier: EventClassifier,
     fields: LabelSet,
     /// `weft_ml_events_total` by (event, namespace, pod, run).
@@ -184,6 +187,8 @@ pub struct RecordProcessing {
     pub classifier: EventClassifier,
     /// Joins multi-line records (none: off).
     pub multiline: Option<MultilineLimits>,
+    /// Pod metadata from the Kubernetes API (none: names only).
+    pub pods: Option<Arc<PodDirectory>>,
 }
 
 impl BatchAssembler {
@@ -197,7 +202,15 @@ impl BatchAssembler {
     ) -> Self {
         Self {
             joiner: processing.multiline.map(MultilineJoiner::new),
-            inner: Appender::new(limits, collector_id, node, metrics, processing.extractor, processing.classifier),
+            inner: Appender::new(
+                limits,
+                collector_id,
+                node,
+                metrics,
+                processing.extractor,
+                processing.classifier,
+                processing.pods,
+            ),
         }
     }
 
@@ -275,6 +288,7 @@ impl LineSink for BatchAssembler {
 }
 
 impl Appender {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         limits: BatchLimits,
         collector_id: String,
@@ -282,6 +296,7 @@ impl Appender {
         metrics: Arc<CollectorMetrics>,
         extractor: Option<MetricExtractor>,
         classifier: EventClassifier,
+        pods: Option<Arc<PodDirectory>>,
     ) -> Self {
         Self {
             builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
@@ -294,11 +309,11 @@ impl Appender {
             last_source: None,
             opened: None,
             metrics,
-            empty_labels: LabelSet::new(),
             extractor,
             samples: MetricBatchBuilder::new(),
             found: Vec::new(),
             runs: HashMap::new(),
+            pods,
             classifier,
             fields: LabelSet::new(),
             events: HashMap::new(),
@@ -406,6 +421,28 @@ impl Appender {
 }
 
 impl Appender {
+    /// Run, rank and extra labels of a record's pod: from the Kubernetes
+    /// API when it knows the pod, else from the pod name. Cached per pod
+    /// uid until the directory changes.
+    fn pod_info(&mut self, meta: &PodLogPath) -> Arc<PodInfo> {
+        let version = self.pods.as_ref().map_or(0, |p| p.version());
+        if let Some((seen, info)) = self.runs.get(&meta.pod_uid) {
+            if *seen == version {
+                return info.clone();
+            }
+        }
+        let info = self.pods.as_ref().and_then(|p| p.get(&meta.pod_uid)).unwrap_or_else(|| {
+            let (run, rank) = run_and_rank(&meta.pod);
+            Arc::new(PodInfo {
+                run,
+                rank,
+                labels: LabelSet::new(),
+            })
+        });
+        self.runs.insert(meta.pod_uid.clone(), (version, info.clone()));
+        info
+    }
+
     /// Appends one finished record; `block` is true for joined lines.
     fn append(&mut self, line: LogLine<'_>, block: bool) {
         if self.opened.is_none() {
@@ -428,7 +465,8 @@ impl Appender {
         }
         self.metrics.lines.inc();
         let meta = line.meta;
-        let (run, rank) = self.runs.entry(meta.pod.clone()).or_insert_with(|| run_and_rank(&meta.pod)).clone();
+        let pod_meta = self.pod_info(meta);
+        let (run, rank) = (pod_meta.run.clone(), pod_meta.rank.clone());
         let ts_ms = line.ts.div_euclid(1_000_000);
         if let Some(extractor) = &self.extractor {
             self.found.clear();
@@ -518,7 +556,7 @@ impl Appender {
             container: &meta.container,
             node: &self.node,
             stream: line.stream.map(|s| s.as_str()).unwrap_or(""),
-            labels: &self.empty_labels,
+            labels: &pod_meta.labels,
             run: run.as_deref(),
             rank: rank.as_deref(),
             pod_uid: Some(&meta.pod_uid),
@@ -576,6 +614,7 @@ mod tests {
                 extractor: Some(MetricExtractor::default()),
                 classifier: EventClassifier::default(),
                 multiline: Some(MultilineLimits::default()),
+                pods: None,
             },
         )
     }
@@ -725,6 +764,7 @@ mod tests {
                     timeout: Duration::from_millis(200),
                     ..MultilineLimits::default()
                 }),
+                pods: None,
             },
         );
         let meta = meta(0);

@@ -69,6 +69,8 @@ pub struct CollectorConfig {
     pub ml_events: Vec<MlEventRule>,
     /// Joining multi-line records (tracebacks, stack dumps).
     pub multiline: MultilineConfig,
+    /// Pod metadata (run, rank, labels) from the Kubernetes API.
+    pub kubernetes: crate::kubernetes::KubernetesConfig,
     /// Least time between two writes of the checkpoint file. Lines
     /// acknowledged since the last write are read again after a crash and
     /// dropped by the indexer as duplicates.
@@ -104,6 +106,7 @@ impl Default for CollectorConfig {
             extract_rules: Vec::new(),
             ml_events: Vec::new(),
             multiline: MultilineConfig::default(),
+            kubernetes: Default::default(),
         }
     }
 }
@@ -178,6 +181,7 @@ impl CollectorConfig {
             extractor,
             classifier: weft_model::events::EventClassifier::new(user),
             multiline,
+            pods: None,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod extract;
 pub mod forward;
 pub mod inspect;
+pub mod kubernetes;
 pub mod metrics;
 pub mod multiline;
 pub mod shipper;
@@ -76,6 +77,7 @@ pub struct CollectorHandle {
     otlp_shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     otlp_server: Option<tokio::task::JoinHandle<()>>,
     gpu: Option<sources::gpu::GpuSource>,
+    pod_watch: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the pod-log pipeline described by `config`.
@@ -121,7 +123,10 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         max_age: config.batch_max_age,
         max_line_bytes: config.max_line_bytes,
     };
-    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone(), config.record_processing()?);
+    let pods = Arc::new(kubernetes::PodDirectory::default());
+    let mut processing = config.record_processing()?;
+    processing.pods = Some(pods.clone());
+    let assembler = batcher::BatchAssembler::new(limits, collector_id, node.clone(), metrics.clone(), processing);
 
     let (wake_tx, wake_rx) = std::sync::mpsc::sync_channel::<bool>(1024);
     let hint = wake_tx.clone();
@@ -165,6 +170,13 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
             source,
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let pod_watch = tokio::spawn(kubernetes::watch_pods(
+        pods.clone(),
+        config.kubernetes.clone(),
+        node.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
     let shipper = tokio::spawn(shipper.run(batch_rx, shutdown_rx));
     let (mut otlp_addr, mut otlp_shutdown, mut otlp_server) = (None, None, None);
     if !config.otlp_listen.trim().is_empty() {
@@ -177,6 +189,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
             forwarder: forwarder(config, &metrics),
             max_line_bytes: config.max_line_bytes,
             metrics: metrics.clone(),
+            pods: pods.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         otlp_shutdown = Some(stop_tx);
@@ -197,6 +210,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         node.clone(),
         Arc::new(forwarder(config, &metrics)),
         metrics.clone(),
+        pods,
     ));
     tracing::info!(logs = %config.logs.display(), state = %config.state.display(), indexer = %config.indexer, node, "collector started");
     Ok(CollectorHandle {
@@ -211,6 +225,7 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         otlp_shutdown,
         otlp_server,
         gpu,
+        pod_watch,
     })
 }
 
@@ -228,6 +243,7 @@ impl CollectorHandle {
         if let Some(gpu) = self.gpu.take() {
             gpu.shutdown().await;
         }
+        self.pod_watch.abort();
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.try_send(false);
         let thread = self.tailer_thread;

@@ -14,6 +14,8 @@ pub struct CollectorMetrics {
     pub gpu_samples: IntCounter,
     pub xid_events: IntCounter,
     pub ml_events: IntCounterVec,
+    pub kubernetes_pods: IntGauge,
+    pub kubernetes_errors: IntCounter,
     pub multiline_blocks: IntCounter,
     pub bytes_read: IntCounter,
     pub parse_errors: IntCounter,
@@ -82,6 +84,16 @@ impl CollectorMetrics {
                 let _ = registry.register(Box::new(c.clone()));
                 c
             },
+            kubernetes_pods: gauge(
+                registry,
+                "weft_collector_kubernetes_pods",
+                "Pods of this node known from the Kubernetes API (recently deleted ones included)",
+            ),
+            kubernetes_errors: counter(
+                registry,
+                "weft_collector_kubernetes_errors_total",
+                "Failed pod list or watch calls to the Kubernetes API",
+            ),
             multiline_blocks: counter(
                 registry,
                 "weft_collector_multiline_blocks_total",

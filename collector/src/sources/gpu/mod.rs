@@ -23,8 +23,8 @@ use weft_model::metric::{MetadataMap, MetricBatchBuilder, MetricMetadata, META_M
 use weft_model::time::serde_duration;
 use weft_model::{LabelSet, Level, LogBatchBuilder, LogRecord};
 
-use crate::enrich::run_and_rank;
 use crate::forward::Forwarder;
+use crate::kubernetes::PodDirectory;
 use crate::metrics::CollectorMetrics;
 
 /// Settings of the GPU source: the `collector.gpu` section.
@@ -135,14 +135,14 @@ fn dcgm_metadata() -> MetadataMap {
 
 /// Adds the holder of the series' GPU (by `UUID`) as labels, unless the
 /// series already names a pod (dcgm-exporter with its own mapping).
-fn attribute(series: &mut LabelSet, owners: &HashMap<String, podresources::DeviceOwner>) {
+fn attribute(series: &mut LabelSet, owners: &HashMap<String, podresources::DeviceOwner>, pods: &PodDirectory) {
     if series.get("pod").is_some() {
         return;
     }
     let Some(owner) = series.get("UUID").and_then(|uuid| owners.get(uuid)) else {
         return;
     };
-    let (run, rank) = run_and_rank(&owner.pod);
+    let (run, rank) = pods.run_and_rank(&owner.namespace, &owner.pod);
     series.insert("namespace", owner.namespace.clone());
     series.insert("pod", owner.pod.clone());
     series.insert("container", owner.container.clone());
@@ -152,7 +152,13 @@ fn attribute(series: &mut LabelSet, owners: &HashMap<String, podresources::Devic
 
 /// Starts the GPU source (a no-op loop when neither NVML nor dcgm-exporter
 /// is available).
-pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics: Arc<CollectorMetrics>) -> GpuSource {
+pub fn start(
+    config: GpuConfig,
+    node: String,
+    forwarder: Arc<Forwarder>,
+    metrics: Arc<CollectorMetrics>,
+    pods: Arc<PodDirectory>,
+) -> GpuSource {
     let stop = Arc::new(AtomicBool::new(false));
     let reader = if config.nvml {
         match nvml::NvmlReader::open() {
@@ -202,7 +208,7 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
             // Xid events are recorded as they come, between reads too.
             let events: Vec<nvml::XidEvent> = xid_rx.try_iter().collect();
             if !events.is_empty() {
-                record_xid(events, &mut last_xid, &mut xid_counts, &owners, &node, &forwarder, &metrics).await;
+                record_xid(events, &mut last_xid, &mut xid_counts, &owners, &pods, &node, &forwarder, &metrics).await;
             }
             if !due {
                 continue;
@@ -252,7 +258,7 @@ pub fn start(config: GpuConfig, node: String, forwarder: Arc<Forwarder>, metrics
             let mut builder = MetricBatchBuilder::new();
             let mut current = HashSet::with_capacity(samples.len());
             for (mut labels, value, ts) in samples {
-                attribute(&mut labels, &owners);
+                attribute(&mut labels, &owners, &pods);
                 let series = labels.to_string();
                 builder.append(&series, ts, value);
                 current.insert(series);
@@ -290,6 +296,7 @@ async fn record_xid(
     last_xid: &mut HashMap<u32, u64>,
     counts: &mut HashMap<[String; 3], u64>,
     owners: &HashMap<String, podresources::DeviceOwner>,
+    pods: &PodDirectory,
     node: &str,
     forwarder: &Forwarder,
     metrics: &CollectorMetrics,
@@ -303,7 +310,7 @@ async fn record_xid(
         last_xid.insert(event.gpu, event.xid);
         let mut record = xid_record(&event, node, weft_model::time::now_nanos());
         if let Some(owner) = owners.get(&event.uuid) {
-            let (run, rank) = run_and_rank(&owner.pod);
+            let (run, rank) = pods.run_and_rank(&owner.namespace, &owner.pod);
             record.namespace = owner.namespace.clone();
             record.pod = owner.pod.clone();
             record.container = owner.container.clone();
@@ -385,13 +392,13 @@ mod tests {
             },
         )]);
         let mut series = LabelSet::from_pairs([("__name__", "DCGM_FI_DEV_GPU_UTIL"), ("UUID", "GPU-aaaa"), ("gpu", "0")]);
-        attribute(&mut series, &owners);
+        attribute(&mut series, &owners, &PodDirectory::default());
         assert_eq!(
             (series.get("pod"), series.get("run"), series.get("rank")),
             (Some("train-llama-0"), Some("train-llama"), Some("0"))
         );
         let mut idle = LabelSet::from_pairs([("__name__", "DCGM_FI_DEV_GPU_UTIL"), ("UUID", "GPU-cccc")]);
-        attribute(&mut idle, &owners);
+        attribute(&mut idle, &owners, &PodDirectory::default());
         assert_eq!(idle.get("pod"), None);
     }
 

@@ -21,7 +21,7 @@ use weft_model::labels::sanitize_label_name;
 use weft_model::metric::{stale_marker, MetadataMap, MetricBatchBuilder, MetricMetadata, METRIC_NAME};
 use weft_model::{LabelSet, Level, LogRecord};
 
-use crate::enrich::run_and_rank;
+use crate::kubernetes::PodDirectory;
 
 /// Resource attributes that become weft's labels.
 const RESOURCE_LABELS: [(&str, &str); 6] = [
@@ -61,7 +61,7 @@ pub fn any_value_text(value: &AnyValue) -> String {
 }
 
 /// The labels a resource contributes.
-fn resource_labels(attributes: &[KeyValue]) -> LabelSet {
+fn resource_labels(attributes: &[KeyValue], pods: &PodDirectory) -> LabelSet {
     let mut labels = LabelSet::new();
     for kv in attributes {
         if let Some((_, name)) = RESOURCE_LABELS.iter().find(|(key, _)| *key == kv.key) {
@@ -69,7 +69,7 @@ fn resource_labels(attributes: &[KeyValue]) -> LabelSet {
         }
     }
     if let Some(pod) = labels.get("pod").map(str::to_string) {
-        let (run, rank) = run_and_rank(&pod);
+        let (run, rank) = pods.run_and_rank(labels.get("namespace").unwrap_or(""), &pod);
         if labels.get("run").is_none() {
             labels.insert("run", run.unwrap_or_default());
         }
@@ -170,7 +170,7 @@ fn truncate_for_message(text: &str) -> &str {
 }
 
 /// Converts an OTLP metrics request.
-pub fn metrics(request: &ExportMetricsServiceRequest) -> ConvertedMetrics {
+pub fn metrics(request: &ExportMetricsServiceRequest, pods: &PodDirectory) -> ConvertedMetrics {
     let mut out = ConvertedMetrics {
         samples: MetricBatchBuilder::new(),
         metadata: MetadataMap::new(),
@@ -178,7 +178,10 @@ pub fn metrics(request: &ExportMetricsServiceRequest) -> ConvertedMetrics {
         reasons: Vec::new(),
     };
     for resource_metrics in &request.resource_metrics {
-        let base = resource_labels(resource_metrics.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]));
+        let base = resource_labels(
+            resource_metrics.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]),
+            pods,
+        );
         for scope in &resource_metrics.scope_metrics {
             for m in &scope.metrics {
                 let name = metric_name(&m.name);
@@ -363,10 +366,13 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Converts an OTLP logs request into log records.
-pub fn logs(request: &ExportLogsServiceRequest, max_line_bytes: usize) -> Vec<LogRecord> {
+pub fn logs(request: &ExportLogsServiceRequest, max_line_bytes: usize, pods: &PodDirectory) -> Vec<LogRecord> {
     let mut out = Vec::new();
     for resource_logs in &request.resource_logs {
-        let base = resource_labels(resource_logs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]));
+        let base = resource_labels(
+            resource_logs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]),
+            pods,
+        );
         for scope in &resource_logs.scope_logs {
             for log in &scope.log_records {
                 let mut record = LogRecord::default();
@@ -482,7 +488,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mut converted = metrics(&request(vec![gauge, delta]));
+        let mut converted = metrics(&request(vec![gauge, delta]), &PodDirectory::default());
         assert_eq!(converted.rejected, 3, "{:?}", converted.reasons);
         let reasons = converted.reasons.join("\n");
         assert!(reasons.contains("attribute url is longer than 2048 bytes"), "{reasons}");

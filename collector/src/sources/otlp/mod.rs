@@ -55,6 +55,8 @@ pub struct OtlpReceiver {
     pub forwarder: crate::forward::Forwarder,
     pub max_line_bytes: usize,
     pub metrics: Arc<CollectorMetrics>,
+    /// Run and rank of the pods that send.
+    pub pods: Arc<crate::kubernetes::PodDirectory>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -183,7 +185,7 @@ async fn receive_metrics(State(receiver): State<Arc<OtlpReceiver>>, headers: Hea
             );
         }
     };
-    let mut converted = convert::metrics(&request);
+    let mut converted = convert::metrics(&request, &receiver.pods);
     if !converted.samples.is_empty() {
         let metadata = HashMap::from([(
             META_METRIC_METADATA.to_string(),
@@ -235,7 +237,7 @@ async fn receive_logs(State(receiver): State<Arc<OtlpReceiver>>, headers: Header
             );
         }
     };
-    let records = convert::logs(&request, receiver.max_line_bytes);
+    let records = convert::logs(&request, receiver.max_line_bytes, &receiver.pods);
     let mut rejected = 0i64;
     let mut builder = LogBatchBuilder::with_capacity(records.len(), raw.len());
     for record in &records {
