@@ -157,6 +157,9 @@ pub struct PodDirectory {
     pods: RwLock<Pods>,
     /// Bumped on every change, so readers can cache.
     version: AtomicU64,
+    /// Set once the first list answered (or failed): the tailer waits
+    /// for it so the lines already on disk get their pods' metadata.
+    synced: (std::sync::Mutex<bool>, std::sync::Condvar),
 }
 
 impl std::fmt::Debug for PodDirectory {
@@ -185,6 +188,22 @@ impl PodDirectory {
                 .map(|e| (e.info.run.clone(), e.info.rank.clone()))
         };
         known.unwrap_or_else(|| run_and_rank(pod))
+    }
+
+    /// Blocks until the first pod list is in, or `timeout`; true if in.
+    pub fn wait_synced(&self, timeout: Duration) -> bool {
+        let (lock, ready) = &self.synced;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = ready
+            .wait_timeout_while(guard, timeout, |synced| !*synced)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    fn mark_synced(&self) {
+        let (lock, ready) = &self.synced;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        ready.notify_all();
     }
 
     /// Changes whenever the directory does.
@@ -282,6 +301,15 @@ async fn client(config: &KubernetesConfig) -> Result<kube::Client, String> {
     kube::Client::try_from(kube_config).map_err(|e| e.to_string())
 }
 
+/// Whether the collector should ask the Kubernetes API for pods: when
+/// told to, or when it runs in a cluster or has a kubeconfig.
+pub fn api_wanted(config: &KubernetesConfig) -> bool {
+    match config.enabled {
+        Some(enabled) => enabled,
+        None => config.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    }
+}
+
 /// Lists and watches the pods of `node` into `directory` until `stop`.
 pub async fn watch_pods(
     directory: Arc<PodDirectory>,
@@ -290,20 +318,18 @@ pub async fn watch_pods(
     metrics: Arc<CollectorMetrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let wanted = match config.enabled {
-        Some(false) => false,
-        Some(true) => true,
-        None => config.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
-    };
-    if !wanted {
+    if !api_wanted(&config) {
         tracing::info!("Kubernetes API not used (not in a cluster, no kubeconfig): run and rank come from pod names");
+        directory.mark_synced();
         return;
     }
     weft_model::tls::install_crypto_provider();
     let client = match client(&config).await {
         Ok(client) => client,
         Err(e) => {
+            metrics.kubernetes_errors.inc();
             tracing::warn!(reason = %e, "Kubernetes API unavailable: run and rank come from pod names");
+            directory.mark_synced();
             return;
         }
     };
@@ -311,6 +337,7 @@ pub async fn watch_pods(
     let selector = format!("spec.nodeName={node}");
     let mut backoff = Duration::from_millis(500);
     let mut announced = false;
+    let mut warned = false;
     loop {
         let list_params = ListParams::default().fields(&selector);
         let listed = tokio::select! {
@@ -329,12 +356,20 @@ pub async fn watch_pods(
                     tracing::info!(pods = list.items.len(), node = %node, "watching this node's pods through the Kubernetes API");
                     announced = true;
                 }
+                directory.mark_synced();
                 backoff = Duration::from_millis(500);
                 list.metadata.resource_version.unwrap_or_default()
             }
             Err(e) => {
                 metrics.kubernetes_errors.inc();
-                tracing::warn!(error = %e, retry_in = ?backoff, "listing pods failed");
+                if !warned {
+                    // Said once; the retries go on quietly.
+                    tracing::warn!(error = %e, "listing pods failed: run and rank come from pod names until it works");
+                    warned = true;
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "listing pods failed");
+                }
+                directory.mark_synced();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,

@@ -162,9 +162,18 @@ pub fn start(config: &CollectorConfig, registry: &prometheus::Registry) -> Resul
         rescan_interval: config.rescan_interval,
         metrics: metrics.clone(),
     };
+    // Lines already on disk wait (a little) for their pods' metadata.
+    let startup_gate = kubernetes::api_wanted(&config.kubernetes).then(|| pods.clone());
     let tailer_thread = std::thread::Builder::new()
         .name("weft-pod-log-tailer".into())
-        .spawn(move || tailer_loop.run())
+        .spawn(move || {
+            if let Some(pods) = startup_gate {
+                if !pods.wait_synced(Duration::from_secs(10)) {
+                    tracing::warn!("no pod list from the Kubernetes API within 10 s; tailing with path metadata meanwhile");
+                }
+            }
+            tailer_loop.run()
+        })
         .map_err(|source| CollectorError::Io {
             path: config.logs.clone(),
             source,

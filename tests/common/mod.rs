@@ -195,9 +195,12 @@ pub struct PodLogWriter {
 
 impl PodLogWriter {
     pub fn new(root: &Path, namespace: &str, pod: &str, container: &str) -> Self {
-        let dir = root
-            .join(format!("{namespace}_{pod}_0d1c9a7e-1111-2222-3333-444455556666"))
-            .join(container);
+        Self::with_uid(root, namespace, pod, container, "0d1c9a7e-1111-2222-3333-444455556666")
+    }
+
+    /// The log directory of pod `uid`.
+    pub fn with_uid(root: &Path, namespace: &str, pod: &str, container: &str, uid: &str) -> Self {
+        let dir = root.join(format!("{namespace}_{pod}_{uid}")).join(container);
         fs::create_dir_all(&dir).expect("pod dir");
         fs::write(dir.join("0.log"), b"").expect("log file");
         Self { dir, rotations: 0 }
