@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod notify;
 pub mod promql;
 pub mod rules;
+pub mod runs;
 pub mod search;
 pub mod storage;
 

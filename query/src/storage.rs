@@ -294,6 +294,12 @@ impl OpenSplit {
         Box::new(BooleanQuery::new(clauses))
     }
 
+    /// `base`, narrowed to rows tagged with an `ml_event`.
+    pub fn with_ml_event(&self, base: Box<dyn Query>) -> Box<dyn Query> {
+        let tagged = RegexQuery::from_pattern(".+", self.fields.ml_event).expect("constant pattern is valid");
+        Box::new(BooleanQuery::new(vec![(Occur::Must, base), (Occur::Must, Box::new(tagged))]))
+    }
+
     /// Parses a full-text expression (words, "phrases", AND/OR/NOT, `-word`)
     /// over the line field; words are required by default.
     pub fn text_query(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {

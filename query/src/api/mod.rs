@@ -172,6 +172,19 @@ async fn loki_label_values(
     .await
 }
 
+async fn run_ranks(
+    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    run(service, "run_ranks", headers, uri, body, move |s, t, p| {
+        native::run_ranks(s, t, p, &name)
+    })
+    .await
+}
+
 async fn not_built() -> Response {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({"status":"error","errorType":"not_found","error":"not implemented in weft yet","message":"not implemented in weft yet"}))).into_response()
 }
@@ -228,6 +241,7 @@ pub fn router(service: Arc<QueryService>) -> Router {
         .route("/loki/api/v1/patterns", get(not_built))
         .route("/loki/api/v1/status/buildinfo", get(loki::buildinfo))
         .route("/api/v1/search", get(native_search).post(native_search))
+        .route("/api/v1/runs/{run}/ranks", get(run_ranks))
         .route("/api/v1/query", get(prom_query).post(prom_query))
         .route("/api/v1/query_range", get(prom_query_range).post(prom_query_range))
         .route("/api/v1/series", get(prom_series).post(prom_series))

@@ -70,3 +70,74 @@ pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<R
         .collect();
     Ok(success(serde_json::json!({"hits": hits, "next_cursor": page.next_cursor})))
 }
+
+fn millis_time(ms: i64) -> String {
+    format_rfc3339_nanos(ms.saturating_mul(1_000_000))
+}
+
+fn mark_json(mark: &crate::runs::LogMark, end: i64) -> serde_json::Value {
+    serde_json::json!({
+        "ts": mark.ts.to_string(),
+        "time": format_rfc3339_nanos(mark.ts),
+        "seconds_ago": ((end - mark.ts).max(0) / NANOS_PER_SEC),
+        "pod": mark.pod,
+        "level": mark.level,
+        "ml_event": mark.ml_event,
+        "line": mark.line,
+    })
+}
+
+/// `GET /api/v1/runs/{run}/ranks?since=6h` (or `start`/`end`): per rank of
+/// the run, the last log line, last step and last tagged event, with the
+/// rank that went quiet first and the one furthest behind.
+pub fn run_ranks(service: &QueryService, tenant: &str, params: &Params, run: &str) -> Result<Response, QueryError> {
+    if run.is_empty() || run.len() > 253 {
+        return Err(QueryError::BadRequest("invalid run: expected 1 to 253 characters".into()));
+    }
+    let end = timestamp(params, "end", now_nanos())?;
+    let since = match params.get("since") {
+        Some(text) => {
+            weft_model::time::parse_duration(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"since\": {e}")))?
+        }
+        None => 6 * 3600 * NANOS_PER_SEC,
+    };
+    let start = timestamp(params, "start", end.saturating_sub(since))?;
+    if end <= start {
+        return Err(QueryError::BadRequest(
+            "invalid parameter \"end\": the end must be after the start".into(),
+        ));
+    }
+    let metrics = super::prometheus::store(service, tenant);
+    let found = crate::runs::run_ranks(service.engine.store(), &metrics, tenant, run, start, end)?;
+    let ranks: Vec<serde_json::Value> = found
+        .ranks
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "rank": r.rank,
+                "pods": r.pods.iter().map(|(ns, pod)| serde_json::json!({"namespace": ns, "pod": pod})).collect::<Vec<_>>(),
+                "last_log": r.last_log.as_ref().map(|m| mark_json(m, end)),
+                "last_step": r.last_step.map(|(step, ms)| serde_json::json!({
+                    "step": step,
+                    "time": millis_time(ms),
+                    "seconds_ago": (end / 1_000_000 - ms).max(0) / 1000,
+                })),
+                "last_event": r.last_event.as_ref().map(|m| mark_json(m, end)),
+            })
+        })
+        .collect();
+    Ok(success(serde_json::json!({
+        "run": run,
+        "start": format_rfc3339_nanos(start),
+        "end": format_rfc3339_nanos(end),
+        "ranks": ranks,
+        "first_quiet": found.first_quiet().map(|r| serde_json::json!({
+            "rank": r.rank,
+            "last_log": r.last_log.as_ref().map(|m| format_rfc3339_nanos(m.ts)),
+        })),
+        "furthest_behind": found.furthest_behind().map(|r| serde_json::json!({
+            "rank": r.rank,
+            "step": r.last_step.map(|(s, _)| s),
+        })),
+    })))
+}

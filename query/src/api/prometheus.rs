@@ -83,7 +83,7 @@ pub fn result_json(result: PromResult) -> serde_json::Value {
     }
 }
 
-fn store(service: &QueryService, tenant: &str) -> MetricStore {
+pub fn store(service: &QueryService, tenant: &str) -> MetricStore {
     MetricStore::new(service.engine.store().clone(), &service.data_dir, tenant, &service.metric_splits)
 }
 
