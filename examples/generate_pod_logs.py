@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes examples/pod-logs/: a small, realistic kubelet /var/log/pods tree.
+"""Writes examples/pod-logs/ (a small, realistic kubelet /var/log/pods tree)
+and examples/gpu-metrics.prom (the GPU counters of the same node).
 
 A two-rank PyTorch job (Hugging Face Trainer progress lines): rank 0 dies
 of a CUDA OOM, rank 1 hits the NCCL watchdog timeout; an inference server
@@ -134,5 +135,61 @@ def main():
     write(os.path.join(gfd, "0.log"), lines)
 
 
+GPU_METRICS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu-metrics.prom")
+
+
+def gpu_metrics():
+    """examples/gpu-metrics.prom: dcgm-exporter counters of the node the job
+    ran on, every 30 s from 10:00 to 10:25, attributed to pods as weft's
+    collector does it. GPU 0/1 hold the two ranks (rank 0 dies at ~10:12,
+    rank 1 spins in NCCL until the watchdog at ~10:22), GPU 2 is held by an
+    idle notebook and reports Xid 79 at 10:05, GPU 3 serves vLLM."""
+    g = random.Random(11)
+    holders = [
+        ("ml", "train-llama-0", "trainer", "train-llama", "0"),
+        ("ml", "train-llama-1", "trainer", "train-llama", "1"),
+        ("research", "notebook-ana-0", "jupyter", "notebook-ana", "0"),
+        ("serving", "vllm-llama-7d9f8c-x2k4q", "server", "vllm-llama", ""),
+    ]
+    metrics = [
+        ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+        ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+        ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
+        ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
+        ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+        ("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+    ]
+    end_rank0 = START + timedelta(minutes=12, seconds=3)
+    end_rank1 = START + timedelta(minutes=22, seconds=37)
+    rows = {name: [] for name, _, _ in metrics}
+    for i in range(51):
+        t = START + timedelta(seconds=30 * i)
+        ms = int(t.timestamp() * 1000)
+        for gpu, (ns, pod, container, run, rank) in enumerate(holders):
+            if gpu == 0:
+                util, used = (g.uniform(92, 99), 77800) if t < end_rank0 else (0, 0)
+            elif gpu == 1:
+                util, used = (g.uniform(92, 99), 76500) if t < end_rank0 else ((100, 76500) if t < end_rank1 else (0, 0))
+            elif gpu == 2:
+                util, used = 0, 1200
+            else:
+                util, used = g.uniform(25, 70), 71000
+            labels = (f'gpu="{gpu}",UUID="GPU-5d2c{gpu}e1a-7b3f-4c1d-9e8a-{gpu}f6b2c4d8e10",device="nvidia{gpu}",'
+                      f'modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-node-1"')
+            if used:
+                labels += f',namespace="{ns}",pod="{pod}",container="{container}",run="{run}",rank="{rank}"'
+            power = 70 + util * 6.1 + g.uniform(-8, 8)
+            temp = 31 + util * 0.42 + g.uniform(-1, 1)
+            xid = 79 if gpu == 2 and t >= START + timedelta(minutes=5) else 0
+            values = [round(util), used, 81559 - used, round(power, 3), round(temp), xid]
+            for (name, _, _), value in zip(metrics, values):
+                rows[name].append(f"{name}{{{labels}}} {value} {ms}\n")
+    with open(GPU_METRICS, "w", encoding="utf-8") as f:
+        for name, kind, help_text in metrics:
+            f.write(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+            f.writelines(rows[name])
+
+
 if __name__ == "__main__":
     main()
+    gpu_metrics()

@@ -95,7 +95,9 @@ fn loopback_url(addr: SocketAddr) -> String {
     format!("http://{ip}:{}", addr.port())
 }
 
-pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
+/// Runs `role` until SIGTERM or Ctrl-C; `imports` are exposition files a
+/// standalone process loads into its indexer first.
+pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let data: PathBuf = cfg.data.clone().unwrap_or_else(|| PathBuf::from("./weft-data"));
     let listen = cfg
@@ -121,6 +123,11 @@ pub async fn run(role: Role, mut cfg: WeftConfig) -> anyhow::Result<()> {
     if matches!(role, Role::Standalone | Role::Indexer) {
         let opened = weft_indexer::Indexer::open(&data, cfg.indexer.clone(), &registry)?;
         app = app.merge(weft_indexer::ingest::router(opened.clone()));
+        if !imports.is_empty() {
+            let (target, dir) = (opened.clone(), data.clone());
+            let added = tokio::task::spawn_blocking(move || crate::import::import_files(&target, &dir, "default", &imports)).await??;
+            tracing::info!(samples = added, "imports loaded");
+        }
         indexer = Some(opened);
     }
     let mut rules = None;

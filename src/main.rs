@@ -3,6 +3,7 @@
 
 mod app;
 mod config;
+mod import;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +43,10 @@ enum Command {
         /// OTLP/HTTP receiver address ("" turns it off) [default: 127.0.0.1:4318]
         #[arg(long)]
         otlp_listen: Option<String>,
+        /// Load samples from a Prometheus text exposition with timestamps
+        /// (e.g. examples/gpu-metrics.prom); once per data directory.
+        #[arg(long = "import", value_name = "FILE")]
+        import: Vec<PathBuf>,
     },
     /// Node agent: tails pod logs and ships them to an indexer.
     Collector {
@@ -251,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
         Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
     };
+    let mut imports = Vec::new();
     match cli.command {
         Command::Standalone {
             logs,
@@ -258,8 +264,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             node,
             otlp_listen,
+            import,
             ..
         } => {
+            imports = import;
             if let Some(otlp) = otlp_listen {
                 cfg.collector.otlp_listen = otlp;
             }
@@ -313,5 +321,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("weft")
         .build()?;
-    runtime.block_on(app::run(role, cfg))
+    runtime.block_on(app::run(role, cfg, imports))
 }

@@ -208,7 +208,16 @@ pub fn start(
             // Xid events are recorded as they come, between reads too.
             let events: Vec<nvml::XidEvent> = xid_rx.try_iter().collect();
             if !events.is_empty() {
-                record_xid(events, &mut last_xid, &mut xid_counts, &owners, &pods, &node, &forwarder, &metrics).await;
+                record_xid(
+                    events,
+                    &mut last_xid,
+                    &mut xid_counts,
+                    (&owners, &pods),
+                    &node,
+                    &forwarder,
+                    &metrics,
+                )
+                .await;
             }
             if !due {
                 continue;
@@ -295,8 +304,7 @@ async fn record_xid(
     events: Vec<nvml::XidEvent>,
     last_xid: &mut HashMap<u32, u64>,
     counts: &mut HashMap<[String; 3], u64>,
-    owners: &HashMap<String, podresources::DeviceOwner>,
-    pods: &PodDirectory,
+    (owners, pods): (&HashMap<String, podresources::DeviceOwner>, &PodDirectory),
     node: &str,
     forwarder: &Forwarder,
     metrics: &CollectorMetrics,
