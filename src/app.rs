@@ -120,6 +120,17 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
     let bound = listener.local_addr()?;
     let mut app = metrics_router(registry.clone());
     let mut indexer = None;
+    let remote =
+        weft_indexer::remote::RemoteStorage::open(&cfg.storage, weft_indexer::remote::RemoteMetrics::new(&registry))?.map(Arc::new);
+    if let (Some(remote), Role::Indexer | Role::Standalone) = (&remote, role) {
+        // A fresh volume starts from what the store holds, not empty.
+        if !weft_indexer::catalog::Catalog::path_in(&data).exists() {
+            std::fs::create_dir_all(&data)?;
+            if weft_indexer::remote::pull(remote, &data).await? {
+                tracing::info!(store = %remote.url, "data directory restored from object storage");
+            }
+        }
+    }
     if matches!(role, Role::Standalone | Role::Indexer) {
         let opened = weft_indexer::Indexer::open(&data, cfg.indexer.clone(), &registry)?;
         app = app.merge(weft_indexer::ingest::router(opened.clone()));
@@ -164,6 +175,45 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = indexer.clone().map(|indexer| tokio::spawn(indexer.run_background(stop_rx.clone())));
+    // The indexer's mirror stops after its last commit (below).
+    let (mirror_stop_tx, mirror_stop_rx) = watch::channel(false);
+    let mirror = remote.clone().map(|remote| {
+        let dir = data.clone();
+        let stop = if matches!(role, Role::Query) {
+            stop_rx.clone()
+        } else {
+            mirror_stop_rx.clone()
+        };
+        if matches!(role, Role::Query) {
+            tracing::info!(store = %remote.url, "query reads splits from object storage");
+            tokio::spawn(async move {
+                let round_remote = remote.clone();
+                weft_indexer::remote::every(remote, "pull", stop, move || {
+                    let (remote, dir) = (round_remote.clone(), dir.clone());
+                    Box::pin(async move {
+                        weft_indexer::remote::pull(&remote, &dir).await?;
+                        let grace = remote.config.grace_period;
+                        let dir2 = dir.clone();
+                        tokio::task::spawn_blocking(move || weft_indexer::remote::remove_unlisted(&dir2, grace))
+                            .await
+                            .map_err(|e| weft_indexer::IndexerError::Internal(e.to_string()))??;
+                        Ok(())
+                    })
+                })
+                .await
+            })
+        } else {
+            tracing::info!(store = %remote.url, "splits are mirrored to object storage");
+            let pusher = Arc::new(tokio::sync::Mutex::new(weft_indexer::remote::Pusher::new(remote.clone(), &dir)));
+            tokio::spawn(async move {
+                weft_indexer::remote::every(remote, "push", stop, move || {
+                    let pusher = pusher.clone();
+                    Box::pin(async move { pusher.lock().await.push().await })
+                })
+                .await
+            })
+        }
+    });
     let rule_tasks = rules.map(|(manager, notifier)| {
         (
             tokio::spawn(manager.run(stop_rx.clone())),
@@ -211,6 +261,11 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
     }
     if let Some(background) = background {
         let _ = background.await;
+    }
+    // One more round after the last commit, then the mirror ends.
+    let _ = mirror_stop_tx.send(true);
+    if let Some(mirror) = mirror {
+        let _ = mirror.await;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct WeftConfig {
     pub collector: CollectorConfig,
     pub indexer: IndexerConfig,
     pub query: QueryConfig,
+    /// Shared object storage for splits (indexer pushes, query pulls).
+    pub storage: weft_indexer::remote::StorageConfig,
     /// Alerting and recording rules (standalone and query roles).
     pub rules: weft_query::rules::RulesConfig,
     /// Where alerts go: routes and receivers.

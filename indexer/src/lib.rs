@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod remote;
 pub mod service;
 pub mod split;
 pub mod wal;

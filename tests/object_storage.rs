@@ -1,0 +1,147 @@
+//! Split sharing through object storage (`storage.url`): an indexer mirrors
+//! its splits and catalog to the store, a query process with its own empty
+//! data directory answers from what it downloads, and an indexer whose
+//! volume was lost restores from the store instead of starting empty.
+
+mod common;
+
+use std::time::Duration;
+
+use common::remote_write::{send, series, WriteRequest};
+use common::{client, get_json, wait_for, Weft};
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+fn push(indexer: &Weft, lines: &[&str]) {
+    let ts = now_ns();
+    let values: Vec<serde_json::Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!([(ts + i as i64).to_string(), l]))
+        .collect();
+    let body = serde_json::json!({"streams": [{"stream": {"namespace": "ml", "pod": "trainer-0"}, "values": values}]});
+    let response = client()
+        .post(indexer.url("/loki/api/v1/push"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+}
+
+fn lines(query: &Weft) -> Vec<String> {
+    let now = now_ns();
+    let (status, body) = get_json(
+        &query.url("/loki/api/v1/query_range"),
+        &[
+            ("query", r#"{namespace="ml"}"#),
+            ("start", &(now - 3_600_000_000_000).to_string()),
+            ("end", &(now + 60_000_000_000).to_string()),
+            ("direction", "forward"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    common::stream_lines(&body).into_iter().map(|(_, line)| line).collect()
+}
+
+fn role(name: &str, data: &std::path::Path, config: &std::path::Path) -> Weft {
+    Weft::start(&[
+        name,
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn query_replicas_read_what_the_indexer_mirrors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let config = dir.path().join("weft.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  url: file://{}/weft\n  sync_interval: 200ms\n  grace_period: 1s\nindexer:\n  commit_interval: 200ms\nrules:\n  enabled: false\n",
+            bucket.display()
+        ),
+    )
+    .unwrap();
+    let (indexer_data, query_data) = (dir.path().join("indexer"), dir.path().join("query"));
+    let indexer = role("indexer", &indexer_data, &config);
+    let query = role("query", &query_data, &config);
+
+    push(&indexer, &["first line", "second line"]);
+    let ms = now_ns() / 1_000_000;
+    let request = WriteRequest {
+        timeseries: vec![series(&[("__name__", "weft_train_loss"), ("run", "r1")], &[(ms, 2.5)])],
+        metadata: vec![],
+    };
+    assert_eq!(send(&indexer.url("/api/v1/write"), &request), 204);
+
+    wait_for("the query process sees both lines", Duration::from_secs(30), || {
+        (lines(&query).len() == 2).then_some(())
+    });
+    assert_eq!(lines(&query), ["first line", "second line"]);
+    let loss = wait_for("the sample is readable through the store", Duration::from_secs(30), || {
+        let (_, body) = get_json(
+            &query.url("/api/v1/query"),
+            &[("query", "weft_train_loss"), ("time", &(ms as f64 / 1000.0).to_string())],
+        );
+        body["data"]["result"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|r| r[0]["value"][1].clone())
+    });
+    assert_eq!(loss, "2.5");
+    assert!(bucket.join("weft/catalog.json").exists(), "the catalog is in the store");
+    let metrics = client().get(query.url("/metrics")).send().unwrap().text().unwrap();
+    let downloaded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_storage_downloaded_bytes_total "))
+        .expect("download counter")
+        .parse()
+        .unwrap();
+    assert!(downloaded > 0.0, "{metrics}");
+
+    // The indexer's volume is lost: it restores from the store, so the
+    // old lines stay and new ones join them.
+    indexer.terminate();
+    std::fs::remove_dir_all(&indexer_data).unwrap();
+    let indexer = role("indexer", &indexer_data, &config);
+    assert!(indexer_data.join("catalog.json").exists(), "restored before serving");
+    push(&indexer, &["after the restore"]);
+    wait_for("all three lines", Duration::from_secs(30), || {
+        (lines(&query).len() == 3).then_some(())
+    });
+    assert_eq!(lines(&query), ["first line", "second line", "after the restore"]);
+}
+
+#[test]
+fn a_bad_storage_url_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weft.yaml");
+    std::fs::write(&config, "storage:\n  url: ftp://bucket/x\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "indexer",
+            "--data",
+            dir.path().join("d").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage.url") && stderr.contains("not supported"), "{stderr}");
+}
