@@ -26,12 +26,22 @@ pub enum Role {
 /// How long the collector may take to deliver its last batch on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub fn init_logging(level: Option<&str>) {
+/// Logs to stderr: text for people, or one JSON object per event
+/// (`log_format: json`) for a cluster's log pipeline.
+pub fn init_logging(level: Option<&str>, json: bool) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or(level.map(str::to_string))
         .unwrap_or_else(|| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return;
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -109,8 +119,23 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
         if let Some(addr) = collector.otlp_addr {
             println!("weft otlp listening on {addr}");
         }
+        // The agent's own /metrics and probes, when given an address.
+        let server = match cfg.listen {
+            Some(listen) => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                println!("weft listening on {}", listener.local_addr()?);
+                let app = metrics_router(registry.clone());
+                Some(tokio::spawn(async move { axum::serve(listener, app).await }))
+            }
+            None => None,
+        };
         shutdown_signal().await;
         collector.shutdown(SHUTDOWN_GRACE).await;
+        if let Some(server) = server {
+            server.abort();
+        }
         return Ok(());
     }
 

@@ -20,6 +20,8 @@ pub struct WeftConfig {
     pub data: Option<PathBuf>,
     /// Log filter (`info`, `weft=debug,info`, …); `RUST_LOG` wins.
     pub log_level: Option<String>,
+    /// `text` for people, `json` (one object per line) for log pipelines.
+    pub log_format: LogFormat,
     pub collector: CollectorConfig,
     pub indexer: IndexerConfig,
     pub query: QueryConfig,
@@ -29,6 +31,15 @@ pub struct WeftConfig {
     pub rules: weft_query::rules::RulesConfig,
     /// Where alerts go: routes and receivers.
     pub alerting: weft_query::notify::AlertingConfig,
+}
+
+/// How weft writes its own logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl WeftConfig {

@@ -59,6 +59,9 @@ enum Command {
         /// Indexer base URL [default: http://127.0.0.1:3100]
         #[arg(long)]
         indexer: Option<String>,
+        /// HTTP address for /metrics, /healthz and /readyz [default: none]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Config file (YAML); flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -284,8 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             indexer,
             node,
             otlp_listen,
+            listen,
             ..
         } => {
+            cfg.listen = listen.or(cfg.listen);
             if let Some(otlp) = otlp_listen {
                 cfg.collector.otlp_listen = otlp;
             }
@@ -316,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
     }
-    app::init_logging(cfg.log_level.as_deref());
+    app::init_logging(cfg.log_level.as_deref(), cfg.log_format == config::LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weft")

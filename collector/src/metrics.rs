@@ -24,6 +24,7 @@ pub struct CollectorMetrics {
     pub file_truncations: IntCounter,
     pub rotations: IntCounter,
     pub files_open: IntGauge,
+    pub tail_lag_bytes: IntGauge,
     pub batches_sent: IntCounter,
     pub batches_spooled: IntCounter,
     pub batches_rejected: IntCounter,
@@ -148,6 +149,11 @@ impl CollectorMetrics {
             ),
             rotations: counter(registry, "weft_collector_rotations_total", "Log files seen renamed by rotation"),
             files_open: gauge(registry, "weft_collector_files_open", "Log files being tailed"),
+            tail_lag_bytes: gauge(
+                registry,
+                "weft_collector_tail_lag_bytes",
+                "Bytes written to tailed files and not read yet (how far tailing is behind)",
+            ),
             batches_sent: counter(registry, "weft_collector_batches_sent_total", "Batches acknowledged by the indexer"),
             batches_spooled: counter(
                 registry,

@@ -153,6 +153,8 @@ pub struct PodLogTailer {
     read_buf: Vec<u8>,
     scratch: Vec<u8>,
     now_ns: i64,
+    /// When the tail lag was last measured.
+    lag_measured_ns: i64,
 }
 
 fn group_of(meta: &PodLogPath) -> Arc<str> {
@@ -256,6 +258,7 @@ impl PodLogTailer {
             metrics,
             scratch: Vec::new(),
             now_ns: 0,
+            lag_measured_ns: 0,
         }
     }
 
@@ -464,6 +467,15 @@ impl PodLogTailer {
             self.reorder();
         }
         self.metrics.files_open.set(self.files.len() as i64);
+        if self.now_ns - self.lag_measured_ns >= 1_000_000_000 {
+            self.lag_measured_ns = self.now_ns;
+            let behind: u64 = self
+                .files
+                .values()
+                .filter_map(|f| f.file.metadata().ok().map(|m| m.len().saturating_sub(f.offset)))
+                .sum();
+            self.metrics.tail_lag_bytes.set(behind as i64);
+        }
         self.flush_stale_partials(sink);
         total
     }
