@@ -111,6 +111,11 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Config files: check them (`weft config check FILE...`).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Read path: search, Loki and Prometheus APIs.
     Query {
         /// Data directory [default: ./weft-data]
@@ -133,6 +138,34 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parses config files as every role would (unknown fields, bad
+    /// durations and types are errors with their line) and prints each
+    /// verdict.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn config_check(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut bad = 0;
+    for file in files {
+        match config::WeftConfig::load(file) {
+            Ok(_) => println!("SUCCESS {}", file.display()),
+            Err(e) => {
+                println!("FAILED {e}");
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} of {} config files are invalid", files.len());
+    }
+    Ok(())
 }
 
 fn rules_check(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -252,12 +285,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return rules_check(files);
     }
+    if let Command::Config {
+        command: ConfigCommand::Check { files },
+    } = &cli.command
+    {
+        return config_check(files);
+    }
     let (role, mut cfg) = match &cli.command {
         Command::Standalone { config, .. } => (app::Role::Standalone, load(config.as_ref())?),
         Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
         Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
-        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } | Command::Config { .. } => {
+            unreachable!("handled above")
+        }
     };
     let mut imports = Vec::new();
     match cli.command {
@@ -319,7 +360,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
         }
-        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } => unreachable!("handled above"),
+        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } | Command::Config { .. } => {
+            unreachable!("handled above")
+        }
     }
     app::init_logging(cfg.log_level.as_deref(), cfg.log_format == config::LogFormat::Json);
     let runtime = tokio::runtime::Builder::new_multi_thread()
