@@ -145,3 +145,85 @@ fn a_bad_storage_url_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("storage.url") && stderr.contains("not supported"), "{stderr}");
 }
+
+/// moto's S3 server (PyPI `moto[server]`, installed by
+/// scripts/install-test-deps) on loopback, with a bucket.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        let port = common::free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server (scripts/install-test-deps installs moto[server])");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for("the S3 server answers", Duration::from_secs(30), || {
+            client()
+                .put(format!("{endpoint}/{bucket}"))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        });
+        S3Server { child, endpoint }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn splits_travel_through_an_s3_api() {
+    let s3 = S3Server::start("weft-test");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weft.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  url: s3://weft-test/cluster-a\n  endpoint: {}\n  region: us-east-1\n  allow_http: true\n  sync_interval: 200ms\nindexer:\n  commit_interval: 200ms\nrules:\n  enabled: false\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    let envs = [("AWS_ACCESS_KEY_ID", "weft"), ("AWS_SECRET_ACCESS_KEY", "weft-secret")];
+    let start = |name: &str, data: &std::path::Path| {
+        let args = [
+            name,
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        Weft::start_with(&args, &envs, false)
+    };
+    let indexer = start("indexer", &dir.path().join("indexer"));
+    let query = start("query", &dir.path().join("query"));
+    push(&indexer, &["over the S3 API"]);
+    wait_for("the line arrives through S3", Duration::from_secs(30), || {
+        (lines(&query) == ["over the S3 API"]).then_some(())
+    });
+    // The objects are where the layout says, under the prefix.
+    let listing = client()
+        .get(format!("{}/weft-test?list-type=2&prefix=cluster-a/", s3.endpoint))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(listing.contains("<Key>cluster-a/catalog.json</Key>"), "{listing}");
+    assert!(
+        listing.contains(".parquet</Key>") && listing.contains("cluster-a/splits/logs/tenant=default/"),
+        "{listing}"
+    );
+}

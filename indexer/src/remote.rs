@@ -153,6 +153,8 @@ impl RemoteStorage {
                 url.scheme()
             )));
         }
+        // The S3 client's TLS uses the process' rustls provider (ring).
+        weft_model::tls::install_crypto_provider();
         if url.scheme() == "file" {
             std::fs::create_dir_all(url.path()).map_err(|e| io_err(Path::new(url.path()), e))?;
         }
