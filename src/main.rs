@@ -2,6 +2,7 @@
 //! role (`collector`, `indexer`, `query`) or all three (`standalone`).
 
 mod app;
+mod bench;
 mod config;
 mod import;
 
@@ -105,6 +106,15 @@ enum Command {
         /// Test files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Measures the collector's and the indexer's work on one thread each
+    /// over a log tree (used by benches/run; prints JSON).
+    #[command(hide = true)]
+    BenchPipeline {
+        /// A kubelet pod log tree.
+        logs: PathBuf,
+        /// An empty data directory for the indexer.
+        data: PathBuf,
     },
     /// Rule files: check them (`weft rules check FILE...`).
     Rules {
@@ -276,6 +286,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::PromqlTest { files } = &cli.command {
         return promql_test(files);
     }
+    if let Command::BenchPipeline { logs, data } = &cli.command {
+        app::init_logging(Some("warn"), false);
+        return bench::run(logs, data);
+    }
     if let Command::Inspect { format, config, file } = &cli.command {
         return inspect(file, *format, config.as_ref());
     }
@@ -296,7 +310,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collector { config, .. } => (app::Role::Collector, load(config.as_ref())?),
         Command::Indexer { config, .. } => (app::Role::Indexer, load(config.as_ref())?),
         Command::Query { config, .. } => (app::Role::Query, load(config.as_ref())?),
-        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } | Command::Config { .. } => {
+        Command::PromqlTest { .. }
+        | Command::Inspect { .. }
+        | Command::Rules { .. }
+        | Command::Config { .. }
+        | Command::BenchPipeline { .. } => {
             unreachable!("handled above")
         }
     };
@@ -360,7 +378,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.data = data.or(cfg.data);
             cfg.listen = listen.or(cfg.listen);
         }
-        Command::PromqlTest { .. } | Command::Inspect { .. } | Command::Rules { .. } | Command::Config { .. } => {
+        Command::PromqlTest { .. }
+        | Command::Inspect { .. }
+        | Command::Rules { .. }
+        | Command::Config { .. }
+        | Command::BenchPipeline { .. } => {
             unreachable!("handled above")
         }
     }

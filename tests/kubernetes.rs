@@ -70,6 +70,28 @@ impl FakeApiServer {
         changed.notify_all();
     }
 
+    /// Changes a pod without telling watchers (as if the event was lost),
+    /// then expires the watch with 410 Gone: only a fresh list finds it.
+    fn change_unseen_then_expire(&self, mut pod: serde_json::Value) {
+        let (lock, changed) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.version += 1;
+        pod["metadata"]["resourceVersion"] = s.version.to_string().into();
+        let uid = pod["metadata"]["uid"].clone();
+        s.pods.retain(|p| p["metadata"]["uid"] != uid);
+        s.pods.push(pod);
+        s.version += 1;
+        let version = s.version;
+        let gone = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410});
+        s.events.push((version, "ERROR", gone));
+        changed.notify_all();
+    }
+
+    fn lists(&self) -> usize {
+        self.requests().iter().filter(|r| !r.contains("watch=true")).count()
+    }
+
     fn requests(&self) -> Vec<String> {
         self.state.0.lock().unwrap().requests.clone()
     }
@@ -199,7 +221,7 @@ fn pod_metadata_from_the_api_server() {
     std::fs::write(
         &config,
         format!(
-            "collector:\n  kubernetes:\n    kubeconfig: {}\n    pod_labels: [team]\n    deleted_pod_retention: 10m\n",
+            "collector:\n  kubernetes:\n    kubeconfig: {}\n    pod_labels: [team]\n    deleted_pod_retention: 15s\n",
             api.kubeconfig(dir.path()).display()
         ),
     )
@@ -259,6 +281,28 @@ fn pod_metadata_from_the_api_server() {
     first.append(PodLogWriter::cri("stderr", "F", "last words of a deleted pod").as_bytes());
     let lines = lines_with(&weft, r#"{run="llama-pretrain", rank="5"} |= "last words""#, 1);
     assert_eq!(lines[0].1, "last words of a deleted pod");
+    // Past deleted_pod_retention the pod is forgotten: only its name speaks.
+    wait_for("the deleted pod's metadata expires", Duration::from_secs(60), || {
+        first.append(PodLogWriter::cri("stderr", "F", "after expiry").as_bytes());
+        (!all_lines(&weft, r#"{run="llama-7b", rank="1"} |= "after expiry""#).is_empty()).then_some(())
+    });
+
+    // A change whose event never came, then 410 Gone: the collector lists
+    // again and finds it.
+    let lists_before = api.lists();
+    api.change_unseen_then_expire(pod(
+        "llama-7b-worker-2",
+        "uid-0002",
+        serde_json::json!({"training.kubeflow.org/job-name": "llama-pretrain", "training.kubeflow.org/replica-index": "2", "team": "speech"}),
+        serde_json::json!([]),
+    ));
+    wait_for("a relist after 410 Gone", Duration::from_secs(30), || {
+        (api.lists() > lists_before).then_some(())
+    });
+    wait_for("the relisted labels apply", Duration::from_secs(30), || {
+        second.append(PodLogWriter::cri("stdout", "F", "probe").as_bytes());
+        (!all_lines(&weft, r#"{team="speech"}"#).is_empty()).then_some(())
+    });
 }
 
 #[test]

@@ -70,8 +70,10 @@ pub struct PodInfo {
     pub labels: LabelSet,
 }
 
-/// Labels that name a pod's run, most specific first.
-const RUN_LABELS: [&str; 9] = [
+/// Labels that name a pod's run, most specific first. (Generic labels such
+/// as `app.kubernetes.io/instance` are left out: every Helm release would
+/// become a "run".)
+const RUN_LABELS: [&str; 8] = [
     "training.kubeflow.org/job-name",
     "jobset.sigs.k8s.io/jobset-name",
     "volcano.sh/job-name",
@@ -80,7 +82,6 @@ const RUN_LABELS: [&str; 9] = [
     "leaderworkerset.sigs.k8s.io/name",
     "batch.kubernetes.io/job-name",
     "job-name",
-    "app.kubernetes.io/instance",
 ];
 
 /// Labels or annotations that give a pod's rank, in order.
@@ -93,8 +94,21 @@ const RANK_LABELS: [&str; 6] = [
     "statefulset.kubernetes.io/pod-index",
 ];
 
-/// Owner kinds whose name is the run.
-const RUN_OWNERS: [&str; 7] = ["PyTorchJob", "TFJob", "MPIJob", "JobSet", "Job", "RayJob", "StatefulSet"];
+/// Owner kinds whose name is the run (not StatefulSet: databases are
+/// StatefulSets too; the pod-name rule still applies to them).
+const RUN_OWNERS: [&str; 6] = ["PyTorchJob", "TFJob", "MPIJob", "JobSet", "Job", "RayJob"];
+
+/// Index labels that repeat across the groups of one run, with the label
+/// of the group: the rank is `<group>-<index>` so ranks stay unique.
+const GROUPED_RANKS: [(&str, &str); 3] = [
+    // JobSet: the completion index counts within one child Job.
+    ("batch.kubernetes.io/job-completion-index", "jobset.sigs.k8s.io/job-global-index"),
+    (
+        "leaderworkerset.sigs.k8s.io/worker-index",
+        "leaderworkerset.sigs.k8s.io/group-index",
+    ),
+    ("volcano.sh/task-index", "volcano.sh/task-spec"),
+];
 
 /// Derives run, rank and record labels from a pod object.
 pub fn pod_info(pod: &Pod, config: &KubernetesConfig) -> PodInfo {
@@ -124,7 +138,15 @@ pub fn pod_info(pod: &Pod, config: &KubernetesConfig) -> PodInfo {
                 .flatten()
                 .filter(|v| v.parse::<u64>().is_ok())
         });
-    let rank = env_rank.or_else(|| RANK_LABELS.iter().find_map(|k| get(k))).or(name_rank);
+    let label_rank = RANK_LABELS.iter().find_map(|k| {
+        let index = get(k)?;
+        let group = GROUPED_RANKS.iter().find(|(label, _)| label == k).and_then(|(_, group)| get(group));
+        Some(match group {
+            Some(group) => format!("{group}-{index}"),
+            None => index,
+        })
+    });
+    let rank = env_rank.or(label_rank).or(name_rank);
     let mut extra = LabelSet::new();
     for (keys, source) in [(&config.pod_labels, labels), (&config.pod_annotations, annotations)] {
         for key in keys {
@@ -310,7 +332,20 @@ pub fn api_wanted(config: &KubernetesConfig) -> bool {
     }
 }
 
+/// Sleeps `backoff` (or until `stop`); false when stopping.
+async fn pause(backoff: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => true,
+        _ = stop.changed() => false,
+    }
+}
+
 /// Lists and watches the pods of `node` into `directory` until `stop`.
+/// Failures (a refused list, a watch that errors or ends at once) back off
+/// exponentially up to 30 s, so a misconfigured DaemonSet does not hammer
+/// the API server; a watch that lived a minute or delivered events resets
+/// the backoff. Lists are served from the API server's cache
+/// (`resourceVersion=0`), not a quorum read.
 pub async fn watch_pods(
     directory: Arc<PodDirectory>,
     config: KubernetesConfig,
@@ -335,11 +370,15 @@ pub async fn watch_pods(
     };
     let api: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={node}");
-    let mut backoff = Duration::from_millis(500);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     let mut announced = false;
     let mut warned = false;
+    // Deleted pods are forgotten on this tick (a quarter of the retention,
+    // at least every 30 s).
+    let expire_every = (config.deleted_pod_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     loop {
-        let list_params = ListParams::default().fields(&selector);
+        let list_params = ListParams::default().fields(&selector).match_any();
         let listed = tokio::select! {
             listed = api.list(&list_params) => listed,
             _ = stop.changed() => return,
@@ -354,10 +393,12 @@ pub async fn watch_pods(
                 metrics.kubernetes_pods.set(directory.len() as i64);
                 if !announced {
                     tracing::info!(pods = list.items.len(), node = %node, "watching this node's pods through the Kubernetes API");
+                    if list.items.is_empty() {
+                        tracing::warn!(node = %node, "no pods listed on this node: is NODE_NAME set from spec.nodeName?");
+                    }
                     announced = true;
                 }
                 directory.mark_synced();
-                backoff = Duration::from_millis(500);
                 list.metadata.resource_version.unwrap_or_default()
             }
             Err(e) => {
@@ -370,9 +411,8 @@ pub async fn watch_pods(
                     tracing::debug!(error = %e, retry_in = ?backoff, "listing pods failed");
                 }
                 directory.mark_synced();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+                if !pause(backoff, &mut stop).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
@@ -382,6 +422,8 @@ pub async fn watch_pods(
         'watch: loop {
             directory.expire(config.deleted_pod_retention);
             let params = WatchParams::default().fields(&selector).timeout(290);
+            let opened = Instant::now();
+            let mut events = 0u64;
             let stream = tokio::select! {
                 stream = api.watch(&params, &version) => stream,
                 _ = stop.changed() => return,
@@ -390,17 +432,25 @@ pub async fn watch_pods(
                 Ok(stream) => stream.boxed(),
                 Err(e) => {
                     metrics.kubernetes_errors.inc();
-                    tracing::warn!(error = %e, "watching pods failed; listing again");
+                    tracing::debug!(error = %e, retry_in = ?backoff, "watching pods failed; listing again");
                     break 'watch;
                 }
             };
-            loop {
+            let mut tick = tokio::time::interval(expire_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let ended_cleanly = loop {
                 let event = tokio::select! {
                     event = stream.next() => event,
+                    _ = tick.tick() => {
+                        directory.expire(config.deleted_pod_retention);
+                        metrics.kubernetes_pods.set(directory.len() as i64);
+                        continue;
+                    }
                     _ = stop.changed() => return,
                 };
+                events += 1;
                 match event {
-                    None => continue 'watch,
+                    None => break true,
                     Some(Ok(WatchEvent::Added(pod))) | Some(Ok(WatchEvent::Modified(pod))) => {
                         if let Some(v) = &pod.metadata.resource_version {
                             version = v.clone();
@@ -422,17 +472,31 @@ pub async fn watch_pods(
                             metrics.kubernetes_errors.inc();
                             tracing::warn!(code = status.code, message = %status.message, "pod watch error");
                         }
-                        break 'watch;
+                        break false;
                     }
                     Some(Err(e)) => {
                         metrics.kubernetes_errors.inc();
-                        tracing::warn!(error = %e, "pod watch failed; listing again");
-                        break 'watch;
+                        tracing::debug!(error = %e, "pod watch failed; listing again");
+                        break false;
                     }
                 }
                 metrics.kubernetes_pods.set(directory.len() as i64);
+            };
+            let healthy = opened.elapsed() >= Duration::from_secs(60) || events > 1;
+            if healthy {
+                backoff = FIRST_BACKOFF;
             }
+            if ended_cleanly && healthy {
+                // The server's timeout: watch on from the same version.
+                continue 'watch;
+            }
+            break 'watch;
         }
+        // A watch that failed or ended at once: wait before listing again.
+        if !pause(backoff, &mut stop).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -473,6 +537,30 @@ mod tests {
         }));
         let info = pod_info(&jobset, &config);
         assert_eq!((info.run.as_deref(), info.rank.as_deref()), (Some("sft"), Some("1")));
+
+        // JobSet with several child Jobs: the completion index repeats.
+        let multislice = pod(serde_json::json!({
+            "metadata": {"name": "tpu-slice-3-1-abcde", "uid": "u2b",
+                "labels": {"jobset.sigs.k8s.io/jobset-name": "tpu", "jobset.sigs.k8s.io/job-global-index": "3",
+                           "batch.kubernetes.io/job-completion-index": "1"}},
+            "spec": {"containers": [{"name": "main"}]}
+        }));
+        assert_eq!(pod_info(&multislice, &config).rank.as_deref(), Some("3-1"));
+        // A Helm release is not a training run.
+        let helm = pod(serde_json::json!({
+            "metadata": {"name": "grafana-5d9f7c6b8-x2k4q", "uid": "u2c", "labels": {"app.kubernetes.io/instance": "grafana"}},
+            "spec": {"containers": [{"name": "grafana"}]}
+        }));
+        assert_eq!(
+            pod_info(&helm, &config).run.as_deref(),
+            Some("grafana"),
+            "the name rule, as for any Deployment pod"
+        );
+        let postgres = pod(serde_json::json!({
+            "metadata": {"name": "db", "uid": "u2d", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "postgres", "uid": "s"}]},
+            "spec": {"containers": [{"name": "db"}]}
+        }));
+        assert_eq!(pod_info(&postgres, &config).run, None, "a StatefulSet owner alone makes no run");
 
         let volcano = pod(serde_json::json!({
             "metadata": {"name": "vcjob-task-0", "uid": "u3", "annotations": {"volcano.sh/job-name": "vcjob", "volcano.sh/task-index": "0"}},

@@ -1,0 +1,139 @@
+//! `weft bench-pipeline LOGS DATA`: the collector's and the indexer's
+//! work measured apart, each on one thread, for `benches/run`. First the
+//! collector's tail + parse + multi-line + tag + extract + batch over a
+//! kubelet log tree (batches kept in memory, not shipped), then the
+//! indexer's ingest (WAL with fsync) + commit into Parquet + tantivy of
+//! those batches. Prints one JSON object: bytes, lines, wall and CPU
+//! seconds per stage, and the bytes the splits take.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use weft_collector::batcher::{BatchAssembler, BatchLimits};
+use weft_collector::checkpoint::TailerCheckpoint;
+use weft_collector::sources::pod_logs::tailer::{PodLogTailer, TailerConfig};
+
+/// CPU seconds (user + system) this process used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" of the command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // SC_CLK_TCK is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory (VmHWM) in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let config = weft_collector::CollectorConfig::default();
+    let metrics = Arc::new(weft_collector::metrics::CollectorMetrics::new(&registry));
+    let mut tailer = PodLogTailer::new(
+        logs.to_path_buf(),
+        "bench".into(),
+        TailerConfig::default(),
+        TailerCheckpoint::default(),
+        metrics.clone(),
+    );
+    let limits = BatchLimits {
+        max_bytes: config.batch_max_bytes,
+        max_rows: config.batch_max_rows,
+        max_age: std::time::Duration::from_secs(3600),
+        max_line_bytes: config.max_line_bytes,
+    };
+    let mut assembler = BatchAssembler::new(
+        limits,
+        "bench".into(),
+        "bench-node".into(),
+        metrics.clone(),
+        config.record_processing()?,
+    );
+
+    // Stage 1: the collector.
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    tailer.scan()?;
+    let mut batches = Vec::new();
+    loop {
+        let read = tailer.poll(&mut assembler);
+        if assembler.is_due() {
+            batches.push(assembler.seal(tailer.checkpoint())?);
+        }
+        if read == 0 {
+            break;
+        }
+    }
+    if !assembler.is_empty() {
+        batches.push(assembler.seal(tailer.checkpoint())?);
+    }
+    let collect_wall = wall0.elapsed().as_secs_f64();
+    let collect_cpu = cpu_seconds() - cpu0;
+    let read_bytes = metrics.bytes_read.get();
+    let lines = metrics.lines.get();
+    let line_bytes: usize = batches.iter().map(|b| b.line_bytes).sum();
+    let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
+    let collector_rss = peak_rss();
+
+    // Stage 2: the indexer, on this thread, committing every 64 MiB of
+    // text as its default commit_bytes would.
+    let indexer_config = weft_indexer::IndexerConfig::default();
+    let commit_bytes = indexer_config.commit_bytes as usize;
+    let indexer = weft_indexer::Indexer::open(data, indexer_config, &registry)?;
+    let (cpu1, wall1) = (cpu_seconds(), Instant::now());
+    let mut since_commit = 0;
+    for batch in &batches {
+        indexer.ingest_arrow("default", &batch.key, &batch.body, "bench")?;
+        since_commit += batch.line_bytes;
+        if since_commit >= commit_bytes {
+            indexer.commit()?;
+            since_commit = 0;
+        }
+    }
+    indexer.commit()?;
+    let index_wall = wall1.elapsed().as_secs_f64();
+    let index_cpu = cpu_seconds() - cpu1;
+    let splits = dir_bytes(&data.join("splits/logs"));
+    let report = serde_json::json!({
+        "read_bytes": read_bytes,
+        "lines": lines,
+        "line_bytes": line_bytes,
+        "batches": batches.len(),
+        "batch_bytes": batch_bytes,
+        "collect_wall_s": collect_wall,
+        "collect_cpu_s": collect_cpu,
+        "collector_peak_rss": collector_rss,
+        "index_wall_s": index_wall,
+        "index_cpu_s": index_cpu,
+        "split_bytes": splits,
+        "peak_rss": peak_rss(),
+    });
+    println!("{report}");
+    Ok(())
+}
