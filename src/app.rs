@@ -213,13 +213,13 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
             tracing::info!(store = %remote.url, "query reads splits from object storage");
             tokio::spawn(async move {
                 let round_remote = remote.clone();
-                weft_indexer::remote::every(remote, "pull", stop, move || {
-                    let (remote, dir) = (round_remote.clone(), dir.clone());
+                let unlisted = Arc::new(std::sync::Mutex::new(weft_indexer::remote::Unlisted::default()));
+                weft_indexer::remote::every(remote, "pull", stop, None, move || {
+                    let (remote, dir, unlisted) = (round_remote.clone(), dir.clone(), unlisted.clone());
                     Box::pin(async move {
                         weft_indexer::remote::pull(&remote, &dir).await?;
                         let grace = remote.config.grace_period;
-                        let dir2 = dir.clone();
-                        tokio::task::spawn_blocking(move || weft_indexer::remote::remove_unlisted(&dir2, grace))
+                        tokio::task::spawn_blocking(move || unlisted.lock().unwrap_or_else(|e| e.into_inner()).sweep(&dir, grace))
                             .await
                             .map_err(|e| weft_indexer::IndexerError::Internal(e.to_string()))??;
                         Ok(())
@@ -231,7 +231,7 @@ pub async fn run(role: Role, mut cfg: WeftConfig, imports: Vec<PathBuf>) -> anyh
             tracing::info!(store = %remote.url, "splits are mirrored to object storage");
             let pusher = Arc::new(tokio::sync::Mutex::new(weft_indexer::remote::Pusher::new(remote.clone(), &dir)));
             tokio::spawn(async move {
-                weft_indexer::remote::every(remote, "push", stop, move || {
+                weft_indexer::remote::every(remote, "push", stop, Some(Duration::from_secs(30)), move || {
                     let pusher = pusher.clone();
                     Box::pin(async move { pusher.lock().await.push().await })
                 })

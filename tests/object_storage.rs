@@ -227,3 +227,127 @@ fn splits_travel_through_an_s3_api() {
         "{listing}"
     );
 }
+
+fn bucket_files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn catalog_parquets(bucket: &std::path::Path) -> Vec<String> {
+    let catalog: serde_json::Value = serde_json::from_slice(&std::fs::read(bucket.join("catalog.json")).unwrap()).unwrap();
+    catalog["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["parquet"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn merged_splits_leave_the_store_and_a_missing_object_costs_one_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let config = dir.path().join("weft.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage:\n  url: file://{}\n  sync_interval: 200ms\n  grace_period: 1s\nindexer:\n  commit_interval: 200ms\n  merge_interval: 300ms\n  merge_min_splits: 3\n  grace_period: 1s\nrules:\n  enabled: false\n",
+            bucket.display()
+        ),
+    )
+    .unwrap();
+    let indexer = role("indexer", &dir.path().join("indexer"), &config);
+    // Three commits, so three splits of one hour: merged in the background
+    // into one (a later single split stays alone: fewer than three).
+    for n in 0..3 {
+        push(&indexer, &[&format!("batch {n}")]);
+        let before = catalog_count(&bucket);
+        wait_for("a commit reaches the store", Duration::from_secs(30), || {
+            (catalog_count(&bucket) > before || n > 0 && merged(&bucket)).then_some(())
+        });
+    }
+    // After the merge and the grace period, the bucket holds exactly the
+    // catalog's Parquet files.
+    wait_for("dropped splits deleted from the store", Duration::from_secs(60), || {
+        let mut listed: Vec<String> = bucket_files(&bucket.join("splits"), ".parquet")
+            .iter()
+            .map(|p| p.strip_prefix(&bucket).unwrap().to_string_lossy().into_owned())
+            .collect();
+        let mut named = catalog_parquets(&bucket);
+        listed.sort();
+        named.sort();
+        (merged(&bucket) && listed == named).then_some(())
+    });
+
+    // A newer split whose Parquet object vanished: a new query replica
+    // still serves everything else.
+    push(&indexer, &["the lost line"]);
+    wait_for("a split besides the merged one", Duration::from_secs(30), || {
+        (catalog_count(&bucket) >= 2).then_some(())
+    });
+    let named = catalog_parquets(&bucket);
+    let lost = named
+        .iter()
+        .find(|p| !is_merged_split(&bucket, p))
+        .expect("an unmerged split")
+        .clone();
+    std::fs::remove_file(bucket.join(&lost)).unwrap();
+    let query = role("query", &dir.path().join("query"), &config);
+    let mut last = Vec::new();
+    let served = (0..150).any(|_| {
+        last = lines(&query);
+        let done = last == ["batch 0", "batch 1", "batch 2"];
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done
+    });
+    assert!(
+        served,
+        "served {last:?}; catalog {:?}",
+        std::fs::read_to_string(bucket.join("catalog.json")).unwrap()
+    );
+    let metrics = client().get(query.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics.contains("weft_storage_errors_total{operation=\"missing_object\"}"),
+        "{metrics}"
+    );
+}
+
+fn catalog_count(bucket: &std::path::Path) -> usize {
+    std::fs::read(bucket.join("catalog.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .map_or(0, |c| c["splits"].as_array().map_or(0, Vec::len))
+}
+
+fn is_merged_split(bucket: &std::path::Path, parquet: &str) -> bool {
+    let catalog: serde_json::Value = serde_json::from_slice(&std::fs::read(bucket.join("catalog.json")).unwrap()).unwrap();
+    catalog["splits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["parquet"] == parquet && s["merges"].as_u64().unwrap_or(0) > 0)
+}
+
+fn merged(bucket: &std::path::Path) -> bool {
+    std::fs::read(bucket.join("catalog.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|c| {
+            c["splits"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["merges"].as_u64().unwrap_or(0) > 0))
+        })
+}

@@ -252,7 +252,14 @@ impl RemoteStorage {
 /// Files of one split, relative to the data directory (a tantivy index
 /// directory is listed file by file), the Parquet file last: a split whose
 /// Parquet file is in the store is complete there.
-fn split_files(data_dir: &Path, parquet: &str, index: &str) -> Result<Vec<String>, IndexerError> {
+async fn split_files(data_dir: &Path, parquet: &str, index: &str) -> Result<Vec<String>, IndexerError> {
+    let (dir, parquet, index) = (data_dir.to_path_buf(), parquet.to_string(), index.to_string());
+    tokio::task::spawn_blocking(move || list_split_files(&dir, &parquet, &index))
+        .await
+        .map_err(|e| IndexerError::Internal(format!("listing split files: {e}")))?
+}
+
+fn list_split_files(data_dir: &Path, parquet: &str, index: &str) -> Result<Vec<String>, IndexerError> {
     let mut files = Vec::new();
     let index_path = data_dir.join(index);
     if index_path.is_dir() {
@@ -287,6 +294,8 @@ pub struct Pusher {
     /// The store has been listed once (after a restart most splits are
     /// there already).
     listed: bool,
+    /// Objects found unnamed at start, and since when.
+    orphans: Vec<(Instant, String)>,
 }
 
 impl Pusher {
@@ -298,6 +307,7 @@ impl Pusher {
             dropped: HashMap::new(),
             last_catalog: Vec::new(),
             listed: false,
+            orphans: Vec::new(),
         }
     }
 
@@ -309,7 +319,7 @@ impl Pusher {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(&catalog_path, e)),
         };
-        if bytes == self.last_catalog && self.dropped.is_empty() {
+        if bytes == self.last_catalog && self.dropped.is_empty() && self.orphans.is_empty() {
             return Ok(());
         }
         let catalog: CatalogState =
@@ -322,12 +332,23 @@ impl Pusher {
                     self.uploaded.insert(split.id.clone());
                 }
             }
+            // Objects no split of the catalog names (dropped before a
+            // restart) go after the grace period like any dropped split.
+            let named = |object: &str| {
+                catalog
+                    .splits
+                    .iter()
+                    .any(|s| object == s.parquet || object == s.index || object.starts_with(&format!("{}/", s.index)))
+            };
+            for object in present.iter().filter(|o| !named(o)) {
+                self.orphans.push((Instant::now(), object.clone()));
+            }
             self.listed = true;
         }
         let pending: Vec<_> = catalog.splits.iter().filter(|s| !self.uploaded.contains(&s.id)).collect();
         self.remote.metrics.lag_splits.set(pending.len() as i64);
         for split in pending {
-            for file in split_files(&self.data_dir, &split.parquet, &split.index)? {
+            for file in split_files(&self.data_dir, &split.parquet, &split.index).await? {
                 self.remote.put_file(&self.data_dir, &file).await?;
             }
             self.uploaded.insert(split.id.clone());
@@ -370,31 +391,51 @@ impl Pusher {
             }
             self.uploaded.remove(&id);
         }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|(at, _)| at.elapsed() >= grace);
+        self.orphans = waiting;
+        for (_, object) in due {
+            match self.remote.store.delete(&self.remote.object(&object)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err(&format!("delete {object}"), e)),
+            }
+        }
         self.remote.metrics.last_sync.set(weft_model::time::now_nanos() / 1_000_000_000);
         Ok(())
     }
 }
 
 /// Query side (and an indexer restoring): makes the data directory hold
-/// the store's catalog and every file it names. Returns whether the local
-/// catalog changed.
+/// the store's catalog and every file it names. A split whose objects are
+/// missing (a lifecycle rule, a manual delete) is left out of the installed
+/// catalog, counted and tried again next round, rather than holding back
+/// every newer split. Returns whether the local catalog changed.
 pub async fn pull(remote: &RemoteStorage, data_dir: &Path) -> Result<bool, IndexerError> {
     let Some(bytes) = remote.get_bytes("catalog.json").await? else {
         return Ok(false);
     };
     let catalog_path = Catalog::path_in(data_dir);
-    if tokio::fs::read(&catalog_path).await.ok().as_deref() == Some(bytes.as_slice()) {
-        remote.metrics.last_sync.set(weft_model::time::now_nanos() / 1_000_000_000);
-        return Ok(false);
-    }
-    let catalog: CatalogState =
+    let mut catalog: CatalogState =
         serde_json::from_slice(&bytes).map_err(|e| IndexerError::Corrupt(format!("catalog.json in {}: {e}", remote.url)))?;
-    let missing: Vec<_> = catalog
-        .splits
-        .iter()
-        .filter(|s| !data_dir.join(&s.parquet).exists() || !data_dir.join(&s.index).exists())
-        .collect();
+    let mut missing = Vec::new();
+    for split in &catalog.splits {
+        let present = tokio::fs::try_exists(data_dir.join(&split.parquet)).await.unwrap_or(false)
+            && tokio::fs::try_exists(data_dir.join(&split.index)).await.unwrap_or(false);
+        if !present {
+            missing.push(split.clone());
+        }
+    }
+    if missing.is_empty() {
+        let local = tokio::fs::read(&catalog_path).await.ok();
+        if local.as_deref() == Some(bytes.as_slice()) {
+            remote.metrics.lag_splits.set(0);
+            remote.metrics.last_sync.set(weft_model::time::now_nanos() / 1_000_000_000);
+            return Ok(false);
+        }
+    }
     remote.metrics.lag_splits.set(missing.len() as i64);
+    let mut unavailable = HashSet::new();
     for split in missing {
         // The index goes first and the Parquet file last: a split counts
         // as present once its Parquet file is.
@@ -403,10 +444,10 @@ pub async fn pull(remote: &RemoteStorage, data_dir: &Path) -> Result<bool, Index
         files.push(split.parquet.clone());
         for file in files {
             let Some(content) = remote.get_bytes(&file).await? else {
-                return Err(IndexerError::Unavailable(format!(
-                    "object storage: {file} of split {} is named by the catalog but missing",
-                    split.id
-                )));
+                remote.metrics.errors.with_label_values(&["missing_object"]).inc();
+                tracing::warn!(split = %split.id, object = %file, store = %remote.url, "object named by the catalog is missing; split left out");
+                unavailable.insert(split.id.clone());
+                break;
             };
             let local = data_dir.join(&file);
             if let Some(parent) = local.parent() {
@@ -417,78 +458,113 @@ pub async fn pull(remote: &RemoteStorage, data_dir: &Path) -> Result<bool, Index
             tokio::fs::rename(&tmp, &local).await.map_err(|e| io_err(&local, e))?;
         }
     }
+    let installed = if unavailable.is_empty() {
+        bytes
+    } else {
+        catalog.splits.retain(|s| !unavailable.contains(&s.id));
+        serde_json::to_vec(&catalog).map_err(|e| IndexerError::Internal(format!("catalog: {e}")))?
+    };
+    if tokio::fs::read(&catalog_path).await.ok().as_deref() == Some(installed.as_slice()) {
+        return Ok(false);
+    }
     let tmp = catalog_path.with_extension("json.tmp");
     tokio::fs::create_dir_all(data_dir).await.map_err(|e| io_err(data_dir, e))?;
-    tokio::fs::write(&tmp, &bytes).await.map_err(|e| io_err(&tmp, e))?;
+    tokio::fs::write(&tmp, &installed).await.map_err(|e| io_err(&tmp, e))?;
     tokio::fs::rename(&tmp, &catalog_path).await.map_err(|e| io_err(&catalog_path, e))?;
-    remote.metrics.lag_splits.set(0);
+    remote.metrics.lag_splits.set(unavailable.len() as i64);
     remote.metrics.last_sync.set(weft_model::time::now_nanos() / 1_000_000_000);
     Ok(true)
 }
 
-/// Removes local split files the catalog no longer names, once they are
-/// older than `grace` (readers may still hold the previous catalog).
-pub fn remove_unlisted(data_dir: &Path, grace: Duration) -> Result<usize, IndexerError> {
-    let catalog = Catalog::read(&Catalog::path_in(data_dir))?;
-    let mut named: HashSet<PathBuf> = HashSet::new();
-    for split in &catalog.splits {
-        named.insert(data_dir.join(&split.parquet));
-        named.insert(data_dir.join(&split.index));
-    }
-    let mut removed = 0;
-    let splits = data_dir.join("splits");
-    let mut stack = vec![splits];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_split_file = name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.zst");
-            if !is_split_file {
-                if path.is_dir() {
-                    stack.push(path);
+/// Local split files the installed catalog no longer names, and since when
+/// (the grace period counts from there, not from the download).
+#[derive(Default)]
+pub struct Unlisted {
+    since: HashMap<PathBuf, Instant>,
+}
+
+impl Unlisted {
+    /// Deletes local split files unnamed for longer than `grace` (queries
+    /// may still read the previous catalog's files); also leftovers of
+    /// interrupted downloads. Returns how many went.
+    pub fn sweep(&mut self, data_dir: &Path, grace: Duration) -> Result<usize, IndexerError> {
+        let catalog = Catalog::read(&Catalog::path_in(data_dir))?;
+        let mut named: HashSet<PathBuf> = HashSet::new();
+        for split in &catalog.splits {
+            named.insert(data_dir.join(&split.parquet));
+            named.insert(data_dir.join(&split.index));
+        }
+        let mut unnamed = HashSet::new();
+        let mut stack = vec![data_dir.join("splits")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_split_file = name.ends_with(".parquet")
+                    || name.ends_with(".tantivy")
+                    || name.ends_with(".series.zst")
+                    || name.ends_with(".download.tmp");
+                if !is_split_file {
+                    if path.is_dir() {
+                        stack.push(path);
+                    }
+                    continue;
                 }
-                continue;
+                if !named.contains(&path) {
+                    unnamed.insert(path);
+                }
             }
-            if named.contains(&path) {
-                continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() >= grace)
-                .unwrap_or(false);
-            if old {
+        }
+        let now = Instant::now();
+        self.since.retain(|path, _| unnamed.contains(path));
+        let mut removed = 0;
+        for path in unnamed {
+            let since = *self.since.entry(path.clone()).or_insert(now);
+            if now.duration_since(since) >= grace {
                 let result = if path.is_dir() {
                     std::fs::remove_dir_all(&path)
                 } else {
                     std::fs::remove_file(&path)
                 };
                 if result.is_ok() {
+                    self.since.remove(&path);
                     removed += 1;
                 }
             }
         }
+        Ok(removed)
     }
-    Ok(removed)
 }
 
-/// Runs `round` every `interval` until `stop`, counting failures.
+/// Runs `round` every `interval` until `stop`, counting failures; once
+/// stopped it runs exactly one more round when `last_round` gives it time
+/// (the indexer's mirror stops after the last commit, so that round
+/// carries it).
 pub async fn every(
     remote: Arc<RemoteStorage>,
     operation: &'static str,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    last_round: Option<Duration>,
     mut round: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), IndexerError>> + Send>>,
 ) {
     let interval = remote.config.sync_interval;
-    loop {
-        if let Err(e) = round().await {
+    let report = |result: Result<(), IndexerError>| {
+        if let Err(e) = result {
             remote.metrics.errors.with_label_values(&[operation]).inc();
             tracing::warn!(operation, store = %remote.url, error = %e, "object storage sync failed; retrying");
         }
+    };
+    loop {
         if *stop.borrow() {
+            let Some(last_round) = last_round else { return };
+            match tokio::time::timeout(last_round, round()).await {
+                Ok(result) => report(result),
+                Err(_) => tracing::warn!(operation, store = %remote.url, "last object storage round timed out"),
+            }
             return;
         }
+        report(round().await);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => {}

@@ -65,6 +65,21 @@ fn rank_order(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Most ranks one answer covers.
 pub const MAX_RANKS: usize = 4096;
+/// Longest line quoted per rank (a joined traceback can be a megabyte).
+pub const MAX_QUOTED_BYTES: usize = 4096;
+/// Most `weft_train_step` samples read for one answer.
+const MAX_STEP_SAMPLES: usize = 10_000_000;
+
+fn quote(line: &str) -> String {
+    if line.len() <= MAX_QUOTED_BYTES {
+        return line.to_string();
+    }
+    let mut cut = MAX_QUOTED_BYTES;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &line[..cut])
+}
 
 /// The ranks of `run` seen in `[start, end)` (nanoseconds).
 pub fn run_ranks(
@@ -141,7 +156,7 @@ pub fn run_ranks(
             let Some(stored) = by_row.get(&row) else { continue };
             let mark = LogMark {
                 ts: stored.ts,
-                line: stored.line.clone(),
+                line: quote(&stored.line),
                 pod: stored.stream.get("pod").unwrap_or("").to_string(),
                 level: stored.metadata.get("detected_level").map(str::to_string),
                 ml_event: stored.metadata.get("ml_event").filter(|e| !e.is_empty()).map(str::to_string),
@@ -160,7 +175,7 @@ pub fn run_ranks(
         Matcher::new(MatchOp::Equal, "run", run),
     ];
     let (start_ms, end_ms) = (start.div_euclid(1_000_000), (end - 1).div_euclid(1_000_000));
-    for series in metrics.select(&matchers, start_ms, end_ms, 50_000_000)? {
+    for series in metrics.select(&matchers, start_ms, end_ms, MAX_STEP_SAMPLES)? {
         let Some(&(ts, step)) = series.samples.iter().rev().find(|(_, v)| !weft_model::metric::is_stale_marker(*v)) else {
             continue;
         };

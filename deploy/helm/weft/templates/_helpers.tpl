@@ -27,6 +27,10 @@ capabilities:
 {{- end -}}
 
 {{- define "weft.probes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: {{ . }}}
+  periodSeconds: 10
+  failureThreshold: 90
 livenessProbe:
   httpGet: {path: /healthz, port: {{ . }}}
   periodSeconds: 20
