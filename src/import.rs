@@ -16,6 +16,8 @@ use weft_model::metric::{MetadataMap, MetricBatchBuilder, META_METRIC_METADATA};
 const MAX_IMPORT_BYTES: u64 = 256 << 20;
 /// Samples per ingested batch.
 const BATCH_SAMPLES: usize = 50_000;
+/// Batches per commit (one split each; bounded pending memory).
+const BATCHES_PER_COMMIT: usize = 10;
 
 /// Imports `files` into `indexer` for `tenant`; returns the samples added.
 pub fn import_files(indexer: &weft_indexer::Indexer, data: &Path, tenant: &str, files: &[PathBuf]) -> anyhow::Result<usize> {
@@ -56,7 +58,9 @@ pub fn import_files(indexer: &weft_indexer::Indexer, data: &Path, tenant: &str, 
             continue;
         }
         let mut added = 0;
-        for chunk in samples[from..].chunks(BATCH_SAMPLES) {
+        let mut uncommitted = 0;
+        let chunks: Vec<_> = samples[from..].chunks(BATCH_SAMPLES).collect();
+        for (i, chunk) in chunks.iter().copied().enumerate() {
             let mut builder = MetricBatchBuilder::new();
             for sample in chunk {
                 builder.append(&sample.labels.to_string(), sample.ts.unwrap_or(now_ms), sample.value);
@@ -65,10 +69,14 @@ pub fn import_files(indexer: &weft_indexer::Indexer, data: &Path, tenant: &str, 
             added += indexer
                 .ingest_metrics(tenant, &body, "import")
                 .map_err(|e| anyhow::anyhow!("--import {}: {e}", file.display()))?;
-            // Durable before the ledger moves; also keeps pending memory low.
-            indexer.commit().map_err(|e| anyhow::anyhow!("--import {}: {e}", file.display()))?;
-            *done.entry(digest.clone()).or_insert(0) += chunk.len();
-            save(&done)?;
+            uncommitted += chunk.len();
+            if (i + 1) % BATCHES_PER_COMMIT == 0 || i + 1 == chunks.len() {
+                // Durable before the ledger moves; also bounds pending memory.
+                indexer.commit().map_err(|e| anyhow::anyhow!("--import {}: {e}", file.display()))?;
+                *done.entry(digest.clone()).or_insert(0) += uncommitted;
+                uncommitted = 0;
+                save(&done)?;
+            }
         }
         tracing::info!(file = %file.display(), samples = added, "imported");
         total += added;
