@@ -101,6 +101,14 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
     let collector_rss = peak_rss();
 
+    if std::env::var("WEFT_BENCH_STAGES").as_deref() == Ok("collect") {
+        // Profiling the collector alone.
+        println!(
+            "{}",
+            serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall})
+        );
+        return Ok(());
+    }
     // Stage 2: the indexer, on this thread, committing every 64 MiB of
     // text as its default commit_bytes would.
     let indexer_config = weft_indexer::IndexerConfig::default();

@@ -168,6 +168,9 @@ impl SegmentCollector for DocIdsSegment {
 pub struct FastRow<'a> {
     pub ts: i64,
     pub bytes: u64,
+    /// Dictionary ordinals of (stream, level, ml_event) within the split:
+    /// equal keys, equal labels, with no string work per row.
+    pub key: (usize, usize, usize),
     pub stream: &'a str,
     pub level: &'a str,
     pub ml_event: &'a str,
@@ -376,6 +379,7 @@ impl OpenSplit {
             visit(FastRow {
                 ts: ts.first(doc).unwrap_or(0),
                 bytes: bytes.first(doc).unwrap_or(0),
+                key: (stream, level, event),
                 stream: stream_words.get(stream).map(String::as_str).unwrap_or(""),
                 level: level_words.get(level).map(String::as_str).unwrap_or("unknown"),
                 ml_event: event_words.get(event).map(String::as_str).unwrap_or(""),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED};
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, TantivyDocument};
 use weft_model::LogBatchView;
@@ -72,6 +72,21 @@ pub fn has_long_token(line: &str) -> bool {
     false
 }
 
+/// An untokenized, unscored field (like `STRING`, without fieldnorms).
+fn keyword(fast: bool) -> TextOptions {
+    let options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    );
+    if fast {
+        options.set_fast("raw")
+    } else {
+        options
+    }
+}
+
 /// The split index schema and its fields.
 pub fn log_schema() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
@@ -81,15 +96,18 @@ pub fn log_schema() -> (Schema, LogFields) {
             TextOptions::default().set_indexing_options(
                 TextFieldIndexing::default()
                     .set_tokenizer(LINE_TOKENIZER)
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+                    // Results are ordered by time, never by BM25: no
+                    // per-document length norms (a byte per doc and field).
+                    .set_fieldnorms(false),
             ),
         ),
-        flags: builder.add_text_field("flags", STRING),
-        stream: builder.add_text_field("stream", STRING | FAST),
-        label: builder.add_text_field("label", STRING),
-        level: builder.add_text_field("level", STRING | FAST),
-        ml_event: builder.add_text_field("ml_event", STRING | FAST),
-        field: builder.add_text_field("field", STRING),
+        flags: builder.add_text_field("flags", keyword(false)),
+        stream: builder.add_text_field("stream", keyword(true)),
+        label: builder.add_text_field("label", keyword(false)),
+        level: builder.add_text_field("level", keyword(true)),
+        ml_event: builder.add_text_field("ml_event", keyword(true)),
+        field: builder.add_text_field("field", keyword(false)),
         ts: builder.add_i64_field("ts", INDEXED | FAST),
         bytes: builder.add_u64_field("bytes", FAST),
     };

@@ -451,23 +451,31 @@ impl Engine {
         let range_secs = range.range as f64 / 1e9;
         if agg.op.counts_lines() {
             // count and weight difference arrays per series
-            let mut series: HashMap<LabelSet, (Vec<i64>, Vec<f64>)> = HashMap::new();
-            let mut add = |labels: LabelSet, ts: i64, weight: f64| -> Result<(), QueryError> {
+            let mut slots: HashMap<LabelSet, usize> = HashMap::new();
+            let mut arrays: Vec<(Vec<i64>, Vec<f64>)> = Vec::new();
+            let slot_of = |labels: LabelSet,
+                           slots: &mut HashMap<LabelSet, usize>,
+                           arrays: &mut Vec<(Vec<i64>, Vec<f64>)>|
+             -> Result<usize, QueryError> {
+                if let Some(slot) = slots.get(&labels) {
+                    return Ok(*slot);
+                }
+                self.check_series(slots.len() + 1, n)?;
+                arrays.push((vec![0; n + 1], vec![0.0; n + 1]));
+                slots.insert(labels, arrays.len() - 1);
+                Ok(arrays.len() - 1)
+            };
+            let add = |entry: &mut (Vec<i64>, Vec<f64>), ts: i64, weight: f64| {
                 let Some((first, last)) = grid.span(
                     ts.saturating_add(range.offset),
                     ts.saturating_add(range.offset).saturating_add(range.range - 1),
                 ) else {
-                    return Ok(());
+                    return;
                 };
-                if !series.contains_key(&labels) {
-                    self.check_series(series.len() + 1, n)?;
-                }
-                let entry = series.entry(labels).or_insert_with(|| (vec![0; n + 1], vec![0.0; n + 1]));
                 entry.0[first] += 1;
                 entry.0[last + 1] -= 1;
                 entry.1[first] += weight;
                 entry.1[last + 1] -= weight;
-                Ok(())
             };
             for split in &splits {
                 let streams = split.matching_streams(&range.log.matchers);
@@ -477,25 +485,33 @@ impl Engine {
                 let filters = prefilters(&range.log.pipeline);
                 let query = split.query(&streams, lo, hi, &filters);
                 if !stage_needs_parquet(&range.log.pipeline) && !split.meta.has_fields {
-                    let mut labels_of: HashMap<(String, String, String), LabelSet> = HashMap::new();
+                    // Rows resolve to series by dictionary ordinals: one
+                    // label set per distinct (stream, level, event) per split.
+                    let mut slot_by_key: HashMap<(usize, usize, usize), usize> = HashMap::new();
                     let mut failure = None;
                     split.scan_fast(query.as_ref(), |row| {
                         if failure.is_some() {
                             return;
                         }
-                        let key = (row.stream.to_string(), row.level.to_string(), row.ml_event.to_string());
-                        let labels = labels_of
-                            .entry(key)
-                            .or_insert_with(|| {
+                        let slot = match slot_by_key.get(&row.key) {
+                            Some(slot) => *slot,
+                            None => {
                                 let mut labels = LabelSet::parse(row.stream).unwrap_or_default();
                                 labels.insert("detected_level", row.level);
                                 labels.insert("ml_event", row.ml_event);
-                                labels
-                            })
-                            .clone();
-                        if let Err(e) = add(labels, row.ts, row.bytes as f64) {
-                            failure = Some(e);
-                        }
+                                match slot_of(labels, &mut slots, &mut arrays) {
+                                    Ok(slot) => {
+                                        slot_by_key.insert(row.key, slot);
+                                        slot
+                                    }
+                                    Err(e) => {
+                                        failure = Some(e);
+                                        return;
+                                    }
+                                }
+                            }
+                        };
+                        add(&mut arrays[slot], row.ts, row.bytes as f64);
                     })?;
                     if let Some(e) = failure {
                         return Err(e);
@@ -512,13 +528,14 @@ impl Engine {
                             continue;
                         };
                         let bytes = state.line.len() as f64;
-                        add(state.labels, state.ts, bytes)?;
+                        let slot = slot_of(state.labels, &mut slots, &mut arrays)?;
+                        add(&mut arrays[slot], state.ts, bytes);
                     }
                 }
             }
             if agg.op == RangeOp::AbsentOverTime {
                 let mut present = vec![0i64; n + 1];
-                for (counts, _) in series.values() {
+                for (counts, _) in &arrays {
                     for (i, c) in counts.iter().enumerate() {
                         present[i] += c;
                     }
@@ -540,9 +557,12 @@ impl Engine {
                     .collect();
                 return Ok(Value::Vector(vec![Series { labels, values }]));
             }
-            let out = series
+            let mut by_slot: Vec<(usize, LabelSet)> = slots.into_iter().map(|(labels, slot)| (slot, labels)).collect();
+            by_slot.sort_by_key(|(slot, _)| *slot);
+            let out = by_slot
                 .into_iter()
-                .map(|(labels, (counts, weights))| {
+                .zip(arrays)
+                .map(|((_, labels), (counts, weights))| {
                     let mut count = 0i64;
                     let mut weight = 0.0;
                     let values = (0..n)
