@@ -54,8 +54,8 @@ impl FakeApiServer {
         FakeApiServer { port, state }
     }
 
-    /// Applies a change and tells the watchers.
-    fn change(&self, kind: &'static str, mut pod: serde_json::Value) {
+    /// Applies a change; tells the watchers unless `unseen`.
+    fn apply(&self, kind: &'static str, mut pod: serde_json::Value, unseen: bool) {
         let (lock, changed) = &*self.state;
         let mut s = lock.lock().unwrap();
         s.version += 1;
@@ -65,21 +65,24 @@ impl FakeApiServer {
         if kind != "DELETED" {
             s.pods.push(pod.clone());
         }
-        let version = s.version;
-        s.events.push((version, kind, pod));
+        if !unseen {
+            let version = s.version;
+            s.events.push((version, kind, pod));
+        }
         changed.notify_all();
+    }
+
+    /// Applies a change and tells the watchers.
+    fn change(&self, kind: &'static str, pod: serde_json::Value) {
+        self.apply(kind, pod, false);
     }
 
     /// Changes a pod without telling watchers (as if the event was lost),
     /// then expires the watch with 410 Gone: only a fresh list finds it.
-    fn change_unseen_then_expire(&self, mut pod: serde_json::Value) {
+    fn change_unseen_then_expire(&self, pod: serde_json::Value) {
+        self.apply("MODIFIED", pod, true);
         let (lock, changed) = &*self.state;
         let mut s = lock.lock().unwrap();
-        s.version += 1;
-        pod["metadata"]["resourceVersion"] = s.version.to_string().into();
-        let uid = pod["metadata"]["uid"].clone();
-        s.pods.retain(|p| p["metadata"]["uid"] != uid);
-        s.pods.push(pod);
         s.version += 1;
         let version = s.version;
         let gone = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",

@@ -244,11 +244,17 @@ fn bucket_files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> 
     out
 }
 
+/// The splits of the catalog in the store (none before the first push).
+fn store_splits(bucket: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read(bucket.join("catalog.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c["splits"].as_array().cloned())
+        .unwrap_or_default()
+}
+
 fn catalog_parquets(bucket: &std::path::Path) -> Vec<String> {
-    let catalog: serde_json::Value = serde_json::from_slice(&std::fs::read(bucket.join("catalog.json")).unwrap()).unwrap();
-    catalog["splits"]
-        .as_array()
-        .unwrap()
+    store_splits(bucket)
         .iter()
         .map(|s| s["parquet"].as_str().unwrap().to_string())
         .collect()
@@ -326,28 +332,17 @@ fn merged_splits_leave_the_store_and_a_missing_object_costs_one_split() {
 }
 
 fn catalog_count(bucket: &std::path::Path) -> usize {
-    std::fs::read(bucket.join("catalog.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map_or(0, |c| c["splits"].as_array().map_or(0, Vec::len))
+    store_splits(bucket).len()
+}
+
+fn is_merged(split: &serde_json::Value) -> bool {
+    split["merges"].as_u64().unwrap_or(0) > 0
 }
 
 fn is_merged_split(bucket: &std::path::Path, parquet: &str) -> bool {
-    let catalog: serde_json::Value = serde_json::from_slice(&std::fs::read(bucket.join("catalog.json")).unwrap()).unwrap();
-    catalog["splits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["parquet"] == parquet && s["merges"].as_u64().unwrap_or(0) > 0)
+    store_splits(bucket).iter().any(|s| s["parquet"] == parquet && is_merged(s))
 }
 
 fn merged(bucket: &std::path::Path) -> bool {
-    std::fs::read(bucket.join("catalog.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|c| {
-            c["splits"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s["merges"].as_u64().unwrap_or(0) > 0))
-        })
+    store_splits(bucket).iter().any(is_merged)
 }
