@@ -340,7 +340,9 @@ impl OpenSplit {
 
     /// Calls `visit` for every matching row with what the index holds about
     /// it (time, line length, stream, level, ML event), without Parquet.
-    pub fn scan_fast(&self, query: &dyn Query, mut visit: impl FnMut(FastRow<'_>)) -> Result<(), QueryError> {
+    /// Without `with_ts` the time is not read (0): an instant query's one
+    /// window already holds every row the query matched.
+    pub fn scan_fast(&self, query: &dyn Query, with_ts: bool, mut visit: impl FnMut(FastRow<'_>)) -> Result<(), QueryError> {
         let searcher = self.reader.searcher();
         let docs = searcher.search(query, &DocIds).map_err(|e| storage_err(&self.meta, e))?;
         if docs.is_empty() {
@@ -377,7 +379,7 @@ impl OpenSplit {
             let level = word(&level_col, doc);
             let event = word(&event_col, doc);
             visit(FastRow {
-                ts: ts.first(doc).unwrap_or(0),
+                ts: if with_ts { ts.first(doc).unwrap_or(0) } else { 0 },
                 bytes: bytes.first(doc).unwrap_or(0),
                 key: (stream, level, event),
                 stream: stream_words.get(stream).map(String::as_str).unwrap_or(""),

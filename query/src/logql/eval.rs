@@ -487,9 +487,12 @@ impl Engine {
                 if !stage_needs_parquet(&range.log.pipeline) && !split.meta.has_fields {
                     // Rows resolve to series by dictionary ordinals: one
                     // label set per distinct (stream, level, event) per split.
-                    let mut slot_by_key: HashMap<(usize, usize, usize), usize> = HashMap::new();
+                    let mut slot_by_key: HashMap<(usize, usize, usize), usize, std::hash::BuildHasherDefault<OrdinalHasher>> =
+                        HashMap::default();
                     let mut failure = None;
-                    split.scan_fast(query.as_ref(), |row| {
+                    // One step: the query's time bounds are the window's.
+                    let single = n == 1;
+                    split.scan_fast(query.as_ref(), !single, |row| {
                         if failure.is_some() {
                             return;
                         }
@@ -511,7 +514,15 @@ impl Engine {
                                 }
                             }
                         };
-                        add(&mut arrays[slot], row.ts, row.bytes as f64);
+                        let entry = &mut arrays[slot];
+                        if single {
+                            entry.0[0] += 1;
+                            entry.0[1] -= 1;
+                            entry.1[0] += row.bytes as f64;
+                            entry.1[1] -= row.bytes as f64;
+                        } else {
+                            add(entry, row.ts, row.bytes as f64);
+                        }
                     })?;
                     if let Some(e) = failure {
                         return Err(e);
@@ -655,6 +666,31 @@ impl Engine {
             })
             .collect();
         Ok(Value::Vector(out))
+    }
+}
+
+/// Hashes small integer keys (dictionary ordinals) with a multiply-rotate
+/// step: SipHash was a third of a log-metric query's time.
+#[derive(Default)]
+struct OrdinalHasher(u64);
+
+impl std::hash::Hasher for OrdinalHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
     }
 }
 
