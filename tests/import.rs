@@ -23,17 +23,11 @@ fn imported_samples_land_once() {
          DCGM_FI_DEV_GPU_UTIL{gpu=\"0\",Hostname=\"n1\"} 12 1795600860000\n",
     )
     .unwrap();
-    let args = [
-        "standalone",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--import",
-        file.to_str().unwrap(),
-    ];
+    let config = dir.path().join("weft.yaml");
+    std::fs::write(&config, "").unwrap();
+    let mut args = common::standalone_args(&logs, &data, &config);
+    args.extend(["--import".to_string(), file.to_str().unwrap().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let count = |weft: &Weft| {
         let (status, body) = get_json(
             &weft.url("/api/v1/query"),

@@ -49,18 +49,6 @@ fn lines(query: &Weft) -> Vec<String> {
     common::stream_lines(&body).into_iter().map(|(_, line)| line).collect()
 }
 
-fn role(name: &str, data: &std::path::Path, config: &std::path::Path) -> Weft {
-    Weft::start(&[
-        name,
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ])
-}
-
 #[test]
 fn query_replicas_read_what_the_indexer_mirrors() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,8 +63,8 @@ fn query_replicas_read_what_the_indexer_mirrors() {
     )
     .unwrap();
     let (indexer_data, query_data) = (dir.path().join("indexer"), dir.path().join("query"));
-    let indexer = role("indexer", &indexer_data, &config);
-    let query = role("query", &query_data, &config);
+    let indexer = Weft::role("indexer", &indexer_data, &config);
+    let query = Weft::role("query", &query_data, &config);
 
     push(&indexer, &["first line", "second line"]);
     let ms = now_ns() / 1_000_000;
@@ -115,7 +103,7 @@ fn query_replicas_read_what_the_indexer_mirrors() {
     // old lines stay and new ones join them.
     indexer.terminate();
     std::fs::remove_dir_all(&indexer_data).unwrap();
-    let indexer = role("indexer", &indexer_data, &config);
+    let indexer = Weft::role("indexer", &indexer_data, &config);
     assert!(indexer_data.join("catalog.json").exists(), "restored before serving");
     push(&indexer, &["after the restore"]);
     wait_for("all three lines", Duration::from_secs(30), || {
@@ -273,7 +261,7 @@ fn merged_splits_leave_the_store_and_a_missing_object_costs_one_split() {
         ),
     )
     .unwrap();
-    let indexer = role("indexer", &dir.path().join("indexer"), &config);
+    let indexer = Weft::role("indexer", &dir.path().join("indexer"), &config);
     // Three commits, so three splits of one hour: merged in the background
     // into one (a later single split stays alone: fewer than three).
     for n in 0..3 {
@@ -309,7 +297,7 @@ fn merged_splits_leave_the_store_and_a_missing_object_costs_one_split() {
         .expect("an unmerged split")
         .clone();
     std::fs::remove_file(bucket.join(&lost)).unwrap();
-    let query = role("query", &dir.path().join("query"), &config);
+    let query = Weft::role("query", &dir.path().join("query"), &config);
     let mut last = Vec::new();
     let served = (0..150).any(|_| {
         last = lines(&query);

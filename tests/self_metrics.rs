@@ -26,25 +26,8 @@ fn every_role_serves_metrics_and_probes() {
     std::fs::create_dir_all(&logs).unwrap();
     let config = dir.path().join("weft.yaml");
     std::fs::write(&config, "rules:\n  enabled: false\nindexer:\n  commit_interval: 200ms\n").unwrap();
-    let cfg = config.to_str().unwrap();
-    let indexer = Weft::start(&[
-        "indexer",
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        cfg,
-    ]);
-    let query = Weft::start(&[
-        "query",
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        cfg,
-    ]);
+    let indexer = Weft::role("indexer", &data, &config);
+    let query = Weft::role("query", &data, &config);
     let collector = Weft::start(&[
         "collector",
         "--logs",

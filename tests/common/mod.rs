@@ -81,6 +81,19 @@ impl Weft {
         Self::start(&standalone_args(logs, data, config).iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// `weft <indexer|query> --data DATA --listen 127.0.0.1:0 --config CONFIG`.
+    pub fn role(name: &str, data: &Path, config: &Path) -> Weft {
+        Self::start(&[
+            name,
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+    }
+
     /// Starts a role that serves no HTTP (the collector).
     pub fn start_quiet(args: &[&str]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_weft"))

@@ -132,6 +132,22 @@ macro_rules! endpoint {
     };
 }
 
+/// An endpoint whose path holds one segment the handler takes (a label
+/// name, a run).
+macro_rules! endpoint_with_path {
+    ($name:ident, $label:literal, $work:path) => {
+        async fn $name(
+            axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
+            axum::extract::Path(segment): axum::extract::Path<String>,
+            headers: HeaderMap,
+            uri: Uri,
+            body: Bytes,
+        ) -> Response {
+            run(service, $label, headers, uri, body, move |s, t, p| $work(s, t, p, &segment)).await
+        }
+    };
+}
+
 endpoint!(loki_query_range, "loki_query_range", loki::query_range);
 endpoint!(loki_query, "loki_query", loki::query);
 endpoint!(loki_labels, "loki_labels", loki::labels);
@@ -146,44 +162,9 @@ endpoint!(prom_metadata, "prom_metadata", prometheus::metadata);
 endpoint!(prom_buildinfo, "prom_buildinfo", prometheus::buildinfo);
 endpoint!(prom_exemplars, "prom_exemplars", prometheus::query_exemplars);
 
-async fn prom_label_values(
-    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    run(service, "prom_label_values", headers, uri, body, move |s, t, p| {
-        prometheus::label_values(s, t, p, &name)
-    })
-    .await
-}
-
-async fn loki_label_values(
-    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    run(service, "loki_label_values", headers, uri, body, move |s, t, p| {
-        loki::label_values(s, t, p, &name)
-    })
-    .await
-}
-
-async fn run_ranks(
-    axum::extract::State(service): axum::extract::State<Arc<QueryService>>,
-    axum::extract::Path(name): axum::extract::Path<String>,
-    headers: HeaderMap,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    run(service, "run_ranks", headers, uri, body, move |s, t, p| {
-        native::run_ranks(s, t, p, &name)
-    })
-    .await
-}
+endpoint_with_path!(prom_label_values, "prom_label_values", prometheus::label_values);
+endpoint_with_path!(loki_label_values, "loki_label_values", loki::label_values);
+endpoint_with_path!(run_ranks, "run_ranks", native::run_ranks);
 
 async fn not_built() -> Response {
     (StatusCode::NOT_FOUND, Json(serde_json::json!({"status":"error","errorType":"not_found","error":"not implemented in weft yet","message":"not implemented in weft yet"}))).into_response()
