@@ -11,6 +11,7 @@ pub mod promql;
 pub mod rules;
 pub mod runs;
 pub mod search;
+pub mod search_text;
 pub mod storage;
 
 use std::path::Path;

@@ -12,7 +12,8 @@ use tantivy::Term;
 use weft_model::LabelSet;
 
 use crate::logql::ast::{MatchOp, Matcher};
-use crate::storage::{stored_rows, OpenSplit, SplitStore};
+use crate::search_text::TextExpr;
+use crate::storage::{stored_rows, OpenSplit, SplitStore, StoredRow};
 use crate::QueryError;
 
 /// Most hits one page may ask for.
@@ -102,10 +103,17 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
     parsed
 }
 
-fn split_query(split: &OpenSplit, parsed: &ParsedSearch, streams: &[usize], start: i64, end: i64) -> Result<Box<dyn Query>, QueryError> {
+fn split_query(
+    split: &OpenSplit,
+    parsed: &ParsedSearch,
+    text: Option<&TextExpr>,
+    streams: &[usize],
+    start: i64,
+    end: i64,
+) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
-    if !parsed.text.trim().is_empty() {
-        clauses.push((Occur::Must, split.text_query(&parsed.text)?));
+    if let Some(text) = text {
+        clauses.push((Occur::Must, text.query(split.fields.line)));
     }
     if let Some(level) = &parsed.level {
         clauses.push((
@@ -125,7 +133,33 @@ fn split_query(split: &OpenSplit, parsed: &ParsedSearch, streams: &[usize], star
             )),
         ));
     }
-    Ok(Box::new(BooleanQuery::new(clauses)))
+    Box::new(BooleanQuery::new(clauses))
+}
+
+/// The newest `want` rows of `split` that match `query` and pass the
+/// text's exact check, read from Parquet: candidates in growing rounds
+/// until enough pass or none are left.
+fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usize) -> Result<Vec<(i64, u32, StoredRow)>, QueryError> {
+    let mut round = want.saturating_mul(4).max(64);
+    loop {
+        let top = split.top_rows(query, round, true)?;
+        let mut rows: Vec<u32> = top.iter().map(|(_, row)| *row).collect();
+        rows.sort_unstable();
+        let mut stored = Vec::new();
+        stored_rows(&split.read_rows(&rows)?, &mut stored)?;
+        let mut passed: Vec<(i64, u32, StoredRow)> = rows
+            .into_iter()
+            .zip(stored)
+            .filter(|(_, row)| text.matches(&row.line))
+            .map(|(n, row)| (row.ts, n, row))
+            .collect();
+        if passed.len() >= want || top.len() < round {
+            passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            passed.truncate(want);
+            return Ok(passed);
+        }
+        round = round.saturating_mul(4);
+    }
 }
 
 /// Runs a search over the splits of `tenant`.
@@ -146,21 +180,36 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     if parsed.text.trim().is_empty() && parsed.matchers.is_empty() && parsed.level.is_none() && parsed.ml_event.is_none() {
         return Err(QueryError::BadRequest("the search expression is empty".into()));
     }
+    let text = if parsed.text.trim().is_empty() {
+        None
+    } else {
+        Some(TextExpr::parse(&parsed.text)?)
+    };
     let want = request.limit + request.skip_at_end + 1;
     // (ts, split index, row), newest first; ties by split then row.
     let mut candidates: Vec<(i64, usize, u32)> = Vec::new();
+    // Rows already read to check a phrase.
+    let mut fetched = std::collections::HashMap::new();
     for (i, split) in splits.iter().enumerate() {
         let streams = split.matching_streams(&parsed.matchers);
         if streams.is_empty() {
             continue;
         }
-        let query = split_query(split, &parsed, &streams, request.start, request.end)?;
-        candidates.extend(
-            split
-                .top_rows(query.as_ref(), want, true)?
-                .into_iter()
-                .map(|(ts, row)| (ts, i, row)),
-        );
+        let query = split_query(split, &parsed, text.as_ref(), &streams, request.start, request.end);
+        match &text {
+            Some(text) if text.needs_check() => {
+                for (ts, row, stored) in checked_rows(split, query.as_ref(), text, want)? {
+                    candidates.push((ts, i, row));
+                    fetched.insert((i, row), stored);
+                }
+            }
+            _ => candidates.extend(
+                split
+                    .top_rows(query.as_ref(), want, true)?
+                    .into_iter()
+                    .map(|(ts, row)| (ts, i, row)),
+            ),
+        }
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut skipped = 0;
@@ -176,9 +225,10 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     candidates.truncate(request.limit);
     let mut by_split: std::collections::HashMap<usize, Vec<u32>> = Default::default();
     for (_, i, row) in &candidates {
-        by_split.entry(*i).or_default().push(*row);
+        if !fetched.contains_key(&(*i, *row)) {
+            by_split.entry(*i).or_default().push(*row);
+        }
     }
-    let mut fetched = std::collections::HashMap::new();
     for (i, mut rows) in by_split {
         rows.sort_unstable();
         let batches = splits[i].read_rows(&rows)?;

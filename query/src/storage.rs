@@ -116,7 +116,6 @@ impl SplitStore {
 pub struct OpenSplit {
     pub meta: SplitMeta,
     pub streams: Vec<Arc<LabelSet>>,
-    index: tantivy::Index,
     reader: IndexReader,
     pub fields: LogFields,
     parquet_path: PathBuf,
@@ -224,7 +223,6 @@ impl OpenSplit {
         Ok(Self {
             meta: meta.clone(),
             streams,
-            index,
             reader,
             fields,
             parquet_path,
@@ -301,16 +299,6 @@ impl OpenSplit {
     pub fn with_ml_event(&self, base: Box<dyn Query>) -> Box<dyn Query> {
         let tagged = RegexQuery::from_pattern(".+", self.fields.ml_event).expect("constant pattern is valid");
         Box::new(BooleanQuery::new(vec![(Occur::Must, base), (Occur::Must, Box::new(tagged))]))
-    }
-
-    /// Parses a full-text expression (words, "phrases", AND/OR/NOT, `-word`)
-    /// over the line field; words are required by default.
-    pub fn text_query(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {
-        let mut parser = tantivy::query::QueryParser::for_index(&self.index, vec![self.fields.line]);
-        parser.set_conjunction_by_default();
-        parser
-            .parse_query(text)
-            .map_err(|e| QueryError::BadRequest(format!("invalid search expression: {e}")))
     }
 
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.

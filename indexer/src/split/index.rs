@@ -7,20 +7,27 @@
 //! `flags` (`long_token` on lines that had such a run, so a substring
 //! prefilter never misses them), `stream`
 //! (the canonical label set, raw and fast: selectors resolve to a set of
-//! these, and metric queries read it per row without touching Parquet),
-//! `label` (raw `name=value` terms of the stream labels), `level` and
-//! `ml_event` (raw and fast), `field` (raw `name=value` terms of structured metadata), `ts`
-//! (i64 fast and indexed) and `bytes` (line length, fast). Nothing is
-//! stored: the row's content is in Parquet.
+//! these through the catalog's stream list, and metric queries read it per
+//! row without touching Parquet), `level` and `ml_event` (raw and fast),
+//! `field` (raw `name=value` terms of structured metadata), `ts` (i64, fast
+//! only: time ranges are fast-field range scans, a term per nanosecond
+//! stamp would be a dictionary entry per row) and `bytes` (line length,
+//! fast). Nothing is stored: the row's content is in Parquet; the doc store
+//! tantivy always writes is zstd-compressed to almost nothing.
+//!
+//! Splits written before this schema also have a `label` field (raw
+//! `name=value` terms per row) and an indexed `ts`; readers ignore the
+//! former and range queries read the fast field either way.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::MmapDirectory;
-use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
+use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
-use tantivy::{Index, TantivyDocument};
+use tantivy::{Index, IndexSettings, TantivyDocument};
 use weft_model::LogBatchView;
 
 use crate::IndexerError;
@@ -31,7 +38,6 @@ pub struct LogFields {
     pub line: Field,
     pub flags: Field,
     pub stream: Field,
-    pub label: Field,
     pub level: Field,
     pub ml_event: Field,
     pub field: Field,
@@ -54,6 +60,15 @@ pub fn register_tokenizers(index: &Index) {
         .filter(LowerCaser)
         .build();
     index.tokenizers().register(LINE_TOKENIZER, analyzer);
+}
+
+/// The terms the `line` tokenizer makes of `text`: alphanumeric runs
+/// shorter than [`LONG_TOKEN_BYTES`], lowercased. Queries use it to check
+/// phrases on lines (the index keeps no positions).
+pub fn line_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|run| !run.is_empty() && run.len() < LONG_TOKEN_BYTES)
+        .map(str::to_lowercase)
 }
 
 /// True when `line` has an alphanumeric run the tokenizer leaves out.
@@ -96,7 +111,7 @@ pub fn log_schema() -> (Schema, LogFields) {
             TextOptions::default().set_indexing_options(
                 TextFieldIndexing::default()
                     .set_tokenizer(LINE_TOKENIZER)
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+                    .set_index_option(IndexRecordOption::Basic)
                     // Results are ordered by time, never by BM25: no
                     // per-document length norms (a byte per doc and field).
                     .set_fieldnorms(false),
@@ -104,11 +119,10 @@ pub fn log_schema() -> (Schema, LogFields) {
         ),
         flags: builder.add_text_field("flags", keyword(false)),
         stream: builder.add_text_field("stream", keyword(true)),
-        label: builder.add_text_field("label", keyword(false)),
         level: builder.add_text_field("level", keyword(true)),
         ml_event: builder.add_text_field("ml_event", keyword(true)),
         field: builder.add_text_field("field", keyword(false)),
-        ts: builder.add_i64_field("ts", INDEXED | FAST),
+        ts: builder.add_i64_field("ts", FAST),
         bytes: builder.add_u64_field("bytes", FAST),
     };
     (builder.build(), fields)
@@ -125,7 +139,6 @@ pub fn fields_of(schema: &Schema) -> Result<LogFields, IndexerError> {
         line: get("line")?,
         flags: get("flags")?,
         stream: get("stream")?,
-        label: get("label")?,
         level: get("level")?,
         ml_event: get("ml_event")?,
         field: get("field")?,
@@ -140,7 +153,7 @@ fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
 
 /// Writes the index of `view`'s rows (already in final row order) into the
 /// empty directory `path`.
-pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>, Arc<Vec<String>>)]) -> Result<(), IndexerError> {
+pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]) -> Result<(), IndexerError> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io {
             path: path.to_path_buf(),
@@ -159,12 +172,17 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>
         .filter(LowerCaser)
         .build();
     tokenizers.register(LINE_TOKENIZER, analyzer);
+    let settings = IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+        ..IndexSettings::default()
+    };
     let mut writer = Index::builder()
         .schema(schema)
+        .settings(settings)
         .tokenizers(tokenizers)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
-    for (row, (stream, terms)) in streams.iter().enumerate().take(view.len()) {
+    for (row, stream) in streams.iter().enumerate().take(view.len()) {
         let mut doc = TantivyDocument::default();
         let line = view.line.value(row);
         doc.add_text(f.line, line);
@@ -172,9 +190,6 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[(Arc<String>
             doc.add_text(f.flags, LONG_TOKEN_FLAG);
         }
         doc.add_text(f.stream, stream.as_str());
-        for term in terms.iter() {
-            doc.add_text(f.label, term);
-        }
         doc.add_text(f.level, view.level.value(row));
         if view.ml_event.is_valid(row) {
             doc.add_text(f.ml_event, view.ml_event.value(row));

@@ -211,20 +211,16 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
     })
 }
 
-/// Each row's canonical stream label set and its `name=value` terms
-/// (computed once per run of equal streams, since rows are sorted by stream).
-fn streams_per_row(view: &LogBatchView<'_>) -> Vec<(Arc<String>, Arc<Vec<String>>)> {
-    let mut out: Vec<(Arc<String>, Arc<Vec<String>>)> = Vec::with_capacity(view.len());
+/// Each row's canonical stream label set (built once per run of equal
+/// streams, since rows are sorted by stream).
+fn streams_per_row(view: &LogBatchView<'_>) -> Vec<Arc<String>> {
+    let mut out: Vec<Arc<String>> = Vec::with_capacity(view.len());
     let mut previous: Option<[&str; 8]> = None;
     for row in 0..view.len() {
         let key = stream_key(view, row);
         match (previous, out.last()) {
             (Some(p), Some(last)) if p == key => out.push(last.clone()),
-            _ => {
-                let labels = view.stream_labels(row);
-                let terms = labels.iter().map(|(n, v)| format!("{n}={v}")).collect();
-                out.push((Arc::new(labels.to_string()), Arc::new(terms)));
-            }
+            _ => out.push(Arc::new(view.stream_labels(row).to_string())),
         }
         previous = Some(key);
     }

@@ -240,3 +240,39 @@ fn pipeline_errors_fail_metric_queries_unless_filtered() {
     let dropped = vector(instant(&engine, r#"sum(count_over_time({pod="b"} | json | drop __error__ [1h]))"#, 62).unwrap());
     assert_eq!(dropped[0].1, 61.0);
 }
+
+#[test]
+fn search_phrases_are_exact_without_positions_in_the_index() {
+    // The one real phrase is the oldest line; 300 newer lines have the same
+    // words out of order, so the search needs several candidate rounds.
+    let mut records = vec![record("a", 0, "CUDA error: out of memory on device 3")];
+    for s in 1..=300 {
+        records.push(record("a", s, &format!("memory {s} out of reach")));
+    }
+    let (_dir, engine) = engine_with(&[records]);
+    let search = |query: &str, limit: usize| {
+        crate::search::search(
+            engine.store(),
+            "default",
+            &crate::search::SearchRequest {
+                query: query.into(),
+                start: BASE - SEC,
+                end: BASE + 400 * SEC,
+                limit,
+                skip_at_end: 0,
+            },
+        )
+        .unwrap()
+    };
+    let page = search(r#""out of memory""#, 1);
+    assert_eq!(page.hits.len(), 1);
+    assert_eq!(page.hits[0].line, "CUDA error: out of memory on device 3");
+    assert_eq!(page.next_cursor, None, "no second hit");
+    // Plain words still match every line that has them, newest first.
+    let page = search("memory reach", 5);
+    assert_eq!(page.hits.len(), 5);
+    assert_eq!(page.hits[0].line, "memory 300 out of reach");
+    assert!(page.next_cursor.is_some());
+    // The phrase combined with an exclusion.
+    assert!(search(r#""out of memory" -cuda"#, 10).hits.is_empty());
+}

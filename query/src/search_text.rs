@@ -1,0 +1,258 @@
+//! The full-text part of a native search (words, "phrases", AND / OR / NOT,
+//! `-word`, `+word`, `word*`), parsed with tantivy's query grammar and
+//! turned into two things: the tantivy query that finds candidate rows,
+//! and the exact test a candidate's line must pass.
+//!
+//! Split indexes keep no token positions (they were a sixth of the stored
+//! bytes), so a phrase becomes the conjunction of its words in the index
+//! and is checked on the line itself: the same tokens (alphanumeric runs,
+//! lowercased), consecutive, within the phrase's slop.
+
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RegexQuery, TermQuery};
+use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::Term;
+use weft_indexer::split::index::line_tokens;
+
+use crate::QueryError;
+
+/// Longest full-text expression accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Node {
+    /// Matches every line (an empty literal, `*`).
+    All,
+    /// Words in order; one word is a plain term. The last word is a prefix
+    /// when `prefix`.
+    Phrase {
+        tokens: Vec<String>,
+        slop: u32,
+        prefix: bool,
+    },
+    Clause(Vec<(Occur, Node)>),
+}
+
+/// A parsed full-text expression.
+#[derive(Clone, Debug)]
+pub struct TextExpr {
+    root: Node,
+    /// True when the index alone over-approximates (a phrase of 2+ words):
+    /// candidates must pass [`TextExpr::matches`].
+    needs_check: bool,
+}
+
+impl TextExpr {
+    pub fn parse(text: &str) -> Result<TextExpr, QueryError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(QueryError::BadRequest(format!(
+                "search expression is {} bytes, the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let ast = tantivy::query_grammar::parse_query(text)
+            .map_err(|_| QueryError::BadRequest(format!("invalid search expression {text:?}: unbalanced quotes or parentheses")))?;
+        let root = node_of(ast)?;
+        let needs_check = has_phrase(&root);
+        Ok(TextExpr { root, needs_check })
+    }
+
+    pub fn needs_check(&self) -> bool {
+        self.needs_check
+    }
+
+    /// The candidate query over the `line` field.
+    pub fn query(&self, line: Field) -> Box<dyn Query> {
+        query_of(&self.root, line)
+    }
+
+    /// The exact test on a line.
+    pub fn matches(&self, line: &str) -> bool {
+        let tokens: Vec<String> = line_tokens(line).collect();
+        eval(&self.root, &tokens)
+    }
+}
+
+fn node_of(ast: UserInputAst) -> Result<Node, QueryError> {
+    match ast {
+        UserInputAst::Clause(items) => Ok(Node::Clause(
+            items
+                .into_iter()
+                .map(|(occur, child)| Ok((occur.unwrap_or(Occur::Must), node_of(child)?)))
+                .collect::<Result<_, QueryError>>()?,
+        )),
+        UserInputAst::Boost(inner, _) => node_of(*inner),
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::All => Ok(Node::All),
+            UserInputLeaf::Literal(literal) => {
+                // `name:value` on a name that is not a label (those were
+                // taken out before) is text, e.g. `url:http`.
+                let text = match &literal.field_name {
+                    Some(name) => format!("{name}:{}", literal.phrase),
+                    None => literal.phrase.clone(),
+                };
+                let tokens: Vec<String> = line_tokens(&text).collect();
+                if tokens.is_empty() {
+                    return Ok(Node::All);
+                }
+                Ok(Node::Phrase {
+                    tokens,
+                    slop: literal.slop,
+                    prefix: literal.prefix,
+                })
+            }
+            other => Err(QueryError::BadRequest(format!(
+                "search expression {other:?}: ranges, sets, regexes and field-exists tests are not supported here; use LogQL"
+            ))),
+        },
+    }
+}
+
+fn has_phrase(node: &Node) -> bool {
+    match node {
+        Node::All => false,
+        Node::Phrase { tokens, .. } => tokens.len() > 1,
+        Node::Clause(items) => items.iter().any(|(_, n)| has_phrase(n)),
+    }
+}
+
+fn query_of(node: &Node, line: Field) -> Box<dyn Query> {
+    match node {
+        Node::All => Box::new(AllQuery),
+        Node::Phrase { tokens, prefix, .. } => {
+            let mut words: Vec<(Occur, Box<dyn Query>)> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, token)| {
+                    let query: Box<dyn Query> = if *prefix && i + 1 == tokens.len() {
+                        Box::new(RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"))
+                    } else {
+                        Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))
+                    };
+                    (Occur::Must, query)
+                })
+                .collect();
+            if words.len() == 1 {
+                words.pop().expect("one word").1
+            } else {
+                Box::new(BooleanQuery::new(words))
+            }
+        }
+        Node::Clause(items) => {
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = items.iter().map(|(occur, n)| (*occur, query_of(n, line))).collect();
+            // Only exclusions: everything but them.
+            if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+                clauses.push((Occur::Must, Box::new(AllQuery)));
+            }
+            Box::new(BooleanQuery::new(clauses))
+        }
+    }
+}
+
+fn phrase_at(tokens: &[String], words: &[String], slop: u32, prefix: bool, start: usize) -> bool {
+    let word_matches = |i: usize, token: &str| {
+        if prefix && i + 1 == words.len() {
+            token.starts_with(words[i].as_str())
+        } else {
+            token == words[i]
+        }
+    };
+    if !word_matches(0, &tokens[start]) {
+        return false;
+    }
+    // Each next word at its earliest position: the smallest total gap.
+    let mut at = start;
+    let mut gaps = 0usize;
+    for i in 1..words.len() {
+        let Some(offset) = tokens[at + 1..].iter().position(|t| word_matches(i, t)) else {
+            return false;
+        };
+        gaps += offset;
+        if gaps > slop as usize {
+            return false;
+        }
+        at += offset + 1;
+    }
+    true
+}
+
+fn eval(node: &Node, tokens: &[String]) -> bool {
+    match node {
+        Node::All => true,
+        Node::Phrase {
+            tokens: words,
+            slop,
+            prefix,
+        } => (0..tokens.len()).any(|start| phrase_at(tokens, words, *slop, *prefix, start)),
+        Node::Clause(items) => {
+            let mut positive = false;
+            let mut any_should = false;
+            let mut should_matched = false;
+            for (occur, child) in items {
+                match occur {
+                    Occur::Must => {
+                        positive = true;
+                        if !eval(child, tokens) {
+                            return false;
+                        }
+                    }
+                    Occur::MustNot => {
+                        if eval(child, tokens) {
+                            return false;
+                        }
+                    }
+                    Occur::Should => {
+                        any_should = true;
+                        should_matched = should_matched || eval(child, tokens);
+                    }
+                }
+            }
+            positive || !any_should || should_matched
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(expr: &str, line: &str) -> bool {
+        TextExpr::parse(expr).unwrap().matches(line)
+    }
+
+    #[test]
+    fn phrases_are_checked_on_the_line() {
+        let expr = TextExpr::parse(r#""out of memory""#).unwrap();
+        assert!(expr.needs_check());
+        assert!(expr.matches("CUDA error: Out of memory (tried 2 GiB)"));
+        assert!(!expr.matches("memory out of reach"), "words present but not a phrase");
+        assert!(!expr.matches("out of disk"));
+        // Unquoted words joined by punctuation are a phrase too.
+        assert!(check("out-of-memory", "torch: out of memory"));
+        assert!(!check("out-of-memory", "memory: out of"));
+    }
+
+    #[test]
+    fn boolean_structure() {
+        assert!(check("nccl timeout", "NCCL watchdog: timeout after 600 s"));
+        assert!(!check("nccl timeout", "NCCL init ok"));
+        assert!(check("nccl -timeout", "NCCL init ok"));
+        assert!(!check("nccl -timeout", "NCCL timeout"));
+        assert!(check("-warning", "all good"));
+        assert!(!check("-warning", "a warning"));
+        assert!(check("oom OR xid", "Xid 79 on GPU 3"));
+        assert!(!check("oom OR xid", "all good"));
+        assert!(check(r#""step 4"~1 loss"#, "step=4 train loss=2.1"));
+        assert!(check(r#""step loss"~1"#, "step 4 loss 2.1"));
+        assert!(!check(r#""step loss""#, "step 4 loss 2.1"));
+        assert!(check(r#""nccl watch"*"#, "NCCL watchdog fired"));
+        assert!(!check(r#""nccl watch"*"#, "NCCL: hardware watchdog"));
+        assert!(!TextExpr::parse("nccl timeout").unwrap().needs_check());
+    }
+
+    #[test]
+    fn bad_expressions_are_rejected() {
+        assert!(TextExpr::parse(&"x ".repeat(MAX_TEXT_BYTES)).is_err());
+        assert!(matches!(TextExpr::parse("ts:[1 TO 5]"), Err(QueryError::BadRequest(_))));
+    }
+}
