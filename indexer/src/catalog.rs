@@ -65,6 +65,23 @@ pub struct SplitMeta {
     /// Number of series in a metrics split.
     #[serde(default)]
     pub series: u64,
+    /// Rows and line bytes per (stream, level, ML event) of a logs split:
+    /// line counts over windows that hold the whole split come from here,
+    /// not from the index. Empty in splits written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<RowGroupCount>,
+}
+
+/// The rows of one stream (index into [`SplitMeta::streams`]) with one
+/// detected level and one ML event tag (empty: none) in a split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowGroupCount {
+    pub stream: u32,
+    pub level: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ml_event: String,
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 /// Highest position delivered from one collector source.

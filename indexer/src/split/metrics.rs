@@ -206,6 +206,7 @@ pub fn write_metric_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch]
         has_fields: false,
         series: index.len() as u64,
         metrics,
+        groups: Vec::new(),
     })
 }
 

@@ -28,7 +28,7 @@ use parquet::schema::types::ColumnPath;
 use weft_model::batch::{col, storage_schema};
 use weft_model::LogBatchView;
 
-use crate::catalog::SplitMeta;
+use crate::catalog::{RowGroupCount, SplitMeta};
 use crate::IndexerError;
 
 /// Rows per Parquet row group.
@@ -208,7 +208,46 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         has_fields: view.fields.null_count() < view.len(),
         metrics: Vec::new(),
         series: 0,
+        groups: row_groups(&view),
     })
+}
+
+/// Rows and line bytes per (stream, level, ML event) of rows sorted by
+/// stream; stream numbers follow the split's sorted stream list.
+fn row_groups(view: &LogBatchView<'_>) -> Vec<RowGroupCount> {
+    let mut out = Vec::new();
+    let mut current: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
+    let mut stream = 0u32;
+    let mut previous: Option<[&str; 8]> = None;
+    let mut flush = |stream: u32, current: &mut HashMap<(&str, &str), (u64, u64)>| {
+        let mut groups: Vec<_> = current.drain().collect();
+        groups.sort();
+        out.extend(groups.into_iter().map(|((level, ml_event), (rows, bytes))| RowGroupCount {
+            stream,
+            level: level.to_string(),
+            ml_event: ml_event.to_string(),
+            rows,
+            bytes,
+        }));
+    };
+    for row in 0..view.len() {
+        let key = stream_key(view, row);
+        if previous.is_some_and(|p| p != key) {
+            flush(stream, &mut current);
+            stream += 1;
+        }
+        previous = Some(key);
+        let event = if view.ml_event.is_valid(row) {
+            view.ml_event.value(row)
+        } else {
+            ""
+        };
+        let entry = current.entry((view.level.value(row), event)).or_default();
+        entry.0 += 1;
+        entry.1 += view.line.value(row).len() as u64;
+    }
+    flush(stream, &mut current);
+    out
 }
 
 /// Each row's canonical stream label set (built once per run of equal

@@ -482,6 +482,39 @@ impl Engine {
                 if streams.is_empty() {
                     continue;
                 }
+                if n == 1
+                    && range.log.pipeline.is_empty()
+                    && !split.meta.has_fields
+                    && !split.meta.groups.is_empty()
+                    && split.meta.min_ts >= lo
+                    && split.meta.max_ts < hi
+                {
+                    // The one window holds the whole split: its per-stream
+                    // counts in the catalog answer without the index.
+                    let mut selected = vec![false; split.streams.len()];
+                    for i in &streams {
+                        selected[*i] = true;
+                    }
+                    for group in &split.meta.groups {
+                        let Some(labels) = selected
+                            .get(group.stream as usize)
+                            .filter(|s| **s)
+                            .and_then(|_| split.streams.get(group.stream as usize))
+                        else {
+                            continue;
+                        };
+                        let mut labels = (**labels).clone();
+                        labels.insert("detected_level", group.level.as_str());
+                        labels.insert("ml_event", group.ml_event.as_str());
+                        let slot = slot_of(labels, &mut slots, &mut arrays)?;
+                        let entry = &mut arrays[slot];
+                        entry.0[0] += group.rows as i64;
+                        entry.0[1] -= group.rows as i64;
+                        entry.1[0] += group.bytes as f64;
+                        entry.1[1] -= group.bytes as f64;
+                    }
+                    continue;
+                }
                 let filters = prefilters(&range.log.pipeline);
                 let query = split.query(&streams, lo, hi, &filters);
                 if !stage_needs_parquet(&range.log.pipeline) && !split.meta.has_fields {

@@ -276,3 +276,41 @@ fn search_phrases_are_exact_without_positions_in_the_index() {
     // The phrase combined with an exclusion.
     assert!(search(r#""out of memory" -cuda"#, 10).hits.is_empty());
 }
+
+#[test]
+fn whole_split_windows_count_from_the_catalog_like_the_index_and_parquet() {
+    let mut commits = sample_data();
+    let mut oom = record("c", 30, "torch.cuda.OutOfMemoryError: CUDA out of memory");
+    oom.ml_event = Some("cuda_oom".into());
+    commits.push(vec![oom, record("c", 31, "ERROR rank 0 exiting")]);
+    let (dir, engine) = engine_with(&commits);
+    let catalog = weft_indexer::catalog::Catalog::read(&dir.path().join("catalog.json")).unwrap();
+    assert_eq!(catalog.splits.len(), commits.len());
+    assert!(
+        catalog
+            .splits
+            .iter()
+            .all(|s| s.groups.iter().map(|g| g.rows).sum::<u64>() == s.rows),
+        "every logs split records its row groups"
+    );
+    for q in [
+        r#"sum by (pod, detected_level, ml_event) (count_over_time({namespace="ml"}[1h]))"#,
+        r#"sum by (pod) (bytes_over_time({namespace="ml"}[1h]))"#,
+        r#"count_over_time({pod=~"a|c"}[1h])"#,
+    ] {
+        // At t=61 the 1h window holds every split (catalog counts); `|= ""`
+        // forces the Parquet path; at t=45 the window cuts the splits (index).
+        let whole = vector(instant(&engine, q, 61).unwrap());
+        let slow = vector(instant(&engine, &q.replace("}[1h]", r#"} |= "" [1h]"#), 61).unwrap());
+        assert_eq!(whole, slow, "{q}");
+        assert!(!whole.is_empty(), "{q}");
+    }
+    let counts = vector(instant(&engine, r#"sum by (ml_event) (count_over_time({pod="c"}[1h]))"#, 61).unwrap());
+    assert_eq!(
+        counts,
+        vec![(LabelSet::new(), 1.0), (LabelSet::from_pairs([("ml_event", "cuda_oom")]), 1.0)]
+    );
+    // A window that cuts the splits still counts only its rows.
+    let cut = vector(instant(&engine, r#"sum(count_over_time({pod="b"}[10s]))"#, 45).unwrap());
+    assert_eq!(cut, vec![(LabelSet::new(), 10.0)]);
+}
