@@ -157,7 +157,7 @@ fn labels_json(set: &LabelSet) -> Option<String> {
     }
 }
 
-fn labels_from_json(text: Option<&str>) -> LabelSet {
+pub fn labels_from_json(text: Option<&str>) -> LabelSet {
     let Some(text) = text else {
         return LabelSet::new();
     };

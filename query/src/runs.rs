@@ -16,7 +16,7 @@ use promql_parser::label::{MatchOp, Matcher};
 use weft_model::LabelSet;
 
 use crate::promql::source::SampleSource;
-use crate::storage::{stored_rows, OpenSplit, SplitStore};
+use crate::storage::{OpenSplit, SplitStore};
 use crate::QueryError;
 
 /// The newest log row seen so far for a rank.
@@ -149,8 +149,7 @@ pub fn run_ranks(
         rows.sort_by_key(|(row, _, _)| *row);
         let mut ids: Vec<u32> = rows.iter().map(|(row, _, _)| *row).collect();
         ids.dedup();
-        let mut stored = Vec::with_capacity(ids.len());
-        stored_rows(&candidates[c].split.read_rows(&ids)?, &mut stored)?;
+        let stored = candidates[c].split.stored(&ids)?;
         let by_row: HashMap<u32, &crate::storage::StoredRow> = ids.iter().copied().zip(stored.iter()).collect();
         for (row, rank, kind) in rows {
             let Some(stored) = by_row.get(&row) else { continue };

@@ -13,7 +13,7 @@ use weft_model::LabelSet;
 
 use crate::logql::ast::{MatchOp, Matcher};
 use crate::search_text::TextExpr;
-use crate::storage::{stored_rows, OpenSplit, SplitStore, StoredRow};
+use crate::storage::{OpenSplit, SplitStore, StoredRow};
 use crate::QueryError;
 
 /// Most hits one page may ask for.
@@ -145,8 +145,7 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
         let top = split.top_rows(query, round, true)?;
         let mut rows: Vec<u32> = top.iter().map(|(_, row)| *row).collect();
         rows.sort_unstable();
-        let mut stored = Vec::new();
-        stored_rows(&split.read_rows(&rows)?, &mut stored)?;
+        let stored = split.stored(&rows)?;
         let mut passed: Vec<(i64, u32, StoredRow)> = rows
             .into_iter()
             .zip(stored)
@@ -231,9 +230,7 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     }
     for (i, mut rows) in by_split {
         rows.sort_unstable();
-        let batches = splits[i].read_rows(&rows)?;
-        let mut out = Vec::new();
-        stored_rows(&batches, &mut out)?;
+        let out = splits[i].stored(&rows)?;
         for (row, stored) in rows.into_iter().zip(out) {
             fetched.insert((i, row), stored);
         }

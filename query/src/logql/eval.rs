@@ -18,7 +18,7 @@ use weft_model::LabelSet;
 
 use super::ast::*;
 use super::pipeline::{self, LineState, ERROR_DETAILS_LABEL, ERROR_LABEL};
-use crate::storage::{stored_rows, OpenSplit, SplitStore, StoredRow};
+use crate::storage::{OpenSplit, SplitStore, StoredRow};
 use crate::QueryError;
 
 /// Limits that keep one query from exhausting the process.
@@ -276,9 +276,7 @@ impl Engine {
             for (i, mut rows) in by_split {
                 rows.sort_unstable();
                 rows.dedup();
-                let batches = cursors[i].split.read_rows(&rows)?;
-                let mut out = Vec::with_capacity(rows.len());
-                stored_rows(&batches, &mut out)?;
+                let out = cursors[i].split.stored(&rows)?;
                 for (row, stored) in rows.into_iter().zip(out) {
                     fetched.insert((i, row), stored);
                 }
@@ -564,9 +562,7 @@ impl Engine {
                 }
                 let rows = split.all_rows(query.as_ref())?;
                 for chunk in rows.chunks(64 * 1024) {
-                    let batches = split.read_rows(chunk)?;
-                    let mut stored = Vec::with_capacity(chunk.len());
-                    stored_rows(&batches, &mut stored)?;
+                    let stored = split.stored(chunk)?;
                     for row in stored {
                         let Some(state) = run_pipeline(&range.log.pipeline, row)? else {
                             continue;
@@ -639,9 +635,7 @@ impl Engine {
             let query = split.query(&streams, lo, hi, &prefilters(&range.log.pipeline));
             let rows = split.all_rows(query.as_ref())?;
             for chunk in rows.chunks(64 * 1024) {
-                let batches = split.read_rows(chunk)?;
-                let mut stored = Vec::with_capacity(chunk.len());
-                stored_rows(&batches, &mut stored)?;
+                let stored = split.stored(chunk)?;
                 for row in stored {
                     let stream = row.stream.clone();
                     let mut labels = (*row.stream).clone();
