@@ -64,23 +64,93 @@ fn metric_json(labels: &LabelSet) -> serde_json::Value {
     labels.to_json()
 }
 
-/// The `data` of a query result.
-pub fn result_json(result: PromResult) -> serde_json::Value {
-    match result {
-        PromResult::Scalar(t, v) => serde_json::json!({"resultType": "scalar", "result": [seconds(t), engine::format_float(v)]}),
-        PromResult::String(t, s) => serde_json::json!({"resultType": "string", "result": [seconds(t), s]}),
-        PromResult::Vector(samples) => serde_json::json!({
-            "resultType": "vector",
-            "result": samples.iter().map(|(labels, t, v)| serde_json::json!({"metric": metric_json(labels), "value": [seconds(*t), engine::format_float(*v)]})).collect::<Vec<_>>(),
-        }),
-        PromResult::Matrix(series) => serde_json::json!({
-            "resultType": "matrix",
-            "result": series.iter().map(|s| serde_json::json!({
-                "metric": metric_json(&s.labels),
-                "values": s.samples.iter().map(|(t, v)| serde_json::json!([seconds(*t), engine::format_float(*v)])).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
+/// Writes `[<seconds>,"<value>"]`: the time as a JSON number with
+/// millisecond precision (what `serde_json` prints for `ms / 1000.0`),
+/// the value as Prometheus formats floats.
+fn write_point(out: &mut Vec<u8>, ms: i64, v: f64) {
+    use std::io::Write;
+    out.push(b'[');
+    if ms.unsigned_abs() < 1_000_000_000_000_000 {
+        // Up to 15 significant digits: the shortest float text is the
+        // decimal itself.
+        let sign = if ms < 0 { "-" } else { "" };
+        let (whole, frac) = (ms.unsigned_abs() / 1000, ms.unsigned_abs() % 1000);
+        let _ = match frac {
+            0 => write!(out, "{sign}{whole}.0"),
+            f if f % 100 == 0 => write!(out, "{sign}{whole}.{}", f / 100),
+            f if f % 10 == 0 => write!(out, "{sign}{whole}.{:02}", f / 10),
+            f => write!(out, "{sign}{whole}.{f:03}"),
+        };
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &seconds(ms));
     }
+    out.extend_from_slice(b",\"");
+    let _ = if v.is_nan() {
+        write!(out, "NaN")
+    } else if v.is_infinite() {
+        write!(out, "{}", if v > 0.0 { "+Inf" } else { "-Inf" })
+    } else {
+        write!(out, "{v}")
+    };
+    out.extend_from_slice(b"\"]");
+}
+
+/// The whole success body of a query result, written directly: a range
+/// query's answer can hold millions of points, and a `serde_json::Value`
+/// per point made allocation and freeing most of its time.
+pub fn result_body(result: &PromResult) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"status\":\"success\",\"data\":");
+    match result {
+        PromResult::Scalar(t, v) => {
+            out.extend_from_slice(b"{\"resultType\":\"scalar\",\"result\":");
+            write_point(&mut out, *t, *v);
+        }
+        PromResult::String(t, s) => {
+            out.extend_from_slice(b"{\"resultType\":\"string\",\"result\":");
+            let _ = serde_json::to_writer(&mut out, &serde_json::json!([seconds(*t), s]));
+        }
+        PromResult::Vector(samples) => {
+            out.extend_from_slice(b"{\"resultType\":\"vector\",\"result\":[");
+            for (i, (labels, t, v)) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"metric\":");
+                let _ = serde_json::to_writer(&mut out, &metric_json(labels));
+                out.extend_from_slice(b",\"value\":");
+                write_point(&mut out, *t, *v);
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        PromResult::Matrix(series) => {
+            out.extend_from_slice(b"{\"resultType\":\"matrix\",\"result\":[");
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"metric\":");
+                let _ = serde_json::to_writer(&mut out, &metric_json(&s.labels));
+                out.extend_from_slice(b",\"values\":[");
+                for (j, (t, v)) in s.samples.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_point(&mut out, *t, *v);
+                }
+                out.extend_from_slice(b"]}");
+            }
+            out.push(b']');
+        }
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn result_response(result: &PromResult) -> Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], result_body(result)).into_response()
 }
 
 pub fn store(service: &QueryService, tenant: &str) -> MetricStore {
@@ -110,7 +180,7 @@ pub fn query(service: &QueryService, tenant: &str, params: &Params) -> Result<Re
     };
     let source = store(service, tenant);
     let result = engine::query_instant(&source, &expr, time, limits(service))?;
-    Ok(success(result_json(result)))
+    Ok(result_response(&result))
 }
 
 /// `GET|POST /api/v1/query_range`
@@ -141,7 +211,7 @@ pub fn query_range(service: &QueryService, tenant: &str, params: &Params) -> Res
     }
     let source = store(service, tenant);
     let result = engine::query_range(&source, &expr, start, end, step, limits(service))?;
-    Ok(success(result_json(result)))
+    Ok(result_response(&result))
 }
 
 fn matchers(params: &Params, required: bool) -> Result<Vec<Vec<promql_parser::label::Matcher>>, QueryError> {
@@ -335,5 +405,54 @@ mod time_tests {
             assert!(err.contains("outside the supported time range"), "{err}");
         }
         assert_eq!(parse_step("1e300", "step").unwrap(), MAX_DURATION_MS);
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::promql::source::Series as PromSeries;
+
+    #[test]
+    fn written_bodies_parse_to_what_serde_json_would_print() {
+        let times = [
+            0,
+            1,
+            10,
+            100,
+            999,
+            1500,
+            1_795_651_095_123,
+            1_795_651_095_000,
+            -1,
+            -1500,
+            1_000_000_000_000_001,
+        ];
+        let values = [0.5, 13.0, -0.0, 1e300, 1.0 / 3.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        let mut labels = LabelSet::new();
+        labels.insert("gpu", "0\"quoted\"");
+        let samples: Vec<(i64, f64)> = times.iter().flat_map(|t| values.iter().map(move |v| (*t, *v))).collect();
+        let matrix = PromResult::Matrix(vec![PromSeries {
+            labels: labels.clone(),
+            samples: samples.clone(),
+        }]);
+        let body: serde_json::Value = serde_json::from_slice(&result_body(&matrix)).unwrap();
+        assert_eq!(body["status"], "success");
+        assert_eq!(body["data"]["resultType"], "matrix");
+        assert_eq!(body["data"]["result"][0]["metric"]["gpu"], "0\"quoted\"");
+        let points = body["data"]["result"][0]["values"].as_array().unwrap();
+        assert_eq!(points.len(), samples.len());
+        for (point, (t, v)) in points.iter().zip(&samples) {
+            assert_eq!(point[0], seconds(*t), "time {t}");
+            assert_eq!(point[0].to_string(), seconds(*t).to_string(), "time text {t}");
+            assert_eq!(point[1], engine::format_float(*v), "value {v}");
+        }
+        let vector = PromResult::Vector(vec![(labels, 1500, 2.5)]);
+        let body: serde_json::Value = serde_json::from_slice(&result_body(&vector)).unwrap();
+        assert_eq!(body["data"]["result"][0]["value"], serde_json::json!([1.5, "2.5"]));
+        let scalar: serde_json::Value = serde_json::from_slice(&result_body(&PromResult::Scalar(2000, 1.0))).unwrap();
+        assert_eq!(scalar["data"]["result"], serde_json::json!([2.0, "1"]));
+        let string: serde_json::Value = serde_json::from_slice(&result_body(&PromResult::String(2000, "x".into()))).unwrap();
+        assert_eq!(string["data"]["result"], serde_json::json!([2.0, "x"]));
     }
 }
