@@ -5,6 +5,9 @@
 //! indexer's ingest (WAL with fsync) + commit into Parquet + tantivy of
 //! those batches. Prints one JSON object: bytes, lines, wall and CPU
 //! seconds per stage, and the bytes the splits take.
+//!
+//! `WEFT_SPACE_USAGE=<split>.tantivy` instead prints tantivy's space usage
+//! of one split index per field and component (where the index bytes go).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -101,6 +104,12 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
     let collector_rss = peak_rss();
 
+    if let Ok(dir) = std::env::var("WEFT_SPACE_USAGE") {
+        let index = tantivy::Index::open_in_dir(&dir)?;
+        let usage = index.reader()?.searcher().space_usage()?;
+        println!("{}", serde_json::to_string(&usage)?);
+        return Ok(());
+    }
     if std::env::var("WEFT_BENCH_STAGES").as_deref() == Ok("collect") {
         // Profiling the collector alone.
         println!(
