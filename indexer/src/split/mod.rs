@@ -153,8 +153,12 @@ fn dir_size(path: &Path) -> u64 {
 /// returns its catalog entry. `merges` is recorded in the entry.
 pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
     let schema = storage_schema();
-    let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
-    let (sorted, streams) = sort_by_stream_then_time(&batch)?;
+    // The unsorted copy is dropped before the index and Parquet are
+    // written: one copy of the rows less at the commit's peak.
+    let (sorted, streams) = {
+        let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
+        sort_by_stream_then_time(&batch)?
+    };
     let view = LogBatchView::new(&sorted)?;
     let id = new_split_id();
     let ts = view.ts.values();
