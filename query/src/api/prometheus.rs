@@ -73,14 +73,19 @@ fn write_point(out: &mut Vec<u8>, ms: i64, v: f64) {
     if ms.unsigned_abs() < 1_000_000_000_000_000 {
         // Up to 15 significant digits: the shortest float text is the
         // decimal itself.
-        let sign = if ms < 0 { "-" } else { "" };
+        if ms < 0 {
+            out.push(b'-');
+        }
         let (whole, frac) = (ms.unsigned_abs() / 1000, ms.unsigned_abs() % 1000);
-        let _ = match frac {
-            0 => write!(out, "{sign}{whole}.0"),
-            f if f % 100 == 0 => write!(out, "{sign}{whole}.{}", f / 100),
-            f if f % 10 == 0 => write!(out, "{sign}{whole}.{:02}", f / 10),
-            f => write!(out, "{sign}{whole}.{f:03}"),
+        out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+        let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+        let kept = if frac == 0 {
+            1
+        } else {
+            3 - digits.iter().rev().take_while(|d| **d == b'0').count()
         };
+        out.push(b'.');
+        out.extend_from_slice(&digits[..kept]);
     } else {
         let _ = serde_json::to_writer(&mut *out, &seconds(ms));
     }
@@ -89,6 +94,11 @@ fn write_point(out: &mut Vec<u8>, ms: i64, v: f64) {
         write!(out, "NaN")
     } else if v.is_infinite() {
         write!(out, "{}", if v > 0.0 { "+Inf" } else { "-Inf" })
+    } else if v.fract() == 0.0 && v.abs() < 1e15 && (v != 0.0 || v.is_sign_positive()) {
+        // Whole numbers (counters, percentages, bytes) print as integers,
+        // which is what `{v}` prints for them, at a fraction of the cost.
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+        Ok(())
     } else {
         write!(out, "{v}")
     };
@@ -99,7 +109,13 @@ fn write_point(out: &mut Vec<u8>, ms: i64, v: f64) {
 /// query's answer can hold millions of points, and a `serde_json::Value`
 /// per point made allocation and freeing most of its time.
 pub fn result_body(result: &PromResult) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4096);
+    // ~30 bytes a point, ~100 a series: one allocation for most answers.
+    let size = match result {
+        PromResult::Matrix(series) => series.iter().map(|s| 100 + 30 * s.samples.len()).sum(),
+        PromResult::Vector(samples) => 130 * samples.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(4096 + size);
     out.extend_from_slice(b"{\"status\":\"success\",\"data\":");
     match result {
         PromResult::Scalar(t, v) => {
@@ -428,7 +444,19 @@ mod body_tests {
             -1500,
             1_000_000_000_000_001,
         ];
-        let values = [0.5, 13.0, -0.0, 1e300, 1.0 / 3.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        let values = [
+            0.5,
+            13.0,
+            -0.0,
+            -5.0,
+            99_999_999_999_999.0,
+            1e15,
+            1e300,
+            1.0 / 3.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
         let mut labels = LabelSet::new();
         labels.insert("gpu", "0\"quoted\"");
         let samples: Vec<(i64, f64)> = times.iter().flat_map(|t| values.iter().map(move |v| (*t, *v))).collect();
