@@ -1094,3 +1094,35 @@ mod tests {
         assert!(matches!(err, QueryError::Limit(_)), "{err}");
     }
 }
+
+#[cfg(test)]
+mod unique_tests {
+    use super::*;
+
+    fn series(labels: &[(&str, &str)], values: &[Option<f64>]) -> StepSeries {
+        StepSeries {
+            labels: LabelSet::from_pairs(labels.iter().copied()),
+            values: values.to_vec(),
+        }
+    }
+
+    #[test]
+    fn label_sets_may_repeat_only_at_disjoint_steps() {
+        let a = [("job", "a")];
+        let disjoint = vec![
+            series(&a, &[Some(1.0), None, None]),
+            series(&[("job", "b")], &[Some(1.0), Some(2.0), Some(3.0)]),
+            series(&a, &[None, Some(2.0), None]),
+        ];
+        assert!(check_unique(&disjoint).is_ok());
+        let merged = merge_same_labels(disjoint).unwrap();
+        assert_eq!(merged.len(), 2);
+        let clash = vec![
+            series(&a, &[Some(1.0), None]),
+            series(&[("job", "b")], &[Some(1.0), None]),
+            series(&a, &[None, None]),
+            series(&a, &[Some(3.0), None]),
+        ];
+        assert!(matches!(check_unique(&clash), Err(QueryError::Execution(m)) if m.contains("same labelset")));
+    }
+}
