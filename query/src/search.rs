@@ -18,6 +18,8 @@ use crate::QueryError;
 
 /// Most hits one page may ask for.
 pub const MAX_SEARCH_LIMIT: usize = 1000;
+/// Most hits at one timestamp a cursor may skip (pages of equal times).
+pub const MAX_CURSOR_SKIP: usize = 100_000;
 
 /// One search request.
 #[derive(Clone, Debug)]
@@ -136,26 +138,38 @@ fn split_query(
     Box::new(BooleanQuery::new(clauses))
 }
 
+/// Most candidate rows one search checks in one split for a phrase.
+pub const MAX_CHECKED_ROWS: usize = 1 << 20;
+
 /// The newest `want` rows of `split` that match `query` and pass the
 /// text's exact check, read from Parquet: candidates in growing rounds
-/// until enough pass or none are left.
+/// (each round reads only rows it has not checked yet) until enough pass
+/// or none are left.
 fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usize) -> Result<Vec<(i64, u32, StoredRow)>, QueryError> {
     let mut round = want.saturating_mul(4).max(64);
+    let mut checked: HashSet<u32> = HashSet::new();
+    let mut passed: Vec<(i64, u32, StoredRow)> = Vec::new();
     loop {
         let top = split.top_rows(query, round, true)?;
-        let mut rows: Vec<u32> = top.iter().map(|(_, row)| *row).collect();
-        rows.sort_unstable();
-        let stored = split.stored(&rows)?;
-        let mut passed: Vec<(i64, u32, StoredRow)> = rows
-            .into_iter()
-            .zip(stored)
-            .filter(|(_, row)| text.matches(&row.line))
-            .map(|(n, row)| (row.ts, n, row))
-            .collect();
+        let mut fresh: Vec<u32> = top.iter().map(|(_, row)| *row).filter(|row| !checked.contains(row)).collect();
+        fresh.sort_unstable();
+        for chunk in fresh.chunks(8192) {
+            for (n, row) in chunk.iter().copied().zip(split.stored(chunk)?) {
+                checked.insert(n);
+                if text.matches(&row.line) {
+                    passed.push((row.ts, n, row));
+                }
+            }
+        }
         if passed.len() >= want || top.len() < round {
             passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             passed.truncate(want);
             return Ok(passed);
+        }
+        if checked.len() >= MAX_CHECKED_ROWS {
+            return Err(QueryError::BadRequest(format!(
+                "the phrase's words are in more than {MAX_CHECKED_ROWS} lines of one split: add a rarer word, a label filter or a shorter time range"
+            )));
         }
         round = round.saturating_mul(4);
     }
@@ -165,6 +179,12 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
 pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
     if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
         return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_SEARCH_LIMIT}")));
+    }
+    if request.skip_at_end > MAX_CURSOR_SKIP {
+        return Err(QueryError::BadRequest(format!(
+            "the cursor skips {} hits at one timestamp, the limit is {MAX_CURSOR_SKIP}",
+            request.skip_at_end
+        )));
     }
     let splits = store.splits(tenant, request.start, request.end.saturating_add(1))?;
     let label_names: HashSet<String> = splits

@@ -51,8 +51,12 @@ impl TextExpr {
             )));
         }
         let ast = tantivy::query_grammar::parse_query(text)
-            .map_err(|_| QueryError::BadRequest(format!("invalid search expression {text:?}: unbalanced quotes or parentheses")))?;
-        let root = node_of(ast)?;
+            .map_err(|_| QueryError::BadRequest(format!("invalid search expression {text:?}: expected words, \"phrases\", AND / OR / NOT, -word or (groups), with balanced quotes and parentheses")))?;
+        let root = node_of(ast)?.ok_or_else(|| {
+            QueryError::BadRequest(format!(
+                "search text {text:?} has no word to look for (punctuation is not indexed); use a LogQL line filter such as |= for substrings"
+            ))
+        })?;
         let needs_check = has_phrase(&root);
         Ok(TextExpr { root, needs_check })
     }
@@ -61,9 +65,10 @@ impl TextExpr {
         self.needs_check
     }
 
-    /// The candidate query over the `line` field.
+    /// The candidate query over the `line` field: every line that matches
+    /// is a candidate (phrases under a negation are left to the check).
     pub fn query(&self, line: Field) -> Box<dyn Query> {
-        query_of(&self.root, line)
+        superset(&self.root, line).unwrap_or_else(|| Box::new(AllQuery))
     }
 
     /// The exact test on a line.
@@ -73,17 +78,22 @@ impl TextExpr {
     }
 }
 
-fn node_of(ast: UserInputAst) -> Result<Node, QueryError> {
+fn node_of(ast: UserInputAst) -> Result<Option<Node>, QueryError> {
     match ast {
-        UserInputAst::Clause(items) => Ok(Node::Clause(
-            items
-                .into_iter()
-                .map(|(occur, child)| Ok((occur.unwrap_or(Occur::Must), node_of(child)?)))
-                .collect::<Result<_, QueryError>>()?,
-        )),
+        UserInputAst::Clause(items) => {
+            let mut children = Vec::new();
+            for (occur, child) in items {
+                // A literal with no word in it (`::`, `-->`) constrains
+                // nothing: left out, as tantivy's query parser did.
+                if let Some(node) = node_of(child)? {
+                    children.push((occur.unwrap_or(Occur::Must), node));
+                }
+            }
+            Ok((!children.is_empty()).then_some(Node::Clause(children)))
+        }
         UserInputAst::Boost(inner, _) => node_of(*inner),
         UserInputAst::Leaf(leaf) => match *leaf {
-            UserInputLeaf::All => Ok(Node::All),
+            UserInputLeaf::All => Ok(Some(Node::All)),
             UserInputLeaf::Literal(literal) => {
                 // `name:value` on a name that is not a label (those were
                 // taken out before) is text, e.g. `url:http`.
@@ -93,13 +103,13 @@ fn node_of(ast: UserInputAst) -> Result<Node, QueryError> {
                 };
                 let tokens: Vec<String> = line_tokens(&text).collect();
                 if tokens.is_empty() {
-                    return Ok(Node::All);
+                    return Ok(None);
                 }
-                Ok(Node::Phrase {
+                Ok(Some(Node::Phrase {
                     tokens,
                     slop: literal.slop,
                     prefix: literal.prefix,
-                })
+                }))
             }
             other => Err(QueryError::BadRequest(format!(
                 "search expression {other:?}: ranges, sets, regexes and field-exists tests are not supported here; use LogQL"
@@ -116,35 +126,91 @@ fn has_phrase(node: &Node) -> bool {
     }
 }
 
-fn query_of(node: &Node, line: Field) -> Box<dyn Query> {
+fn word_query(token: &str, prefix: bool, line: Field) -> Box<dyn Query> {
+    if prefix {
+        Box::new(RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"))
+    } else {
+        Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))
+    }
+}
+
+fn boolean(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
+    if clauses.len() == 1 && clauses[0].0 == Occur::Must {
+        return clauses.pop().expect("one clause").1;
+    }
+    // Only exclusions: everything but them.
+    if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
+        clauses.push((Occur::Must, Box::new(AllQuery)));
+    }
+    Box::new(BooleanQuery::new(clauses))
+}
+
+/// A query matching at least the lines `node` matches; `None`: all lines.
+/// A phrase is the conjunction of its words (the check narrows it).
+fn superset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
     match node {
-        Node::All => Box::new(AllQuery),
+        Node::All => None,
         Node::Phrase { tokens, prefix, .. } => {
-            let mut words: Vec<(Occur, Box<dyn Query>)> = tokens
+            let words = tokens
                 .iter()
                 .enumerate()
-                .map(|(i, token)| {
-                    let query: Box<dyn Query> = if *prefix && i + 1 == tokens.len() {
-                        Box::new(RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"))
-                    } else {
-                        Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))
-                    };
-                    (Occur::Must, query)
-                })
+                .map(|(i, t)| (Occur::Must, word_query(t, *prefix && i + 1 == tokens.len(), line)))
                 .collect();
-            if words.len() == 1 {
-                words.pop().expect("one word").1
-            } else {
-                Box::new(BooleanQuery::new(words))
-            }
+            Some(boolean(words))
         }
         Node::Clause(items) => {
-            let mut clauses: Vec<(Occur, Box<dyn Query>)> = items.iter().map(|(occur, n)| (*occur, query_of(n, line))).collect();
-            // Only exclusions: everything but them.
-            if clauses.iter().all(|(occur, _)| *occur == Occur::MustNot) {
-                clauses.push((Occur::Must, Box::new(AllQuery)));
+            let required = items.iter().any(|(occur, _)| *occur == Occur::Must);
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            let mut any_alternative_unbounded = false;
+            for (occur, child) in items {
+                match occur {
+                    Occur::Must => clauses.extend(superset(child, line).map(|q| (Occur::Must, q))),
+                    // Excluding only lines surely matching keeps a superset.
+                    Occur::MustNot => clauses.extend(subset(child, line).map(|q| (Occur::MustNot, q))),
+                    // Optional beside a required clause; else one must hold.
+                    Occur::Should if !required => match superset(child, line) {
+                        Some(q) => alternatives.push((Occur::Should, q)),
+                        None => any_alternative_unbounded = true,
+                    },
+                    Occur::Should => {}
+                }
             }
-            Box::new(BooleanQuery::new(clauses))
+            if !alternatives.is_empty() && !any_alternative_unbounded {
+                clauses.push((Occur::Must, Box::new(BooleanQuery::new(alternatives))));
+            }
+            (!clauses.is_empty()).then(|| boolean(clauses))
+        }
+    }
+}
+
+/// A query matching only lines `node` matches; `None`: no line is sure
+/// (a phrase of several words needs positions the index does not keep).
+fn subset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
+    match node {
+        Node::All => Some(Box::new(AllQuery)),
+        Node::Phrase { tokens, prefix, .. } if tokens.len() == 1 => Some(word_query(&tokens[0], *prefix, line)),
+        Node::Phrase { .. } => None,
+        Node::Clause(items) => {
+            let required = items.iter().any(|(occur, _)| *occur == Occur::Must);
+            let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for (occur, child) in items {
+                match occur {
+                    Occur::Must => clauses.push((Occur::Must, subset(child, line)?)),
+                    // Everything a child could match is excluded.
+                    Occur::MustNot => clauses.push((Occur::MustNot, superset(child, line)?)),
+                    Occur::Should if !required => alternatives.extend(subset(child, line).map(|q| (Occur::Should, q))),
+                    Occur::Should => {}
+                }
+            }
+            if !required && items.iter().any(|(occur, _)| *occur == Occur::Should) {
+                if alternatives.is_empty() {
+                    return None;
+                }
+                clauses.push((Occur::Must, Box::new(BooleanQuery::new(alternatives))));
+            }
+            (!clauses.is_empty()).then(|| boolean(clauses))
         }
     }
 }
@@ -248,6 +314,13 @@ mod tests {
         assert!(check(r#""nccl watch"*"#, "NCCL watchdog fired"));
         assert!(!check(r#""nccl watch"*"#, "NCCL: hardware watchdog"));
         assert!(!TextExpr::parse("nccl timeout").unwrap().needs_check());
+    }
+
+    #[test]
+    fn lowercasing_matches_the_index() {
+        // tantivy's LowerCaser maps characters one by one: no final sigma.
+        assert!(check("ΟΔΟΣ", "ΟΔΟΣ 5"));
+        assert_eq!(line_tokens("ΟΔΟΣ").collect::<Vec<_>>(), vec!["οδοσ".to_string()]);
     }
 
     #[test]

@@ -195,7 +195,11 @@ fn filter_tokens(text: &str) -> Vec<(String, bool, bool)> {
     let mut start = None;
     let push = |out: &mut Vec<(String, bool, bool)>, from: usize, to: usize| {
         if to - from < LONG_TOKEN_BYTES {
-            out.push((text[from..to].to_lowercase(), from == 0, to == text.len()));
+            out.push((
+                text[from..to].chars().flat_map(char::to_lowercase).collect(),
+                from == 0,
+                to == text.len(),
+            ));
         }
     };
     for (i, c) in text.char_indices() {

@@ -68,7 +68,9 @@ pub fn register_tokenizers(index: &Index) {
 pub fn line_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|run| !run.is_empty() && run.len() < LONG_TOKEN_BYTES)
-        .map(str::to_lowercase)
+        // Character by character, like tantivy's LowerCaser (no
+        // final-sigma rule).
+        .map(|run| run.chars().flat_map(char::to_lowercase).collect())
 }
 
 /// True when `line` has an alphanumeric run the tokenizer leaves out.

@@ -70,7 +70,7 @@ fn metric_json(labels: &LabelSet) -> serde_json::Value {
 fn write_point(out: &mut Vec<u8>, ms: i64, v: f64) {
     use std::io::Write;
     out.push(b'[');
-    if ms.unsigned_abs() < 1_000_000_000_000_000 {
+    if ms.unsigned_abs() < 10u64.pow(15) {
         // Up to 15 significant digits: the shortest float text is the
         // decimal itself.
         if ms < 0 {

@@ -275,6 +275,41 @@ fn search_phrases_are_exact_without_positions_in_the_index() {
     assert!(page.next_cursor.is_some());
     // The phrase combined with an exclusion.
     assert!(search(r#""out of memory" -cuda"#, 10).hits.is_empty());
+    // A negated phrase excludes only lines with the phrase, not every line
+    // holding its words (the index alone cannot tell them apart).
+    let page = search(r#"memory -"out of memory""#, 1000);
+    assert_eq!(page.hits.len(), 300);
+    assert!(page.hits.iter().all(|h| h.line.ends_with("out of reach")));
+    let page = search(r#"cuda OR -"out of memory""#, 1000);
+    assert_eq!(page.hits.len(), 301, "either branch: the CUDA line and every decoy");
+    // Text with no word in it is refused, not matched against everything.
+    let no_words = crate::search::search(
+        engine.store(),
+        "default",
+        &crate::search::SearchRequest {
+            query: r#""!!""#.into(),
+            start: BASE - SEC,
+            end: BASE + 400 * SEC,
+            limit: 10,
+            skip_at_end: 0,
+        },
+    );
+    assert!(
+        matches!(&no_words, Err(QueryError::BadRequest(m)) if m.contains("no word")),
+        "{no_words:?}"
+    );
+    let far_cursor = crate::search::search(
+        engine.store(),
+        "default",
+        &crate::search::SearchRequest {
+            query: "memory".into(),
+            start: BASE - SEC,
+            end: BASE + 400 * SEC,
+            limit: 10,
+            skip_at_end: usize::MAX,
+        },
+    );
+    assert!(matches!(far_cursor, Err(QueryError::BadRequest(_))));
 }
 
 #[test]
