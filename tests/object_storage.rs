@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::remote_write::{send, series, WriteRequest};
-use common::{client, get_json, wait_for, Weft};
+use common::{client, get_json, role_args, wait_for, Weft};
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -185,16 +185,8 @@ fn splits_travel_through_an_s3_api() {
     .unwrap();
     let envs = [("AWS_ACCESS_KEY_ID", "weft"), ("AWS_SECRET_ACCESS_KEY", "weft-secret")];
     let start = |name: &str, data: &std::path::Path| {
-        let args = [
-            name,
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ];
-        Weft::start_with(&args, &envs, false)
+        let args = role_args(name, data, &config);
+        Weft::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), &envs, false)
     };
     let indexer = start("indexer", &dir.path().join("indexer"));
     let query = start("query", &dir.path().join("query"));

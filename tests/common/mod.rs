@@ -83,15 +83,7 @@ impl Weft {
 
     /// `weft <indexer|query> --data DATA --listen 127.0.0.1:0 --config CONFIG`.
     pub fn role(name: &str, data: &Path, config: &Path) -> Weft {
-        Self::start(&[
-            name,
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ])
+        Self::start(&role_args(name, data, config).iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Starts a role that serves no HTTP (the collector).
@@ -493,6 +485,22 @@ fn serve_one(stream: std::net::TcpStream, replies: &[(String, u16, String)], log
     );
     let mut stream = reader.into_inner();
     let _ = stream.write_all(response.as_bytes());
+}
+
+/// The arguments of `weft <indexer|query>` on `data`, port 0, `config`.
+pub fn role_args(name: &str, data: &Path, config: &Path) -> Vec<String> {
+    [
+        name,
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }
 
 /// The arguments of `weft standalone` on `logs` and `data`, port 0, `config`.
