@@ -18,6 +18,7 @@ use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::columnar::StrColumn;
 use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
@@ -129,6 +130,7 @@ pub struct OpenSplit {
 /// What the ordinals of the `stream`, `level` and `ml_event` fast fields
 /// stand for.
 struct FastWords {
+    stream_texts: Vec<String>,
     streams: Vec<Arc<LabelSet>>,
     levels: Vec<String>,
     events: Vec<String>,
@@ -358,22 +360,13 @@ impl OpenSplit {
         let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
         let ts = fast.i64("ts").map_err(err)?;
         let bytes = fast.u64("bytes").map_err(err)?;
-        let dictionary = |name: &str| -> Result<(Option<tantivy::columnar::StrColumn>, Vec<String>), QueryError> {
-            let column = fast.str(name).map_err(err)?;
-            let mut words = Vec::new();
-            if let Some(column) = &column {
-                for ord in 0..column.num_terms() as u64 {
-                    let mut word = String::new();
-                    column.ord_to_str(ord, &mut word).map_err(|e| storage_err(&self.meta, e))?;
-                    words.push(word);
-                }
-            }
-            Ok((column, words))
-        };
-        let (stream_col, stream_words) = dictionary("stream")?;
-        let (level_col, level_words) = dictionary("level")?;
-        let (event_col, event_words) = dictionary("ml_event")?;
-        let word = |col: &Option<tantivy::columnar::StrColumn>, doc: DocId| -> usize {
+        let (stream_col, level_col, event_col) = (
+            fast.str("stream").map_err(err)?,
+            fast.str("level").map_err(err)?,
+            fast.str("ml_event").map_err(err)?,
+        );
+        let words = self.words(&stream_col, &level_col, &event_col)?;
+        let word = |col: &Option<StrColumn>, doc: DocId| -> usize {
             col.as_ref()
                 .and_then(|c| c.term_ords(doc).next())
                 .map(|o| o as usize)
@@ -387,12 +380,54 @@ impl OpenSplit {
                 ts: if with_ts { ts.first(doc).unwrap_or(0) } else { 0 },
                 bytes: bytes.first(doc).unwrap_or(0),
                 key: (stream, level, event),
-                stream: stream_words.get(stream).map(String::as_str).unwrap_or(""),
-                level: level_words.get(level).map(String::as_str).unwrap_or("unknown"),
-                ml_event: event_words.get(event).map(String::as_str).unwrap_or(""),
+                stream: words.stream_texts.get(stream).map(String::as_str).unwrap_or(""),
+                level: words.levels.get(level).map(String::as_str).unwrap_or("unknown"),
+                ml_event: words.events.get(event).map(String::as_str).unwrap_or(""),
             });
         }
         Ok(())
+    }
+
+    /// What the ordinals of the `stream`, `level` and `ml_event` fast
+    /// fields stand for; read once per opened split.
+    fn words(
+        &self,
+        stream_col: &Option<StrColumn>,
+        level_col: &Option<StrColumn>,
+        event_col: &Option<StrColumn>,
+    ) -> Result<&FastWords, QueryError> {
+        if let Some(words) = self.words.get() {
+            return Ok(words);
+        }
+        let read = |column: &Option<StrColumn>| -> Result<Vec<String>, QueryError> {
+            let mut words = Vec::new();
+            if let Some(column) = column {
+                for ord in 0..column.num_terms() as u64 {
+                    let mut word = String::new();
+                    column.ord_to_str(ord, &mut word).map_err(|e| storage_err(&self.meta, e))?;
+                    words.push(word);
+                }
+            }
+            Ok(words)
+        };
+        let by_text: HashMap<&str, &Arc<LabelSet>> = self.meta.streams.iter().map(String::as_str).zip(&self.streams).collect();
+        let stream_texts = read(stream_col)?;
+        let streams = stream_texts
+            .iter()
+            .map(|text| {
+                by_text
+                    .get(text.as_str())
+                    .map(|s| (*s).clone())
+                    .unwrap_or_else(|| Arc::new(LabelSet::parse(text).unwrap_or_default()))
+            })
+            .collect();
+        let words = FastWords {
+            stream_texts,
+            streams,
+            levels: read(level_col)?,
+            events: read(event_col)?,
+        };
+        Ok(self.words.get_or_init(|| words))
     }
 
     /// Reads the given rows (sorted ascending) as [`StoredRow`]s: the line
@@ -411,41 +446,8 @@ impl OpenSplit {
             fast.str("level").map_err(err)?,
             fast.str("ml_event").map_err(err)?,
         );
-        let words = match self.words.get() {
-            Some(words) => words,
-            None => {
-                let read = |column: &Option<tantivy::columnar::StrColumn>| -> Result<Vec<String>, QueryError> {
-                    let mut words = Vec::new();
-                    if let Some(column) = column {
-                        for ord in 0..column.num_terms() as u64 {
-                            let mut word = String::new();
-                            column.ord_to_str(ord, &mut word).map_err(|e| storage_err(&self.meta, e))?;
-                            words.push(word);
-                        }
-                    }
-                    Ok(words)
-                };
-                let by_text: HashMap<&str, &Arc<LabelSet>> = self.meta.streams.iter().map(String::as_str).zip(&self.streams).collect();
-                let streams = read(&stream_col)?
-                    .iter()
-                    .map(|text| {
-                        by_text
-                            .get(text.as_str())
-                            .map(|s| (*s).clone())
-                            .unwrap_or_else(|| Arc::new(LabelSet::parse(text).unwrap_or_default()))
-                    })
-                    .collect();
-                let words = FastWords {
-                    streams,
-                    levels: read(&level_col)?,
-                    events: read(&event_col)?,
-                };
-                self.words.get_or_init(|| words)
-            }
-        };
-        let ord = |column: &Option<tantivy::columnar::StrColumn>, doc: DocId| {
-            column.as_ref().and_then(|c| c.term_ords(doc).next()).map(|o| o as usize)
-        };
+        let words = self.words(&stream_col, &level_col, &event_col)?;
+        let ord = |column: &Option<StrColumn>, doc: DocId| column.as_ref().and_then(|c| c.term_ords(doc).next()).map(|o| o as usize);
         let mut out = Vec::with_capacity(rows.len());
         let mut docs = rows.iter();
         for batch in &batches {
