@@ -27,7 +27,8 @@ type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::time::{Duration, Instant};
 
 use weft_model::batch::{encode_ipc, META_SOURCES};
-use weft_model::{LabelSet, LogBatchBuilder, RecordRef};
+use weft_model::source_batch::{RowRef, SourceBatchBuilder, SourceRef};
+use weft_model::LabelSet;
 
 use crate::checkpoint::TailerCheckpoint;
 use crate::enrich::run_and_rank;
@@ -142,7 +143,12 @@ struct Appender {
     limits: BatchLimits,
     collector_id: String,
     node: String,
-    builder: LogBatchBuilder,
+    builder: SourceBatchBuilder,
+    /// The builder's source key per (source, pod metadata) in this batch;
+    /// the `Arc` keeps the metadata's address from being reused meanwhile.
+    batch_sources: FxMap<(u32, usize), u32>,
+    batch_source_infos: Vec<Arc<PodInfo>>,
+    last_batch_source: Option<((u32, usize), u32)>,
     sources: Vec<String>,
     source_index: FxMap<String, u32>,
     /// Per source: (first, last) position in this batch.
@@ -312,7 +318,10 @@ impl Appender {
         pods: Option<Arc<PodDirectory>>,
     ) -> Self {
         Self {
-            builder: LogBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
+            builder: SourceBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
+            batch_sources: FxMap::default(),
+            batch_source_infos: Vec::new(),
+            last_batch_source: None,
             limits,
             collector_id,
             node,
@@ -398,7 +407,10 @@ impl Appender {
         self.write_tallies();
         let rows = self.builder.len();
         let line_bytes = self.builder.line_bytes();
-        let batch = self.builder.finish(true);
+        let batch = self.builder.finish();
+        self.batch_sources.clear();
+        self.batch_source_infos.clear();
+        self.last_batch_source = None;
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
         for (key, (first, last)) in self.sources.iter().zip(&self.ranges) {
             fnv1a(&mut hash, key.as_bytes());
@@ -465,7 +477,11 @@ impl Appender {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        let mut text = String::from_utf8_lossy(line.text);
+        // `from_utf8` has an ASCII fast path `from_utf8_lossy` lacks.
+        let mut text = match std::str::from_utf8(line.text) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(line.text),
+        };
         let mut truncated = line.truncated;
         if let std::borrow::Cow::Owned(repaired) = &mut text {
             self.metrics.invalid_utf8.inc();
@@ -594,27 +610,47 @@ impl Appender {
         if block && level == Level::Unknown {
             level = Level::Error;
         }
-        self.builder.append(&RecordRef {
-            ts: line.ts,
-            ingest_ts: 0,
-            namespace: &meta.namespace,
-            pod: &meta.pod,
-            container: &meta.container,
-            node: &self.node,
-            stream: line.stream.map(|s| s.as_str()).unwrap_or(""),
-            labels: &pod_meta.labels,
-            run,
-            rank,
-            pod_uid: Some(&meta.pod_uid),
-            restart: Some(meta.restart),
-            level,
-            ml_event: event.as_ref().map(|e| e.name.as_str()),
-            fields: &self.fields,
-            truncated,
-            parse_error: line.parse_error,
-            line: &text,
-            source: Some((src, line.position)),
-        });
+        let slot = (src, Arc::as_ptr(&pod_meta) as usize);
+        let key = match self.last_batch_source {
+            Some((last, key)) if last == slot => key,
+            _ => {
+                let key = match self.batch_sources.get(&slot) {
+                    Some(key) => *key,
+                    None => {
+                        let key = self.builder.source(&SourceRef {
+                            namespace: &meta.namespace,
+                            pod: &meta.pod,
+                            container: &meta.container,
+                            node: &self.node,
+                            labels: &pod_meta.labels,
+                            run,
+                            rank,
+                            pod_uid: Some(&meta.pod_uid),
+                            restart: Some(meta.restart),
+                        });
+                        self.batch_sources.insert(slot, key);
+                        self.batch_source_infos.push(pod_meta.clone());
+                        key
+                    }
+                };
+                self.last_batch_source = Some((slot, key));
+                key
+            }
+        };
+        self.builder.append(
+            key,
+            &RowRef {
+                ts: line.ts,
+                stream: line.stream.map(|s| s.as_str()).unwrap_or(""),
+                level,
+                ml_event: event.as_ref().map(|e| e.name.as_str()),
+                fields: &self.fields,
+                truncated,
+                parse_error: line.parse_error,
+                line: &text,
+                source: (src, line.position),
+            },
+        );
     }
 }
 

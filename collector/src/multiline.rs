@@ -278,6 +278,11 @@ impl MultilineJoiner {
         if line.parse_error {
             return out(line, false);
         }
+        // With no block open (most of the time), a line that starts none
+        // goes straight out, without building its key.
+        if self.open.is_empty() && starts(line.text).is_none() {
+            return out(line, false);
+        }
         let key = key_of(line.meta, line.stream, line.text);
         if let Some(block) = self.open.get_mut(&key) {
             if block.continues(line.text) && block.lines < self.limits.max_lines {

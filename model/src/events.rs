@@ -34,7 +34,91 @@ pub const BUILTIN_EVENTS: [&str; 8] = [
     "oom_killed",
 ];
 
+/// Literals of which every match of a case-sensitive built-in pattern
+/// holds at least one (checked by `every_sample_passes_the_gate`).
+const CASE_SENSITIVE_ANCHORS: [&str; 28] = [
+    // cuda_oom
+    "OutOfMemoryError",
+    "out of memory",
+    "_ALLOC_FAILED",
+    "cudaErrorMemoryAllocation",
+    "OOM when allocating",
+    // nccl_timeout
+    "Watchdog caught",
+    "ProcessGroupNCCL",
+    "NCCL communicator",
+    "NCCL operation",
+    "ncclTimeout",
+    "Heartbeat monitor",
+    // nccl_error
+    "ncclInternalError",
+    "ncclSystemError",
+    "ncclRemoteError",
+    "ncclUnhandledCudaError",
+    "NCCL error in:",
+    "unhandled system error",
+    "remote process exited",
+    "NCCL WARN",
+    // gpu_xid
+    "Xid",
+    // elastic_child_failed
+    "ChildFailedError",
+    "torch.distributed.elastic.multiprocessing.errors",
+    "failed (exitcode: ",
+    // oom_killed
+    "OOMKilled",
+    "Out of memory: Killed process",
+    "exitcode: -9",
+    "SIGKILL",
+    "exit code 137",
+];
+
+/// The same for the case-insensitive patterns (`nan_loss`,
+/// `loss_scale_overflow`), matched ignoring ASCII case, each with the
+/// index of its rarest byte (searched for first).
+const CASE_INSENSITIVE_ANCHORS: [(&[u8], usize); 2] = [(b"loss", 0), (b"overflow", 1)];
+
+/// Searches for any of the case-sensitive anchors: SIMD (Teddy) where the
+/// CPU has it, an Aho-Corasick automaton elsewhere.
+enum AnchorSearch {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(aho_corasick::AhoCorasick),
+}
+
+impl AnchorSearch {
+    fn new() -> Self {
+        match aho_corasick::packed::Searcher::new(CASE_SENSITIVE_ANCHORS) {
+            Some(searcher) => AnchorSearch::Packed(searcher),
+            None => AnchorSearch::Automaton(aho_corasick::AhoCorasick::new(CASE_SENSITIVE_ANCHORS).expect("literal anchors build")),
+        }
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        match self {
+            AnchorSearch::Packed(searcher) => searcher.find(text).is_some(),
+            AnchorSearch::Automaton(automaton) => automaton.is_match(text),
+        }
+    }
+}
+
+/// Whether `needle` occurs in `haystack` ignoring ASCII case; candidates are
+/// found by the byte at `pivot` (either case), so a rare pivot keeps this a
+/// few vector scans.
+fn contains_ignoring_case(haystack: &[u8], needle: &[u8], pivot: usize) -> bool {
+    let (lower, upper) = (needle[pivot].to_ascii_lowercase(), needle[pivot].to_ascii_uppercase());
+    memchr::memchr2_iter(lower, upper, haystack).any(|at| {
+        at >= pivot
+            && haystack
+                .get(at - pivot..at - pivot + needle.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    })
+}
+
 struct Catalogue {
+    /// Lines holding none of the anchors match no built-in pattern: literal
+    /// searches instead of the set's own prefilter, which with the
+    /// case-insensitive `loss` had been the collector's largest cost.
+    anchors: AnchorSearch,
     /// One pattern per entry of `names`, same order.
     set: RegexSet,
     /// The same patterns, one by one (to find the carrying line).
@@ -57,12 +141,23 @@ fn catalogue() -> &'static Catalogue {
             ("oom_killed", r"(OOMKilled|Out of memory: Killed process|exitcode: -9\b|Signal 9 \(SIGKILL\) received|exit code 137)"),
         ];
         Catalogue {
+            anchors: AnchorSearch::new(),
             set: RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("built-in patterns compile"),
             singles: patterns.iter().map(|(_, p)| Regex::new(p).expect("built-in pattern compiles")).collect(),
             names: patterns.iter().map(|(n, _)| *n).collect(),
             xid: Regex::new(r"Xid \([^)]*\):? ?(\d+)|Xid:? (\d+)").expect("xid pattern compiles"),
         }
     })
+}
+
+impl Catalogue {
+    /// False when no built-in pattern can match `text`.
+    fn may_match(&self, text: &str) -> bool {
+        self.anchors.is_match(text)
+            || CASE_INSENSITIVE_ANCHORS
+                .iter()
+                .any(|(needle, pivot)| contains_ignoring_case(text.as_bytes(), needle, *pivot))
+    }
 }
 
 /// A user pattern from the config.
@@ -102,6 +197,9 @@ impl EventClassifier {
             }
         }
         let catalogue = catalogue();
+        if !catalogue.may_match(text) {
+            return None;
+        }
         let matches = catalogue.set.matches(text);
         let first = matches.iter().next()?;
         let name = catalogue.names[first];
@@ -159,6 +257,84 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(event(line).as_deref(), Some(want), "{line}");
         }
+    }
+
+    /// One sample per alternative of every built-in pattern: each must be
+    /// the event and pass the anchor gate; everyday lines must not pass it.
+    #[test]
+    fn every_sample_passes_the_gate() {
+        let samples = [
+            ("torch.OutOfMemoryError: x", "cuda_oom"),
+            ("torch.cuda.OutOfMemoryError: x", "cuda_oom"),
+            ("RuntimeError: CUDA out of memory.", "cuda_oom"),
+            ("CUDA error: out of memory", "cuda_oom"),
+            ("CUBLAS_STATUS_ALLOC_FAILED", "cuda_oom"),
+            ("CUDNN_STATUS_ALLOC_FAILED", "cuda_oom"),
+            ("cudaErrorMemoryAllocation", "cuda_oom"),
+            ("OOM when allocating tensor with shape[8]", "cuda_oom"),
+            ("Watchdog caught collective operation timeout: WorkNCCL", "nccl_timeout"),
+            ("ProcessGroupNCCL.cpp:1 Timeout(ms)=600000", "nccl_timeout"),
+            ("ProcessGroupNCCL: timeout", "nccl_timeout"),
+            ("NCCL communicator was aborted: timed out", "nccl_timeout"),
+            ("NCCL operation timedout", "nccl_timeout"),
+            ("NCCL operation time out", "nccl_timeout"),
+            ("ncclTimeout", "nccl_timeout"),
+            ("Heartbeat monitor timed out!", "nccl_timeout"),
+            ("ncclInternalError", "nccl_error"),
+            ("ncclSystemError", "nccl_error"),
+            ("ncclRemoteError", "nccl_error"),
+            ("ncclUnhandledCudaError", "nccl_error"),
+            ("NCCL error in: x.cpp", "nccl_error"),
+            ("unhandled system error", "nccl_error"),
+            ("remote process exited or there was a network error", "nccl_error"),
+            ("NCCL WARN Net : Connection closed by peer", "nccl_error"),
+            ("NCCL WARN NET/IB : Netx reset", "nccl_error"),
+            ("NVRM: Xid (PCI:0000:3b:00): 79", "gpu_xid"),
+            ("Xid (PCI:0000:3b:00): 48", "gpu_xid"),
+            ("NVML: Xid 79", "gpu_xid"),
+            ("loss: nan", "nan_loss"),
+            ("{'LOSS': 'NaN'}", "nan_loss"),
+            ("train_loss=-inf", "nan_loss"),
+            ("Loss Is NaN", "nan_loss"),
+            ("NON-FINITE LOSS", "nan_loss"),
+            ("NaN Loss Detected", "nan_loss"),
+            ("GRADIENT OVERFLOW. SKIPPING STEP", "loss_scale_overflow"),
+            ("overflow! rank 0", "loss_scale_overflow"),
+            ("Grad Overflow On Iteration 5", "loss_scale_overflow"),
+            ("Skipping Step, Loss Scaler 0", "loss_scale_overflow"),
+            ("attempted LOSS scale: 1", "loss_scale_overflow"),
+            ("ChildFailedError", "elastic_child_failed"),
+            ("torch.distributed.elastic.multiprocessing.errors", "elastic_child_failed"),
+            ("failed (exitcode: -6) local_rank: 0", "elastic_child_failed"),
+            ("OOMKilled", "oom_killed"),
+            ("Out of memory: Killed process 1", "oom_killed"),
+            ("worker exitcode: -9 ", "oom_killed"),
+            ("Signal 9 (SIGKILL) received by PID 1", "oom_killed"),
+            ("exit code 137", "oom_killed"),
+        ];
+        let catalogue = catalogue();
+        for (line, want) in samples {
+            assert_eq!(event(line).as_deref(), Some(want), "{line}");
+            assert!(catalogue.may_match(line), "the gate refuses {line:?}");
+        }
+        for line in [
+            "261125 084934 72 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_26 terminating",
+            "2026-11-25 08:00:00,009 - datasets.builder - WARN - Saving model checkpoint to /ckpt/checkpoint-0",
+            "bert-sft-worker-2:499:414 [2] NCCL INFO Channel 02/0 : 5[2] -> 5[4] via P2P/IPC/read",
+        ] {
+            assert!(!catalogue.may_match(line), "the gate lets {line:?} through");
+        }
+    }
+
+    #[test]
+    fn case_insensitive_search_checks_every_candidate() {
+        assert!(contains_ignoring_case(b"a LoSs b", b"loss", 0));
+        assert!(contains_ignoring_case(b"lo lol LOSS", b"loss", 0));
+        assert!(contains_ignoring_case(b"OVERFLOW", b"overflow", 1));
+        assert!(contains_ignoring_case(b"vv oVeRfLoW", b"overflow", 1));
+        assert!(!contains_ignoring_case(b"v overflo", b"overflow", 1));
+        assert!(!contains_ignoring_case(b"los", b"loss", 0));
+        assert!(!contains_ignoring_case(b"", b"loss", 0));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod labels;
 pub mod level;
 pub mod metric;
 pub mod record;
+pub mod source_batch;
 pub mod time;
 pub mod tls;
 
