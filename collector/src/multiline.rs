@@ -131,16 +131,21 @@ fn starts(line: &[u8]) -> Option<Kind> {
 
 /// `java.lang.IllegalStateException: boom` or `Exception in thread "main" …`.
 fn java_exception_line(line: &[u8]) -> bool {
-    let text = std::str::from_utf8(line).unwrap_or("");
-    let text = text
-        .strip_prefix("Exception in thread \"")
-        .and_then(|t| t.split_once("\" ").map(|(_, r)| r))
-        .unwrap_or(text);
-    let head = text.split(':').next().unwrap_or("");
-    !head.is_empty()
-        && head.contains('.')
-        && (head.ends_with("Exception") || head.ends_with("Error") || head.ends_with("Throwable"))
-        && head.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '$' || c == '_')
+    let text = line
+        .strip_prefix(b"Exception in thread \"")
+        .and_then(|t| memchr::memmem::find(t, b"\" ").map(|at| &t[at + 2..]))
+        .unwrap_or(line);
+    // The head runs to the first `:` (or the end) and holds only class-name
+    // bytes: most lines fail at their first space, without a full scan.
+    let end = text
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'$' | b'_')))
+        .unwrap_or(text.len());
+    if end < text.len() && text[end] != b':' {
+        return false;
+    }
+    let head = &text[..end];
+    !head.is_empty() && head.contains(&b'.') && (head.ends_with(b"Exception") || head.ends_with(b"Error") || head.ends_with(b"Throwable"))
 }
 
 fn indented(line: &[u8]) -> bool {

@@ -73,11 +73,6 @@ const CASE_SENSITIVE_ANCHORS: [&str; 28] = [
     "exit code 137",
 ];
 
-/// The same for the case-insensitive patterns (`nan_loss`,
-/// `loss_scale_overflow`), matched ignoring ASCII case, each with the
-/// index of its rarest byte (searched for first).
-const CASE_INSENSITIVE_ANCHORS: [(&[u8], usize); 2] = [(b"loss", 0), (b"overflow", 1)];
-
 /// Searches for any of the case-sensitive anchors: SIMD (Teddy) where the
 /// CPU has it, an Aho-Corasick automaton elsewhere.
 enum AnchorSearch {
@@ -153,10 +148,20 @@ fn catalogue() -> &'static Catalogue {
 impl Catalogue {
     /// False when no built-in pattern can match `text`.
     fn may_match(&self, text: &str) -> bool {
-        self.anchors.is_match(text)
-            || CASE_INSENSITIVE_ANCHORS
-                .iter()
-                .any(|(needle, pivot)| contains_ignoring_case(text.as_bytes(), needle, *pivot))
+        if self.anchors.is_match(text) {
+            return true;
+        }
+        // The case-insensitive patterns: every `nan_loss` match holds `loss`
+        // and one of `nan`, `inf`, `non-finite`; every `loss_scale_overflow`
+        // match holds `overflow`, or `loss` and `scale`. Ignoring ASCII case,
+        // each searched for by a rarer byte first.
+        let text = text.as_bytes();
+        contains_ignoring_case(text, b"overflow", 1)
+            || (contains_ignoring_case(text, b"loss", 0)
+                && (contains_ignoring_case(text, b"nan", 0)
+                    || contains_ignoring_case(text, b"inf", 2)
+                    || contains_ignoring_case(text, b"non-finite", 4)
+                    || contains_ignoring_case(text, b"scale", 2)))
     }
 }
 
@@ -321,6 +326,7 @@ mod tests {
             "261125 084934 72 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_26 terminating",
             "2026-11-25 08:00:00,009 - datasets.builder - WARN - Saving model checkpoint to /ckpt/checkpoint-0",
             "bert-sft-worker-2:499:414 [2] NCCL INFO Channel 02/0 : 5[2] -> 5[4] via P2P/IPC/read",
+            "{'loss': 2.4921, 'grad_norm': 0.8277, 'learning_rate': 3.0000e-04, 'epoch': 0.00}",
         ] {
             assert!(!catalogue.may_match(line), "the gate lets {line:?} through");
         }

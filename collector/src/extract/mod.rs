@@ -69,7 +69,17 @@ impl MetricExtractor {
             }
         }
         // One value per key and line: the last one found wins.
-        if out.len() - before > 1 {
+        if out.len() - before <= 32 {
+            // A line holds a handful of keys: a scan, not a hash set per line.
+            let mut at = before;
+            while at < out.len() {
+                if out[at + 1..].iter().any(|(k, _)| *k == out[at].0) {
+                    out.remove(at);
+                } else {
+                    at += 1;
+                }
+            }
+        } else {
             let mut seen = std::collections::HashSet::new();
             let mut kept: Vec<(String, f64)> = out.drain(before..).rev().filter(|(k, _)| seen.insert(k.clone())).collect();
             kept.reverse();

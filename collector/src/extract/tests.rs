@@ -43,6 +43,28 @@ fn json_and_logfmt_with_training_keys_only() {
     assert!(extract("level=info msg=connected retries=3").is_empty());
 }
 
+/// Each training key alone, spelled as loggers do, still marks a JSON line
+/// past the cheap check that skips parsing lines without one.
+#[test]
+fn json_lines_with_any_training_key_spelling_are_parsed() {
+    for key in [
+        "LR",
+        "Learning Rate",
+        "GLOBAL_STEP",
+        "Iter",
+        "tokens/sec",
+        "Samples Per Second",
+        "Grad-Norm",
+        "Perplexity",
+        "Epoch",
+        "eval_loss",
+    ] {
+        let found = extract(&format!(r#"{{"{key}": 3.5, "latency_ms": 12}}"#));
+        assert_eq!(found.len(), 2, "{key}: {found:?}");
+    }
+    assert!(extract(r#"{"status": 200, "latency_ms": 12, "prompt_tokens": 3}"#).is_empty());
+}
+
 #[test]
 fn tqdm_and_lightning_progress_bars() {
     let found = extract(" 45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s]");
@@ -158,4 +180,18 @@ proptest::proptest! {
     fn no_line_makes_extraction_panic(line in "(steps: |loss: |step=|iteration |[ :=|/,]|█|损|\\PC){0,40}") {
         let _ = extract(&line);
     }
+}
+
+#[test]
+fn one_value_per_key_and_line_the_last_wins() {
+    let found = extract("step=1 loss=0.5 iter=2 lr=0.1 learning_rate=0.2");
+    assert_eq!(found.iter().filter(|(k, _)| k == "step").count(), 1, "{found:?}");
+    assert_eq!(get(&found, "step"), Some(2.0));
+    assert_eq!(get(&found, "learning_rate"), Some(0.2));
+    assert_eq!(found.len(), 3, "{found:?}");
+    // Past the small-line scan: 40 keys, each twice.
+    let many: String = (0..80).map(|i| format!("k{}={i} ", i % 40)).collect::<String>() + "epoch=7";
+    let found = extract(&many);
+    assert_eq!(found.len(), 41, "{found:?}");
+    assert_eq!(get(&found, "k0"), Some(40.0));
 }
