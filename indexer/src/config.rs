@@ -16,8 +16,8 @@ pub struct IndexerConfig {
     pub commit_interval: Duration,
     /// Commit early once this many bytes of lines wait in memory.
     pub commit_bytes: u64,
-    /// Refuse ingestion (503, the sender retries) past this many bytes
-    /// waiting in memory.
+    /// Refuse ingestion (503, the sender retries) past this many bytes of
+    /// pending rows in memory (Arrow columns: about twice their text).
     pub max_pending_bytes: u64,
     /// Splits whose newest line arrived longer ago than this are deleted.
     #[serde(with = "serde_duration")]

@@ -71,14 +71,106 @@ impl RecentKeys {
     }
 }
 
+/// Rows waiting for a commit, in WAL order.
 #[derive(Default)]
 struct Pending {
-    batches: Vec<(String, RecordBatch)>,
-    /// Metric samples (wire schema), per tenant.
-    metric_batches: Vec<(String, RecordBatch)>,
+    /// Log rows (storage schema) with the WAL record they came in and
+    /// their line bytes.
+    batches: Vec<PendingBatch>,
+    /// Metric samples (wire schema) with their WAL record and memory size.
+    metric_batches: Vec<PendingBatch>,
     /// Metric type/help/unit received, per tenant.
     metadata: Vec<(String, weft_model::metric::MetadataMap)>,
+    /// Line bytes of log rows plus the memory of metric batches (what
+    /// `commit_bytes` counts).
     bytes: u64,
+    /// Memory the batches hold (what `max_pending_bytes` bounds: a row
+    /// holds about twice its line bytes in Arrow columns).
+    memory: u64,
+}
+
+struct PendingBatch {
+    tenant: String,
+    batch: RecordBatch,
+    seq: u64,
+    bytes: u64,
+    memory: u64,
+    /// The source watermarks its request moved: a commit that leaves later
+    /// rows pending publishes only the moves of the rows it wrote, or a
+    /// replay would drop the rest as already held.
+    moves: Vec<(String, Watermark)>,
+}
+
+impl Pending {
+    /// Takes the oldest rows, about `budget` bytes of them (at least one
+    /// batch), with every metric batch and log batch of the WAL records
+    /// up to the last one taken, plus all metadata. Returns them and that
+    /// last WAL record, or `None` for it when nothing is left behind.
+    fn take_oldest(&mut self, budget: u64) -> (Pending, Option<u64>) {
+        let (mut logs, mut metrics, mut bytes, mut memory) = (0, 0, 0u64, 0u64);
+        while (logs < self.batches.len() || metrics < self.metric_batches.len()) && (bytes < budget || logs + metrics == 0) {
+            let log_first = match (self.batches.get(logs), self.metric_batches.get(metrics)) {
+                (Some(l), Some(m)) => l.seq <= m.seq,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if log_first {
+                bytes += self.batches[logs].bytes;
+                memory += self.batches[logs].memory;
+                logs += 1;
+            } else {
+                bytes += self.metric_batches[metrics].bytes;
+                memory += self.metric_batches[metrics].memory;
+                metrics += 1;
+            }
+        }
+        if logs == self.batches.len() && metrics == self.metric_batches.len() {
+            return (std::mem::take(self), None);
+        }
+        let last = [
+            logs.checked_sub(1).map(|i| self.batches[i].seq),
+            metrics.checked_sub(1).map(|i| self.metric_batches[i].seq),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .expect("at least one batch taken");
+        // Batches of that same record (a request can hold several).
+        while self.batches.get(logs).is_some_and(|b| b.seq <= last) {
+            bytes += self.batches[logs].bytes;
+            memory += self.batches[logs].memory;
+            logs += 1;
+        }
+        while self.metric_batches.get(metrics).is_some_and(|b| b.seq <= last) {
+            bytes += self.metric_batches[metrics].bytes;
+            memory += self.metric_batches[metrics].memory;
+            metrics += 1;
+        }
+        let rest = self.batches.split_off(logs);
+        let metric_rest = self.metric_batches.split_off(metrics);
+        self.bytes -= bytes;
+        self.memory -= memory;
+        let taken = Pending {
+            batches: std::mem::replace(&mut self.batches, rest),
+            metric_batches: std::mem::replace(&mut self.metric_batches, metric_rest),
+            metadata: std::mem::take(&mut self.metadata),
+            bytes,
+            memory,
+        };
+        (taken, Some(last))
+    }
+
+    /// Puts rows taken by a failed commit back in front.
+    fn restore(&mut self, mut taken: Pending) {
+        taken.batches.append(&mut self.batches);
+        self.batches = taken.batches;
+        taken.metric_batches.append(&mut self.metric_batches);
+        self.metric_batches = taken.metric_batches;
+        taken.metadata.append(&mut self.metadata);
+        self.metadata = taken.metadata;
+        self.bytes += taken.bytes;
+        self.memory += taken.memory;
+    }
 }
 
 struct WriteState {
@@ -92,6 +184,12 @@ struct WriteState {
 struct PreparedMetrics {
     batches: Vec<RecordBatch>,
     metadata: weft_model::metric::MetadataMap,
+}
+
+/// Where a request's WAL record comes from: appended now, or replayed.
+enum WalSource<'a> {
+    Append(&'a [u8]),
+    Replayed(u64),
 }
 
 /// A decoded request, ready to be admitted.
@@ -197,7 +295,13 @@ impl Indexer {
             };
             if format == WAL_METRICS {
                 match indexer.prepare_metrics(body) {
-                    Ok(prepared) => indexer.admit_metrics(&mut indexer.write.lock().expect("write lock"), &tenant, prepared, "replay"),
+                    Ok(prepared) => indexer.admit_metrics(
+                        &mut indexer.write.lock().expect("write lock"),
+                        &tenant,
+                        prepared,
+                        record.seq,
+                        "replay",
+                    ),
                     Err(e) => tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped"),
                 }
                 continue;
@@ -205,7 +309,15 @@ impl Indexer {
             match indexer.prepare(body) {
                 Ok(prepared) => {
                     let mut write = indexer.write.lock().expect("write lock");
-                    indexer.admit(&mut write, &tenant, &key, prepared, ingest_ts, None, "replay")?;
+                    indexer.admit(
+                        &mut write,
+                        &tenant,
+                        &key,
+                        prepared,
+                        ingest_ts,
+                        WalSource::Replayed(record.seq),
+                        "replay",
+                    )?;
                 }
                 Err(e) => {
                     tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped")
@@ -295,14 +407,14 @@ impl Indexer {
         let prepared = self.prepare(body)?;
         let ingest_ts = now_nanos();
         let mut write = self.write.lock().expect("write lock");
-        if write.pending.bytes >= self.config.max_pending_bytes {
+        if write.pending.memory >= self.config.max_pending_bytes {
             return Err(IndexerError::Unavailable(format!(
-                "indexer is behind: {} bytes wait for commit (limit {}); retry later",
-                write.pending.bytes, self.config.max_pending_bytes
+                "indexer is behind: {} bytes wait for commit in memory (limit {}); retry later",
+                write.pending.memory, self.config.max_pending_bytes
             )));
         }
         let payload = encode_wal_payload(WAL_LOGS, tenant, key, ingest_ts, body);
-        let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, Some(&payload), endpoint)?;
+        let outcome = self.admit(&mut write, tenant, key, prepared, ingest_ts, WalSource::Append(&payload), endpoint)?;
         let pending = write.pending.bytes;
         drop(write);
         self.metrics.bytes_ingested.inc_by(body.len() as u64);
@@ -323,7 +435,7 @@ impl Indexer {
         key: &str,
         prepared: Prepared,
         ingest_ts: i64,
-        wal_payload: Option<&[u8]>,
+        wal: WalSource<'_>,
         endpoint: &str,
     ) -> Result<IngestOutcome, IndexerError> {
         let total_rows: usize = prepared.batches.iter().map(|b| b.num_rows()).sum();
@@ -378,21 +490,28 @@ impl Indexer {
                 .with_label_values(&["source_position"])
                 .inc_by(duplicates as u64);
         }
+        let mut seq = 0;
         if accepted > 0 {
-            if let Some(payload) = wal_payload {
-                write
-                    .wal
-                    .append(payload)
-                    .map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
-                self.metrics.wal_appends.inc();
-            }
+            seq = match wal {
+                WalSource::Append(payload) => {
+                    let seq = write
+                        .wal
+                        .append(payload)
+                        .map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
+                    self.metrics.wal_appends.inc();
+                    seq
+                }
+                WalSource::Replayed(seq) => seq,
+            };
         }
         write.recent_keys.insert(key);
         let now = now_nanos();
-        for (source, position) in moved {
-            write
-                .watermarks
-                .insert(prepared.sources[source].clone(), Watermark { position, updated: now });
+        let moves: Vec<(String, Watermark)> = moved
+            .into_iter()
+            .map(|(source, position)| (prepared.sources[source].clone(), Watermark { position, updated: now }))
+            .collect();
+        for (source, watermark) in &moves {
+            write.watermarks.insert(source.clone(), *watermark);
         }
         for (batch, mask) in prepared.batches.into_iter().zip(masks) {
             let batch = match mask {
@@ -404,8 +523,17 @@ impl Indexer {
             }
             let batch = with_ingest_ts(to_storage(&batch)?, ingest_ts)?;
             let bytes = LogBatchView::new(&batch)?.line.values().len() as u64;
+            let memory = batch.get_array_memory_size() as u64;
             write.pending.bytes += bytes;
-            write.pending.batches.push((tenant.to_string(), batch));
+            write.pending.memory += memory;
+            write.pending.batches.push(PendingBatch {
+                tenant: tenant.to_string(),
+                batch,
+                seq,
+                bytes,
+                memory,
+                moves: moves.clone(),
+            });
         }
         self.metrics.rows_ingested.with_label_values(&[endpoint]).inc_by(accepted as u64);
         Ok(IngestOutcome {
@@ -415,22 +543,55 @@ impl Indexer {
         })
     }
 
-    /// Writes pending rows into splits and publishes them with the WAL
-    /// position and watermarks they cover. Returns the splits written.
+    /// Writes the rows pending now into splits and publishes them with the
+    /// WAL position and watermarks they cover. Returns the splits written.
+    ///
+    /// Rows are taken oldest first, about `commit_bytes` of them at a time:
+    /// an indexer that fell behind commits its backlog in several splits
+    /// rather than holding it all, its sorted copy and the index being
+    /// built at once (which had tripled its memory at the worst moment).
     pub fn commit(&self) -> Result<usize, IndexerError> {
         let _serial = self.commit_lock.lock().expect("commit lock");
+        // Rows arriving meanwhile wait for the next call, so a steady feed
+        // cannot keep one call going.
+        let target = self.write.lock().expect("write lock").wal.next_seq() - 1;
+        let mut written = 0;
+        loop {
+            let (count, covered) = self.commit_oldest()?;
+            written += count;
+            if covered >= target {
+                return Ok(written);
+            }
+        }
+    }
+
+    /// Commits the oldest `commit_bytes` of pending rows; returns the
+    /// splits written and the WAL record covered up to.
+    pub(crate) fn commit_oldest(&self) -> Result<(usize, u64), IndexerError> {
         let started = Instant::now();
         let cutoff = now_nanos() - self.config.retention.as_nanos() as i64;
-        let (mut pending, seq, watermarks) = {
+        let (pending, seq, watermarks) = {
             let mut write = self.write.lock().expect("write lock");
             // Sources silent for a whole retention period are forgotten.
             write.watermarks.retain(|_, w| w.updated >= cutoff);
-            let pending = std::mem::take(&mut write.pending);
-            (pending, write.wal.next_seq() - 1, write.watermarks.clone())
+            let (pending, last) = write.pending.take_oldest(self.config.commit_bytes);
+            let (seq, watermarks) = match last {
+                Some(last) => {
+                    let mut watermarks = self.catalog.with(|c| c.watermarks.clone());
+                    for (source, watermark) in pending.batches.iter().flat_map(|b| &b.moves) {
+                        watermarks.insert(source.clone(), *watermark);
+                    }
+                    watermarks.retain(|_, w| w.updated >= cutoff);
+                    (last, watermarks)
+                }
+                None => (write.wal.next_seq() - 1, write.watermarks.clone()),
+            };
+            (pending, seq, watermarks)
         };
         if pending.batches.is_empty() && pending.metric_batches.is_empty() && self.catalog.with(|c| c.wal_seq >= seq) {
-            return Ok(0);
+            return Ok((0, seq));
         }
+        let mut pending = pending;
         let metadata = std::mem::take(&mut pending.metadata);
         let result = self
             .write_splits(&pending.batches)
@@ -484,32 +645,23 @@ impl Indexer {
                     self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 }
                 self.update_gauges();
-                Ok(count)
+                Ok((count, seq))
             }
             Err(e) => {
                 // Put the rows back in front, in order; they are still in the WAL.
                 self.metrics.commit_errors.inc();
-                let mut write = self.write.lock().expect("write lock");
-                let mut restored = pending.batches;
-                restored.append(&mut write.pending.batches);
-                write.pending.batches = restored;
-                let mut restored = pending.metric_batches;
-                restored.append(&mut write.pending.metric_batches);
-                write.pending.metric_batches = restored;
-                let mut restored = metadata;
-                restored.append(&mut write.pending.metadata);
-                write.pending.metadata = restored;
-                write.pending.bytes += pending.bytes;
+                pending.metadata = metadata;
+                self.write.lock().expect("write lock").pending.restore(pending);
                 Err(e)
             }
         }
     }
 
     /// One split per (tenant, hour of event time).
-    fn write_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
+    fn write_splits(&self, batches: &[PendingBatch]) -> Result<Vec<SplitMeta>, IndexerError> {
         let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
         const HOUR: i64 = 3600 * 1_000_000_000;
-        for (tenant, batch) in batches {
+        for PendingBatch { tenant, batch, .. } in batches {
             let view = LogBatchView::new(batch)?;
             let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR)).collect();
             let first = hours[0];
@@ -542,10 +694,10 @@ impl Indexer {
     }
 
     /// One metric split per (tenant, hour of sample time).
-    fn write_metric_splits(&self, batches: &[(String, RecordBatch)]) -> Result<Vec<SplitMeta>, IndexerError> {
+    fn write_metric_splits(&self, batches: &[PendingBatch]) -> Result<Vec<SplitMeta>, IndexerError> {
         let mut by_bucket: std::collections::BTreeMap<(String, i64), Vec<RecordBatch>> = Default::default();
         const HOUR_MS: i64 = 3_600_000;
-        for (tenant, batch) in batches {
+        for PendingBatch { tenant, batch, .. } in batches {
             let view = weft_model::metric::MetricBatchView::new(batch)?;
             let hours: Vec<i64> = view.ts.values().iter().map(|ts| ts.div_euclid(HOUR_MS)).collect();
             let distinct: std::collections::BTreeSet<i64> = hours.iter().copied().collect();
@@ -623,14 +775,23 @@ impl Indexer {
         Ok(PreparedMetrics { batches, metadata })
     }
 
-    fn admit_metrics(&self, write: &mut WriteState, tenant: &str, prepared: PreparedMetrics, endpoint: &str) {
+    fn admit_metrics(&self, write: &mut WriteState, tenant: &str, prepared: PreparedMetrics, seq: u64, endpoint: &str) {
         let mut rows = 0;
         for batch in prepared.batches {
             rows += batch.num_rows();
             // Series text included: a sample row is far more than its 16
             // bytes of time and value.
-            write.pending.bytes += batch.get_array_memory_size() as u64;
-            write.pending.metric_batches.push((tenant.to_string(), batch));
+            let bytes = batch.get_array_memory_size() as u64;
+            write.pending.bytes += bytes;
+            write.pending.memory += bytes;
+            write.pending.metric_batches.push(PendingBatch {
+                tenant: tenant.to_string(),
+                batch,
+                seq,
+                bytes,
+                memory: bytes,
+                moves: Vec::new(),
+            });
         }
         if !prepared.metadata.is_empty() {
             write.pending.metadata.push((tenant.to_string(), prepared.metadata));
@@ -647,19 +808,19 @@ impl Indexer {
             return Ok(0);
         }
         let mut write = self.write.lock().expect("write lock");
-        if write.pending.bytes >= self.config.max_pending_bytes {
+        if write.pending.memory >= self.config.max_pending_bytes {
             return Err(IndexerError::Unavailable(format!(
-                "indexer is behind: {} bytes wait for commit (limit {}); retry later",
-                write.pending.bytes, self.config.max_pending_bytes
+                "indexer is behind: {} bytes wait for commit in memory (limit {}); retry later",
+                write.pending.memory, self.config.max_pending_bytes
             )));
         }
         let payload = encode_wal_payload(WAL_METRICS, tenant, "", now_nanos(), body);
-        write
+        let seq = write
             .wal
             .append(&payload)
             .map_err(|e| IndexerError::Unavailable(format!("write-ahead log append failed: {e}")))?;
         self.metrics.wal_appends.inc();
-        self.admit_metrics(&mut write, tenant, prepared, endpoint);
+        self.admit_metrics(&mut write, tenant, prepared, seq, endpoint);
         let pending = write.pending.bytes;
         drop(write);
         self.metrics.bytes_ingested.inc_by(body.len() as u64);

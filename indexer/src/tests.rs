@@ -33,6 +33,9 @@ fn body(lines: &[(u32, u64, &str)], sources: &[&str]) -> Vec<u8> {
 fn all_lines(indexer: &Indexer) -> Vec<String> {
     let mut lines = Vec::new();
     for split in indexer.catalog().snapshot().splits {
+        if split.kind != crate::catalog::SplitKind::Logs {
+            continue;
+        }
         for batch in split::read_parquet(&indexer.data_dir().join(&split.parquet)).unwrap() {
             let view = LogBatchView::new(&batch).unwrap();
             lines.extend((0..view.len()).map(|r| view.line.value(r).to_string()));
@@ -209,4 +212,41 @@ fn a_metrics_request_spread_over_too_many_hours_is_refused() {
     let body = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
     let err = indexer.ingest_metrics("default", &body, "test").unwrap_err().to_string();
     assert!(err.contains("more than 168 distinct hours"), "{err}");
+}
+
+#[test]
+fn a_backlog_commits_oldest_first_in_bounded_chunks_and_survives_a_crash_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // One batch per chunk.
+    let small = || IndexerConfig {
+        commit_bytes: 1,
+        ..config()
+    };
+    {
+        let indexer = Indexer::open(dir.path(), small(), &prometheus::Registry::new()).unwrap();
+        for (key, position, line) in [("k1", 4, "a"), ("k2", 8, "b"), ("k3", 12, "c")] {
+            indexer
+                .ingest_arrow("default", key, &body(&[(0, position, line)], &["s"]), "test")
+                .unwrap();
+        }
+        assert_eq!(indexer.commit_oldest().unwrap(), (1, 1), "one split, WAL record 1 covered");
+        assert_eq!(all_lines(&indexer), vec!["a"]);
+        assert_eq!(indexer.catalog().snapshot().wal_seq, 1, "only the first record is covered");
+        // Dropped with "b" and "c" only in the WAL: a crash between chunks.
+    }
+    let indexer = Indexer::open(dir.path(), small(), &prometheus::Registry::new()).unwrap();
+    let mut builder = weft_model::metric::MetricBatchBuilder::new();
+    builder.append(r#"{__name__="up"}"#, 1_764_000_000_000, 1.0);
+    let metrics = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
+    indexer.ingest_metrics("default", &metrics, "test").unwrap();
+    indexer
+        .ingest_arrow("default", "k4", &body(&[(0, 16, "d")], &["s"]), "test")
+        .unwrap();
+    // One call commits everything pending, chunk by chunk: b, c, the
+    // samples and d each in their own split.
+    assert_eq!(indexer.commit().unwrap(), 4);
+    assert_eq!(all_lines(&indexer), vec!["a", "b", "c", "d"]);
+    let catalog = indexer.catalog().snapshot();
+    assert_eq!(catalog.splits.len(), 5);
+    assert_eq!(catalog.wal_seq, 5);
 }

@@ -170,25 +170,26 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
     let dir = parquet_path.parent().expect("split paths have a parent");
     fs::create_dir_all(dir).map_err(io(dir))?;
 
-    // tantivy first (into a temporary directory), then Parquet; the
-    // catalog entry is what makes both visible.
+    // tantivy and Parquet are written at once, each on its own thread, into
+    // temporary names (the Parquet side, a fifth of a commit, no longer
+    // adds to its latency); the index is renamed first, and the catalog
+    // entry is what makes both visible.
     let tmp_index = dir.join(format!(".{id}.tantivy.tmp"));
-    index::write_index(&tmp_index, &view, &streams_per_row(&view))?;
-    fs::rename(&tmp_index, &index_path).map_err(io(&index_path))?;
-
     let tmp_parquet = dir.join(format!(".{id}.parquet.tmp"));
-    {
-        let file = File::create(&tmp_parquet).map_err(io(&tmp_parquet))?;
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
-            .map_err(|e| IndexerError::Internal(format!("parquet writer: {e}")))?;
-        writer
-            .write(&sorted)
-            .map_err(|e| IndexerError::Internal(format!("parquet write: {e}")))?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| IndexerError::Internal(format!("parquet close: {e}")))?;
-        file.sync_all().map_err(io(&tmp_parquet))?;
+    let (index_written, parquet_written) = std::thread::scope(|scope| {
+        let index = scope.spawn(|| index::write_index(&tmp_index, &view, &streams_per_row(&view)));
+        let parquet = write_parquet(&tmp_parquet, &schema, &sorted);
+        let index = index
+            .join()
+            .unwrap_or_else(|_| Err(IndexerError::Internal("the split index writer panicked".into())));
+        (index, parquet)
+    });
+    if let Err(e) = index_written.and(parquet_written) {
+        remove_path(&tmp_index);
+        remove_path(&tmp_parquet);
+        return Err(e);
     }
+    fs::rename(&tmp_index, &index_path).map_err(io(&index_path))?;
     fs::rename(&tmp_parquet, &parquet_path).map_err(io(&parquet_path))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
 
@@ -214,6 +215,20 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         series: 0,
         groups: row_groups(&view),
     })
+}
+
+/// Writes `sorted` as one Parquet file at `path`, synced.
+fn write_parquet(path: &Path, schema: &arrow_schema::SchemaRef, sorted: &RecordBatch) -> Result<(), IndexerError> {
+    let file = File::create(path).map_err(io(path))?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+        .map_err(|e| IndexerError::Internal(format!("parquet writer: {e}")))?;
+    writer
+        .write(sorted)
+        .map_err(|e| IndexerError::Internal(format!("parquet write: {e}")))?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| IndexerError::Internal(format!("parquet close: {e}")))?;
+    file.sync_all().map_err(io(path))
 }
 
 /// Rows and line bytes per (stream, level, ML event) of rows sorted by
