@@ -147,7 +147,10 @@ struct Appender {
     /// The builder's source key per (source, pod metadata) in this batch;
     /// the `Arc` keeps the metadata's address from being reused meanwhile.
     batch_sources: FxMap<(u32, usize), u32>,
-    batch_source_infos: Vec<Arc<PodInfo>>,
+    /// Per builder key: the pod metadata and the file's pod uid, container
+    /// and restart it was registered with (a file identity reused by
+    /// another file within one batch must not inherit them).
+    batch_source_infos: Vec<(Arc<PodInfo>, PodLogPath)>,
     last_batch_source: Option<((u32, usize), u32)>,
     sources: Vec<String>,
     source_index: FxMap<String, u32>,
@@ -611,12 +614,16 @@ impl Appender {
             level = Level::Error;
         }
         let slot = (src, Arc::as_ptr(&pod_meta) as usize);
+        let same_file = |key: u32, infos: &[(Arc<PodInfo>, PodLogPath)]| {
+            let registered = &infos[key as usize].1;
+            registered.pod_uid == meta.pod_uid && registered.container == meta.container && registered.restart == meta.restart
+        };
         let key = match self.last_batch_source {
-            Some((last, key)) if last == slot => key,
+            Some((last, key)) if last == slot && same_file(key, &self.batch_source_infos) => key,
             _ => {
                 let key = match self.batch_sources.get(&slot) {
-                    Some(key) => *key,
-                    None => {
+                    Some(key) if same_file(*key, &self.batch_source_infos) => *key,
+                    _ => {
                         let key = self.builder.source(&SourceRef {
                             namespace: &meta.namespace,
                             pod: &meta.pod,
@@ -629,7 +636,7 @@ impl Appender {
                             restart: Some(meta.restart),
                         });
                         self.batch_sources.insert(slot, key);
-                        self.batch_source_infos.push(pod_meta.clone());
+                        self.batch_source_infos.push((pod_meta.clone(), meta.clone()));
                         key
                     }
                 };

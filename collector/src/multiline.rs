@@ -145,7 +145,11 @@ fn java_exception_line(line: &[u8]) -> bool {
         return false;
     }
     let head = &text[..end];
-    !head.is_empty() && head.contains(&b'.') && (head.ends_with(b"Exception") || head.ends_with(b"Error") || head.ends_with(b"Throwable"))
+    !head.is_empty()
+        && head.contains(&b'.')
+        && (head.ends_with(b"Exception") || head.ends_with(b"Error") || head.ends_with(b"Throwable"))
+        // As before: a line that is not UTF-8 opens no block.
+        && std::str::from_utf8(line).is_ok()
 }
 
 fn indented(line: &[u8]) -> bool {

@@ -186,6 +186,17 @@ struct PreparedMetrics {
     metadata: weft_model::metric::MetadataMap,
 }
 
+/// Bytes a batch's rows take: the slices its columns use, not whole shared
+/// buffers (the columns of an uncompressed IPC body are slices of one
+/// message, each of which would otherwise count the whole body).
+fn batch_memory(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+        .sum()
+}
+
 /// Where a request's WAL record comes from: appended now, or replayed.
 enum WalSource<'a> {
     Append(&'a [u8]),
@@ -523,7 +534,7 @@ impl Indexer {
             }
             let batch = with_ingest_ts(to_storage(&batch)?, ingest_ts)?;
             let bytes = LogBatchView::new(&batch)?.line.values().len() as u64;
-            let memory = batch.get_array_memory_size() as u64;
+            let memory = batch_memory(&batch);
             write.pending.bytes += bytes;
             write.pending.memory += memory;
             write.pending.batches.push(PendingBatch {
@@ -781,7 +792,7 @@ impl Indexer {
             rows += batch.num_rows();
             // Series text included: a sample row is far more than its 16
             // bytes of time and value.
-            let bytes = batch.get_array_memory_size() as u64;
+            let bytes = batch_memory(&batch);
             write.pending.bytes += bytes;
             write.pending.memory += bytes;
             write.pending.metric_batches.push(PendingBatch {
@@ -1076,4 +1087,75 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
         }
     }
     walk(&data_dir.join("splits"), &owned);
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    /// A pending entry of WAL record `seq` with `bytes` and a watermark move.
+    fn entry(seq: u64, bytes: u64) -> PendingBatch {
+        let batch = RecordBatch::new_empty(weft_model::metric::metric_wire_schema());
+        PendingBatch {
+            tenant: "t".into(),
+            batch,
+            seq,
+            bytes,
+            memory: bytes * 2,
+            moves: vec![(format!("src-{seq}"), Watermark { position: seq, updated: 0 })],
+        }
+    }
+
+    fn pending(logs: &[(u64, u64)], metrics: &[(u64, u64)]) -> Pending {
+        let mut p = Pending::default();
+        for &(seq, bytes) in logs {
+            p.batches.push(entry(seq, bytes));
+            p.bytes += bytes;
+            p.memory += bytes * 2;
+        }
+        for &(seq, bytes) in metrics {
+            p.metric_batches.push(entry(seq, bytes));
+            p.bytes += bytes;
+            p.memory += bytes * 2;
+        }
+        p
+    }
+
+    fn seqs(batches: &[PendingBatch]) -> Vec<u64> {
+        batches.iter().map(|b| b.seq).collect()
+    }
+
+    #[test]
+    fn takes_whole_records_in_wal_order_up_to_the_budget() {
+        // Record 1 holds two log batches, record 2 is metrics, record 3 logs.
+        let mut p = pending(&[(1, 40), (1, 40), (3, 40), (4, 40)], &[(2, 10)]);
+        // A budget met inside record 1 still takes all of record 1.
+        let (taken, last) = p.take_oldest(50);
+        assert_eq!(
+            (seqs(&taken.batches), seqs(&taken.metric_batches), last),
+            (vec![1, 1], vec![], Some(1))
+        );
+        assert_eq!((taken.bytes, taken.memory), (80, 160));
+        assert_eq!((p.bytes, p.memory), (90, 180));
+        // The metric record before a log record is taken with it.
+        let (taken, last) = p.take_oldest(45);
+        assert_eq!(
+            (seqs(&taken.batches), seqs(&taken.metric_batches), last),
+            (vec![3], vec![2], Some(3))
+        );
+        // A failed commit puts the rows back in front, in order.
+        p.restore(taken);
+        assert_eq!((seqs(&p.batches), seqs(&p.metric_batches), p.bytes), (vec![3, 4], vec![2], 90));
+        // Taking everything says so.
+        let (taken, last) = p.take_oldest(1 << 30);
+        assert_eq!((seqs(&taken.batches), last), (vec![3, 4], None));
+        assert!(p.batches.is_empty() && p.metric_batches.is_empty() && p.bytes == 0 && p.memory == 0);
+    }
+
+    #[test]
+    fn at_least_one_record_is_taken_whatever_the_budget() {
+        let mut p = pending(&[(1, 100), (2, 100)], &[]);
+        let (taken, last) = p.take_oldest(0);
+        assert_eq!((seqs(&taken.batches), last), (vec![1], Some(1)));
+    }
 }
