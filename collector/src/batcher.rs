@@ -61,7 +61,7 @@ pub struct BatchLimits {
 impl Default for BatchLimits {
     fn default() -> Self {
         Self {
-            max_bytes: 4 * 1024 * 1024,
+            max_bytes: 2 * 1024 * 1024,
             max_rows: 32 * 1024,
             max_age: Duration::from_secs(1),
             max_line_bytes: 1024 * 1024,

@@ -90,7 +90,9 @@ impl Default for CollectorConfig {
             bearer_token: None,
             max_line_bytes: 1024 * 1024,
             partial_timeout: Duration::from_secs(5),
-            batch_max_bytes: 4 * 1024 * 1024,
+            // 2 MiB (promtail ships 1 MiB): 4 MiB batches held ~9 MiB more
+            // resident memory at 50 MB/s in, for no throughput.
+            batch_max_bytes: 2 * 1024 * 1024,
             batch_max_rows: 32 * 1024,
             batch_max_age: Duration::from_secs(1),
             poll_interval: Duration::from_millis(250),
