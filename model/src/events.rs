@@ -159,8 +159,8 @@ impl Catalogue {
         // matches `ſ` (long s) for `s` and `K` (Kelvin sign) for `k`: a
         // line holding either goes to the patterns themselves.
         let text = text.as_bytes();
-        memchr::memmem::find(text, "ſ".as_bytes()).is_some()
-            || memchr::memmem::find(text, "\u{212A}".as_bytes()).is_some()
+        (!text.is_ascii()
+            && (memchr::memmem::find(text, "ſ".as_bytes()).is_some() || memchr::memmem::find(text, "\u{212A}".as_bytes()).is_some()))
             || contains_ignoring_case(text, b"overflow", 1)
             || (contains_ignoring_case(text, b"loss", 0)
                 && (contains_ignoring_case(text, b"nan", 0)
