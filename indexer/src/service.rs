@@ -102,6 +102,18 @@ struct PendingBatch {
 }
 
 impl Pending {
+    fn add_logs(&mut self, entry: PendingBatch) {
+        self.bytes += entry.bytes;
+        self.memory += entry.memory;
+        self.batches.push(entry);
+    }
+
+    fn add_metrics(&mut self, entry: PendingBatch) {
+        self.bytes += entry.bytes;
+        self.memory += entry.memory;
+        self.metric_batches.push(entry);
+    }
+
     /// Takes the oldest rows, about `budget` bytes of them (at least one
     /// batch), with every metric batch and log batch of the WAL records
     /// up to the last one taken, plus all metadata. Returns them and that
@@ -534,15 +546,12 @@ impl Indexer {
             }
             let batch = with_ingest_ts(to_storage(&batch)?, ingest_ts)?;
             let bytes = LogBatchView::new(&batch)?.line.values().len() as u64;
-            let memory = batch_memory(&batch);
-            write.pending.bytes += bytes;
-            write.pending.memory += memory;
-            write.pending.batches.push(PendingBatch {
+            write.pending.add_logs(PendingBatch {
                 tenant: tenant.to_string(),
+                memory: batch_memory(&batch),
                 batch,
                 seq,
                 bytes,
-                memory,
                 moves: moves.clone(),
             });
         }
@@ -793,9 +802,7 @@ impl Indexer {
             // Series text included: a sample row is far more than its 16
             // bytes of time and value.
             let bytes = batch_memory(&batch);
-            write.pending.bytes += bytes;
-            write.pending.memory += bytes;
-            write.pending.metric_batches.push(PendingBatch {
+            write.pending.add_metrics(PendingBatch {
                 tenant: tenant.to_string(),
                 batch,
                 seq,
@@ -1109,14 +1116,10 @@ mod pending_tests {
     fn pending(logs: &[(u64, u64)], metrics: &[(u64, u64)]) -> Pending {
         let mut p = Pending::default();
         for &(seq, bytes) in logs {
-            p.batches.push(entry(seq, bytes));
-            p.bytes += bytes;
-            p.memory += bytes * 2;
+            p.add_logs(entry(seq, bytes));
         }
         for &(seq, bytes) in metrics {
-            p.metric_batches.push(entry(seq, bytes));
-            p.bytes += bytes;
-            p.memory += bytes * 2;
+            p.add_metrics(entry(seq, bytes));
         }
         p
     }
