@@ -136,6 +136,20 @@ struct FastWords {
     events: Vec<String>,
 }
 
+/// The fast-field columns row reads take: time and the ordinals of
+/// `stream`, `level` and `ml_event` (read through [`FastWords`]).
+struct FastColumns {
+    ts: tantivy::columnar::Column<i64>,
+    stream: Option<StrColumn>,
+    level: Option<StrColumn>,
+    event: Option<StrColumn>,
+}
+
+/// The ordinal of `doc` in a dictionary column, if it has one.
+fn ord(column: &Option<StrColumn>, doc: DocId) -> Option<usize> {
+    column.as_ref().and_then(|c| c.term_ords(doc).next()).map(|o| o as usize)
+}
+
 fn storage_err(split: &SplitMeta, e: impl std::fmt::Display) -> QueryError {
     QueryError::Storage(format!("split {}: {e}", split.id))
 }
@@ -356,28 +370,15 @@ impl OpenSplit {
             return Ok(());
         }
         let segment = searcher.segment_reader(0);
-        let fast = segment.fast_fields();
-        let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
-        let ts = fast.i64("ts").map_err(err)?;
-        let bytes = fast.u64("bytes").map_err(err)?;
-        let (stream_col, level_col, event_col) = (
-            fast.str("stream").map_err(err)?,
-            fast.str("level").map_err(err)?,
-            fast.str("ml_event").map_err(err)?,
-        );
-        let words = self.words(&stream_col, &level_col, &event_col)?;
-        let word = |col: &Option<StrColumn>, doc: DocId| -> usize {
-            col.as_ref()
-                .and_then(|c| c.term_ords(doc).next())
-                .map(|o| o as usize)
-                .unwrap_or(usize::MAX)
-        };
+        let bytes = segment.fast_fields().u64("bytes").map_err(|e| storage_err(&self.meta, e))?;
+        let (columns, words) = self.fast_columns(segment)?;
+        let word = |column: &Option<StrColumn>, doc: DocId| ord(column, doc).unwrap_or(usize::MAX);
         for doc in docs {
-            let stream = word(&stream_col, doc);
-            let level = word(&level_col, doc);
-            let event = word(&event_col, doc);
+            let stream = word(&columns.stream, doc);
+            let level = word(&columns.level, doc);
+            let event = word(&columns.event, doc);
             visit(FastRow {
-                ts: if with_ts { ts.first(doc).unwrap_or(0) } else { 0 },
+                ts: if with_ts { columns.ts.first(doc).unwrap_or(0) } else { 0 },
                 bytes: bytes.first(doc).unwrap_or(0),
                 key: (stream, level, event),
                 stream: words.stream_texts.get(stream).map(String::as_str).unwrap_or(""),
@@ -388,14 +389,24 @@ impl OpenSplit {
         Ok(())
     }
 
+    /// The fast-field columns of `segment` and what their ordinals stand
+    /// for (the dictionaries are read once per opened split).
+    fn fast_columns(&self, segment: &SegmentReader) -> Result<(FastColumns, &FastWords), QueryError> {
+        let fast = segment.fast_fields();
+        let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
+        let columns = FastColumns {
+            ts: fast.i64("ts").map_err(err)?,
+            stream: fast.str("stream").map_err(err)?,
+            level: fast.str("level").map_err(err)?,
+            event: fast.str("ml_event").map_err(err)?,
+        };
+        let words = self.words(&columns)?;
+        Ok((columns, words))
+    }
+
     /// What the ordinals of the `stream`, `level` and `ml_event` fast
     /// fields stand for; read once per opened split.
-    fn words(
-        &self,
-        stream_col: &Option<StrColumn>,
-        level_col: &Option<StrColumn>,
-        event_col: &Option<StrColumn>,
-    ) -> Result<&FastWords, QueryError> {
+    fn words(&self, columns: &FastColumns) -> Result<&FastWords, QueryError> {
         if let Some(words) = self.words.get() {
             return Ok(words);
         }
@@ -411,7 +422,7 @@ impl OpenSplit {
             Ok(words)
         };
         let by_text: HashMap<&str, &Arc<LabelSet>> = self.meta.streams.iter().map(String::as_str).zip(&self.streams).collect();
-        let stream_texts = read(stream_col)?;
+        let stream_texts = read(&columns.stream)?;
         let streams = stream_texts
             .iter()
             .map(|text| {
@@ -424,8 +435,8 @@ impl OpenSplit {
         let words = FastWords {
             stream_texts,
             streams,
-            levels: read(level_col)?,
-            events: read(event_col)?,
+            levels: read(&columns.level)?,
+            events: read(&columns.event)?,
         };
         Ok(self.words.get_or_init(|| words))
     }
@@ -436,18 +447,9 @@ impl OpenSplit {
     /// fields. A hit costs a page of one column, not a page of each of the
     /// fourteen (zstd decompression was over half of a rare-term search).
     pub fn stored(&self, rows: &[u32]) -> Result<Vec<StoredRow>, QueryError> {
-        let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
         let batches = self.read_rows(rows, &[col::LINE, col::FIELDS])?;
         let searcher = self.reader.searcher();
-        let fast = searcher.segment_reader(0).fast_fields();
-        let ts = fast.i64("ts").map_err(err)?;
-        let (stream_col, level_col, event_col) = (
-            fast.str("stream").map_err(err)?,
-            fast.str("level").map_err(err)?,
-            fast.str("ml_event").map_err(err)?,
-        );
-        let words = self.words(&stream_col, &level_col, &event_col)?;
-        let ord = |column: &Option<StrColumn>, doc: DocId| column.as_ref().and_then(|c| c.term_ords(doc).next()).map(|o| o as usize);
+        let (columns, words) = self.fast_columns(searcher.segment_reader(0))?;
         let mut out = Vec::with_capacity(rows.len());
         let mut docs = rows.iter();
         for batch in &batches {
@@ -465,19 +467,19 @@ impl OpenSplit {
                     .next()
                     .ok_or_else(|| storage_err(&self.meta, "more rows read than asked for"))?;
                 let mut metadata = weft_model::batch::labels_from_json(fields.filter(|f| f.is_valid(i)).map(|f| f.value(i)));
-                let level = ord(&level_col, doc)
+                let level = ord(&columns.level, doc)
                     .and_then(|o| words.levels.get(o))
                     .map_or("unknown", String::as_str);
                 metadata.insert("detected_level", level);
-                if let Some(event) = ord(&event_col, doc).and_then(|o| words.events.get(o)) {
+                if let Some(event) = ord(&columns.event, doc).and_then(|o| words.events.get(o)) {
                     metadata.insert("ml_event", event.as_str());
                 }
-                let stream = ord(&stream_col, doc)
+                let stream = ord(&columns.stream, doc)
                     .and_then(|o| words.streams.get(o))
                     .cloned()
                     .ok_or_else(|| storage_err(&self.meta, format!("row {doc} has no stream")))?;
                 out.push(StoredRow {
-                    ts: ts.first(doc).unwrap_or(0),
+                    ts: columns.ts.first(doc).unwrap_or(0),
                     stream,
                     metadata,
                     line: line.value(i).to_string(),

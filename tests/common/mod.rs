@@ -505,18 +505,7 @@ pub fn role_args(name: &str, data: &Path, config: &Path) -> Vec<String> {
 
 /// The arguments of `weft standalone` on `logs` and `data`, port 0, `config`.
 pub fn standalone_args(logs: &Path, data: &Path, config: &Path) -> Vec<String> {
-    [
-        "standalone",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--config",
-        config.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    let mut args = role_args("standalone", data, config);
+    args.splice(1..1, ["--logs".to_string(), logs.to_str().unwrap().to_string()]);
+    args
 }
