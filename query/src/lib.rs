@@ -8,6 +8,7 @@ pub mod logql;
 pub mod metrics;
 pub mod notify;
 pub mod promql;
+pub mod row_ranges;
 pub mod rules;
 pub mod runs;
 pub mod search;

@@ -115,7 +115,7 @@ fn split_query(
 ) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
     if let Some(text) = text {
-        clauses.push((Occur::Must, text.query(split.fields.line)));
+        clauses.push((Occur::Must, text.query(split)));
     }
     if let Some(level) = &parsed.level {
         clauses.push((

@@ -6,13 +6,13 @@
 //! Split indexes keep no token positions (they were a sixth of the stored
 //! bytes), so a phrase becomes the conjunction of its words in the index
 //! and is checked on the line itself: the same tokens (alphanumeric runs,
-//! lowercased), consecutive, within the phrase's slop.
+//! lowercased), consecutive, within the phrase's slop. Numbers are indexed
+//! per block of rows, so an expression with a number is checked too.
 
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RegexQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
-use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::Term;
 use weft_indexer::split::index::line_tokens;
+use weft_indexer::split::numbers::is_number_token;
 
 use crate::QueryError;
 
@@ -33,12 +33,25 @@ enum Node {
     Clause(Vec<(Occur, Node)>),
 }
 
+/// How one split's index answers a word (see `OpenSplit::word`): the rows
+/// whose line may hold `token` (a token starting with it when `prefix`),
+/// `None` for any row, and whether exactly those rows.
+pub trait WordIndex {
+    fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool);
+}
+
+impl WordIndex for crate::storage::OpenSplit {
+    fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
+        crate::storage::OpenSplit::word(self, token, prefix)
+    }
+}
+
 /// A parsed full-text expression.
 #[derive(Clone, Debug)]
 pub struct TextExpr {
     root: Node,
-    /// True when the index alone over-approximates (a phrase of 2+ words):
-    /// candidates must pass [`TextExpr::matches`].
+    /// True when the index alone over-approximates (a phrase of 2+ words,
+    /// a number): candidates must pass [`TextExpr::matches`].
     needs_check: bool,
 }
 
@@ -57,7 +70,7 @@ impl TextExpr {
                 "search text {text:?} has no word to look for (punctuation is not indexed); use a LogQL line filter such as |= for substrings"
             ))
         })?;
-        let needs_check = has_phrase(&root);
+        let needs_check = over_approximated(&root);
         Ok(TextExpr { root, needs_check })
     }
 
@@ -65,10 +78,11 @@ impl TextExpr {
         self.needs_check
     }
 
-    /// The candidate query over the `line` field: every line that matches
-    /// is a candidate (phrases under a negation are left to the check).
-    pub fn query(&self, line: Field) -> Box<dyn Query> {
-        superset(&self.root, line).unwrap_or_else(|| Box::new(AllQuery))
+    /// The candidate query over a split's words: every line that matches
+    /// is a candidate (phrases and numbers under a negation are left to
+    /// the check).
+    pub fn query(&self, index: &dyn WordIndex) -> Box<dyn Query> {
+        superset(&self.root, index).unwrap_or_else(|| Box::new(AllQuery))
     }
 
     /// The exact test on a line.
@@ -118,19 +132,13 @@ fn node_of(ast: UserInputAst) -> Result<Option<Node>, QueryError> {
     }
 }
 
-fn has_phrase(node: &Node) -> bool {
+/// True when the index may give more lines than `node` matches: a phrase
+/// of several words (no positions) or a number (indexed per block).
+fn over_approximated(node: &Node) -> bool {
     match node {
         Node::All => false,
-        Node::Phrase { tokens, .. } => tokens.len() > 1,
-        Node::Clause(items) => items.iter().any(|(_, n)| has_phrase(n)),
-    }
-}
-
-fn word_query(token: &str, prefix: bool, line: Field) -> Box<dyn Query> {
-    if prefix {
-        Box::new(RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"))
-    } else {
-        Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))
+        Node::Phrase { tokens, .. } => tokens.len() > 1 || tokens.iter().any(|t| is_number_token(t)),
+        Node::Clause(items) => items.iter().any(|(_, n)| over_approximated(n)),
     }
 }
 
@@ -147,16 +155,17 @@ fn boolean(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
 
 /// A query matching at least the lines `node` matches; `None`: all lines.
 /// A phrase is the conjunction of its words (the check narrows it).
-fn superset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
+fn superset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
     match node {
         Node::All => None,
         Node::Phrase { tokens, prefix, .. } => {
-            let words = tokens
+            let words: Vec<(Occur, Box<dyn Query>)> = tokens
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (Occur::Must, word_query(t, *prefix && i + 1 == tokens.len(), line)))
+                .filter_map(|(i, t)| index.word(t, *prefix && i + 1 == tokens.len()).0)
+                .map(|q| (Occur::Must, q))
                 .collect();
-            Some(boolean(words))
+            (!words.is_empty()).then(|| boolean(words))
         }
         Node::Clause(items) => {
             let required = items.iter().any(|(occur, _)| *occur == Occur::Must);
@@ -165,11 +174,11 @@ fn superset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
             let mut any_alternative_unbounded = false;
             for (occur, child) in items {
                 match occur {
-                    Occur::Must => clauses.extend(superset(child, line).map(|q| (Occur::Must, q))),
+                    Occur::Must => clauses.extend(superset(child, index).map(|q| (Occur::Must, q))),
                     // Excluding only lines surely matching keeps a superset.
-                    Occur::MustNot => clauses.extend(subset(child, line).map(|q| (Occur::MustNot, q))),
+                    Occur::MustNot => clauses.extend(subset(child, index).map(|q| (Occur::MustNot, q))),
                     // Optional beside a required clause; else one must hold.
-                    Occur::Should if !required => match superset(child, line) {
+                    Occur::Should if !required => match superset(child, index) {
                         Some(q) => alternatives.push((Occur::Should, q)),
                         None => any_alternative_unbounded = true,
                     },
@@ -186,10 +195,13 @@ fn superset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
 
 /// A query matching only lines `node` matches; `None`: no line is sure
 /// (a phrase of several words needs positions the index does not keep).
-fn subset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
+fn subset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
     match node {
         Node::All => Some(Box::new(AllQuery)),
-        Node::Phrase { tokens, prefix, .. } if tokens.len() == 1 => Some(word_query(&tokens[0], *prefix, line)),
+        Node::Phrase { tokens, prefix, .. } if tokens.len() == 1 => match index.word(&tokens[0], *prefix) {
+            (Some(query), true) => Some(query),
+            _ => None,
+        },
         Node::Phrase { .. } => None,
         Node::Clause(items) => {
             let required = items.iter().any(|(occur, _)| *occur == Occur::Must);
@@ -197,10 +209,10 @@ fn subset(node: &Node, line: Field) -> Option<Box<dyn Query>> {
             let mut alternatives: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (occur, child) in items {
                 match occur {
-                    Occur::Must => clauses.push((Occur::Must, subset(child, line)?)),
+                    Occur::Must => clauses.push((Occur::Must, subset(child, index)?)),
                     // Everything a child could match is excluded.
-                    Occur::MustNot => clauses.push((Occur::MustNot, superset(child, line)?)),
-                    Occur::Should if !required => alternatives.extend(subset(child, line).map(|q| (Occur::Should, q))),
+                    Occur::MustNot => clauses.push((Occur::MustNot, superset(child, index)?)),
+                    Occur::Should if !required => alternatives.extend(subset(child, index).map(|q| (Occur::Should, q))),
                     Occur::Should => {}
                 }
             }

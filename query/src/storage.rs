@@ -5,7 +5,9 @@
 //!
 //! Queries resolve a stream selector to the split's matching streams, ask
 //! tantivy for the rows (stream, time range, and a token prefilter derived
-//! from `|=` filters), then read exactly those rows from Parquet.
+//! from `|=` filters: words from tantivy's terms, numbers as the row
+//! blocks the split's number index names), then read exactly those rows
+//! from Parquet, where every filter is applied exactly.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,16 +21,20 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, Parq
 use parquet::arrow::ProjectionMask;
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::StrColumn;
+use tantivy::directory::MmapDirectory;
+use tantivy::Directory;
 use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
 use weft_indexer::catalog::{Catalog, CatalogState, SplitKind, SplitMeta};
 use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
+use weft_indexer::split::numbers::{self, is_number_token, NumberIndex};
 use weft_model::batch::col;
 use weft_model::LabelSet;
 
 use crate::logql::ast::{LineFilter, LineFilterOp, Matcher};
+use crate::row_ranges::RowRangesQuery;
 use crate::QueryError;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,6 +131,9 @@ pub struct OpenSplit {
     parquet_meta: ArrowReaderMetadata,
     /// The fast fields' dictionaries, by ordinal (read on first use).
     words: OnceLock<FastWords>,
+    /// Where number tokens are (splits written before it hold them in
+    /// tantivy).
+    numbers: Option<NumberIndex>,
 }
 
 /// What the ordinals of the `stream`, `level` and `ml_event` fast fields
@@ -240,6 +249,17 @@ impl OpenSplit {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(|e| storage_err(meta, e))?;
+        // Read beside tantivy's directory (which expects its own footer on
+        // every file it opens).
+        let directory = MmapDirectory::open(data_dir.join(&meta.index)).map_err(|e| storage_err(meta, e))?;
+        let numbers = match directory.open_read(Path::new(numbers::FILE_NAME)) {
+            Ok(file) => {
+                let bytes = file.read_bytes().map_err(|e| storage_err(meta, e))?;
+                Some(NumberIndex::open(bytes).map_err(|e| storage_err(meta, e))?)
+            }
+            Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) => None,
+            Err(e) => return Err(storage_err(meta, e)),
+        };
         let parquet_path = data_dir.join(&meta.parquet);
         let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
         let parquet_meta = ArrowReaderMetadata::load(
@@ -260,6 +280,7 @@ impl OpenSplit {
             parquet_path,
             parquet_meta,
             words: OnceLock::new(),
+            numbers,
         })
     }
 
@@ -297,6 +318,15 @@ impl OpenSplit {
             }
             let mut tokens: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
+                if self.numbers.is_some() && is_number_token(&token) {
+                    // A number cut off at an edge may be part of a longer
+                    // number or of a mixed token: no constraint then.
+                    if let (false, false, (Some(query), _)) = (left_open, right_open, self.word(&token, false)) {
+                        tokens.push((Occur::Must, query));
+                    }
+                    continue;
+                }
+                // A token with a non-digit is never part of a number token.
                 let query: Box<dyn Query> = match (left_open, right_open) {
                     (false, false) => Box::new(TermQuery::new(Term::from_field_text(f.line, &token), IndexRecordOption::Basic)),
                     (true, false) => Box::new(
@@ -326,6 +356,33 @@ impl OpenSplit {
             return Box::new(tantivy::query::AllQuery);
         }
         Box::new(BooleanQuery::new(clauses))
+    }
+
+    /// Rows whose line may hold the token `token` (lowercased), or a token
+    /// starting with it when `prefix`; `None`: any row may. The flag is
+    /// true when the rows are exactly those (tantivy's terms), false when
+    /// they are a superset to check on the lines (blocks of the number
+    /// index).
+    pub fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
+        let line = self.fields.line;
+        match &self.numbers {
+            // A digit prefix may begin a number or a mixed token (`4f3a`).
+            Some(_) if prefix && is_number_token(token) => (None, false),
+            Some(numbers) if is_number_token(token) => match numbers.row_ranges(token) {
+                Some(ranges) => (Some(Box::new(RowRangesQuery::new(ranges))), false),
+                None => (None, false),
+            },
+            _ if prefix => (
+                Some(Box::new(
+                    RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"),
+                )),
+                true,
+            ),
+            _ => (
+                Some(Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))),
+                true,
+            ),
+        }
     }
 
     /// `base`, narrowed to rows tagged with an `ml_event`.

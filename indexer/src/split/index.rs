@@ -3,7 +3,9 @@
 //! number in the split's Parquet file.
 //!
 //! Fields: `line` (tokenized by `weft_line`: alphanumeric runs, lowercased,
-//! runs of [`LONG_TOKEN_BYTES`] or more left out; positions for phrases),
+//! runs of [`LONG_TOKEN_BYTES`] or more left out, no positions; number
+//! tokens go to the split's block-level number index instead, see
+//! [`super::numbers`]; splits written before it hold them here),
 //! `flags` (`long_token` on lines that had such a run, so a substring
 //! prefilter never misses them), `stream`
 //! (the canonical label set, raw and fast: selectors resolve to a set of
@@ -30,6 +32,7 @@ use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnal
 use tantivy::{Index, IndexSettings, TantivyDocument};
 use weft_model::LogBatchView;
 
+use super::numbers::{DropNumbers, NumberIndexBuilder};
 use crate::IndexerError;
 
 /// Field handles of the split index schema.
@@ -52,14 +55,20 @@ pub const LONG_TOKEN_BYTES: usize = 256;
 /// The `flags` term of lines that had such a run.
 pub const LONG_TOKEN_FLAG: &str = "long_token";
 
+/// The `line` analyzer: alphanumeric runs shorter than
+/// [`LONG_TOKEN_BYTES`], lowercased, numbers left to the number index.
+fn line_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(LONG_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .filter(DropNumbers)
+        .build()
+}
+
 /// Registers the `line` tokenizer on an index (needed to write and to
 /// parse queries).
 pub fn register_tokenizers(index: &Index) {
-    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(LONG_TOKEN_BYTES))
-        .filter(LowerCaser)
-        .build();
-    index.tokenizers().register(LINE_TOKENIZER, analyzer);
+    index.tokenizers().register(LINE_TOKENIZER, line_analyzer());
 }
 
 /// The terms the `line` tokenizer makes of `text`: alphanumeric runs
@@ -169,11 +178,7 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]
     let (schema, f) = log_schema();
     let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
     let tokenizers = tantivy::tokenizer::TokenizerManager::default();
-    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(LONG_TOKEN_BYTES))
-        .filter(LowerCaser)
-        .build();
-    tokenizers.register(LINE_TOKENIZER, analyzer);
+    tokenizers.register(LINE_TOKENIZER, line_analyzer());
     let settings = IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
         ..IndexSettings::default()
@@ -184,10 +189,12 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]
         .tokenizers(tokenizers)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
+    let mut numbers = NumberIndexBuilder::default();
     for (row, stream) in streams.iter().enumerate().take(view.len()) {
         let mut doc = TantivyDocument::default();
         let line = view.line.value(row);
         doc.add_text(f.line, line);
+        numbers.add_line(row as u32, line);
         if has_long_token(line) {
             doc.add_text(f.flags, LONG_TOKEN_FLAG);
         }
@@ -206,7 +213,9 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]
         writer.add_document(doc).map_err(tantivy_err)?;
     }
     writer.finalize().map_err(tantivy_err)?;
-    Ok(())
+    // After tantivy is done with the directory (its garbage collection
+    // removes files it does not know while it writes).
+    numbers.write_into(path)
 }
 
 /// Opens a split index read-only.

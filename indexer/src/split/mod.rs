@@ -10,6 +10,7 @@
 
 pub mod index;
 pub mod metrics;
+pub mod numbers;
 
 use std::collections::HashMap;
 use std::fs::{self, File};

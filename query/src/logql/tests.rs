@@ -349,3 +349,62 @@ fn whole_split_windows_count_from_the_catalog_like_the_index_and_parquet() {
     let cut = vector(instant(&engine, r#"sum(count_over_time({pod="b"}[10s]))"#, 45).unwrap());
     assert_eq!(cut, vec![(LabelSet::new(), 10.0)]);
 }
+
+#[test]
+fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
+    use weft_indexer::split::numbers::{BLOCK_ROWS, FILE_NAME};
+    // Three blocks of one stream; 4242 in one line of the middle block,
+    // 424242 in another line of the same block.
+    let rows = 3 * BLOCK_ROWS as i64;
+    let records: Vec<LogRecord> = (0..rows)
+        .map(|s| match s {
+            300 => record("a", s, "request 4242 failed after 3 retries"),
+            301 => record("a", s, "request 424242 ok"),
+            _ => record("a", s, &format!("step {} of 9999999", s + 100_000)),
+        })
+        .collect();
+    let (dir, engine) = engine_with(&[records]);
+    let split = engine.store().splits("default", BASE - SEC, BASE + rows * SEC).unwrap().remove(0);
+    let index_dir = dir.path().join(&split.meta.index);
+    assert!(index_dir.join(FILE_NAME).exists(), "the split has a number index");
+    // Numbers are not tantivy terms any more; words are.
+    let searcher = weft_indexer::split::index::open_index(&index_dir).unwrap().reader().unwrap().searcher();
+    let doc_freq = |word: &str| {
+        searcher
+            .doc_freq(&tantivy::Term::from_field_text(split.fields.line, word))
+            .unwrap()
+    };
+    assert_eq!((doc_freq("4242"), doc_freq("request")), (0, 2));
+    let search = |query: &str| {
+        let page = crate::search::search(
+            engine.store(),
+            "default",
+            &crate::search::SearchRequest {
+                query: query.into(),
+                start: BASE - SEC,
+                end: BASE + rows * SEC,
+                limit: 1000,
+                skip_at_end: 0,
+            },
+        )
+        .unwrap();
+        page.hits.into_iter().map(|h| h.line).collect::<Vec<_>>()
+    };
+    // Exactly the line, not its block's neighbours.
+    assert_eq!(search("4242"), ["request 4242 failed after 3 retries"]);
+    assert_eq!(search("request -4242"), ["request 424242 ok"]);
+    assert_eq!(search("100500").len(), 1);
+    assert!(search("4243").is_empty());
+    // A digit prefix matches numbers (and mixed tokens) by the check.
+    assert_eq!(search(r#""42424"*"#), ["request 424242 ok"]);
+    assert_eq!(search(r#""request 42"*"#).len(), 2);
+    // LogQL: a whole number uses the blocks; a cut-off one (`424` may be
+    // the start of a longer number) is checked on every line.
+    let found = |q: &str| lines(&log(&engine, q, 1000, true)).into_iter().map(|(_, l)| l).collect::<Vec<_>>();
+    assert_eq!(found(r#"{pod="a"} |= " 4242 ""#), ["request 4242 failed after 3 retries"]);
+    // 4242, 424242 and step 100424.
+    assert_eq!(found(r#"{pod="a"} |= "424""#).len(), 3);
+    assert_eq!(found(r#"{pod="a"} |= "of 9999999""#).len(), rows as usize - 2);
+    let count = vector(instant(&engine, r#"count_over_time({pod="a"} |= "t 4242 f" [1h])"#, rows).unwrap());
+    assert_eq!(count.iter().map(|(_, v)| *v).sum::<f64>(), 1.0);
+}

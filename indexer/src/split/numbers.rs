@@ -1,0 +1,441 @@
+//! The number index of a split: which blocks of [`BLOCK_ROWS`] rows hold
+//! each number token (a token of ASCII digits only: sizes, ports, ids,
+//! octets of addresses, steps, the digits of timestamps and decimals).
+//!
+//! Number tokens are most of a log's distinct terms and over a third of
+//! its tokens; in tantivy each was a term dictionary entry and a posting
+//! per row. Here a number is a 32-bit fingerprint and a list of blocks, so
+//! a search for a number reads the rows of a few blocks and checks their
+//! lines (queries always check: a fingerprint can collide, a block holds
+//! other rows). Words and mixed tokens (`blk`, `a3f9`, `zq7x`) stay in
+//! tantivy, exact, so substring and prefix prefilters over them keep
+//! working: a word can never be part of a number token.
+//!
+//! File layout (`numbers.idx` inside the split's index directory, little
+//! endian): the magic `WEFTNUM1`; `block_rows`, `rows`, `keys`,
+//! `postings_len` as u32; `keys` sorted fingerprints (u32 each); one u32
+//! offset into the postings per [`GROUP_KEYS`] keys, plus the end; then
+//! per key a varint count and varint block numbers, delta-coded.
+
+use std::io::Write;
+use std::path::Path;
+
+use tantivy::directory::OwnedBytes;
+use tantivy::tokenizer::{Token, TokenFilter, TokenStream, Tokenizer};
+
+use crate::IndexerError;
+
+/// Rows per block: a block's lines are about one Parquet data page of text.
+pub const BLOCK_ROWS: u32 = 256;
+/// Name of the number index inside a split's index directory.
+pub const FILE_NAME: &str = "numbers.idx";
+/// Keys per entry of the offset table.
+pub const GROUP_KEYS: usize = 64;
+const MAGIC: &[u8; 8] = b"WEFTNUM1";
+const HEADER_BYTES: usize = 8 + 4 * 4;
+
+/// True for the tokens this index holds instead of tantivy: ASCII digits
+/// only (already lowercased tokens of the `line` tokenizer).
+pub fn is_number_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The fingerprint of a number token (FNV-1a, folded to 32 bits; stable
+/// across builds and machines).
+pub fn fingerprint(token: &[u8]) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in token {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash ^ (hash >> 32)) as u32
+}
+
+/// Calls `visit` with each number token of `line`, as the `line`
+/// tokenizer would cut it (alphanumeric runs shorter than
+/// [`super::index::LONG_TOKEN_BYTES`]).
+pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8])) {
+    let long = super::index::LONG_TOKEN_BYTES;
+    if !line.is_ascii() {
+        for run in line.split(|c: char| !c.is_alphanumeric()) {
+            if run.len() < long && is_number_token(run) {
+                visit(run.as_bytes());
+            }
+        }
+        return;
+    }
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut digits = true;
+        while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+            digits &= bytes[i].is_ascii_digit();
+            i += 1;
+        }
+        if digits && i - start < long {
+            visit(&bytes[start..i]);
+        }
+    }
+}
+
+/// Collects the (fingerprint, block) pairs of a split's rows, in row order.
+#[derive(Default)]
+pub struct NumberIndexBuilder {
+    pairs: Vec<u64>,
+    block: Vec<u32>,
+    block_no: u32,
+    rows: u32,
+}
+
+impl NumberIndexBuilder {
+    /// Adds row `row` (rows come in increasing order).
+    pub fn add_line(&mut self, row: u32, line: &str) {
+        let block_no = row / BLOCK_ROWS;
+        if block_no != self.block_no {
+            self.close_block();
+            self.block_no = block_no;
+        }
+        let block = &mut self.block;
+        for_each_number(line, |token| block.push(fingerprint(token)));
+        self.rows = row + 1;
+    }
+
+    fn close_block(&mut self) {
+        self.block.sort_unstable();
+        self.block.dedup();
+        let block_no = u64::from(self.block_no);
+        self.pairs.extend(self.block.drain(..).map(|fp| (u64::from(fp) << 32) | block_no));
+    }
+
+    /// The file's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.close_block();
+        self.pairs.sort_unstable();
+        let mut keys: Vec<u32> = Vec::new();
+        let mut offsets: Vec<u32> = Vec::new();
+        let mut postings: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < self.pairs.len() {
+            let key = (self.pairs[i] >> 32) as u32;
+            let end = i + self.pairs[i..].iter().take_while(|p| (**p >> 32) as u32 == key).count();
+            if keys.len() % GROUP_KEYS == 0 {
+                offsets.push(postings.len() as u32);
+            }
+            keys.push(key);
+            put_varint(&mut postings, (end - i) as u32);
+            let mut previous = 0u32;
+            for pair in &self.pairs[i..end] {
+                let block = *pair as u32;
+                put_varint(&mut postings, block - previous);
+                previous = block;
+            }
+            i = end;
+        }
+        offsets.push(postings.len() as u32);
+        let mut out = Vec::with_capacity(HEADER_BYTES + 4 * (keys.len() + offsets.len()) + postings.len());
+        out.extend_from_slice(MAGIC);
+        for n in [BLOCK_ROWS, self.rows, keys.len() as u32, postings.len() as u32] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in keys.iter().chain(&offsets) {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&postings);
+        out
+    }
+
+    /// Writes the file into the index directory `dir`, synced.
+    pub fn write_into(self, dir: &Path) -> Result<(), IndexerError> {
+        let path = dir.join(FILE_NAME);
+        let io = |source| IndexerError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::create(&path).map_err(io)?;
+        file.write_all(&self.finish()).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u32) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let mut n = 0u32;
+    for shift in (0..35).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        n |= u32::from(byte & 0x7f).checked_shl(shift)?;
+        if byte < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// A split's number index, opened (usually over a memory map).
+pub struct NumberIndex {
+    bytes: OwnedBytes,
+    block_rows: u32,
+    rows: u32,
+    keys: usize,
+    postings_at: usize,
+    postings_len: usize,
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
+
+impl NumberIndex {
+    /// Checks the header and the sizes of the tables.
+    pub fn open(bytes: OwnedBytes) -> Result<NumberIndex, IndexerError> {
+        let corrupt = |what: &str| IndexerError::Corrupt(format!("number index {FILE_NAME}: {what}"));
+        let slice = bytes.as_slice();
+        if slice.len() < HEADER_BYTES || &slice[..8] != MAGIC {
+            return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
+        }
+        let block_rows = read_u32(slice, 8);
+        let rows = read_u32(slice, 12);
+        let keys = read_u32(slice, 16) as usize;
+        let postings_len = read_u32(slice, 20) as usize;
+        let groups = keys.div_ceil(GROUP_KEYS) + 1;
+        let postings_at = HEADER_BYTES + 4 * (keys + groups);
+        if block_rows == 0 || postings_at.checked_add(postings_len) != Some(slice.len()) {
+            return Err(corrupt(&format!(
+                "{} bytes do not hold {keys} keys and {postings_len} bytes of postings in blocks of {block_rows} rows",
+                slice.len()
+            )));
+        }
+        Ok(NumberIndex {
+            bytes,
+            block_rows,
+            rows,
+            keys,
+            postings_at,
+            postings_len,
+        })
+    }
+
+    /// Number of distinct fingerprints.
+    pub fn len(&self) -> usize {
+        self.keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    fn key(&self, i: usize) -> u32 {
+        read_u32(self.bytes.as_slice(), HEADER_BYTES + 4 * i)
+    }
+
+    /// Blocks that may hold `token`; `None` when the postings cannot be
+    /// read (a damaged file: the caller must then consider every row).
+    pub fn blocks_of(&self, token: &str) -> Option<Vec<u32>> {
+        let key = fingerprint(token.as_bytes());
+        let (mut lo, mut hi) = (0usize, self.keys);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == self.keys || self.key(lo) != key {
+            return Some(Vec::new());
+        }
+        let slice = self.bytes.as_slice();
+        let offset = read_u32(slice, HEADER_BYTES + 4 * (self.keys + lo / GROUP_KEYS)) as usize;
+        let postings = &slice[self.postings_at..self.postings_at + self.postings_len];
+        let mut at = offset;
+        for _ in 0..lo % GROUP_KEYS {
+            let count = get_varint(postings, &mut at)?;
+            for _ in 0..count {
+                get_varint(postings, &mut at)?;
+            }
+        }
+        let count = get_varint(postings, &mut at)? as usize;
+        let mut blocks = Vec::with_capacity(count.min(postings.len()));
+        let mut block = 0u32;
+        for _ in 0..count {
+            block = block.checked_add(get_varint(postings, &mut at)?)?;
+            blocks.push(block);
+        }
+        Some(blocks)
+    }
+
+    /// Row ranges `[start, end)` of the blocks that may hold `token`, in
+    /// row order; `None` as for [`NumberIndex::blocks_of`].
+    pub fn row_ranges(&self, token: &str) -> Option<Vec<(u32, u32)>> {
+        let blocks = self.blocks_of(token)?;
+        let mut ranges: Vec<(u32, u32)> = Vec::with_capacity(blocks.len());
+        for block in blocks {
+            let start = block.saturating_mul(self.block_rows);
+            if start >= self.rows {
+                break;
+            }
+            let end = start.saturating_add(self.block_rows).min(self.rows);
+            match ranges.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => ranges.push((start, end)),
+            }
+        }
+        Some(ranges)
+    }
+}
+
+/// The `line` tokenizer's last filter: number tokens go to the number
+/// index, not to tantivy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropNumbers;
+
+impl TokenFilter for DropNumbers {
+    type Tokenizer<T: Tokenizer> = DropNumbersTokenizer<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> DropNumbersTokenizer<T> {
+        DropNumbersTokenizer(tokenizer)
+    }
+}
+
+#[derive(Clone)]
+pub struct DropNumbersTokenizer<T>(T);
+
+impl<T: Tokenizer> Tokenizer for DropNumbersTokenizer<T> {
+    type TokenStream<'a> = DropNumbersStream<T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        DropNumbersStream(self.0.token_stream(text))
+    }
+}
+
+pub struct DropNumbersStream<S>(S);
+
+impl<S: TokenStream> TokenStream for DropNumbersStream<S> {
+    fn advance(&mut self) -> bool {
+        while self.0.advance() {
+            if !is_number_token(&self.0.token().text) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn token(&self) -> &Token {
+        self.0.token()
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        self.0.token_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_of(lines: &[&str]) -> NumberIndex {
+        let mut builder = NumberIndexBuilder::default();
+        for (row, line) in lines.iter().enumerate() {
+            builder.add_line(row as u32, line);
+        }
+        NumberIndex::open(OwnedBytes::new(builder.finish())).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_cut_like_the_line_tokenizer() {
+        let mut seen = Vec::new();
+        for_each_number("blk_-1608 to 10.250.19.102:50010 a3f9 9x 2.5e-3 ٣ 12·34", |t| {
+            seen.push(String::from_utf8(t.to_vec()).unwrap())
+        });
+        assert_eq!(seen, ["1608", "10", "250", "19", "102", "50010", "2", "3", "12", "34"]);
+        for line in ["step 12/40 loss=2.31 lr 3e-4", "Ωmega 12ß34 ١٢ 56", "x\u{2028}77\u{a0}88_99"] {
+            let mut cut = Vec::new();
+            for_each_number(line, |t| cut.push(String::from_utf8(t.to_vec()).unwrap()));
+            let tokens: Vec<String> = super::super::index::line_tokens(line).filter(|t| is_number_token(t)).collect();
+            assert_eq!(cut, tokens, "{line}");
+        }
+        // A long run is left out, as the tokenizer leaves it out.
+        let long = "7".repeat(super::super::index::LONG_TOKEN_BYTES);
+        let mut none = true;
+        for_each_number(&long, |_| none = false);
+        assert!(none);
+        assert!(is_number_token("007") && !is_number_token("a3") && !is_number_token("٣") && !is_number_token(""));
+    }
+
+    #[test]
+    fn finds_the_blocks_of_each_number() {
+        let rows = BLOCK_ROWS as usize * 3 + 10;
+        let lines: Vec<String> = (0..rows)
+            .map(|row| match row {
+                5 => "request 4242 failed".to_string(),
+                r if r == BLOCK_ROWS as usize * 2 + 1 => "retry of 4242".to_string(),
+                r => format!("step {r} ok"),
+            })
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let index = index_of(&refs);
+        assert_eq!(index.blocks_of("4242"), Some(vec![0, 2]));
+        let b = BLOCK_ROWS;
+        assert_eq!(index.row_ranges("4242"), Some(vec![(0, b), (2 * b, 3 * b)]));
+        // The last block is short; adjacent blocks merge into one range.
+        let last = format!("{}", rows - 1);
+        assert_eq!(index.row_ranges(&last), Some(vec![(3 * b, rows as u32)]));
+        assert_eq!(index.blocks_of("999999999"), Some(Vec::new()));
+        // Every number of every row is found in its own block, across the
+        // offset table's groups.
+        assert!(index.len() > GROUP_KEYS * 4);
+        for row in (0..rows).step_by(7).filter(|r| *r != 5 && *r != BLOCK_ROWS as usize * 2 + 1) {
+            let blocks = index.blocks_of(&row.to_string()).unwrap();
+            assert!(blocks.contains(&(row as u32 / b)), "row {row}: {blocks:?}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_or_read_as_unknown() {
+        assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec())).is_err());
+        let whole = {
+            let mut builder = NumberIndexBuilder::default();
+            builder.add_line(0, "port 8080");
+            builder.finish()
+        };
+        let mut cut = whole.clone();
+        cut.pop();
+        let err = NumberIndex::open(OwnedBytes::new(cut)).err().unwrap().to_string();
+        assert!(err.contains("number index"), "{err}");
+        // Postings cut short with a header that agrees: the lookup reports
+        // that it cannot tell.
+        let mut short = whole.clone();
+        let postings_len = read_u32(&short, 20);
+        short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
+        short.pop();
+        let index = NumberIndex::open(OwnedBytes::new(short)).unwrap();
+        assert_eq!(index.blocks_of("8080"), None);
+    }
+
+    #[test]
+    fn the_tokenizer_filter_drops_numbers_only() {
+        use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
+        let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(LowerCaser)
+            .filter(DropNumbers)
+            .build();
+        let mut stream = analyzer.token_stream("GPU 3 Xid 79 at 0x7f a3f9");
+        let mut kept = Vec::new();
+        while let Some(token) = stream.next() {
+            kept.push(token.text.clone());
+        }
+        assert_eq!(kept, ["gpu", "xid", "at", "0x7f", "a3f9"]);
+    }
+}
