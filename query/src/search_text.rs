@@ -12,7 +12,7 @@
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use weft_indexer::split::index::line_tokens;
-use weft_indexer::split::numbers::is_number_token;
+use weft_indexer::split::numbers::{is_number_token, may_be_in_number};
 
 use crate::QueryError;
 
@@ -137,7 +137,11 @@ fn node_of(ast: UserInputAst) -> Result<Option<Node>, QueryError> {
 fn over_approximated(node: &Node) -> bool {
     match node {
         Node::All => false,
-        Node::Phrase { tokens, .. } => tokens.len() > 1 || tokens.iter().any(|t| is_number_token(t)),
+        Node::Phrase { tokens, prefix, .. } => {
+            tokens.len() > 1
+                || tokens.iter().any(|t| is_number_token(t))
+                || (*prefix && tokens.last().is_some_and(|t| may_be_in_number(t)))
+        }
         Node::Clause(items) => items.iter().any(|(_, n)| over_approximated(n)),
     }
 }

@@ -29,7 +29,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
 use weft_indexer::catalog::{Catalog, CatalogState, SplitKind, SplitMeta};
 use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
-use weft_indexer::split::numbers::{self, is_number_token, NumberIndex};
+use weft_indexer::split::numbers::{self, is_number_token, may_be_in_number, NumberIndex};
 use weft_model::batch::col;
 use weft_model::LabelSet;
 
@@ -318,17 +318,17 @@ impl OpenSplit {
             }
             let mut tokens: Vec<(Occur, Box<dyn Query>)> = Vec::new();
             for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
-                if self.numbers.is_some() && is_number_token(&token) {
-                    // A number cut off at an edge may be part of a longer
-                    // number or of a mixed token: no constraint then.
-                    if let (false, false, (Some(query), _)) = (left_open, right_open, self.word(&token, false)) {
-                        tokens.push((Occur::Must, query));
-                    }
+                // A piece cut off at an edge that may belong to a number
+                // token (in the number index, whole tokens only): no
+                // constraint. Any other piece is part of a tantivy term.
+                if self.numbers.is_some() && (left_open || right_open) && may_be_in_number(&token) {
                     continue;
                 }
-                // A token with a non-digit is never part of a number token.
                 let query: Box<dyn Query> = match (left_open, right_open) {
-                    (false, false) => Box::new(TermQuery::new(Term::from_field_text(f.line, &token), IndexRecordOption::Basic)),
+                    (false, false) => match self.word(&token, false) {
+                        (Some(query), _) => query,
+                        (None, _) => continue,
+                    },
                     (true, false) => Box::new(
                         RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
@@ -366,8 +366,8 @@ impl OpenSplit {
     pub fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
         let line = self.fields.line;
         match &self.numbers {
-            // A digit prefix may begin a number or a mixed token (`4f3a`).
-            Some(_) if prefix && is_number_token(token) => (None, false),
+            // A prefix of hex digits may begin a number token.
+            Some(_) if prefix && may_be_in_number(token) => (None, false),
             Some(numbers) if is_number_token(token) => match numbers.row_ranges(token) {
                 Some(ranges) => (Some(Box::new(RowRangesQuery::new(ranges))), false),
                 None => (None, false),

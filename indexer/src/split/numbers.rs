@@ -1,15 +1,17 @@
 //! The number index of a split: which blocks of [`BLOCK_ROWS`] rows hold
-//! each number token (a token of ASCII digits only: sizes, ports, ids,
-//! octets of addresses, steps, the digits of timestamps and decimals).
+//! each number token, decimal or hexadecimal (see [`is_number_token`]:
+//! sizes, ports, octets of addresses, steps, the digits of timestamps and
+//! decimals, request and trace ids, hashes, `0x` addresses).
 //!
-//! Number tokens are most of a log's distinct terms and over a third of
-//! its tokens; in tantivy each was a term dictionary entry and a posting
-//! per row. Here a number is a 32-bit fingerprint and a list of blocks, so
-//! a search for a number reads the rows of a few blocks and checks their
-//! lines (queries always check: a fingerprint can collide, a block holds
-//! other rows). Words and mixed tokens (`blk`, `a3f9`, `zq7x`) stay in
-//! tantivy, exact, so substring and prefix prefilters over them keep
-//! working: a word can never be part of a number token.
+//! Number tokens are almost all of a log's distinct terms and over a third
+//! of its tokens; in tantivy each was a term dictionary entry and a
+//! posting per row. Here a number is a 32-bit fingerprint and a list of
+//! blocks, so a search for a number reads the rows of a few blocks and
+//! checks their lines (queries always check: a fingerprint can collide, a
+//! block holds other rows). Words and other tokens (`blk`, `k9d3w`,
+//! `zq7x`) stay in tantivy, exact. A substring or prefix can only be part
+//! of a number token if it is made of hex digits and `x`
+//! ([`may_be_in_number`]); only those lose their index prefilter.
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
 //! endian): the magic `WEFTNUM1`; `block_rows`, `rows`, `keys`,
@@ -34,18 +36,34 @@ pub const GROUP_KEYS: usize = 64;
 const MAGIC: &[u8; 8] = b"WEFTNUM1";
 const HEADER_BYTES: usize = 8 + 4 * 4;
 
-/// True for the tokens this index holds instead of tantivy: ASCII digits
-/// only (already lowercased tokens of the `line` tokenizer).
+/// True for the tokens this index holds instead of tantivy: ASCII hex
+/// digits with at least one decimal digit (`8080`, `3f2a9c01`), optionally
+/// after `0x` (`0x7ffd3a`). Case does not matter (tokens are lowercased).
 pub fn is_number_token(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit())
+    number_run(token.as_bytes())
 }
 
-/// The fingerprint of a number token (FNV-1a, folded to 32 bits; stable
-/// across builds and machines).
+fn number_run(run: &[u8]) -> bool {
+    let digits = match run {
+        [b'0', b'x' | b'X', rest @ ..] if !rest.is_empty() => rest,
+        _ => run,
+    };
+    !digits.is_empty() && run.iter().any(u8::is_ascii_digit) && digits.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// True when `part` (lowercased), cut off at an edge, may be a piece of a
+/// number token: only hex digits and `x`. Such a piece has no exact
+/// prefilter in a split with a number index.
+pub fn may_be_in_number(part: &str) -> bool {
+    part.bytes().all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
+}
+
+/// The fingerprint of a number token (FNV-1a over the lowercased bytes,
+/// folded to 32 bits; stable across builds and machines).
 pub fn fingerprint(token: &[u8]) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in token {
-        hash ^= u64::from(*byte);
+        hash ^= u64::from(byte.to_ascii_lowercase());
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (hash ^ (hash >> 32)) as u32
@@ -53,7 +71,7 @@ pub fn fingerprint(token: &[u8]) -> u32 {
 
 /// Calls `visit` with each number token of `line`, as the `line`
 /// tokenizer would cut it (alphanumeric runs shorter than
-/// [`super::index::LONG_TOKEN_BYTES`]).
+/// [`super::index::LONG_TOKEN_BYTES`]), before lowercasing.
 pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8])) {
     let long = super::index::LONG_TOKEN_BYTES;
     if !line.is_ascii() {
@@ -72,12 +90,10 @@ pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8])) {
             continue;
         }
         let start = i;
-        let mut digits = true;
         while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
-            digits &= bytes[i].is_ascii_digit();
             i += 1;
         }
-        if digits && i - start < long {
+        if i - start < long && number_run(&bytes[start..i]) {
             visit(&bytes[start..i]);
         }
     }
@@ -356,22 +372,27 @@ mod tests {
     #[test]
     fn numbers_are_cut_like_the_line_tokenizer() {
         let mut seen = Vec::new();
-        for_each_number("blk_-1608 to 10.250.19.102:50010 a3f9 9x 2.5e-3 ٣ 12·34", |t| {
+        for_each_number("blk_-1608 to 10.250.19.102:50010 a3F9 9x 2.5e-3 ٣ 12·34 cafe 0x7FFD 0x", |t| {
             seen.push(String::from_utf8(t.to_vec()).unwrap())
         });
-        assert_eq!(seen, ["1608", "10", "250", "19", "102", "50010", "2", "3", "12", "34"]);
-        for line in ["step 12/40 loss=2.31 lr 3e-4", "Ωmega 12ß34 ١٢ 56", "x\u{2028}77\u{a0}88_99"] {
+        assert_eq!(seen, ["1608", "10", "250", "19", "102", "50010", "a3F9", "2", "5e", "3", "12", "34", "0x7FFD"]);
+        for line in ["step 12/40 loss=2.31 lr 3e-4 req=9f86d081884c7d65", "Ωmega 12ß34 ١٢ 56 DEADBEEF1", "x\u{2028}77\u{a0}88_99"] {
             let mut cut = Vec::new();
-            for_each_number(line, |t| cut.push(String::from_utf8(t.to_vec()).unwrap()));
+            for_each_number(line, |t| cut.push(String::from_utf8(t.to_ascii_lowercase()).unwrap()));
             let tokens: Vec<String> = super::super::index::line_tokens(line).filter(|t| is_number_token(t)).collect();
             assert_eq!(cut, tokens, "{line}");
         }
+        assert_eq!(fingerprint(b"DEADBEEF1"), fingerprint(b"deadbeef1"));
         // A long run is left out, as the tokenizer leaves it out.
         let long = "7".repeat(super::super::index::LONG_TOKEN_BYTES);
         let mut none = true;
         for_each_number(&long, |_| none = false);
         assert!(none);
-        assert!(is_number_token("007") && !is_number_token("a3") && !is_number_token("٣") && !is_number_token(""));
+        assert!(is_number_token("007") && is_number_token("a3") && is_number_token("0x7f"));
+        for word in ["cafe", "0x", "x7f", "k9d3w", "٣", ""] {
+            assert!(!is_number_token(word), "{word}");
+        }
+        assert!(may_be_in_number("x7f") && may_be_in_number("dead") && !may_be_in_number("error"));
     }
 
     #[test]
@@ -431,11 +452,11 @@ mod tests {
             .filter(LowerCaser)
             .filter(DropNumbers)
             .build();
-        let mut stream = analyzer.token_stream("GPU 3 Xid 79 at 0x7f a3f9");
+        let mut stream = analyzer.token_stream("GPU 3 Xid 79 at 0x7F a3f9 cafe k9d3w");
         let mut kept = Vec::new();
         while let Some(token) = stream.next() {
             kept.push(token.text.clone());
         }
-        assert_eq!(kept, ["gpu", "xid", "at", "0x7f", "a3f9"]);
+        assert_eq!(kept, ["gpu", "xid", "at", "cafe", "k9d3w"]);
     }
 }

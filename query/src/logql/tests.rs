@@ -360,6 +360,7 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
         .map(|s| match s {
             300 => record("a", s, "request 4242 failed after 3 retries"),
             301 => record("a", s, "request 424242 ok"),
+            500 => record("a", s, "trace 9F86D081884C7D65 done"),
             _ => record("a", s, &format!("step {} of 9999999", s + 100_000)),
         })
         .collect();
@@ -374,7 +375,7 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
             .doc_freq(&tantivy::Term::from_field_text(split.fields.line, word))
             .unwrap()
     };
-    assert_eq!((doc_freq("4242"), doc_freq("request")), (0, 2));
+    assert_eq!((doc_freq("4242"), doc_freq("9f86d081884c7d65"), doc_freq("request")), (0, 0, 2));
     let search = |query: &str| {
         let page = crate::search::search(
             engine.store(),
@@ -393,8 +394,9 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     // Exactly the line, not its block's neighbours.
     assert_eq!(search("4242"), ["request 4242 failed after 3 retries"]);
     assert_eq!(search("request -4242"), ["request 424242 ok"]);
-    assert_eq!(search("100500").len(), 1);
+    assert_eq!(search("100501").len(), 1);
     assert!(search("4243").is_empty());
+    assert_eq!(search("9f86d081884c7d65"), ["trace 9F86D081884C7D65 done"]);
     // A digit prefix matches numbers (and mixed tokens) by the check.
     assert_eq!(search(r#""42424"*"#), ["request 424242 ok"]);
     assert_eq!(search(r#""request 42"*"#).len(), 2);
@@ -404,7 +406,10 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     assert_eq!(found(r#"{pod="a"} |= " 4242 ""#), ["request 4242 failed after 3 retries"]);
     // 4242, 424242 and step 100424.
     assert_eq!(found(r#"{pod="a"} |= "424""#).len(), 3);
-    assert_eq!(found(r#"{pod="a"} |= "of 9999999""#).len(), rows as usize - 2);
+    assert_eq!(found(r#"{pod="a"} |= "of 9999999""#).len(), rows as usize - 3);
+    // A piece of a hex id (no prefilter) and a word (tantivy's term).
+    assert_eq!(found(r#"{pod="a"} |= "D081884""#), ["trace 9F86D081884C7D65 done"]);
+    assert_eq!(found(r#"{pod="a"} |= "trac""#), ["trace 9F86D081884C7D65 done"]);
     let count = vector(instant(&engine, r#"count_over_time({pod="a"} |= "t 4242 f" [1h])"#, rows).unwrap());
     assert_eq!(count.iter().map(|(_, v)| *v).sum::<f64>(), 1.0);
 }
