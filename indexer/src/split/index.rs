@@ -84,6 +84,9 @@ pub fn line_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// True when `line` has an alphanumeric run the tokenizer leaves out.
 pub fn has_long_token(line: &str) -> bool {
+    if line.len() < LONG_TOKEN_BYTES {
+        return false;
+    }
     let mut run = 0;
     for c in line.chars() {
         if c.is_alphanumeric() {

@@ -70,12 +70,22 @@ pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec
     let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
     let mut first_row: Vec<usize> = Vec::new();
     let mut row_stream = Vec::with_capacity(view.len());
+    let mut previous: Option<([&str; 8], u32)> = None;
     for row in 0..view.len() {
-        let next = streams.len() as u32;
-        let id = *streams.entry(stream_key(&view, row)).or_insert_with(|| {
-            first_row.push(row);
-            next
-        });
+        let key = stream_key(&view, row);
+        // Rows of one stream come in runs (a batch is per file): the
+        // previous row's stream first, the map (hashing 8 strings) after.
+        let id = match previous {
+            Some((last, id)) if last == key => id,
+            _ => {
+                let next = streams.len() as u32;
+                *streams.entry(key).or_insert_with(|| {
+                    first_row.push(row);
+                    next
+                })
+            }
+        };
+        previous = Some((key, id));
         row_stream.push(id);
     }
     let mut keys: Vec<([&str; 8], u32)> = streams.into_iter().collect();
@@ -102,6 +112,9 @@ fn writer_properties() -> WriterProperties {
     let no_dictionary = [col::LINE, col::FIELDS, col::TS, col::INGEST_TS];
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+        // Lines in 64 KiB pages come out no bigger at level 1 than at 3,
+        // in two thirds of the time; times and the rest compress better at 3.
+        .set_column_compression(col::LINE.into(), Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // A search reads a few rows: it decompresses their whole pages, so
         // pages stay small (1 MiB pages made a rare-term search decompress

@@ -58,26 +58,58 @@ pub fn may_be_in_number(part: &str) -> bool {
     part.bytes().all(|b| b.is_ascii_hexdigit() || b == b'x' || b == b'X')
 }
 
-/// The fingerprint of a number token (FNV-1a over the lowercased bytes,
-/// folded to 32 bits; stable across builds and machines).
-pub fn fingerprint(token: &[u8]) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in token {
-        hash ^= u64::from(byte.to_ascii_lowercase());
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ u64::from(byte.to_ascii_lowercase())).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+fn fold(hash: u64) -> u32 {
     (hash ^ (hash >> 32)) as u32
 }
 
-/// Calls `visit` with each number token of `line`, as the `line`
-/// tokenizer would cut it (alphanumeric runs shorter than
-/// [`super::index::LONG_TOKEN_BYTES`]), before lowercasing.
-pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8])) {
+/// The fingerprint of a number token (FNV-1a over the lowercased bytes,
+/// folded to 32 bits; stable across builds and machines).
+pub fn fingerprint(token: &[u8]) -> u32 {
+    fold(token.iter().fold(FNV_OFFSET, |hash, byte| fnv_step(hash, *byte)))
+}
+
+/// Byte classes of the scanner, as bits: decimal digits, hex letters,
+/// `x`, other ASCII letters; 0 for separators.
+const DIGIT: u8 = 1;
+const HEX_LETTER: u8 = 2;
+const X: u8 = 4;
+const LETTER: u8 = 8;
+const CLASSES: [u8; 128] = {
+    let mut classes = [0; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        classes[b] = if c.is_ascii_digit() {
+            DIGIT
+        } else if matches!(c, b'a'..=b'f' | b'A'..=b'F') {
+            HEX_LETTER
+        } else if c == b'x' || c == b'X' {
+            X
+        } else if c.is_ascii_alphabetic() {
+            LETTER
+        } else {
+            0
+        };
+        b += 1;
+    }
+    classes
+};
+
+/// Calls `visit` with each number token of `line` (before lowercasing)
+/// and its fingerprint, as the `line` tokenizer would cut it
+/// (alphanumeric runs shorter than [`super::index::LONG_TOKEN_BYTES`]).
+pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8], u32)) {
     let long = super::index::LONG_TOKEN_BYTES;
     if !line.is_ascii() {
         for run in line.split(|c: char| !c.is_alphanumeric()) {
             if run.len() < long && is_number_token(run) {
-                visit(run.as_bytes());
+                visit(run.as_bytes(), fingerprint(run.as_bytes()));
             }
         }
         return;
@@ -85,17 +117,29 @@ pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8])) {
     let bytes = line.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if !bytes[i].is_ascii_alphanumeric() {
+        if CLASSES[usize::from(bytes[i])] == 0 {
             i += 1;
             continue;
         }
+        // One run: its classes first, hashed only if it is a number.
         let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+        let mut seen = 0;
+        while i < bytes.len() {
+            let class = CLASSES[usize::from(bytes[i])];
+            if class == 0 {
+                break;
+            }
+            seen |= class;
             i += 1;
         }
-        if i - start < long && number_run(&bytes[start..i]) {
-            visit(&bytes[start..i]);
+        if seen & DIGIT == 0 || seen & LETTER != 0 || i - start >= long {
+            continue;
         }
+        let run = &bytes[start..i];
+        if seen & X != 0 && !number_run(run) {
+            continue;
+        }
+        visit(run, fingerprint(run));
     }
 }
 
@@ -117,7 +161,7 @@ impl NumberIndexBuilder {
             self.block_no = block_no;
         }
         let block = &mut self.block;
-        for_each_number(line, |token| block.push(fingerprint(token)));
+        for_each_number(line, |_, fingerprint| block.push(fingerprint));
         self.rows = row + 1;
     }
 
@@ -372,13 +416,17 @@ mod tests {
     #[test]
     fn numbers_are_cut_like_the_line_tokenizer() {
         let mut seen = Vec::new();
-        for_each_number("blk_-1608 to 10.250.19.102:50010 a3F9 9x 2.5e-3 ٣ 12·34 cafe 0x7FFD 0x", |t| {
+        for_each_number("blk_-1608 to 10.250.19.102:50010 a3F9 9x 2.5e-3 ٣ 12·34 cafe 0x7FFD 0x x0 00x1", |t, fp| {
+            assert_eq!(fp, fingerprint(t));
             seen.push(String::from_utf8(t.to_vec()).unwrap())
         });
         assert_eq!(seen, ["1608", "10", "250", "19", "102", "50010", "a3F9", "2", "5e", "3", "12", "34", "0x7FFD"]);
         for line in ["step 12/40 loss=2.31 lr 3e-4 req=9f86d081884c7d65", "Ωmega 12ß34 ١٢ 56 DEADBEEF1", "x\u{2028}77\u{a0}88_99"] {
             let mut cut = Vec::new();
-            for_each_number(line, |t| cut.push(String::from_utf8(t.to_ascii_lowercase()).unwrap()));
+            for_each_number(line, |t, fp| {
+                assert_eq!(fp, fingerprint(&t.to_ascii_lowercase()));
+                cut.push(String::from_utf8(t.to_ascii_lowercase()).unwrap())
+            });
             let tokens: Vec<String> = super::super::index::line_tokens(line).filter(|t| is_number_token(t)).collect();
             assert_eq!(cut, tokens, "{line}");
         }
@@ -386,7 +434,7 @@ mod tests {
         // A long run is left out, as the tokenizer leaves it out.
         let long = "7".repeat(super::super::index::LONG_TOKEN_BYTES);
         let mut none = true;
-        for_each_number(&long, |_| none = false);
+        for_each_number(&long, |_, _| none = false);
         assert!(none);
         assert!(is_number_token("007") && is_number_token("a3") && is_number_token("0x7f"));
         for word in ["cafe", "0x", "x7f", "k9d3w", "٣", ""] {
