@@ -38,7 +38,9 @@ impl Weight for RowRangesWeight {
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
         let mut scorer = RowRangesScorer::new(self.0.clone(), reader.max_doc(), 1.0);
         if scorer.seek(doc) != doc {
-            return Err(TantivyError::InvalidArgument(format!("document {doc} is in none of the row ranges")));
+            return Err(TantivyError::InvalidArgument(format!(
+                "document {doc} is in none of the row ranges"
+            )));
         }
         Ok(Explanation::new("RowRangesQuery", 1.0))
     }
@@ -135,7 +137,10 @@ mod tests {
     #[test]
     fn walks_and_seeks_the_ranges() {
         let ranges = Arc::new(vec![(2, 4), (7, 8), (10, 20)]);
-        assert_eq!(all(RowRangesScorer::new(ranges.clone(), 100, 1.0)), [2, 3, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
+        assert_eq!(
+            all(RowRangesScorer::new(ranges.clone(), 100, 1.0)),
+            [2, 3, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+        );
         // Rows past the segment's end are not matched.
         assert_eq!(all(RowRangesScorer::new(ranges.clone(), 12, 1.0)), [2, 3, 7, 10, 11]);
         let mut scorer = RowRangesScorer::new(ranges.clone(), 100, 1.0);

@@ -11,7 +11,7 @@
 
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query};
 use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
-use weft_indexer::split::index::line_tokens;
+use weft_indexer::split::index::{line_tokens, LONG_TOKEN_BYTES};
 use weft_indexer::split::numbers::{is_number_token, may_be_in_number};
 
 use crate::QueryError;
@@ -87,7 +87,24 @@ impl TextExpr {
 
     /// The exact test on a line.
     pub fn matches(&self, line: &str) -> bool {
-        let tokens: Vec<String> = line_tokens(line).collect();
+        if !line.is_ascii() {
+            let tokens: Vec<String> = line_tokens(line).collect();
+            let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            return eval(&self.root, &tokens);
+        }
+        // ASCII: lowercased once, tokens borrowed from it (the check runs
+        // on every row of a number's candidate blocks).
+        let lowered;
+        let text = if line.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = line.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            line
+        };
+        let tokens: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|run| !run.is_empty() && run.len() < LONG_TOKEN_BYTES)
+            .collect();
         eval(&self.root, &tokens)
     }
 }
@@ -138,9 +155,7 @@ fn over_approximated(node: &Node) -> bool {
     match node {
         Node::All => false,
         Node::Phrase { tokens, prefix, .. } => {
-            tokens.len() > 1
-                || tokens.iter().any(|t| is_number_token(t))
-                || (*prefix && tokens.last().is_some_and(|t| may_be_in_number(t)))
+            tokens.len() > 1 || tokens.iter().any(|t| is_number_token(t)) || (*prefix && tokens.last().is_some_and(|t| may_be_in_number(t)))
         }
         Node::Clause(items) => items.iter().any(|(_, n)| over_approximated(n)),
     }
@@ -231,7 +246,7 @@ fn subset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
     }
 }
 
-fn phrase_at(tokens: &[String], words: &[String], slop: u32, prefix: bool, start: usize) -> bool {
+fn phrase_at(tokens: &[&str], words: &[String], slop: u32, prefix: bool, start: usize) -> bool {
     let word_matches = |i: usize, token: &str| {
         if prefix && i + 1 == words.len() {
             token.starts_with(words[i].as_str())
@@ -239,7 +254,7 @@ fn phrase_at(tokens: &[String], words: &[String], slop: u32, prefix: bool, start
             token == words[i]
         }
     };
-    if !word_matches(0, &tokens[start]) {
+    if !word_matches(0, tokens[start]) {
         return false;
     }
     // Each next word at its earliest position: the smallest total gap.
@@ -258,7 +273,7 @@ fn phrase_at(tokens: &[String], words: &[String], slop: u32, prefix: bool, start
     true
 }
 
-fn eval(node: &Node, tokens: &[String]) -> bool {
+fn eval(node: &Node, tokens: &[&str]) -> bool {
     match node {
         Node::All => true,
         Node::Phrase {
@@ -337,6 +352,20 @@ mod tests {
         // tantivy's LowerCaser maps characters one by one: no final sigma.
         assert!(check("ΟΔΟΣ", "ΟΔΟΣ 5"));
         assert_eq!(line_tokens("ΟΔΟΣ").collect::<Vec<_>>(), vec!["οδοσ".to_string()]);
+    }
+
+    #[test]
+    fn the_ascii_check_tokenizes_like_the_index() {
+        let long = "7".repeat(LONG_TOKEN_BYTES);
+        for line in ["GPU 3: Xid 79", "req=9F86D081 took 12ms", "a_b-c.d", &format!("{long} tail 4242")] {
+            let tokens: Vec<String> = line_tokens(line).collect();
+            for expr in ["xid 79", "9f86d081", "\"b c\"", "tail", "4242 -gpu", "\"req 9f\"*"] {
+                let expr = TextExpr::parse(expr).unwrap();
+                let slow = eval(&expr.root, &tokens.iter().map(String::as_str).collect::<Vec<_>>());
+                assert_eq!(expr.matches(line), slow, "{expr:?} on {line}");
+            }
+        }
+        assert!(check("xid 79", "GPU 3: Xid 79"));
     }
 
     #[test]

@@ -22,10 +22,10 @@ use parquet::arrow::ProjectionMask;
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::StrColumn;
 use tantivy::directory::MmapDirectory;
-use tantivy::Directory;
 use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
+use tantivy::Directory;
 use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
 use weft_indexer::catalog::{Catalog, CatalogState, SplitKind, SplitMeta};
 use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
@@ -379,7 +379,10 @@ impl OpenSplit {
                 true,
             ),
             _ => (
-                Some(Box::new(TermQuery::new(Term::from_field_text(line, token), IndexRecordOption::Basic))),
+                Some(Box::new(TermQuery::new(
+                    Term::from_field_text(line, token),
+                    IndexRecordOption::Basic,
+                ))),
                 true,
             ),
         }

@@ -135,7 +135,10 @@ fn writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
         // Lines in 64 KiB pages come out no bigger at level 1 than at 3,
         // in two thirds of the time; times and the rest compress better at 3.
-        .set_column_compression(col::LINE.into(), Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")))
+        .set_column_compression(
+            col::LINE.into(),
+            Compression::ZSTD(ZstdLevel::try_new(1).expect("valid zstd level")),
+        )
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // A search reads a few rows: it decompresses their whole pages, so
         // pages stay small (1 MiB pages made a rare-term search decompress

@@ -183,7 +183,7 @@ impl NumberIndexBuilder {
         while i < self.pairs.len() {
             let key = (self.pairs[i] >> 32) as u32;
             let end = i + self.pairs[i..].iter().take_while(|p| (**p >> 32) as u32 == key).count();
-            if keys.len() % GROUP_KEYS == 0 {
+            if keys.len().is_multiple_of(GROUP_KEYS) {
                 offsets.push(postings.len() as u32);
             }
             keys.push(key);
@@ -416,12 +416,22 @@ mod tests {
     #[test]
     fn numbers_are_cut_like_the_line_tokenizer() {
         let mut seen = Vec::new();
-        for_each_number("blk_-1608 to 10.250.19.102:50010 a3F9 9x 2.5e-3 ٣ 12·34 cafe 0x7FFD 0x x0 00x1", |t, fp| {
-            assert_eq!(fp, fingerprint(t));
-            seen.push(String::from_utf8(t.to_vec()).unwrap())
-        });
-        assert_eq!(seen, ["1608", "10", "250", "19", "102", "50010", "a3F9", "2", "5e", "3", "12", "34", "0x7FFD"]);
-        for line in ["step 12/40 loss=2.31 lr 3e-4 req=9f86d081884c7d65", "Ωmega 12ß34 ١٢ 56 DEADBEEF1", "x\u{2028}77\u{a0}88_99"] {
+        for_each_number(
+            "blk_-1608 to 10.250.19.102:50010 a3F9 9x 2.5e-3 ٣ 12·34 cafe 0x7FFD 0x x0 00x1",
+            |t, fp| {
+                assert_eq!(fp, fingerprint(t));
+                seen.push(String::from_utf8(t.to_vec()).unwrap())
+            },
+        );
+        assert_eq!(
+            seen,
+            ["1608", "10", "250", "19", "102", "50010", "a3F9", "2", "5e", "3", "12", "34", "0x7FFD"]
+        );
+        for line in [
+            "step 12/40 loss=2.31 lr 3e-4 req=9f86d081884c7d65",
+            "Ωmega 12ß34 ١٢ 56 DEADBEEF1",
+            "x\u{2028}77\u{a0}88_99",
+        ] {
             let mut cut = Vec::new();
             for_each_number(line, |t, fp| {
                 assert_eq!(fp, fingerprint(&t.to_ascii_lowercase()));

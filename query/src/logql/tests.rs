@@ -369,12 +369,12 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     let index_dir = dir.path().join(&split.meta.index);
     assert!(index_dir.join(FILE_NAME).exists(), "the split has a number index");
     // Numbers are not tantivy terms any more; words are.
-    let searcher = weft_indexer::split::index::open_index(&index_dir).unwrap().reader().unwrap().searcher();
-    let doc_freq = |word: &str| {
-        searcher
-            .doc_freq(&tantivy::Term::from_field_text(split.fields.line, word))
-            .unwrap()
-    };
+    let searcher = weft_indexer::split::index::open_index(&index_dir)
+        .unwrap()
+        .reader()
+        .unwrap()
+        .searcher();
+    let doc_freq = |word: &str| searcher.doc_freq(&tantivy::Term::from_field_text(split.fields.line, word)).unwrap();
     assert_eq!((doc_freq("4242"), doc_freq("9f86d081884c7d65"), doc_freq("request")), (0, 0, 2));
     let search = |query: &str| {
         let page = crate::search::search(
