@@ -53,6 +53,28 @@ pub struct TextExpr {
     /// True when the index alone over-approximates (a phrase of 2+ words,
     /// a number): candidates must pass [`TextExpr::matches`].
     needs_check: bool,
+    /// Digit-only words every matching line holds: a line without one of
+    /// them as a substring fails before it is tokenized (most rows of a
+    /// number's candidate blocks).
+    required: Vec<memchr::memmem::Finder<'static>>,
+}
+
+/// Digit-only words a line must hold for `node` to match.
+fn required_digits(node: &Node, out: &mut Vec<memchr::memmem::Finder<'static>>) {
+    match node {
+        Node::Phrase { tokens, .. } => out.extend(
+            tokens
+                .iter()
+                .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+                .map(|t| memchr::memmem::Finder::new(t.as_bytes()).into_owned()),
+        ),
+        Node::Clause(items) => {
+            for (_, child) in items.iter().filter(|(occur, _)| *occur == Occur::Must) {
+                required_digits(child, out);
+            }
+        }
+        Node::All => {}
+    }
 }
 
 impl TextExpr {
@@ -71,7 +93,13 @@ impl TextExpr {
             ))
         })?;
         let needs_check = over_approximated(&root);
-        Ok(TextExpr { root, needs_check })
+        let mut required = Vec::new();
+        required_digits(&root, &mut required);
+        Ok(TextExpr {
+            root,
+            needs_check,
+            required,
+        })
     }
 
     pub fn needs_check(&self) -> bool {
@@ -87,24 +115,33 @@ impl TextExpr {
 
     /// The exact test on a line.
     pub fn matches(&self, line: &str) -> bool {
+        if self.required.iter().any(|finder| finder.find(line.as_bytes()).is_none()) {
+            return false;
+        }
         if !line.is_ascii() {
             let tokens: Vec<String> = line_tokens(line).collect();
             let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
             return eval(&self.root, &tokens);
         }
-        // ASCII: lowercased once, tokens borrowed from it (the check runs
-        // on every row of a number's candidate blocks).
-        let lowered;
-        let text = if line.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = line.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            line
-        };
-        let tokens: Vec<&str> = text
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter(|run| !run.is_empty() && run.len() < LONG_TOKEN_BYTES)
-            .collect();
+        // ASCII: tokens borrowed from the line, compared ignoring ASCII
+        // case (the check runs on every row of a number's candidate
+        // blocks; lowercasing and splitting by chars were most of it).
+        let bytes = line.as_bytes();
+        let mut tokens: Vec<&str> = Vec::with_capacity(32);
+        let mut i = 0;
+        while i < bytes.len() {
+            if !bytes[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            if i - start < LONG_TOKEN_BYTES {
+                tokens.push(&line[start..i]);
+            }
+        }
         eval(&self.root, &tokens)
     }
 }
@@ -247,11 +284,14 @@ fn subset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
 }
 
 fn phrase_at(tokens: &[&str], words: &[String], slop: u32, prefix: bool, start: usize) -> bool {
+    // Words are lowercased; tokens are too, except on ASCII lines, where
+    // ignoring ASCII case is the same test.
     let word_matches = |i: usize, token: &str| {
+        let word = words[i].as_bytes();
         if prefix && i + 1 == words.len() {
-            token.starts_with(words[i].as_str())
+            token.len() >= word.len() && token.as_bytes()[..word.len()].eq_ignore_ascii_case(word)
         } else {
-            token == words[i]
+            token.as_bytes().eq_ignore_ascii_case(word)
         }
     };
     if !word_matches(0, tokens[start]) {
