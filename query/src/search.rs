@@ -175,6 +175,38 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
     }
 }
 
+/// `work(0..n)` on up to one thread per core (a search is one request
+/// waiting on hundreds of independent splits), results in index order.
+fn on_all_cores<T: Send>(n: usize, work: impl Fn(usize) -> Result<T, QueryError> + Sync) -> Vec<Result<T, QueryError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n).max(1);
+    if threads == 1 {
+        return (0..n).map(work).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<T, QueryError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            return out;
+                        }
+                        out.push((i, work(i)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, result)| result).collect()
+}
+
 /// Runs a search over the splits of `tenant`.
 pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
     if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
@@ -187,14 +219,20 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         )));
     }
     let splits = store.splits(tenant, request.start, request.end.saturating_add(1))?;
-    let label_names: HashSet<String> = splits
-        .iter()
-        .flat_map(|s| {
-            s.streams
-                .iter()
-                .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
-        })
-        .collect();
+    // Only `name:value` and `name=value` words can be label filters (the
+    // names of hundreds of splits' streams were a tenth of a plain search).
+    let label_names: HashSet<String> = if request.query.contains([':', '=']) {
+        splits
+            .iter()
+            .flat_map(|s| {
+                s.streams
+                    .iter()
+                    .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+            })
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let parsed = split_search(&request.query, &label_names);
     if parsed.text.trim().is_empty() && parsed.matchers.is_empty() && parsed.level.is_none() && parsed.ml_event.is_none() {
         return Err(QueryError::BadRequest("the search expression is empty".into()));
@@ -205,30 +243,31 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         Some(TextExpr::parse(&parsed.text)?)
     };
     let want = request.limit + request.skip_at_end + 1;
-    // (ts, split index, row), newest first; ties by split then row.
-    let mut candidates: Vec<(i64, usize, u32)> = Vec::new();
-    // Rows already read to check a phrase.
-    let mut fetched = std::collections::HashMap::new();
-    for (i, split) in splits.iter().enumerate() {
+    // Per split: its newest `want` rows, with the rows read to check them.
+    let per_split = on_all_cores(splits.len(), |i| {
+        let split = &splits[i];
         let streams = split.matching_streams(&parsed.matchers);
         if streams.is_empty() {
-            continue;
+            return Ok((Vec::new(), Vec::new()));
         }
         let query = split_query(split, &parsed, text.as_ref(), &streams, request.start, request.end);
         match &text {
             Some(text) if text.needs_check() => {
-                for (ts, row, stored) in checked_rows(split, query.as_ref(), text, want)? {
-                    candidates.push((ts, i, row));
-                    fetched.insert((i, row), stored);
-                }
+                let rows = checked_rows(split, query.as_ref(), text, want)?;
+                let top = rows.iter().map(|(ts, row, _)| (*ts, *row)).collect();
+                Ok((top, rows.into_iter().map(|(_, row, stored)| (row, stored)).collect()))
             }
-            _ => candidates.extend(
-                split
-                    .top_rows(query.as_ref(), want, true)?
-                    .into_iter()
-                    .map(|(ts, row)| (ts, i, row)),
-            ),
+            _ => Ok((split.top_rows(query.as_ref(), want, true)?, Vec::new())),
         }
+    });
+    // (ts, split index, row), newest first; ties by split then row.
+    let mut candidates: Vec<(i64, usize, u32)> = Vec::new();
+    // Rows already read to check a phrase.
+    let mut fetched = std::collections::HashMap::new();
+    for (i, result) in per_split.into_iter().enumerate() {
+        let (top, stored) = result?;
+        candidates.extend(top.into_iter().map(|(ts, row)| (ts, i, row)));
+        fetched.extend(stored.into_iter().map(|(row, stored)| ((i, row), stored)));
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut skipped = 0;
@@ -248,12 +287,20 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
             by_split.entry(*i).or_default().push(*row);
         }
     }
-    for (i, mut rows) in by_split {
+    let by_split: Vec<(usize, Vec<u32>)> = by_split.into_iter().collect();
+    let read = on_all_cores(by_split.len(), |n| {
+        let (i, rows) = &by_split[n];
+        let mut rows = rows.clone();
         rows.sort_unstable();
-        let out = splits[i].stored(&rows)?;
-        for (row, stored) in rows.into_iter().zip(out) {
-            fetched.insert((i, row), stored);
-        }
+        let out = splits[*i].stored(&rows)?;
+        Ok(rows
+            .into_iter()
+            .zip(out)
+            .map(|(row, stored)| ((*i, row), stored))
+            .collect::<Vec<_>>())
+    });
+    for rows in read {
+        fetched.extend(rows?);
     }
     let hits: Vec<SearchHit> = candidates
         .iter()

@@ -23,10 +23,10 @@ use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::columnar::StrColumn;
 use tantivy::directory::MmapDirectory;
 use tantivy::index::Order;
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
+use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::Directory;
-use tantivy::{DocId, IndexReader, ReloadPolicy, Score, SegmentReader, Term};
+use tantivy::{DocId, DocSet, IndexReader, ReloadPolicy, Score, SegmentReader, Term, TERMINATED};
 use weft_indexer::catalog::{Catalog, CatalogState, SplitKind, SplitMeta};
 use weft_indexer::split::index::{fields_of, open_index, LogFields, LONG_TOKEN_BYTES, LONG_TOKEN_FLAG};
 use weft_indexer::split::numbers::{self, is_number_token, may_be_in_number, NumberIndex};
@@ -397,6 +397,18 @@ impl OpenSplit {
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.
     pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
         let searcher = self.reader.searcher();
+        // A rare term misses most splits: with no matching row, the sort
+        // column is not opened (that was a fifth of a rare-term search).
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .map_err(|e| storage_err(&self.meta, e))?;
+        let mut empty = true;
+        for segment in searcher.segment_readers() {
+            empty &= weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?.doc() == TERMINATED;
+        }
+        if empty {
+            return Ok(Vec::new());
+        }
         let order = if descending { Order::Desc } else { Order::Asc };
         let top = TopDocs::with_limit(k.max(1)).order_by_fast_field::<i64>("ts", order);
         let hits = searcher.search(query, &top).map_err(|e| storage_err(&self.meta, e))?;
@@ -507,7 +519,14 @@ impl OpenSplit {
     /// fields. A hit costs a page of one column, not a page of each of the
     /// fourteen (zstd decompression was over half of a rare-term search).
     pub fn stored(&self, rows: &[u32]) -> Result<Vec<StoredRow>, QueryError> {
-        let batches = self.read_rows(rows, &[col::LINE, col::FIELDS])?;
+        // A split without structured metadata has only nulls there: one
+        // column (and one codec, whose set-up costs as much as a page) less.
+        let columns: &[&str] = if self.meta.has_fields {
+            &[col::LINE, col::FIELDS]
+        } else {
+            &[col::LINE]
+        };
+        let batches = self.read_rows(rows, columns)?;
         let searcher = self.reader.searcher();
         let (columns, words) = self.fast_columns(searcher.segment_reader(0))?;
         let mut out = Vec::with_capacity(rows.len());
