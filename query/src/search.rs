@@ -330,6 +330,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn work_on_all_cores_keeps_the_order_and_the_errors() {
+        let out = on_all_cores(100, |i| {
+            if i == 37 {
+                Err(QueryError::BadRequest("37".into()))
+            } else {
+                Ok(i * 2)
+            }
+        });
+        assert_eq!(out.len(), 100);
+        for (i, result) in out.into_iter().enumerate() {
+            match result {
+                Ok(v) => assert_eq!(v, i * 2),
+                Err(e) => assert_eq!((i, e.to_string().contains("37")), (37, true)),
+            }
+        }
+        assert!(on_all_cores(0, Ok).is_empty());
+    }
+
+    #[test]
     fn label_filters_are_split_from_text() {
         let names: HashSet<String> = ["namespace".to_string(), "pod".to_string()].into();
         let parsed = split_search(
