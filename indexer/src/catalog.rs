@@ -70,6 +70,11 @@ pub struct SplitMeta {
     /// not from the index. Empty in splits written before it existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<RowGroupCount>,
+    /// Format version of the logs split's number index (`numbers.idx`
+    /// beside its tantivy files); 0: numbers are tantivy terms (written
+    /// before the number index). Readers require the file when non-zero.
+    #[serde(default)]
+    pub number_index: u32,
 }
 
 /// The rows of one stream (index into [`SplitMeta::streams`]) with one

@@ -53,6 +53,8 @@ struct RowRangesScorer {
     doc: DocId,
     max_doc: DocId,
     score: Score,
+    /// Rows in all ranges.
+    size: u32,
 }
 
 impl RowRangesScorer {
@@ -61,12 +63,16 @@ impl RowRangesScorer {
             Some((start, _)) if *start < max_doc => *start,
             _ => TERMINATED,
         };
+        let size = ranges
+            .iter()
+            .fold(0u32, |n, (start, end)| n.saturating_add(end.saturating_sub(*start)));
         Self {
             ranges,
             at: 0,
             doc,
             max_doc,
             score,
+            size,
         }
     }
 
@@ -111,7 +117,7 @@ impl DocSet for RowRangesScorer {
     }
 
     fn size_hint(&self) -> u32 {
-        self.ranges.iter().map(|(start, end)| end - start).sum()
+        self.size
     }
 }
 

@@ -168,7 +168,7 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
         }
         if checked.len() >= MAX_CHECKED_ROWS {
             return Err(QueryError::BadRequest(format!(
-                "the phrase's words are in more than {MAX_CHECKED_ROWS} lines of one split: add a rarer word, a label filter or a shorter time range"
+                "the search's words are in more than {MAX_CHECKED_ROWS} lines of one split, and each candidate line is checked (phrases have no positions in the index, numbers are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
             )));
         }
         round = round.saturating_mul(4);
@@ -183,25 +183,26 @@ fn on_all_cores<T: Send>(n: usize, work: impl Fn(usize) -> Result<T, QueryError>
         return (0..n).map(work).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= n {
+                return out;
+            }
+            out.push((i, work(i)));
+        }
+    };
     let mut done: Vec<(usize, Result<T, QueryError>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= n {
-                            return out;
-                        }
-                        out.push((i, work(i)));
-                    }
-                })
-            })
+        // The calling thread works too; a helper the OS refuses is skipped.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok())
             .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
+        let mut done = worker();
+        for helper in helpers {
+            done.extend(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        done
     });
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, result)| result).collect()

@@ -252,14 +252,21 @@ impl OpenSplit {
         // Read beside tantivy's directory (which expects its own footer on
         // every file it opens).
         let directory = MmapDirectory::open(data_dir.join(&meta.index)).map_err(|e| storage_err(meta, e))?;
+        // The catalog entry says whether the split has a number index; a
+        // file written by the first development commits (without the
+        // entry) is read all the same.
         let numbers = match directory.open_read(Path::new(numbers::FILE_NAME)) {
             Ok(file) => {
                 let bytes = file.read_bytes().map_err(|e| storage_err(meta, e))?;
-                Some(NumberIndex::open(bytes).map_err(|e| storage_err(meta, e))?)
+                Some(NumberIndex::open(bytes, meta.rows).map_err(|e| storage_err(meta, e))?)
             }
-            Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) => None,
+            Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) if meta.number_index == 0 => None,
             Err(e) => return Err(storage_err(meta, e)),
         };
+        if numbers.is_some() && reader.searcher().segment_readers().len() != 1 {
+            // Its blocks are ranges of the one segment's doc ids.
+            return Err(storage_err(meta, "a split with a number index must have exactly one index segment"));
+        }
         let parquet_path = data_dir.join(&meta.parquet);
         let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
         let parquet_meta = ArrowReaderMetadata::load(

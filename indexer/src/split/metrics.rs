@@ -204,6 +204,7 @@ pub fn write_metric_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch]
         merges,
         streams: Vec::new(),
         has_fields: false,
+        number_index: 0,
         series: index.len() as u64,
         metrics,
         groups: Vec::new(),

@@ -255,6 +255,7 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         metrics: Vec::new(),
         series: 0,
         groups: row_groups(&view),
+        number_index: numbers::VERSION,
     })
 }
 

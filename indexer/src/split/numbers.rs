@@ -14,7 +14,7 @@
 //! ([`may_be_in_number`]); only those lose their index prefilter.
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
-//! endian): the magic `WEFTNUM1`; `block_rows`, `rows`, `keys`,
+//! endian): the magic `WEFTNUM2`; `block_rows`, `rows`, `keys`,
 //! `postings_len` as u32; `keys` sorted fingerprints (u32 each); one u32
 //! offset into the postings per [`GROUP_KEYS`] keys, plus the end; then
 //! per key a varint count and varint block numbers, delta-coded.
@@ -33,7 +33,10 @@ pub const BLOCK_ROWS: u32 = 256;
 pub const FILE_NAME: &str = "numbers.idx";
 /// Keys per entry of the offset table.
 pub const GROUP_KEYS: usize = 64;
-const MAGIC: &[u8; 8] = b"WEFTNUM1";
+/// Format version, recorded in the split's catalog entry. Version 1 (a
+/// development format that held decimal numbers only) is refused.
+pub const VERSION: u32 = 2;
+const MAGIC: &[u8; 8] = b"WEFTNUM2";
 const HEADER_BYTES: usize = 8 + 4 * 4;
 
 /// True for the tokens this index holds instead of tantivy: ASCII hex
@@ -218,7 +221,9 @@ impl NumberIndexBuilder {
         };
         let mut file = std::fs::File::create(&path).map_err(io)?;
         file.write_all(&self.finish()).map_err(io)?;
-        file.sync_all().map_err(io)
+        file.sync_all().map_err(io)?;
+        // tantivy synced the directory before this file was in it.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
 
@@ -258,29 +263,47 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 impl NumberIndex {
-    /// Checks the header and the sizes of the tables.
-    pub fn open(bytes: OwnedBytes) -> Result<NumberIndex, IndexerError> {
+    /// Checks the header, the sizes of the tables, the order of the keys,
+    /// and that the index covers the split's `rows` rows.
+    pub fn open(bytes: OwnedBytes, rows: u64) -> Result<NumberIndex, IndexerError> {
         let corrupt = |what: &str| IndexerError::Corrupt(format!("number index {FILE_NAME}: {what}"));
         let slice = bytes.as_slice();
-        if slice.len() < HEADER_BYTES || &slice[..8] != MAGIC {
+        if slice.len() < HEADER_BYTES || &slice[..7] != &MAGIC[..7] {
             return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
         }
+        if slice[7] != MAGIC[7] {
+            return Err(corrupt(&format!(
+                "format {} is not {VERSION} (a development format; re-index the split)",
+                char::from(slice[7])
+            )));
+        }
         let block_rows = read_u32(slice, 8);
-        let rows = read_u32(slice, 12);
+        let indexed_rows = read_u32(slice, 12);
         let keys = read_u32(slice, 16) as usize;
         let postings_len = read_u32(slice, 20) as usize;
         let groups = keys.div_ceil(GROUP_KEYS) + 1;
-        let postings_at = HEADER_BYTES + 4 * (keys + groups);
-        if block_rows == 0 || postings_at.checked_add(postings_len) != Some(slice.len()) {
+        let postings_at = keys
+            .checked_add(groups)
+            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_add(HEADER_BYTES));
+        if block_rows == 0 || postings_at.and_then(|at| at.checked_add(postings_len)) != Some(slice.len()) {
             return Err(corrupt(&format!(
                 "{} bytes do not hold {keys} keys and {postings_len} bytes of postings in blocks of {block_rows} rows",
                 slice.len()
             )));
         }
+        if u64::from(indexed_rows) != rows {
+            return Err(corrupt(&format!("it covers {indexed_rows} rows, the split has {rows}")));
+        }
+        let keys_sorted = (1..keys).all(|i| read_u32(slice, HEADER_BYTES + 4 * (i - 1)) < read_u32(slice, HEADER_BYTES + 4 * i));
+        if !keys_sorted {
+            return Err(corrupt("its fingerprints are not in increasing order"));
+        }
+        let postings_at = postings_at.expect("checked above");
         Ok(NumberIndex {
             bytes,
             block_rows,
-            rows,
+            rows: indexed_rows,
             keys,
             postings_at,
             postings_len,
@@ -292,6 +315,7 @@ impl NumberIndex {
         self.keys
     }
 
+    /// True when no number was indexed.
     pub fn is_empty(&self) -> bool {
         self.keys == 0
     }
@@ -329,8 +353,13 @@ impl NumberIndex {
         let count = get_varint(postings, &mut at)? as usize;
         let mut blocks = Vec::with_capacity(count.min(postings.len()));
         let mut block = 0u32;
-        for _ in 0..count {
-            block = block.checked_add(get_varint(postings, &mut at)?)?;
+        for i in 0..count {
+            let delta = get_varint(postings, &mut at)?;
+            // Blocks strictly increase; a repeat means a damaged file.
+            if i > 0 && delta == 0 {
+                return None;
+            }
+            block = block.checked_add(delta)?;
             blocks.push(block);
         }
         Some(blocks)
@@ -369,6 +398,7 @@ impl TokenFilter for DropNumbers {
     }
 }
 
+/// [`DropNumbers`] around a tokenizer.
 #[derive(Clone)]
 pub struct DropNumbersTokenizer<T>(T);
 
@@ -380,6 +410,7 @@ impl<T: Tokenizer> Tokenizer for DropNumbersTokenizer<T> {
     }
 }
 
+/// The token stream of [`DropNumbersTokenizer`].
 pub struct DropNumbersStream<S>(S);
 
 impl<S: TokenStream> TokenStream for DropNumbersStream<S> {
@@ -410,7 +441,7 @@ mod tests {
         for (row, line) in lines.iter().enumerate() {
             builder.add_line(row as u32, line);
         }
-        NumberIndex::open(OwnedBytes::new(builder.finish())).unwrap()
+        NumberIndex::open(OwnedBytes::new(builder.finish()), lines.len() as u64).unwrap()
     }
 
     #[test]
@@ -483,7 +514,7 @@ mod tests {
 
     #[test]
     fn a_damaged_file_is_refused_or_read_as_unknown() {
-        assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec())).is_err());
+        assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec()), 0).is_err());
         let whole = {
             let mut builder = NumberIndexBuilder::default();
             builder.add_line(0, "port 8080");
@@ -491,15 +522,33 @@ mod tests {
         };
         let mut cut = whole.clone();
         cut.pop();
-        let err = NumberIndex::open(OwnedBytes::new(cut)).err().unwrap().to_string();
+        let err = NumberIndex::open(OwnedBytes::new(cut), 1).err().unwrap().to_string();
         assert!(err.contains("number index"), "{err}");
+        // The development format, a row count that is not the split's, and
+        // keys out of order are refused.
+        let mut v1 = whole.clone();
+        v1[7] = b'1';
+        let err = NumberIndex::open(OwnedBytes::new(v1), 1).err().unwrap().to_string();
+        assert!(err.contains("format 1 is not 2"), "{err}");
+        let err = NumberIndex::open(OwnedBytes::new(whole.clone()), 2).err().unwrap().to_string();
+        assert!(err.contains("covers 1 rows, the split has 2"), "{err}");
+        let two_keys = {
+            let mut builder = NumberIndexBuilder::default();
+            builder.add_line(0, "port 8080 and 9090");
+            builder.finish()
+        };
+        let mut swapped = two_keys.clone();
+        swapped.copy_within(HEADER_BYTES..HEADER_BYTES + 4, HEADER_BYTES + 4);
+        swapped[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&two_keys[HEADER_BYTES + 4..HEADER_BYTES + 8]);
+        let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
+        assert!(err.contains("not in increasing order"), "{err}");
         // Postings cut short with a header that agrees: the lookup reports
         // that it cannot tell.
         let mut short = whole.clone();
         let postings_len = read_u32(&short, 20);
         short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
         short.pop();
-        let index = NumberIndex::open(OwnedBytes::new(short)).unwrap();
+        let index = NumberIndex::open(OwnedBytes::new(short), 1).unwrap();
         assert_eq!(index.blocks_of("8080"), None);
     }
 

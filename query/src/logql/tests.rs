@@ -412,4 +412,13 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     assert_eq!(found(r#"{pod="a"} |= "trac""#), ["trace 9F86D081884C7D65 done"]);
     let count = vector(instant(&engine, r#"count_over_time({pod="a"} |= "t 4242 f" [1h])"#, rows).unwrap());
     assert_eq!(count.iter().map(|(_, v)| *v).sum::<f64>(), 1.0);
+    // The catalog says the split has a number index: without the file the
+    // split is refused, not read as one that keeps numbers in tantivy.
+    std::fs::remove_file(index_dir.join(FILE_NAME)).unwrap();
+    let err = SplitStore::new(dir.path())
+        .splits("default", BASE - SEC, BASE + rows * SEC)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(FILE_NAME), "{err}");
 }
