@@ -268,7 +268,7 @@ impl NumberIndex {
     pub fn open(bytes: OwnedBytes, rows: u64) -> Result<NumberIndex, IndexerError> {
         let corrupt = |what: &str| IndexerError::Corrupt(format!("number index {FILE_NAME}: {what}"));
         let slice = bytes.as_slice();
-        if slice.len() < HEADER_BYTES || &slice[..7] != &MAGIC[..7] {
+        if slice.len() < HEADER_BYTES || slice[..7] != MAGIC[..7] {
             return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
         }
         if slice[7] != MAGIC[7] {
