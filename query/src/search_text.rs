@@ -14,6 +14,8 @@ use tantivy::query_grammar::{UserInputAst, UserInputLeaf};
 use weft_indexer::split::index::{line_tokens, LONG_TOKEN_BYTES};
 use weft_indexer::split::numbers::{is_number_token, may_be_in_number};
 
+use crate::storage::OpenSplit;
+
 use crate::QueryError;
 
 /// Longest full-text expression accepted, in bytes.
@@ -31,19 +33,6 @@ enum Node {
         prefix: bool,
     },
     Clause(Vec<(Occur, Node)>),
-}
-
-/// How one split's index answers a word (see `OpenSplit::word`): the rows
-/// whose line may hold `token` (a token starting with it when `prefix`),
-/// `None` for any row, and whether exactly those rows.
-pub trait WordIndex {
-    fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool);
-}
-
-impl WordIndex for crate::storage::OpenSplit {
-    fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
-        crate::storage::OpenSplit::word(self, token, prefix)
-    }
 }
 
 /// A parsed full-text expression.
@@ -109,7 +98,7 @@ impl TextExpr {
     /// The candidate query over a split's words: every line that matches
     /// is a candidate (phrases and numbers under a negation are left to
     /// the check).
-    pub fn query(&self, index: &dyn WordIndex) -> Box<dyn Query> {
+    pub fn query(&self, index: &OpenSplit) -> Box<dyn Query> {
         superset(&self.root, index).unwrap_or_else(|| Box::new(AllQuery))
     }
 
@@ -211,7 +200,7 @@ fn boolean(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
 
 /// A query matching at least the lines `node` matches; `None`: all lines.
 /// A phrase is the conjunction of its words (the check narrows it).
-fn superset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
+fn superset(node: &Node, index: &OpenSplit) -> Option<Box<dyn Query>> {
     match node {
         Node::All => None,
         Node::Phrase { tokens, prefix, .. } => {
@@ -251,7 +240,7 @@ fn superset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
 
 /// A query matching only lines `node` matches; `None`: no line is sure
 /// (a phrase of several words needs positions the index does not keep).
-fn subset(node: &Node, index: &dyn WordIndex) -> Option<Box<dyn Query>> {
+fn subset(node: &Node, index: &OpenSplit) -> Option<Box<dyn Query>> {
     match node {
         Node::All => Some(Box::new(AllQuery)),
         Node::Phrase { tokens, prefix, .. } if tokens.len() == 1 => match index.word(&tokens[0], *prefix) {

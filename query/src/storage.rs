@@ -332,15 +332,14 @@ impl OpenSplit {
                     continue;
                 }
                 let query: Box<dyn Query> = match (left_open, right_open) {
-                    (false, false) => match self.word(&token, false) {
+                    // A whole token, or one cut off on the right: a word or
+                    // number, exactly or as a prefix.
+                    (false, right_open) => match self.word(&token, right_open) {
                         (Some(query), _) => query,
                         (None, _) => continue,
                     },
                     (true, false) => Box::new(
                         RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
-                    ),
-                    (false, true) => Box::new(
-                        RegexQuery::from_pattern(&format!("{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
                     ),
                     (true, true) => Box::new(
                         RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),

@@ -397,6 +397,9 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     assert_eq!(search("100501").len(), 1);
     assert!(search("4243").is_empty());
     assert_eq!(search("9f86d081884c7d65"), ["trace 9F86D081884C7D65 done"]);
+    // Label filters (their names are gathered only for `name:value` words).
+    assert_eq!(search("pod:a 4242"), ["request 4242 failed after 3 retries"]);
+    assert!(search("pod:b 4242").is_empty());
     // A digit prefix matches numbers (and mixed tokens) by the check.
     assert_eq!(search(r#""42424"*"#), ["request 424242 ok"]);
     assert_eq!(search(r#""request 42"*"#).len(), 2);
