@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+mod line_pages;
 pub mod logql;
 pub mod metrics;
 pub mod notify;

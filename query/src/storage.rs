@@ -9,7 +9,8 @@
 //! blocks the split's number index names), then read exactly those rows
 //! from Parquet, where every filter is applied exactly.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
@@ -19,10 +20,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::arrow::ProjectionMask;
-use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::StrColumn;
 use tantivy::directory::MmapDirectory;
-use tantivy::index::Order;
 use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::Directory;
@@ -33,6 +33,7 @@ use weft_indexer::split::numbers::{self, is_number_token, may_be_in_number, Numb
 use weft_model::batch::col;
 use weft_model::LabelSet;
 
+use crate::line_pages::{LinePages, PageError};
 use crate::logql::ast::{LineFilter, LineFilterOp, Matcher};
 use crate::row_ranges::RowRangesQuery;
 use crate::QueryError;
@@ -128,7 +129,14 @@ pub struct OpenSplit {
     reader: IndexReader,
     pub fields: LogFields,
     parquet_path: PathBuf,
+    parquet_file: File,
     parquet_meta: ArrowReaderMetadata,
+    /// Where the `line` column's pages are, when they can be read without
+    /// parquet-rs.
+    line_pages: Option<LinePages>,
+    /// The fast-field columns (opened on first use: opening `ts` reads its
+    /// block headers).
+    columns: OnceLock<FastColumns>,
     /// The fast fields' dictionaries, by ordinal (read on first use).
     words: OnceLock<FastWords>,
     /// Where number tokens are (splits written before it hold them in
@@ -263,9 +271,10 @@ impl OpenSplit {
             Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) if meta.number_index == 0 => None,
             Err(e) => return Err(storage_err(meta, e)),
         };
-        if numbers.is_some() && reader.searcher().segment_readers().len() != 1 {
-            // Its blocks are ranges of the one segment's doc ids.
-            return Err(storage_err(meta, "a split with a number index must have exactly one index segment"));
+        // Doc ids are Parquet rows (and number blocks are ranges of them)
+        // only in the one segment the indexer writes.
+        if reader.searcher().segment_readers().len() > 1 {
+            return Err(storage_err(meta, "a split's index must have a single segment"));
         }
         let parquet_path = data_dir.join(&meta.parquet);
         let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
@@ -274,6 +283,7 @@ impl OpenSplit {
             ArrowReaderOptions::new().with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
         )
         .map_err(|e| storage_err(meta, e))?;
+        let line_pages = LinePages::new(parquet_meta.metadata(), col::LINE);
         let streams = meta
             .streams
             .iter()
@@ -285,10 +295,19 @@ impl OpenSplit {
             reader,
             fields,
             parquet_path,
+            parquet_file: file,
             parquet_meta,
+            line_pages,
+            columns: OnceLock::new(),
             words: OnceLock::new(),
             numbers,
         })
+    }
+
+    /// Whether lines are read straight from their Parquet pages (the
+    /// layout the indexer writes) rather than through parquet-rs.
+    pub fn reads_lines_from_pages(&self) -> bool {
+        self.line_pages.is_some()
     }
 
     /// Indices of the split's streams that satisfy every matcher.
@@ -401,24 +420,46 @@ impl OpenSplit {
     }
 
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.
+    /// Rows of equal time come in row order either way, so that a cursor
+    /// paging through them sees the same order on every request.
     pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
         let searcher = self.reader.searcher();
-        // A rare term misses most splits: with no matching row, the sort
-        // column is not opened (that was a fifth of a rare-term search).
+        let Some(segment) = searcher.segment_readers().first() else {
+            return Ok(Vec::new());
+        };
         let weight = query
             .weight(EnableScoring::disabled_from_searcher(&searcher))
             .map_err(|e| storage_err(&self.meta, e))?;
-        let mut empty = true;
-        for segment in searcher.segment_readers() {
-            empty &= weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?.doc() == TERMINATED;
-        }
-        if empty {
+        let mut scorer = weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?;
+        // A rare term misses most splits: with no matching row, the time
+        // column is not touched.
+        let mut doc = scorer.doc();
+        if doc == TERMINATED {
             return Ok(Vec::new());
         }
-        let order = if descending { Order::Desc } else { Order::Asc };
-        let top = TopDocs::with_limit(k.max(1)).order_by_fast_field::<i64>("ts", order);
-        let hits = searcher.search(query, &top).map_err(|e| storage_err(&self.meta, e))?;
-        Ok(hits.into_iter().map(|(ts, addr)| (ts.unwrap_or(0), addr.doc_id)).collect())
+        let (columns, _) = self.fast_columns()?;
+        // The best `k` as a min-heap on (time, newer first or older first;
+        // then the lower row): the worst kept one is on top.
+        let k = k.max(1);
+        let mut best: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(k + 1);
+        while doc != TERMINATED {
+            let ts = columns.ts.first(doc).unwrap_or(0);
+            // `!ts` reverses the order of i64 without overflow.
+            let key = (if descending { ts } else { !ts }, u32::MAX - doc);
+            if best.len() < k {
+                best.push(Reverse(key));
+            } else if best.peek().is_some_and(|worst| key > worst.0) {
+                best.pop();
+                best.push(Reverse(key));
+            }
+            doc = scorer.advance();
+        }
+        let mut rows: Vec<(i64, u32)> = best
+            .into_iter()
+            .map(|Reverse((ts, row))| (if descending { ts } else { !ts }, u32::MAX - row))
+            .collect();
+        rows.sort_unstable_by(|a, b| if descending { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }.then(a.1.cmp(&b.1)));
+        Ok(rows)
     }
 
     /// All matching rows, in row order.
@@ -449,7 +490,7 @@ impl OpenSplit {
         }
         let segment = searcher.segment_reader(0);
         let bytes = segment.fast_fields().u64("bytes").map_err(|e| storage_err(&self.meta, e))?;
-        let (columns, words) = self.fast_columns(segment)?;
+        let (columns, words) = self.fast_columns()?;
         let word = |column: &Option<StrColumn>, doc: DocId| ord(column, doc).unwrap_or(usize::MAX);
         for doc in docs {
             let stream = word(&columns.stream, doc);
@@ -467,18 +508,29 @@ impl OpenSplit {
         Ok(())
     }
 
-    /// The fast-field columns of `segment` and what their ordinals stand
-    /// for (the dictionaries are read once per opened split).
-    fn fast_columns(&self, segment: &SegmentReader) -> Result<(FastColumns, &FastWords), QueryError> {
-        let fast = segment.fast_fields();
-        let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
-        let columns = FastColumns {
-            ts: fast.i64("ts").map_err(err)?,
-            stream: fast.str("stream").map_err(err)?,
-            level: fast.str("level").map_err(err)?,
-            event: fast.str("ml_event").map_err(err)?,
+    /// The fast-field columns of the split's segment and what their
+    /// ordinals stand for, both opened once per opened split.
+    fn fast_columns(&self) -> Result<(&FastColumns, &FastWords), QueryError> {
+        let columns = match self.columns.get() {
+            Some(columns) => columns,
+            None => {
+                let searcher = self.reader.searcher();
+                let segment = searcher
+                    .segment_readers()
+                    .first()
+                    .ok_or_else(|| storage_err(&self.meta, "the index has no segment"))?;
+                let fast = segment.fast_fields();
+                let err = |e: tantivy::TantivyError| storage_err(&self.meta, e);
+                let columns = FastColumns {
+                    ts: fast.i64("ts").map_err(err)?,
+                    stream: fast.str("stream").map_err(err)?,
+                    level: fast.str("level").map_err(err)?,
+                    event: fast.str("ml_event").map_err(err)?,
+                };
+                self.columns.get_or_init(|| columns)
+            }
         };
-        let words = self.words(&columns)?;
+        let words = self.words(columns)?;
         Ok((columns, words))
     }
 
@@ -525,18 +577,32 @@ impl OpenSplit {
     /// fields. A hit costs a page of one column, not a page of each of the
     /// fourteen (zstd decompression was over half of a rare-term search).
     pub fn stored(&self, rows: &[u32]) -> Result<Vec<StoredRow>, QueryError> {
+        // Lines straight from their pages where the layout allows it.
+        let direct = match self.line_pages.as_ref().map(|pages| pages.read(&self.parquet_file, rows)) {
+            Some(Ok(lines)) => Some(lines),
+            Some(Err(PageError::Unsupported(why))) => {
+                tracing::debug!(split = %self.meta.id, %why, "reading lines through parquet-rs");
+                None
+            }
+            Some(Err(e)) => return Err(storage_err(&self.meta, e)),
+            None => None,
+        };
         // A split without structured metadata has only nulls there: one
         // column (and one codec, whose set-up costs as much as a page) less.
-        let columns: &[&str] = if self.meta.has_fields {
-            &[col::LINE, col::FIELDS]
+        let mut columns = Vec::with_capacity(2);
+        if direct.is_none() {
+            columns.push(col::LINE);
+        }
+        if self.meta.has_fields {
+            columns.push(col::FIELDS);
+        }
+        let batches = if columns.is_empty() {
+            Vec::new()
         } else {
-            &[col::LINE]
+            self.read_rows(rows, &columns)?
         };
-        let batches = self.read_rows(rows, columns)?;
-        let searcher = self.reader.searcher();
-        let (columns, words) = self.fast_columns(searcher.segment_reader(0))?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut docs = rows.iter();
+        let mut lines = direct.unwrap_or_default();
+        let mut fields: Vec<Option<String>> = Vec::new();
         for batch in &batches {
             let string_column = |name: &str| {
                 batch
@@ -544,32 +610,41 @@ impl OpenSplit {
                     .and_then(|a| a.as_any().downcast_ref::<arrow_array::StringArray>())
                     .ok_or_else(|| storage_err(&self.meta, format!("column {name} missing or not text")))
             };
-            let line = string_column(col::LINE)?;
-            // Splits from before structured metadata have no such column.
-            let fields = string_column(col::FIELDS).ok();
-            for i in 0..batch.num_rows() {
-                let doc = *docs
-                    .next()
-                    .ok_or_else(|| storage_err(&self.meta, "more rows read than asked for"))?;
-                let mut metadata = weft_model::batch::labels_from_json(fields.filter(|f| f.is_valid(i)).map(|f| f.value(i)));
-                let level = ord(&columns.level, doc)
-                    .and_then(|o| words.levels.get(o))
-                    .map_or("unknown", String::as_str);
-                metadata.insert("detected_level", level);
-                if let Some(event) = ord(&columns.event, doc).and_then(|o| words.events.get(o)) {
-                    metadata.insert("ml_event", event.as_str());
-                }
-                let stream = ord(&columns.stream, doc)
-                    .and_then(|o| words.streams.get(o))
-                    .cloned()
-                    .ok_or_else(|| storage_err(&self.meta, format!("row {doc} has no stream")))?;
-                out.push(StoredRow {
-                    ts: columns.ts.first(doc).unwrap_or(0),
-                    stream,
-                    metadata,
-                    line: line.value(i).to_string(),
-                });
+            if columns.contains(&col::LINE) {
+                lines.extend(string_column(col::LINE)?.iter().map(|l| l.unwrap_or_default().to_string()));
             }
+            // Splits from before structured metadata have no such column.
+            if let Ok(column) = string_column(col::FIELDS) {
+                fields.extend(column.iter().map(|f| f.map(str::to_string)));
+            }
+        }
+        if lines.len() != rows.len() {
+            return Err(storage_err(
+                &self.meta,
+                format!("asked for {} lines, read {}", rows.len(), lines.len()),
+            ));
+        }
+        let (columns, words) = self.fast_columns()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, (&doc, line)) in rows.iter().zip(lines).enumerate() {
+            let mut metadata = weft_model::batch::labels_from_json(fields.get(i).and_then(Option::as_deref));
+            let level = ord(&columns.level, doc)
+                .and_then(|o| words.levels.get(o))
+                .map_or("unknown", String::as_str);
+            metadata.insert("detected_level", level);
+            if let Some(event) = ord(&columns.event, doc).and_then(|o| words.events.get(o)) {
+                metadata.insert("ml_event", event.as_str());
+            }
+            let stream = ord(&columns.stream, doc)
+                .and_then(|o| words.streams.get(o))
+                .cloned()
+                .ok_or_else(|| storage_err(&self.meta, format!("row {doc} has no stream")))?;
+            out.push(StoredRow {
+                ts: columns.ts.first(doc).unwrap_or(0),
+                stream,
+                metadata,
+                line,
+            });
         }
         Ok(out)
     }

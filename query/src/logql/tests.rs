@@ -425,3 +425,57 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
         .to_string();
     assert!(err.contains(FILE_NAME), "{err}");
 }
+
+#[test]
+fn rows_are_read_from_their_pages_and_ties_keep_row_order() {
+    // Lines long enough to fill several 64 KiB pages; every tenth second
+    // holds three lines (equal times).
+    let mut records = Vec::new();
+    for s in 0..3000i64 {
+        let copies = if s % 10 == 0 { 3 } else { 1 };
+        for c in 0..copies {
+            records.push(record(
+                "a",
+                s,
+                &format!("second {s} copy {c} {}", "padding ".repeat((s % 20) as usize)),
+            ));
+        }
+    }
+    let (_dir, engine) = engine_with(&[records.clone()]);
+    let mut splits = engine.store().splits("default", BASE - SEC, BASE + 5000 * SEC).unwrap();
+    assert_eq!((splits.len(), splits[0].meta.rows), (1, records.len() as u64));
+    let split = splits.remove(0);
+    assert!(split.reads_lines_from_pages(), "the indexer's layout is read without parquet-rs");
+    // Rows are in stream-then-time order, which is `records`' order here.
+    let rows: Vec<u32> = (0..records.len() as u32).filter(|r| r % 97 == 0 || r % 1013 == 5).collect();
+    let stored = split.stored(&rows).unwrap();
+    let expected: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|&r| (records[r as usize].ts, records[r as usize].line.as_str()))
+        .collect();
+    assert_eq!(stored.iter().map(|s| (s.ts, s.line.as_str())).collect::<Vec<_>>(), expected);
+    // Newest and oldest first: equal times in row order, both ways.
+    let all = split.query(&[0], BASE - SEC, BASE + 5000 * SEC, &[]);
+    let newest = split.top_rows(all.as_ref(), 5, true).unwrap();
+    let last = records.len() as u32;
+    let at = |s: i64| BASE + s * SEC;
+    assert_eq!(
+        newest,
+        vec![
+            (at(2999), last - 1),
+            (at(2998), last - 2),
+            (at(2997), last - 3),
+            (at(2996), last - 4),
+            (at(2995), last - 5)
+        ]
+    );
+    let oldest = split.top_rows(all.as_ref(), 4, false).unwrap();
+    assert_eq!(oldest, vec![(at(0), 0), (at(0), 1), (at(0), 2), (at(1), 3)]);
+    // A cut inside a run of equal times keeps the lower rows.
+    let window = split.query(&[0], at(2990), at(2990) + 1, &[]);
+    let first_at_2990 = records.iter().position(|r| r.ts == at(2990)).unwrap() as u32;
+    assert_eq!(
+        split.top_rows(window.as_ref(), 2, true).unwrap(),
+        vec![(at(2990), first_at_2990), (at(2990), first_at_2990 + 1)]
+    );
+}
