@@ -108,14 +108,14 @@ pub fn split_search(expr: &str, label_names: &HashSet<String>) -> ParsedSearch {
 fn split_query(
     split: &OpenSplit,
     parsed: &ParsedSearch,
-    text: Option<&TextExpr>,
+    text: Option<Box<dyn Query>>,
     streams: &[usize],
     start: i64,
     end: i64,
 ) -> Box<dyn Query> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, split.query(streams, start, end.saturating_add(1), &[]))];
     if let Some(text) = text {
-        clauses.push((Occur::Must, text.query(split)));
+        clauses.push((Occur::Must, text));
     }
     if let Some(level) = &parsed.level {
         clauses.push((
@@ -251,7 +251,16 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         if streams.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let query = split_query(split, &parsed, text.as_ref(), &streams, request.start, request.end);
+        // The text's words first: a rare term is in few splits, and
+        // asking the term dictionaries alone is a fraction of building
+        // the whole query for each split.
+        let text_query = text.as_ref().map(|text| text.query(split));
+        if let Some(q) = &text_query {
+            if !split.matches_any(q.as_ref())? {
+                return Ok((Vec::new(), Vec::new()));
+            }
+        }
+        let query = split_query(split, &parsed, text_query, &streams, request.start, request.end);
         match &text {
             Some(text) if text.needs_check() => {
                 let rows = checked_rows(split, query.as_ref(), text, want)?;

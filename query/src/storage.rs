@@ -419,6 +419,18 @@ impl OpenSplit {
         Box::new(BooleanQuery::new(vec![(Occur::Must, base), (Occur::Must, Box::new(tagged))]))
     }
 
+    /// Whether any row matches `query`.
+    pub fn matches_any(&self, query: &dyn Query) -> Result<bool, QueryError> {
+        let searcher = self.reader.searcher();
+        let Some(segment) = searcher.segment_readers().first() else {
+            return Ok(false);
+        };
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(&searcher))
+            .map_err(|e| storage_err(&self.meta, e))?;
+        Ok(weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?.doc() != TERMINATED)
+    }
+
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.
     /// Rows of equal time come in row order either way, so that a cursor
     /// paging through them sees the same order on every request.
