@@ -23,7 +23,6 @@ use std::io::Write;
 use std::path::Path;
 
 use tantivy::directory::OwnedBytes;
-use tantivy::tokenizer::{Token, TokenFilter, TokenStream, Tokenizer};
 
 use crate::IndexerError;
 
@@ -385,53 +384,6 @@ impl NumberIndex {
     }
 }
 
-/// The `line` tokenizer's last filter: number tokens go to the number
-/// index, not to tantivy.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DropNumbers;
-
-impl TokenFilter for DropNumbers {
-    type Tokenizer<T: Tokenizer> = DropNumbersTokenizer<T>;
-
-    fn transform<T: Tokenizer>(self, tokenizer: T) -> DropNumbersTokenizer<T> {
-        DropNumbersTokenizer(tokenizer)
-    }
-}
-
-/// [`DropNumbers`] around a tokenizer.
-#[derive(Clone)]
-pub struct DropNumbersTokenizer<T>(T);
-
-impl<T: Tokenizer> Tokenizer for DropNumbersTokenizer<T> {
-    type TokenStream<'a> = DropNumbersStream<T::TokenStream<'a>>;
-
-    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
-        DropNumbersStream(self.0.token_stream(text))
-    }
-}
-
-/// The token stream of [`DropNumbersTokenizer`].
-pub struct DropNumbersStream<S>(S);
-
-impl<S: TokenStream> TokenStream for DropNumbersStream<S> {
-    fn advance(&mut self) -> bool {
-        while self.0.advance() {
-            if !is_number_token(&self.0.token().text) {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn token(&self) -> &Token {
-        self.0.token()
-    }
-
-    fn token_mut(&mut self) -> &mut Token {
-        self.0.token_mut()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,20 +502,5 @@ mod tests {
         short.pop();
         let index = NumberIndex::open(OwnedBytes::new(short), 1).unwrap();
         assert_eq!(index.blocks_of("8080"), None);
-    }
-
-    #[test]
-    fn the_tokenizer_filter_drops_numbers_only() {
-        use tantivy::tokenizer::{LowerCaser, SimpleTokenizer, TextAnalyzer};
-        let mut analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
-            .filter(LowerCaser)
-            .filter(DropNumbers)
-            .build();
-        let mut stream = analyzer.token_stream("GPU 3 Xid 79 at 0x7F a3f9 cafe k9d3w");
-        let mut kept = Vec::new();
-        while let Some(token) = stream.next() {
-            kept.push(token.text.clone());
-        }
-        assert_eq!(kept, ["gpu", "xid", "at", "cafe", "k9d3w"]);
     }
 }
