@@ -479,3 +479,131 @@ fn rows_are_read_from_their_pages_and_ties_keep_row_order() {
         vec![(at(2990), first_at_2990), (at(2990), first_at_2990 + 1)]
     );
 }
+
+/// A small seeded generator (no dependency for one test).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.next(items.len())]
+    }
+}
+
+#[test]
+fn index_answers_equal_a_scan_of_every_line() {
+    // Words, hex-letter words (not numbers: no decimal digit), numbers in
+    // every form the number index takes, mixed runs and other scripts,
+    // over several blocks of rows in two splits.
+    const WORDS: &[&str] = &[
+        "error", "Error", "ERROR", "timeout", "nccl", "cuda", "step", "loss", "gpu", "rank", "blk", "zq7x", "k9d3w", "cafe", "beef",
+        "dead", "abc", "Straße", "café", "日本", "ΣΑΣ", "step12", "x86",
+    ];
+    const SEPARATORS: &[&str] = &[" ", " ", " ", "=", ":", "/", "-", "_", ".", ", ", ""];
+    let mut rng = Lcg(42);
+    let mut number = |rng: &mut Lcg| -> String {
+        match rng.next(6) {
+            0 => rng.next(100).to_string(),
+            1 => (4200 + rng.next(60)).to_string(),
+            2 => format!("{:x}", 0x1000_0000u64 + rng.next(1 << 20) as u64 * 7919),
+            3 => format!("0x{:X}", rng.next(1 << 16) + 0x10),
+            4 => format!("{:016x}", (rng.next(1 << 30) as u64) << 20 | 0x5),
+            _ => format!("{}{}", rng.next(10), rng.pick(&["a", "f", "e9", "0"])),
+        }
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for _ in 0..1600 {
+        let mut line = String::new();
+        for t in 0..3 + rng.next(9) {
+            if t > 0 {
+                line.push_str(rng.pick(SEPARATORS));
+            }
+            if rng.next(2) == 0 {
+                line.push_str(rng.pick(WORDS));
+            } else {
+                line.push_str(&number(&mut rng));
+            }
+        }
+        lines.push(line);
+    }
+    let records: Vec<LogRecord> = lines
+        .iter()
+        .enumerate()
+        .map(|(s, l)| record(if s % 2 == 0 { "a" } else { "b" }, s as i64, l))
+        .collect();
+    let (_dir, engine) = engine_with(&[records[..800].to_vec(), records[800..].to_vec()]);
+    let end = BASE + 2000 * SEC;
+    let search = |query: &str| -> Vec<String> {
+        let page = crate::search::search(
+            engine.store(),
+            "default",
+            &crate::search::SearchRequest {
+                query: query.into(),
+                start: BASE - SEC,
+                end,
+                limit: 1000,
+                skip_at_end: 0,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+        page.hits.into_iter().map(|h| h.line).collect()
+    };
+    let tokens_of = |line: &str| -> Vec<String> { weft_indexer::split::index::line_tokens(line).collect() };
+    let mut checked = 0;
+    for _ in 0..300 {
+        let line = &lines[rng.next(lines.len())];
+        let tokens = tokens_of(line);
+        if tokens.len() < 2 {
+            continue;
+        }
+        let i = rng.next(tokens.len() - 1);
+        let (a, b) = (&tokens[i], &tokens[i + 1]);
+        let other = tokens_of(&lines[rng.next(lines.len())])
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "gpu".into());
+        let query = match rng.next(7) {
+            0 => a.clone(),
+            1 => format!("{a} {other}"),
+            2 => format!("{a} OR {other}"),
+            3 => format!("-{a} {other}"),
+            4 => format!("\"{a} {b}\""),
+            5 => format!("{}*", a.chars().take(2.max(a.chars().count() / 2)).collect::<String>()),
+            _ => format!("\"{a} {}\"*", b.chars().take(1 + b.chars().count() / 2).collect::<String>()),
+        };
+        let Ok(expr) = crate::search_text::TextExpr::parse(&query) else {
+            continue;
+        };
+        // Newest first, as the search pages them.
+        let expected: Vec<String> = lines.iter().rev().filter(|l| expr.matches(l)).take(1000).cloned().collect();
+        assert_eq!(search(&query), expected, "search {query:?}");
+        checked += 1;
+    }
+    assert!(checked > 250, "only {checked} searches compared");
+    // Line filters: substrings cut anywhere (edges inside words and
+    // numbers), kept and excluded.
+    for _ in 0..200 {
+        let line: Vec<char> = lines[rng.next(lines.len())].chars().collect();
+        let from = rng.next(line.len());
+        let to = (from + 1 + rng.next(10)).min(line.len());
+        let needle: String = line[from..to].iter().collect();
+        if needle.contains(['"', '\\']) {
+            continue;
+        }
+        for (op, keep) in [("|=", true), ("!=", false)] {
+            let q = format!(r#"{{namespace="ml"}} {op} "{needle}""#);
+            let got: Vec<String> = lines_of(&engine, &q);
+            let expected: Vec<String> = lines.iter().filter(|l| l.contains(needle.as_str()) == keep).cloned().collect();
+            assert_eq!(got, expected, "{q}");
+        }
+    }
+}
+
+/// Every line a log query returns, oldest first.
+fn lines_of(engine: &Engine, q: &str) -> Vec<String> {
+    lines(&log(engine, q, 5000, false)).into_iter().map(|(_, l)| l).collect()
+}
