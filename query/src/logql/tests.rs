@@ -505,7 +505,7 @@ fn index_answers_equal_a_scan_of_every_line() {
     ];
     const SEPARATORS: &[&str] = &[" ", " ", " ", "=", ":", "/", "-", "_", ".", ", ", ""];
     let mut rng = Lcg(42);
-    let mut number = |rng: &mut Lcg| -> String {
+    let number = |rng: &mut Lcg| -> String {
         match rng.next(6) {
             0 => rng.next(100).to_string(),
             1 => (4200 + rng.next(60)).to_string(),
