@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use parquet::basic::Compression;
+use parquet::basic::{Compression, Type};
 use parquet::file::metadata::ParquetMetaData;
 
 /// Largest page, compressed or not, this reader takes (the indexer writes
@@ -71,7 +71,7 @@ impl LinePages {
         let schema = meta.file_metadata().schema_descr();
         let column = (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [name])?;
         let descr = schema.column(column);
-        if descr.max_def_level() != 0 || descr.max_rep_level() != 0 {
+        if descr.max_def_level() != 0 || descr.max_rep_level() != 0 || descr.physical_type() != Type::BYTE_ARRAY {
             return None;
         }
         let mut pages = Vec::new();
@@ -88,7 +88,8 @@ impl LinePages {
                 return None;
             }
             let group_rows = u64::try_from(row_group.num_rows()).ok()?;
-            let locations = meta.page_index_for_row_group(group).page_locations(column)?.clone();
+            let page_index = meta.page_index_for_row_group(group);
+            let locations = page_index.page_locations(column)?;
             for (i, location) in locations.iter().enumerate() {
                 let first = u64::try_from(location.first_row_index).ok()?;
                 let next = match locations.get(i + 1) {
@@ -101,18 +102,21 @@ impl LinePages {
                 pages.push(Page {
                     offset: u64::try_from(location.offset).ok()?,
                     len: usize::try_from(location.compressed_page_size).ok()?,
-                    first_row: first_row_of_group + first,
+                    first_row: first_row_of_group.checked_add(first)?,
                     rows: next - first,
                     zstd,
                 });
             }
-            first_row_of_group += group_rows;
+            // Sums of a damaged footer's counts must not wrap: past this
+            // check, no row sum in `read` can.
+            first_row_of_group = first_row_of_group.checked_add(group_rows)?;
         }
         Some(Self { pages })
     }
 
     /// The lines of `rows` (ascending, distinct), in that order.
     pub fn read(&self, file: &File, rows: &[u32]) -> Result<Vec<String>, PageError> {
+        debug_assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows must be sorted and distinct");
         let mut out = Vec::with_capacity(rows.len());
         let mut rest = rows;
         while let Some(&row) = rest.first() {
@@ -134,7 +138,9 @@ impl LinePages {
 }
 
 thread_local! {
-    /// This thread's zstd context and page buffers, kept between reads.
+    /// This thread's zstd context and page buffers, kept between the pages
+    /// it reads (a search's threads live for the search: one context per
+    /// thread and search, where parquet-rs made one per split).
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
@@ -183,7 +189,8 @@ fn read_page(file: &File, page: &Page, rows: &[u32], out: &mut Vec<String>) -> R
         let values: &[u8] = if page.zstd {
             let decompressor = match &mut scratch.decompressor {
                 Some(d) => d,
-                none => none.insert(zstd::bulk::Decompressor::new().map_err(|e| PageError::Damaged(format!("zstd context: {e}")))?),
+                none => none
+                    .insert(zstd::bulk::Decompressor::new().map_err(|e| PageError::Damaged(format!("cannot create a zstd context: {e}")))?),
             };
             scratch.plain.clear();
             scratch.plain.reserve(header.uncompressed_size);

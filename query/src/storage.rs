@@ -15,6 +15,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use arrow_array::{Array, RecordBatch};
@@ -129,11 +130,13 @@ pub struct OpenSplit {
     reader: IndexReader,
     pub fields: LogFields,
     parquet_path: PathBuf,
-    parquet_file: File,
     parquet_meta: ArrowReaderMetadata,
     /// Where the `line` column's pages are, when they can be read without
     /// parquet-rs.
     line_pages: Option<LinePages>,
+    /// Set once a page of this split turned out to be laid out otherwise:
+    /// its lines are read through parquet-rs from then on.
+    pages_unsupported: AtomicBool,
     /// The fast-field columns (opened on first use: opening `ts` reads its
     /// block headers).
     columns: OnceLock<FastColumns>,
@@ -295,9 +298,9 @@ impl OpenSplit {
             reader,
             fields,
             parquet_path,
-            parquet_file: file,
             parquet_meta,
             line_pages,
+            pages_unsupported: AtomicBool::new(false),
             columns: OnceLock::new(),
             words: OnceLock::new(),
             numbers,
@@ -453,7 +456,7 @@ impl OpenSplit {
         // The best `k` as a min-heap on (time, newer first or older first;
         // then the lower row): the worst kept one is on top.
         let k = k.max(1);
-        let mut best: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(k + 1);
+        let mut best: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(k.min(4096) + 1);
         while doc != TERMINATED {
             let ts = columns.ts.first(doc).unwrap_or(0);
             // `!ts` reverses the order of i64 without overflow.
@@ -589,14 +592,23 @@ impl OpenSplit {
     /// fields. A hit costs a page of one column, not a page of each of the
     /// fourteen (zstd decompression was over half of a rare-term search).
     pub fn stored(&self, rows: &[u32]) -> Result<Vec<StoredRow>, QueryError> {
-        // Lines straight from their pages where the layout allows it.
-        let direct = match self.line_pages.as_ref().map(|pages| pages.read(&self.parquet_file, rows)) {
-            Some(Ok(lines)) => Some(lines),
-            Some(Err(PageError::Unsupported(why))) => {
-                tracing::debug!(split = %self.meta.id, %why, "reading lines through parquet-rs");
-                None
+        // Lines straight from their pages where the layout allows it. The
+        // file is opened per read: an opened split holds no descriptor
+        // (thousands of splits stay open).
+        let pages = self.line_pages.as_ref().filter(|_| !self.pages_unsupported.load(Ordering::Relaxed));
+        let direct = match pages {
+            Some(pages) => {
+                let file = File::open(&self.parquet_path).map_err(|e| storage_err(&self.meta, e))?;
+                match pages.read(&file, rows) {
+                    Ok(lines) => Some(lines),
+                    Err(PageError::Unsupported(why)) => {
+                        tracing::debug!(split = %self.meta.id, %why, "reading lines through parquet-rs");
+                        self.pages_unsupported.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    Err(e) => return Err(storage_err(&self.meta, e)),
+                }
             }
-            Some(Err(e)) => return Err(storage_err(&self.meta, e)),
             None => None,
         };
         // A split without structured metadata has only nulls there: one
