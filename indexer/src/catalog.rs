@@ -75,6 +75,13 @@ pub struct SplitMeta {
     /// before the number index). Readers require the file when non-zero.
     #[serde(default)]
     pub number_index: u32,
+    /// The first row of each stream of a logs split, in the order of
+    /// [`SplitMeta::streams`]: rows are sorted by stream, so stream `i` is
+    /// rows `stream_starts[i]..stream_starts[i + 1]` (the last one to
+    /// `rows`). Empty in splits written before it, whose index holds each
+    /// row's stream as a term and a fast field; newer ones do not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stream_starts: Vec<u32>,
 }
 
 /// The rows of one stream (index into [`SplitMeta::streams`]) with one

@@ -274,6 +274,24 @@ impl OpenSplit {
             Err(tantivy::directory::error::OpenReadError::FileDoesNotExist(_)) if meta.number_index == 0 => None,
             Err(e) => return Err(storage_err(meta, e)),
         };
+        // Where streams start: row 0 first, increasing, inside the split.
+        let starts = &meta.stream_starts;
+        if !starts.is_empty()
+            && (starts.len() != meta.streams.len()
+                || starts[0] != 0
+                || starts.windows(2).any(|w| w[0] >= w[1])
+                || starts.last().is_some_and(|&last| u64::from(last) >= meta.rows))
+        {
+            return Err(storage_err(
+                meta,
+                format!(
+                    "its catalog entry's stream starts ({} of them) do not divide its {} rows among its {} streams",
+                    starts.len(),
+                    meta.rows,
+                    meta.streams.len()
+                ),
+            ));
+        }
         // Doc ids are Parquet rows (and number blocks are ranges of them)
         // only in the one segment the indexer writes.
         if reader.searcher().segment_readers().len() > 1 {
@@ -307,6 +325,25 @@ impl OpenSplit {
         })
     }
 
+    /// Rows `[start, end)` of stream `i` (index into `streams`), in a split
+    /// that records where its streams start.
+    fn stream_rows(&self, i: usize) -> (u32, u32) {
+        let starts = &self.meta.stream_starts;
+        (starts[i], starts.get(i + 1).copied().unwrap_or(self.meta.rows as u32))
+    }
+
+    /// The stream of row `doc`: an index into [`FastWords::streams`] (the
+    /// split's streams in order, or the ordinals of the `stream` fast
+    /// field in splits written before `stream_starts`).
+    fn stream_of(&self, columns: &FastColumns, doc: DocId) -> Option<usize> {
+        if self.meta.stream_starts.is_empty() {
+            ord(&columns.stream, doc)
+        } else {
+            // The first start is row 0 (checked at open).
+            Some(self.meta.stream_starts.partition_point(|&start| start <= doc) - 1)
+        }
+    }
+
     /// Whether lines are read straight from their Parquet pages (the
     /// layout the indexer writes) rather than through parquet-rs.
     pub fn reads_lines_from_pages(&self) -> bool {
@@ -329,8 +366,14 @@ impl OpenSplit {
         let f = self.fields;
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         if streams.len() < self.streams.len() {
-            let terms = streams.iter().map(|i| Term::from_field_text(f.stream, &self.meta.streams[*i]));
-            clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+            if self.meta.stream_starts.is_empty() {
+                let terms = streams.iter().map(|i| Term::from_field_text(f.stream, &self.meta.streams[*i]));
+                clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+            } else {
+                // Streams are runs of rows.
+                let ranges = streams.iter().map(|&i| self.stream_rows(i)).collect();
+                clauses.push((Occur::Must, Box::new(RowRangesQuery::new(ranges))));
+            }
         }
         if start > self.meta.min_ts || end <= self.meta.max_ts {
             clauses.push((
@@ -508,7 +551,7 @@ impl OpenSplit {
         let (columns, words) = self.fast_columns()?;
         let word = |column: &Option<StrColumn>, doc: DocId| ord(column, doc).unwrap_or(usize::MAX);
         for doc in docs {
-            let stream = word(&columns.stream, doc);
+            let stream = self.stream_of(columns, doc).unwrap_or(usize::MAX);
             let level = word(&columns.level, doc);
             let event = word(&columns.event, doc);
             visit(FastRow {
@@ -566,17 +609,22 @@ impl OpenSplit {
             }
             Ok(words)
         };
-        let by_text: HashMap<&str, &Arc<LabelSet>> = self.meta.streams.iter().map(String::as_str).zip(&self.streams).collect();
-        let stream_texts = read(&columns.stream)?;
-        let streams = stream_texts
-            .iter()
-            .map(|text| {
-                by_text
-                    .get(text.as_str())
-                    .map(|s| (*s).clone())
-                    .unwrap_or_else(|| Arc::new(LabelSet::parse(text).unwrap_or_default()))
-            })
-            .collect();
+        let (stream_texts, streams) = if self.meta.stream_starts.is_empty() {
+            let by_text: HashMap<&str, &Arc<LabelSet>> = self.meta.streams.iter().map(String::as_str).zip(&self.streams).collect();
+            let stream_texts = read(&columns.stream)?;
+            let streams = stream_texts
+                .iter()
+                .map(|text| {
+                    by_text
+                        .get(text.as_str())
+                        .map(|s| (*s).clone())
+                        .unwrap_or_else(|| Arc::new(LabelSet::parse(text).unwrap_or_default()))
+                })
+                .collect();
+            (stream_texts, streams)
+        } else {
+            (self.meta.streams.clone(), self.streams.clone())
+        };
         let words = FastWords {
             stream_texts,
             streams,
@@ -659,7 +707,8 @@ impl OpenSplit {
             if let Some(event) = ord(&columns.event, doc).and_then(|o| words.events.get(o)) {
                 metadata.insert("ml_event", event.as_str());
             }
-            let stream = ord(&columns.stream, doc)
+            let stream = self
+                .stream_of(columns, doc)
                 .and_then(|o| words.streams.get(o))
                 .cloned()
                 .ok_or_else(|| storage_err(&self.meta, format!("row {doc} has no stream")))?;

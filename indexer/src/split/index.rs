@@ -7,22 +7,23 @@
 //! tokens go to the split's block-level number index instead, see
 //! [`super::numbers`]; splits written before it hold them here),
 //! `flags` (`long_token` on lines that had such a run, so a substring
-//! prefilter never misses them), `stream`
-//! (the canonical label set, raw and fast: selectors resolve to a set of
-//! these through the catalog's stream list, and metric queries read it per
-//! row without touching Parquet), `level` and `ml_event` (raw and fast),
+//! prefilter never misses them), `level` and `ml_event` (raw and fast),
 //! `field` (raw `name=value` terms of structured metadata), `ts` (i64, fast
 //! only: time ranges are fast-field range scans, a term per nanosecond
 //! stamp would be a dictionary entry per row) and `bytes` (line length,
 //! fast). Nothing is stored: the row's content is in Parquet; the doc store
 //! tantivy always writes is zstd-compressed to almost nothing.
 //!
-//! Splits written before this schema also have a `label` field (raw
-//! `name=value` terms per row) and an indexed `ts`; readers ignore the
-//! former and range queries read the fast field either way.
+//! A row's stream is not in the index: rows are sorted by stream, and the
+//! catalog entry's `stream_starts` give each stream's run of rows
+//! (selectors become row ranges, and a row's stream is found by a binary
+//! search). Splits written before that have a `stream` field (the canonical
+//! label set per row, raw and fast), still in the schema; splits written
+//! before this schema also have a `label` field (raw `name=value` terms per
+//! row) and an indexed `ts`; readers ignore the former and range queries
+//! read the fast field either way.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::MmapDirectory;
@@ -261,7 +262,7 @@ fn tantivy_err(e: tantivy::TantivyError) -> IndexerError {
 
 /// Writes the index of `view`'s rows (already in final row order) into the
 /// empty directory `path`.
-pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]) -> Result<(), IndexerError> {
+pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerError> {
     if path.exists() {
         std::fs::remove_dir_all(path).map_err(|source| IndexerError::Io {
             path: path.to_path_buf(),
@@ -287,7 +288,7 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
     let mut numbers = NumberIndexBuilder::default();
-    for (row, stream) in streams.iter().enumerate().take(view.len()) {
+    for row in 0..view.len() {
         let mut doc = TantivyDocument::default();
         let line = view.line.value(row);
         doc.add_text(f.line, line);
@@ -295,7 +296,6 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>, streams: &[Arc<String>]
         if has_long_token(line) {
             doc.add_text(f.flags, LONG_TOKEN_FLAG);
         }
-        doc.add_text(f.stream, stream.as_str());
         doc.add_text(f.level, view.level.value(row));
         if view.ml_event.is_valid(row) {
             doc.add_text(f.ml_event, view.ml_event.value(row));

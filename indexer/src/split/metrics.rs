@@ -208,6 +208,7 @@ pub fn write_metric_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch]
         series: index.len() as u64,
         metrics,
         groups: Vec::new(),
+        stream_starts: Vec::new(),
     })
 }
 

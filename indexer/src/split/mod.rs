@@ -15,7 +15,6 @@ pub mod numbers;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, UInt32Array};
 use arrow_select::concat::concat_batches;
@@ -204,6 +203,14 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         sort_by_stream_then_time(&batch)?
     };
     let view = LogBatchView::new(&sorted)?;
+    let (groups, stream_starts) = row_groups(&view);
+    if stream_starts.len() != streams.len() {
+        return Err(IndexerError::Internal(format!(
+            "{} runs of streams in rows sorted by stream, {} distinct streams",
+            stream_starts.len(),
+            streams.len()
+        )));
+    }
     let id = new_split_id();
     let ts = view.ts.values();
     let ingest = view.ingest_ts.values();
@@ -221,7 +228,7 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
     let tmp_index = dir.join(format!(".{id}.tantivy.tmp"));
     let tmp_parquet = dir.join(format!(".{id}.parquet.tmp"));
     let (index_written, parquet_written) = std::thread::scope(|scope| {
-        let index = scope.spawn(|| index::write_index(&tmp_index, &view, &streams_per_row(&view)));
+        let index = scope.spawn(|| index::write_index(&tmp_index, &view));
         let parquet = write_parquet(&tmp_parquet, &schema, &sorted);
         let index = index
             .join()
@@ -257,8 +264,9 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         has_fields: view.fields.null_count() < view.len(),
         metrics: Vec::new(),
         series: 0,
-        groups: row_groups(&view),
+        groups,
         number_index: numbers::VERSION,
+        stream_starts,
     })
 }
 
@@ -278,8 +286,11 @@ fn write_parquet(path: &Path, schema: &arrow_schema::SchemaRef, sorted: &RecordB
 
 /// Rows and line bytes per (stream, level, ML event) of rows sorted by
 /// stream; stream numbers follow the split's sorted stream list.
-fn row_groups(view: &LogBatchView<'_>) -> Vec<RowGroupCount> {
+/// Rows and bytes per (stream, level, ML event), and the first row of
+/// each stream, of rows sorted by stream.
+fn row_groups(view: &LogBatchView<'_>) -> (Vec<RowGroupCount>, Vec<u32>) {
     let mut out = Vec::new();
+    let mut starts = Vec::new();
     let mut current: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
     let mut stream = 0u32;
     let mut previous: Option<[&str; 8]> = None;
@@ -300,6 +311,9 @@ fn row_groups(view: &LogBatchView<'_>) -> Vec<RowGroupCount> {
             flush(stream, &mut current);
             stream += 1;
         }
+        if previous != Some(key) {
+            starts.push(row as u32);
+        }
         previous = Some(key);
         let event = if view.ml_event.is_valid(row) {
             view.ml_event.value(row)
@@ -311,23 +325,7 @@ fn row_groups(view: &LogBatchView<'_>) -> Vec<RowGroupCount> {
         entry.1 += view.line.value(row).len() as u64;
     }
     flush(stream, &mut current);
-    out
-}
-
-/// Each row's canonical stream label set (built once per run of equal
-/// streams, since rows are sorted by stream).
-fn streams_per_row(view: &LogBatchView<'_>) -> Vec<Arc<String>> {
-    let mut out: Vec<Arc<String>> = Vec::with_capacity(view.len());
-    let mut previous: Option<[&str; 8]> = None;
-    for row in 0..view.len() {
-        let key = stream_key(view, row);
-        match (previous, out.last()) {
-            (Some(p), Some(last)) if p == key => out.push(last.clone()),
-            _ => out.push(Arc::new(view.stream_labels(row).to_string())),
-        }
-        previous = Some(key);
-    }
-    out
+    (out, starts)
 }
 
 /// Reads all rows of a split's Parquet file.
@@ -366,6 +364,8 @@ pub fn remove_path(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use arrow_array::{Int64Array, StringArray};
 

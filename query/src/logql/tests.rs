@@ -535,7 +535,7 @@ fn index_answers_equal_a_scan_of_every_line() {
         .enumerate()
         .map(|(s, l)| record(if s % 2 == 0 { "a" } else { "b" }, s as i64, l))
         .collect();
-    let (_dir, engine) = engine_with(&[records[..800].to_vec(), records[800..].to_vec()]);
+    let (dir, engine) = engine_with(&[records[..800].to_vec(), records[800..].to_vec()]);
     let end = BASE + 2000 * SEC;
     let search = |query: &str| -> Vec<String> {
         let page = crate::search::search(
@@ -584,6 +584,17 @@ fn index_answers_equal_a_scan_of_every_line() {
         checked += 1;
     }
     assert!(checked > 250, "only {checked} searches compared");
+    // A label filter in a search selects that stream's rows.
+    let cafe = crate::search_text::TextExpr::parse("cafe").unwrap();
+    let in_b: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(i, l)| i % 2 == 1 && cafe.matches(l))
+        .map(|(_, l)| l.clone())
+        .collect();
+    assert!(!in_b.is_empty());
+    assert_eq!(search("pod:b cafe"), in_b);
     // Line filters: substrings cut anywhere (edges inside words and
     // numbers), kept and excluded.
     for _ in 0..200 {
@@ -600,7 +611,33 @@ fn index_answers_equal_a_scan_of_every_line() {
             let expected: Vec<String> = lines.iter().filter(|l| l.contains(needle.as_str()) == keep).cloned().collect();
             assert_eq!(got, expected, "{q}");
         }
+        // One stream of each split (pods alternate by line): the
+        // selector's rows, exactly.
+        let q = format!(r#"{{pod="b"}} |= "{needle}""#);
+        let expected: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| i % 2 == 1 && l.contains(needle.as_str()))
+            .map(|(_, l)| l.clone())
+            .collect();
+        assert_eq!(lines_of(&engine, &q), expected, "{q}");
     }
+    // A catalog entry whose stream starts do not divide the rows is
+    // refused, not read with rows given to the wrong streams.
+    let catalog = weft_indexer::catalog::Catalog::open(dir.path()).unwrap();
+    catalog
+        .update(|state| {
+            let starts = &mut state.splits[0].stream_starts;
+            assert_eq!(starts.len(), 2, "two streams: pods a and b");
+            starts[1] = 0;
+        })
+        .unwrap();
+    let err = SplitStore::new(dir.path())
+        .splits("default", BASE - SEC, end)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("stream starts"), "{err}");
 }
 
 /// Every line a log query returns, oldest first.
