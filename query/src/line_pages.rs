@@ -380,6 +380,16 @@ impl Thrift<'_> {
         Ok(Some((id, kind)))
     }
 
+    /// Skips one element of a list, set or map: there a boolean takes a
+    /// byte of its own.
+    fn skip_element(&mut self, kind: u8, depth: usize) -> Result<(), PageError> {
+        if kind == TRUE || kind == FALSE {
+            self.advance(1)
+        } else {
+            self.skip(kind, depth)
+        }
+    }
+
     /// Skips one value of `kind`.
     fn skip(&mut self, kind: u8, depth: usize) -> Result<(), PageError> {
         if depth > MAX_THRIFT_DEPTH {
@@ -403,12 +413,7 @@ impl Thrift<'_> {
                     n => n as usize,
                 };
                 for _ in 0..n {
-                    // Booleans in a list take a byte each.
-                    if element == TRUE || element == FALSE {
-                        self.advance(1)?;
-                    } else {
-                        self.skip(element, depth + 1)?;
-                    }
+                    self.skip_element(element, depth + 1)?;
                 }
                 Ok(())
             }
@@ -419,13 +424,8 @@ impl Thrift<'_> {
                 }
                 let kinds = self.byte()?;
                 for _ in 0..n {
-                    for element in [kinds >> 4, kinds & 0x0f] {
-                        if element == TRUE || element == FALSE {
-                            self.advance(1)?;
-                        } else {
-                            self.skip(element, depth + 1)?;
-                        }
-                    }
+                    self.skip_element(kinds >> 4, depth + 1)?;
+                    self.skip_element(kinds & 0x0f, depth + 1)?;
                 }
                 Ok(())
             }

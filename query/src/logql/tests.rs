@@ -376,21 +376,7 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
         .searcher();
     let doc_freq = |word: &str| searcher.doc_freq(&tantivy::Term::from_field_text(split.fields.line, word)).unwrap();
     assert_eq!((doc_freq("4242"), doc_freq("9f86d081884c7d65"), doc_freq("request")), (0, 0, 2));
-    let search = |query: &str| {
-        let page = crate::search::search(
-            engine.store(),
-            "default",
-            &crate::search::SearchRequest {
-                query: query.into(),
-                start: BASE - SEC,
-                end: BASE + rows * SEC,
-                limit: 1000,
-                skip_at_end: 0,
-            },
-        )
-        .unwrap();
-        page.hits.into_iter().map(|h| h.line).collect::<Vec<_>>()
-    };
+    let search = |query: &str| search_lines(&engine, query, BASE + rows * SEC);
     // Exactly the line, not its block's neighbours.
     assert_eq!(search("4242"), ["request 4242 failed after 3 retries"]);
     assert_eq!(search("request -4242"), ["request 424242 ok"]);
@@ -537,21 +523,7 @@ fn index_answers_equal_a_scan_of_every_line() {
         .collect();
     let (dir, engine) = engine_with(&[records[..800].to_vec(), records[800..].to_vec()]);
     let end = BASE + 2000 * SEC;
-    let search = |query: &str| -> Vec<String> {
-        let page = crate::search::search(
-            engine.store(),
-            "default",
-            &crate::search::SearchRequest {
-                query: query.into(),
-                start: BASE - SEC,
-                end,
-                limit: 1000,
-                skip_at_end: 0,
-            },
-        )
-        .unwrap_or_else(|e| panic!("{query}: {e}"));
-        page.hits.into_iter().map(|h| h.line).collect()
-    };
+    let search = |query: &str| search_lines(&engine, query, end);
     let tokens_of = |line: &str| -> Vec<String> { weft_indexer::split::index::line_tokens(line).collect() };
     let mut checked = 0;
     for _ in 0..300 {
@@ -638,6 +610,20 @@ fn index_answers_equal_a_scan_of_every_line() {
         .expect("refused")
         .to_string();
     assert!(err.contains("stream starts"), "{err}");
+}
+
+/// The lines of the first page (up to 1,000) of a native search up to
+/// `end`, newest first.
+fn search_lines(engine: &Engine, query: &str, end: i64) -> Vec<String> {
+    let request = crate::search::SearchRequest {
+        query: query.into(),
+        start: BASE - SEC,
+        end,
+        limit: 1000,
+        skip_at_end: 0,
+    };
+    let page = crate::search::search(engine.store(), "default", &request).unwrap_or_else(|e| panic!("{query}: {e}"));
+    page.hits.into_iter().map(|h| h.line).collect()
 }
 
 /// Every line a log query returns, oldest first.
