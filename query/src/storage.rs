@@ -147,8 +147,8 @@ pub struct OpenSplit {
     numbers: Option<NumberIndex>,
 }
 
-/// What the ordinals of the `stream`, `level` and `ml_event` fast fields
-/// stand for.
+/// What the streams (see [`OpenSplit::stream_of`]) and the ordinals of
+/// the `level` and `ml_event` fast fields stand for.
 struct FastWords {
     stream_texts: Vec<String>,
     streams: Vec<Arc<LabelSet>>,
@@ -157,7 +157,8 @@ struct FastWords {
 }
 
 /// The fast-field columns row reads take: time and the ordinals of
-/// `stream`, `level` and `ml_event` (read through [`FastWords`]).
+/// `level`, `ml_event` and, in splits written before `stream_starts`,
+/// `stream` (read through [`FastWords`]).
 struct FastColumns {
     ts: tantivy::columnar::Column<i64>,
     stream: Option<StrColumn>,
@@ -215,8 +216,9 @@ impl SegmentCollector for DocIdsSegment {
 pub struct FastRow<'a> {
     pub ts: i64,
     pub bytes: u64,
-    /// Dictionary ordinals of (stream, level, ml_event) within the split:
-    /// equal keys, equal labels, with no string work per row.
+    /// Numbers of (stream, level, ml_event) within the split (the stream's
+    /// index or ordinal, the others' dictionary ordinals): equal keys,
+    /// equal labels, with no string work per row.
     pub key: (usize, usize, usize),
     pub stream: &'a str,
     pub level: &'a str,
@@ -294,8 +296,34 @@ impl OpenSplit {
         }
         // Doc ids are Parquet rows (and number blocks are ranges of them)
         // only in the one segment the indexer writes.
-        if reader.searcher().segment_readers().len() > 1 {
+        let searcher = reader.searcher();
+        if searcher.segment_readers().len() > 1 {
             return Err(storage_err(meta, "a split's index must have a single segment"));
+        }
+        if searcher.num_docs() != meta.rows {
+            return Err(storage_err(
+                meta,
+                format!("its index holds {} rows, its catalog entry says {}", searcher.num_docs(), meta.rows),
+            ));
+        }
+        // Without stream starts, each row's stream must be in the index (a
+        // newer split's entry rewritten by an older process has lost them:
+        // refused, not read with every row in no stream).
+        if starts.is_empty() && meta.rows > 0 {
+            let has_streams = searcher
+                .segment_readers()
+                .first()
+                .map(|segment| segment.fast_fields().str("stream"))
+                .transpose()
+                .map_err(|e| storage_err(meta, e))?
+                .flatten()
+                .is_some_and(|column| column.num_terms() > 0);
+            if !has_streams {
+                return Err(storage_err(
+                    meta,
+                    "its catalog entry has no stream starts and its index no stream per row (an entry of a newer split rewritten by an older process?)",
+                ));
+            }
         }
         let parquet_path = data_dir.join(&meta.parquet);
         let file = File::open(&parquet_path).map_err(|e| storage_err(meta, e))?;
@@ -592,8 +620,8 @@ impl OpenSplit {
         Ok((columns, words))
     }
 
-    /// What the ordinals of the `stream`, `level` and `ml_event` fast
-    /// fields stand for; read once per opened split.
+    /// What the streams and the ordinals of the `level` and `ml_event`
+    /// fast fields stand for; read once per opened split.
     fn words(&self, columns: &FastColumns) -> Result<&FastWords, QueryError> {
         if let Some(words) = self.words.get() {
             return Ok(words);

@@ -203,6 +203,13 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
         sort_by_stream_then_time(&batch)?
     };
     let view = LogBatchView::new(&sorted)?;
+    if u32::try_from(view.len()).is_err() {
+        // Doc ids and stream starts are u32.
+        return Err(IndexerError::Internal(format!(
+            "a split of {} rows is more than a split can hold",
+            view.len()
+        )));
+    }
     let (groups, stream_starts) = row_groups(&view);
     if stream_starts.len() != streams.len() {
         return Err(IndexerError::Internal(format!(
@@ -285,9 +292,8 @@ fn write_parquet(path: &Path, schema: &arrow_schema::SchemaRef, sorted: &RecordB
 }
 
 /// Rows and line bytes per (stream, level, ML event) of rows sorted by
-/// stream; stream numbers follow the split's sorted stream list.
-/// Rows and bytes per (stream, level, ML event), and the first row of
-/// each stream, of rows sorted by stream.
+/// stream, and the first row of each stream; stream numbers follow the
+/// split's sorted stream list.
 fn row_groups(view: &LogBatchView<'_>) -> (Vec<RowGroupCount>, Vec<u32>) {
     let mut out = Vec::new();
     let mut starts = Vec::new();
