@@ -24,6 +24,7 @@ use parquet::arrow::ProjectionMask;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::StrColumn;
 use tantivy::directory::MmapDirectory;
+use tantivy::query::Scorer;
 use tantivy::query::{BooleanQuery, EnableScoring, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::Directory;
@@ -495,28 +496,29 @@ impl OpenSplit {
 
     /// Whether any row matches `query`.
     pub fn matches_any(&self, query: &dyn Query) -> Result<bool, QueryError> {
+        Ok(self.scorer(query)?.is_some_and(|scorer| scorer.doc() != TERMINATED))
+    }
+
+    /// The rows matching `query` in the split's one segment (none when
+    /// the index has no segment), unscored.
+    fn scorer(&self, query: &dyn Query) -> Result<Option<Box<dyn Scorer>>, QueryError> {
         let searcher = self.reader.searcher();
         let Some(segment) = searcher.segment_readers().first() else {
-            return Ok(false);
+            return Ok(None);
         };
         let weight = query
             .weight(EnableScoring::disabled_from_searcher(&searcher))
             .map_err(|e| storage_err(&self.meta, e))?;
-        Ok(weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?.doc() != TERMINATED)
+        weight.scorer(segment, 1.0).map(Some).map_err(|e| storage_err(&self.meta, e))
     }
 
     /// Up to `k` matching rows, newest first (`descending`) or oldest first.
     /// Rows of equal time come in row order either way, so that a cursor
     /// paging through them sees the same order on every request.
     pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
-        let searcher = self.reader.searcher();
-        let Some(segment) = searcher.segment_readers().first() else {
+        let Some(mut scorer) = self.scorer(query)? else {
             return Ok(Vec::new());
         };
-        let weight = query
-            .weight(EnableScoring::disabled_from_searcher(&searcher))
-            .map_err(|e| storage_err(&self.meta, e))?;
-        let mut scorer = weight.scorer(segment, 1.0).map_err(|e| storage_err(&self.meta, e))?;
         // A rare term misses most splits: with no matching row, the time
         // column is not touched.
         let mut doc = scorer.doc();
