@@ -26,9 +26,10 @@
 use std::path::Path;
 
 use arrow_array::Array;
-use tantivy::directory::MmapDirectory;
+use tantivy::directory::{Directory, MmapDirectory};
+use tantivy::index::SegmentComponent;
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST};
-use tantivy::store::{Compressor, ZstdCompressor};
+use tantivy::store::{Compressor, StoreWriter, ZstdCompressor};
 use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
 use tantivy::{Index, IndexSettings, TantivyDocument};
 use weft_model::LogBatchView;
@@ -211,6 +212,9 @@ fn keyword(fast: bool) -> TextOptions {
     }
 }
 
+/// Block size of the (empty) document store.
+const STORE_BLOCK_BYTES: usize = 16 * 1024;
+
 /// The split index schema and its fields.
 pub fn log_schema() -> (Schema, LogFields) {
     let mut builder = Schema::builder();
@@ -309,10 +313,35 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerEr
         doc.add_u64(f.bytes, view.line.value(row).len() as u64);
         writer.add_document(doc).map_err(tantivy_err)?;
     }
-    writer.finalize().map_err(tantivy_err)?;
+    let index = writer.finalize().map_err(tantivy_err)?;
+    empty_doc_store(&index)?;
     // After tantivy is done with the directory (its garbage collection
     // removes files it does not know while it writes).
     numbers.write_into(path)
+}
+
+/// Replaces the segment's document store with an empty one. No field is
+/// stored, yet tantivy writes a store entry per document (a length and a
+/// u32 offset, about 2 bytes a row after zstd: a tenth of the index).
+/// Nothing in weft reads documents back from a split index (rows come
+/// from Parquet and merges re-index Parquet), and tantivy opens the store
+/// only when asked for a document.
+fn empty_doc_store(index: &Index) -> Result<(), IndexerError> {
+    let metas = index.searchable_segment_metas().map_err(tantivy_err)?;
+    let [meta] = metas.as_slice() else {
+        return Err(IndexerError::Internal(format!("split index has {} segments, not one", metas.len())));
+    };
+    let path = meta.relative_path(SegmentComponent::Store);
+    let err = |e: &dyn std::fmt::Display| IndexerError::Internal(format!("split index store {}: {e}", path.display()));
+    index.directory().delete(&path).map_err(|e| err(&e))?;
+    let write = index
+        .segment(meta.clone())
+        .open_write(SegmentComponent::Store)
+        .map_err(|e| err(&e))?;
+    StoreWriter::new(write, index.settings().docstore_compression, STORE_BLOCK_BYTES, false)
+        .and_then(StoreWriter::close)
+        .map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// Opens a split index read-only.
