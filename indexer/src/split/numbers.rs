@@ -14,7 +14,18 @@
 //! ([`may_be_in_number`]); only those lose their index prefilter.
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
-//! endian): the magic `WEFTNUM2`; `block_rows`, `rows`, `keys`,
+//! endian), version 3: the magic `WEFTNUM3`; `block_rows`, `rows`, `keys`,
+//! `stream_bytes` and `key_bits` as u32; per [`GROUP_KEYS`] keys their
+//! first fingerprint and the bit offset of their postings (u32 each); then
+//! a bit stream (least significant bit first). Per key: unless it opens
+//! its group, the gap from the previous fingerprint less one, Rice-coded
+//! with `key_bits`; its block count, Elias-gamma coded; a single block in
+//! a fixed width (enough bits for the split's last block), more blocks as
+//! gaps less one, Rice-coded with a parameter from the count and the
+//! split's blocks. Most numbers (ids, hashes, fractions) sit in one block:
+//! such a key takes about 27 bits here, 56 in version 2.
+//!
+//! Version 2 (`WEFTNUM2`, still read): `block_rows`, `rows`, `keys`,
 //! `postings_len` as u32; `keys` sorted fingerprints (u32 each); one u32
 //! offset into the postings per [`GROUP_KEYS`] keys, plus the end; then
 //! per key a varint count and varint block numbers, delta-coded.
@@ -32,11 +43,13 @@ pub const BLOCK_ROWS: u32 = 256;
 pub const FILE_NAME: &str = "numbers.idx";
 /// Keys per entry of the offset table.
 pub const GROUP_KEYS: usize = 64;
-/// Format version, recorded in the split's catalog entry. Version 1 (a
-/// development format that held decimal numbers only) is refused.
-pub const VERSION: u32 = 2;
-const MAGIC: &[u8; 8] = b"WEFTNUM2";
+/// Format version written, recorded in the split's catalog entry.
+/// Version 2 is read as well; version 1 (a development format that held
+/// decimal numbers only) is refused.
+pub const VERSION: u32 = 3;
+const MAGIC: &[u8; 7] = b"WEFTNUM";
 const HEADER_BYTES: usize = 8 + 4 * 4;
+const HEADER_BYTES_V3: usize = 8 + 5 * 4;
 
 /// True for the tokens this index holds instead of tantivy: ASCII hex
 /// digits with at least one decimal digit (`8080`, `3f2a9c01`), optionally
@@ -174,33 +187,89 @@ impl NumberIndexBuilder {
         self.pairs.extend(self.block.drain(..).map(|fp| (u64::from(fp) << 32) | block_no));
     }
 
-    /// The file's bytes.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Distinct fingerprints and their blocks, in fingerprint order (the
+    /// pairs sorted).
+    fn keys(&self) -> impl Iterator<Item = (u32, &[u64])> + '_ {
+        self.pairs
+            .chunk_by(|a, b| a >> 32 == b >> 32)
+            .map(|run| ((run[0] >> 32) as u32, run))
+    }
+
+    /// The file's bytes (version 3).
+    pub fn finish(mut self) -> Result<Vec<u8>, IndexerError> {
+        self.close_block();
+        self.pairs.sort_unstable();
+        let too_big = || IndexerError::Internal("number index: more than 2^32 bits of postings".into());
+        let blocks = self.rows.div_ceil(BLOCK_ROWS);
+        let block_width = bit_width(blocks.saturating_sub(1));
+        let keys = self.keys().count();
+        let key_bits = rice_parameter((1u64 << 32) / keys.max(1) as u64);
+        let mut table: Vec<u32> = Vec::with_capacity(2 * keys.div_ceil(GROUP_KEYS));
+        let mut stream = BitWriter::default();
+        let mut previous = 0u32;
+        for (n, (key, run)) in self.keys().enumerate() {
+            if n % GROUP_KEYS == 0 {
+                table.push(key);
+                table.push(u32::try_from(stream.bits()).map_err(|_| too_big())?);
+            } else {
+                stream.rice(key - previous - 1, key_bits);
+            }
+            previous = key;
+            let count = run.len() as u32;
+            stream.gamma(count);
+            if count == 1 {
+                stream.put(run[0] as u32, block_width);
+            } else {
+                let k = rice_parameter(u64::from(blocks) / u64::from(count));
+                let mut next = 0u32;
+                for pair in run {
+                    let block = *pair as u32;
+                    stream.rice(block - next, k);
+                    next = block + 1;
+                }
+            }
+        }
+        u32::try_from(stream.bits()).map_err(|_| too_big())?;
+        let stream = stream.finish();
+        let mut out = Vec::with_capacity(HEADER_BYTES_V3 + 4 * table.len() + stream.len());
+        out.extend_from_slice(MAGIC);
+        out.push(b'3');
+        for n in [BLOCK_ROWS, self.rows, keys as u32, stream.len() as u32, key_bits] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in &table {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&stream);
+        Ok(out)
+    }
+
+    /// The file's bytes in version 2 (what splits written before version
+    /// 3 hold), for the reader's tests.
+    #[cfg(test)]
+    fn finish_v2(mut self) -> Vec<u8> {
         self.close_block();
         self.pairs.sort_unstable();
         let mut keys: Vec<u32> = Vec::new();
         let mut offsets: Vec<u32> = Vec::new();
         let mut postings: Vec<u8> = Vec::new();
-        let mut i = 0;
-        while i < self.pairs.len() {
-            let key = (self.pairs[i] >> 32) as u32;
-            let end = i + self.pairs[i..].iter().take_while(|p| (**p >> 32) as u32 == key).count();
+        for (key, run) in self.keys() {
             if keys.len().is_multiple_of(GROUP_KEYS) {
                 offsets.push(postings.len() as u32);
             }
             keys.push(key);
-            put_varint(&mut postings, (end - i) as u32);
+            put_varint(&mut postings, run.len() as u32);
             let mut previous = 0u32;
-            for pair in &self.pairs[i..end] {
+            for pair in run {
                 let block = *pair as u32;
                 put_varint(&mut postings, block - previous);
                 previous = block;
             }
-            i = end;
         }
         offsets.push(postings.len() as u32);
-        let mut out = Vec::with_capacity(HEADER_BYTES + 4 * (keys.len() + offsets.len()) + postings.len());
+        let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
+        out.push(b'2');
         for n in [BLOCK_ROWS, self.rows, keys.len() as u32, postings.len() as u32] {
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -214,18 +283,151 @@ impl NumberIndexBuilder {
     /// Writes the file into the index directory `dir`, synced.
     pub fn write_into(self, dir: &Path) -> Result<(), IndexerError> {
         let path = dir.join(FILE_NAME);
+        let bytes = self.finish()?;
         let io = |source| IndexerError::Io {
             path: path.clone(),
             source,
         };
         let mut file = std::fs::File::create(&path).map_err(io)?;
-        file.write_all(&self.finish()).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
         // tantivy synced the directory before this file was in it.
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
 
+/// Bits needed to write `n`.
+fn bit_width(n: u32) -> u32 {
+    u32::BITS - n.leading_zeros()
+}
+
+/// The Rice parameter for gaps of mean `mean` (about log2 of 0.69 × the
+/// mean, the best for geometric gaps).
+fn rice_parameter(mean: u64) -> u32 {
+    (mean.saturating_mul(69) / 100).max(1).ilog2().min(31)
+}
+
+fn low_bits(value: u32, width: u32) -> u32 {
+    if width >= 32 {
+        value
+    } else {
+        value & ((1 << width) - 1)
+    }
+}
+
+/// Writes bits least significant first.
+#[derive(Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    pending: u64,
+    pending_bits: u32,
+}
+
+impl BitWriter {
+    fn bits(&self) -> u64 {
+        self.bytes.len() as u64 * 8 + u64::from(self.pending_bits)
+    }
+
+    /// The low `width` (at most 32) bits of `value`.
+    fn put(&mut self, value: u32, width: u32) {
+        self.pending |= u64::from(low_bits(value, width)) << self.pending_bits;
+        self.pending_bits += width;
+        while self.pending_bits >= 8 {
+            self.bytes.push(self.pending as u8);
+            self.pending >>= 8;
+            self.pending_bits -= 8;
+        }
+    }
+
+    /// `zeros` zero bits, then a one.
+    fn unary(&mut self, mut zeros: u32) {
+        while zeros >= 31 {
+            self.put(0, 31);
+            zeros -= 31;
+        }
+        self.put(1 << zeros, zeros + 1);
+    }
+
+    fn rice(&mut self, value: u32, k: u32) {
+        self.unary(value >> k);
+        self.put(value, k);
+    }
+
+    /// Elias gamma of `value` (at least 1): its width less one in unary,
+    /// then its bits below the top one.
+    fn gamma(&mut self, value: u32) {
+        let width = bit_width(value);
+        self.unary(width - 1);
+        self.put(value, width - 1);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.pending_bits > 0 {
+            self.bytes.push(self.pending as u8);
+        }
+        self.bytes
+    }
+}
+
+/// Reads what [`BitWriter`] wrote; `None` past the end.
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    at: u64,
+    end: u64,
+}
+
+impl BitReader<'_> {
+    fn peek(&self, width: u32) -> Option<u32> {
+        if width == 0 {
+            return Some(0);
+        }
+        if self.at + u64::from(width) > self.end {
+            return None;
+        }
+        let byte = (self.at / 8) as usize;
+        let mut word = [0u8; 8];
+        let take = self.bytes.len().saturating_sub(byte).min(8);
+        word[..take].copy_from_slice(&self.bytes[byte..byte + take]);
+        Some(low_bits((u64::from_le_bytes(word) >> (self.at % 8)) as u32, width))
+    }
+
+    fn get(&mut self, width: u32) -> Option<u32> {
+        let value = self.peek(width)?;
+        self.at += u64::from(width);
+        Some(value)
+    }
+
+    fn unary(&mut self) -> Option<u32> {
+        let mut zeros = 0u32;
+        loop {
+            let width = (self.end - self.at).min(32) as u32;
+            let word = self.peek(width).filter(|_| width > 0)?;
+            if word == 0 {
+                zeros = zeros.checked_add(width)?;
+                self.at += u64::from(width);
+                continue;
+            }
+            let run = word.trailing_zeros();
+            self.at += u64::from(run) + 1;
+            return zeros.checked_add(run);
+        }
+    }
+
+    fn rice(&mut self, k: u32) -> Option<u32> {
+        let high = u64::from(self.unary()?) << k;
+        u32::try_from(high | u64::from(self.get(k)?)).ok()
+    }
+
+    fn gamma(&mut self) -> Option<u32> {
+        let below = self.unary()?;
+        if below >= 32 {
+            return None;
+        }
+        Some((1 << below) | self.get(below)?)
+    }
+}
+
+#[cfg(test)]
 fn put_varint(out: &mut Vec<u8>, mut n: u32) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -253,8 +455,20 @@ pub struct NumberIndex {
     block_rows: u32,
     rows: u32,
     keys: usize,
-    postings_at: usize,
-    postings_len: usize,
+    layout: Layout,
+}
+
+/// Where the parts of an opened file are, by version.
+enum Layout {
+    V2 {
+        postings_at: usize,
+        postings_len: usize,
+    },
+    V3 {
+        stream_at: usize,
+        stream_bytes: usize,
+        key_bits: u32,
+    },
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> u32 {
@@ -267,45 +481,79 @@ impl NumberIndex {
     pub fn open(bytes: OwnedBytes, rows: u64) -> Result<NumberIndex, IndexerError> {
         let corrupt = |what: &str| IndexerError::Corrupt(format!("number index {FILE_NAME}: {what}"));
         let slice = bytes.as_slice();
-        if slice.len() < HEADER_BYTES || slice[..7] != MAGIC[..7] {
+        if slice.len() < HEADER_BYTES || slice[..7] != MAGIC[..] {
             return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
         }
-        if slice[7] != MAGIC[7] {
+        let version = slice[7];
+        if version != b'2' && version != b'3' {
             return Err(corrupt(&format!(
-                "format {} is not {VERSION} (a development format; re-index the split)",
-                char::from(slice[7])
+                "format {} is neither 2 nor 3 (a development format; re-index the split)",
+                char::from(version)
             )));
         }
         let block_rows = read_u32(slice, 8);
         let indexed_rows = read_u32(slice, 12);
         let keys = read_u32(slice, 16) as usize;
-        let postings_len = read_u32(slice, 20) as usize;
-        let groups = keys.div_ceil(GROUP_KEYS) + 1;
-        let postings_at = keys
-            .checked_add(groups)
-            .and_then(|n| n.checked_mul(4))
-            .and_then(|n| n.checked_add(HEADER_BYTES));
-        if block_rows == 0 || postings_at.and_then(|at| at.checked_add(postings_len)) != Some(slice.len()) {
+        let data_len = read_u32(slice, 20) as usize;
+        let groups = keys.div_ceil(GROUP_KEYS);
+        let sizes = |header: usize, table: Option<usize>| {
+            table
+                .and_then(|n| n.checked_mul(4))
+                .and_then(|n| n.checked_add(header))
+                .filter(|at| at.checked_add(data_len) == Some(slice.len()))
+        };
+        let (tables_at, layout) = if version == b'2' {
+            let at = sizes(HEADER_BYTES, keys.checked_add(groups + 1));
+            let layout = at.map(|at| Layout::V2 {
+                postings_at: at,
+                postings_len: data_len,
+            });
+            (HEADER_BYTES, layout)
+        } else {
+            let key_bits = if slice.len() >= HEADER_BYTES_V3 {
+                read_u32(slice, 24)
+            } else {
+                u32::MAX
+            };
+            let at = sizes(HEADER_BYTES_V3, Some(2 * groups)).filter(|_| key_bits < 32);
+            let layout = at.map(|at| Layout::V3 {
+                stream_at: at,
+                stream_bytes: data_len,
+                key_bits,
+            });
+            (HEADER_BYTES_V3, layout)
+        };
+        let (Some(layout), true) = (layout, block_rows > 0) else {
             return Err(corrupt(&format!(
-                "{} bytes do not hold {keys} keys and {postings_len} bytes of postings in blocks of {block_rows} rows",
+                "{} bytes do not hold {keys} keys and {data_len} bytes of postings in blocks of {block_rows} rows",
                 slice.len()
             )));
-        }
+        };
         if u64::from(indexed_rows) != rows {
             return Err(corrupt(&format!("it covers {indexed_rows} rows, the split has {rows}")));
         }
-        let keys_sorted = (1..keys).all(|i| read_u32(slice, HEADER_BYTES + 4 * (i - 1)) < read_u32(slice, HEADER_BYTES + 4 * i));
-        if !keys_sorted {
+        // Version 2 lists every key; version 3 the first of each group.
+        let (listed, stride) = match layout {
+            Layout::V2 { .. } => (keys, 4),
+            Layout::V3 { .. } => (groups, 8),
+        };
+        let key_at = |i: usize| read_u32(slice, tables_at + stride * i);
+        if !(1..listed).all(|i| key_at(i - 1) < key_at(i)) {
             return Err(corrupt("its fingerprints are not in increasing order"));
         }
-        let postings_at = postings_at.expect("checked above");
+        if let Layout::V3 { stream_bytes, .. } = layout {
+            let offset = |g: usize| u64::from(read_u32(slice, tables_at + 8 * g + 4));
+            let in_order = (0..groups).all(|g| if g == 0 { offset(0) == 0 } else { offset(g - 1) < offset(g) });
+            if !in_order || (groups > 0 && offset(groups - 1) >= stream_bytes as u64 * 8) {
+                return Err(corrupt("its postings offsets are not in increasing order inside the postings"));
+            }
+        }
         Ok(NumberIndex {
             bytes,
             block_rows,
             rows: indexed_rows,
             keys,
-            postings_at,
-            postings_len,
+            layout,
         })
     }
 
@@ -319,29 +567,29 @@ impl NumberIndex {
         self.keys == 0
     }
 
-    fn key(&self, i: usize) -> u32 {
-        read_u32(self.bytes.as_slice(), HEADER_BYTES + 4 * i)
-    }
-
     /// Blocks that may hold `token`; `None` when the postings cannot be
     /// read (a damaged file: the caller must then consider every row).
     pub fn blocks_of(&self, token: &str) -> Option<Vec<u32>> {
         let key = fingerprint(token.as_bytes());
-        let (mut lo, mut hi) = (0usize, self.keys);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.key(mid) < key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        match self.layout {
+            Layout::V2 { postings_at, postings_len } => self.blocks_v2(key, postings_at, postings_len),
+            Layout::V3 {
+                stream_at,
+                stream_bytes,
+                key_bits,
+            } => self.blocks_v3(key, stream_at, stream_bytes, key_bits),
         }
-        if lo == self.keys || self.key(lo) != key {
+    }
+
+    fn blocks_v2(&self, key: u32, postings_at: usize, postings_len: usize) -> Option<Vec<u32>> {
+        let slice = self.bytes.as_slice();
+        let key_at = |i: usize| read_u32(slice, HEADER_BYTES + 4 * i);
+        let lo = partition_point(self.keys, |i| key_at(i) < key);
+        if lo == self.keys || key_at(lo) != key {
             return Some(Vec::new());
         }
-        let slice = self.bytes.as_slice();
         let offset = read_u32(slice, HEADER_BYTES + 4 * (self.keys + lo / GROUP_KEYS)) as usize;
-        let postings = &slice[self.postings_at..self.postings_at + self.postings_len];
+        let postings = &slice[postings_at..postings_at + postings_len];
         let mut at = offset;
         for _ in 0..lo % GROUP_KEYS {
             let count = get_varint(postings, &mut at)?;
@@ -364,6 +612,59 @@ impl NumberIndex {
         Some(blocks)
     }
 
+    fn blocks_v3(&self, key: u32, stream_at: usize, stream_bytes: usize, key_bits: u32) -> Option<Vec<u32>> {
+        let slice = self.bytes.as_slice();
+        let entry = |g: usize| read_u32(slice, HEADER_BYTES_V3 + 8 * g);
+        let groups = self.keys.div_ceil(GROUP_KEYS);
+        // The group whose first fingerprint is the last at or below `key`.
+        let Some(group) = partition_point(groups, |g| entry(g) <= key).checked_sub(1) else {
+            return Some(Vec::new());
+        };
+        let mut stream = BitReader {
+            bytes: &slice[stream_at..stream_at + stream_bytes],
+            at: u64::from(read_u32(slice, HEADER_BYTES_V3 + 8 * group + 4)),
+            end: stream_bytes as u64 * 8,
+        };
+        let blocks = self.rows.div_ceil(self.block_rows);
+        let block_width = bit_width(blocks.saturating_sub(1));
+        let mut current = entry(group);
+        for i in 0..(self.keys - group * GROUP_KEYS).min(GROUP_KEYS) {
+            if i > 0 {
+                current = current.checked_add(stream.rice(key_bits)?)?.checked_add(1)?;
+            }
+            if current > key {
+                break;
+            }
+            let count = stream.gamma()?;
+            if count > blocks {
+                return None;
+            }
+            let found = current == key;
+            let mut out = Vec::with_capacity(if found { count as usize } else { 0 });
+            if count == 1 {
+                out.push(stream.get(block_width)?);
+            } else {
+                let k = rice_parameter(u64::from(blocks) / u64::from(count));
+                let mut next = 0u32;
+                for _ in 0..count {
+                    let block = next.checked_add(stream.rice(k)?)?;
+                    if found {
+                        out.push(block);
+                    }
+                    next = block.checked_add(1)?;
+                }
+            }
+            // Blocks past the split's last mean a damaged file.
+            if out.last().is_some_and(|b| *b >= blocks) {
+                return None;
+            }
+            if found {
+                return Some(out);
+            }
+        }
+        Some(Vec::new())
+    }
+
     /// Row ranges `[start, end)` of the blocks that may hold `token`, in
     /// row order; `None` as for [`NumberIndex::blocks_of`].
     pub fn row_ranges(&self, token: &str) -> Option<Vec<(u32, u32)>> {
@@ -384,16 +685,40 @@ impl NumberIndex {
     }
 }
 
+/// The first of `0..len` for which `below` is false (`below` true up to
+/// some point, false after).
+fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if below(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn index_of(lines: &[&str]) -> NumberIndex {
+    fn builder_of(lines: &[&str]) -> NumberIndexBuilder {
         let mut builder = NumberIndexBuilder::default();
         for (row, line) in lines.iter().enumerate() {
             builder.add_line(row as u32, line);
         }
-        NumberIndex::open(OwnedBytes::new(builder.finish()), lines.len() as u64).unwrap()
+        builder
+    }
+
+    /// The index of `lines` in the format written now and in version 2.
+    fn indexes_of(lines: &[&str]) -> [NumberIndex; 2] {
+        let rows = lines.len() as u64;
+        [
+            NumberIndex::open(OwnedBytes::new(builder_of(lines).finish().unwrap()), rows).unwrap(),
+            NumberIndex::open(OwnedBytes::new(builder_of(lines).finish_v2()), rows).unwrap(),
+        ]
     }
 
     #[test]
@@ -447,60 +772,185 @@ mod tests {
             })
             .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let index = index_of(&refs);
-        assert_eq!(index.blocks_of("4242"), Some(vec![0, 2]));
-        let b = BLOCK_ROWS;
-        assert_eq!(index.row_ranges("4242"), Some(vec![(0, b), (2 * b, 3 * b)]));
-        // The last block is short; adjacent blocks merge into one range.
-        let last = format!("{}", rows - 1);
-        assert_eq!(index.row_ranges(&last), Some(vec![(3 * b, rows as u32)]));
-        assert_eq!(index.blocks_of("999999999"), Some(Vec::new()));
-        // Every number of every row is found in its own block, across the
-        // offset table's groups.
-        assert!(index.len() > GROUP_KEYS * 4);
-        for row in (0..rows).step_by(7).filter(|r| *r != 5 && *r != BLOCK_ROWS as usize * 2 + 1) {
-            let blocks = index.blocks_of(&row.to_string()).unwrap();
-            assert!(blocks.contains(&(row as u32 / b)), "row {row}: {blocks:?}");
+        for index in indexes_of(&refs) {
+            assert_eq!(index.blocks_of("4242"), Some(vec![0, 2]));
+            let b = BLOCK_ROWS;
+            assert_eq!(index.row_ranges("4242"), Some(vec![(0, b), (2 * b, 3 * b)]));
+            // The last block is short; adjacent blocks merge into one range.
+            let last = format!("{}", rows - 1);
+            assert_eq!(index.row_ranges(&last), Some(vec![(3 * b, rows as u32)]));
+            assert_eq!(index.blocks_of("999999999"), Some(Vec::new()));
+            // Every number of every row is found in its own block, across
+            // the offset table's groups.
+            assert!(index.len() > GROUP_KEYS * 4);
+            for row in (0..rows).step_by(7).filter(|r| *r != 5 && *r != BLOCK_ROWS as usize * 2 + 1) {
+                let blocks = index.blocks_of(&row.to_string()).unwrap();
+                assert!(blocks.contains(&(row as u32 / b)), "row {row}: {blocks:?}");
+            }
         }
+    }
+
+    /// Random lines of numbers common and rare: every fingerprint's blocks
+    /// in both formats are exactly the blocks whose lines hold a number
+    /// with that fingerprint, and version 3 is much smaller.
+    #[test]
+    fn both_formats_give_every_numbers_exact_blocks() {
+        for (seed, rows) in [(1, 1), (2, 255), (3, 257), (4, 40_000), (5, 3_000)] {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let lines: Vec<String> = (0..rows)
+                .map(|_| {
+                    let mut line = format!("step {} loss 0.{}", rng.u32(0..50), rng.u32(0..1000));
+                    for _ in 0..rng.usize(0..4) {
+                        match rng.u8(0..4) {
+                            0 => line.push_str(&format!(" id={:x}", rng.u64(..))),
+                            1 => line.push_str(&format!(" port {}", rng.u32(0..65536))),
+                            2 => line.push_str(&format!(" rank {}", rng.u32(0..8))),
+                            _ => line.push_str(&format!(" 0x{:x}", rng.u32(..))),
+                        }
+                    }
+                    line
+                })
+                .collect();
+            let mut expected: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+            let mut tokens: std::collections::BTreeMap<u32, String> = Default::default();
+            for (row, line) in lines.iter().enumerate() {
+                for_each_number(line, |token, key| {
+                    let blocks = expected.entry(key).or_default();
+                    let block = row as u32 / BLOCK_ROWS;
+                    if blocks.last() != Some(&block) {
+                        blocks.push(block);
+                    }
+                    tokens.entry(key).or_insert_with(|| String::from_utf8(token.to_vec()).unwrap());
+                });
+            }
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let v3 = builder_of(&refs).finish().unwrap();
+            let v2 = builder_of(&refs).finish_v2();
+            if rows >= 3_000 {
+                assert!(v3.len() * 3 < v2.len() * 2, "{} bytes against {}", v3.len(), v2.len());
+            }
+            for index in indexes_of(&refs) {
+                assert_eq!(index.len(), expected.len());
+                for (key, blocks) in &expected {
+                    assert_eq!(index.blocks_of(&tokens[key]).as_ref(), Some(blocks), "{}", tokens[key]);
+                }
+                // Numbers in no line: nothing (or a fingerprint's twin).
+                for _ in 0..200 {
+                    let absent = format!("{}", rng.u64(1 << 40..));
+                    let blocks = index.blocks_of(&absent).unwrap();
+                    assert!(blocks.is_empty() || expected.contains_key(&fingerprint(absent.as_bytes())));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bits_are_read_back_as_written() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut writer = BitWriter::default();
+        let mut written = Vec::new();
+        for _ in 0..5_000 {
+            let (kind, k) = (rng.u8(0..3), rng.u32(0..32));
+            // Rice quotients below 64 (a unary run is a bit per unit).
+            let value = match kind {
+                1 => rng.u32(0..=(64u64 << k).min(u64::from(u32::MAX)) as u32),
+                _ => rng.u32(1..) >> rng.u32(0..32),
+            };
+            match kind {
+                0 => writer.put(value, k),
+                1 => writer.rice(value, k),
+                _ => writer.gamma(value.max(1)),
+            }
+            written.push((kind, value, k));
+        }
+        let bits = writer.bits();
+        let bytes = writer.finish();
+        let mut reader = BitReader {
+            bytes: &bytes,
+            at: 0,
+            end: bits,
+        };
+        for (kind, value, k) in written {
+            match kind {
+                0 => assert_eq!(reader.get(k), Some(low_bits(value, k))),
+                1 => assert_eq!(reader.rice(k), Some(value)),
+                _ => assert_eq!(reader.gamma(), Some(value.max(1))),
+            }
+        }
+        assert_eq!(reader.at, bits);
+        assert_eq!(reader.unary(), None);
+        assert_eq!(reader.get(1), None);
     }
 
     #[test]
     fn a_damaged_file_is_refused_or_read_as_unknown() {
         assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec()), 0).is_err());
-        let whole = {
-            let mut builder = NumberIndexBuilder::default();
-            builder.add_line(0, "port 8080");
-            builder.finish()
-        };
-        let mut cut = whole.clone();
-        cut.pop();
-        let err = NumberIndex::open(OwnedBytes::new(cut), 1).err().unwrap().to_string();
-        assert!(err.contains("number index"), "{err}");
-        // The development format, a row count that is not the split's, and
-        // keys out of order are refused.
-        let mut v1 = whole.clone();
-        v1[7] = b'1';
-        let err = NumberIndex::open(OwnedBytes::new(v1), 1).err().unwrap().to_string();
-        assert!(err.contains("format 1 is not 2"), "{err}");
-        let err = NumberIndex::open(OwnedBytes::new(whole.clone()), 2).err().unwrap().to_string();
-        assert!(err.contains("covers 1 rows, the split has 2"), "{err}");
-        let two_keys = {
-            let mut builder = NumberIndexBuilder::default();
-            builder.add_line(0, "port 8080 and 9090");
-            builder.finish()
-        };
+        let one = || builder_of(&["port 8080"]);
+        for whole in [one().finish().unwrap(), one().finish_v2()] {
+            let mut cut = whole.clone();
+            cut.pop();
+            let err = NumberIndex::open(OwnedBytes::new(cut), 1).err().unwrap().to_string();
+            assert!(err.contains("number index"), "{err}");
+            // The development format and a row count that is not the
+            // split's are refused.
+            let mut v1 = whole.clone();
+            v1[7] = b'1';
+            let err = NumberIndex::open(OwnedBytes::new(v1), 1).err().unwrap().to_string();
+            assert!(err.contains("format 1 is neither 2 nor 3"), "{err}");
+            let err = NumberIndex::open(OwnedBytes::new(whole.clone()), 2).err().unwrap().to_string();
+            assert!(err.contains("covers 1 rows, the split has 2"), "{err}");
+        }
+        // Postings cut short with a header that agrees: the lookup of the
+        // last key reports that it cannot tell.
+        let lines: Vec<String> = (0..300).map(|n| format!("n {n}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let last = (0..300).map(|n| n.to_string()).max_by_key(|t| fingerprint(t.as_bytes())).unwrap();
+        for whole in [builder_of(&refs).finish().unwrap(), builder_of(&refs).finish_v2()] {
+            let mut short = whole.clone();
+            let postings_len = read_u32(&short, 20);
+            short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
+            short.pop();
+            let index = NumberIndex::open(OwnedBytes::new(short), 300).unwrap();
+            assert_eq!(index.blocks_of(&last), None);
+            assert!(index.blocks_of("7").is_some());
+        }
+        // Keys out of order: in version 2 every key is listed, in version
+        // 3 the first of each group.
+        let two_keys = builder_of(&["port 8080 and 9090"]).finish_v2();
         let mut swapped = two_keys.clone();
         swapped.copy_within(HEADER_BYTES..HEADER_BYTES + 4, HEADER_BYTES + 4);
         swapped[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&two_keys[HEADER_BYTES + 4..HEADER_BYTES + 8]);
         let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
         assert!(err.contains("not in increasing order"), "{err}");
-        // Postings cut short with a header that agrees: the lookup reports
-        // that it cannot tell.
-        let mut short = whole.clone();
-        let postings_len = read_u32(&short, 20);
-        short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
-        short.pop();
-        let index = NumberIndex::open(OwnedBytes::new(short), 1).unwrap();
-        assert_eq!(index.blocks_of("8080"), None);
+        let line: String = (0..GROUP_KEYS * 2).map(|n| format!(" {n}")).collect();
+        let groups = builder_of(&[&line]).finish().unwrap();
+        let (first, second) = (HEADER_BYTES_V3, HEADER_BYTES_V3 + 8);
+        let mut swapped = groups.clone();
+        swapped[first..first + 4].copy_from_slice(&groups[second..second + 4]);
+        swapped[second..second + 4].copy_from_slice(&groups[first..first + 4]);
+        let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
+        assert!(err.contains("fingerprints are not in increasing order"), "{err}");
+        let mut offsets = groups.clone();
+        offsets[second + 4..second + 8].copy_from_slice(&0u32.to_le_bytes());
+        let err = NumberIndex::open(OwnedBytes::new(offsets), 1).err().unwrap().to_string();
+        assert!(err.contains("offsets are not in increasing order"), "{err}");
+        // Any single damaged byte of a version 3 file: refused, or lookups
+        // that answer or say they cannot tell; never a panic.
+        let lines: Vec<String> = (0..600)
+            .map(|n| format!("step {} id {:x} port {}", n / 3, n * 7919, n % 50))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let whole = builder_of(&refs).finish().unwrap();
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..3_000 {
+            let mut damaged = whole.clone();
+            let at = rng.usize(0..damaged.len());
+            damaged[at] ^= rng.u8(1..);
+            if let Ok(index) = NumberIndex::open(OwnedBytes::new(damaged), 600) {
+                for token in ["7", "49", "1f", "3d5", "deadbeef"] {
+                    let _ = index.row_ranges(token);
+                }
+            }
+        }
     }
 }
