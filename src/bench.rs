@@ -102,6 +102,8 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let lines = metrics.lines.get();
     let line_bytes: usize = batches.iter().map(|b| b.line_bytes).sum();
     let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
+    let metric_samples = metrics.samples_extracted.get();
+    let metric_bytes: usize = batches.iter().filter_map(|b| b.metrics_body.as_ref()).map(Vec::len).sum();
     let collector_rss = peak_rss();
 
     if let Ok(dir) = std::env::var("WEFT_SPACE_USAGE") {
@@ -114,7 +116,8 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         // Profiling the collector alone.
         println!(
             "{}",
-            serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall})
+            serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
+                "metric_samples": metric_samples, "metric_bytes": metric_bytes, "batch_bytes": batch_bytes})
         );
         return Ok(());
     }
@@ -143,6 +146,8 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         "line_bytes": line_bytes,
         "batches": batches.len(),
         "batch_bytes": batch_bytes,
+        "metric_samples": metric_samples,
+        "metric_bytes": metric_bytes,
         "collect_wall_s": collect_wall,
         "collect_cpu_s": collect_cpu,
         "collector_peak_rss": collector_rss,

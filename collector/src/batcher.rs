@@ -335,7 +335,7 @@ impl Appender {
             opened: None,
             metrics,
             extractor,
-            samples: MetricBatchBuilder::new(),
+            samples: MetricBatchBuilder::dictionary(),
             found: Vec::new(),
             runs: FxMap::default(),
             series_text: FxMap::default(),
