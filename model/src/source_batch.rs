@@ -243,6 +243,7 @@ impl SourceBatchBuilder {
     /// [`source_wire_schema`] and resets the builder (sources included).
     pub fn finish(&mut self) -> RecordBatch {
         let rows = self.keys.len();
+        let text_bytes = self.line.values_slice().len();
         let keys = UInt32Array::from(std::mem::take(&mut self.keys));
         let per_source = |values: ArrayRef| -> ArrayRef {
             Arc::new(DictionaryArray::<UInt32Type>::try_new(keys.clone(), values).expect("keys come from source()"))
@@ -279,8 +280,10 @@ impl SourceBatchBuilder {
             Arc::new(UInt32Array::from(std::mem::take(&mut self.src))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.src_offset))),
         ];
-        self.sources = 0;
-        self.line_bytes = 0;
+        // The next batch is sized like this one: growing its buffers by
+        // doubling copied them a few times per batch (4 % of the
+        // collector). Untouched capacity is not resident.
+        *self = Self::with_capacity(rows, text_bytes);
         RecordBatch::try_new_with_options(source_wire_schema(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
             .expect("builder columns match the schema by construction")
     }
