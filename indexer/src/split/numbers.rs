@@ -169,14 +169,26 @@ pub struct NumberIndexBuilder {
 
 impl NumberIndexBuilder {
     /// Adds row `row` (rows come in increasing order).
+    #[cfg(test)]
     pub fn add_line(&mut self, row: u32, line: &str) {
+        self.start_row(row);
+        let block = &mut self.block;
+        for_each_number(line, |_, fingerprint| block.push(fingerprint));
+    }
+
+    /// Adds row `row` (rows come in increasing order) whose number tokens
+    /// have `fingerprints` (as [`for_each_number`] finds them).
+    pub fn add_fingerprints(&mut self, row: u32, fingerprints: &[u32]) {
+        self.start_row(row);
+        self.block.extend_from_slice(fingerprints);
+    }
+
+    fn start_row(&mut self, row: u32) {
         let block_no = row / BLOCK_ROWS;
         if block_no != self.block_no {
             self.close_block();
             self.block_no = block_no;
         }
-        let block = &mut self.block;
-        for_each_number(line, |_, fingerprint| block.push(fingerprint));
         self.rows = row + 1;
     }
 
