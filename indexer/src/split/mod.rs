@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, RecordBatch, UInt32Array};
+use arrow_array::{Array, RecordBatch};
 use arrow_select::concat::concat_batches;
-use arrow_select::take::take_record_batch;
+use arrow_select::interleave::interleave_record_batch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -62,30 +62,38 @@ fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
     ]
 }
 
-/// Sorts rows by stream then time; returns the sorted batch and the
-/// canonical label set of each distinct stream, in order.
-pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec<String>), IndexerError> {
-    let view = LogBatchView::new(batch)?;
+/// Sorts the rows of `batches` (storage schema) by stream then time, in
+/// one copy; returns the sorted rows and the canonical label set of each
+/// distinct stream, in order. Equal keys keep their order of arrival.
+pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<String>), IndexerError> {
+    let views = batches.iter().map(LogBatchView::new).collect::<Result<Vec<_>, _>>()?;
+    let total: usize = views.iter().map(LogBatchView::len).sum();
     let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
-    let mut first_row: Vec<usize> = Vec::new();
-    let mut row_stream = Vec::with_capacity(view.len());
-    let mut previous: Option<([&str; 8], u32)> = None;
-    for row in 0..view.len() {
-        let key = stream_key(&view, row);
-        // Rows of one stream come in runs (a batch is per file): the
-        // previous row's stream first, the map (hashing 8 strings) after.
-        let id = match previous {
-            Some((last, id)) if last == key => id,
-            _ => {
-                let next = streams.len() as u32;
-                *streams.entry(key).or_insert_with(|| {
-                    first_row.push(row);
-                    next
-                })
-            }
-        };
-        previous = Some((key, id));
-        row_stream.push(id);
+    let mut first_row: Vec<(usize, usize)> = Vec::new();
+    let mut row_stream = Vec::with_capacity(total);
+    let mut positions: Vec<(usize, usize)> = Vec::with_capacity(total);
+    let mut ts = Vec::with_capacity(total);
+    for (b, view) in views.iter().enumerate() {
+        let mut previous: Option<([&str; 8], u32)> = None;
+        for row in 0..view.len() {
+            let key = stream_key(view, row);
+            // Rows of one stream come in runs (a batch is per file): the
+            // previous row's stream first, the map (hashing 8 strings) after.
+            let id = match previous {
+                Some((last, id)) if last == key => id,
+                _ => {
+                    let next = streams.len() as u32;
+                    *streams.entry(key).or_insert_with(|| {
+                        first_row.push((b, row));
+                        next
+                    })
+                }
+            };
+            previous = Some((key, id));
+            row_stream.push(id);
+            positions.push((b, row));
+        }
+        ts.extend_from_slice(view.ts.values());
     }
     let mut keys: Vec<([&str; 8], u32)> = streams.into_iter().collect();
     keys.sort();
@@ -93,34 +101,46 @@ pub fn sort_by_stream_then_time(batch: &RecordBatch) -> Result<(RecordBatch, Vec
     for (position, (_, id)) in keys.iter().enumerate() {
         rank[*id as usize] = position as u32;
     }
-    let mut order: Vec<u32> = (0..view.len() as u32).collect();
-    let ts = view.ts.values();
+    let mut order: Vec<u32> = (0..total as u32).collect();
     order.sort_by_key(|&row| (rank[row_stream[row as usize] as usize], ts[row as usize]));
     let labels = keys
         .iter()
-        .map(|(_, id)| view.stream_labels(first_row[*id as usize]).to_string())
+        .map(|(_, id)| {
+            let (b, row) = first_row[*id as usize];
+            views[b].stream_labels(row).to_string()
+        })
         .collect();
-    let sorted = reorder(batch, &order).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let sorted: Vec<(usize, usize)> = order.iter().map(|&i| positions[i as usize]).collect();
+    let sorted = gather(&storage_schema(), batches, &sorted).map_err(|e| IndexerError::Internal(e.to_string()))?;
     Ok((sorted, labels))
 }
 
-/// `batch`'s rows in `order`. Rows come in long runs (a wire batch holds a
-/// file's lines in order): runs are copied as slices, which is a few
-/// memcpys per column instead of one gather per row and column.
-fn reorder(batch: &RecordBatch, order: &[u32]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for row in order.iter().map(|r| *r as usize) {
+/// The rows `order` ((batch, row) pairs) of `batches`, in one copy. Rows
+/// mostly come in long runs (a wire batch holds a file's lines in order):
+/// runs are sliced and the slices concatenated, a few memcpys per column
+/// instead of one gather per row and column; short runs are gathered.
+fn gather(
+    schema: &arrow_schema::SchemaRef,
+    batches: &[RecordBatch],
+    order: &[(usize, usize)],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for &(b, row) in order {
         match runs.last_mut() {
-            Some((start, len)) if *start + *len == row => *len += 1,
-            _ => runs.push((row, 1)),
+            Some((batch, start, len)) if *batch == b && *start + *len == row => *len += 1,
+            _ => runs.push((b, row, 1)),
         }
     }
     match runs.as_slice() {
-        [(0, len)] if *len == batch.num_rows() => Ok(batch.clone()),
-        _ if runs.len().saturating_mul(16) > order.len() => take_record_batch(batch, &UInt32Array::from(order.to_vec())),
+        [] => Ok(RecordBatch::new_empty(schema.clone())),
+        [(b, 0, len)] if *len == batches[*b].num_rows() => Ok(batches[*b].clone()),
+        _ if runs.len().saturating_mul(16) > order.len() => {
+            let sources: Vec<&RecordBatch> = batches.iter().collect();
+            interleave_record_batch(&sources, order)
+        }
         _ => {
-            let slices: Vec<RecordBatch> = runs.iter().map(|(start, len)| batch.slice(*start, *len)).collect();
-            concat_batches(&batch.schema(), &slices)
+            let slices: Vec<RecordBatch> = runs.iter().map(|(b, start, len)| batches[*b].slice(*start, *len)).collect();
+            concat_batches(schema, &slices)
         }
     }
 }
@@ -196,12 +216,7 @@ fn dir_size(path: &Path) -> u64 {
 /// returns its catalog entry. `merges` is recorded in the entry.
 pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
     let schema = storage_schema();
-    // The unsorted copy is dropped before the index and Parquet are
-    // written: one copy of the rows less at the commit's peak.
-    let (sorted, streams) = {
-        let batch = concat_batches(&schema, batches).map_err(|e| IndexerError::Internal(e.to_string()))?;
-        sort_by_stream_then_time(&batch)?
-    };
+    let (sorted, streams) = sort_by_stream_then_time(batches)?;
     let view = LogBatchView::new(&sorted)?;
     if u32::try_from(view.len()).is_err() {
         // Doc ids and stream starts are u32.
@@ -376,27 +391,40 @@ mod tests {
     use arrow_array::{Int64Array, StringArray};
 
     #[test]
-    fn reordering_by_runs_equals_a_gather() {
+    fn gathering_by_runs_equals_a_gather_row_by_row() {
         let schema = Arc::new(arrow_schema::Schema::new(vec![
             arrow_schema::Field::new("n", arrow_schema::DataType::Int64, false),
             arrow_schema::Field::new("s", arrow_schema::DataType::Utf8, true),
         ]));
-        let rows = 1000u32;
-        let batch = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values((0..rows).map(i64::from))),
-                Arc::new(StringArray::from_iter((0..rows).map(|i| (i % 7 != 0).then(|| format!("line {i}"))))),
-            ],
-        )
-        .unwrap();
-        let gather = |order: &[u32]| take_record_batch(&batch, &UInt32Array::from(order.to_vec())).unwrap();
-        // Long runs (slices), short runs (a gather), identity, and empty.
-        let runs: Vec<u32> = (500..rows).chain(0..500).collect();
-        let short: Vec<u32> = (0..rows).rev().collect();
-        let identity: Vec<u32> = (0..rows).collect();
-        for order in [runs, short, identity, Vec::new()] {
-            assert_eq!(reorder(&batch, &order).unwrap(), gather(&order));
+        let batch = |from: u32, rows: u32| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values((from..from + rows).map(i64::from))),
+                    Arc::new(StringArray::from_iter(
+                        (from..from + rows).map(|i| (i % 7 != 0).then(|| format!("line {i}"))),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = [batch(0, 400), batch(400, 100), batch(500, 500)];
+        let whole = concat_batches(&schema, &batches).unwrap();
+        let at = |i: u32| match i {
+            0..400 => (0, i as usize),
+            400..500 => (1, i as usize - 400),
+            _ => (2, i as usize - 500),
+        };
+        // Long runs (slices), short runs (a gather), one whole batch, all
+        // of them in order, and none.
+        let runs: Vec<u32> = (500..1000).chain(0..500).collect();
+        let short: Vec<u32> = (0..1000).rev().collect();
+        let one: Vec<u32> = (400..500).collect();
+        let all: Vec<u32> = (0..1000).collect();
+        for order in [runs, short, one, all, Vec::new()] {
+            let pairs: Vec<(usize, usize)> = order.iter().map(|&i| at(i)).collect();
+            let expected = arrow_select::take::take_record_batch(&whole, &arrow_array::UInt32Array::from(order.clone())).unwrap();
+            assert_eq!(gather(&schema, &batches, &pairs).unwrap(), expected);
         }
     }
 }
