@@ -102,6 +102,8 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let lines = metrics.lines.get();
     let line_bytes: usize = batches.iter().map(|b| b.line_bytes).sum();
     let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
+    // Samples extracted from lines; the bodies also hold the per-batch
+    // tallies (lines, restarts, events).
     let metric_samples = metrics.samples_extracted.get();
     let metric_bytes: usize = batches.iter().filter_map(|b| b.metrics_body.as_ref()).map(Vec::len).sum();
     let collector_rss = peak_rss();
@@ -117,7 +119,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
-                "metric_samples": metric_samples, "metric_bytes": metric_bytes, "batch_bytes": batch_bytes})
+                "extracted_samples": metric_samples, "metric_body_bytes": metric_bytes, "batch_bytes": batch_bytes})
         );
         return Ok(());
     }
@@ -146,8 +148,8 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         "line_bytes": line_bytes,
         "batches": batches.len(),
         "batch_bytes": batch_bytes,
-        "metric_samples": metric_samples,
-        "metric_bytes": metric_bytes,
+        "extracted_samples": metric_samples,
+        "metric_body_bytes": metric_bytes,
         "collect_wall_s": collect_wall,
         "collect_cpu_s": collect_cpu,
         "collector_peak_rss": collector_rss,

@@ -739,6 +739,13 @@ mod tests {
         let Some(body) = &batch.metrics_body else {
             return Vec::new();
         };
+        // Series texts go once per batch, as a dictionary.
+        let sent = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap();
+        assert!(
+            matches!(sent.schema().field(0).data_type(), arrow_schema::DataType::Dictionary(..)),
+            "{:?}",
+            sent.schema()
+        );
         let (_, batches) = decode_ipc(body, &metric_wire_schema(), 1 << 20, 1 << 30).unwrap();
         let mut out = Vec::new();
         for b in &batches {

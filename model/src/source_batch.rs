@@ -150,6 +150,8 @@ pub struct SourceBatchBuilder {
     src: Vec<u32>,
     src_offset: Vec<u64>,
     line_bytes: usize,
+    /// Rows and text bytes the builder was made for.
+    capacity: (usize, usize),
 }
 
 impl SourceBatchBuilder {
@@ -179,6 +181,7 @@ impl SourceBatchBuilder {
             src: Vec::with_capacity(rows),
             src_offset: Vec::with_capacity(rows),
             line_bytes: 0,
+            capacity: (rows, line_bytes),
         }
     }
 
@@ -243,7 +246,6 @@ impl SourceBatchBuilder {
     /// [`source_wire_schema`] and resets the builder (sources included).
     pub fn finish(&mut self) -> RecordBatch {
         let rows = self.keys.len();
-        let text_bytes = self.line.values_slice().len();
         let keys = UInt32Array::from(std::mem::take(&mut self.keys));
         let per_source = |values: ArrayRef| -> ArrayRef {
             Arc::new(DictionaryArray::<UInt32Type>::try_new(keys.clone(), values).expect("keys come from source()"))
@@ -280,10 +282,11 @@ impl SourceBatchBuilder {
             Arc::new(UInt32Array::from(std::mem::take(&mut self.src))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.src_offset))),
         ];
-        // The next batch is sized like this one: growing its buffers by
-        // doubling copied them a few times per batch (4 % of the
-        // collector). Untouched capacity is not resident.
-        *self = Self::with_capacity(rows, text_bytes);
+        // The next batch is sized as this builder was made: growing its
+        // buffers by doubling copied them a few times per batch (4 % of
+        // the collector). With glibc, buffers this large are mapped and
+        // their untouched pages not resident.
+        *self = Self::with_capacity(self.capacity.0, self.capacity.1);
         RecordBatch::try_new_with_options(source_wire_schema(), columns, &RecordBatchOptions::new().with_row_count(Some(rows)))
             .expect("builder columns match the schema by construction")
     }

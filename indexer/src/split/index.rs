@@ -12,7 +12,8 @@
 //! only: time ranges are fast-field range scans, a term per nanosecond
 //! stamp would be a dictionary entry per row) and `bytes` (line length,
 //! fast). Nothing is stored: the row's content is in Parquet; the doc store
-//! tantivy always writes is zstd-compressed to almost nothing.
+//! tantivy always writes (an entry per document) is replaced by an empty
+//! one once the index is written.
 //!
 //! A row's stream is not in the index: rows are sorted by stream, and the
 //! catalog entry's `stream_starts` give each stream's run of rows
@@ -190,13 +191,17 @@ struct NumberSink {
     fingerprints: Vec<u32>,
 }
 
-/// Installs an empty [`NUMBER_SINK`] on this thread until dropped.
-struct NumberSinkGuard;
+/// Installs an empty [`NUMBER_SINK`] on this thread until dropped (then
+/// puts back what was there).
+struct NumberSinkGuard {
+    previous: Option<NumberSink>,
+}
 
 impl NumberSinkGuard {
     fn install() -> NumberSinkGuard {
-        NUMBER_SINK.set(Some(NumberSink::default()));
-        NumberSinkGuard
+        NumberSinkGuard {
+            previous: NUMBER_SINK.replace(Some(NumberSink::default())),
+        }
     }
 
     /// Hands the fingerprints of the one line tokenized since the last
@@ -204,7 +209,9 @@ impl NumberSinkGuard {
     /// lines on this thread (say, on a thread of its own).
     fn drain(&self, add: impl FnOnce(&[u32])) -> Result<(), IndexerError> {
         NUMBER_SINK.with_borrow_mut(|sink| {
-            let sink = sink.as_mut().expect("installed by the guard");
+            let Some(sink) = sink.as_mut() else {
+                return Err(IndexerError::Internal("the number sink of this thread was removed".into()));
+            };
             let lines = std::mem::take(&mut sink.lines);
             if lines != 1 {
                 return Err(IndexerError::Internal(format!(
@@ -220,7 +227,7 @@ impl NumberSinkGuard {
 
 impl Drop for NumberSinkGuard {
     fn drop(&mut self) {
-        NUMBER_SINK.set(None);
+        NUMBER_SINK.set(self.previous.take());
     }
 }
 
@@ -390,8 +397,8 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerEr
 /// stored, yet tantivy writes a store entry per document (a length and a
 /// u32 offset, about 2 bytes a row after zstd: a tenth of the index).
 /// Nothing in weft reads documents back from a split index (rows come
-/// from Parquet and merges re-index Parquet), and tantivy opens the store
-/// only when asked for a document.
+/// from Parquet and merges re-index Parquet); tantivy opens the store
+/// with each searcher, which an empty store satisfies.
 fn empty_doc_store(index: &Index) -> Result<(), IndexerError> {
     let metas = index.searchable_segment_metas().map_err(tantivy_err)?;
     let [meta] = metas.as_slice() else {

@@ -68,10 +68,15 @@ fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
 pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<String>), IndexerError> {
     let views = batches.iter().map(LogBatchView::new).collect::<Result<Vec<_>, _>>()?;
     let total: usize = views.iter().map(LogBatchView::len).sum();
+    if u32::try_from(total).is_err() {
+        // Doc ids and stream starts are u32.
+        return Err(IndexerError::Internal(format!(
+            "a split of {total} rows is more than a split can hold"
+        )));
+    }
     let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
     let mut first_row: Vec<(usize, usize)> = Vec::new();
     let mut row_stream = Vec::with_capacity(total);
-    let mut positions: Vec<(usize, usize)> = Vec::with_capacity(total);
     let mut ts = Vec::with_capacity(total);
     for (b, view) in views.iter().enumerate() {
         let mut previous: Option<([&str; 8], u32)> = None;
@@ -91,7 +96,6 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
             };
             previous = Some((key, id));
             row_stream.push(id);
-            positions.push((b, row));
         }
         ts.extend_from_slice(view.ts.values());
     }
@@ -102,7 +106,9 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
         rank[*id as usize] = position as u32;
     }
     let mut order: Vec<u32> = (0..total as u32).collect();
+    // Stable: equal keys keep their order of arrival.
     order.sort_by_key(|&row| (rank[row_stream[row as usize] as usize], ts[row as usize]));
+    drop((row_stream, ts));
     let labels = keys
         .iter()
         .map(|(_, id)| {
@@ -110,38 +116,56 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
             views[b].stream_labels(row).to_string()
         })
         .collect();
-    let sorted: Vec<(usize, usize)> = order.iter().map(|&i| positions[i as usize]).collect();
-    let sorted = gather(&storage_schema(), batches, &sorted).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    let sorted = gather(&storage_schema(), batches, &order).map_err(|e| IndexerError::Internal(e.to_string()))?;
     Ok((sorted, labels))
 }
 
-/// The rows `order` ((batch, row) pairs) of `batches`, in one copy. Rows
-/// mostly come in long runs (a wire batch holds a file's lines in order):
-/// runs are sliced and the slices concatenated, a few memcpys per column
-/// instead of one gather per row and column; short runs are gathered.
-fn gather(
-    schema: &arrow_schema::SchemaRef,
-    batches: &[RecordBatch],
-    order: &[(usize, usize)],
-) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    for &(b, row) in order {
+/// The rows `order` (numbered across `batches`, in turn) of `batches`, in
+/// one copy. Rows mostly come in long runs (a wire batch holds a file's
+/// lines in order): runs are sliced and the slices concatenated, a few
+/// memcpys per column instead of one gather per row and column; short runs
+/// are gathered.
+fn gather(schema: &arrow_schema::SchemaRef, batches: &[RecordBatch], order: &[u32]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut rows = 0;
+    for batch in batches {
+        starts.push(rows);
+        rows += batch.num_rows();
+    }
+    // (batch, row) of a row numbered across the batches.
+    let locate = |n: usize| {
+        let b = starts.partition_point(|start| *start <= n) - 1;
+        (b, n - starts[b])
+    };
+    // Runs of consecutive rows of one batch, as (first row, length); no
+    // more are counted once there are too many to slice.
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for n in order.iter().map(|n| *n as usize) {
+        let too_many = runs.len().saturating_mul(16) > order.len();
         match runs.last_mut() {
-            Some((batch, start, len)) if *batch == b && *start + *len == row => *len += 1,
-            _ => runs.push((b, row, 1)),
+            Some((first, len)) if *first + *len == n && starts.binary_search(&n).is_err() => *len += 1,
+            _ if too_many => break,
+            _ => runs.push((n, 1)),
         }
     }
-    match runs.as_slice() {
-        [] => Ok(RecordBatch::new_empty(schema.clone())),
-        [(b, 0, len)] if *len == batches[*b].num_rows() => Ok(batches[*b].clone()),
-        _ if runs.len().saturating_mul(16) > order.len() => {
-            let sources: Vec<&RecordBatch> = batches.iter().collect();
-            interleave_record_batch(&sources, order)
-        }
-        _ => {
-            let slices: Vec<RecordBatch> = runs.iter().map(|(b, start, len)| batches[*b].slice(*start, *len)).collect();
-            concat_batches(schema, &slices)
-        }
+    if runs.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    if runs.len().saturating_mul(16) > order.len() {
+        let sources: Vec<&RecordBatch> = batches.iter().collect();
+        let rows: Vec<(usize, usize)> = order.iter().map(|n| locate(*n as usize)).collect();
+        return interleave_record_batch(&sources, &rows);
+    }
+    let slices: Vec<RecordBatch> = runs
+        .iter()
+        .map(|(first, len)| {
+            let (b, row) = locate(*first);
+            batches[b].slice(row, *len)
+        })
+        .collect();
+    match slices.as_slice() {
+        [whole] if whole.num_rows() == batches[locate(runs[0].0).0].num_rows() => Ok(whole.clone()),
+        _ => concat_batches(schema, &slices),
     }
 }
 
@@ -218,13 +242,6 @@ pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merge
     let schema = storage_schema();
     let (sorted, streams) = sort_by_stream_then_time(batches)?;
     let view = LogBatchView::new(&sorted)?;
-    if u32::try_from(view.len()).is_err() {
-        // Doc ids and stream starts are u32.
-        return Err(IndexerError::Internal(format!(
-            "a split of {} rows is more than a split can hold",
-            view.len()
-        )));
-    }
     let (groups, stream_starts) = row_groups(&view);
     if stream_starts.len() != streams.len() {
         return Err(IndexerError::Internal(format!(
@@ -390,6 +407,48 @@ mod tests {
     use super::*;
     use arrow_array::{Int64Array, StringArray};
 
+    /// Rows of three batches, streams interleaved and times tied across
+    /// batches: sorted by stream then time, ties in order of arrival
+    /// (batch, then row), whichever way the copy is made.
+    #[test]
+    fn rows_sort_by_stream_then_time_and_ties_keep_their_arrival_order() {
+        let batch = |rows: &[(&str, i64, &str)]| {
+            let mut builder = weft_model::LogBatchBuilder::default();
+            for (pod, ts, line) in rows {
+                let record = weft_model::LogRecord {
+                    ts: *ts,
+                    namespace: "ml".into(),
+                    pod: pod.to_string(),
+                    container: "main".into(),
+                    stream: "stdout".into(),
+                    line: line.to_string(),
+                    ..Default::default()
+                };
+                builder.append(&record.as_ref());
+            }
+            builder.finish(false)
+        };
+        // Long runs (sliced) and, repeated row by row, short ones (gathered).
+        for repeat in [1usize, 40] {
+            let rows = |pod: &'static str, ts: i64, tag: &'static str| vec![(pod, ts, tag); repeat];
+            let batches = [
+                batch(&[rows("b", 5, "b5-first"), rows("a", 7, "a7-first"), rows("b", 5, "b5-second")].concat()),
+                batch(&[rows("a", 7, "a7-second"), rows("a", 3, "a3")].concat()),
+                batch(&[rows("b", 5, "b5-third"), rows("a", 7, "a7-third"), rows("b", 1, "b1")].concat()),
+            ];
+            let (sorted, streams) = sort_by_stream_then_time(&batches).unwrap();
+            let view = LogBatchView::new(&sorted).unwrap();
+            let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
+            let expected: Vec<&str> = ["a3", "a7-first", "a7-second", "a7-third", "b1", "b5-first", "b5-second", "b5-third"]
+                .iter()
+                .flat_map(|tag| std::iter::repeat_n(*tag, repeat))
+                .collect();
+            assert_eq!(lines, expected);
+            assert_eq!(streams.len(), 2);
+            assert!(streams[0].contains("pod=\"a\"") && streams[1].contains("pod=\"b\""), "{streams:?}");
+        }
+    }
+
     #[test]
     fn gathering_by_runs_equals_a_gather_row_by_row() {
         let schema = Arc::new(arrow_schema::Schema::new(vec![
@@ -410,11 +469,6 @@ mod tests {
         };
         let batches = [batch(0, 400), batch(400, 100), batch(500, 500)];
         let whole = concat_batches(&schema, &batches).unwrap();
-        let at = |i: u32| match i {
-            0..400 => (0, i as usize),
-            400..500 => (1, i as usize - 400),
-            _ => (2, i as usize - 500),
-        };
         // Long runs (slices), short runs (a gather), one whole batch, all
         // of them in order, and none.
         let runs: Vec<u32> = (500..1000).chain(0..500).collect();
@@ -422,9 +476,8 @@ mod tests {
         let one: Vec<u32> = (400..500).collect();
         let all: Vec<u32> = (0..1000).collect();
         for order in [runs, short, one, all, Vec::new()] {
-            let pairs: Vec<(usize, usize)> = order.iter().map(|&i| at(i)).collect();
             let expected = arrow_select::take::take_record_batch(&whole, &arrow_array::UInt32Array::from(order.clone())).unwrap();
-            assert_eq!(gather(&schema, &batches, &pairs).unwrap(), expected);
+            assert_eq!(gather(&schema, &batches, &order).unwrap(), expected);
         }
     }
 }

@@ -15,14 +15,17 @@
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
 //! endian), version 3: the magic `WEFTNUM3`; `block_rows`, `rows`, `keys`,
-//! `stream_bytes` and `key_bits` as u32; per [`GROUP_KEYS`] keys their
+//! `stream_bytes`, `key_bits` and the CRC-32 of everything after the
+//! header as u32 (a flipped bit would otherwise point a number at the
+//! wrong blocks without an error); per [`GROUP_KEYS`] keys their
 //! first fingerprint and the bit offset of their postings (u32 each); then
 //! a bit stream (least significant bit first). Per key: unless it opens
 //! its group, the gap from the previous fingerprint less one, Rice-coded
 //! with `key_bits`; its block count, Elias-gamma coded; a single block in
-//! a fixed width (enough bits for the split's last block), more blocks as
-//! gaps less one, Rice-coded with a parameter from the count and the
-//! split's blocks. Most numbers (ids, hashes, fractions) sit in one block:
+//! a fixed width (enough bits for the split's last block); more blocks
+//! Rice-coded with a parameter from the count and the split's blocks, the
+//! first as it is and each next one as its gap from the one before less
+//! one. Most numbers (ids, hashes, fractions) sit in one block:
 //! such a key takes about 27 bits here, 56 in version 2.
 //!
 //! Version 2 (`WEFTNUM2`, still read): `block_rows`, `rows`, `keys`,
@@ -49,7 +52,7 @@ pub const GROUP_KEYS: usize = 64;
 pub const VERSION: u32 = 3;
 const MAGIC: &[u8; 7] = b"WEFTNUM";
 const HEADER_BYTES: usize = 8 + 4 * 4;
-const HEADER_BYTES_V3: usize = 8 + 5 * 4;
+const HEADER_BYTES_V3: usize = 8 + 6 * 4;
 
 /// True for the tokens this index holds instead of tantivy: ASCII hex
 /// digits with at least one decimal digit (`8080`, `3f2a9c01`), optionally
@@ -243,16 +246,25 @@ impl NumberIndexBuilder {
         }
         u32::try_from(stream.bits()).map_err(|_| too_big())?;
         let stream = stream.finish();
-        let mut out = Vec::with_capacity(HEADER_BYTES_V3 + 4 * table.len() + stream.len());
+        let mut body = Vec::with_capacity(4 * table.len() + stream.len());
+        for n in &table {
+            body.extend_from_slice(&n.to_le_bytes());
+        }
+        body.extend_from_slice(&stream);
+        let mut out = Vec::with_capacity(HEADER_BYTES_V3 + body.len());
         out.extend_from_slice(MAGIC);
         out.push(b'3');
-        for n in [BLOCK_ROWS, self.rows, keys as u32, stream.len() as u32, key_bits] {
+        for n in [
+            BLOCK_ROWS,
+            self.rows,
+            keys as u32,
+            stream.len() as u32,
+            key_bits,
+            crc32fast::hash(&body),
+        ] {
             out.extend_from_slice(&n.to_le_bytes());
         }
-        for n in &table {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
-        out.extend_from_slice(&stream);
+        out.extend_from_slice(&body);
         Ok(out)
     }
 
@@ -303,7 +315,8 @@ impl NumberIndexBuilder {
         let mut file = std::fs::File::create(&path).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
-        // tantivy synced the directory before this file was in it.
+        // tantivy synced the directory before this file (and the emptied
+        // document store) was in it.
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 }
@@ -535,7 +548,9 @@ impl NumberIndex {
             });
             (HEADER_BYTES_V3, layout)
         };
-        let (Some(layout), true) = (layout, block_rows > 0) else {
+        // Version 3 is written with this block size only.
+        let block_rows_known = block_rows > 0 && (version == b'2' || block_rows == BLOCK_ROWS);
+        let (Some(layout), true) = (layout, block_rows_known) else {
             return Err(corrupt(&format!(
                 "{} bytes do not hold {keys} keys and {data_len} bytes of postings in blocks of {block_rows} rows",
                 slice.len()
@@ -543,6 +558,9 @@ impl NumberIndex {
         };
         if u64::from(indexed_rows) != rows {
             return Err(corrupt(&format!("it covers {indexed_rows} rows, the split has {rows}")));
+        }
+        if matches!(layout, Layout::V3 { .. }) && crc32fast::hash(&slice[HEADER_BYTES_V3..]) != read_u32(slice, 28) {
+            return Err(corrupt("its checksum does not match its contents"));
         }
         // Version 2 lists every key; version 3 the first of each group.
         let (listed, stride) = match layout {
@@ -648,7 +666,8 @@ impl NumberIndex {
                 break;
             }
             let count = stream.gamma()?;
-            if count > blocks {
+            // Past a single block, each block takes a bit at least.
+            if count > blocks || (count > 1 && u64::from(count) > stream.end - stream.at) {
                 return None;
             }
             let found = current == key;
@@ -894,6 +913,16 @@ mod tests {
         assert_eq!(reader.get(1), None);
     }
 
+    /// `bytes` with its version 3 checksum made to match again (to reach
+    /// the checks behind it).
+    fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+        if bytes[7] == b'3' {
+            let crc = crc32fast::hash(&bytes[HEADER_BYTES_V3..]);
+            bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        }
+        bytes
+    }
+
     #[test]
     fn a_damaged_file_is_refused_or_read_as_unknown() {
         assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec()), 0).is_err());
@@ -922,7 +951,7 @@ mod tests {
             let postings_len = read_u32(&short, 20);
             short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
             short.pop();
-            let index = NumberIndex::open(OwnedBytes::new(short), 300).unwrap();
+            let index = NumberIndex::open(OwnedBytes::new(resealed(short)), 300).unwrap();
             assert_eq!(index.blocks_of(&last), None);
             assert!(index.blocks_of("7").is_some());
         }
@@ -940,14 +969,25 @@ mod tests {
         let mut swapped = groups.clone();
         swapped[first..first + 4].copy_from_slice(&groups[second..second + 4]);
         swapped[second..second + 4].copy_from_slice(&groups[first..first + 4]);
-        let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
+        let err = NumberIndex::open(OwnedBytes::new(resealed(swapped.clone())), 1)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("fingerprints are not in increasing order"), "{err}");
+        // Unsealed, the same damage fails the checksum first.
+        let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
+        assert!(err.contains("checksum does not match"), "{err}");
         let mut offsets = groups.clone();
         offsets[second + 4..second + 8].copy_from_slice(&0u32.to_le_bytes());
-        let err = NumberIndex::open(OwnedBytes::new(offsets), 1).err().unwrap().to_string();
+        let err = NumberIndex::open(OwnedBytes::new(resealed(offsets)), 1).err().unwrap().to_string();
         assert!(err.contains("offsets are not in increasing order"), "{err}");
-        // Any single damaged byte of a version 3 file: refused, or lookups
-        // that answer or say they cannot tell; never a panic.
+        // A block size other than the one version 3 is written with.
+        let mut blocks = groups.clone();
+        blocks[8..12].copy_from_slice(&(BLOCK_ROWS * 2).to_le_bytes());
+        assert!(NumberIndex::open(OwnedBytes::new(resealed(blocks)), 1).is_err());
+        // Any single damaged byte of a version 3 file is refused; with the
+        // checksum made to match, it is refused or its lookups answer or
+        // say they cannot tell; never a panic.
         let lines: Vec<String> = (0..600)
             .map(|n| format!("step {} id {:x} port {}", n / 3, n * 7919, n % 50))
             .collect();
@@ -958,7 +998,10 @@ mod tests {
             let mut damaged = whole.clone();
             let at = rng.usize(0..damaged.len());
             damaged[at] ^= rng.u8(1..);
-            if let Ok(index) = NumberIndex::open(OwnedBytes::new(damaged), 600) {
+            if at >= HEADER_BYTES_V3 {
+                assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
+            }
+            if let Ok(index) = NumberIndex::open(OwnedBytes::new(resealed(damaged)), 600) {
                 for token in ["7", "49", "1f", "3d5", "deadbeef"] {
                     let _ = index.row_ranges(token);
                 }
