@@ -184,9 +184,15 @@ impl MetricBatchBuilder {
         let schema = match self.dictionary {
             None => metric_wire_schema(),
             Some(_) => {
-                let mut fields: Vec<Field> = metric_wire_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-                fields[0] = Field::new(col::SERIES, series.data_type().clone(), false);
-                Arc::new(Schema::new(fields))
+                // The wire schema with the series as a dictionary.
+                static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+                SCHEMA
+                    .get_or_init(|| {
+                        let mut fields: Vec<Field> = metric_wire_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+                        fields[0] = Field::new(col::SERIES, series.data_type().clone(), false);
+                        Arc::new(Schema::new(fields))
+                    })
+                    .clone()
             }
         };
         let columns: Vec<ArrayRef> = vec![
