@@ -14,19 +14,31 @@
 //! ([`may_be_in_number`]); only those lose their index prefilter.
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
-//! endian), version 3: the magic `WEFTNUM3`; `block_rows`, `rows`, `keys`,
-//! `stream_bytes`, `key_bits` and the CRC-32 of everything after the
-//! header as u32 (a flipped bit would otherwise point a number at the
-//! wrong blocks without an error); per [`GROUP_KEYS`] keys their
-//! first fingerprint and the bit offset of their postings (u32 each); then
-//! a bit stream (least significant bit first). Per key: unless it opens
-//! its group, the gap from the previous fingerprint less one, Rice-coded
-//! with `key_bits`; its block count, Elias-gamma coded; a single block in
-//! a fixed width (enough bits for the split's last block); more blocks
+//! endian), version 4: the magic `WEFTNUM4`; `block_rows` (1,024: a
+//! Parquet page of lines, which a search decompresses whole anyway),
+//! `rows`, `keys`, `stream_bytes`, `key_bits`, `fingerprint_bits` and a
+//! CRC-32 as u32. The checksum covers the header before it and
+//! everything after it (a flipped bit would otherwise point a number at
+//! the wrong blocks, or at none, without an error). Then per
+//! [`GROUP_KEYS`] keys their first key and the bit offset of their
+//! postings (u32 each); then a bit stream (least significant bit first).
+//! A key is the top `fingerprint_bits` bits of a number's fingerprint,
+//! mixed ([`key_of`]): seven bits more than the split's distinct
+//! fingerprints need, so a
+//! number in no line of the split finds a key at most once in 128 lookups
+//! (and then reads a block for nothing); a 32-bit key spent 7 bits more
+//! per number on gaps for a rate no query needs. Per key: unless it opens
+//! its group, the gap from the previous key less one, Rice-coded with
+//! `key_bits`; its block count, Elias-gamma coded; a single block in a
+//! fixed width (enough bits for the split's last block); more blocks
 //! Rice-coded with a parameter from the count and the split's blocks, the
 //! first as it is and each next one as its gap from the one before less
-//! one. Most numbers (ids, hashes, fractions) sit in one block:
-//! such a key takes about 27 bits here, 56 in version 2.
+//! one. Most numbers (ids, hashes, fractions) sit in one block: such a
+//! key takes about 19 bits here, 27 in version 3 and 56 in version 2.
+//!
+//! Version 3 (`WEFTNUM3`, still read) is version 4 with blocks of 256
+//! rows, whole 32-bit fingerprints as keys, no `fingerprint_bits` and a
+//! checksum of what follows the header only.
 //!
 //! Version 2 (`WEFTNUM2`, still read): `block_rows`, `rows`, `keys`,
 //! `postings_len` as u32; `keys` sorted fingerprints (u32 each); one u32
@@ -40,21 +52,26 @@ use tantivy::directory::OwnedBytes;
 
 use crate::IndexerError;
 
-/// Rows per block: a block's lines are about one Parquet data page of text.
-pub const BLOCK_ROWS: u32 = 256;
+/// Rows per block: the rows of a Parquet data page of lines (pages are cut
+/// every 1,024 rows once past 64 KiB), which a search reads whole.
+pub const BLOCK_ROWS: u32 = 1024;
+/// Rows per block in version 3.
+const BLOCK_ROWS_V3: u32 = 256;
+/// Bits of a key beyond those the split's distinct fingerprints need: a
+/// number in no line finds a key at most once in 2^7 lookups.
+const SPARE_KEY_BITS: u32 = 7;
 /// Name of the number index inside a split's index directory.
 pub const FILE_NAME: &str = "numbers.idx";
 /// Keys per entry of the offset table.
 pub const GROUP_KEYS: usize = 64;
 /// Format version written, recorded in the split's catalog entry.
-/// Version 2 is read as well; version 1 (a development format that held
-/// decimal numbers only) is refused.
-pub const VERSION: u32 = 3;
+/// Versions 2 and 3 are read as well; version 1 (a development format
+/// that held decimal numbers only) is refused.
+pub const VERSION: u32 = 4;
 const MAGIC: &[u8; 7] = b"WEFTNUM";
 const HEADER_BYTES: usize = 8 + 4 * 4;
 const HEADER_BYTES_V3: usize = 8 + 6 * 4;
-/// Where version 3's checksum is: the header's last u32.
-const CHECKSUM_AT: usize = HEADER_BYTES_V3 - 4;
+const HEADER_BYTES_V4: usize = 8 + 7 * 4;
 
 /// True for the tokens this index holds instead of tantivy: ASCII hex
 /// digits with at least one decimal digit (`8080`, `3f2a9c01`), optionally
@@ -108,16 +125,53 @@ pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8], u32)) {
     }
 }
 
+/// The key of `fingerprint` in a version 4 index of `bits`-bit keys: the
+/// top bits of the fingerprint mixed (murmur3's finalizer, one to one).
+/// FNV-1a's top bits hardly vary across short tokens: `0` to `127` share
+/// 13 values of the top 15.
+fn key_of(fingerprint: u32, bits: u32) -> u32 {
+    let mut h = fingerprint;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    // A shift of 32 would overflow.
+    (u64::from(h) >> (32 - bits)) as u32
+}
+
 /// Collects the (fingerprint, block) pairs of a split's rows, in row order.
-#[derive(Default)]
 pub struct NumberIndexBuilder {
     pairs: Vec<u64>,
     block: Vec<u32>,
     block_no: u32,
+    block_rows: u32,
     rows: u32,
 }
 
+impl Default for NumberIndexBuilder {
+    fn default() -> Self {
+        NumberIndexBuilder {
+            pairs: Vec::new(),
+            block: Vec::new(),
+            block_no: 0,
+            block_rows: BLOCK_ROWS,
+            rows: 0,
+        }
+    }
+}
+
 impl NumberIndexBuilder {
+    /// A builder of blocks of `block_rows` rows (what older versions were
+    /// written with), for the reader's tests.
+    #[cfg(test)]
+    fn with_block_rows(block_rows: u32) -> Self {
+        NumberIndexBuilder {
+            block_rows,
+            ..NumberIndexBuilder::default()
+        }
+    }
+
     /// Adds row `row` (rows come in increasing order).
     #[cfg(test)]
     pub fn add_line(&mut self, row: u32, line: &str) {
@@ -134,7 +188,7 @@ impl NumberIndexBuilder {
     }
 
     fn start_row(&mut self, row: u32) {
-        let block_no = row / BLOCK_ROWS;
+        let block_no = row / self.block_rows;
         if block_no != self.block_no {
             self.close_block();
             self.block_no = block_no;
@@ -157,15 +211,38 @@ impl NumberIndexBuilder {
             .map(|run| ((run[0] >> 32) as u32, run))
     }
 
-    /// The file's bytes (version 3).
+    /// The file's bytes (version 4).
     pub fn finish(mut self) -> Result<Vec<u8>, IndexerError> {
         self.close_block();
         self.pairs.sort_unstable();
+        let distinct = self.keys().count() as u64;
+        let fingerprint_bits = (bit_width(u32::try_from(distinct).unwrap_or(u32::MAX)) + SPARE_KEY_BITS).min(32);
+        // Fingerprints that share a key share its blocks.
+        for pair in &mut self.pairs {
+            *pair = (u64::from(key_of((*pair >> 32) as u32, fingerprint_bits)) << 32) | (*pair & u64::from(u32::MAX));
+        }
+        self.pairs.sort_unstable();
+        self.pairs.dedup();
+        self.encode(4, fingerprint_bits)
+    }
+
+    /// The file's bytes in version 3 (what splits written before version
+    /// 4 hold), for the reader's tests.
+    #[cfg(test)]
+    fn finish_v3(mut self) -> Vec<u8> {
+        assert_eq!(self.block_rows, BLOCK_ROWS_V3);
+        self.close_block();
+        self.pairs.sort_unstable();
+        self.encode(3, 32).unwrap()
+    }
+
+    /// The bytes of version 3 or 4 from the sorted (key, block) pairs.
+    fn encode(&self, version: u8, fingerprint_bits: u32) -> Result<Vec<u8>, IndexerError> {
         let too_big = || IndexerError::Internal("number index: more than 2^32 bits of postings".into());
-        let blocks = self.rows.div_ceil(BLOCK_ROWS);
+        let blocks = self.rows.div_ceil(self.block_rows);
         let block_width = bit_width(blocks.saturating_sub(1));
         let keys = self.keys().count();
-        let key_bits = rice_parameter((1u64 << 32) / keys.max(1) as u64);
+        let key_bits = rice_parameter((1u64 << fingerprint_bits) / keys.max(1) as u64);
         let mut table: Vec<u32> = Vec::with_capacity(2 * keys.div_ceil(GROUP_KEYS));
         let mut stream = BitWriter::default();
         let mut previous = 0u32;
@@ -193,19 +270,25 @@ impl NumberIndexBuilder {
         }
         u32::try_from(stream.bits()).map_err(|_| too_big())?;
         let stream = stream.finish();
-        let mut out = Vec::with_capacity(HEADER_BYTES_V3 + 4 * table.len() + stream.len());
+        let header = if version == 3 { HEADER_BYTES_V3 } else { HEADER_BYTES_V4 };
+        let mut out = Vec::with_capacity(header + 4 * table.len() + stream.len());
         out.extend_from_slice(MAGIC);
-        out.push(b'3');
+        out.push(b'0' + version);
+        let mut fields = vec![self.block_rows, self.rows, keys as u32, stream.len() as u32, key_bits];
+        if version >= 4 {
+            fields.push(fingerprint_bits);
+        }
         // The checksum (zero here) is filled in last.
-        for n in [BLOCK_ROWS, self.rows, keys as u32, stream.len() as u32, key_bits, 0] {
+        fields.push(0);
+        for n in fields {
             out.extend_from_slice(&n.to_le_bytes());
         }
         for n in &table {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(&stream);
-        let crc = crc32fast::hash(&out[HEADER_BYTES_V3..]);
-        out[CHECKSUM_AT..HEADER_BYTES_V3].copy_from_slice(&crc.to_le_bytes());
+        let crc = checksum(&out, header, version >= 4);
+        out[header - 4..header].copy_from_slice(&crc.to_le_bytes());
         Ok(out)
     }
 
@@ -235,7 +318,7 @@ impl NumberIndexBuilder {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.push(b'2');
-        for n in [BLOCK_ROWS, self.rows, keys.len() as u32, postings.len() as u32] {
+        for n in [self.block_rows, self.rows, keys.len() as u32, postings.len() as u32] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         for n in keys.iter().chain(&offsets) {
@@ -260,6 +343,18 @@ impl NumberIndexBuilder {
         // document store) was in it.
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
+}
+
+/// The CRC-32 of a version 3 or 4 file of `header` header bytes: of what
+/// follows the header, and in version 4 (`with_header`) of the header's
+/// fields before the checksum as well.
+fn checksum(bytes: &[u8], header: usize, with_header: bool) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    if with_header {
+        crc.update(&bytes[..header - 4]);
+    }
+    crc.update(&bytes[header..]);
+    crc.finalize()
 }
 
 /// Bits needed to write `n`.
@@ -430,10 +525,17 @@ enum Layout {
         postings_at: usize,
         postings_len: usize,
     },
-    V3 {
+    /// Versions 3 and 4.
+    Bits {
+        /// Where the group table starts (after the header).
+        table_at: usize,
         stream_at: usize,
         stream_bytes: usize,
         key_bits: u32,
+        /// Bits of a key: in version 4, the top ones of its fingerprint
+        /// mixed (see [`key_of`]); in version 3, the whole fingerprint.
+        fingerprint_bits: u32,
+        mixed: bool,
     },
 }
 
@@ -451,9 +553,9 @@ impl NumberIndex {
             return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
         }
         let version = slice[7];
-        if version != b'2' && version != b'3' {
+        if !(b'2'..=b'4').contains(&version) {
             return Err(corrupt(&format!(
-                "format {} is neither 2 nor 3 (a development format; re-index the split)",
+                "format {} is not 2, 3 or 4 (a development format, or one newer than this reader; re-index the split or upgrade)",
                 char::from(version)
             )));
         }
@@ -468,29 +570,35 @@ impl NumberIndex {
                 .and_then(|n| n.checked_add(header))
                 .filter(|at| at.checked_add(data_len) == Some(slice.len()))
         };
-        let (tables_at, layout) = if version == b'2' {
+        let (layout, written_block_rows) = if version == b'2' {
             let at = sizes(HEADER_BYTES, keys.checked_add(groups + 1));
             let layout = at.map(|at| Layout::V2 {
                 postings_at: at,
                 postings_len: data_len,
             });
-            (HEADER_BYTES, layout)
+            (layout, None)
         } else {
-            let key_bits = if slice.len() >= HEADER_BYTES_V3 {
-                read_u32(slice, 24)
+            let (header, block_rows) = if version == b'3' {
+                (HEADER_BYTES_V3, BLOCK_ROWS_V3)
             } else {
-                u32::MAX
+                (HEADER_BYTES_V4, BLOCK_ROWS)
             };
-            let at = sizes(HEADER_BYTES_V3, Some(2 * groups)).filter(|_| key_bits < 32);
-            let layout = at.map(|at| Layout::V3 {
+            let field = |at: usize| if slice.len() >= header { read_u32(slice, at) } else { u32::MAX };
+            let key_bits = field(24);
+            let fingerprint_bits = if version == b'3' { 32 } else { field(28) };
+            let at = sizes(header, Some(2 * groups)).filter(|_| key_bits < 32 && (1..=32).contains(&fingerprint_bits));
+            let layout = at.map(|at| Layout::Bits {
+                table_at: header,
                 stream_at: at,
                 stream_bytes: data_len,
                 key_bits,
+                fingerprint_bits,
+                mixed: version >= b'4',
             });
-            (HEADER_BYTES_V3, layout)
+            (layout, Some(block_rows))
         };
-        // Version 3 is written with this block size only.
-        let block_rows_known = block_rows > 0 && (version == b'2' || block_rows == BLOCK_ROWS);
+        // Versions 3 and 4 are written with one block size each.
+        let block_rows_known = block_rows > 0 && written_block_rows.is_none_or(|rows| rows == block_rows);
         let (Some(layout), true) = (layout, block_rows_known) else {
             return Err(corrupt(&format!(
                 "{} bytes do not hold {keys} keys and {data_len} bytes of postings in blocks of {block_rows} rows",
@@ -500,19 +608,21 @@ impl NumberIndex {
         if u64::from(indexed_rows) != rows {
             return Err(corrupt(&format!("it covers {indexed_rows} rows, the split has {rows}")));
         }
-        if matches!(layout, Layout::V3 { .. }) && crc32fast::hash(&slice[HEADER_BYTES_V3..]) != read_u32(slice, CHECKSUM_AT) {
-            return Err(corrupt("its checksum does not match its contents"));
+        if let Layout::Bits { table_at, .. } = layout {
+            if checksum(slice, table_at, version >= b'4') != read_u32(slice, table_at - 4) {
+                return Err(corrupt("its checksum does not match its contents"));
+            }
         }
-        // Version 2 lists every key; version 3 the first of each group.
-        let (listed, stride) = match layout {
-            Layout::V2 { .. } => (keys, 4),
-            Layout::V3 { .. } => (groups, 8),
+        // Version 2 lists every key; versions 3 and 4 the first of each group.
+        let (tables_at, listed, stride) = match layout {
+            Layout::V2 { .. } => (HEADER_BYTES, keys, 4),
+            Layout::Bits { table_at, .. } => (table_at, groups, 8),
         };
         let key_at = |i: usize| read_u32(slice, tables_at + stride * i);
         if !(1..listed).all(|i| key_at(i - 1) < key_at(i)) {
             return Err(corrupt("its fingerprints are not in increasing order"));
         }
-        if let Layout::V3 { stream_bytes, .. } = layout {
+        if let Layout::Bits { stream_bytes, .. } = layout {
             let offset = |g: usize| u64::from(read_u32(slice, tables_at + 8 * g + 4));
             let in_order = (0..groups).all(|g| if g == 0 { offset(0) == 0 } else { offset(g - 1) < offset(g) });
             if !in_order || (groups > 0 && offset(groups - 1) >= stream_bytes as u64 * 8) {
@@ -528,7 +638,24 @@ impl NumberIndex {
         })
     }
 
-    /// Number of distinct fingerprints.
+    /// Rows per block.
+    pub fn block_rows(&self) -> u32 {
+        self.block_rows
+    }
+
+    /// The key of `fingerprint` here.
+    fn key(&self, fingerprint: u32) -> u32 {
+        match self.layout {
+            Layout::Bits {
+                fingerprint_bits,
+                mixed: true,
+                ..
+            } => key_of(fingerprint, fingerprint_bits),
+            _ => fingerprint,
+        }
+    }
+
+    /// Number of distinct keys (fingerprints, or their top bits).
     pub fn len(&self) -> usize {
         self.keys
     }
@@ -544,11 +671,13 @@ impl NumberIndex {
         let key = fingerprint(token.as_bytes());
         match self.layout {
             Layout::V2 { postings_at, postings_len } => self.blocks_v2(key, postings_at, postings_len),
-            Layout::V3 {
+            Layout::Bits {
+                table_at,
                 stream_at,
                 stream_bytes,
                 key_bits,
-            } => self.blocks_v3(key, stream_at, stream_bytes, key_bits),
+                ..
+            } => self.blocks_bits(self.key(key), table_at, stream_at, stream_bytes, key_bits),
         }
     }
 
@@ -583,9 +712,9 @@ impl NumberIndex {
         Some(blocks)
     }
 
-    fn blocks_v3(&self, key: u32, stream_at: usize, stream_bytes: usize, key_bits: u32) -> Option<Vec<u32>> {
+    fn blocks_bits(&self, key: u32, table_at: usize, stream_at: usize, stream_bytes: usize, key_bits: u32) -> Option<Vec<u32>> {
         let slice = self.bytes.as_slice();
-        let entry = |g: usize| read_u32(slice, HEADER_BYTES_V3 + 8 * g);
+        let entry = |g: usize| read_u32(slice, table_at + 8 * g);
         let groups = self.keys.div_ceil(GROUP_KEYS);
         // The group whose first fingerprint is the last at or below `key`.
         let Some(group) = partition_point(groups, |g| entry(g) <= key).checked_sub(1) else {
@@ -593,7 +722,7 @@ impl NumberIndex {
         };
         let mut stream = BitReader {
             bytes: &slice[stream_at..stream_at + stream_bytes],
-            at: u64::from(read_u32(slice, HEADER_BYTES_V3 + 8 * group + 4)),
+            at: u64::from(read_u32(slice, table_at + 8 * group + 4)),
             end: stream_bytes as u64 * 8,
         };
         let blocks = self.rows.div_ceil(self.block_rows);
@@ -677,20 +806,35 @@ mod tests {
     use super::*;
 
     fn builder_of(lines: &[&str]) -> NumberIndexBuilder {
-        let mut builder = NumberIndexBuilder::default();
+        fill(NumberIndexBuilder::default(), lines)
+    }
+
+    /// A builder of the blocks versions 2 and 3 were written with.
+    fn old_builder_of(lines: &[&str]) -> NumberIndexBuilder {
+        fill(NumberIndexBuilder::with_block_rows(BLOCK_ROWS_V3), lines)
+    }
+
+    fn fill(mut builder: NumberIndexBuilder, lines: &[&str]) -> NumberIndexBuilder {
         for (row, line) in lines.iter().enumerate() {
             builder.add_line(row as u32, line);
         }
         builder
     }
 
-    /// The index of `lines` in the format written now and in version 2.
-    fn indexes_of(lines: &[&str]) -> [NumberIndex; 2] {
+    /// The index of `lines` in the format written now and in versions 3
+    /// and 2.
+    fn indexes_of(lines: &[&str]) -> [NumberIndex; 3] {
         let rows = lines.len() as u64;
         [
             NumberIndex::open(OwnedBytes::new(builder_of(lines).finish().unwrap()), rows).unwrap(),
-            NumberIndex::open(OwnedBytes::new(builder_of(lines).finish_v2()), rows).unwrap(),
+            NumberIndex::open(OwnedBytes::new(old_builder_of(lines).finish_v3()), rows).unwrap(),
+            NumberIndex::open(OwnedBytes::new(old_builder_of(lines).finish_v2()), rows).unwrap(),
         ]
+    }
+
+    /// The key of `fingerprint` in `index`.
+    fn key_in(index: &NumberIndex, fingerprint: u32) -> u32 {
+        index.key(fingerprint)
     }
 
     #[test]
@@ -745,13 +889,19 @@ mod tests {
             .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         for index in indexes_of(&refs) {
-            assert_eq!(index.blocks_of("4242"), Some(vec![0, 2]));
-            let b = BLOCK_ROWS;
-            assert_eq!(index.row_ranges("4242"), Some(vec![(0, b), (2 * b, 3 * b)]));
+            let b = index.block_rows();
+            let (first, second) = (5 / b, (BLOCK_ROWS * 2 + 1) / b);
+            assert_eq!(index.blocks_of("4242"), Some(vec![first, second]));
+            assert_eq!(
+                index.row_ranges("4242"),
+                Some(vec![(first * b, (first + 1) * b), (second * b, (second + 1) * b)])
+            );
             // The last block is short; adjacent blocks merge into one range.
             let last = format!("{}", rows - 1);
-            assert_eq!(index.row_ranges(&last), Some(vec![(3 * b, rows as u32)]));
-            assert_eq!(index.blocks_of("999999999"), Some(Vec::new()));
+            let last_block = (rows as u32 - 1) / b;
+            assert_eq!(index.row_ranges(&last), Some(vec![(last_block * b, rows as u32)]));
+            let absent = index.blocks_of("999999999").unwrap();
+            assert!(absent.is_empty() || matches!(index.layout, Layout::Bits { mixed: true, .. }));
             // Every number of every row is found in its own block, across
             // the offset table's groups.
             assert!(index.len() > GROUP_KEYS * 4);
@@ -762,12 +912,14 @@ mod tests {
         }
     }
 
-    /// Random lines of numbers common and rare: every fingerprint's blocks
-    /// in both formats are exactly the blocks whose lines hold a number
-    /// with that fingerprint, and version 3 is much smaller.
+    /// Random lines of numbers common and rare: in every format, each
+    /// key's blocks are exactly the blocks whose lines hold a number with
+    /// that key (a fingerprint, or its top bits); version 3 is much smaller
+    /// than version 2 and version 4 than version 3; a number in no line
+    /// finds a key at most about once in 2^SPARE_KEY_BITS lookups.
     #[test]
-    fn both_formats_give_every_numbers_exact_blocks() {
-        for (seed, rows) in [(1, 1), (2, 255), (3, 257), (4, 40_000), (5, 3_000)] {
+    fn every_format_gives_every_numbers_exact_blocks() {
+        for (seed, rows) in [(1, 1), (2, 255), (3, 1025), (4, 40_000), (5, 3_000)] {
             let mut rng = fastrand::Rng::with_seed(seed);
             let lines: Vec<String> = (0..rows)
                 .map(|_| {
@@ -783,37 +935,62 @@ mod tests {
                     line
                 })
                 .collect();
-            let mut expected: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
-            let mut tokens: std::collections::BTreeMap<u32, String> = Default::default();
+            let mut numbers: Vec<(String, u32, u32)> = Vec::new();
             for (row, line) in lines.iter().enumerate() {
-                for_each_number(line, |token, key| {
-                    let blocks = expected.entry(key).or_default();
-                    let block = row as u32 / BLOCK_ROWS;
-                    if blocks.last() != Some(&block) {
-                        blocks.push(block);
-                    }
-                    tokens.entry(key).or_insert_with(|| String::from_utf8(token.to_vec()).unwrap());
+                for_each_number(line, |token, fingerprint| {
+                    numbers.push((String::from_utf8(token.to_vec()).unwrap(), fingerprint, row as u32))
                 });
             }
             let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-            let v3 = builder_of(&refs).finish().unwrap();
-            let v2 = builder_of(&refs).finish_v2();
+            let v4 = builder_of(&refs).finish().unwrap();
+            let v3 = old_builder_of(&refs).finish_v3();
+            let v2 = old_builder_of(&refs).finish_v2();
             if rows >= 3_000 {
                 assert!(v3.len() * 3 < v2.len() * 2, "{} bytes against {}", v3.len(), v2.len());
+                assert!(v4.len() * 4 < v3.len() * 3, "{} bytes against {}", v4.len(), v3.len());
             }
             for index in indexes_of(&refs) {
-                assert_eq!(index.len(), expected.len());
-                for (key, blocks) in &expected {
-                    assert_eq!(index.blocks_of(&tokens[key]).as_ref(), Some(blocks), "{}", tokens[key]);
+                let mut expected: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+                for (_, fingerprint, row) in &numbers {
+                    expected
+                        .entry(key_in(&index, *fingerprint))
+                        .or_default()
+                        .push(row / index.block_rows());
                 }
-                // Numbers in no line: nothing (or a fingerprint's twin).
-                for _ in 0..200 {
+                for blocks in expected.values_mut() {
+                    blocks.sort_unstable();
+                    blocks.dedup();
+                }
+                assert_eq!(index.len(), expected.len());
+                for (token, fingerprint, _) in &numbers {
+                    let blocks = &expected[&key_in(&index, *fingerprint)];
+                    assert_eq!(index.blocks_of(token).as_ref(), Some(blocks), "{token}");
+                }
+                // Numbers in no line: nothing, or the blocks of the key
+                // they share with one that is.
+                let mut found = 0;
+                for _ in 0..4_000 {
                     let absent = format!("{}", rng.u64(1 << 40..));
                     let blocks = index.blocks_of(&absent).unwrap();
-                    assert!(blocks.is_empty() || expected.contains_key(&fingerprint(absent.as_bytes())));
+                    let key = key_in(&index, fingerprint(absent.as_bytes()));
+                    assert_eq!(blocks, expected.get(&key).cloned().unwrap_or_default());
+                    found += usize::from(!blocks.is_empty());
                 }
+                assert!(found <= (2 * 4_000) >> SPARE_KEY_BITS, "{found} of 4000 absent numbers found a key");
             }
         }
+    }
+
+    #[test]
+    fn short_numbers_spread_over_the_keys() {
+        // 128 numbers in 2^15 keys: a few share one at most (FNV-1a's top
+        // 15 bits alone take 13 values).
+        let keys: std::collections::BTreeSet<u32> = (0..128).map(|n| key_of(fingerprint(n.to_string().as_bytes()), 15)).collect();
+        assert!(keys.len() >= 124, "{} keys", keys.len());
+        assert!(keys.iter().all(|k| *k < 1 << 15));
+        // Whole keys are the mixed fingerprint, one to one.
+        let whole: std::collections::BTreeSet<u32> = (0..1000u32).map(|n| key_of(n, 32)).collect();
+        assert_eq!(whole.len(), 1000);
     }
 
     #[test]
@@ -854,13 +1031,16 @@ mod tests {
         assert_eq!(reader.get(1), None);
     }
 
-    /// `bytes` with its version 3 checksum made to match again (to reach
-    /// the checks behind it).
+    /// `bytes` with its version 3 or 4 checksum made to match again (to
+    /// reach the checks behind it).
     fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
-        if bytes[7] == b'3' {
-            let crc = crc32fast::hash(&bytes[HEADER_BYTES_V3..]);
-            bytes[CHECKSUM_AT..HEADER_BYTES_V3].copy_from_slice(&crc.to_le_bytes());
-        }
+        let header = match bytes[7] {
+            b'3' => HEADER_BYTES_V3,
+            b'4' => HEADER_BYTES_V4,
+            _ => return bytes,
+        };
+        let crc = checksum(&bytes, header, bytes[7] == b'4');
+        bytes[header - 4..header].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
 
@@ -868,7 +1048,8 @@ mod tests {
     fn a_damaged_file_is_refused_or_read_as_unknown() {
         assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec()), 0).is_err());
         let one = || builder_of(&["port 8080"]);
-        for whole in [one().finish().unwrap(), one().finish_v2()] {
+        let old = || old_builder_of(&["port 8080"]);
+        for whole in [one().finish().unwrap(), old().finish_v3(), old().finish_v2()] {
             let mut cut = whole.clone();
             cut.pop();
             let err = NumberIndex::open(OwnedBytes::new(cut), 1).err().unwrap().to_string();
@@ -878,7 +1059,7 @@ mod tests {
             let mut v1 = whole.clone();
             v1[7] = b'1';
             let err = NumberIndex::open(OwnedBytes::new(v1), 1).err().unwrap().to_string();
-            assert!(err.contains("format 1 is neither 2 nor 3"), "{err}");
+            assert!(err.contains("format 1 is not 2, 3 or 4"), "{err}");
             let err = NumberIndex::open(OwnedBytes::new(whole.clone()), 2).err().unwrap().to_string();
             assert!(err.contains("covers 1 rows, the split has 2"), "{err}");
         }
@@ -886,8 +1067,18 @@ mod tests {
         // last key reports that it cannot tell.
         let lines: Vec<String> = (0..300).map(|n| format!("n {n}")).collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let last = (0..300).map(|n| n.to_string()).max_by_key(|t| fingerprint(t.as_bytes())).unwrap();
-        for whole in [builder_of(&refs).finish().unwrap(), builder_of(&refs).finish_v2()] {
+        let last_of = |index: &NumberIndex| {
+            (0..300)
+                .map(|n| n.to_string())
+                .max_by_key(|t| key_in(index, fingerprint(t.as_bytes())))
+                .unwrap()
+        };
+        for whole in [
+            builder_of(&refs).finish().unwrap(),
+            old_builder_of(&refs).finish_v3(),
+            old_builder_of(&refs).finish_v2(),
+        ] {
+            let last = last_of(&NumberIndex::open(OwnedBytes::new(whole.clone()), 300).unwrap());
             let mut short = whole.clone();
             let postings_len = read_u32(&short, 20);
             short[20..24].copy_from_slice(&(postings_len - 1).to_le_bytes());
@@ -896,8 +1087,8 @@ mod tests {
             assert_eq!(index.blocks_of(&last), None);
             assert!(index.blocks_of("7").is_some());
         }
-        // Keys out of order: in version 2 every key is listed, in version
-        // 3 the first of each group.
+        // Keys out of order: in version 2 every key is listed, in versions
+        // 3 and 4 the first of each group.
         let two_keys = builder_of(&["port 8080 and 9090"]).finish_v2();
         let mut swapped = two_keys.clone();
         swapped.copy_within(HEADER_BYTES..HEADER_BYTES + 4, HEADER_BYTES + 4);
@@ -906,7 +1097,7 @@ mod tests {
         assert!(err.contains("not in increasing order"), "{err}");
         let line: String = (0..GROUP_KEYS * 2).map(|n| format!(" {n}")).collect();
         let groups = builder_of(&[&line]).finish().unwrap();
-        let (first, second) = (HEADER_BYTES_V3, HEADER_BYTES_V3 + 8);
+        let (first, second) = (HEADER_BYTES_V4, HEADER_BYTES_V4 + 8);
         let mut swapped = groups.clone();
         swapped[first..first + 4].copy_from_slice(&groups[second..second + 4]);
         swapped[second..second + 4].copy_from_slice(&groups[first..first + 4]);
@@ -922,13 +1113,19 @@ mod tests {
         offsets[second + 4..second + 8].copy_from_slice(&0u32.to_le_bytes());
         let err = NumberIndex::open(OwnedBytes::new(resealed(offsets)), 1).err().unwrap().to_string();
         assert!(err.contains("offsets are not in increasing order"), "{err}");
-        // A block size other than the one version 3 is written with.
+        // A block size other than the one version 4 is written with, and
+        // keys of no bits or more than 32.
         let mut blocks = groups.clone();
         blocks[8..12].copy_from_slice(&(BLOCK_ROWS * 2).to_le_bytes());
         assert!(NumberIndex::open(OwnedBytes::new(resealed(blocks)), 1).is_err());
-        // Any single damaged byte of a version 3 file is refused; with the
-        // checksum made to match, it is refused or its lookups answer or
-        // say they cannot tell; never a panic.
+        for bits in [0u32, 33] {
+            let mut wide = groups.clone();
+            wide[28..32].copy_from_slice(&bits.to_le_bytes());
+            assert!(NumberIndex::open(OwnedBytes::new(resealed(wide)), 1).is_err());
+        }
+        // Any single damaged byte of a version 4 file, header included, is
+        // refused; with the checksum made to match, it is refused or its
+        // lookups answer or say they cannot tell; never a panic.
         let lines: Vec<String> = (0..600)
             .map(|n| format!("step {} id {:x} port {}", n / 3, n * 7919, n % 50))
             .collect();
@@ -939,9 +1136,7 @@ mod tests {
             let mut damaged = whole.clone();
             let at = rng.usize(0..damaged.len());
             damaged[at] ^= rng.u8(1..);
-            if at >= HEADER_BYTES_V3 {
-                assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
-            }
+            assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
             if let Ok(index) = NumberIndex::open(OwnedBytes::new(resealed(damaged)), 600) {
                 for token in ["7", "49", "1f", "3d5", "deadbeef"] {
                     let _ = index.row_ranges(token);

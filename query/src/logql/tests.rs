@@ -353,7 +353,7 @@ fn whole_split_windows_count_from_the_catalog_like_the_index_and_parquet() {
 #[test]
 fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     use weft_indexer::split::numbers::{BLOCK_ROWS, FILE_NAME};
-    // Three blocks of one stream; 4242 in one line of the middle block,
+    // Three blocks of one stream; 4242 in one line of the first block,
     // 424242 in another line of the same block.
     let rows = 3 * BLOCK_ROWS as i64;
     let records: Vec<LogRecord> = (0..rows)
@@ -393,9 +393,10 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     // the start of a longer number) is checked on every line.
     let found = |q: &str| lines(&log(&engine, q, 1000, true)).into_iter().map(|(_, l)| l).collect::<Vec<_>>();
     assert_eq!(found(r#"{pod="a"} |= " 4242 ""#), ["request 4242 failed after 3 retries"]);
-    // 4242, 424242 and step 100424.
-    assert_eq!(found(r#"{pod="a"} |= "424""#).len(), 3);
-    assert_eq!(found(r#"{pod="a"} |= "of 9999999""#).len(), rows as usize - 3);
+    // 4242, 424242 and the steps 100424, 101424 and 102424.
+    assert_eq!(found(r#"{pod="a"} |= "424""#).len(), 5);
+    let steps = vector(instant(&engine, r#"count_over_time({pod="a"} |= "of 9999999" [1h])"#, rows).unwrap());
+    assert_eq!(steps.iter().map(|(_, v)| *v).sum::<f64>(), (rows - 3) as f64);
     // A piece of a hex id (no prefilter) and a word (tantivy's term).
     assert_eq!(found(r#"{pod="a"} |= "D081884""#), ["trace 9F86D081884C7D65 done"]);
     assert_eq!(found(r#"{pod="a"} |= "trac""#), ["trace 9F86D081884C7D65 done"]);
