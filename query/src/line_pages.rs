@@ -115,7 +115,14 @@ impl LinePages {
     }
 
     /// The lines of `rows` (ascending, distinct), in that order.
+    #[cfg(test)]
     pub fn read(&self, file: &File, rows: &[u32]) -> Result<Vec<String>, PageError> {
+        Ok(self.read_if(file, rows, &|_| true)?.into_iter().map(|(_, line)| line).collect())
+    }
+
+    /// The rows of `rows` (ascending, distinct) whose line passes `keep`,
+    /// with their lines, in that order. A line that fails is not copied.
+    pub fn read_if(&self, file: &File, rows: &[u32], keep: &dyn Fn(&str) -> bool) -> Result<Vec<(u32, String)>, PageError> {
         debug_assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows must be sorted and distinct");
         let mut out = Vec::with_capacity(rows.len());
         let mut rest = rows;
@@ -130,7 +137,7 @@ impl LinePages {
             let end = page.first_row + page.rows;
             let here = rest.partition_point(|&r| u64::from(r) < end);
             let (in_page, after) = rest.split_at(here);
-            read_page(file, page, in_page, &mut out)?;
+            read_page(file, page, in_page, keep, &mut out)?;
             rest = after;
         }
         Ok(out)
@@ -151,8 +158,9 @@ struct Scratch {
     plain: Vec<u8>,
 }
 
-/// Appends the lines of `rows` (all in `page`) to `out`.
-fn read_page(file: &File, page: &Page, rows: &[u32], out: &mut Vec<String>) -> Result<(), PageError> {
+/// Appends the rows of `rows` (all in `page`) whose line passes `keep`, and
+/// their lines, to `out`.
+fn read_page(file: &File, page: &Page, rows: &[u32], keep: &dyn Fn(&str) -> bool, out: &mut Vec<(u32, String)>) -> Result<(), PageError> {
     if page.len > MAX_PAGE_BYTES {
         return Err(PageError::Unsupported(format!("a page of {} bytes", page.len)));
     }
@@ -207,13 +215,19 @@ fn read_page(file: &File, page: &Page, rows: &[u32], out: &mut Vec<String>) -> R
         } else {
             body
         };
-        plain_values(values, page, rows, out)
+        plain_values(values, page, rows, keep, out)
     })
 }
 
 /// Walks the PLAIN byte arrays of `page` (a 4-byte little-endian length,
-/// then the bytes) and appends those of `rows`.
-fn plain_values(mut values: &[u8], page: &Page, rows: &[u32], out: &mut Vec<String>) -> Result<(), PageError> {
+/// then the bytes) and appends those of `rows` that pass `keep`.
+fn plain_values(
+    mut values: &[u8],
+    page: &Page,
+    rows: &[u32],
+    keep: &dyn Fn(&str) -> bool,
+    out: &mut Vec<(u32, String)>,
+) -> Result<(), PageError> {
     let damaged = |what: &str| PageError::Damaged(format!("the page at {}: {what}", page.offset));
     let mut next = page.first_row;
     for &row in rows {
@@ -226,7 +240,9 @@ fn plain_values(mut values: &[u8], page: &Page, rows: &[u32], out: &mut Vec<Stri
             next += 1;
             if next - 1 == row {
                 let line = std::str::from_utf8(value).map_err(|e| damaged(&format!("row {row} is not UTF-8: {e}")))?;
-                out.push(line.to_string());
+                if keep(line) {
+                    out.push((row as u32, line.to_string()));
+                }
                 break;
             }
         }

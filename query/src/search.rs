@@ -138,6 +138,10 @@ fn split_query(
     Box::new(BooleanQuery::new(clauses))
 }
 
+/// Candidate rows of a split checked in one pass rather than in rounds of
+/// the newest.
+const ONE_ROUND_ROWS: usize = 1 << 16;
+
 /// Most candidate rows one search checks in one split for a phrase.
 pub const MAX_CHECKED_ROWS: usize = 1 << 20;
 
@@ -146,22 +150,34 @@ pub const MAX_CHECKED_ROWS: usize = 1 << 20;
 /// (each round reads only rows it has not checked yet) until enough pass
 /// or none are left.
 fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usize) -> Result<Vec<(i64, u32, StoredRow)>, QueryError> {
-    let mut round = want.saturating_mul(4).max(64);
+    let first_round = want.saturating_mul(4).max(64);
+    let mut round = first_round;
     let mut checked: HashSet<u32> = HashSet::new();
     let mut passed: Vec<(i64, u32, StoredRow)> = Vec::new();
+    let check = |rows: &[u32], checked: &mut HashSet<u32>, passed: &mut Vec<(i64, u32, StoredRow)>| -> Result<(), QueryError> {
+        for chunk in rows.chunks(8192) {
+            checked.extend(chunk);
+            for (n, row) in split.stored_if(chunk, |line| text.matches(line))? {
+                passed.push((row.ts, n, row));
+            }
+        }
+        Ok(())
+    };
     loop {
         let top = split.top_rows(query, round, true)?;
         let mut fresh: Vec<u32> = top.iter().map(|(_, row)| *row).filter(|row| !checked.contains(row)).collect();
         fresh.sort_unstable();
-        for chunk in fresh.chunks(8192) {
-            for (n, row) in chunk.iter().copied().zip(split.stored(chunk)?) {
-                checked.insert(n);
-                if text.matches(&row.line) {
-                    passed.push((row.ts, n, row));
-                }
-            }
+        check(&fresh, &mut checked, &mut passed)?;
+        let mut done = passed.len() >= want || top.len() < round;
+        if !done && round == first_round && split.count(query)? <= ONE_ROUND_ROWS {
+            // Few enough to check the rest at once, each page read once
+            // (each round reads again the pages it picks rows of: a
+            // number's blocks are whole pages of candidates).
+            let rest: Vec<u32> = split.all_rows(query)?.into_iter().filter(|row| !checked.contains(row)).collect();
+            check(&rest, &mut checked, &mut passed)?;
+            done = true;
         }
-        if passed.len() >= want || top.len() < round {
+        if done {
             passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             passed.truncate(want);
             return Ok(passed);

@@ -176,6 +176,14 @@ fn storage_err(split: &SplitMeta, e: impl std::fmt::Display) -> QueryError {
     QueryError::Storage(format!("split {}: {e}", split.id))
 }
 
+/// The text column `name` of a batch read from `split`.
+fn string_column<'a>(split: &SplitMeta, batch: &'a RecordBatch, name: &str) -> Result<&'a arrow_array::StringArray, QueryError> {
+    batch
+        .column_by_name(name)
+        .and_then(|a| a.as_any().downcast_ref::<arrow_array::StringArray>())
+        .ok_or_else(|| storage_err(split, format!("column {name} missing or not text")))
+}
+
 /// Collects the doc ids of all matches (one segment per split index).
 struct DocIds;
 struct DocIdsSegment(Vec<DocId>);
@@ -670,6 +678,14 @@ impl OpenSplit {
     /// fields. A hit costs a page of one column, not a page of each of the
     /// fourteen (zstd decompression was over half of a rare-term search).
     pub fn stored(&self, rows: &[u32]) -> Result<Vec<StoredRow>, QueryError> {
+        Ok(self.stored_if(rows, |_| true)?.into_iter().map(|(_, row)| row).collect())
+    }
+
+    /// [`OpenSplit::stored`] of the rows whose line passes `keep`, with
+    /// their row numbers: the lines are read first, the rest of a row only
+    /// when its line passes. Candidates are often mostly rows that fail an
+    /// exact check (a number's block is a page of rows for a hit or two).
+    pub fn stored_if(&self, rows: &[u32], keep: impl Fn(&str) -> bool) -> Result<Vec<(u32, StoredRow)>, QueryError> {
         // Lines straight from their pages where the layout allows it. The
         // file is opened per read: an opened split holds no descriptor
         // (thousands of splits stay open).
@@ -677,8 +693,8 @@ impl OpenSplit {
         let direct = match pages {
             Some(pages) => {
                 let file = File::open(&self.parquet_path).map_err(|e| storage_err(&self.meta, e))?;
-                match pages.read(&file, rows) {
-                    Ok(lines) => Some(lines),
+                match pages.read_if(&file, rows, &keep) {
+                    Ok(kept) => Some(kept),
                     Err(PageError::Unsupported(why)) => {
                         tracing::debug!(split = %self.meta.id, %why, "reading lines through parquet-rs");
                         self.pages_unsupported.store(true, Ordering::Relaxed);
@@ -689,46 +705,41 @@ impl OpenSplit {
             }
             None => None,
         };
+        let kept = match direct {
+            Some(kept) => kept,
+            None => {
+                let mut lines = Vec::with_capacity(rows.len());
+                for batch in self.read_rows(rows, &[col::LINE])? {
+                    lines.extend(
+                        string_column(&self.meta, &batch, col::LINE)?
+                            .iter()
+                            .map(|l| l.unwrap_or_default().to_string()),
+                    );
+                }
+                if lines.len() != rows.len() {
+                    return Err(storage_err(
+                        &self.meta,
+                        format!("asked for {} lines, read {}", rows.len(), lines.len()),
+                    ));
+                }
+                rows.iter().copied().zip(lines).filter(|(_, line)| keep(line)).collect()
+            }
+        };
+        let (kept, lines): (Vec<u32>, Vec<String>) = kept.into_iter().unzip();
         // A split without structured metadata has only nulls there: one
         // column (and one codec, whose set-up costs as much as a page) less.
-        let mut columns = Vec::with_capacity(2);
-        if direct.is_none() {
-            columns.push(col::LINE);
-        }
-        if self.meta.has_fields {
-            columns.push(col::FIELDS);
-        }
-        let batches = if columns.is_empty() {
-            Vec::new()
-        } else {
-            self.read_rows(rows, &columns)?
-        };
-        let mut lines = direct.unwrap_or_default();
         let mut fields: Vec<Option<String>> = Vec::new();
-        for batch in &batches {
-            let string_column = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|a| a.as_any().downcast_ref::<arrow_array::StringArray>())
-                    .ok_or_else(|| storage_err(&self.meta, format!("column {name} missing or not text")))
-            };
-            if columns.contains(&col::LINE) {
-                lines.extend(string_column(col::LINE)?.iter().map(|l| l.unwrap_or_default().to_string()));
+        if self.meta.has_fields && !kept.is_empty() {
+            for batch in self.read_rows(&kept, &[col::FIELDS])? {
+                // Splits from before structured metadata have no such column.
+                if let Ok(column) = string_column(&self.meta, &batch, col::FIELDS) {
+                    fields.extend(column.iter().map(|f| f.map(str::to_string)));
+                }
             }
-            // Splits from before structured metadata have no such column.
-            if let Ok(column) = string_column(col::FIELDS) {
-                fields.extend(column.iter().map(|f| f.map(str::to_string)));
-            }
-        }
-        if lines.len() != rows.len() {
-            return Err(storage_err(
-                &self.meta,
-                format!("asked for {} lines, read {}", rows.len(), lines.len()),
-            ));
         }
         let (columns, words) = self.fast_columns()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, (&doc, line)) in rows.iter().zip(lines).enumerate() {
+        let mut out = Vec::with_capacity(kept.len());
+        for (i, (&doc, line)) in kept.iter().zip(lines).enumerate() {
             let mut metadata = weft_model::batch::labels_from_json(fields.get(i).and_then(Option::as_deref));
             let level = ord(&columns.level, doc)
                 .and_then(|o| words.levels.get(o))
@@ -742,12 +753,15 @@ impl OpenSplit {
                 .and_then(|o| words.streams.get(o))
                 .cloned()
                 .ok_or_else(|| storage_err(&self.meta, format!("row {doc} has no stream")))?;
-            out.push(StoredRow {
-                ts: columns.ts.first(doc).unwrap_or(0),
-                stream,
-                metadata,
-                line,
-            });
+            out.push((
+                doc,
+                StoredRow {
+                    ts: columns.ts.first(doc).unwrap_or(0),
+                    stream,
+                    metadata,
+                    line,
+                },
+            ));
         }
         Ok(out)
     }

@@ -142,6 +142,12 @@ fn prefilters(pipeline: &[Stage]) -> Vec<&LineFilter> {
     out
 }
 
+/// True when `line` passes every filter of `filters` (the leading line
+/// filters of a pipeline: they see the line as stored).
+fn passes(filters: &[&LineFilter], line: &str) -> bool {
+    filters.iter().all(|f| f.matches(line))
+}
+
 fn stage_needs_parquet(pipeline: &[Stage]) -> bool {
     !pipeline.is_empty()
 }
@@ -276,8 +282,9 @@ impl Engine {
             for (i, mut rows) in by_split {
                 rows.sort_unstable();
                 rows.dedup();
-                let out = cursors[i].split.stored(&rows)?;
-                for (row, stored) in rows.into_iter().zip(out) {
+                // Rows the pipeline's leading line filters drop are not
+                // read past their lines.
+                for (row, stored) in cursors[i].split.stored_if(&rows, |line| passes(&filters, line))? {
                     fetched.insert((i, row), stored);
                 }
             }
@@ -561,9 +568,9 @@ impl Engine {
                     continue;
                 }
                 let rows = split.all_rows(query.as_ref())?;
+                let filters = prefilters(&range.log.pipeline);
                 for chunk in rows.chunks(64 * 1024) {
-                    let stored = split.stored(chunk)?;
-                    for row in stored {
+                    for (_, row) in split.stored_if(chunk, |line| passes(&filters, line))? {
                         let Some(state) = run_pipeline(&range.log.pipeline, row)? else {
                             continue;
                         };
@@ -632,11 +639,11 @@ impl Engine {
             if streams.is_empty() {
                 continue;
             }
-            let query = split.query(&streams, lo, hi, &prefilters(&range.log.pipeline));
+            let filters = prefilters(&range.log.pipeline);
+            let query = split.query(&streams, lo, hi, &filters);
             let rows = split.all_rows(query.as_ref())?;
             for chunk in rows.chunks(64 * 1024) {
-                let stored = split.stored(chunk)?;
-                for row in stored {
+                for (_, row) in split.stored_if(chunk, |line| passes(&filters, line))? {
                     let stream = row.stream.clone();
                     let mut labels = (*row.stream).clone();
                     for (name, value) in row.metadata.iter() {

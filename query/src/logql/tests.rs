@@ -414,6 +414,41 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
 }
 
 #[test]
+fn rows_whose_line_fails_the_check_are_dropped_and_the_rest_keep_their_metadata() {
+    // Structured metadata on every third row: the kept rows' metadata must
+    // be their own, not a dropped neighbour's.
+    let records: Vec<LogRecord> = (0..3000i64)
+        .map(|s| {
+            let mut r = record("a", s, &format!("request {s} {}", if s % 7 == 0 { "failed" } else { "ok" }));
+            if s % 3 == 0 {
+                r.fields = LabelSet::from_pairs([("trace_id", format!("t{s}").as_str())]);
+            }
+            r
+        })
+        .collect();
+    let (_dir, engine) = engine_with(std::slice::from_ref(&records));
+    let split = engine.store().splits("default", BASE - SEC, BASE + 3000 * SEC).unwrap().remove(0);
+    let rows: Vec<u32> = (0..3000).step_by(2).collect();
+    let kept = split.stored_if(&rows, |line| line.ends_with("failed")).unwrap();
+    let expected: Vec<u32> = rows.iter().copied().filter(|r| r % 7 == 0).collect();
+    assert_eq!(kept.iter().map(|(r, _)| *r).collect::<Vec<_>>(), expected);
+    for (r, row) in &kept {
+        let record = &records[*r as usize];
+        assert_eq!((row.ts, row.line.as_str()), (record.ts, record.line.as_str()));
+        let trace = (r % 3 == 0).then(|| format!("t{r}"));
+        assert_eq!(row.metadata.get("trace_id").map(str::to_string), trace, "row {r}");
+    }
+    // Everything kept: the same rows as `stored`.
+    let all = split.stored_if(&rows, |_| true).unwrap();
+    let stored = split.stored(&rows).unwrap();
+    assert_eq!(all.len(), stored.len());
+    assert!(all
+        .iter()
+        .zip(&stored)
+        .all(|((_, a), b)| a.line == b.line && a.metadata == b.metadata));
+}
+
+#[test]
 fn rows_are_read_from_their_pages_and_ties_keep_row_order() {
     // Lines long enough to fill several 64 KiB pages; every tenth second
     // holds three lines (equal times).
