@@ -100,6 +100,36 @@ impl Tokenizer for LineTokenizer {
     }
 }
 
+/// Classes of a byte for the `line` tokenizer (bits).
+const ALNUM: u8 = 1;
+const HEX: u8 = 2;
+const DIGIT: u8 = 4;
+const NOT_ASCII: u8 = 8;
+
+/// The class of each byte: ASCII letters and digits are [`ALNUM`] (and
+/// [`HEX`], [`DIGIT`]); bytes of non-ASCII characters [`NOT_ASCII`]; other
+/// ASCII bytes separate tokens.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = if !byte.is_ascii() {
+            NOT_ASCII
+        } else if byte.is_ascii_digit() {
+            ALNUM | HEX | DIGIT
+        } else if byte.is_ascii_hexdigit() {
+            ALNUM | HEX
+        } else if byte.is_ascii_alphabetic() {
+            ALNUM
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
+
 /// The character at byte `at` of `text` and its length, when it is
 /// alphanumeric.
 fn alphanumeric_at(text: &str, at: usize) -> Option<usize> {
@@ -114,38 +144,63 @@ fn alphanumeric_at(text: &str, at: usize) -> Option<usize> {
 impl TokenStream for LineTokenStream<'_> {
     fn advance(&mut self) -> bool {
         let text = self.text;
+        let bytes = text.as_bytes();
         let len = text.len();
         loop {
-            // The next run of alphanumeric characters.
+            // Past the separators: ASCII bytes as they are, other
+            // characters decoded.
             let mut start = self.at;
             while start < len {
-                if alphanumeric_at(text, start).is_some() {
+                let class = BYTE_CLASS[usize::from(bytes[start])];
+                if class & ALNUM != 0 {
                     break;
                 }
-                // Past a separator (a whole character).
-                start += text[start..].chars().next().map_or(1, char::len_utf8);
+                if class & NOT_ASCII == 0 {
+                    start += 1;
+                    continue;
+                }
+                match alphanumeric_at(text, start) {
+                    Some(_) => break,
+                    // Past a separator (a whole character).
+                    None => start += text[start..].chars().next().map_or(1, char::len_utf8),
+                }
             }
             if start >= len {
                 self.at = len;
                 return false;
             }
-            let mut end = start;
+            // The run of alphanumeric characters, noting on the way what
+            // tells a number (ASCII hex digits with a decimal digit).
+            let (mut end, mut ascii, mut every, mut some) = (start, true, u8::MAX, 0u8);
             while end < len {
+                let class = BYTE_CLASS[usize::from(bytes[end])];
+                if class & ALNUM != 0 {
+                    every &= class;
+                    some |= class;
+                    end += 1;
+                    continue;
+                }
+                if class & NOT_ASCII == 0 {
+                    break;
+                }
                 match alphanumeric_at(text, end) {
                     Some(n) => end += n,
                     None => break,
                 }
+                ascii = false;
             }
+            let (hex, digit) = (every & HEX != 0, some & DIGIT != 0);
             self.at = end;
             self.token.position = self.token.position.wrapping_add(1);
             let run = &text[start..end];
-            // Numbers are cased alike in ASCII, and no other character
-            // lowercases to a hex digit or `x`: the test holds before
-            // lowercasing.
             if run.len() >= LONG_TOKEN_BYTES {
                 continue;
             }
-            if is_number_token(run) {
+            // Numbers are cased alike in ASCII, and no other character
+            // lowercases to a hex digit or `x`: the test holds before
+            // lowercasing. A run with a letter past `f` is a number only
+            // as `0x` and hex digits.
+            if ascii && digit && (hex || is_number_token(run)) {
                 NUMBER_SINK.with_borrow_mut(|sink| {
                     if let Some(sink) = sink {
                         sink.fingerprints.push(fingerprint(run.as_bytes()));
@@ -156,7 +211,7 @@ impl TokenStream for LineTokenStream<'_> {
             self.token.offset_from = start;
             self.token.offset_to = end;
             self.token.text.clear();
-            if run.is_ascii() {
+            if ascii {
                 self.token.text.push_str(run);
                 self.token.text.make_ascii_lowercase();
             } else {
