@@ -12,7 +12,6 @@ pub mod index;
 pub mod metrics;
 pub mod numbers;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -25,6 +24,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use rustc_hash::FxHashMap;
 use weft_model::batch::{col, storage_schema};
 use weft_model::LogBatchView;
 
@@ -74,27 +74,33 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
             "a split of {total} rows is more than a split can hold"
         )));
     }
-    let mut streams: HashMap<[&str; 8], u32> = HashMap::new();
+    let mut streams: FxHashMap<[&str; 8], u32> = FxHashMap::default();
     let mut first_row: Vec<(usize, usize)> = Vec::new();
     let mut row_stream = Vec::with_capacity(total);
     let mut ts = Vec::with_capacity(total);
     for (b, view) in views.iter().enumerate() {
-        let mut previous: Option<([&str; 8], u32)> = None;
+        // Rows of one file come together in a batch, their stdout and
+        // stderr interleaved: the streams of the last two rows that
+        // differed first, the map (hashing 8 strings) after.
+        let mut recent: [Option<([&str; 8], u32)>; 2] = [None, None];
         for row in 0..view.len() {
             let key = stream_key(view, row);
-            // Rows of one stream come in runs (a batch is per file): the
-            // previous row's stream first, the map (hashing 8 strings) after.
-            let id = match previous {
-                Some((last, id)) if last == key => id,
+            let id = match recent {
+                [Some((last, id)), _] if last == key => id,
+                [_, Some((before, id))] if before == key => {
+                    recent.swap(0, 1);
+                    id
+                }
                 _ => {
                     let next = streams.len() as u32;
-                    *streams.entry(key).or_insert_with(|| {
+                    let id = *streams.entry(key).or_insert_with(|| {
                         first_row.push((b, row));
                         next
-                    })
+                    });
+                    recent = [Some((key, id)), recent[0]];
+                    id
                 }
             };
-            previous = Some((key, id));
             row_stream.push(id);
         }
         ts.extend_from_slice(view.ts.values());
@@ -105,10 +111,33 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
     for (position, (_, id)) in keys.iter().enumerate() {
         rank[*id as usize] = position as u32;
     }
-    let mut order: Vec<u32> = (0..total as u32).collect();
-    // Stable: equal keys keep their order of arrival.
-    order.sort_by_key(|&row| (rank[row_stream[row as usize] as usize], ts[row as usize]));
-    drop((row_stream, ts));
+    // Rows by stream (a counting sort: each stream's rows in their order of
+    // arrival), then each stream's rows by time where they did not arrive
+    // in time order (a stable sort: equal times keep their order of
+    // arrival). A file's lines arrive in time order, so most streams are
+    // left as they came: one pass where a sort of all rows compared each
+    // row's stream and time about log2(rows) times.
+    let mut starts = vec![0usize; keys.len() + 1];
+    for &stream in &row_stream {
+        starts[rank[stream as usize] as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; total];
+    for (row, &stream) in row_stream.iter().enumerate() {
+        let at = &mut next[rank[stream as usize] as usize];
+        order[*at] = row as u32;
+        *at += 1;
+    }
+    for bounds in starts.windows(2) {
+        let rows = &mut order[bounds[0]..bounds[1]];
+        if !rows.windows(2).all(|w| ts[w[0] as usize] <= ts[w[1] as usize]) {
+            rows.sort_by_key(|&row| ts[row as usize]);
+        }
+    }
+    drop((row_stream, ts, next));
     let labels = keys
         .iter()
         .map(|(_, id)| {
@@ -329,10 +358,10 @@ fn write_parquet(path: &Path, schema: &arrow_schema::SchemaRef, sorted: &RecordB
 fn row_groups(view: &LogBatchView<'_>) -> (Vec<RowGroupCount>, Vec<u32>) {
     let mut out = Vec::new();
     let mut starts = Vec::new();
-    let mut current: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
+    let mut current: FxHashMap<(&str, &str), (u64, u64)> = FxHashMap::default();
     let mut stream = 0u32;
     let mut previous: Option<[&str; 8]> = None;
-    let mut flush = |stream: u32, current: &mut HashMap<(&str, &str), (u64, u64)>| {
+    let mut flush = |stream: u32, current: &mut FxHashMap<(&str, &str), (u64, u64)>| {
         let mut groups: Vec<_> = current.drain().collect();
         groups.sort();
         out.extend(groups.into_iter().map(|((level, ml_event), (rows, bytes))| RowGroupCount {
@@ -447,6 +476,52 @@ mod tests {
             assert_eq!(streams.len(), 2);
             assert!(streams[0].contains("pod=\"a\"") && streams[1].contains("pod=\"b\""), "{streams:?}");
         }
+    }
+
+    /// Random rows of interleaved streams (a pod's stdout and stderr take
+    /// turns, times mostly rising, sometimes equal or going back), over
+    /// several batches: the same order as a stable sort by stream then time.
+    #[test]
+    fn interleaved_streams_sort_like_a_stable_sort_of_all_rows() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut rows: Vec<(String, String, i64, String)> = Vec::new();
+        let mut batches = Vec::new();
+        for b in 0..4 {
+            let mut builder = weft_model::LogBatchBuilder::default();
+            let mut ts = rng.i64(0..100);
+            for n in 0..rng.usize(0..300) {
+                let pod = ["a", "b", "c"][rng.usize(0..if b == 2 { 1 } else { 3 })];
+                let stream = ["stdout", "stderr"][rng.usize(0..2)];
+                ts += match rng.u8(0..10) {
+                    0 => -rng.i64(0..50),
+                    1 | 2 => 0,
+                    _ => rng.i64(1..20),
+                };
+                let line = format!("batch {b} row {n}");
+                let record = weft_model::LogRecord {
+                    ts,
+                    namespace: "ml".into(),
+                    pod: pod.into(),
+                    container: "main".into(),
+                    stream: stream.into(),
+                    line: line.clone(),
+                    ..Default::default()
+                };
+                builder.append(&record.as_ref());
+                rows.push((pod.into(), stream.into(), ts, line));
+            }
+            batches.push(builder.finish(false));
+        }
+        let mut expected = rows.clone();
+        expected.sort_by(|x, y| (&x.0, &x.1, x.2).cmp(&(&y.0, &y.1, y.2)));
+        let (sorted, streams) = sort_by_stream_then_time(&batches).unwrap();
+        let view = LogBatchView::new(&sorted).unwrap();
+        let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
+        assert_eq!(lines, expected.iter().map(|r| r.3.as_str()).collect::<Vec<_>>());
+        let mut distinct: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(streams.len(), distinct.len());
     }
 
     #[test]
