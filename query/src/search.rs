@@ -154,11 +154,19 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
     let mut round = first_round;
     let mut checked: HashSet<u32> = HashSet::new();
     let mut passed: Vec<(i64, u32, StoredRow)> = Vec::new();
+    let newest = |passed: &mut Vec<(i64, u32, StoredRow)>| {
+        passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        passed.truncate(want);
+    };
     let check = |rows: &[u32], checked: &mut HashSet<u32>, passed: &mut Vec<(i64, u32, StoredRow)>| -> Result<(), QueryError> {
         for chunk in rows.chunks(8192) {
             checked.extend(chunk);
             for (n, row) in split.stored_if(chunk, |line| text.matches(line))? {
                 passed.push((row.ts, n, row));
+            }
+            // Only the newest `want` can be returned: no more are kept.
+            if passed.len() > want.saturating_mul(2) {
+                newest(passed);
             }
         }
         Ok(())
@@ -169,7 +177,7 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
         fresh.sort_unstable();
         check(&fresh, &mut checked, &mut passed)?;
         let mut done = passed.len() >= want || top.len() < round;
-        if !done && round == first_round && split.count(query)? <= ONE_ROUND_ROWS {
+        if !done && round == first_round && split.matches_at_most(query, ONE_ROUND_ROWS)? {
             // Few enough to check the rest at once, each page read once
             // (each round reads again the pages it picks rows of: a
             // number's blocks are whole pages of candidates).
@@ -178,8 +186,7 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
             done = true;
         }
         if done {
-            passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            passed.truncate(want);
+            newest(&mut passed);
             return Ok(passed);
         }
         if checked.len() >= MAX_CHECKED_ROWS {

@@ -387,6 +387,13 @@ impl OpenSplit {
         self.line_pages.is_some()
     }
 
+    /// Reads lines through parquet-rs from now on, as for a layout the
+    /// page reader does not support (for tests of that path).
+    #[cfg(test)]
+    pub fn read_lines_through_parquet_rs(&self) {
+        self.pages_unsupported.store(true, Ordering::Relaxed);
+    }
+
     /// Indices of the split's streams that satisfy every matcher.
     pub fn matching_streams(&self, matchers: &[Matcher]) -> Vec<usize> {
         self.streams
@@ -566,6 +573,23 @@ impl OpenSplit {
         Ok(docs)
     }
 
+    /// True when at most `limit` rows match (stops counting past it).
+    pub fn matches_at_most(&self, query: &dyn Query, limit: usize) -> Result<bool, QueryError> {
+        let Some(mut scorer) = self.scorer(query)? else {
+            return Ok(true);
+        };
+        let mut doc = scorer.doc();
+        let mut seen = 0usize;
+        while doc != TERMINATED {
+            seen += 1;
+            if seen > limit {
+                return Ok(false);
+            }
+            doc = scorer.advance();
+        }
+        Ok(true)
+    }
+
     /// Number of matching rows.
     pub fn count(&self, query: &dyn Query) -> Result<usize, QueryError> {
         let searcher = self.reader.searcher();
@@ -705,16 +729,28 @@ impl OpenSplit {
             }
             None => None,
         };
-        let kept = match direct {
+        // A split without structured metadata has only nulls there: one
+        // column (and one codec, whose set-up costs as much as a page) less.
+        let with_fields = self.meta.has_fields;
+        // Through parquet-rs, the line and the metadata in one read; the
+        // metadata of the rows kept, when the lines came from their pages.
+        let mut fields: Option<Vec<Option<String>>> = None;
+        let kept: Vec<(u32, String)> = match direct {
             Some(kept) => kept,
             None => {
+                let columns: &[&str] = if with_fields { &[col::LINE, col::FIELDS] } else { &[col::LINE] };
                 let mut lines = Vec::with_capacity(rows.len());
-                for batch in self.read_rows(rows, &[col::LINE])? {
+                let mut all_fields: Vec<Option<String>> = Vec::new();
+                for batch in self.read_rows(rows, columns)? {
                     lines.extend(
                         string_column(&self.meta, &batch, col::LINE)?
                             .iter()
                             .map(|l| l.unwrap_or_default().to_string()),
                     );
+                    // Splits from before structured metadata have no such column.
+                    if let Ok(column) = string_column(&self.meta, &batch, col::FIELDS) {
+                        all_fields.extend(column.iter().map(|f| f.map(str::to_string)));
+                    }
                 }
                 if lines.len() != rows.len() {
                     return Err(storage_err(
@@ -722,21 +758,33 @@ impl OpenSplit {
                         format!("asked for {} lines, read {}", rows.len(), lines.len()),
                     ));
                 }
-                rows.iter().copied().zip(lines).filter(|(_, line)| keep(line)).collect()
+                let mut kept_fields = Vec::new();
+                let mut kept = Vec::new();
+                for (i, (row, line)) in rows.iter().copied().zip(lines).enumerate() {
+                    if keep(&line) {
+                        kept_fields.push(all_fields.get(i).cloned().flatten());
+                        kept.push((row, line));
+                    }
+                }
+                fields = Some(kept_fields);
+                kept
             }
         };
         let (kept, lines): (Vec<u32>, Vec<String>) = kept.into_iter().unzip();
-        // A split without structured metadata has only nulls there: one
-        // column (and one codec, whose set-up costs as much as a page) less.
-        let mut fields: Vec<Option<String>> = Vec::new();
-        if self.meta.has_fields && !kept.is_empty() {
-            for batch in self.read_rows(&kept, &[col::FIELDS])? {
-                // Splits from before structured metadata have no such column.
-                if let Ok(column) = string_column(&self.meta, &batch, col::FIELDS) {
-                    fields.extend(column.iter().map(|f| f.map(str::to_string)));
+        let fields = match fields {
+            Some(fields) => fields,
+            None => {
+                let mut fields = Vec::new();
+                if with_fields && !kept.is_empty() {
+                    for batch in self.read_rows(&kept, &[col::FIELDS])? {
+                        if let Ok(column) = string_column(&self.meta, &batch, col::FIELDS) {
+                            fields.extend(column.iter().map(|f| f.map(str::to_string)));
+                        }
+                    }
                 }
+                fields
             }
-        }
+        };
         let (columns, words) = self.fast_columns()?;
         let mut out = Vec::with_capacity(kept.len());
         for (i, (&doc, line)) in kept.iter().zip(lines).enumerate() {

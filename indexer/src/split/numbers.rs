@@ -5,9 +5,9 @@
 //!
 //! Number tokens are almost all of a log's distinct terms and over a third
 //! of its tokens; in tantivy each was a term dictionary entry and a
-//! posting per row. Here a number is a 32-bit fingerprint and a list of
-//! blocks, so a search for a number reads the rows of a few blocks and
-//! checks their lines (queries always check: a fingerprint can collide, a
+//! posting per row. Here a number is a key (bits of its fingerprint) and
+//! a list of blocks, so a search for a number reads the rows of a few
+//! blocks and checks their lines (queries always check: keys collide, a
 //! block holds other rows). Words and other tokens (`blk`, `k9d3w`,
 //! `zq7x`) stay in tantivy, exact. A substring or prefix can only be part
 //! of a number token if it is made of hex digits and `x`
@@ -52,8 +52,9 @@ use tantivy::directory::OwnedBytes;
 
 use crate::IndexerError;
 
-/// Rows per block: the rows of a Parquet data page of lines (pages are cut
-/// every 1,024 rows once past 64 KiB), which a search reads whole.
+/// Rows per block: a Parquet data page of lines holds one or more whole
+/// blocks (pages are cut at multiples of 1,024 rows, once past 64 KiB),
+/// and a search decompresses the whole page anyway.
 pub const BLOCK_ROWS: u32 = 1024;
 /// Rows per block in version 3.
 const BLOCK_ROWS_V3: u32 = 256;
@@ -203,7 +204,8 @@ impl NumberIndexBuilder {
         self.pairs.extend(self.block.drain(..).map(|fp| (u64::from(fp) << 32) | block_no));
     }
 
-    /// Distinct fingerprints and their blocks, in fingerprint order (the
+    /// Distinct keys (fingerprints, or what [`NumberIndexBuilder::finish`]
+    /// made of them) and their blocks, in key order (the
     /// pairs sorted).
     fn keys(&self) -> impl Iterator<Item = (u32, &[u64])> + '_ {
         self.pairs
@@ -620,7 +622,7 @@ impl NumberIndex {
         };
         let key_at = |i: usize| read_u32(slice, tables_at + stride * i);
         if !(1..listed).all(|i| key_at(i - 1) < key_at(i)) {
-            return Err(corrupt("its fingerprints are not in increasing order"));
+            return Err(corrupt("its keys are not in increasing order"));
         }
         if let Layout::Bits { stream_bytes, .. } = layout {
             let offset = |g: usize| u64::from(read_u32(slice, tables_at + 8 * g + 4));
@@ -716,7 +718,7 @@ impl NumberIndex {
         let slice = self.bytes.as_slice();
         let entry = |g: usize| read_u32(slice, table_at + 8 * g);
         let groups = self.keys.div_ceil(GROUP_KEYS);
-        // The group whose first fingerprint is the last at or below `key`.
+        // The group whose first key is the last at or below `key`.
         let Some(group) = partition_point(groups, |g| entry(g) <= key).checked_sub(1) else {
             return Some(Vec::new());
         };
@@ -981,6 +983,30 @@ mod tests {
         }
     }
 
+    /// A file that version 3's writer (commit f1fa1e1) wrote for 300 rows:
+    /// `request id 4242 failed` at rows 5 and 290, `step {n % 3} port 8080`
+    /// on the others.
+    const WRITTEN_BY_VERSION_3: &str =
+        "574546544e554d33000100002c01000005000000130000001d0000002303da08590f6229000000007aa20800d0990900807e3c19243592d8c1720d";
+
+    #[test]
+    fn a_file_written_by_version_3s_writer_is_read_as_before() {
+        let hex = WRITTEN_BY_VERSION_3.as_bytes();
+        let bytes: Vec<u8> = hex
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect();
+        let index = NumberIndex::open(OwnedBytes::new(bytes), 300).unwrap();
+        assert_eq!((index.block_rows(), index.len()), (BLOCK_ROWS_V3, 5));
+        for number in ["4242", "8080", "0", "1", "2"] {
+            assert_eq!(index.blocks_of(number), Some(vec![0, 1]), "{number}");
+        }
+        assert_eq!(index.row_ranges("4242"), Some(vec![(0, 300)]));
+        for absent in ["7", "42", "80", "4243"] {
+            assert_eq!(index.blocks_of(absent), Some(Vec::new()), "{absent}");
+        }
+    }
+
     #[test]
     fn short_numbers_spread_over_the_keys() {
         // 128 numbers in 2^15 keys: a few share one at most (FNV-1a's top
@@ -1105,7 +1131,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("fingerprints are not in increasing order"), "{err}");
+        assert!(err.contains("keys are not in increasing order"), "{err}");
         // Unsealed, the same damage fails the checksum first.
         let err = NumberIndex::open(OwnedBytes::new(swapped), 1).err().unwrap().to_string();
         assert!(err.contains("checksum does not match"), "{err}");
@@ -1130,16 +1156,23 @@ mod tests {
             .map(|n| format!("step {} id {:x} port {}", n / 3, n * 7919, n % 50))
             .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let whole = builder_of(&refs).finish().unwrap();
         let mut rng = fastrand::Rng::with_seed(3);
-        for _ in 0..3_000 {
-            let mut damaged = whole.clone();
-            let at = rng.usize(0..damaged.len());
-            damaged[at] ^= rng.u8(1..);
-            assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
-            if let Ok(index) = NumberIndex::open(OwnedBytes::new(resealed(damaged)), 600) {
-                for token in ["7", "49", "1f", "3d5", "deadbeef"] {
-                    let _ = index.row_ranges(token);
+        // Version 3's checksum leaves its header out.
+        for (whole, header_checked) in [
+            (builder_of(&refs).finish().unwrap(), true),
+            (old_builder_of(&refs).finish_v3(), false),
+        ] {
+            for _ in 0..3_000 {
+                let mut damaged = whole.clone();
+                let at = rng.usize(0..damaged.len());
+                damaged[at] ^= rng.u8(1..);
+                if header_checked || at >= HEADER_BYTES_V3 {
+                    assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
+                }
+                if let Ok(index) = NumberIndex::open(OwnedBytes::new(resealed(damaged)), 600) {
+                    for token in ["7", "49", "1f", "3d5", "deadbeef"] {
+                        let _ = index.row_ranges(token);
+                    }
                 }
             }
         }

@@ -353,14 +353,15 @@ fn whole_split_windows_count_from_the_catalog_like_the_index_and_parquet() {
 #[test]
 fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
     use weft_indexer::split::numbers::{BLOCK_ROWS, FILE_NAME};
-    // Three blocks of one stream; 4242 in one line of the first block,
+    // Three blocks of one stream; 4242 in one line of the second block,
     // 424242 in another line of the same block.
     let rows = 3 * BLOCK_ROWS as i64;
+    let hit = BLOCK_ROWS as i64 + 300;
     let records: Vec<LogRecord> = (0..rows)
         .map(|s| match s {
-            300 => record("a", s, "request 4242 failed after 3 retries"),
-            301 => record("a", s, "request 424242 ok"),
-            500 => record("a", s, "trace 9F86D081884C7D65 done"),
+            h if h == hit => record("a", s, "request 4242 failed after 3 retries"),
+            h if h == hit + 1 => record("a", s, "request 424242 ok"),
+            h if h == hit + 200 => record("a", s, "trace 9F86D081884C7D65 done"),
             _ => record("a", s, &format!("step {} of 9999999", s + 100_000)),
         })
         .collect();
@@ -429,23 +430,31 @@ fn rows_whose_line_fails_the_check_are_dropped_and_the_rest_keep_their_metadata(
     let (_dir, engine) = engine_with(std::slice::from_ref(&records));
     let split = engine.store().splits("default", BASE - SEC, BASE + 3000 * SEC).unwrap().remove(0);
     let rows: Vec<u32> = (0..3000).step_by(2).collect();
-    let kept = split.stored_if(&rows, |line| line.ends_with("failed")).unwrap();
-    let expected: Vec<u32> = rows.iter().copied().filter(|r| r % 7 == 0).collect();
-    assert_eq!(kept.iter().map(|(r, _)| *r).collect::<Vec<_>>(), expected);
-    for (r, row) in &kept {
-        let record = &records[*r as usize];
-        assert_eq!((row.ts, row.line.as_str()), (record.ts, record.line.as_str()));
-        let trace = (r % 3 == 0).then(|| format!("t{r}"));
-        assert_eq!(row.metadata.get("trace_id").map(str::to_string), trace, "row {r}");
+    // Lines from their pages, then through parquet-rs (lines and metadata
+    // in one read there).
+    assert!(split.reads_lines_from_pages());
+    for through_parquet_rs in [false, true] {
+        if through_parquet_rs {
+            split.read_lines_through_parquet_rs();
+        }
+        let kept = split.stored_if(&rows, |line| line.ends_with("failed")).unwrap();
+        let expected: Vec<u32> = rows.iter().copied().filter(|r| r % 7 == 0).collect();
+        assert_eq!(kept.iter().map(|(r, _)| *r).collect::<Vec<_>>(), expected);
+        for (r, row) in &kept {
+            let record = &records[*r as usize];
+            assert_eq!((row.ts, row.line.as_str()), (record.ts, record.line.as_str()));
+            let trace = (r % 3 == 0).then(|| format!("t{r}"));
+            assert_eq!(row.metadata.get("trace_id").map(str::to_string), trace, "row {r}");
+        }
+        // Everything kept: the same rows as `stored`.
+        let all = split.stored_if(&rows, |_| true).unwrap();
+        let stored = split.stored(&rows).unwrap();
+        assert_eq!(all.len(), rows.len());
+        assert!(all
+            .iter()
+            .zip(&stored)
+            .all(|((_, a), b)| a.line == b.line && a.metadata == b.metadata));
     }
-    // Everything kept: the same rows as `stored`.
-    let all = split.stored_if(&rows, |_| true).unwrap();
-    let stored = split.stored(&rows).unwrap();
-    assert_eq!(all.len(), stored.len());
-    assert!(all
-        .iter()
-        .zip(&stored)
-        .all(|((_, a), b)| a.line == b.line && a.metadata == b.metadata));
 }
 
 #[test]
