@@ -62,10 +62,18 @@ fn stream_key<'a>(view: &'a LogBatchView<'_>, row: usize) -> [&'a str; 8] {
     ]
 }
 
+/// Rows sorted by stream then time.
+pub struct SortedRows {
+    pub rows: RecordBatch,
+    /// The canonical label set of each distinct stream, in order.
+    pub streams: Vec<String>,
+    /// The first row of each stream.
+    pub starts: Vec<u32>,
+}
+
 /// Sorts the rows of `batches` (storage schema) by stream then time, in
-/// one copy; returns the sorted rows and the canonical label set of each
-/// distinct stream, in order. Equal keys keep their order of arrival.
-pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<String>), IndexerError> {
+/// one copy. Equal keys keep their order of arrival.
+pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<SortedRows, IndexerError> {
     let views = batches.iter().map(LogBatchView::new).collect::<Result<Vec<_>, _>>()?;
     let total: usize = views.iter().map(LogBatchView::len).sum();
     if u32::try_from(total).is_err() {
@@ -145,8 +153,13 @@ pub fn sort_by_stream_then_time(batches: &[RecordBatch]) -> Result<(RecordBatch,
             views[b].stream_labels(row).to_string()
         })
         .collect();
-    let sorted = gather(&storage_schema(), batches, &order).map_err(|e| IndexerError::Internal(e.to_string()))?;
-    Ok((sorted, labels))
+    let rows = gather(&storage_schema(), batches, &order).map_err(|e| IndexerError::Internal(e.to_string()))?;
+    starts.truncate(keys.len());
+    Ok(SortedRows {
+        rows,
+        streams: labels,
+        starts: starts.into_iter().map(|start| start as u32).collect(),
+    })
 }
 
 /// The rows `order` (numbered across `batches`, in turn) of `batches`, in
@@ -269,16 +282,13 @@ fn dir_size(path: &Path) -> u64 {
 /// returns its catalog entry. `merges` is recorded in the entry.
 pub fn write_split(data_dir: &Path, tenant: &str, batches: &[RecordBatch], merges: u32) -> Result<SplitMeta, IndexerError> {
     let schema = storage_schema();
-    let (sorted, streams) = sort_by_stream_then_time(batches)?;
+    let SortedRows {
+        rows: sorted,
+        streams,
+        starts: stream_starts,
+    } = sort_by_stream_then_time(batches)?;
     let view = LogBatchView::new(&sorted)?;
-    let (groups, stream_starts) = row_groups(&view);
-    if stream_starts.len() != streams.len() {
-        return Err(IndexerError::Internal(format!(
-            "{} runs of streams in rows sorted by stream, {} distinct streams",
-            stream_starts.len(),
-            streams.len()
-        )));
-    }
+    let groups = row_groups(&view, &stream_starts);
     let id = new_split_id();
     let ts = view.ts.values();
     let ingest = view.ingest_ts.values();
@@ -353,46 +363,34 @@ fn write_parquet(path: &Path, schema: &arrow_schema::SchemaRef, sorted: &RecordB
 }
 
 /// Rows and line bytes per (stream, level, ML event) of rows sorted by
-/// stream, and the first row of each stream; stream numbers follow the
+/// stream whose streams start at `starts`; stream numbers follow the
 /// split's sorted stream list.
-fn row_groups(view: &LogBatchView<'_>) -> (Vec<RowGroupCount>, Vec<u32>) {
+fn row_groups(view: &LogBatchView<'_>, starts: &[u32]) -> Vec<RowGroupCount> {
     let mut out = Vec::new();
-    let mut starts = Vec::new();
     let mut current: FxHashMap<(&str, &str), (u64, u64)> = FxHashMap::default();
-    let mut stream = 0u32;
-    let mut previous: Option<[&str; 8]> = None;
-    let mut flush = |stream: u32, current: &mut FxHashMap<(&str, &str), (u64, u64)>| {
+    for (stream, &start) in starts.iter().enumerate() {
+        let end = starts.get(stream + 1).map_or(view.len(), |next| *next as usize);
+        for row in start as usize..end {
+            let event = if view.ml_event.is_valid(row) {
+                view.ml_event.value(row)
+            } else {
+                ""
+            };
+            let entry = current.entry((view.level.value(row), event)).or_default();
+            entry.0 += 1;
+            entry.1 += view.line.value(row).len() as u64;
+        }
         let mut groups: Vec<_> = current.drain().collect();
         groups.sort();
         out.extend(groups.into_iter().map(|((level, ml_event), (rows, bytes))| RowGroupCount {
-            stream,
+            stream: stream as u32,
             level: level.to_string(),
             ml_event: ml_event.to_string(),
             rows,
             bytes,
         }));
-    };
-    for row in 0..view.len() {
-        let key = stream_key(view, row);
-        if previous.is_some_and(|p| p != key) {
-            flush(stream, &mut current);
-            stream += 1;
-        }
-        if previous != Some(key) {
-            starts.push(row as u32);
-        }
-        previous = Some(key);
-        let event = if view.ml_event.is_valid(row) {
-            view.ml_event.value(row)
-        } else {
-            ""
-        };
-        let entry = current.entry((view.level.value(row), event)).or_default();
-        entry.0 += 1;
-        entry.1 += view.line.value(row).len() as u64;
     }
-    flush(stream, &mut current);
-    (out, starts)
+    out
 }
 
 /// Reads all rows of a split's Parquet file.
@@ -465,7 +463,11 @@ mod tests {
                 batch(&[rows("a", 7, "a7-second"), rows("a", 3, "a3")].concat()),
                 batch(&[rows("b", 5, "b5-third"), rows("a", 7, "a7-third"), rows("b", 1, "b1")].concat()),
             ];
-            let (sorted, streams) = sort_by_stream_then_time(&batches).unwrap();
+            let SortedRows {
+                rows: sorted,
+                streams,
+                starts,
+            } = sort_by_stream_then_time(&batches).unwrap();
             let view = LogBatchView::new(&sorted).unwrap();
             let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
             let expected: Vec<&str> = ["a3", "a7-first", "a7-second", "a7-third", "b1", "b5-first", "b5-second", "b5-third"]
@@ -474,6 +476,7 @@ mod tests {
                 .collect();
             assert_eq!(lines, expected);
             assert_eq!(streams.len(), 2);
+            assert_eq!(starts, [0, 4 * repeat as u32]);
             assert!(streams[0].contains("pod=\"a\"") && streams[1].contains("pod=\"b\""), "{streams:?}");
         }
     }
@@ -514,7 +517,11 @@ mod tests {
         }
         let mut expected = rows.clone();
         expected.sort_by(|x, y| (&x.0, &x.1, x.2).cmp(&(&y.0, &y.1, y.2)));
-        let (sorted, streams) = sort_by_stream_then_time(&batches).unwrap();
+        let SortedRows {
+            rows: sorted,
+            streams,
+            starts,
+        } = sort_by_stream_then_time(&batches).unwrap();
         let view = LogBatchView::new(&sorted).unwrap();
         let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
         assert_eq!(lines, expected.iter().map(|r| r.3.as_str()).collect::<Vec<_>>());
@@ -522,6 +529,11 @@ mod tests {
         distinct.sort();
         distinct.dedup();
         assert_eq!(streams.len(), distinct.len());
+        let expected_starts: Vec<u32> = (0..expected.len())
+            .filter(|&i| i == 0 || (&expected[i].0, &expected[i].1) != (&expected[i - 1].0, &expected[i - 1].1))
+            .map(|i| i as u32)
+            .collect();
+        assert_eq!(starts, expected_starts);
     }
 
     #[test]
