@@ -131,14 +131,24 @@ pub fn for_each_number(line: &str, mut visit: impl FnMut(&[u8], u32)) {
 /// FNV-1a's top bits hardly vary across short tokens: `0` to `127` share
 /// 13 values of the top 15.
 fn key_of(fingerprint: u32, bits: u32) -> u32 {
+    top_bits(mixed(fingerprint), bits)
+}
+
+/// murmur3's 32-bit finalizer.
+fn mixed(fingerprint: u32) -> u32 {
     let mut h = fingerprint;
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^= h >> 16;
+    h
+}
+
+/// The top `bits` (1 to 32) bits of `value`.
+fn top_bits(value: u32, bits: u32) -> u32 {
     // A shift of 32 would overflow.
-    (u64::from(h) >> (32 - bits)) as u32
+    (u64::from(value) >> (32 - bits)) as u32
 }
 
 /// Collects the (fingerprint, block) pairs of a split's rows, in row order.
@@ -216,14 +226,26 @@ impl NumberIndexBuilder {
     /// The file's bytes (version 4).
     pub fn finish(mut self) -> Result<Vec<u8>, IndexerError> {
         self.close_block();
+        let block = |pair: u64| pair & u64::from(u32::MAX);
+        // Mixed first (one to one, so as many distinct values as
+        // fingerprints), sorted once; keys are then their top bits, in the
+        // same order.
+        for pair in &mut self.pairs {
+            *pair = (u64::from(mixed((*pair >> 32) as u32)) << 32) | block(*pair);
+        }
         self.pairs.sort_unstable();
         let distinct = self.keys().count() as u64;
         let fingerprint_bits = (bit_width(u32::try_from(distinct).unwrap_or(u32::MAX)) + SPARE_KEY_BITS).min(32);
-        // Fingerprints that share a key share its blocks.
         for pair in &mut self.pairs {
-            *pair = (u64::from(key_of((*pair >> 32) as u32, fingerprint_bits)) << 32) | (*pair & u64::from(u32::MAX));
+            *pair = (u64::from(top_bits((*pair >> 32) as u32, fingerprint_bits)) << 32) | block(*pair);
         }
-        self.pairs.sort_unstable();
+        // Fingerprints that share a key share its blocks, which come in one
+        // sorted run per fingerprint.
+        for run in self.pairs.chunk_by_mut(|a, b| a >> 32 == b >> 32) {
+            if !run.is_sorted() {
+                run.sort_unstable();
+            }
+        }
         self.pairs.dedup();
         self.encode(4, fingerprint_bits)
     }
