@@ -434,6 +434,15 @@ mod tests {
     use super::*;
     use arrow_array::{Int64Array, StringArray};
 
+    /// The lines of `batches` sorted by stream then time, the streams and
+    /// where each starts.
+    fn sorted_lines(batches: &[RecordBatch]) -> (Vec<String>, Vec<String>, Vec<u32>) {
+        let SortedRows { rows, streams, starts } = sort_by_stream_then_time(batches).unwrap();
+        let view = LogBatchView::new(&rows).unwrap();
+        let lines = (0..view.len()).map(|r| view.line.value(r).to_string()).collect();
+        (lines, streams, starts)
+    }
+
     /// Rows of three batches, streams interleaved and times tied across
     /// batches: sorted by stream then time, ties in order of arrival
     /// (batch, then row), whichever way the copy is made.
@@ -463,13 +472,7 @@ mod tests {
                 batch(&[rows("a", 7, "a7-second"), rows("a", 3, "a3")].concat()),
                 batch(&[rows("b", 5, "b5-third"), rows("a", 7, "a7-third"), rows("b", 1, "b1")].concat()),
             ];
-            let SortedRows {
-                rows: sorted,
-                streams,
-                starts,
-            } = sort_by_stream_then_time(&batches).unwrap();
-            let view = LogBatchView::new(&sorted).unwrap();
-            let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
+            let (lines, streams, starts) = sorted_lines(&batches);
             let expected: Vec<&str> = ["a3", "a7-first", "a7-second", "a7-third", "b1", "b5-first", "b5-second", "b5-third"]
                 .iter()
                 .flat_map(|tag| std::iter::repeat_n(*tag, repeat))
@@ -517,13 +520,7 @@ mod tests {
         }
         let mut expected = rows.clone();
         expected.sort_by(|x, y| (&x.0, &x.1, x.2).cmp(&(&y.0, &y.1, y.2)));
-        let SortedRows {
-            rows: sorted,
-            streams,
-            starts,
-        } = sort_by_stream_then_time(&batches).unwrap();
-        let view = LogBatchView::new(&sorted).unwrap();
-        let lines: Vec<&str> = (0..view.len()).map(|r| view.line.value(r)).collect();
+        let (lines, streams, starts) = sorted_lines(&batches);
         assert_eq!(lines, expected.iter().map(|r| r.3.as_str()).collect::<Vec<_>>());
         let mut distinct: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
         distinct.sort();
