@@ -191,7 +191,7 @@ fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usi
         }
         if checked.len() >= MAX_CHECKED_ROWS {
             return Err(QueryError::BadRequest(format!(
-                "the search's words are in more than {MAX_CHECKED_ROWS} lines of one split, and each candidate line is checked (phrases have no positions in the index, numbers are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
+                "the search's words are in more than {MAX_CHECKED_ROWS} lines of one split, and each candidate line is checked (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
             )));
         }
         round = round.saturating_mul(4);
@@ -285,7 +285,7 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         }
         let query = split_query(split, &parsed, text_query, &streams, request.start, request.end);
         match &text {
-            Some(text) if text.needs_check() => {
+            Some(text) if text.needs_check_in(split) => {
                 let rows = checked_rows(split, query.as_ref(), text, want)?;
                 let top = rows.iter().map(|(ts, row, _)| (*ts, *row)).collect();
                 Ok((top, rows.into_iter().map(|(_, row, stored)| (row, stored)).collect()))

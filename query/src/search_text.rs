@@ -95,6 +95,13 @@ impl TextExpr {
         self.needs_check
     }
 
+    /// True when `split`'s index over-approximates the expression: it
+    /// [`TextExpr::needs_check`], or one of its words is among the
+    /// split's block words (indexed per block of rows, like numbers).
+    pub fn needs_check_in(&self, split: &OpenSplit) -> bool {
+        self.needs_check || !words_exact(&self.root, split)
+    }
+
     /// The candidate query over a split's words: every line that matches
     /// is a candidate (phrases and numbers under a negation are left to
     /// the check).
@@ -184,6 +191,18 @@ fn over_approximated(node: &Node) -> bool {
             tokens.len() > 1 || tokens.iter().any(|t| is_number_token(t)) || (*prefix && tokens.last().is_some_and(|t| may_be_in_number(t)))
         }
         Node::Clause(items) => items.iter().any(|(_, n)| over_approximated(n)),
+    }
+}
+
+/// True when every word of `node` is exactly in `split`'s terms.
+fn words_exact(node: &Node, split: &OpenSplit) -> bool {
+    match node {
+        Node::All => true,
+        Node::Phrase { tokens, prefix, .. } => tokens
+            .iter()
+            .enumerate()
+            .all(|(i, t)| split.word_is_exact(t, *prefix && i + 1 == tokens.len())),
+        Node::Clause(items) => items.iter().all(|(_, child)| words_exact(child, split)),
     }
 }
 

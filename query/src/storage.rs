@@ -5,9 +5,10 @@
 //!
 //! Queries resolve a stream selector to the split's matching streams, ask
 //! tantivy for the rows (stream, time range, and a token prefilter derived
-//! from `|=` filters: words from tantivy's terms, numbers as the row
-//! blocks the split's number index names), then read exactly those rows
-//! from Parquet, where every filter is applied exactly.
+//! from `|=` filters: words from tantivy's terms, numbers and the split's
+//! block words as the row blocks the split's number index names), then
+//! read exactly those rows from Parquet, where every filter is applied
+//! exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -447,12 +448,16 @@ impl OpenSplit {
                         (Some(query), _) => query,
                         (None, _) => continue,
                     },
-                    (true, false) => Box::new(
-                        RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
-                    ),
-                    (true, true) => Box::new(
-                        RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid"),
-                    ),
+                    (true, false) => {
+                        let terms =
+                            RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid");
+                        self.or_block_words(Box::new(terms), |word| word.ends_with(token.as_str())).0
+                    }
+                    (true, true) => {
+                        let terms =
+                            RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid");
+                        self.or_block_words(Box::new(terms), |word| word.contains(token.as_str())).0
+                    }
                 };
                 tokens.push((Occur::Must, query));
             }
@@ -477,22 +482,21 @@ impl OpenSplit {
     /// starting with it when `prefix`; `None`: any row may. The flag is
     /// true when the rows are exactly those (tantivy's terms), false when
     /// they are a superset to check on the lines (blocks of the number
-    /// index).
+    /// index: numbers and block words).
     pub fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
         let line = self.fields.line;
         match &self.numbers {
             // A prefix of hex digits may begin a number token.
             Some(_) if prefix && may_be_in_number(token) => (None, false),
-            Some(numbers) if is_number_token(token) => match numbers.row_ranges(token) {
+            Some(numbers) if !prefix && (is_number_token(token) || numbers.holds_word(token)) => match numbers.row_ranges(token) {
                 Some(ranges) => (Some(Box::new(RowRangesQuery::new(ranges))), false),
                 None => (None, false),
             },
-            _ if prefix => (
-                Some(Box::new(
-                    RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid"),
-                )),
-                true,
-            ),
+            _ if prefix => {
+                let terms = RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid");
+                let (query, exact) = self.or_block_words(Box::new(terms), |word| word.starts_with(token));
+                (Some(query), exact)
+            }
             _ => (
                 Some(Box::new(TermQuery::new(
                     Term::from_field_text(line, token),
@@ -501,6 +505,39 @@ impl OpenSplit {
                 true,
             ),
         }
+    }
+
+    /// True when [`OpenSplit::word`] gives exactly the rows holding
+    /// `token` (or a token it begins, when `prefix`), with no check of
+    /// their lines needed.
+    pub fn word_is_exact(&self, token: &str, prefix: bool) -> bool {
+        match &self.numbers {
+            None => true,
+            Some(numbers) if prefix => !may_be_in_number(token) && !numbers.words().iter().any(|w| w.starts_with(token)),
+            Some(numbers) => !is_number_token(token) && !numbers.holds_word(token),
+        }
+    }
+
+    /// `terms` (a query over tantivy's terms), or the blocks of the
+    /// split's block words that `matches` accepts; the flag is true when
+    /// no block word was added (the rows are then exactly `terms`').
+    fn or_block_words(&self, terms: Box<dyn Query>, matches: impl Fn(&str) -> bool) -> (Box<dyn Query>, bool) {
+        let Some(numbers) = &self.numbers else {
+            return (terms, true);
+        };
+        let mut either: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for word in numbers.words().iter().filter(|w| matches(w)) {
+            either.push(match numbers.row_ranges(word) {
+                Some(ranges) => (Occur::Should, Box::new(RowRangesQuery::new(ranges))),
+                // A damaged file: any row may hold it.
+                None => (Occur::Should, Box::new(tantivy::query::AllQuery)),
+            });
+        }
+        if either.is_empty() {
+            return (terms, true);
+        }
+        either.push((Occur::Should, terms));
+        (Box::new(BooleanQuery::new(either)), false)
     }
 
     /// `base`, narrowed to rows tagged with an `ml_event`.

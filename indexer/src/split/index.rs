@@ -4,8 +4,9 @@
 //!
 //! Fields: `line` (tokenized by `weft_line`: alphanumeric runs, lowercased,
 //! runs of [`LONG_TOKEN_BYTES`] or more left out, no positions; number
-//! tokens go to the split's block-level number index instead, see
-//! [`super::numbers`]; splits written before it hold them here),
+//! tokens and the split's block words ([`block_words`]) go to the split's
+//! block-level number index instead, see [`super::numbers`]; splits
+//! written before it hold them here),
 //! `flags` (`long_token` on lines that had such a run, so a substring
 //! prefilter never misses them), `level` and `ml_event` (raw and fast),
 //! `field` (raw `name=value` terms of structured metadata), `ts` (i64, fast
@@ -26,6 +27,7 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow_array::Array;
 use tantivy::directory::{Directory, MmapDirectory};
@@ -36,7 +38,9 @@ use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
 use tantivy::{Index, IndexSettings, TantivyDocument};
 use weft_model::LogBatchView;
 
-use super::numbers::{fingerprint, is_number_token, NumberIndexBuilder};
+use rustc_hash::FxHashMap;
+
+use super::numbers::{fingerprint, is_number_token, may_be_block_word, NumberIndexBuilder, WordSet, BLOCK_ROWS, MAX_BLOCK_WORDS};
 use crate::IndexerError;
 
 /// Field handles of the split index schema.
@@ -65,6 +69,85 @@ fn line_analyzer() -> TextAnalyzer {
     TextAnalyzer::from(LineTokenizer::default())
 }
 
+/// A word is a block word of a split when at least one in this many of
+/// the sampled lines holds it. Its postings would take a bit or more per
+/// such line; a page of 1,024 lines holds it some 30 times or more,
+/// and is read whole to check a line anyway.
+pub const BLOCK_WORD_SHARE: usize = 32;
+/// Lines sampled (evenly spaced) to pick a split's block words.
+const BLOCK_WORD_SAMPLE: usize = 2048;
+/// Splits of fewer rows have no block words (their postings are small).
+const BLOCK_WORDS_MIN_ROWS: usize = 8 * BLOCK_ROWS as usize;
+
+/// The block words of a split of `view`'s rows, sorted: the words (each
+/// [`may_be_block_word`]) held by at least one in [`BLOCK_WORD_SHARE`] of
+/// an even sample of its lines; the most common [`MAX_BLOCK_WORDS`] of
+/// them. They are picked before any row is indexed, so every row's
+/// occurrences of a block word go to the number index, and of any other
+/// word to tantivy, whatever the sample missed.
+pub fn block_words(view: &LogBatchView<'_>) -> Vec<String> {
+    let rows = view.len();
+    if rows < BLOCK_WORDS_MIN_ROWS {
+        return Vec::new();
+    }
+    let step = rows / BLOCK_WORD_SAMPLE.min(rows);
+    // Per word: sampled lines holding it, and the last of them.
+    let mut held: FxHashMap<String, (usize, usize)> = FxHashMap::default();
+    let mut sampled = 0;
+    for (n, row) in (0..rows).step_by(step).enumerate() {
+        sampled += 1;
+        for token in line_tokens(view.line.value(row)) {
+            if !may_be_block_word(&token) {
+                continue;
+            }
+            let (lines, last) = held.entry(token).or_insert((0, usize::MAX));
+            if *last != n {
+                *lines += 1;
+                *last = n;
+            }
+        }
+    }
+    let mut common: Vec<(usize, String)> = held
+        .into_iter()
+        .filter(|(_, (lines, _))| lines * BLOCK_WORD_SHARE >= sampled)
+        .map(|(word, (lines, _))| (lines, word))
+        .collect();
+    common.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    common.truncate(MAX_BLOCK_WORDS);
+    let mut words: Vec<String> = common.into_iter().map(|(_, word)| word).collect();
+    words.sort_unstable();
+    words
+}
+
+/// A split's block words, for the tokenizer: each word's place in the
+/// list (its bit in a row's [`WordSet`]).
+struct BlockWords {
+    places: FxHashMap<String, u8>,
+    /// Bit `n` set when some word is `n` bytes long (a token of another
+    /// length is not looked up).
+    lengths: u128,
+}
+
+impl BlockWords {
+    fn new(words: &[String]) -> Self {
+        BlockWords {
+            places: words.iter().zip(0u8..).map(|(w, place)| (w.clone(), place)).collect(),
+            lengths: words
+                .iter()
+                .fold(0, |lengths, w| lengths | 1u128.checked_shl(w.len() as u32).unwrap_or(0)),
+        }
+    }
+
+    /// The place of `token` (lowercased) among the words.
+    fn place(&self, token: &str) -> Option<u8> {
+        let len_bit = 1u128.checked_shl(token.len() as u32).unwrap_or(0);
+        if self.lengths & len_bit == 0 {
+            return None;
+        }
+        self.places.get(token).copied()
+    }
+}
+
 /// The `line` tokenizer in one pass over the bytes: what tantivy's
 /// `SimpleTokenizer`, `RemoveLongFilter`, `LowerCaser` and a filter of
 /// number tokens make of a line, without four stages per token (they
@@ -73,6 +156,18 @@ fn line_analyzer() -> TextAnalyzer {
 #[derive(Clone, Default)]
 pub struct LineTokenizer {
     token: Token,
+    /// The split's block words, left to the number index like numbers.
+    words: Option<Arc<BlockWords>>,
+}
+
+impl LineTokenizer {
+    /// The tokenizer of a split whose block words are `words`.
+    fn with_words(words: &[String]) -> Self {
+        LineTokenizer {
+            token: Token::default(),
+            words: (!words.is_empty()).then(|| Arc::new(BlockWords::new(words))),
+        }
+    }
 }
 
 /// The token stream of [`LineTokenizer`].
@@ -80,6 +175,7 @@ pub struct LineTokenStream<'a> {
     text: &'a str,
     at: usize,
     token: &'a mut Token,
+    words: Option<&'a BlockWords>,
 }
 
 impl Tokenizer for LineTokenizer {
@@ -96,6 +192,7 @@ impl Tokenizer for LineTokenizer {
             text,
             at: 0,
             token: &mut self.token,
+            words: self.words.as_deref(),
         }
     }
 }
@@ -218,6 +315,16 @@ impl TokenStream for LineTokenStream<'_> {
                 // Character by character, like tantivy's LowerCaser.
                 self.token.text.extend(run.chars().flat_map(char::to_lowercase));
             }
+            // (A block word may come from a non-ASCII run: `\u{212A}`, the
+            // Kelvin sign, lowercases to `k`.)
+            if let Some(place) = self.words.and_then(|words| words.place(&self.token.text)) {
+                NUMBER_SINK.with_borrow_mut(|sink| {
+                    if let Some(sink) = sink {
+                        sink.words |= 1 << place;
+                    }
+                });
+                continue;
+            }
             return true;
         }
     }
@@ -244,6 +351,8 @@ struct NumberSink {
     /// Lines tokenized since the sink was last drained.
     lines: u32,
     fingerprints: Vec<u32>,
+    /// The block words of the line.
+    words: WordSet,
 }
 
 /// Installs an empty [`NUMBER_SINK`] on this thread until dropped (then
@@ -259,10 +368,11 @@ impl NumberSinkGuard {
         }
     }
 
-    /// Hands the fingerprints of the one line tokenized since the last
-    /// call to `add`; an error when tantivy tokenized some other number of
-    /// lines on this thread (say, on a thread of its own).
-    fn drain(&self, add: impl FnOnce(&[u32])) -> Result<(), IndexerError> {
+    /// Hands the number fingerprints and the block words of the one line
+    /// tokenized since the last call to `add`; an error when tantivy
+    /// tokenized some other number of lines on this thread (say, on a
+    /// thread of its own).
+    fn drain(&self, add: impl FnOnce(&[u32], WordSet)) -> Result<(), IndexerError> {
         NUMBER_SINK.with_borrow_mut(|sink| {
             let Some(sink) = sink.as_mut() else {
                 return Err(IndexerError::Internal("the number sink of this thread was removed".into()));
@@ -273,7 +383,7 @@ impl NumberSinkGuard {
                     "the line tokenizer ran {lines} times for one document on the indexing thread"
                 )));
             }
-            add(&sink.fingerprints);
+            add(&sink.fingerprints, std::mem::take(&mut sink.words));
             sink.fingerprints.clear();
             Ok(())
         })
@@ -404,8 +514,10 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerEr
     })?;
     let (schema, f) = log_schema();
     let directory = MmapDirectory::open(path).map_err(|e| IndexerError::Internal(format!("tantivy directory: {e}")))?;
+    let words = block_words(view);
+    let mut numbers = NumberIndexBuilder::with_words(words.clone())?;
     let tokenizers = tantivy::tokenizer::TokenizerManager::default();
-    tokenizers.register(LINE_TOKENIZER, line_analyzer());
+    tokenizers.register(LINE_TOKENIZER, TextAnalyzer::from(LineTokenizer::with_words(&words)));
     let settings = IndexSettings {
         docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
         ..IndexSettings::default()
@@ -416,7 +528,6 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerEr
         .tokenizers(tokenizers)
         .single_segment_index_writer::<TantivyDocument>(directory, 64 * 1024 * 1024)
         .map_err(tantivy_err)?;
-    let mut numbers = NumberIndexBuilder::default();
     // The single-segment writer tokenizes on this thread.
     let sink = NumberSinkGuard::install();
     for row in 0..view.len() {
@@ -438,7 +549,7 @@ pub fn write_index(path: &Path, view: &LogBatchView<'_>) -> Result<(), IndexerEr
         doc.add_i64(f.ts, view.ts.value(row));
         doc.add_u64(f.bytes, view.line.value(row).len() as u64);
         writer.add_document(doc).map_err(tantivy_err)?;
-        sink.drain(|fingerprints| numbers.add_fingerprints(row as u32, fingerprints))?;
+        sink.drain(|fingerprints, words| numbers.add_row(row as u32, fingerprints, words))?;
     }
     drop(sink);
     let index = writer.finalize().map_err(tantivy_err)?;
@@ -541,7 +652,11 @@ mod tests {
             // The numbers it skipped are those the number index takes.
             let mut numbers = Vec::new();
             super::super::numbers::for_each_number(l, |_, fingerprint| numbers.push(fingerprint));
-            sink.drain(|skipped| assert_eq!(skipped, numbers, "{l:?}")).unwrap();
+            sink.drain(|skipped, words| {
+                assert_eq!(skipped, numbers, "{l:?}");
+                assert_eq!(words, 0);
+            })
+            .unwrap();
             // And the query side's reading of the same line.
             let spec: Vec<String> = line_tokens(l).filter(|t| !is_number_token(t)).collect();
             assert_eq!(expected.into_iter().map(|(t, _, _)| t).collect::<Vec<_>>(), spec, "{l:?}");
@@ -550,7 +665,7 @@ mod tests {
         // wrong row.
         tokens(&mut line, "a 1");
         tokens(&mut line, "b 2");
-        assert!(sink.drain(|_| ()).is_err());
+        assert!(sink.drain(|_, _| ()).is_err());
         drop(sink);
         assert!(NUMBER_SINK.with_borrow(Option::is_none));
         assert_eq!(

@@ -1,7 +1,18 @@
 //! The number index of a split: which blocks of [`BLOCK_ROWS`] rows hold
 //! each number token, decimal or hexadecimal (see [`is_number_token`]:
 //! sizes, ports, octets of addresses, steps, the digits of timestamps and
-//! decimals, request and trace ids, hashes, `0x` addresses).
+//! decimals, request and trace ids, hashes, `0x` addresses), and each of
+//! the split's *block words*.
+//!
+//! Block words (version 5) are the words in many of a split's lines
+//! (`info`, `task`, `stage`, `executor`: at least one line in
+//! [`super::index::BLOCK_WORD_SHARE`] of a sample). A posting per line
+//! costs them a bit or more each; a block costs them a few bits per 1,024
+//! rows. A line holding one is most of a page anyway, and the page is
+//! read whole to check it. The writer picks them from a sample of the
+//! split's lines before it indexes any (see
+//! [`super::index::block_words`]) and lists them in the file; a query
+//! looks a listed word up here, and any other word in tantivy.
 //!
 //! Number tokens are almost all of a log's distinct terms and over a third
 //! of its tokens; in tantivy each was a term dictionary entry and a
@@ -14,7 +25,13 @@
 //! ([`may_be_in_number`]); only those lose their index prefilter.
 //!
 //! File layout (`numbers.idx` inside the split's index directory, little
-//! endian), version 4: the magic `WEFTNUM4`; `block_rows` (1,024: a
+//! endian), version 5: the magic `WEFTNUM5`; the fields of version 4's
+//! header with `words_bytes` before the CRC-32; `words_bytes` bytes of
+//! block words, each a length byte and its lowercase ASCII letters and
+//! digits, in increasing order; then version 4's table and bit stream. A
+//! block word's key is its fingerprint's, like a number's.
+//!
+//! Version 4 (`WEFTNUM4`, still read): the magic; `block_rows` (1,024: a
 //! Parquet page of lines, which a search decompresses whole anyway),
 //! `rows`, `keys`, `stream_bytes`, `key_bits`, `fingerprint_bits` and a
 //! CRC-32 as u32. The checksum covers the header before it and
@@ -66,13 +83,30 @@ pub const FILE_NAME: &str = "numbers.idx";
 /// Keys per entry of the offset table.
 pub const GROUP_KEYS: usize = 64;
 /// Format version written, recorded in the split's catalog entry.
-/// Versions 2 and 3 are read as well; version 1 (a development format
+/// Versions 2 to 4 are read as well; version 1 (a development format
 /// that held decimal numbers only) is refused.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 const MAGIC: &[u8; 7] = b"WEFTNUM";
 const HEADER_BYTES: usize = 8 + 4 * 4;
 const HEADER_BYTES_V3: usize = 8 + 6 * 4;
 const HEADER_BYTES_V4: usize = 8 + 7 * 4;
+const HEADER_BYTES_V5: usize = 8 + 8 * 4;
+/// Most block words a split lists (a bit each in a row's word set).
+pub const MAX_BLOCK_WORDS: usize = 128;
+/// Longest block word, in bytes.
+pub const MAX_BLOCK_WORD_BYTES: usize = 64;
+
+/// Which of a split's block words a row holds: bit `i` for the `i`th.
+pub type WordSet = u128;
+
+/// True for a word a split may list as a block word: 1 to
+/// [`MAX_BLOCK_WORD_BYTES`] lowercase ASCII letters and digits, not a
+/// number token.
+pub fn may_be_block_word(word: &str) -> bool {
+    (1..=MAX_BLOCK_WORD_BYTES).contains(&word.len())
+        && word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !is_number_token(word)
+}
 
 /// True for the tokens this index holds instead of tantivy: ASCII hex
 /// digits with at least one decimal digit (`8080`, `3f2a9c01`), optionally
@@ -155,6 +189,11 @@ fn top_bits(value: u32, bits: u32) -> u32 {
 pub struct NumberIndexBuilder {
     pairs: Vec<u64>,
     block: Vec<u32>,
+    /// The block words of the current block's rows.
+    block_words: WordSet,
+    /// The split's block words (sorted) and their fingerprints.
+    words: Vec<String>,
+    word_fingerprints: Vec<u32>,
     block_no: u32,
     block_rows: u32,
     rows: u32,
@@ -165,6 +204,9 @@ impl Default for NumberIndexBuilder {
         NumberIndexBuilder {
             pairs: Vec::new(),
             block: Vec::new(),
+            block_words: 0,
+            words: Vec::new(),
+            word_fingerprints: Vec::new(),
             block_no: 0,
             block_rows: BLOCK_ROWS,
             rows: 0,
@@ -173,6 +215,24 @@ impl Default for NumberIndexBuilder {
 }
 
 impl NumberIndexBuilder {
+    /// A builder that also indexes `words` per block (sorted, distinct,
+    /// each [`may_be_block_word`], at most [`MAX_BLOCK_WORDS`]): a row's
+    /// [`WordSet`] names them by their place here.
+    pub fn with_words(words: Vec<String>) -> Result<Self, IndexerError> {
+        let fits =
+            words.len() <= MAX_BLOCK_WORDS && words.iter().all(|w| may_be_block_word(w)) && words.windows(2).all(|pair| pair[0] < pair[1]);
+        if !fits {
+            return Err(IndexerError::Internal(format!(
+                "block words must be at most {MAX_BLOCK_WORDS} sorted distinct lowercase ASCII words of 1 to {MAX_BLOCK_WORD_BYTES} bytes, not numbers: {words:?}"
+            )));
+        }
+        Ok(NumberIndexBuilder {
+            word_fingerprints: words.iter().map(|w| fingerprint(w.as_bytes())).collect(),
+            words,
+            ..NumberIndexBuilder::default()
+        })
+    }
+
     /// A builder of blocks of `block_rows` rows (what older versions were
     /// written with), for the reader's tests.
     #[cfg(test)]
@@ -192,10 +252,12 @@ impl NumberIndexBuilder {
     }
 
     /// Adds row `row` (rows come in increasing order) whose number tokens
-    /// have `fingerprints` (as [`for_each_number`] finds them).
-    pub fn add_fingerprints(&mut self, row: u32, fingerprints: &[u32]) {
+    /// have `fingerprints` (as [`for_each_number`] finds them) and which
+    /// holds the block words `words`.
+    pub fn add_row(&mut self, row: u32, fingerprints: &[u32], words: WordSet) {
         self.start_row(row);
         self.block.extend_from_slice(fingerprints);
+        self.block_words |= words;
     }
 
     fn start_row(&mut self, row: u32) {
@@ -208,6 +270,15 @@ impl NumberIndexBuilder {
     }
 
     fn close_block(&mut self) {
+        let mut words = std::mem::take(&mut self.block_words);
+        while words != 0 {
+            let word = words.trailing_zeros() as usize;
+            words &= words - 1;
+            // A bit past the list (a caller's error) names no word.
+            if let Some(fingerprint) = self.word_fingerprints.get(word) {
+                self.block.push(*fingerprint);
+            }
+        }
         self.block.sort_unstable();
         self.block.dedup();
         let block_no = u64::from(self.block_no);
@@ -223,8 +294,21 @@ impl NumberIndexBuilder {
             .map(|run| ((run[0] >> 32) as u32, run))
     }
 
-    /// The file's bytes (version 4).
-    pub fn finish(mut self) -> Result<Vec<u8>, IndexerError> {
+    /// The file's bytes (version 5).
+    pub fn finish(self) -> Result<Vec<u8>, IndexerError> {
+        self.finish_as(5)
+    }
+
+    /// The file's bytes in version 4 (what splits written before version
+    /// 5 hold), for the reader's tests.
+    #[cfg(test)]
+    fn finish_v4(self) -> Vec<u8> {
+        assert!(self.words.is_empty(), "version 4 has no block words");
+        self.finish_as(4).unwrap()
+    }
+
+    /// The file's bytes in version 4 or 5.
+    fn finish_as(mut self, version: u8) -> Result<Vec<u8>, IndexerError> {
         self.close_block();
         let block = |pair: u64| pair & u64::from(u32::MAX);
         // Mixed first (one to one, so as many distinct values as
@@ -247,7 +331,7 @@ impl NumberIndexBuilder {
             }
         }
         self.pairs.dedup();
-        self.encode(4, fingerprint_bits)
+        self.encode(version, fingerprint_bits)
     }
 
     /// The file's bytes in version 3 (what splits written before version
@@ -260,7 +344,7 @@ impl NumberIndexBuilder {
         self.encode(3, 32).unwrap()
     }
 
-    /// The bytes of version 3 or 4 from the sorted (key, block) pairs.
+    /// The bytes of version 3, 4 or 5 from the sorted (key, block) pairs.
     fn encode(&self, version: u8, fingerprint_bits: u32) -> Result<Vec<u8>, IndexerError> {
         let too_big = || IndexerError::Internal("number index: more than 2^32 bits of postings".into());
         let blocks = self.rows.div_ceil(self.block_rows);
@@ -294,19 +378,28 @@ impl NumberIndexBuilder {
         }
         u32::try_from(stream.bits()).map_err(|_| too_big())?;
         let stream = stream.finish();
-        let header = if version == 3 { HEADER_BYTES_V3 } else { HEADER_BYTES_V4 };
-        let mut out = Vec::with_capacity(header + 4 * table.len() + stream.len());
+        let header = header_bytes(version);
+        let mut words = Vec::new();
+        for word in &self.words {
+            words.push(word.len() as u8);
+            words.extend_from_slice(word.as_bytes());
+        }
+        let mut out = Vec::with_capacity(header + words.len() + 4 * table.len() + stream.len());
         out.extend_from_slice(MAGIC);
         out.push(b'0' + version);
         let mut fields = vec![self.block_rows, self.rows, keys as u32, stream.len() as u32, key_bits];
         if version >= 4 {
             fields.push(fingerprint_bits);
         }
+        if version >= 5 {
+            fields.push(words.len() as u32);
+        }
         // The checksum (zero here) is filled in last.
         fields.push(0);
         for n in fields {
             out.extend_from_slice(&n.to_le_bytes());
         }
+        out.extend_from_slice(&words);
         for n in &table {
             out.extend_from_slice(&n.to_le_bytes());
         }
@@ -369,9 +462,18 @@ impl NumberIndexBuilder {
     }
 }
 
-/// The CRC-32 of a version 3 or 4 file of `header` header bytes: of what
-/// follows the header, and in version 4 (`with_header`) of the header's
-/// fields before the checksum as well.
+/// Header bytes of version 3, 4 or 5 (the checksum in its last four).
+fn header_bytes(version: u8) -> usize {
+    match version {
+        3 => HEADER_BYTES_V3,
+        4 => HEADER_BYTES_V4,
+        _ => HEADER_BYTES_V5,
+    }
+}
+
+/// The CRC-32 of a version 3, 4 or 5 file of `header` header bytes: of
+/// what follows the header, and from version 4 on (`with_header`) of the
+/// header's fields before the checksum as well.
 fn checksum(bytes: &[u8], header: usize, with_header: bool) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     if with_header {
@@ -541,6 +643,8 @@ pub struct NumberIndex {
     rows: u32,
     keys: usize,
     layout: Layout,
+    /// The split's block words (version 5), sorted.
+    words: Vec<String>,
 }
 
 /// Where the parts of an opened file are, by version.
@@ -549,7 +653,7 @@ enum Layout {
         postings_at: usize,
         postings_len: usize,
     },
-    /// Versions 3 and 4.
+    /// Versions 3 to 5.
     Bits {
         /// Where the group table starts (after the header).
         table_at: usize,
@@ -577,9 +681,9 @@ impl NumberIndex {
             return Err(corrupt("not a weft number index (bad magic or shorter than its header)"));
         }
         let version = slice[7];
-        if !(b'2'..=b'4').contains(&version) {
+        if !(b'2'..=b'5').contains(&version) {
             return Err(corrupt(&format!(
-                "format {} is not 2, 3 or 4 (a development format, or one newer than this reader; re-index the split or upgrade)",
+                "format {} is not 2, 3, 4 or 5 (a development format, or one newer than this reader; re-index the split or upgrade)",
                 char::from(version)
             )));
         }
@@ -594,6 +698,11 @@ impl NumberIndex {
                 .and_then(|n| n.checked_add(header))
                 .filter(|at| at.checked_add(data_len) == Some(slice.len()))
         };
+        let header = if version == b'2' {
+            HEADER_BYTES
+        } else {
+            header_bytes(version - b'0')
+        };
         let (layout, written_block_rows) = if version == b'2' {
             let at = sizes(HEADER_BYTES, keys.checked_add(groups + 1));
             let layout = at.map(|at| Layout::V2 {
@@ -602,17 +711,17 @@ impl NumberIndex {
             });
             (layout, None)
         } else {
-            let (header, block_rows) = if version == b'3' {
-                (HEADER_BYTES_V3, BLOCK_ROWS_V3)
-            } else {
-                (HEADER_BYTES_V4, BLOCK_ROWS)
-            };
+            let block_rows = if version == b'3' { BLOCK_ROWS_V3 } else { BLOCK_ROWS };
             let field = |at: usize| if slice.len() >= header { read_u32(slice, at) } else { u32::MAX };
             let key_bits = field(24);
             let fingerprint_bits = if version == b'3' { 32 } else { field(28) };
-            let at = sizes(header, Some(2 * groups)).filter(|_| key_bits < 32 && (1..=32).contains(&fingerprint_bits));
+            let words_bytes = if version >= b'5' { field(32) as usize } else { 0 };
+            let table_at = header.checked_add(words_bytes).filter(|at| *at <= slice.len());
+            let at = table_at
+                .and_then(|table_at| sizes(table_at, Some(2 * groups)))
+                .filter(|_| key_bits < 32 && (1..=32).contains(&fingerprint_bits));
             let layout = at.map(|at| Layout::Bits {
-                table_at: header,
+                table_at: at - 8 * groups,
                 stream_at: at,
                 stream_bytes: data_len,
                 key_bits,
@@ -632,10 +741,16 @@ impl NumberIndex {
         if u64::from(indexed_rows) != rows {
             return Err(corrupt(&format!("it covers {indexed_rows} rows, the split has {rows}")));
         }
+        let mut words = Vec::new();
         if let Layout::Bits { table_at, .. } = layout {
-            if checksum(slice, table_at, version >= b'4') != read_u32(slice, table_at - 4) {
+            if checksum(slice, header, version >= b'4') != read_u32(slice, header - 4) {
                 return Err(corrupt("its checksum does not match its contents"));
             }
+            words = read_words(&slice[header..table_at]).ok_or_else(|| {
+                corrupt(&format!(
+                    "its block words are not at most {MAX_BLOCK_WORDS} sorted distinct lowercase ASCII words of 1 to {MAX_BLOCK_WORD_BYTES} bytes"
+                ))
+            })?;
         }
         // Version 2 lists every key; versions 3 and 4 the first of each group.
         let (tables_at, listed, stride) = match layout {
@@ -659,7 +774,19 @@ impl NumberIndex {
             rows: indexed_rows,
             keys,
             layout,
+            words,
         })
+    }
+
+    /// The split's block words, sorted: they are looked up here, not in
+    /// tantivy.
+    pub fn words(&self) -> &[String] {
+        &self.words
+    }
+
+    /// True when `word` (lowercased) is one of the split's block words.
+    pub fn holds_word(&self, word: &str) -> bool {
+        self.words.binary_search_by(|w| w.as_str().cmp(word)).is_ok()
     }
 
     /// Rows per block.
@@ -810,6 +937,22 @@ impl NumberIndex {
     }
 }
 
+/// The words of a version 5 words section: length-prefixed, each
+/// [`may_be_block_word`], strictly increasing; `None` when it is not that.
+fn read_words(mut section: &[u8]) -> Option<Vec<String>> {
+    let mut words: Vec<String> = Vec::new();
+    while let Some((&len, rest)) = section.split_first() {
+        let word = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
+        let in_order = words.last().is_none_or(|last| last.as_str() < word);
+        if !may_be_block_word(word) || !in_order || words.len() == MAX_BLOCK_WORDS {
+            return None;
+        }
+        words.push(word.to_string());
+        section = &rest[usize::from(len)..];
+    }
+    Some(words)
+}
+
 /// The first of `0..len` for which `below` is false (`below` true up to
 /// some point, false after).
 fn partition_point(len: usize, below: impl Fn(usize) -> bool) -> usize {
@@ -845,15 +988,23 @@ mod tests {
         builder
     }
 
-    /// The index of `lines` in the format written now and in versions 3
-    /// and 2.
-    fn indexes_of(lines: &[&str]) -> [NumberIndex; 3] {
+    /// The index of `lines` in the format written now and in versions 4,
+    /// 3 and 2.
+    fn indexes_of(lines: &[&str]) -> [NumberIndex; 4] {
         let rows = lines.len() as u64;
         [
             NumberIndex::open(OwnedBytes::new(builder_of(lines).finish().unwrap()), rows).unwrap(),
+            NumberIndex::open(OwnedBytes::new(builder_of(lines).finish_v4()), rows).unwrap(),
             NumberIndex::open(OwnedBytes::new(old_builder_of(lines).finish_v3()), rows).unwrap(),
             NumberIndex::open(OwnedBytes::new(old_builder_of(lines).finish_v2()), rows).unwrap(),
         ]
+    }
+
+    /// The fingerprints of `line`'s number tokens.
+    fn numbers_of(line: &str) -> Vec<u32> {
+        let mut numbers = Vec::new();
+        for_each_number(line, |_, fingerprint| numbers.push(fingerprint));
+        numbers
     }
 
     /// The key of `fingerprint` in `index`.
@@ -1005,6 +1156,63 @@ mod tests {
         }
     }
 
+    /// Block words are listed in the file and found in exactly the blocks
+    /// of the rows that hold them, beside the numbers of the same rows.
+    #[test]
+    fn block_words_are_listed_and_found_in_their_blocks() {
+        let words: Vec<String> = ["executor", "info", "stage"].map(String::from).to_vec();
+        let mut builder = NumberIndexBuilder::with_words(words.clone()).unwrap();
+        let rows = BLOCK_ROWS * 5 + 3;
+        let mut expected: [Vec<u32>; 3] = Default::default();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for row in 0..rows {
+            // `executor` in blocks 1 and 4 only; `stage` in one row.
+            let mut set: WordSet = u128::from(rng.bool());
+            if [1, 4].contains(&(row / BLOCK_ROWS)) && rng.u8(..) < 8 {
+                set |= 1 << 1;
+            }
+            if row == BLOCK_ROWS * 3 + 7 {
+                set |= 1 << 2;
+            }
+            for (i, blocks) in expected.iter_mut().enumerate() {
+                if set & (1 << i) != 0 && blocks.last() != Some(&(row / BLOCK_ROWS)) {
+                    blocks.push(row / BLOCK_ROWS);
+                }
+            }
+            builder.add_row(row, &numbers_of(&format!("id {row}")), set);
+        }
+        let index = NumberIndex::open(OwnedBytes::new(builder.finish().unwrap()), u64::from(rows)).unwrap();
+        assert_eq!(index.words(), words.as_slice());
+        assert!(index.holds_word("info") && !index.holds_word("inf") && !index.holds_word("warn"));
+        for (word, blocks) in ["executor", "info", "stage"].iter().zip(&expected) {
+            assert_eq!(index.blocks_of(word).as_ref(), Some(blocks), "{word}");
+        }
+        assert_eq!(expected[2], [3]);
+        assert_eq!(index.row_ranges("stage"), Some(vec![(3 * BLOCK_ROWS, 4 * BLOCK_ROWS)]));
+        // The numbers beside them are found as before.
+        assert!(index.blocks_of("4242").unwrap().contains(&(4242 / BLOCK_ROWS)));
+        // A file of no words lists none, and older formats none either.
+        assert!(indexes_of(&["port 8080"]).iter().all(|index| index.words().is_empty()));
+        // Lists that cannot be block words are refused.
+        for bad in [vec!["b", "a"], vec!["a", "a"], vec!["Info"], vec!["8080"], vec![""], vec!["grüße"]] {
+            let bad: Vec<String> = bad.into_iter().map(String::from).collect();
+            assert!(NumberIndexBuilder::with_words(bad.clone()).is_err(), "{bad:?}");
+        }
+        let too_many: Vec<String> = (0..=MAX_BLOCK_WORDS).map(|n| format!("w{n:04}")).collect();
+        assert!(NumberIndexBuilder::with_words(too_many).is_err());
+        let mut long = vec!["a".repeat(MAX_BLOCK_WORD_BYTES)];
+        assert!(NumberIndexBuilder::with_words(long.clone()).is_ok());
+        long[0].push('a');
+        assert!(NumberIndexBuilder::with_words(long).is_err());
+        // A file whose words are out of order is refused.
+        let mut two = NumberIndexBuilder::with_words(vec!["ab".into(), "cd".into()]).unwrap();
+        two.add_row(0, &[], 0b11);
+        let mut swapped = two.finish().unwrap();
+        swapped[HEADER_BYTES_V5 + 1] = b'x';
+        let err = NumberIndex::open(OwnedBytes::new(resealed(swapped)), 1).err().unwrap().to_string();
+        assert!(err.contains("block words are not"), "{err}");
+    }
+
     /// A file that version 3's writer (commit f1fa1e1) wrote for 300 rows:
     /// `request id 4242 failed` at rows 5 and 290, `step {n % 3} port 8080`
     /// on the others.
@@ -1079,15 +1287,14 @@ mod tests {
         assert_eq!(reader.get(1), None);
     }
 
-    /// `bytes` with its version 3 or 4 checksum made to match again (to
+    /// `bytes` with its version 3, 4 or 5 checksum made to match again (to
     /// reach the checks behind it).
     fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
-        let header = match bytes[7] {
-            b'3' => HEADER_BYTES_V3,
-            b'4' => HEADER_BYTES_V4,
-            _ => return bytes,
-        };
-        let crc = checksum(&bytes, header, bytes[7] == b'4');
+        if !(b'3'..=b'5').contains(&bytes[7]) {
+            return bytes;
+        }
+        let header = header_bytes(bytes[7] - b'0');
+        let crc = checksum(&bytes, header, bytes[7] >= b'4');
         bytes[header - 4..header].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
@@ -1097,7 +1304,7 @@ mod tests {
         assert!(NumberIndex::open(OwnedBytes::new(b"WEFTNUM0".to_vec()), 0).is_err());
         let one = || builder_of(&["port 8080"]);
         let old = || old_builder_of(&["port 8080"]);
-        for whole in [one().finish().unwrap(), old().finish_v3(), old().finish_v2()] {
+        for whole in [one().finish().unwrap(), one().finish_v4(), old().finish_v3(), old().finish_v2()] {
             let mut cut = whole.clone();
             cut.pop();
             let err = NumberIndex::open(OwnedBytes::new(cut), 1).err().unwrap().to_string();
@@ -1107,7 +1314,7 @@ mod tests {
             let mut v1 = whole.clone();
             v1[7] = b'1';
             let err = NumberIndex::open(OwnedBytes::new(v1), 1).err().unwrap().to_string();
-            assert!(err.contains("format 1 is not 2, 3 or 4"), "{err}");
+            assert!(err.contains("format 1 is not 2, 3, 4 or 5"), "{err}");
             let err = NumberIndex::open(OwnedBytes::new(whole.clone()), 2).err().unwrap().to_string();
             assert!(err.contains("covers 1 rows, the split has 2"), "{err}");
         }
@@ -1123,6 +1330,7 @@ mod tests {
         };
         for whole in [
             builder_of(&refs).finish().unwrap(),
+            builder_of(&refs).finish_v4(),
             old_builder_of(&refs).finish_v3(),
             old_builder_of(&refs).finish_v2(),
         ] {
@@ -1145,7 +1353,7 @@ mod tests {
         assert!(err.contains("not in increasing order"), "{err}");
         let line: String = (0..GROUP_KEYS * 2).map(|n| format!(" {n}")).collect();
         let groups = builder_of(&[&line]).finish().unwrap();
-        let (first, second) = (HEADER_BYTES_V4, HEADER_BYTES_V4 + 8);
+        let (first, second) = (HEADER_BYTES_V5, HEADER_BYTES_V5 + 8);
         let mut swapped = groups.clone();
         swapped[first..first + 4].copy_from_slice(&groups[second..second + 4]);
         swapped[second..second + 4].copy_from_slice(&groups[first..first + 4]);
@@ -1161,7 +1369,7 @@ mod tests {
         offsets[second + 4..second + 8].copy_from_slice(&0u32.to_le_bytes());
         let err = NumberIndex::open(OwnedBytes::new(resealed(offsets)), 1).err().unwrap().to_string();
         assert!(err.contains("offsets are not in increasing order"), "{err}");
-        // A block size other than the one version 4 is written with, and
+        // A block size other than the one version 5 is written with, and
         // keys of no bits or more than 32.
         let mut blocks = groups.clone();
         blocks[8..12].copy_from_slice(&(BLOCK_ROWS * 2).to_le_bytes());
@@ -1171,17 +1379,25 @@ mod tests {
             wide[28..32].copy_from_slice(&bits.to_le_bytes());
             assert!(NumberIndex::open(OwnedBytes::new(resealed(wide)), 1).is_err());
         }
-        // Any single damaged byte of a version 4 file, header included, is
-        // refused; with the checksum made to match, it is refused or its
-        // lookups answer or say they cannot tell; never a panic.
+        // Any single damaged byte of a version 5 or 4 file, header
+        // included, is refused; with the checksum made to match, it is
+        // refused or its lookups answer or say they cannot tell; never a
+        // panic.
         let lines: Vec<String> = (0..600)
             .map(|n| format!("step {} id {:x} port {}", n / 3, n * 7919, n % 50))
             .collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         let mut rng = fastrand::Rng::with_seed(3);
         // Version 3's checksum leaves its header out.
+        let words = || NumberIndexBuilder::with_words(vec!["id".into(), "port".into(), "step".into()]).unwrap();
+        let mut with_words = words();
+        for (row, line) in refs.iter().enumerate() {
+            with_words.add_row(row as u32, &numbers_of(line), if row % 5 == 0 { 0b101 } else { 0b10 });
+        }
         for (whole, header_checked) in [
+            (with_words.finish().unwrap(), true),
             (builder_of(&refs).finish().unwrap(), true),
+            (builder_of(&refs).finish_v4(), true),
             (old_builder_of(&refs).finish_v3(), false),
         ] {
             for _ in 0..3_000 {
@@ -1192,7 +1408,8 @@ mod tests {
                     assert!(NumberIndex::open(OwnedBytes::new(damaged.clone()), 600).is_err());
                 }
                 if let Ok(index) = NumberIndex::open(OwnedBytes::new(resealed(damaged)), 600) {
-                    for token in ["7", "49", "1f", "3d5", "deadbeef"] {
+                    assert!(index.words().iter().all(|w| may_be_block_word(w)));
+                    for token in ["7", "49", "1f", "3d5", "deadbeef", "port"] {
                         let _ = index.row_ranges(token);
                     }
                 }

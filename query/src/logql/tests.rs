@@ -415,6 +415,75 @@ fn numbers_are_found_through_their_blocks_and_checked_on_the_line() {
 }
 
 #[test]
+fn words_in_many_lines_are_found_through_their_blocks_and_checked_on_the_line() {
+    use weft_indexer::split::numbers::BLOCK_ROWS;
+    // Ten blocks of one stream, four rows a second. `info`, `worker`,
+    // `step`, `loss`, `rank`, `ready` and `kelvin` are in many lines
+    // (block words); `readyz` and `checkpoint` in few (tantivy's terms).
+    let rows = 10 * BLOCK_ROWS as i64;
+    let line_of = |s: i64| match s {
+        3000 | 9000 => format!("checkpoint saved at step {s}"),
+        5000 => "\u{212A}elvin probe at 5000".to_string(),
+        s if s % 1000 == 7 => "WARN slow readyz probe".to_string(),
+        s => {
+            let mut line = format!("INFO worker step {s} loss 0.{:02}", s % 97);
+            if s % 4 == 0 {
+                line.push_str(" rank ready");
+            }
+            if s % 16 == 0 {
+                line.push_str(" kelvin");
+            }
+            line
+        }
+    };
+    let all: Vec<String> = (0..rows).map(line_of).collect();
+    let records: Vec<LogRecord> = all.iter().enumerate().map(|(s, line)| record("a", s as i64 / 4, line)).collect();
+    let (dir, engine) = engine_with(&[records]);
+    let end = BASE + rows * SEC;
+    let split = engine.store().splits("default", BASE - SEC, end).unwrap().remove(0);
+    let searcher = weft_indexer::split::index::open_index(&dir.path().join(&split.meta.index))
+        .unwrap()
+        .reader()
+        .unwrap()
+        .searcher();
+    let doc_freq = |word: &str| searcher.doc_freq(&tantivy::Term::from_field_text(split.fields.line, word)).unwrap();
+    for word in ["info", "worker", "ready", "kelvin"] {
+        assert_eq!(doc_freq(word), 0, "{word} is a block word");
+        assert!(!split.word_is_exact(word, false), "{word}");
+    }
+    assert_eq!((doc_freq("readyz"), doc_freq("checkpoint")), (11, 2));
+    assert!(split.word_is_exact("checkpoint", false) && !split.word_is_exact("read", true));
+    // Searches give exactly the lines whose words match.
+    let has = |line: &str, word: &str| weft_indexer::split::index::line_tokens(line).any(|t| t == word);
+    let sorted = |mut lines: Vec<String>| {
+        lines.sort();
+        lines
+    };
+    let expect = |pred: &dyn Fn(&str) -> bool| sorted(all.iter().filter(|l| pred(l)).cloned().collect());
+    let search = |query: &str| sorted(search_lines(&engine, query, end));
+    assert_eq!(search("kelvin"), expect(&|l| has(l, "kelvin")));
+    assert_eq!(search("kelvin").len(), 641, "the Kelvin sign lowercases to k");
+    assert_eq!(search("checkpoint"), expect(&|l| has(l, "checkpoint")));
+    assert_eq!(search("readyz"), expect(&|l| has(l, "readyz")));
+    assert_eq!(search(r#""rank ready" kelvin"#), expect(&|l| l.contains("rank ready kelvin")));
+    assert_eq!(search("kelvin -ready"), ["\u{212A}elvin probe at 5000"]);
+    assert_eq!(search("-info").len(), 14);
+    assert_eq!(search("-info"), expect(&|l| !has(l, "info")));
+    assert_eq!(search(r#"probe "ready"*"#), expect(&|l| l.contains("readyz probe")));
+    assert_eq!(search(r#""kelv"* -rank"#), expect(&|l| l.contains("elvin probe")));
+    // LogQL line filters: whole words, prefixes, suffixes and inner
+    // pieces of block words and terms alike, counted against the lines.
+    for filter in [
+        "ready", " ready", "eady ", "rank r", "ready ", "readyz", "INFO w", "info", "kelvin", "elvi", "ker st",
+    ] {
+        let q = format!(r#"count_over_time({{pod="a"}} |= "{filter}" [1h])"#);
+        let count = vector(instant(&engine, &q, rows / 4).unwrap()).iter().map(|(_, v)| *v).sum::<f64>();
+        let expected = all.iter().filter(|l| l.contains(filter)).count();
+        assert_eq!(count, expected as f64, "{filter:?}");
+    }
+}
+
+#[test]
 fn rows_whose_line_fails_the_check_are_dropped_and_the_rest_keep_their_metadata() {
     // Structured metadata on every third row: the kept rows' metadata must
     // be their own, not a dropped neighbour's.
