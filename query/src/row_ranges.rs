@@ -109,7 +109,12 @@ impl DocSet for RowRangesScorer {
         if self.doc == TERMINATED || target <= self.doc {
             return self.doc;
         }
-        self.land(self.at, target)
+        // Inside the current range (an intersection seeks row by row).
+        if target < self.ranges[self.at].1 && target < self.max_doc {
+            self.doc = target;
+            return target;
+        }
+        self.land(self.at + 1, target)
     }
 
     fn doc(&self) -> DocId {

@@ -13,6 +13,9 @@ use weft_model::LabelSet;
 
 use crate::logql::ast::{MatchOp, Matcher};
 use crate::search_text::TextExpr;
+use rustc_hash::{FxHashMap, FxHashSet};
+use weft_indexer::split::numbers::BLOCK_ROWS;
+
 use crate::storage::{OpenSplit, SplitStore, StoredRow};
 use crate::QueryError;
 
@@ -138,64 +141,267 @@ fn split_query(
     Box::new(BooleanQuery::new(clauses))
 }
 
-/// Candidate rows of a split checked in one pass rather than in rounds of
-/// the newest.
+/// Most candidate rows one search checks (phrases, numbers, block words).
+pub const MAX_CHECKED_ROWS: usize = 1 << 22;
+
+/// The candidates of a split whose rows must pass the text's exact check
+/// (a phrase, a number, a block word): fetched newest first from its
+/// index in growing rounds, checked across splits in time order.
+struct CheckedSplit {
+    split: usize,
+    query: Box<dyn Query>,
+    /// Candidates fetched (time, row), oldest first: the newest is popped.
+    /// Rows already checked (with their block) are skipped.
+    queue: Vec<(i64, u32)>,
+    /// The fetched candidates of each block, for checking a block's rows
+    /// together (they are in one page, which is read whole).
+    blocks: FxHashMap<u32, Vec<(i64, u32)>>,
+    /// Rows fetched so far.
+    fetched: FxHashSet<u32>,
+    /// Rows checked so far.
+    done: FxHashSet<u32>,
+    /// Rows the last fetch asked for.
+    round: usize,
+    /// False once a fetch returned fewer rows than it asked for: every
+    /// candidate is then fetched.
+    more: bool,
+    /// The time of the oldest row fetched: rows not fetched yet are no
+    /// newer.
+    horizon: i64,
+}
+
+impl CheckedSplit {
+    fn new(split: usize, query: Box<dyn Query>, round: usize) -> Self {
+        CheckedSplit {
+            split,
+            query,
+            queue: Vec::new(),
+            blocks: FxHashMap::default(),
+            fetched: FxHashSet::default(),
+            done: FxHashSet::default(),
+            round: round / GROWTH,
+            more: true,
+            horizon: i64::MAX,
+        }
+    }
+
+    /// The next round of candidates, newest first: [`GROWTH`] times the
+    /// last.
+    fn next_round(&self, split: &OpenSplit) -> Result<Vec<(i64, u32)>, QueryError> {
+        split.top_rows(self.query.as_ref(), self.round.saturating_mul(GROWTH), true)
+    }
+
+    /// Queues the candidates of [`CheckedSplit::next_round`] not fetched
+    /// before.
+    fn absorb(&mut self, top: Vec<(i64, u32)>) {
+        self.round = self.round.saturating_mul(GROWTH);
+        self.more = top.len() >= self.round;
+        if let Some((ts, _)) = top.last() {
+            self.horizon = *ts;
+        }
+        for (ts, row) in top {
+            if self.fetched.insert(row) {
+                self.queue.push((ts, row));
+                self.blocks.entry(row / BLOCK_ROWS).or_default().push((ts, row));
+            }
+        }
+        self.queue.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        self.settle();
+    }
+
+    /// The time of the newest candidate not yet checked.
+    fn next_ts(&self) -> Option<i64> {
+        self.queue.last().map(|(ts, _)| *ts)
+    }
+
+    /// Drops checked rows off the end of the queue.
+    fn settle(&mut self) {
+        while self.queue.last().is_some_and(|(_, row)| self.done.contains(row)) {
+            self.queue.pop();
+        }
+    }
+
+    /// Marks every candidate checked.
+    fn finish(&mut self) {
+        self.queue.clear();
+        self.blocks.clear();
+        self.more = false;
+    }
+
+    /// The newest candidate not yet checked, alone or (`whole_block`) with
+    /// the other unchecked candidates of its block.
+    fn pop(&mut self, whole_block: bool, out: &mut Vec<(i64, u32)>) {
+        let Some((ts, row)) = self.queue.pop() else {
+            return;
+        };
+        if whole_block {
+            let rows = self.blocks.remove(&(row / BLOCK_ROWS)).unwrap_or_default();
+            out.extend(rows.into_iter().filter(|(_, r)| self.done.insert(*r)));
+        } else {
+            self.done.insert(row);
+            out.push((ts, row));
+        }
+        self.settle();
+    }
+}
+
+/// A split with at most this many candidates, where few pass, has them
+/// checked at once.
 const ONE_ROUND_ROWS: usize = 1 << 16;
 
-/// Most candidate rows one search checks in one split for a phrase.
-pub const MAX_CHECKED_ROWS: usize = 1 << 20;
+/// How much each round of a split's candidates grows.
+const GROWTH: usize = 4;
 
-/// The newest `want` rows of `split` that match `query` and pass the
-/// text's exact check, read from Parquet: candidates in growing rounds
-/// (each round reads only rows it has not checked yet) until enough pass
-/// or none are left.
-fn checked_rows(split: &OpenSplit, query: &dyn Query, text: &TextExpr, want: usize) -> Result<Vec<(i64, u32, StoredRow)>, QueryError> {
-    let first_round = want.saturating_mul(4).max(64);
-    let mut round = first_round;
-    let mut checked: HashSet<u32> = HashSet::new();
-    let mut passed: Vec<(i64, u32, StoredRow)> = Vec::new();
-    let newest = |passed: &mut Vec<(i64, u32, StoredRow)>| {
-        passed.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        passed.truncate(want);
-    };
-    let check = |rows: &[u32], checked: &mut HashSet<u32>, passed: &mut Vec<(i64, u32, StoredRow)>| -> Result<(), QueryError> {
-        for chunk in rows.chunks(8192) {
-            checked.extend(chunk);
-            for (n, row) in split.stored_if(chunk, |line| text.matches(line))? {
-                passed.push((row.ts, n, row));
-            }
-            // Only the newest `want` can be returned: no more are kept.
-            if passed.len() > want.saturating_mul(2) {
-                newest(passed);
-            }
+/// True when fewer than one in eight rows checked so far passed.
+fn few_pass(checked: usize, passed: usize) -> bool {
+    checked > 0 && passed.saturating_mul(8) < checked
+}
+
+/// The newest `want` rows of the `checked` splits that pass `text`'s
+/// exact check, as (time, split, row, row read): candidates are checked
+/// newest first across all splits, a batch at a time, until no unchecked
+/// candidate can be newer than the `want`th newest row passed (or, with
+/// `exact`, the rows of splits that need no check). Checking split by
+/// split read the pages of every split's newest rows, most of which come
+/// too late to be returned.
+fn checked_rows(
+    splits: &[Arc<OpenSplit>],
+    mut checked: Vec<CheckedSplit>,
+    text: &TextExpr,
+    exact: &[(i64, usize, u32)],
+    want: usize,
+) -> Result<Vec<(i64, usize, u32, StoredRow)>, QueryError> {
+    let mut passed: Vec<(i64, usize, u32, StoredRow)> = Vec::new();
+    let newest_first = |a: &(i64, usize, u32), b: &(i64, usize, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
+    // Only the newest `want` can be returned.
+    let keep_newest = |passed: &mut Vec<(i64, usize, u32, StoredRow)>| {
+        if passed.len() > want.saturating_mul(2) {
+            passed.sort_by(|a, b| newest_first(&(a.0, a.1, a.2), &(b.0, b.1, b.2)));
+            passed.truncate(want);
         }
-        Ok(())
     };
+    let mut batch_rows = want.saturating_mul(4).max(64);
+    let (mut rows_checked, mut rows_passed) = (0usize, 0usize);
+    let mut all_at_once = false;
     loop {
-        let top = split.top_rows(query, round, true)?;
-        let mut fresh: Vec<u32> = top.iter().map(|(_, row)| *row).filter(|row| !checked.contains(row)).collect();
-        fresh.sort_unstable();
-        check(&fresh, &mut checked, &mut passed)?;
-        let mut done = passed.len() >= want || top.len() < round;
-        if !done && round == first_round && split.matches_at_most(query, ONE_ROUND_ROWS)? {
-            // Few enough to check the rest at once, each page read once
-            // (each round reads again the pages it picks rows of: a
-            // number's blocks are whole pages of candidates).
-            let rest: Vec<u32> = split.all_rows(query)?.into_iter().filter(|row| !checked.contains(row)).collect();
-            check(&rest, &mut checked, &mut passed)?;
-            done = true;
+        // At the rate rows passed so far, the rows left to check.
+        let to_check = want.saturating_sub(rows_passed).saturating_mul(rows_checked) / rows_passed.max(1);
+        if !all_at_once && few_pass(rows_checked, rows_passed) && to_check > batch_rows.saturating_mul(16) {
+            // So few candidates pass (a number's blocks) that rounds would
+            // visit the candidates again and again, and most of them are
+            // checked in the end. A split with few enough has the rest of
+            // them checked at once, each page read once.
+            all_at_once = true;
+            let done = on_all_cores(checked.len(), |c| {
+                let state = &checked[c];
+                let split = &splits[state.split];
+                if !split.matches_at_most(state.query.as_ref(), ONE_ROUND_ROWS)? {
+                    return Ok(None);
+                }
+                let rest: Vec<u32> = split
+                    .all_rows(state.query.as_ref())?
+                    .into_iter()
+                    .filter(|row| !state.done.contains(row))
+                    .collect();
+                let count = rest.len();
+                Ok(Some((count, split.stored_if(&rest, |line| text.matches(line))?)))
+            });
+            for (c, result) in done.into_iter().enumerate() {
+                if let Some((count, rows)) = result? {
+                    rows_checked += count;
+                    rows_passed += rows.len();
+                    let split = checked[c].split;
+                    passed.extend(rows.into_iter().map(|(row, stored)| (stored.ts, split, row, stored)));
+                    keep_newest(&mut passed);
+                    checked[c].finish();
+                }
+            }
         }
-        if done {
-            newest(&mut passed);
-            return Ok(passed);
+        // A split's rows not fetched yet may be newer than every queued
+        // candidate: fetch more of them first.
+        loop {
+            let next = checked.iter().filter_map(CheckedSplit::next_ts).max();
+            let behind: Vec<usize> = (0..checked.len())
+                .filter(|&c| checked[c].more && next.is_none_or(|next| checked[c].horizon >= next))
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            let rounds = on_all_cores(behind.len(), |n| {
+                let state = &checked[behind[n]];
+                state.next_round(&splits[state.split])
+            });
+            for (c, top) in behind.into_iter().zip(rounds) {
+                checked[c].absorb(top?);
+            }
         }
-        if checked.len() >= MAX_CHECKED_ROWS {
+        let Some(next) = checked.iter().filter_map(CheckedSplit::next_ts).max() else {
+            break;
+        };
+        // The `want`th newest row so far: older candidates cannot be
+        // returned.
+        if passed.len() + exact.len() >= want {
+            let mut times: Vec<i64> = passed.iter().map(|p| p.0).chain(exact.iter().map(|e| e.0)).collect();
+            times.select_nth_unstable_by(want - 1, |a, b| b.cmp(a));
+            if next < times[want - 1] {
+                break;
+            }
+        }
+        // The newest `batch_rows` candidates over all splits; where few
+        // pass, with the rest of their blocks (their pages are read whole,
+        // and read once so).
+        let whole_blocks = few_pass(rows_checked, rows_passed);
+        let mut batch: Vec<(i64, usize, u32)> = Vec::new();
+        let mut popped = Vec::new();
+        let mut heads: std::collections::BinaryHeap<(i64, std::cmp::Reverse<usize>)> = checked
+            .iter()
+            .enumerate()
+            .filter_map(|(c, state)| state.next_ts().map(|ts| (ts, std::cmp::Reverse(c))))
+            .collect();
+        while batch.len() < batch_rows {
+            let Some((_, std::cmp::Reverse(c))) = heads.pop() else {
+                break;
+            };
+            let state = &mut checked[c];
+            state.pop(whole_blocks, &mut popped);
+            batch.extend(popped.drain(..).map(|(ts, row)| (ts, c, row)));
+            if let Some(ts) = state.next_ts() {
+                heads.push((ts, std::cmp::Reverse(c)));
+            }
+        }
+        rows_checked += batch.len();
+        if rows_checked > MAX_CHECKED_ROWS {
             return Err(QueryError::BadRequest(format!(
-                "the search's words are in more than {MAX_CHECKED_ROWS} lines of one split, and each candidate line is checked (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
+                "the search checked {rows_checked} candidate lines without finding {want} matches (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
             )));
         }
-        round = round.saturating_mul(4);
+        // Each split's rows of the batch, read and checked on all cores.
+        let mut by_split: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for (_, c, row) in &batch {
+            by_split.entry(*c).or_default().push(*row);
+        }
+        let by_split: Vec<(usize, Vec<u32>)> = by_split
+            .into_iter()
+            .map(|(c, mut rows)| {
+                rows.sort_unstable();
+                (c, rows)
+            })
+            .collect();
+        let read = on_all_cores(by_split.len(), |n| {
+            let (c, rows) = &by_split[n];
+            let split = &splits[checked[*c].split];
+            Ok((*c, split.stored_if(rows, |line| text.matches(line))?))
+        });
+        for result in read {
+            let (c, rows) = result?;
+            let split = checked[c].split;
+            rows_passed += rows.len();
+            passed.extend(rows.into_iter().map(|(row, stored)| (stored.ts, split, row, stored)));
+        }
+        keep_newest(&mut passed);
+        batch_rows = batch_rows.saturating_mul(2);
     }
+    Ok(passed)
 }
 
 /// `work(0..n)` on up to one thread per core (a search is one request
@@ -229,6 +435,15 @@ fn on_all_cores<T: Send>(n: usize, work: impl Fn(usize) -> Result<T, QueryError>
     });
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, result)| result).collect()
+}
+
+/// What a split gives a search.
+enum Found {
+    Nothing,
+    /// Its newest matching rows (time, row): the index is exact.
+    Rows(Vec<(i64, u32)>),
+    /// Its candidates must pass the text's check.
+    ToCheck(CheckedSplit),
 }
 
 /// Runs a search over the splits of `tenant`.
@@ -267,12 +482,13 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         Some(TextExpr::parse(&parsed.text)?)
     };
     let want = request.limit + request.skip_at_end + 1;
-    // Per split: its newest `want` rows, with the rows read to check them.
+    // Per split: its newest `want` rows, or, where its rows must pass the
+    // text's check, its query (checked below, across splits).
     let per_split = on_all_cores(splits.len(), |i| {
         let split = &splits[i];
         let streams = split.matching_streams(&parsed.matchers);
         if streams.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Found::Nothing);
         }
         // The text's words first: a rare term is in few splits, and
         // asking the term dictionaries alone is a fraction of building
@@ -280,27 +496,34 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
         let text_query = text.as_ref().map(|text| text.query(split));
         if let Some(q) = &text_query {
             if !split.matches_any(q.as_ref())? {
-                return Ok((Vec::new(), Vec::new()));
+                return Ok(Found::Nothing);
             }
         }
         let query = split_query(split, &parsed, text_query, &streams, request.start, request.end);
         match &text {
-            Some(text) if text.needs_check_in(split) => {
-                let rows = checked_rows(split, query.as_ref(), text, want)?;
-                let top = rows.iter().map(|(ts, row, _)| (*ts, *row)).collect();
-                Ok((top, rows.into_iter().map(|(_, row, stored)| (row, stored)).collect()))
-            }
-            _ => Ok((split.top_rows(query.as_ref(), want, true)?, Vec::new())),
+            Some(text) if text.needs_check_in(split) => Ok(Found::ToCheck(CheckedSplit::new(i, query, want.saturating_mul(4).max(64)))),
+            _ => Ok(Found::Rows(split.top_rows(query.as_ref(), want, true)?)),
         }
     });
     // (ts, split index, row), newest first; ties by split then row.
     let mut candidates: Vec<(i64, usize, u32)> = Vec::new();
-    // Rows already read to check a phrase.
-    let mut fetched = std::collections::HashMap::new();
+    let mut to_check = Vec::new();
     for (i, result) in per_split.into_iter().enumerate() {
-        let (top, stored) = result?;
-        candidates.extend(top.into_iter().map(|(ts, row)| (ts, i, row)));
-        fetched.extend(stored.into_iter().map(|(row, stored)| ((i, row), stored)));
+        match result? {
+            Found::Nothing => {}
+            Found::Rows(top) => candidates.extend(top.into_iter().map(|(ts, row)| (ts, i, row))),
+            Found::ToCheck(state) => to_check.push(state),
+        }
+    }
+    // Rows already read to check them.
+    let mut fetched = std::collections::HashMap::new();
+    if let Some(text) = &text {
+        if !to_check.is_empty() {
+            for (ts, i, row, stored) in checked_rows(&splits, to_check, text, &candidates, want)? {
+                candidates.push((ts, i, row));
+                fetched.insert((i, row), stored);
+            }
+        }
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut skipped = 0;

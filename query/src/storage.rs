@@ -568,12 +568,12 @@ impl OpenSplit {
     /// Rows of equal time come in row order either way, so that a cursor
     /// paging through them sees the same order on every request.
     pub fn top_rows(&self, query: &dyn Query, k: usize, descending: bool) -> Result<Vec<(i64, u32)>, QueryError> {
-        let Some(mut scorer) = self.scorer(query)? else {
+        let Some(scorer) = self.scorer(query)? else {
             return Ok(Vec::new());
         };
         // A rare term misses most splits: with no matching row, the time
         // column is not touched.
-        let mut doc = scorer.doc();
+        let doc = scorer.doc();
         if doc == TERMINATED {
             return Ok(Vec::new());
         }
@@ -582,7 +582,7 @@ impl OpenSplit {
         // then the lower row): the worst kept one is on top.
         let k = k.max(1);
         let mut best: BinaryHeap<Reverse<(i64, u32)>> = BinaryHeap::with_capacity(k.min(4096) + 1);
-        while doc != TERMINATED {
+        let offer = |best: &mut BinaryHeap<Reverse<(i64, u32)>>, doc: DocId| {
             let ts = columns.ts.first(doc).unwrap_or(0);
             // `!ts` reverses the order of i64 without overflow.
             let key = (if descending { ts } else { !ts }, u32::MAX - doc);
@@ -592,7 +592,24 @@ impl OpenSplit {
                 best.pop();
                 best.push(Reverse(key));
             }
-            doc = scorer.advance();
+        };
+        // Every match, where rows are not in runs of streams; else the
+        // ends of each stream's run, or every match again where times tie
+        // across the edge of a stream's newest `k`.
+        let mut every = Some(scorer);
+        if !self.meta.stream_starts.is_empty() {
+            let scorer = every.take().expect("the scorer is there");
+            if !self.stream_ends_offer(query, scorer, k, descending, &columns.ts, &mut |doc| offer(&mut best, doc))? {
+                best.clear();
+                every = self.scorer(query)?;
+            }
+        }
+        if let Some(mut scorer) = every {
+            let mut doc = scorer.doc();
+            while doc != TERMINATED {
+                offer(&mut best, doc);
+                doc = scorer.advance();
+            }
         }
         let mut rows: Vec<(i64, u32)> = best
             .into_iter()
@@ -600,6 +617,93 @@ impl OpenSplit {
             .collect();
         rows.sort_unstable_by(|a, b| if descending { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }.then(a.1.cmp(&b.1)));
         Ok(rows)
+    }
+
+    /// Offers `offer` the first `k` matches of each stream (the oldest:
+    /// a stream's rows are in time order), or with `descending` its last
+    /// `k` (the newest), instead of every match: the rest of a stream is
+    /// skipped without reading times. When `scorer` (of `query`) has many
+    /// matches, the newest are looked for in a window at the end of each
+    /// stream, widened (with a new scorer) while it holds fewer than `k`;
+    /// a rare word's few matches are all visited. False when a stream's
+    /// newest `k` begin at a time that rows before them may share (ties go
+    /// to the lower row, which this did not keep); nothing it offered may
+    /// then be used.
+    fn stream_ends_offer(
+        &self,
+        query: &dyn Query,
+        mut scorer: Box<dyn Scorer>,
+        k: usize,
+        descending: bool,
+        ts: &tantivy::columnar::Column<i64>,
+        offer: &mut impl FnMut(DocId),
+    ) -> Result<bool, QueryError> {
+        let starts = &self.meta.stream_starts;
+        let rows = u32::try_from(self.meta.rows).unwrap_or(u32::MAX);
+        let windowed = descending && scorer.size_hint() as usize > k.saturating_mul(starts.len()).saturating_mul(4);
+        let mut doc = scorer.doc();
+        let mut kept: std::collections::VecDeque<DocId> = std::collections::VecDeque::with_capacity(k.min(4096));
+        while doc != TERMINATED {
+            // The stream holding `doc`, and its first match.
+            let stream = starts.partition_point(|&start| start <= doc).saturating_sub(1);
+            let (start, end) = (starts[stream], starts.get(stream + 1).copied().unwrap_or(rows));
+            let first = doc;
+            let mut window = k;
+            // The first row looked at, and the last match pushed out of
+            // `kept`.
+            let (mut from, mut dropped);
+            loop {
+                from = if windowed {
+                    end.saturating_sub(u32::try_from(window).unwrap_or(u32::MAX)).max(first)
+                } else {
+                    first
+                };
+                if doc < from {
+                    doc = scorer.seek(from);
+                }
+                kept.clear();
+                dropped = None;
+                while doc != TERMINATED && doc < end {
+                    if kept.len() == k {
+                        if !descending {
+                            break;
+                        }
+                        dropped = kept.pop_front();
+                    }
+                    kept.push_back(doc);
+                    doc = scorer.advance();
+                }
+                if kept.len() >= k || from == first {
+                    break;
+                }
+                // Fewer than `k` in the window: a wider one, from the
+                // start again (a scorer only moves forward).
+                window = window.saturating_mul(4);
+                scorer = self
+                    .scorer(query)?
+                    .ok_or_else(|| storage_err(&self.meta, "the index lost its segment"))?;
+                doc = scorer.doc();
+            }
+            if !descending && doc != TERMINATED && doc < end {
+                doc = scorer.seek(end);
+            }
+            if let Some(front) = kept.front() {
+                let front_ts = ts.first(*front);
+                // Rows before the window are no newer than the row just
+                // before it.
+                let before = if from > start && from > first { Some(from - 1) } else { None };
+                if dropped.or(before).is_some_and(|row| ts.first(row) == front_ts) {
+                    return Ok(false);
+                }
+            }
+            // Best first: later offers mostly fall below the worst kept.
+            if descending {
+                kept.iter().rev().for_each(|doc| offer(*doc));
+            } else {
+                kept.iter().for_each(|doc| offer(*doc));
+            }
+        }
+        Ok(true)
     }
 
     /// All matching rows, in row order.

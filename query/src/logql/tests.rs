@@ -484,6 +484,105 @@ fn words_in_many_lines_are_found_through_their_blocks_and_checked_on_the_line() 
 }
 
 #[test]
+fn top_rows_are_the_newest_or_oldest_matches_ties_in_row_order() {
+    // Streams of rows in time order (the indexer sorts them): with times
+    // all distinct, and with many rows at each second.
+    for (seed, seconds) in [(1u64, 1_000_000i64), (2, 300)] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let records: Vec<LogRecord> = (0..6000)
+            .map(|_| {
+                let pod = ["a", "b", "c", "d"][rng.usize(0..4)];
+                let word = if rng.u8(0..3) == 0 { "hit" } else { "miss" };
+                let mut r = record(pod, 0, &format!("{word} {}", rng.u32(..)));
+                r.ts = BASE + rng.i64(0..seconds) * 1000;
+                r
+            })
+            .collect();
+        let (_dir, engine) = engine_with(&[records]);
+        let split = engine.store().splits("default", BASE - SEC, BASE + 3600 * SEC).unwrap().remove(0);
+        assert!(!split.meta.stream_starts.is_empty());
+        let filter = super::ast::LineFilter {
+            op: super::ast::LineFilterOp::Contains,
+            values: vec!["hit".into()],
+            regexes: Vec::new(),
+        };
+        let streams: Vec<usize> = (0..split.streams.len()).collect();
+        for (chosen, filters) in [(vec![0, 2], vec![&filter]), (streams.clone(), vec![]), (streams, vec![&filter])] {
+            let query = split.query(&chosen, BASE - SEC, BASE + 3600 * SEC, &filters);
+            let rows = split.all_rows(query.as_ref()).unwrap();
+            let stored = split.stored(&rows).unwrap();
+            let mut all: Vec<(i64, u32)> = stored.iter().zip(&rows).map(|(s, r)| (s.ts, *r)).collect();
+            for descending in [true, false] {
+                all.sort_by(|a, b| if descending { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) }.then(a.1.cmp(&b.1)));
+                for k in [1, 2, 7, 100, 1500, 10_000] {
+                    let top = split.top_rows(query.as_ref(), k, descending).unwrap();
+                    assert_eq!(top, all[..k.min(all.len())], "seed {seed} k {k} descending {descending}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn checked_searches_page_through_splits_newest_first() {
+    // Four splits whose times interleave (second s is in split s % 4),
+    // each with enough rows for block words (`info`, `step`, `phase`).
+    let rows = 4 * 9000i64;
+    let line_of = |s: i64| match s {
+        s if s % 500 == 3 => format!("CUDA out of memory at step {s}"),
+        s if s % 777 == 5 => format!("memory of rank {s} out"),
+        s => format!("INFO step {s} phase {}", s % 3),
+    };
+    let commits: Vec<Vec<LogRecord>> = (0..4)
+        .map(|split| {
+            (0..rows)
+                .filter(|s| s % 4 == split)
+                .map(|s| record(if s % 2 == 0 { "a" } else { "b" }, s, &line_of(s)))
+                .collect()
+        })
+        .collect();
+    let (_dir, engine) = engine_with(&commits);
+    let end = BASE + rows * SEC;
+    // Every page of `query`, `limit` hits at a time, following the cursor.
+    let pages = |query: &str, limit: usize, most: usize| {
+        let mut lines = Vec::new();
+        let (mut at, mut skip) = (end, 0);
+        loop {
+            let request = crate::search::SearchRequest {
+                query: query.into(),
+                start: BASE - SEC,
+                end: at,
+                limit,
+                skip_at_end: skip,
+            };
+            let page = crate::search::search(engine.store(), "default", &request).unwrap_or_else(|e| panic!("{query}: {e}"));
+            lines.extend(page.hits.into_iter().map(|h| h.line));
+            match page.next_cursor {
+                Some(cursor) if lines.len() < most => {
+                    let (ts, n) = cursor.split_once(':').unwrap();
+                    (at, skip) = (ts.parse().unwrap(), n.parse().unwrap());
+                }
+                _ => return lines,
+            }
+        }
+    };
+    for (query, limit, most) in [
+        (r#""out of memory""#, 7, usize::MAX),
+        ("memory -cuda", 5, usize::MAX),
+        ("cuda", 9, usize::MAX),
+        ("step", 50, 200),
+        (r#"info -"phase 1""#, 40, 120),
+        ("phase 2 -info", 10, usize::MAX),
+    ] {
+        let text = crate::search_text::TextExpr::parse(query).unwrap();
+        let mut expected: Vec<String> = (0..rows).rev().map(line_of).filter(|l| text.matches(l)).collect();
+        let got = pages(query, limit, most);
+        expected.truncate(got.len().max(most.min(expected.len())));
+        assert_eq!(got, expected, "{query}");
+    }
+}
+
+#[test]
 fn rows_whose_line_fails_the_check_are_dropped_and_the_rest_keep_their_metadata() {
     // Structured metadata on every third row: the kept rows' metadata must
     // be their own, not a dropped neighbour's.
