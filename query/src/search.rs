@@ -160,7 +160,8 @@ struct CheckedSplit {
     fetched: FxHashSet<u32>,
     /// Rows checked so far.
     done: FxHashSet<u32>,
-    /// Rows the last fetch asked for.
+    /// Rows the last fetch asked for (a [`GROWTH`]th of the first
+    /// round's before any).
     round: usize,
     /// False once a fetch returned fewer rows than it asked for: every
     /// candidate is then fetched.
@@ -229,7 +230,7 @@ impl CheckedSplit {
     }
 
     /// The newest candidate not yet checked, alone or (`whole_block`) with
-    /// the other unchecked candidates of its block.
+    /// the other candidates fetched from its block and not yet checked.
     fn pop(&mut self, whole_block: bool, out: &mut Vec<(i64, u32)>) {
         let Some((ts, row)) = self.queue.pop() else {
             return;
@@ -282,6 +283,9 @@ fn checked_rows(
     };
     let mut batch_rows = want.saturating_mul(4).max(64);
     let (mut rows_checked, mut rows_passed) = (0usize, 0usize);
+    // Rows checked in batches (the checks at once are bounded by their
+    // splits' count).
+    let mut batched = 0usize;
     let mut all_at_once = false;
     loop {
         // At the rate rows passed so far, the rows left to check.
@@ -348,8 +352,8 @@ fn checked_rows(
             }
         }
         // The newest `batch_rows` candidates over all splits; where few
-        // pass, with the rest of their blocks (their pages are read whole,
-        // and read once so).
+        // pass, with the other candidates fetched from their blocks (a
+        // block's page is read whole: so it is read once).
         let whole_blocks = few_pass(rows_checked, rows_passed);
         let mut batch: Vec<(i64, usize, u32)> = Vec::new();
         let mut popped = Vec::new();
@@ -370,9 +374,10 @@ fn checked_rows(
             }
         }
         rows_checked += batch.len();
-        if rows_checked > MAX_CHECKED_ROWS {
+        batched += batch.len();
+        if batched > MAX_CHECKED_ROWS {
             return Err(QueryError::BadRequest(format!(
-                "the search checked {rows_checked} candidate lines without finding {want} matches (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
+                "the search checked {rows_checked} candidate lines and more are newer than its last match (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
             )));
         }
         // Each split's rows of the batch, read and checked on all cores.

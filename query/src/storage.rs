@@ -263,6 +263,10 @@ fn filter_tokens(text: &str) -> Vec<(String, bool, bool)> {
     out
 }
 
+/// Windows at the ends of streams widened in one [`OpenSplit::top_rows`]
+/// before it visits every match instead.
+const MAX_WIDENED: usize = 6;
+
 impl OpenSplit {
     fn open(data_dir: &Path, meta: &SplitMeta) -> Result<Self, QueryError> {
         let index = open_index(&data_dir.join(&meta.index)).map_err(|e| storage_err(meta, e))?;
@@ -437,7 +441,8 @@ impl OpenSplit {
             for (token, left_open, right_open) in filter_tokens(&filter.values[0]) {
                 // A piece cut off at an edge that may belong to a number
                 // token (in the number index, whole tokens only): no
-                // constraint. Any other piece is part of a tantivy term.
+                // constraint. Any other piece is part of a tantivy term or
+                // of a block word.
                 if self.numbers.is_some() && (left_open || right_open) && may_be_in_number(&token) {
                     continue;
                 }
@@ -640,7 +645,12 @@ impl OpenSplit {
     ) -> Result<bool, QueryError> {
         let starts = &self.meta.stream_starts;
         let rows = u32::try_from(self.meta.rows).unwrap_or(u32::MAX);
-        let windowed = descending && scorer.size_hint() as usize > k.saturating_mul(starts.len()).saturating_mul(4);
+        let mut windowed = descending && scorer.size_hint() as usize > k.saturating_mul(starts.len()).saturating_mul(4);
+        // Windows widened so far: each builds the scorer again (a regex
+        // over the term dictionary, say); past a few, every match is
+        // visited (a time range that ends before the split leaves the ends
+        // of its streams empty).
+        let mut widened = 0;
         let mut doc = scorer.doc();
         let mut kept: std::collections::VecDeque<DocId> = std::collections::VecDeque::with_capacity(k.min(4096));
         while doc != TERMINATED {
@@ -678,6 +688,10 @@ impl OpenSplit {
                 }
                 // Fewer than `k` in the window: a wider one, from the
                 // start again (a scorer only moves forward).
+                widened += 1;
+                if widened > MAX_WIDENED {
+                    windowed = false;
+                }
                 window = window.saturating_mul(4);
                 scorer = self
                     .scorer(query)?

@@ -74,7 +74,8 @@ fn line_analyzer() -> TextAnalyzer {
 /// such line; a page of 1,024 lines holds it some 30 times or more,
 /// and is read whole to check a line anyway.
 pub const BLOCK_WORD_SHARE: usize = 32;
-/// Lines sampled (evenly spaced) to pick a split's block words.
+/// Lines sampled (evenly spaced: every `rows / 2,048`th, so 2,048 to
+/// 2,560 of them in a split of 8,192 rows or more) to pick its block words.
 const BLOCK_WORD_SAMPLE: usize = 2048;
 /// Splits of fewer rows have no block words (their postings are small).
 const BLOCK_WORDS_MIN_ROWS: usize = 8 * BLOCK_ROWS as usize;
@@ -604,6 +605,56 @@ mod tests {
             out.push((token.text.clone(), token.offset_from, token.offset_to));
         }
         out
+    }
+
+    #[test]
+    fn block_words_go_to_the_sink_as_bits_and_other_words_to_tantivy() {
+        let words: Vec<String> = ["info", "kelvin", "step"].map(String::from).to_vec();
+        let mut line = TextAnalyzer::from(LineTokenizer::with_words(&words));
+        let sink = NumberSinkGuard::install();
+        for (text, kept, bits) in [
+            ("INFO step 12 loss", vec!["loss"], 0b101),
+            // The Kelvin sign lowercases to an ASCII `k`.
+            ("\u{212A}elvin probe", vec!["probe"], 0b010),
+            ("informed steps", vec!["informed", "steps"], 0b000),
+            ("info info Info", vec![], 0b001),
+        ] {
+            let got: Vec<String> = tokens(&mut line, text).into_iter().map(|(t, _, _)| t).collect();
+            assert_eq!(got, kept, "{text}");
+            sink.drain(|numbers, set| {
+                assert_eq!(set, bits, "{text}");
+                assert_eq!(numbers.len(), usize::from(text.contains("12")));
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn block_words_are_the_words_of_one_sampled_line_in_32() {
+        let rows = 20_000usize;
+        let mut builder = weft_model::LogBatchBuilder::default();
+        for row in 0..rows {
+            let mut text = format!("step {row} of {} Grüße", rows);
+            if row % 20 == 0 {
+                text.push_str(" checkpoint");
+            }
+            if row % 50 == 0 {
+                text.push_str(" rare");
+            }
+            let record = weft_model::LogRecord {
+                ts: row as i64,
+                line: text,
+                ..Default::default()
+            };
+            builder.append(&record.as_ref());
+        }
+        let batch = builder.finish(false);
+        let view = LogBatchView::new(&batch).unwrap();
+        // One line in 20 makes it, one in 50 does not; numbers and
+        // non-ASCII words never do.
+        assert_eq!(block_words(&view), ["checkpoint", "of", "step"]);
+        let few = batch.slice(0, BLOCK_WORDS_MIN_ROWS - 1);
+        assert!(block_words(&LogBatchView::new(&few).unwrap()).is_empty());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub const FILE_NAME: &str = "numbers.idx";
 /// Keys per entry of the offset table.
 pub const GROUP_KEYS: usize = 64;
 /// Format version written, recorded in the split's catalog entry.
-/// Versions 2 to 4 are read as well; version 1 (a development format
+/// Versions 2, 3 and 4 are read as well; version 1 (a development format
 /// that held decimal numbers only) is refused.
 pub const VERSION: u32 = 5;
 const MAGIC: &[u8; 7] = b"WEFTNUM";
@@ -655,7 +655,8 @@ enum Layout {
     },
     /// Versions 3 to 5.
     Bits {
-        /// Where the group table starts (after the header).
+        /// Where the group table starts (after the header, and in version
+        /// 5 the block words).
         table_at: usize,
         stream_at: usize,
         stream_bytes: usize,
@@ -752,7 +753,7 @@ impl NumberIndex {
                 ))
             })?;
         }
-        // Version 2 lists every key; versions 3 and 4 the first of each group.
+        // Version 2 lists every key; versions 3 to 5 the first of each group.
         let (tables_at, listed, stride) = match layout {
             Layout::V2 { .. } => (HEADER_BYTES, keys, 4),
             Layout::Bits { table_at, .. } => (table_at, groups, 8),
@@ -811,7 +812,7 @@ impl NumberIndex {
         self.keys
     }
 
-    /// True when no number was indexed.
+    /// True when no number or block word was indexed.
     pub fn is_empty(&self) -> bool {
         self.keys == 0
     }
@@ -1166,7 +1167,8 @@ mod tests {
         let mut expected: [Vec<u32>; 3] = Default::default();
         let mut rng = fastrand::Rng::with_seed(11);
         for row in 0..rows {
-            // `executor` in blocks 1 and 4 only; `stage` in one row.
+            // `executor` (bit 0) in random rows; `info` (bit 1) in blocks 1
+            // and 4 only; `stage` (bit 2) in one row.
             let mut set: WordSet = u128::from(rng.bool());
             if [1, 4].contains(&(row / BLOCK_ROWS)) && rng.u8(..) < 8 {
                 set |= 1 << 1;

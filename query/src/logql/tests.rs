@@ -507,8 +507,16 @@ fn top_rows_are_the_newest_or_oldest_matches_ties_in_row_order() {
             regexes: Vec::new(),
         };
         let streams: Vec<usize> = (0..split.streams.len()).collect();
-        for (chosen, filters) in [(vec![0, 2], vec![&filter]), (streams.clone(), vec![]), (streams, vec![&filter])] {
-            let query = split.query(&chosen, BASE - SEC, BASE + 3600 * SEC, &filters);
+        // A time range that ends halfway leaves the ends of the streams
+        // without a match (windows widen, then every match is visited).
+        let (all_time, first_half) = (BASE + 3600 * SEC, BASE + seconds * 500);
+        for (chosen, filters, end) in [
+            (vec![0, 2], vec![&filter], all_time),
+            (streams.clone(), vec![], all_time),
+            (streams.clone(), vec![&filter], all_time),
+            (streams, vec![], first_half),
+        ] {
+            let query = split.query(&chosen, BASE - SEC, end, &filters);
             let rows = split.all_rows(query.as_ref()).unwrap();
             let stored = split.stored(&rows).unwrap();
             let mut all: Vec<(i64, u32)> = stored.iter().zip(&rows).map(|(s, r)| (s.ts, *r)).collect();
@@ -525,7 +533,8 @@ fn top_rows_are_the_newest_or_oldest_matches_ties_in_row_order() {
 
 #[test]
 fn checked_searches_page_through_splits_newest_first() {
-    // Four splits whose times interleave (second s is in split s % 4),
+    // Four splits whose times interleave (row s is in split s % 4, at
+    // tenth of a second s / 2: rows s and s + 1 tie across two splits),
     // each with enough rows for block words (`info`, `step`, `phase`).
     let rows = 4 * 9000i64;
     let line_of = |s: i64| match s {
@@ -537,12 +546,31 @@ fn checked_searches_page_through_splits_newest_first() {
         .map(|split| {
             (0..rows)
                 .filter(|s| s % 4 == split)
-                .map(|s| record(if s % 2 == 0 { "a" } else { "b" }, s, &line_of(s)))
+                .map(|s| {
+                    // A tenth of a second apart: one hour, one split per
+                    // commit.
+                    let mut r = record(if s % 2 == 0 { "a" } else { "b" }, 0, &line_of(s));
+                    r.ts = BASE + s / 2 * (SEC / 10);
+                    r
+                })
                 .collect()
         })
         .collect();
     let (_dir, engine) = engine_with(&commits);
     let end = BASE + rows * SEC;
+    // Ties go to the split listed first: the place of each commit's split.
+    let splits = engine.store().splits("default", BASE - SEC, end).unwrap();
+    let mut place = [0usize; 4];
+    for (i, split) in splits.iter().enumerate() {
+        assert!(
+            !split.word_is_exact("info", false) && !split.word_is_exact("step", false),
+            "block words"
+        );
+        assert!(split.word_is_exact("cuda", false));
+        let first = &split.stored(&[0]).unwrap()[0].line;
+        let s: i64 = first.split(' ').find_map(|w| w.parse().ok()).unwrap();
+        place[(s % 4) as usize] = i;
+    }
     // Every page of `query`, `limit` hits at a time, following the cursor.
     let pages = |query: &str, limit: usize, most: usize| {
         let mut lines = Vec::new();
@@ -573,9 +601,14 @@ fn checked_searches_page_through_splits_newest_first() {
         ("step", 50, 200),
         (r#"info -"phase 1""#, 40, 120),
         ("phase 2 -info", 10, usize::MAX),
+        ("step -cuda", 30, 150),
+        // Pages of three through rows that tie in pairs.
+        ("phase", 3, 40),
     ] {
         let text = crate::search_text::TextExpr::parse(query).unwrap();
-        let mut expected: Vec<String> = (0..rows).rev().map(line_of).filter(|l| text.matches(l)).collect();
+        let mut order: Vec<i64> = (0..rows).filter(|s| text.matches(&line_of(*s))).collect();
+        order.sort_by_key(|s| (std::cmp::Reverse(s / 2), place[(s % 4) as usize]));
+        let mut expected: Vec<String> = order.into_iter().map(line_of).collect();
         let got = pages(query, limit, most);
         expected.truncate(got.len().max(most.min(expected.len())));
         assert_eq!(got, expected, "{query}");
