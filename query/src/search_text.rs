@@ -91,6 +91,10 @@ impl TextExpr {
         })
     }
 
+    /// True when the expression alone over-approximates in any split (a
+    /// phrase, a number); [`TextExpr::needs_check_in`] adds the split's
+    /// block words.
+    #[cfg(test)]
     pub fn needs_check(&self) -> bool {
         self.needs_check
     }

@@ -456,12 +456,12 @@ impl OpenSplit {
                     (true, false) => {
                         let terms =
                             RegexQuery::from_pattern(&format!(".*{}", regex::escape(&token)), f.line).expect("escaped pattern is valid");
-                        self.or_block_words(Box::new(terms), |word| word.ends_with(token.as_str())).0
+                        self.or_block_words(Box::new(terms), |word| word.ends_with(token.as_str()))
                     }
                     (true, true) => {
                         let terms =
                             RegexQuery::from_pattern(&format!(".*{}.*", regex::escape(&token)), f.line).expect("escaped pattern is valid");
-                        self.or_block_words(Box::new(terms), |word| word.contains(token.as_str())).0
+                        self.or_block_words(Box::new(terms), |word| word.contains(token.as_str()))
                     }
                 };
                 tokens.push((Occur::Must, query));
@@ -490,26 +490,22 @@ impl OpenSplit {
     /// index: numbers and block words).
     pub fn word(&self, token: &str, prefix: bool) -> (Option<Box<dyn Query>>, bool) {
         let line = self.fields.line;
-        match &self.numbers {
+        let query: Option<Box<dyn Query>> = match &self.numbers {
             // A prefix of hex digits may begin a number token.
-            Some(_) if prefix && may_be_in_number(token) => (None, false),
-            Some(numbers) if !prefix && (is_number_token(token) || numbers.holds_word(token)) => match numbers.row_ranges(token) {
-                Some(ranges) => (Some(Box::new(RowRangesQuery::new(ranges))), false),
-                None => (None, false),
-            },
+            Some(_) if prefix && may_be_in_number(token) => None,
+            Some(numbers) if !prefix && (is_number_token(token) || numbers.holds_word(token)) => numbers
+                .row_ranges(token)
+                .map(|ranges| Box::new(RowRangesQuery::new(ranges)) as Box<dyn Query>),
             _ if prefix => {
                 let terms = RegexQuery::from_pattern(&format!("{}.*", regex::escape(token)), line).expect("escaped pattern is valid");
-                let (query, exact) = self.or_block_words(Box::new(terms), |word| word.starts_with(token));
-                (Some(query), exact)
+                Some(self.or_block_words(Box::new(terms), |word| word.starts_with(token)))
             }
-            _ => (
-                Some(Box::new(TermQuery::new(
-                    Term::from_field_text(line, token),
-                    IndexRecordOption::Basic,
-                ))),
-                true,
-            ),
-        }
+            _ => Some(Box::new(TermQuery::new(
+                Term::from_field_text(line, token),
+                IndexRecordOption::Basic,
+            ))),
+        };
+        (query, self.word_is_exact(token, prefix))
     }
 
     /// True when [`OpenSplit::word`] gives exactly the rows holding
@@ -524,11 +520,10 @@ impl OpenSplit {
     }
 
     /// `terms` (a query over tantivy's terms), or the blocks of the
-    /// split's block words that `matches` accepts; the flag is true when
-    /// no block word was added (the rows are then exactly `terms`').
-    fn or_block_words(&self, terms: Box<dyn Query>, matches: impl Fn(&str) -> bool) -> (Box<dyn Query>, bool) {
+    /// split's block words that `matches` accepts.
+    fn or_block_words(&self, terms: Box<dyn Query>, matches: impl Fn(&str) -> bool) -> Box<dyn Query> {
         let Some(numbers) = &self.numbers else {
-            return (terms, true);
+            return terms;
         };
         let mut either: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for word in numbers.words().iter().filter(|w| matches(w)) {
@@ -539,10 +534,10 @@ impl OpenSplit {
             });
         }
         if either.is_empty() {
-            return (terms, true);
+            return terms;
         }
         either.push((Occur::Should, terms));
-        (Box::new(BooleanQuery::new(either)), false)
+        Box::new(BooleanQuery::new(either))
     }
 
     /// `base`, narrowed to rows tagged with an `ml_event`.
