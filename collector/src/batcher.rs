@@ -135,9 +135,6 @@ impl Tally {
 /// starts again from zero, which `increase` reads as a reset).
 const MAX_TALLIES: usize = 65_536;
 
-/// Series texts of extracted metrics by pod uid, container and key.
-type SeriesTexts = FxMap<String, FxMap<String, FxMap<String, String>>>;
-
 /// Appends finished records (single lines or joined blocks) to the batch.
 struct Appender {
     limits: BatchLimits,
@@ -151,7 +148,8 @@ struct Appender {
     /// and restart it was registered with (a file identity reused by
     /// another file within one batch must not inherit them).
     batch_source_infos: Vec<(Arc<PodInfo>, PodLogPath)>,
-    last_batch_source: Option<((u32, usize), u32)>,
+    /// Sealed batches so far: a builder key from an earlier batch is stale.
+    batch_generation: u64,
     sources: Vec<String>,
     source_index: FxMap<String, u32>,
     /// Per source: (first, last) position in this batch.
@@ -164,21 +162,58 @@ struct Appender {
     found: Vec<(String, f64)>,
     /// Per pod: the run and rank its name suggests.
     runs: FxMap<String, (u64, Arc<PodInfo>)>,
-    /// Series text of extracted metrics by (pod uid, container, key), for
-    /// the pod directory version it was built under.
-    series_text: SeriesTexts,
-    /// Entries in `series_text`.
+    /// Series texts of extracted metrics (kept per container) older than
+    /// this epoch are stale: the pod directory changed, or too many piled up.
+    series_epoch: u64,
+    /// Series texts built in this epoch.
     series_texts: usize,
+    /// The pod directory version of this epoch.
     series_version: u64,
+    /// What the previous record's file shares with this one's, if it is
+    /// the same file.
+    memo: Option<FileMemo>,
+    /// Records and extracted samples not yet added to the counters (an
+    /// atomic add per record was a few percent of the collector).
+    pending_lines: u64,
+    pending_samples: u64,
     /// Pod metadata from the Kubernetes API, when watched.
     pods: Option<Arc<PodDirectory>>,
     classifier: EventClassifier,
     fields: LabelSet,
     /// `weft_ml_events_total` by (event, namespace, pod, run).
     events: FxMap<[String; 4], Tally>,
-    /// Per pod uid and container: `weft_log_lines_total` and
-    /// `weft_container_restarts`.
-    containers: FxMap<String, FxMap<String, ContainerTally>>,
+    /// Per container: `weft_log_lines_total`, `weft_container_restarts` and
+    /// the series texts of its extracted metrics.
+    containers: Vec<ContainerState>,
+    /// Where each container (by pod uid, then name) is in `containers`.
+    container_slots: FxMap<String, FxMap<String, usize>>,
+}
+
+/// What the records of one file share, looked up once for a run of them:
+/// a file's lines come in runs, and finding these for every record (maps
+/// keyed by pod uid and container name, an `Arc` clone and drop) was about
+/// a tenth of the collector's time.
+struct FileMemo {
+    /// The file: pod uid, container and restart.
+    pod_uid: String,
+    container: String,
+    restart: u32,
+    /// The pod directory version `pod_info` is from.
+    version: u64,
+    pod_info: Arc<PodInfo>,
+    /// Index in `Appender::containers`.
+    slot: usize,
+    /// (batch generation, source slot, builder key) of the file's rows in
+    /// the open batch.
+    batch_key: Option<(u64, u32, u32)>,
+}
+
+/// One container's tallies and extracted series texts.
+struct ContainerState {
+    tally: ContainerTally,
+    /// Series text of each extracted metric key, built in `series_epoch`.
+    series: FxMap<String, String>,
+    series_epoch: u64,
 }
 
 /// The per-container tallies.
@@ -321,10 +356,11 @@ impl Appender {
         pods: Option<Arc<PodDirectory>>,
     ) -> Self {
         Self {
-            builder: SourceBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20)),
+            // A batch is cut once past max_bytes: room for its last line.
+            builder: SourceBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20) + (64 << 10)),
             batch_sources: FxMap::default(),
             batch_source_infos: Vec::new(),
-            last_batch_source: None,
+            batch_generation: 0,
             limits,
             collector_id,
             node,
@@ -338,14 +374,18 @@ impl Appender {
             samples: MetricBatchBuilder::dictionary(),
             found: Vec::new(),
             runs: FxMap::default(),
-            series_text: FxMap::default(),
+            series_epoch: 0,
             series_texts: 0,
             series_version: 0,
+            memo: None,
+            pending_lines: 0,
+            pending_samples: 0,
             pods,
             classifier,
             fields: LabelSet::new(),
             events: FxMap::default(),
-            containers: FxMap::default(),
+            containers: Vec::new(),
+            container_slots: FxMap::default(),
         }
     }
 
@@ -390,7 +430,7 @@ impl Appender {
             let at = tally.next_sample_ms();
             self.samples.append(&series.to_string(), at, tally.value as f64);
         }
-        for tally in self.containers.values_mut().flat_map(|c| c.values_mut()).filter(|t| t.lines.dirty) {
+        for tally in self.containers.iter_mut().map(|c| &mut c.tally).filter(|t| t.lines.dirty) {
             let at = tally.lines.next_sample_ms();
             let lines = container_series("weft_log_lines_total", &tally.labels);
             self.samples.append(&lines, at, tally.lines.value as f64);
@@ -399,6 +439,8 @@ impl Appender {
         }
         if self.containers.len() > MAX_TALLIES {
             self.containers.clear();
+            self.container_slots.clear();
+            self.memo = None;
         }
         if self.events.len() > MAX_TALLIES {
             self.events.clear();
@@ -407,13 +449,15 @@ impl Appender {
 
     /// Seals the open batch with the tailer state that follows it.
     fn seal(&mut self, checkpoint: TailerCheckpoint) -> Result<SealedBatch, CollectorError> {
+        self.metrics.lines.inc_by(std::mem::take(&mut self.pending_lines));
+        self.metrics.samples_extracted.inc_by(std::mem::take(&mut self.pending_samples));
         self.write_tallies();
         let rows = self.builder.len();
         let line_bytes = self.builder.line_bytes();
         let batch = self.builder.finish();
         self.batch_sources.clear();
         self.batch_source_infos.clear();
-        self.last_batch_source = None;
+        self.batch_generation += 1;
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
         for (key, (first, last)) in self.sources.iter().zip(&self.ranges) {
             fnv1a(&mut hash, key.as_bytes());
@@ -474,6 +518,46 @@ impl Appender {
         info
     }
 
+    /// The memo of `meta`'s file: its pod metadata and its container's
+    /// slot, which it registers on first sight.
+    fn file_memo(&mut self, meta: &PodLogPath, version: u64) -> FileMemo {
+        let pod_info = self.pod_info(meta);
+        let slots = match self.container_slots.get_mut(&meta.pod_uid) {
+            Some(slots) => slots,
+            None => self.container_slots.entry(meta.pod_uid.clone()).or_default(),
+        };
+        let slot = match slots.get(&meta.container) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.containers.len();
+                slots.insert(meta.container.clone(), slot);
+                self.containers.push(ContainerState {
+                    tally: ContainerTally {
+                        labels: [
+                            meta.namespace.clone(),
+                            meta.pod.clone(),
+                            meta.container.clone(),
+                            meta.pod_uid.clone(),
+                        ],
+                        ..Default::default()
+                    },
+                    series: FxMap::default(),
+                    series_epoch: self.series_epoch,
+                });
+                slot
+            }
+        };
+        FileMemo {
+            pod_uid: meta.pod_uid.clone(),
+            container: meta.container.clone(),
+            restart: meta.restart,
+            version,
+            pod_info,
+            slot,
+            batch_key: None,
+        }
+    }
+
     /// Appends one finished record; `block` is true for joined lines.
     fn append(&mut self, line: LogLine<'_>, block: bool) {
         if self.opened.is_none() {
@@ -498,9 +582,21 @@ impl Appender {
                 truncated = true;
             }
         }
-        self.metrics.lines.inc();
+        self.pending_lines += 1;
         let meta = line.meta;
-        let pod_meta = self.pod_info(meta);
+        let version = self.pods.as_ref().map_or(0, |p| p.version());
+        let mut memo = match self.memo.take() {
+            Some(memo)
+                if memo.version == version
+                    && memo.restart == meta.restart
+                    && memo.pod_uid == meta.pod_uid
+                    && memo.container == meta.container =>
+            {
+                memo
+            }
+            _ => self.file_memo(meta, version),
+        };
+        let pod_meta = &memo.pod_info;
         let (run, rank) = (pod_meta.run.as_deref(), pod_meta.rank.as_deref());
         let ts_ms = line.ts.div_euclid(1_000_000);
         if let Some(extractor) = &self.extractor {
@@ -512,48 +608,38 @@ impl Appender {
                 self.metrics.extract_panics.inc();
             }
             if !self.found.is_empty() {
-                let version = self.pods.as_ref().map_or(0, |p| p.version());
                 if version != self.series_version || self.series_texts > MAX_TALLIES {
-                    self.series_text.clear();
+                    self.series_epoch += 1;
                     self.series_texts = 0;
                     self.series_version = version;
                 }
-                for (key, value) in &self.found {
-                    // Building the series text per sample cost a tenth of
-                    // the collector's time: it is the same for every line of
-                    // a container.
-                    // Looked up by reference: no key strings built per sample.
-                    let (uid, container) = (meta.pod_uid.as_str(), meta.container.as_str());
-                    if !self.series_text.get(uid).is_some_and(|p| p.contains_key(container)) {
-                        self.series_text
-                            .entry(meta.pod_uid.clone())
-                            .or_default()
-                            .insert(meta.container.clone(), FxMap::default());
-                    }
-                    let by_key = self
-                        .series_text
-                        .get_mut(uid)
-                        .and_then(|p| p.get_mut(container))
-                        .expect("inserted above");
-                    if !by_key.contains_key(key.as_str()) {
-                        let text = {
-                            LabelSet::from_pairs([
-                                (METRIC_NAME, format!("{METRIC_PREFIX}{key}").as_str()),
-                                ("namespace", meta.namespace.as_str()),
-                                ("pod", meta.pod.as_str()),
-                                ("container", meta.container.as_str()),
-                                ("run", run.unwrap_or("")),
-                                ("rank", rank.unwrap_or("")),
-                            ])
-                            .to_string()
-                        };
-                        by_key.insert(key.clone(), text);
-                        self.series_texts += 1;
-                    }
-                    let series = &by_key[key.as_str()];
-                    self.samples.append(series, ts_ms, *value);
+                let state = &mut self.containers[memo.slot];
+                if state.series_epoch != self.series_epoch {
+                    state.series.clear();
+                    state.series_epoch = self.series_epoch;
                 }
-                self.metrics.samples_extracted.inc_by(self.found.len() as u64);
+                for (key, value) in &self.found {
+                    // The series text is the same for every line of a
+                    // container: built once per key (per sample, it had
+                    // cost a tenth of the collector's time).
+                    if let Some(series) = state.series.get(key.as_str()) {
+                        self.samples.append(series, ts_ms, *value);
+                        continue;
+                    }
+                    let series = LabelSet::from_pairs([
+                        (METRIC_NAME, format!("{METRIC_PREFIX}{key}").as_str()),
+                        ("namespace", meta.namespace.as_str()),
+                        ("pod", meta.pod.as_str()),
+                        ("container", meta.container.as_str()),
+                        ("run", run.unwrap_or("")),
+                        ("rank", rank.unwrap_or("")),
+                    ])
+                    .to_string();
+                    self.samples.append(&series, ts_ms, *value);
+                    state.series.insert(key.clone(), series);
+                    self.series_texts += 1;
+                }
+                self.pending_samples += self.found.len() as u64;
             }
         }
         let event = self.classifier.classify(&text);
@@ -581,26 +667,7 @@ impl Appender {
                 .to_string()
             });
         }
-        if !self.containers.contains_key(&meta.pod_uid) {
-            self.containers.insert(meta.pod_uid.clone(), FxMap::default());
-        }
-        let pod = self.containers.get_mut(&meta.pod_uid).expect("inserted");
-        if !pod.contains_key(&meta.container) {
-            let labels = [
-                meta.namespace.clone(),
-                meta.pod.clone(),
-                meta.container.clone(),
-                meta.pod_uid.clone(),
-            ];
-            pod.insert(
-                meta.container.clone(),
-                ContainerTally {
-                    labels,
-                    ..Default::default()
-                },
-            );
-        }
-        let tally = pod.get_mut(&meta.container).expect("inserted");
+        let tally = &mut self.containers[memo.slot].tally;
         tally.restart = tally.restart.max(meta.restart);
         let labels = &tally.labels;
         tally
@@ -613,14 +680,14 @@ impl Appender {
         if block && level == Level::Unknown {
             level = Level::Error;
         }
-        let slot = (src, Arc::as_ptr(&pod_meta) as usize);
-        let same_file = |key: u32, infos: &[(Arc<PodInfo>, PodLogPath)]| {
-            let registered = &infos[key as usize].1;
-            registered.pod_uid == meta.pod_uid && registered.container == meta.container && registered.restart == meta.restart
-        };
-        let key = match self.last_batch_source {
-            Some((last, key)) if last == slot && same_file(key, &self.batch_source_infos) => key,
+        let key = match memo.batch_key {
+            Some((generation, at, key)) if generation == self.batch_generation && at == src => key,
             _ => {
+                let slot = (src, Arc::as_ptr(pod_meta) as usize);
+                let same_file = |key: u32, infos: &[(Arc<PodInfo>, PodLogPath)]| {
+                    let registered = &infos[key as usize].1;
+                    registered.pod_uid == meta.pod_uid && registered.container == meta.container && registered.restart == meta.restart
+                };
                 let key = match self.batch_sources.get(&slot) {
                     Some(key) if same_file(*key, &self.batch_source_infos) => *key,
                     _ => {
@@ -640,7 +707,7 @@ impl Appender {
                         key
                     }
                 };
-                self.last_batch_source = Some((slot, key));
+                memo.batch_key = Some((self.batch_generation, src, key));
                 key
             }
         };
@@ -658,6 +725,7 @@ impl Appender {
                 source: (src, line.position),
             },
         );
+        self.memo = Some(memo);
     }
 }
 
@@ -841,6 +909,98 @@ mod tests {
         let got = samples(&next);
         assert!(got.iter().any(|(s, t, v)| s == lines && *t == t0 + 2001 && *v == 4.0), "{got:?}");
         assert!(!got.iter().any(|(s, _, _)| s == events));
+    }
+
+    /// Files taking turns under one source key (a file identity reused):
+    /// each record keeps its own file's pod, container and restart, each
+    /// container its own line count and series texts, across a seal, and
+    /// the line counter counts every record once the batch is sealed.
+    #[test]
+    fn records_of_files_taking_turns_keep_their_own_sources_and_tallies() {
+        let metrics = Arc::new(CollectorMetrics::unregistered());
+        let mut assembler = BatchAssembler::new(
+            BatchLimits::default(),
+            "test".into(),
+            "node-a".into(),
+            metrics.clone(),
+            RecordProcessing {
+                extractor: Some(MetricExtractor::default()),
+                classifier: EventClassifier::default(),
+                multiline: None,
+                pods: None,
+            },
+        );
+        let trainer = meta(0);
+        let sidecar = PodLogPath {
+            container: "sidecar".into(),
+            ..meta(0)
+        };
+        let restarted = meta(1);
+        let other_pod = PodLogPath {
+            pod: "llama-worker-2".into(),
+            pod_uid: "uid-2".into(),
+            ..meta(0)
+        };
+        let turns = [
+            (&trainer, "{'loss': 1.0}"),
+            (&sidecar, "{'loss': 2.0}"),
+            (&trainer, "{'loss': 3.0}"),
+            (&restarted, "plain"),
+            (&other_pod, "{'loss': 4.0}"),
+            (&trainer, "{'loss': 5.0}"),
+        ];
+        for (i, (meta, text)) in turns.iter().enumerate() {
+            feed(&mut assembler, meta, i as u64 * 4, &[(Stream::Stdout, text)]);
+        }
+        let first = assembler.seal(TailerCheckpoint::default()).unwrap();
+        assert_eq!(metrics.lines.get(), 6);
+        feed(&mut assembler, &sidecar, 100, &[(Stream::Stdout, "{'loss': 6.0}")]);
+        feed(&mut assembler, &trainer, 104, &[(Stream::Stdout, "{'loss': 7.0}")]);
+        let second = assembler.seal(TailerCheckpoint::default()).unwrap();
+        assert_eq!(metrics.lines.get(), 8);
+        assert_eq!(metrics.samples_extracted.get(), 7);
+
+        let files = |batch: &SealedBatch| {
+            records(batch)
+                .into_iter()
+                .map(|r| (r.pod, r.container, r.restart.unwrap(), r.line))
+                .collect::<Vec<_>>()
+        };
+        let file = |meta: &PodLogPath, line: &str| (meta.pod.clone(), meta.container.clone(), meta.restart, line.to_string());
+        assert_eq!(files(&first), turns.iter().map(|(meta, line)| file(meta, line)).collect::<Vec<_>>());
+        assert_eq!(
+            files(&second),
+            vec![file(&sidecar, "{'loss': 6.0}"), file(&trainer, "{'loss': 7.0}")]
+        );
+
+        let loss = |pod: &str, container: &str| {
+            let rank = &pod[pod.len() - 1..];
+            let series = format!(
+                r#"{{__name__="weft_train_loss", container="{container}", namespace="ml", pod="{pod}", rank="{rank}", run="llama"}}"#
+            );
+            [&first, &second]
+                .iter()
+                .flat_map(|batch| samples(batch))
+                .filter(|(s, _, _)| *s == series)
+                .map(|(_, _, v)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(loss("llama-worker-1", "trainer"), vec![1.0, 3.0, 5.0, 7.0]);
+        assert_eq!(loss("llama-worker-1", "sidecar"), vec![2.0, 6.0]);
+        assert_eq!(loss("llama-worker-2", "trainer"), vec![4.0]);
+
+        let lines = |pod: &str, uid: &str, container: &str| {
+            let series =
+                format!(r#"{{__name__="weft_log_lines_total", container="{container}", namespace="ml", pod="{pod}", pod_uid="{uid}"}}"#);
+            let got = samples(&second);
+            got.iter().filter(|(s, _, _)| *s == series).map(|(_, _, v)| *v).next_back()
+        };
+        // Four records of the trainer's two files (restarts 0 and 1) in the
+        // first batch, one more in the second.
+        assert_eq!(lines("llama-worker-1", "uid-1", "trainer"), Some(5.0));
+        assert_eq!(lines("llama-worker-1", "uid-1", "sidecar"), Some(2.0));
+        // Not moved in the second batch: no sample.
+        assert_eq!(lines("llama-worker-2", "uid-2", "trainer"), None);
     }
 
     #[test]

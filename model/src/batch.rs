@@ -462,7 +462,9 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
         .try_with_compression(Some(CompressionType::ZSTD))
         .and_then(|o| o.try_with_compression_level(Some(1)))
         .map_err(|e| ModelError::Ipc(e.to_string()))?;
-    let mut out = Vec::new();
+    // Room for the compressed buffers up front (zstd shrinks log text 4–8×):
+    // growing the body by doubling copied it a few times per batch.
+    let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() / 4 + 4096);
     let mut writer = StreamWriter::try_new_with_options(&mut out, &schema, options).map_err(|e| ModelError::Ipc(e.to_string()))?;
     for batch in batches {
         let batch = batch

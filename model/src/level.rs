@@ -21,13 +21,15 @@ pub fn detect_level(line: &[u8]) -> Level {
     }
     // glog behind a bracketed prefix, as torch.distributed prints:
     // `[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] …`
-    for (at, _) in head.iter().enumerate().take(48).filter(|(_, b)| **b == b'[') {
+    for at in memchr::memchr_iter(b'[', &head[..head.len().min(48)]) {
         if let Some(level) = glog_level(&head[at + 1..]) {
             return level;
         }
     }
-    if let Some(level) = keyed_level(head) {
-        return level;
+    if may_hold_level_key(head) {
+        if let Some(level) = keyed_level(head) {
+            return level;
+        }
     }
     word_level(head).unwrap_or(Level::Unknown)
 }
@@ -46,8 +48,21 @@ fn glog_level(head: &[u8]) -> Option<Level> {
     }
 }
 
+/// Whether `head` may hold a key of [`keyed_level`]: each of them holds
+/// `lev`, `sev` or `lvl` (in any case), so a head without those skips the
+/// walk over every `:` and `=` (timestamps hold several), which was most
+/// of the time of level detection.
+fn may_hold_level_key(head: &[u8]) -> bool {
+    memchr::memchr2_iter(b'v', b'V', head).any(|at| {
+        let before = |n: usize| at.checked_sub(n).map(|i| head[i].to_ascii_lowercase());
+        let after = head.get(at + 1).map(u8::to_ascii_lowercase);
+        (before(1) == Some(b'e') && matches!(before(2), Some(b'l' | b's'))) || (before(1) == Some(b'l') && after == Some(b'l'))
+    })
+}
+
 /// JSON (`"level":"error"`) and logfmt (`level=error`) keys.
 fn keyed_level(head: &[u8]) -> Option<Level> {
+    // Each holds `lev`, `sev` or `lvl`: see `may_hold_level_key`.
     const KEYS: [&[u8]; 6] = [b"level", b"severity", b"lvl", b"levelname", b"loglevel", b"severity_text"];
     let mut search_from = 0;
     while let Some(found) = memchr::memchr2(b'=', b':', &head[search_from..]) {
@@ -147,6 +162,13 @@ mod tests {
             ("CRITICAL:torch:NCCL watchdog", Level::Critical),
             ("{'loss': 0.31, 'learning_rate': 2e-05, 'epoch': 0.5}", Level::Unknown),
             ("no error found in this prose", Level::Unknown),
+            ("ts=1 LVL=warn msg=x", Level::Warn),
+            ("ts=1 Severity: error", Level::Error),
+            ("ts=1 logLevel=debug", Level::Debug),
+            (r#"{"@level":"info"}"#, Level::Info),
+            ("ts=1 severity_text=fatal", Level::Critical),
+            ("ts=1 levelname=warning", Level::Warn),
+            ("ts=1 vlevel=x slvl=2 never=error", Level::Unknown),
             ("Traceback (most recent call last):", Level::Unknown),
             ("", Level::Unknown),
         ];

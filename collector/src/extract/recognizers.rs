@@ -41,6 +41,16 @@ pub fn parse_number(text: &str) -> Option<f64> {
 /// `elapsed_time_per_iteration_ms`; `lr` → `learning_rate`; `iter`,
 /// `iteration`, `global_step`, `steps` → `step`.
 pub fn normalize_key(key: &str) -> String {
+    let bytes = key.as_bytes();
+    // Most keys are normal already (`loss`, `grad_norm`): lower-case words
+    // joined by single `_`, which the loop below would copy unchanged.
+    let normal = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+        && memchr::memmem::find(bytes, b"__").is_none();
+    if normal {
+        return alias(key).map_or_else(|| key.to_string(), str::to_string);
+    }
     let mut out = String::with_capacity(key.len() + 4);
     let mut gap = false;
     for c in key.trim().chars() {
@@ -63,12 +73,20 @@ pub fn normalize_key(key: &str) -> String {
     while out.ends_with('_') {
         out.pop();
     }
-    match out.as_str() {
-        "lr" => "learning_rate".into(),
-        "iter" | "iteration" | "global_step" | "steps" => "step".into(),
-        "it_per_s" => "iterations_per_second".into(),
-        "s_per_it" => "seconds_per_iteration".into(),
-        _ => out,
+    match alias(&out) {
+        Some(alias) => alias.to_string(),
+        None => out,
+    }
+}
+
+/// The key a normalized key stands for, where it is an alias.
+fn alias(key: &str) -> Option<&'static str> {
+    match key {
+        "lr" => Some("learning_rate"),
+        "iter" | "iteration" | "global_step" | "steps" => Some("step"),
+        "it_per_s" => Some("iterations_per_second"),
+        "s_per_it" => Some("seconds_per_iteration"),
+        _ => None,
     }
 }
 
@@ -95,6 +113,10 @@ struct Finders {
     eta: memchr::memmem::Finder<'static>,
     step: memchr::memmem::Finder<'static>,
     loss_colon: memchr::memmem::Finder<'static>,
+    epoch: memchr::memmem::Finder<'static>,
+    counter_end: memchr::memmem::Finder<'static>,
+    dict_pair: memchr::memmem::Finder<'static>,
+    dict_key_end: memchr::memmem::Finder<'static>,
 }
 
 fn finders() -> &'static Finders {
@@ -109,6 +131,10 @@ fn finders() -> &'static Finders {
         eta: finder("ETA:"),
         step: finder("step"),
         loss_colon: finder("loss:"),
+        epoch: finder("Epoch "),
+        counter_end: finder(" ["),
+        dict_pair: finder(", '"),
+        dict_key_end: finder("':"),
     })
 }
 
@@ -163,10 +189,24 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(String, f64)>) {
 
 /// `{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.5}`
 fn python_dict(text: &str, out: &mut Vec<(String, f64)>) {
-    let end = text.find('}').unwrap_or(text.len());
-    for pair in text[1..end].split(", '") {
+    let f = finders();
+    let end = memchr::memchr(b'}', text.as_bytes()).unwrap_or(text.len());
+    // The separators are ASCII: every cut is at a character boundary.
+    let mut rest = Some(&text[1..end]);
+    while let Some(pairs) = rest {
+        let pair = match f.dict_pair.find(pairs.as_bytes()) {
+            Some(at) => {
+                rest = Some(&pairs[at + 3..]);
+                &pairs[..at]
+            }
+            None => {
+                rest = None;
+                pairs
+            }
+        };
         let pair = pair.trim_start_matches('\'');
-        let Some((key, value)) = pair.split_once("':") else { continue };
+        let Some(at) = f.dict_key_end.find(pair.as_bytes()) else { continue };
+        let (key, value) = (&pair[..at], &pair[at + 2..]);
         if let Some(value) = parse_number(value.trim().trim_matches('\'')) {
             push(out, key, value);
         }
@@ -263,16 +303,17 @@ fn logfmt(line: &str, out: &mut Vec<(String, f64)>) {
 /// tqdm and PyTorch Lightning bars:
 /// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`
 fn progress_bar(line: &str, out: &mut Vec<(String, f64)>) {
+    let f = finders();
     // `Epoch N:` prefix (Lightning).
-    if let Some(at) = line.find("Epoch ") {
+    if let Some(at) = f.epoch.find(line.as_bytes()) {
         let rest = &line[at + 6..];
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        if let Some(epoch) = parse_number(&digits) {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Some(epoch) = parse_number(&rest[..digits]) {
             push(out, "epoch", epoch);
         }
     }
     // `N/M [` counter: the step within the bar.
-    if let Some(bracket) = line.find(" [") {
+    if let Some(bracket) = f.counter_end.find(line.as_bytes()) {
         let before = &line[..bracket];
         if let Some(counter) = before.rsplit(|c: char| c == '|' || c.is_whitespace()).find(|t| t.contains('/')) {
             if let Some((done, total)) = counter.split_once('/') {
@@ -282,7 +323,7 @@ fn progress_bar(line: &str, out: &mut Vec<(String, f64)>) {
                 }
             }
         }
-        let inside = &line[bracket + 2..line[bracket..].find(']').map(|e| bracket + e).unwrap_or(line.len())];
+        let inside = &line[bracket + 2..memchr::memchr(b']', &line.as_bytes()[bracket..]).map_or(line.len(), |e| bracket + e)];
         for part in inside.split(',') {
             let part = part.trim();
             if let Some(rate) = part.strip_suffix("it/s") {

@@ -164,6 +164,24 @@ fn keys_normalize() {
     assert_eq!(normalize_key("elapsed time per iteration (ms)"), "elapsed_time_per_iteration_ms");
     assert_eq!(normalize_key("samples/sec"), "samples_per_sec");
     assert_eq!(normalize_key("global_step"), "step");
+    // Keys that are normal already, aliases among them, and keys that
+    // look normal but are not (doubled, leading or trailing `_`).
+    for (key, normal) in [
+        ("loss", "loss"),
+        ("grad_norm", "grad_norm"),
+        ("top1_acc", "top1_acc"),
+        ("lr", "learning_rate"),
+        ("steps", "step"),
+        ("it_per_s", "iterations_per_second"),
+        ("s_per_it", "seconds_per_iteration"),
+        ("a__b", "a_b"),
+        ("_loss", "loss"),
+        ("loss_", "loss"),
+        ("_", ""),
+        ("Loss", "loss"),
+    ] {
+        assert_eq!(normalize_key(key), normal, "{key}");
+    }
 }
 
 #[test]
