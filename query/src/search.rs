@@ -287,14 +287,37 @@ fn checked_rows(
     // splits' count).
     let mut batched = 0usize;
     let mut all_at_once = false;
+    // Candidates of all splits, counted once it matters.
+    let mut candidates: Option<usize> = None;
     loop {
         // At the rate rows passed so far, the rows left to check.
         let to_check = want.saturating_sub(rows_passed).saturating_mul(rows_checked) / rows_passed.max(1);
-        if !all_at_once && few_pass(rows_checked, rows_passed) && to_check > batch_rows.saturating_mul(16) {
-            // So few candidates pass (a number's blocks) that rounds would
-            // visit the candidates again and again, and most of them are
-            // checked in the end. A split with few enough has the rest of
-            // them checked at once, each page read once.
+        let many_left = !all_at_once && few_pass(rows_checked, rows_passed) && to_check > batch_rows.saturating_mul(16);
+        // Most of the candidates left would be checked anyway. Where the
+        // matches crowd at the newest end (a number in recent lines of
+        // many streams, each block holding one), the candidates are far
+        // more than the rows that rate asks for, and batches stop early:
+        // checking every candidate at once had made such a search read
+        // every page that holds the number (10 GB: 220 ms).
+        let most_left = many_left && {
+            let total = match candidates {
+                Some(total) => total,
+                None => {
+                    let counts = on_all_cores(checked.len(), |c| {
+                        let state = &checked[c];
+                        splits[state.split].count(state.query.as_ref())
+                    });
+                    let total = counts.into_iter().sum::<Result<usize, QueryError>>()?;
+                    *candidates.insert(total)
+                }
+            };
+            to_check.saturating_mul(4) >= total.saturating_sub(rows_checked)
+        };
+        if most_left {
+            // So few candidates pass (a number's blocks in few lines) that
+            // rounds would visit the candidates again and again, and most
+            // of them are checked in the end. A split with few enough has
+            // the rest of them checked at once, each page read once.
             all_at_once = true;
             let done = on_all_cores(checked.len(), |c| {
                 let state = &checked[c];
@@ -344,12 +367,14 @@ fn checked_rows(
         };
         // The `want`th newest row so far: older candidates cannot be
         // returned.
+        let mut cutoff = None;
         if passed.len() + exact.len() >= want {
             let mut times: Vec<i64> = passed.iter().map(|p| p.0).chain(exact.iter().map(|e| e.0)).collect();
             times.select_nth_unstable_by(want - 1, |a, b| b.cmp(a));
             if next < times[want - 1] {
                 break;
             }
+            cutoff = Some(times[want - 1]);
         }
         // The newest `batch_rows` candidates over all splits; where few
         // pass, with the other candidates fetched from their blocks (a
@@ -363,9 +388,16 @@ fn checked_rows(
             .filter_map(|(c, state)| state.next_ts().map(|ts| (ts, std::cmp::Reverse(c))))
             .collect();
         while batch.len() < batch_rows {
-            let Some((_, std::cmp::Reverse(c))) = heads.pop() else {
+            let Some((ts, std::cmp::Reverse(c))) = heads.pop() else {
                 break;
             };
+            // The batch stops at the `want`th newest row passed: it would
+            // have checked older candidates for nothing (a batch doubles the
+            // one before, and the last one had checked half a million
+            // lines of a 10 GB phrase search for nothing).
+            if cutoff.is_some_and(|cutoff| ts < cutoff) {
+                break;
+            }
             let state = &mut checked[c];
             state.pop(whole_blocks, &mut popped);
             batch.extend(popped.drain(..).map(|(ts, row)| (ts, c, row)));
