@@ -162,12 +162,11 @@ struct Appender {
     found: Vec<(String, f64)>,
     /// Per pod: the run and rank its name suggests.
     runs: FxMap<String, (u64, Arc<PodInfo>)>,
-    /// Series texts of extracted metrics (kept per container) older than
-    /// this epoch are stale: the pod directory changed, or too many piled up.
-    series_epoch: u64,
-    /// Series texts built in this epoch.
+    /// Series texts of extracted metrics (kept per container) built since
+    /// they were last dropped (when the pod directory changes, or too many
+    /// piled up).
     series_texts: usize,
-    /// The pod directory version of this epoch.
+    /// The pod directory version the series texts were built under.
     series_version: u64,
     /// What the previous record's file shares with this one's, if it is
     /// the same file.
@@ -211,9 +210,8 @@ struct FileMemo {
 /// One container's tallies and extracted series texts.
 struct ContainerState {
     tally: ContainerTally,
-    /// Series text of each extracted metric key, built in `series_epoch`.
+    /// Series text of each extracted metric key.
     series: FxMap<String, String>,
-    series_epoch: u64,
 }
 
 /// The per-container tallies.
@@ -374,7 +372,6 @@ impl Appender {
             samples: MetricBatchBuilder::dictionary(),
             found: Vec::new(),
             runs: FxMap::default(),
-            series_epoch: 0,
             series_texts: 0,
             series_version: 0,
             memo: None,
@@ -542,7 +539,6 @@ impl Appender {
                         ..Default::default()
                     },
                     series: FxMap::default(),
-                    series_epoch: self.series_epoch,
                 });
                 slot
             }
@@ -609,15 +605,13 @@ impl Appender {
             }
             if !self.found.is_empty() {
                 if version != self.series_version || self.series_texts > MAX_TALLIES {
-                    self.series_epoch += 1;
                     self.series_texts = 0;
                     self.series_version = version;
+                    for state in &mut self.containers {
+                        state.series = FxMap::default();
+                    }
                 }
                 let state = &mut self.containers[memo.slot];
-                if state.series_epoch != self.series_epoch {
-                    state.series.clear();
-                    state.series_epoch = self.series_epoch;
-                }
                 for (key, value) in &self.found {
                     // The series text is the same for every line of a
                     // container: built once per key (per sample, it had

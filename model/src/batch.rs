@@ -464,7 +464,14 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
         .map_err(|e| ModelError::Ipc(e.to_string()))?;
     // Room for the compressed buffers up front (zstd shrinks log text 4–8×):
     // growing the body by doubling copied it a few times per batch.
-    let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>() / 4 + 4096);
+    // The bytes of each column's own slice (a batch sliced from a bigger
+    // one, or dictionary keys shared by columns, counted once per use).
+    let decoded: usize = batches
+        .iter()
+        .flat_map(RecordBatch::columns)
+        .map(|column| column.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum();
+    let mut out = Vec::with_capacity(decoded / 4 + 4096);
     let mut writer = StreamWriter::try_new_with_options(&mut out, &schema, options).map_err(|e| ModelError::Ipc(e.to_string()))?;
     for batch in batches {
         let batch = batch

@@ -52,6 +52,18 @@ pub struct SearchPage {
     pub hits: Vec<SearchHit>,
     /// `<ts>:<skip>` to pass as `cursor` for older hits; none on the last page.
     pub next_cursor: Option<String>,
+    pub stats: SearchStats,
+}
+
+/// What a search cost, as Loki's query stats say it: where the time of a
+/// slow search went.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SearchStats {
+    /// Splits whose time range overlapped the search's.
+    pub splits: usize,
+    /// Candidate lines read back and checked against the search text (a
+    /// phrase, a number, a word indexed per block of rows).
+    pub lines_checked: usize,
 }
 
 /// The text part and the label filters of a search expression.
@@ -271,6 +283,7 @@ fn checked_rows(
     text: &TextExpr,
     exact: &[(i64, usize, u32)],
     want: usize,
+    stats: &mut SearchStats,
 ) -> Result<Vec<(i64, usize, u32, StoredRow)>, QueryError> {
     let mut passed: Vec<(i64, usize, u32, StoredRow)> = Vec::new();
     let newest_first = |a: &(i64, usize, u32), b: &(i64, usize, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
@@ -313,7 +326,12 @@ fn checked_rows(
             };
             to_check.saturating_mul(4) >= total.saturating_sub(rows_checked)
         };
-        if most_left {
+        // The next batch would pass the cap on rows checked in batches: the
+        // splits with few enough candidates are checked at once instead
+        // (those rows do not count against the cap), as before the rate
+        // decided when.
+        let at_cap = !all_at_once && batched.saturating_add(batch_rows) > MAX_CHECKED_ROWS;
+        if most_left || at_cap {
             // So few candidates pass (a number's blocks in few lines) that
             // rounds would visit the candidates again and again, and most
             // of them are checked in the end. A split with few enough has
@@ -438,6 +456,7 @@ fn checked_rows(
         keep_newest(&mut passed);
         batch_rows = batch_rows.saturating_mul(2);
     }
+    stats.lines_checked += rows_checked;
     Ok(passed)
 }
 
@@ -554,9 +573,13 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     }
     // Rows already read to check them.
     let mut fetched = std::collections::HashMap::new();
+    let mut stats = SearchStats {
+        splits: splits.len(),
+        lines_checked: 0,
+    };
     if let Some(text) = &text {
         if !to_check.is_empty() {
-            for (ts, i, row, stored) in checked_rows(&splits, to_check, text, &candidates, want)? {
+            for (ts, i, row, stored) in checked_rows(&splits, to_check, text, &candidates, want, &mut stats)? {
                 candidates.push((ts, i, row));
                 fetched.insert((i, row), stored);
             }
@@ -615,7 +638,7 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     } else {
         None
     };
-    Ok(SearchPage { hits, next_cursor })
+    Ok(SearchPage { hits, next_cursor, stats })
 }
 
 #[cfg(test)]

@@ -68,7 +68,11 @@ pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<R
             })
         })
         .collect();
-    Ok(success(serde_json::json!({"hits": hits, "next_cursor": page.next_cursor})))
+    Ok(success(serde_json::json!({
+        "hits": hits,
+        "next_cursor": page.next_cursor,
+        "stats": {"splits": page.stats.splits, "lines_checked": page.stats.lines_checked},
+    })))
 }
 
 fn millis_time(ms: i64) -> String {
