@@ -189,9 +189,10 @@ struct Appender {
 }
 
 /// What the records of one file share, looked up once for a run of them:
-/// a file's lines come in runs, and finding these for every record (maps
-/// keyed by pod uid and container name, an `Arc` clone and drop) was about
-/// a tenth of the collector's time.
+/// a file's lines come in runs, and finding these for every record and
+/// extracted sample (maps keyed by pod uid and container name, an `Arc`
+/// clone and drop) cost the collector 1 % on mixed logs and 8 % on
+/// trainer logs.
 struct FileMemo {
     /// The file: pod uid, container and restart.
     pod_uid: String,
