@@ -463,9 +463,9 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
         .and_then(|o| o.try_with_compression_level(Some(1)))
         .map_err(|e| ModelError::Ipc(e.to_string()))?;
     // Room for the compressed buffers up front (zstd shrinks log text 4–8×):
-    // growing the body by doubling copied it a few times per batch.
-    // The bytes of each column's own slice (a batch sliced from a bigger
-    // one, or dictionary keys shared by columns, counted once per use).
+    // growing the body by doubling copied it a few times per batch. Each
+    // column counts the bytes of its own slice (a batch sliced from a
+    // bigger one counts its rows, not its parent's).
     let decoded: usize = batches
         .iter()
         .flat_map(RecordBatch::columns)

@@ -50,8 +50,8 @@ fn glog_level(head: &[u8]) -> Option<Level> {
 
 /// Whether `head` may hold a key of [`keyed_level`]: each of them holds
 /// `lev`, `sev` or `lvl` (in any case), so a head without those skips the
-/// walk over every `:` and `=` (timestamps hold several), which was most
-/// of the time of level detection.
+/// walk over every `:` and `=` (timestamps hold several): level detection
+/// took about half the time with it.
 fn may_hold_level_key(head: &[u8]) -> bool {
     memchr::memchr2_iter(b'v', b'V', head).any(|at| {
         let before = |n: usize| at.checked_sub(n).map(|i| head[i].to_ascii_lowercase());

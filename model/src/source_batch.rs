@@ -287,9 +287,9 @@ impl SourceBatchBuilder {
         // never below what the builder was made for: growing a buffer by
         // doubling copies it, and a batch cut at a byte limit overshoots it
         // by its last line (a 2 MiB text buffer was copied into a 4 MiB one
-        // at the end of every batch: 6 % of the collector, page faults
-        // included). With glibc, buffers this large are mapped and their
-        // untouched pages not resident.
+        // at the end of every batch: about 1 % of the collector). With
+        // glibc, buffers this large are mapped and their untouched pages
+        // not resident.
         let (made_rows, made_bytes) = self.capacity;
         let next_rows = (rows + rows / 8 + 16).max(made_rows);
         let next_bytes = (self.line_bytes + self.line_bytes / 8 + 4096).max(made_bytes);
