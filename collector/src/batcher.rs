@@ -468,7 +468,8 @@ impl Appender {
             META_SOURCES.to_string(),
             serde_json::to_string(&self.sources).expect("strings serialize"),
         )]);
-        let body = encode_ipc(&[batch], metadata).map_err(CollectorError::Model)?;
+        let body = encode_ipc(std::slice::from_ref(&batch), metadata).map_err(CollectorError::Model)?;
+        self.builder.recycle(batch);
         let metrics_body = if self.samples.is_empty() {
             None
         } else {

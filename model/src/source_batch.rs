@@ -14,10 +14,12 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::builder::{BooleanBuilder, StringBuilder, TimestampNanosecondBuilder, UInt32Builder};
+use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt32Type, UInt8Type};
 use arrow_array::{
     ArrayRef, DictionaryArray, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray, UInt32Array, UInt64Array, UInt8Array,
 };
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::batch::{col, labels_json, wire_schema};
@@ -146,7 +148,10 @@ pub struct SourceBatchBuilder {
     fields: StringBuilder,
     truncated: BooleanBuilder,
     parse_error: BooleanBuilder,
-    line: StringBuilder,
+    /// The text column's values and offsets, kept apart from an Arrow
+    /// builder so [`Self::recycle`] can take the values buffer back.
+    line_values: Vec<u8>,
+    line_offsets: Vec<i32>,
     src: Vec<u32>,
     src_offset: Vec<u64>,
     line_bytes: usize,
@@ -178,7 +183,12 @@ impl SourceBatchBuilder {
             fields: StringBuilder::new(),
             truncated: BooleanBuilder::with_capacity(rows),
             parse_error: BooleanBuilder::with_capacity(rows),
-            line: StringBuilder::with_capacity(rows, line_bytes),
+            line_values: Vec::with_capacity(line_bytes),
+            line_offsets: {
+                let mut offsets = Vec::with_capacity(rows + 1);
+                offsets.push(0);
+                offsets
+            },
             src: Vec::with_capacity(rows),
             src_offset: Vec::with_capacity(rows),
             line_bytes: 0,
@@ -222,7 +232,9 @@ impl SourceBatchBuilder {
         self.fields.append_option(labels_json(r.fields));
         self.truncated.append_value(r.truncated);
         self.parse_error.append_value(r.parse_error);
-        self.line.append_value(r.line);
+        self.line_values.extend_from_slice(r.line.as_bytes());
+        let end = i32::try_from(self.line_values.len()).expect("a batch holds under 2 GiB of text (batches are cut at a few MiB)");
+        self.line_offsets.push(end);
         self.src.push(r.source.0);
         self.src_offset.push(r.source.1);
         self.line_bytes += r.line.len();
@@ -241,6 +253,49 @@ impl SourceBatchBuilder {
     /// Bytes of line text appended since the last finish.
     pub fn line_bytes(&self) -> usize {
         self.line_bytes
+    }
+
+    /// The text column of the rows appended so far.
+    fn finish_lines(&mut self) -> StringArray {
+        let values = std::mem::take(&mut self.line_values);
+        let offsets = std::mem::replace(&mut self.line_offsets, vec![0]);
+        // SAFETY: the offsets start at 0 and rise to the end of `values`,
+        // one after each appended `&str`, so every offset is in bounds and
+        // every row is whole UTF-8 (checking 2 MiB per batch again would
+        // cost what recycling its buffer saves).
+        unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                Buffer::from_vec(values),
+                None,
+            )
+        }
+    }
+
+    /// Takes back the text buffer of a batch from [`Self::finish`] that the
+    /// caller is done with (encoded), so the next batch writes into pages
+    /// already resident. A fresh buffer of a few MiB is mapped by glibc and
+    /// every page of it faulted in as the batch fills: with 2 MiB batches,
+    /// 260 thousand faults per GB of logs and 7 % of the collector's time.
+    /// Does nothing where the buffer is still shared.
+    pub fn recycle(&mut self, batch: RecordBatch) {
+        let Some(index) = batch.schema().index_of(col::LINE).ok() else {
+            return;
+        };
+        let Some(lines) = batch.column(index).as_string_opt::<i32>().cloned() else {
+            return;
+        };
+        drop(batch);
+        let (_, values, _) = lines.into_parts();
+        if let Ok(mut values) = values.into_vec::<u8>() {
+            if self.line_values.is_empty() {
+                // Sized as `finish` sized the fresh one, which is dropped
+                // untouched (mapped, never resident).
+                values.clear();
+                values.reserve(self.line_values.capacity());
+                self.line_values = values;
+            }
+        }
     }
 
     /// Finishes the rows appended so far into a batch of
@@ -279,7 +334,7 @@ impl SourceBatchBuilder {
             Arc::new(self.fields.finish()),
             Arc::new(self.truncated.finish()),
             Arc::new(self.parse_error.finish()),
-            Arc::new(self.line.finish()),
+            Arc::new(self.finish_lines()),
             Arc::new(UInt32Array::from(std::mem::take(&mut self.src))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.src_offset))),
         ];
@@ -344,7 +399,11 @@ mod tests {
     }
 
     fn source_batch(records: &[LogRecord]) -> RecordBatch {
-        let mut builder = SourceBatchBuilder::with_capacity(4, 64);
+        fill(&mut SourceBatchBuilder::with_capacity(4, 64), records)
+    }
+
+    /// Appends `records` (of two sources) to `builder` and finishes a batch.
+    fn fill(builder: &mut SourceBatchBuilder, records: &[LogRecord]) -> RecordBatch {
         let keys: Vec<u32> = records[..2]
             .iter()
             .map(|r| {
@@ -408,6 +467,35 @@ mod tests {
         // The builder is reusable after finish.
         let again = source_batch(&records);
         assert_eq!(again.num_rows(), records.len());
+    }
+
+    #[test]
+    fn a_recycled_text_buffer_holds_the_next_batch() {
+        let records = records();
+        let lines_of = |batch: &RecordBatch| -> (usize, Vec<String>) {
+            let lines = batch.column_by_name(col::LINE).unwrap().as_string::<i32>();
+            (
+                lines.values().as_ptr() as usize,
+                lines.iter().map(|l| l.unwrap().to_string()).collect(),
+            )
+        };
+        let want: Vec<String> = records.iter().map(|r| r.line.clone()).collect();
+        let mut builder = SourceBatchBuilder::with_capacity(4, 8192);
+        let first = fill(&mut builder, &records);
+        let (first_at, _) = lines_of(&first);
+        builder.recycle(first);
+        let second = fill(&mut builder, &records);
+        let (second_at, lines) = lines_of(&second);
+        assert_eq!(second_at, first_at, "the second batch's text is in the first one's buffer");
+        assert_eq!(lines, want);
+        // A buffer the caller still shares is left to it.
+        let kept = second.clone();
+        builder.recycle(second);
+        let third = fill(&mut builder, &records);
+        let (third_at, lines) = lines_of(&third);
+        assert_ne!(third_at, second_at);
+        assert_eq!(lines, want);
+        assert_eq!(lines_of(&kept), (second_at, want));
     }
 
     #[test]
