@@ -89,7 +89,7 @@ impl AnchorSearch {
         }
     }
 
-    fn is_match(&self, text: &str) -> bool {
+    fn is_match(&self, text: &[u8]) -> bool {
         match self {
             AnchorSearch::Packed(searcher) => searcher.find(text).is_some(),
             AnchorSearch::Automaton(automaton) => automaton.is_match(text),
@@ -97,24 +97,34 @@ impl AnchorSearch {
     }
 }
 
-/// Whether `needle` occurs in `haystack` ignoring ASCII case; candidates are
-/// found by the byte at `pivot` (either case), so a rare pivot keeps this a
-/// few vector scans.
-fn contains_ignoring_case(haystack: &[u8], needle: &[u8], pivot: usize) -> bool {
-    let (lower, upper) = (needle[pivot].to_ascii_lowercase(), needle[pivot].to_ascii_uppercase());
-    memchr::memchr2_iter(lower, upper, haystack).any(|at| {
-        at >= pivot
-            && haystack
-                .get(at - pivot..at - pivot + needle.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-    })
+/// Every byte with bit 5 set: ASCII letters of either case become lower
+/// case, and equal bytes stay equal, so a text holding a word (in any ASCII
+/// case) folds to one holding the lower-case word. Other bytes may fold
+/// onto letters or punctuation (`@` onto `` ` ``, control bytes onto
+/// digits): that only lets more lines through to the patterns.
+fn fold(byte: u8) -> u8 {
+    byte | 0x20
+}
+
+thread_local! {
+    /// The folded copy of the text being classified.
+    static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Catalogue {
-    /// Lines holding none of the anchors match no built-in pattern: literal
-    /// searches instead of the set's own prefilter, which with the
-    /// case-insensitive `loss` had been the collector's largest cost.
+    /// Lines holding none of the anchors match no case-sensitive built-in
+    /// pattern: literal searches instead of the set's own prefilter, which
+    /// with the case-insensitive `loss` had been the collector's largest
+    /// cost.
     anchors: AnchorSearch,
+    /// The words the case-insensitive patterns need, searched for in the
+    /// folded text.
+    overflow: memchr::memmem::Finder<'static>,
+    loss: memchr::memmem::Finder<'static>,
+    nan: memchr::memmem::Finder<'static>,
+    inf: memchr::memmem::Finder<'static>,
+    non_finite: memchr::memmem::Finder<'static>,
+    scale: memchr::memmem::Finder<'static>,
     /// One pattern per entry of `names`, same order.
     set: RegexSet,
     /// The same patterns, one by one (to find the carrying line).
@@ -138,6 +148,12 @@ fn catalogue() -> &'static Catalogue {
         ];
         Catalogue {
             anchors: AnchorSearch::new(),
+            overflow: memchr::memmem::Finder::new(b"overflow"),
+            loss: memchr::memmem::Finder::new(b"loss"),
+            nan: memchr::memmem::Finder::new(b"nan"),
+            inf: memchr::memmem::Finder::new(b"inf"),
+            non_finite: memchr::memmem::Finder::new(b"non-finite"),
+            scale: memchr::memmem::Finder::new(b"scale"),
             set: RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("built-in patterns compile"),
             singles: patterns.iter().map(|(_, p)| Regex::new(p).expect("built-in pattern compiles")).collect(),
             names: patterns.iter().map(|(n, _)| *n).collect(),
@@ -149,24 +165,50 @@ fn catalogue() -> &'static Catalogue {
 impl Catalogue {
     /// False when no built-in pattern can match `text`.
     fn may_match(&self, text: &str) -> bool {
-        if self.anchors.is_match(text) {
+        let text = text.as_bytes();
+        // Unicode case folding also matches `ſ` (long s) for `s` and `K`
+        // (Kelvin sign) for `k`: a line holding either goes to the patterns
+        // themselves.
+        if self.anchors.is_match(text)
+            || (!text.is_ascii()
+                && (memchr::memmem::find(text, "ſ".as_bytes()).is_some() || memchr::memmem::find(text, "\u{212A}".as_bytes()).is_some()))
+        {
             return true;
         }
-        // The case-insensitive patterns: every `nan_loss` match holds `loss`
-        // and one of `nan`, `inf`, `non-finite`; every `loss_scale_overflow`
-        // match holds `overflow`, or `loss` and `scale`. Ignoring ASCII case,
-        // each searched for by a rarer byte first. Unicode case folding also
-        // matches `ſ` (long s) for `s` and `K` (Kelvin sign) for `k`: a
-        // line holding either goes to the patterns themselves.
-        let text = text.as_bytes();
-        (!text.is_ascii()
-            && (memchr::memmem::find(text, "ſ".as_bytes()).is_some() || memchr::memmem::find(text, "\u{212A}".as_bytes()).is_some()))
-            || contains_ignoring_case(text, b"overflow", 1)
-            || (contains_ignoring_case(text, b"loss", 0)
-                && (contains_ignoring_case(text, b"nan", 0)
-                    || contains_ignoring_case(text, b"inf", 2)
-                    || contains_ignoring_case(text, b"non-finite", 4)
-                    || contains_ignoring_case(text, b"scale", 2)))
+        FOLDED.with_borrow_mut(|folded| {
+            folded.clear();
+            folded.extend(text.iter().map(|&b| fold(b)));
+            self.may_match_folded(folded, text)
+        })
+    }
+
+    /// [`Self::may_match`] for the case-insensitive patterns, given the
+    /// folded text.
+    fn may_match_folded(&self, folded: &[u8], text: &[u8]) -> bool {
+        // Every `loss_scale_overflow` match holds `overflow`, or `loss` and
+        // `scale`; every `nan_loss` match holds `loss` and one of `nan`,
+        // `inf`, `non-finite`. (One multi-word search of the folded text
+        // for these and the folded anchors was slower: folded, the anchors
+        // start with common trigrams.)
+        if self.overflow.find(folded).is_some() {
+            return true;
+        }
+        self.loss.find(folded).is_some()
+            && (self.scale.find(folded).is_some()
+                || self.non_finite.find(folded).is_some()
+                || self.value_word(&self.nan, folded, text)
+                || self.value_word(&self.inf, folded, text))
+    }
+
+    /// Whether `nan` or `inf` occurs where `nan_loss` could match it:
+    /// before a word boundary (`loss=inf`, not the `INFO` of a logging
+    /// prefix) or after `loss is ` (that alternative has no boundary).
+    fn value_word(&self, finder: &memchr::memmem::Finder<'_>, folded: &[u8], text: &[u8]) -> bool {
+        finder.find_iter(folded).any(|at| {
+            // A non-ASCII byte may start a word character or not: let it by.
+            let boundary = text.get(at + 3).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+            boundary || folded[..at].ends_with(b"loss is ")
+        })
     }
 }
 
@@ -341,15 +383,89 @@ mod tests {
         }
     }
 
+    /// Pieces of the patterns' alternatives and of the lines around them,
+    /// for lines the gate must let through whenever a pattern matches.
+    const PIECES: [&str; 40] = [
+        "loss",
+        "Loss",
+        "loss is ",
+        "loss: ",
+        "loss=",
+        "'loss': '",
+        "_loss",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "INFO",
+        "info",
+        "Infinity",
+        "nanoseconds",
+        "non-finite",
+        "scale",
+        "scaler",
+        "overflow",
+        "OVERFLOW! Rank",
+        "gradient overflow. skipping step",
+        "attempted loss scale",
+        " ",
+        "_",
+        "=",
+        ": ",
+        "'",
+        "é",
+        "\u{1}",
+        "@",
+        "ſ",
+        "K",
+        "CUDA out of memory",
+        "Xid (PCI:0)",
+        "NVRM: Xid",
+        "SIGKILL",
+        "Signal 9 (SIGKILL) received",
+        "exit code 137",
+        "lossigkill",
+        "OOMKilled",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        #[test]
+        fn the_gate_lets_through_every_line_a_pattern_matches(
+            pieces in proptest::collection::vec((0..PIECES.len(), proptest::collection::vec(proptest::bool::ANY, 40)), 1..6)
+        ) {
+            let line: String = pieces
+                .iter()
+                .flat_map(|(piece, upper)| {
+                    PIECES[*piece].chars().zip(upper.iter().cycle()).map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                })
+                .collect();
+            let catalogue = catalogue();
+            if catalogue.set.is_match(&line) {
+                proptest::prop_assert!(catalogue.may_match(&line), "the gate refuses {:?}", line);
+            }
+        }
+    }
+
     #[test]
-    fn case_insensitive_search_checks_every_candidate() {
-        assert!(contains_ignoring_case(b"a LoSs b", b"loss", 0));
-        assert!(contains_ignoring_case(b"lo lol LOSS", b"loss", 0));
-        assert!(contains_ignoring_case(b"OVERFLOW", b"overflow", 1));
-        assert!(contains_ignoring_case(b"vv oVeRfLoW", b"overflow", 1));
-        assert!(!contains_ignoring_case(b"v overflo", b"overflow", 1));
-        assert!(!contains_ignoring_case(b"los", b"loss", 0));
-        assert!(!contains_ignoring_case(b"", b"loss", 0));
+    fn the_gate_reads_nan_and_inf_as_values_only() {
+        let catalogue = catalogue();
+        for line in [
+            "2026-11-25 08:00:00,009 - trainer - INFO - step=100 loss=2.3100 lr=3e-4",
+            "[INFO] epoch 1 | loss: 0.52 | nanoseconds per token: 12 | infeed ok",
+            "LOSS=0.1 SCALING=1 INFORMATION",
+        ] {
+            assert!(!catalogue.may_match(line), "the gate lets {line:?} through");
+            assert_eq!(event(line), None, "{line}");
+        }
+        for (line, want) in [
+            ("INFO loss=NaN", Some("nan_loss")),
+            ("loss is info", Some("nan_loss")),
+            ("INFO loss: -inf,", Some("nan_loss")),
+        ] {
+            assert!(catalogue.may_match(line), "the gate refuses {line:?}");
+            assert_eq!(event(line).as_deref(), want, "{line}");
+        }
     }
 
     #[test]
