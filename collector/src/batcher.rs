@@ -42,7 +42,7 @@ use crate::CollectorError;
 use std::sync::Arc;
 use weft_model::events::EventClassifier;
 use weft_model::level::detect_level;
-use weft_model::metric::{MetricBatchBuilder, METRIC_NAME};
+use weft_model::metric::{MetricBatchBuilder, SeriesSlot, METRIC_NAME};
 use weft_model::Level;
 
 /// When a batch is sealed.
@@ -211,8 +211,9 @@ struct FileMemo {
 /// One container's tallies and extracted series texts.
 struct ContainerState {
     tally: ContainerTally,
-    /// Series text of each extracted metric key.
-    series: FxMap<String, String>,
+    /// Series text of each extracted metric key, and where it sits in the
+    /// open metric batch.
+    series: FxMap<String, (String, SeriesSlot)>,
 }
 
 /// The per-container tallies.
@@ -618,8 +619,8 @@ impl Appender {
                     // The series text is the same for every line of a
                     // container: built once per key (per sample, it had
                     // cost a tenth of the collector's time).
-                    if let Some(series) = state.series.get(key.as_str()) {
-                        self.samples.append(series, ts_ms, *value);
+                    if let Some((series, slot)) = state.series.get_mut(key.as_str()) {
+                        self.samples.append_to_slot(slot, series, ts_ms, *value);
                         continue;
                     }
                     let series = LabelSet::from_pairs([
@@ -631,8 +632,9 @@ impl Appender {
                         ("rank", rank.unwrap_or("")),
                     ])
                     .to_string();
-                    self.samples.append(&series, ts_ms, *value);
-                    state.series.insert(key.clone(), series);
+                    let mut slot = SeriesSlot::default();
+                    self.samples.append_to_slot(&mut slot, &series, ts_ms, *value);
+                    state.series.insert(key.clone(), (series, slot));
                     self.series_texts += 1;
                 }
                 self.pending_samples += self.found.len() as u64;

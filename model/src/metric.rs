@@ -117,6 +117,18 @@ pub struct MetricBatchBuilder {
 struct SeriesDictionary {
     ids: HashMap<String, u32, rustc_hash::FxBuildHasher>,
     keys: Vec<u32>,
+    /// Counts finished batches: a [`SeriesSlot`] of an earlier one is stale.
+    batch: u64,
+}
+
+/// Where a series sits in the dictionary of the batch being built, kept by
+/// a caller that appends the same series text again and again
+/// ([`MetricBatchBuilder::append_to_slot`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SeriesSlot {
+    /// One more than the dictionary's batch count when found (0: never).
+    batch: u64,
+    id: u32,
 }
 
 impl MetricBatchBuilder {
@@ -161,6 +173,32 @@ impl MetricBatchBuilder {
         self.rows += 1;
     }
 
+    /// [`Self::append`], where `slot` is where `series` was found last
+    /// (default before the first call): within one batch the dictionary
+    /// key is taken from the slot, without hashing and comparing the text
+    /// (≈ 150 bytes; that lookup was 3 % of the collector on trainer logs).
+    pub fn append_to_slot(&mut self, slot: &mut SeriesSlot, series: &str, ts: i64, value: f64) {
+        match &mut self.dictionary {
+            Some(dictionary) if slot.batch == dictionary.batch + 1 => {
+                dictionary.keys.push(slot.id);
+                self.ts.append_value(ts);
+                self.value.append_value(value);
+                self.rows += 1;
+            }
+            Some(dictionary) => {
+                let batch = dictionary.batch + 1;
+                self.append(series, ts, value);
+                if let Some(dictionary) = &self.dictionary {
+                    *slot = SeriesSlot {
+                        batch,
+                        id: *dictionary.keys.last().expect("a key was just pushed"),
+                    };
+                }
+            }
+            None => self.append(series, ts, value),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.rows
     }
@@ -177,6 +215,7 @@ impl MetricBatchBuilder {
             None => Arc::new(self.series.finish()),
             Some(dictionary) => {
                 dictionary.ids.clear();
+                dictionary.batch += 1;
                 let keys = UInt32Array::from(std::mem::take(&mut dictionary.keys));
                 Arc::new(DictionaryArray::<UInt32Type>::try_new(keys, Arc::new(self.series.finish())).expect("keys index the values"))
             }
@@ -265,12 +304,18 @@ mod tests {
             .map(|i| format!(r#"{{__name__="ml_loss", pod="trainer-{i}", rank="{i}"}}"#))
             .collect();
         let (mut plain, mut dictionary) = (MetricBatchBuilder::new(), MetricBatchBuilder::dictionary());
+        // Slots kept across batches: the series come in another order in
+        // the second batch, so a slot of the first names another series.
+        let (mut slotted, mut slots) = (MetricBatchBuilder::dictionary(), [SeriesSlot::default(); 5]);
         for batch in 0..2 {
             for row in 0..1_000 {
-                let (text, ts, value) = (&series[(row * 7 + batch) % 5], 1_000 + row as i64, row as f64 / 3.0);
+                let at = (row * 7 + batch * 3) % 5;
+                let (text, ts, value) = (&series[at], 1_000 + row as i64, row as f64 / 3.0);
                 plain.append(text, ts, value);
                 dictionary.append(text, ts, value);
+                slotted.append_to_slot(&mut slots[at], text, ts, value);
             }
+            let slotted_body = encode_ipc(&[slotted.finish()], Default::default()).unwrap();
             let plain_body = encode_ipc(&[plain.finish()], Default::default()).unwrap();
             let built = dictionary.finish();
             let sent = built
@@ -288,6 +333,7 @@ mod tests {
             );
             let decode = |body: &[u8]| decode_ipc(body, &metric_wire_schema(), 10_000, 1 << 24).unwrap().1;
             assert_eq!(decode(&body), decode(&plain_body));
+            assert_eq!(decode(&slotted_body), decode(&plain_body));
         }
     }
 
