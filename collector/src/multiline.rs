@@ -225,21 +225,39 @@ impl Block {
 /// Joins multi-line records per container stream.
 pub struct MultilineJoiner {
     limits: MultilineLimits,
-    open: HashMap<(String, Option<Stream>), Block>,
+    open: HashMap<String, Block, rustc_hash::FxBuildHasher>,
+    /// The key of the line being pushed, written in place: while any
+    /// block is open every line needs one (a string allocated and hashed
+    /// with SipHash per line had been 2 % of the collector).
+    key: String,
 }
 
 /// A block is joined per file, stream and rank: under torchrun the ranks'
 /// `[rankN]:` lines interleave in one stream.
-fn key_of(meta: &PodLogPath, stream: Option<Stream>, line: &[u8]) -> (String, Option<Stream>) {
-    let rank = String::from_utf8_lossy(rank_prefix(line));
-    (format!("{}/{}/{}{rank}", meta.pod_uid, meta.container, meta.restart), stream)
+fn write_key(key: &mut String, meta: &PodLogPath, stream: Option<Stream>, line: &[u8]) {
+    use std::fmt::Write as _;
+    key.clear();
+    let stream = match stream {
+        Some(Stream::Stdout) => 'o',
+        Some(Stream::Stderr) => 'e',
+        None => '-',
+    };
+    let _ = write!(
+        key,
+        "{}/{}/{}{}#{stream}",
+        meta.pod_uid,
+        meta.container,
+        meta.restart,
+        String::from_utf8_lossy(rank_prefix(line))
+    );
 }
 
 impl MultilineJoiner {
     pub fn new(limits: MultilineLimits) -> Self {
         Self {
             limits,
-            open: HashMap::new(),
+            open: HashMap::default(),
+            key: String::new(),
         }
     }
 
@@ -292,8 +310,8 @@ impl MultilineJoiner {
         if self.open.is_empty() && starts(line.text).is_none() {
             return out(line, false);
         }
-        let key = key_of(line.meta, line.stream, line.text);
-        if let Some(block) = self.open.get_mut(&key) {
+        write_key(&mut self.key, line.meta, line.stream, line.text);
+        if let Some(block) = self.open.get_mut(self.key.as_str()) {
             if block.continues(line.text) && block.lines < self.limits.max_lines {
                 let room = self.limits.max_bytes.saturating_sub(block.text.len() + 1);
                 if line.text.len() > room {
@@ -308,7 +326,7 @@ impl MultilineJoiner {
                 block.updated = Instant::now();
                 return;
             }
-            let block = self.open.remove(&key).expect("present");
+            let block = self.open.remove(self.key.as_str()).expect("present");
             Self::emit(block, out);
         }
         match starts(line.text) {
@@ -326,7 +344,7 @@ impl MultilineJoiner {
                     truncated: line.truncated,
                     updated: Instant::now(),
                 };
-                self.open.insert(key, block);
+                self.open.insert(self.key.clone(), block);
             }
             None => out(line, false),
         }
@@ -335,7 +353,7 @@ impl MultilineJoiner {
     /// Closes blocks with no new line for the timeout.
     pub fn flush_expired(&mut self, out: &mut dyn FnMut(LogLine<'_>, bool)) {
         let timeout = self.limits.timeout;
-        let expired: Vec<(String, Option<Stream>)> = self
+        let expired: Vec<String> = self
             .open
             .iter()
             .filter(|(_, b)| b.updated.elapsed() >= timeout)
