@@ -159,7 +159,7 @@ struct Appender {
     metrics: Arc<CollectorMetrics>,
     extractor: Option<MetricExtractor>,
     samples: MetricBatchBuilder,
-    found: Vec<(String, f64)>,
+    found: Vec<(crate::extract::MetricKey, f64)>,
     /// Per pod: the run and rank its name suggests.
     runs: FxMap<String, (u64, Arc<PodInfo>)>,
     /// Series texts of extracted metrics (kept per container) built since
@@ -619,7 +619,7 @@ impl Appender {
                     // The series text is the same for every line of a
                     // container: built once per key (per sample, it had
                     // cost a tenth of the collector's time).
-                    if let Some((series, slot)) = state.series.get_mut(key.as_str()) {
+                    if let Some((series, slot)) = state.series.get_mut(key.as_ref()) {
                         self.samples.append_to_slot(slot, series, ts_ms, *value);
                         continue;
                     }
@@ -634,7 +634,7 @@ impl Appender {
                     .to_string();
                     let mut slot = SeriesSlot::default();
                     self.samples.append_to_slot(&mut slot, &series, ts_ms, *value);
-                    state.series.insert(key.clone(), (series, slot));
+                    state.series.insert(key.to_string(), (series, slot));
                     self.series_texts += 1;
                 }
                 self.pending_samples += self.found.len() as u64;

@@ -23,7 +23,7 @@ struct JsonSink<'a> {
     out: &'a mut dyn Write,
     processing: &'a RecordProcessing,
     plain: bool,
-    found: Vec<(String, f64)>,
+    found: Vec<(crate::extract::MetricKey, f64)>,
     error: Option<std::io::Error>,
     records: usize,
 }

@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 pub use recognizers::normalize_key;
 
+/// A normalized metric key: the common ones (`loss`, `step`,
+/// `learning_rate`, …) borrowed from a table, so extracting a sample
+/// allocates nothing (a string per sample had been 3 % of the collector).
+pub type MetricKey = std::borrow::Cow<'static, str>;
+
 /// Prefix of extracted series names.
 pub const METRIC_PREFIX: &str = "weft_train_";
 
@@ -56,7 +61,7 @@ impl MetricExtractor {
 
     /// Appends `(key, value)` for every metric found in `line`; keys are
     /// normalized (`learning_rate`, `step`, `lm_loss`, …) without the prefix.
-    pub fn extract(&self, line: &str, out: &mut Vec<(String, f64)>) {
+    pub fn extract(&self, line: &str, out: &mut Vec<(MetricKey, f64)>) {
         let before = out.len();
         recognizers::extract_builtin(line, out);
         for (_, regex) in &self.rules {
@@ -81,7 +86,7 @@ impl MetricExtractor {
             }
         } else {
             let mut seen = std::collections::HashSet::new();
-            let mut kept: Vec<(String, f64)> = out.drain(before..).rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+            let mut kept: Vec<(MetricKey, f64)> = out.drain(before..).rev().filter(|(k, _)| seen.insert(k.clone())).collect();
             kept.reverse();
             out.extend(kept);
         }

@@ -1,5 +1,7 @@
 //! The built-in recognizers of training output formats.
 
+use super::MetricKey;
+
 /// Keys that mark a JSON or logfmt line as training output.
 const TRAINING_KEYS: [&str; 14] = [
     "loss",
@@ -40,7 +42,7 @@ pub fn parse_number(text: &str) -> Option<f64> {
 /// `Learning Rate` → `learning_rate`, `elapsed time per iteration (ms)` →
 /// `elapsed_time_per_iteration_ms`; `lr` → `learning_rate`; `iter`,
 /// `iteration`, `global_step`, `steps` → `step`.
-pub fn normalize_key(key: &str) -> String {
+pub fn normalize_key(key: &str) -> MetricKey {
     let bytes = key.as_bytes();
     // Most keys are normal already (`loss`, `grad_norm`): lower-case words
     // joined by single `_`, which the loop below would copy unchanged.
@@ -49,7 +51,10 @@ pub fn normalize_key(key: &str) -> String {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
         && memchr::memmem::find(bytes, b"__").is_none();
     if normal {
-        return alias(key).map_or_else(|| key.to_string(), str::to_string);
+        return match alias(key).or_else(|| common(key)) {
+            Some(known) => MetricKey::Borrowed(known),
+            None => MetricKey::Owned(key.to_string()),
+        };
     }
     let mut out = String::with_capacity(key.len() + 4);
     let mut gap = false;
@@ -73,10 +78,42 @@ pub fn normalize_key(key: &str) -> String {
     while out.ends_with('_') {
         out.pop();
     }
-    match alias(&out) {
-        Some(alias) => alias.to_string(),
-        None => out,
+    match alias(&out).or_else(|| common(&out)) {
+        Some(known) => MetricKey::Borrowed(known),
+        None => MetricKey::Owned(out),
     }
+}
+
+/// The key itself where it is a common normal one: what the built-in
+/// recognizers find in the output of Hugging Face, Lightning, DeepSpeed,
+/// Megatron-LM and Keras.
+fn common(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "loss" => "loss",
+        "step" => "step",
+        "epoch" => "epoch",
+        "learning_rate" => "learning_rate",
+        "grad_norm" => "grad_norm",
+        "total_steps" => "total_steps",
+        "iterations_per_second" => "iterations_per_second",
+        "seconds_per_iteration" => "seconds_per_iteration",
+        "train_loss" => "train_loss",
+        "eval_loss" => "eval_loss",
+        "val_loss" => "val_loss",
+        "tokens_per_sec" => "tokens_per_sec",
+        "samples_per_second" => "samples_per_second",
+        "samples_per_sec" => "samples_per_sec",
+        "perplexity" => "perplexity",
+        "accuracy" => "accuracy",
+        "batch" => "batch",
+        "batches" => "batches",
+        "lm_loss" => "lm_loss",
+        "loss_scale" => "loss_scale",
+        "consumed_samples" => "consumed_samples",
+        "skipped" => "skipped",
+        "throughput" => "throughput",
+        _ => return None,
+    })
 }
 
 /// The key a normalized key stands for, where it is an alias.
@@ -90,7 +127,7 @@ fn alias(key: &str) -> Option<&'static str> {
     }
 }
 
-fn push(out: &mut Vec<(String, f64)>, key: &str, value: f64) {
+fn push(out: &mut Vec<(MetricKey, f64)>, key: &str, value: f64) {
     let key = normalize_key(key);
     if !key.is_empty() && key.len() <= 64 {
         out.push((key, value));
@@ -139,7 +176,7 @@ fn finders() -> &'static Finders {
 }
 
 /// Runs every built-in recognizer on `line`.
-pub fn extract_builtin(line: &str, out: &mut Vec<(String, f64)>) {
+pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let line = line.trim_end();
     if line.len() > 16 * 1024 {
         return;
@@ -188,7 +225,7 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(String, f64)>) {
 }
 
 /// `{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.5}`
-fn python_dict(text: &str, out: &mut Vec<(String, f64)>) {
+fn python_dict(text: &str, out: &mut Vec<(MetricKey, f64)>) {
     let f = finders();
     let end = memchr::memchr(b'}', text.as_bytes()).unwrap_or(text.len());
     // The separators are ASCII: every cut is at a character boundary.
@@ -249,7 +286,7 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
 }
 
 /// Numeric top-level fields of a JSON object that has a training key.
-fn json_line(text: &str, out: &mut Vec<(String, f64)>) {
+fn json_line(text: &str, out: &mut Vec<(MetricKey, f64)>) {
     // Parsing every JSON line (access logs, structured app logs) into a
     // value had been a tenth of the collector's time.
     if !holds_training_key_piece(text.as_bytes()) {
@@ -260,7 +297,7 @@ fn json_line(text: &str, out: &mut Vec<(String, f64)>) {
     };
     if !map
         .keys()
-        .any(|k| TRAINING_KEYS.contains(&normalize_key(k).as_str()) || TRAINING_KEYS.contains(&k.as_str()))
+        .any(|k| TRAINING_KEYS.contains(&normalize_key(k).as_ref()) || TRAINING_KEYS.contains(&k.as_str()))
     {
         return;
     }
@@ -279,7 +316,7 @@ fn json_line(text: &str, out: &mut Vec<(String, f64)>) {
 }
 
 /// `key=value` pairs of a line that has a training key.
-fn logfmt(line: &str, out: &mut Vec<(String, f64)>) {
+fn logfmt(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let mut found = Vec::new();
     let mut has_training_key = false;
     for token in line.split(|c: char| c.is_whitespace() || c == ',') {
@@ -289,20 +326,20 @@ fn logfmt(line: &str, out: &mut Vec<(String, f64)>) {
             continue;
         }
         if let Some(value) = parse_number(value.trim_matches(|c| c == '"' || c == '[' || c == ']')) {
-            has_training_key |= TRAINING_KEYS.contains(&normalize_key(key).as_str()) || TRAINING_KEYS.contains(&key);
-            found.push((key.to_string(), value));
+            has_training_key |= TRAINING_KEYS.contains(&normalize_key(key).as_ref()) || TRAINING_KEYS.contains(&key);
+            found.push((key, value));
         }
     }
     if has_training_key {
         for (key, value) in found {
-            push(out, &key, value);
+            push(out, key, value);
         }
     }
 }
 
 /// tqdm and PyTorch Lightning bars:
 /// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`
-fn progress_bar(line: &str, out: &mut Vec<(String, f64)>) {
+fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let f = finders();
     // `Epoch N:` prefix (Lightning).
     if let Some(at) = f.epoch.find(line.as_bytes()) {
@@ -346,7 +383,7 @@ fn progress_bar(line: &str, out: &mut Vec<(String, f64)>) {
 }
 
 /// Keras: `100/100 [====] - 5s 50ms/step - loss: 0.3012 - accuracy: 0.9123`
-fn keras(line: &str, out: &mut Vec<(String, f64)>) {
+fn keras(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let mut parts = line.split(" - ");
     let Some(first) = parts.next() else { return };
     if let Some(counter) = first
@@ -373,7 +410,7 @@ fn keras(line: &str, out: &mut Vec<(String, f64)>) {
 
 /// DeepSpeed: `[Rank 0] step=100, skipped=0, lr=[0.0001], mom=[(0.9, 0.999)]`
 /// and `steps: 100 loss: 0.3012 iter time (s): 0.512 samples/sec: 62.5`.
-fn deepspeed(line: &str, out: &mut Vec<(String, f64)>) {
+fn deepspeed(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     if let Some(at) = line.find("step=") {
         for token in line[at..].split(", ") {
             let Some((key, value)) = token.split_once('=') else { continue };
@@ -405,7 +442,7 @@ fn deepspeed(line: &str, out: &mut Vec<(String, f64)>) {
 }
 
 /// Megatron-LM: ` iteration 100/ 500000 | consumed samples: 12800 | … | lm loss: 7.012345E+00 |`
-fn megatron(line: &str, out: &mut Vec<(String, f64)>) {
+fn megatron(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     for field in line.split(" | ") {
         let field = field.trim().trim_end_matches('|').trim();
         if let Some(rest) = field.strip_prefix("iteration") {

@@ -5,7 +5,7 @@ use super::*;
 fn extract(line: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     MetricExtractor::default().extract(line, &mut out);
-    out
+    out.into_iter().map(|(k, v)| (k.into_owned(), v)).collect()
 }
 
 fn get(found: &[(String, f64)], key: &str) -> Option<f64> {
@@ -145,7 +145,7 @@ fn user_rules_add_metrics() {
     let extractor = MetricExtractor::new(&rules).unwrap();
     let mut found = Vec::new();
     extractor.extract("episode 12 reward -3.5 (best so far)", &mut found);
-    assert_eq!(found, vec![("episode".to_string(), 12.0), ("reward".to_string(), -3.5)]);
+    assert_eq!(found, vec![("episode".into(), 12.0), ("reward".into(), -3.5)]);
     assert!(MetricExtractor::new(&[ExtractRule {
         name: "bad".into(),
         regex: "(".into()
