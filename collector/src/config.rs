@@ -7,6 +7,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use weft_model::time::serde_duration;
 
+/// The longest line a config may allow.
+const MAX_LINE_BYTES: usize = 256 << 20;
+/// The largest batch a config may ask for: with a line of
+/// [`MAX_LINE_BYTES`] past it, still under the 2 GiB a batch's text column
+/// can address.
+const MAX_BATCH_BYTES: usize = 1 << 30;
+
 /// Settings of `weft collector` (and the collector inside `weft standalone`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,14 +194,20 @@ impl CollectorConfig {
         })
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks values that parse but make no sense (or that the wire batch
+    /// cannot hold).
     pub fn validate(&self) -> Result<(), crate::CollectorError> {
         let bad = |what: &str| Err(crate::CollectorError::Config(what.to_string()));
-        if self.max_line_bytes < 1024 {
-            return bad("collector.max_line_bytes must be at least 1024");
+        if !(1024..=MAX_LINE_BYTES).contains(&self.max_line_bytes) {
+            return bad("collector.max_line_bytes must be between 1024 and 256 MiB");
         }
         if self.batch_max_bytes == 0 || self.batch_max_rows == 0 {
             return bad("collector.batch_max_bytes and batch_max_rows must be positive");
+        }
+        // A batch's text (its byte limit plus the line that crosses it) is
+        // one Arrow string column: 32-bit offsets.
+        if self.batch_max_bytes > MAX_BATCH_BYTES {
+            return bad("collector.batch_max_bytes must be at most 1 GiB");
         }
         if self.batch_max_age.is_zero() || self.poll_interval.is_zero() || self.rescan_interval.is_zero() {
             return bad("collector durations must be positive");
@@ -221,5 +234,28 @@ impl CollectorConfig {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unknown-node".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_a_batch_cannot_hold_are_refused() {
+        let ok = CollectorConfig::default();
+        assert!(ok.validate().is_ok());
+        let err = |config: CollectorConfig| config.validate().unwrap_err().to_string();
+        assert!(err(CollectorConfig {
+            batch_max_bytes: 3 << 30,
+            ..ok.clone()
+        })
+        .contains("batch_max_bytes must be at most 1 GiB"));
+        assert!(err(CollectorConfig {
+            max_line_bytes: 1 << 30,
+            ..ok.clone()
+        })
+        .contains("max_line_bytes must be between 1024 and 256 MiB"));
+        assert!(err(CollectorConfig { max_line_bytes: 100, ..ok }).contains("max_line_bytes"));
     }
 }
