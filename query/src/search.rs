@@ -284,6 +284,7 @@ fn checked_rows(
     exact: &[(i64, usize, u32)],
     want: usize,
     stats: &mut SearchStats,
+    cap: usize,
 ) -> Result<Vec<(i64, usize, u32, StoredRow)>, QueryError> {
     let mut passed: Vec<(i64, usize, u32, StoredRow)> = Vec::new();
     let newest_first = |a: &(i64, usize, u32), b: &(i64, usize, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
@@ -330,7 +331,7 @@ fn checked_rows(
         // splits with few enough candidates are checked at once instead
         // (those rows do not count against the cap), as before the rate
         // decided when.
-        let at_cap = !all_at_once && batched.saturating_add(batch_rows) > MAX_CHECKED_ROWS;
+        let at_cap = !all_at_once && batched.saturating_add(batch_rows) > cap;
         if most_left || at_cap {
             // So few candidates pass (a number's blocks in few lines) that
             // rounds would visit the candidates again and again, and most
@@ -425,7 +426,7 @@ fn checked_rows(
         }
         rows_checked += batch.len();
         batched += batch.len();
-        if batched > MAX_CHECKED_ROWS {
+        if batched > cap {
             return Err(QueryError::BadRequest(format!(
                 "the search checked {rows_checked} candidate lines and more are newer than its last match (phrases have no positions in the index; numbers, and words in many lines of a split, are indexed per block of rows): add a rarer word, a label filter or a shorter time range"
             )));
@@ -504,6 +505,12 @@ enum Found {
 
 /// Runs a search over the splits of `tenant`.
 pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) -> Result<SearchPage, QueryError> {
+    search_capped(store, tenant, request, MAX_CHECKED_ROWS)
+}
+
+/// [`search`] checking at most `cap` candidate rows in batches (tests
+/// reach the cap with a few thousand rows).
+pub(crate) fn search_capped(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest, cap: usize) -> Result<SearchPage, QueryError> {
     if request.limit == 0 || request.limit > MAX_SEARCH_LIMIT {
         return Err(QueryError::BadRequest(format!("limit must be between 1 and {MAX_SEARCH_LIMIT}")));
     }
@@ -579,7 +586,7 @@ pub fn search(store: &Arc<SplitStore>, tenant: &str, request: &SearchRequest) ->
     };
     if let Some(text) = &text {
         if !to_check.is_empty() {
-            for (ts, i, row, stored) in checked_rows(&splits, to_check, text, &candidates, want, &mut stats)? {
+            for (ts, i, row, stored) in checked_rows(&splits, to_check, text, &candidates, want, &mut stats, cap)? {
                 candidates.push((ts, i, row));
                 fetched.insert((i, row), stored);
             }

@@ -680,6 +680,39 @@ fn a_number_in_every_block_is_found_in_the_newest_blocks_only() {
     assert_eq!((slow.hits.len(), slow.stats.lines_checked), (5, 0));
 }
 
+/// A search whose hits are older than the candidate rows it may check in
+/// batches checks the splits with few enough candidates at once instead of
+/// refusing: every block holds both numbers (indexed per block), and only
+/// the oldest lines lack the second.
+#[test]
+fn a_search_about_to_pass_the_cap_checks_small_splits_at_once() {
+    let rows = 20_000i64;
+    let line_of = |s: i64| {
+        if s < 2_000 {
+            format!("request {s} took 4774 ms")
+        } else {
+            format!("request {s} took 4774 ms, code 9999")
+        }
+    };
+    let records: Vec<LogRecord> = (0..rows).map(|s| record("server", s, &line_of(s))).collect();
+    let (_dir, engine) = engine_with(std::slice::from_ref(&records));
+    let request = crate::search::SearchRequest {
+        query: "4774 -9999".into(),
+        start: BASE - SEC,
+        end: BASE + rows * SEC,
+        limit: 3,
+        skip_at_end: 0,
+    };
+    let lines = |page: crate::search::SearchPage| page.hits.into_iter().map(|h| h.line).collect::<Vec<_>>();
+    let want: Vec<String> = [1_999, 1_998, 1_997].into_iter().map(line_of).collect();
+    let full = crate::search::search(engine.store(), "default", &request).unwrap();
+    assert_eq!(lines(full), want);
+    // Batches of 64, 128, … rows pass 1,000 before they reach row 1,999.
+    let capped = crate::search::search_capped(engine.store(), "default", &request, 1_000).unwrap();
+    assert!(capped.stats.lines_checked >= 2_000, "{} lines checked", capped.stats.lines_checked);
+    assert_eq!(lines(capped), want);
+}
+
 #[test]
 fn rows_whose_line_fails_the_check_are_dropped_and_the_rest_keep_their_metadata() {
     // Structured metadata on every third row: the kept rows' metadata must
