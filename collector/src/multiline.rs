@@ -228,7 +228,8 @@ pub struct MultilineJoiner {
     open: HashMap<String, Block, rustc_hash::FxBuildHasher>,
     /// The key of the line being pushed, written in place: while any
     /// block is open every line needs one (a string allocated and hashed
-    /// with SipHash per line had been 2 % of the collector).
+    /// with SipHash per line had been 2 % of the collector's `perf`
+    /// samples).
     key: String,
 }
 

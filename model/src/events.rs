@@ -99,12 +99,16 @@ impl AnchorSearch {
 
 /// Every byte with bit 5 set: ASCII letters of either case become lower
 /// case, and equal bytes stay equal, so a text holding a word (in any ASCII
-/// case) folds to one holding the lower-case word. Other bytes may fold
-/// onto letters or punctuation (`@` onto `` ` ``, control bytes onto
-/// digits): that only lets more lines through to the patterns.
+/// case) folds to one holding the lower-case word. Other bytes fold onto
+/// punctuation, digits or themselves (`@` onto `` ` ``, control bytes onto
+/// digits), never onto letters: that can only let more lines through to
+/// the patterns.
 fn fold(byte: u8) -> u8 {
     byte | 0x20
 }
+
+/// The most the folded copy keeps between records.
+const FOLDED_KEPT_BYTES: usize = 64 << 10;
 
 thread_local! {
     /// The folded copy of the text being classified.
@@ -178,7 +182,13 @@ impl Catalogue {
         FOLDED.with_borrow_mut(|folded| {
             folded.clear();
             folded.extend(text.iter().map(|&b| fold(b)));
-            self.may_match_folded(folded, text)
+            let may = self.may_match_folded(folded, text);
+            // A long record (up to the line limit) leaves no big copy
+            // resident behind it.
+            if folded.capacity() > FOLDED_KEPT_BYTES {
+                *folded = Vec::with_capacity(FOLDED_KEPT_BYTES);
+            }
+            may
         })
     }
 
@@ -204,11 +214,19 @@ impl Catalogue {
     /// before a word boundary (`loss=inf`, not the `INFO` of a logging
     /// prefix) or after `loss is ` (that alternative has no boundary).
     fn value_word(&self, finder: &memchr::memmem::Finder<'_>, folded: &[u8], text: &[u8]) -> bool {
-        finder.find_iter(folded).any(|at| {
+        // Every start, overlapping ones included: in `nanan loss detected`
+        // the `nan` that counts starts inside the first one.
+        let mut from = 0;
+        while let Some(found) = finder.find(&folded[from..]) {
+            let at = from + found;
             // A non-ASCII byte may start a word character or not: let it by.
             let boundary = text.get(at + 3).is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
-            boundary || folded[..at].ends_with(b"loss is ")
-        })
+            if boundary || folded[..at].ends_with(b"loss is ") {
+                return true;
+            }
+            from = at + 1;
+        }
+        false
     }
 }
 
@@ -350,6 +368,7 @@ mod tests {
             ("Loss Is NaN", "nan_loss"),
             ("NON-FINITE LOSS", "nan_loss"),
             ("NaN Loss Detected", "nan_loss"),
+            ("NaNaN loss detected", "nan_loss"),
             ("GRADIENT OVERFLOW. SKIPPING STEP", "loss_scale_overflow"),
             ("overflow! rank 0", "loss_scale_overflow"),
             ("Grad Overflow On Iteration 5", "loss_scale_overflow"),
@@ -385,7 +404,7 @@ mod tests {
 
     /// Pieces of the patterns' alternatives and of the lines around them,
     /// for lines the gate must let through whenever a pattern matches.
-    const PIECES: [&str; 40] = [
+    const PIECES: [&str; 42] = [
         "loss",
         "Loss",
         "loss is ",
@@ -401,6 +420,8 @@ mod tests {
         "info",
         "Infinity",
         "nanoseconds",
+        "na",
+        " loss detected",
         "non-finite",
         "scale",
         "scaler",

@@ -233,7 +233,8 @@ impl SourceBatchBuilder {
         self.truncated.append_value(r.truncated);
         self.parse_error.append_value(r.parse_error);
         self.line_values.extend_from_slice(r.line.as_bytes());
-        let end = i32::try_from(self.line_values.len()).expect("a batch holds under 2 GiB of text (batches are cut at a few MiB)");
+        let end = i32::try_from(self.line_values.len())
+            .expect("a batch holds under 2 GiB of text (batch_max_bytes is at most 1 GiB, a line at most 256 MiB)");
         self.line_offsets.push(end);
         self.src.push(r.source.0);
         self.src_offset.push(r.source.1);
@@ -278,7 +279,8 @@ impl SourceBatchBuilder {
     /// every page of it faulted in as the batch fills: with 2 MiB batches,
     /// about 200 thousand of the collector's 316 thousand page faults per
     /// GB of logs, and 5 % of its time. Does nothing where the buffer is
-    /// still shared.
+    /// still shared, or more than twice what the next batch is sized for
+    /// (one outsized batch must not stay resident for good).
     pub fn recycle(&mut self, batch: RecordBatch) {
         let Some(index) = batch.schema().index_of(col::LINE).ok() else {
             return;
@@ -289,7 +291,7 @@ impl SourceBatchBuilder {
         drop(batch);
         let (_, values, _) = lines.into_parts();
         if let Ok(mut values) = values.into_vec::<u8>() {
-            if self.line_values.is_empty() {
+            if self.line_values.is_empty() && values.capacity() <= self.line_values.capacity().saturating_mul(2) {
                 // Sized as `finish` sized the fresh one, which is dropped
                 // untouched (mapped, never resident).
                 values.clear();
@@ -495,8 +497,21 @@ mod tests {
         let third = fill(&mut builder, &records);
         let (third_at, lines) = lines_of(&third);
         assert_ne!(third_at, second_at);
+        assert_eq!(lines, want.clone());
+        assert_eq!(lines_of(&kept), (second_at, want.clone()));
+        // An outsized batch's buffer serves the batch after it (sized like
+        // it) and is then dropped, not kept resident for good.
+        builder.recycle(third);
+        let mut big = records.clone();
+        big[0].line = "x".repeat(1 << 20);
+        let outsized = fill(&mut builder, &big);
+        builder.recycle(outsized);
+        let after = fill(&mut builder, &records);
+        let (after_at, lines) = lines_of(&after);
         assert_eq!(lines, want);
-        assert_eq!(lines_of(&kept), (second_at, want));
+        builder.recycle(after);
+        let (last_at, _) = lines_of(&fill(&mut builder, &records));
+        assert_ne!(last_at, after_at, "the outsized buffer was kept");
     }
 
     #[test]

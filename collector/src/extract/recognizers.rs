@@ -251,12 +251,16 @@ fn python_dict(text: &str, out: &mut Vec<(MetricKey, f64)>) {
 }
 
 /// Pieces of which every training key, as normalized, holds one (ignoring
-/// case): `lr`, `learning_rate`, `global_step`, `tokens_per_sec`, … A JSON
-/// line with none of them is not parsed (a key spelled with `\u` escapes
-/// is the one thing this misses).
-const TRAINING_KEY_PIECES: [&str; 9] = ["loss", "step", "iter", "epoch", "learning", "grad", "sec", "perplexity", "lr"];
+/// case) — these or [`SHORT_TRAINING_KEY_PIECE`]: `learning_rate`,
+/// `global_step`, `tokens_per_sec`, … A JSON line with none of them is not
+/// parsed (a key spelled with `\u` escapes is the one thing this misses).
+const TRAINING_KEY_PIECES: [&str; 8] = ["loss", "step", "iter", "epoch", "learning", "grad", "sec", "perplexity"];
 
-/// Whether `text` holds one of [`TRAINING_KEY_PIECES`], ignoring case: the
+/// The one training key piece of two bytes (`lr`).
+const SHORT_TRAINING_KEY_PIECE: &[u8] = b"lr";
+
+/// Whether `text` holds one of [`TRAINING_KEY_PIECES`] or
+/// [`SHORT_TRAINING_KEY_PIECE`], ignoring case: the
 /// text lowercased (on the stack when short) and searched with SIMD, which
 /// a case-insensitive automaton was not. `lr` is searched for on its own:
 /// with a two-byte piece the multi-piece search keys on the first two
@@ -268,10 +272,9 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
         Automaton(aho_corasick::AhoCorasick),
     }
     static SEARCH: std::sync::OnceLock<Search> = std::sync::OnceLock::new();
-    const LONG_PIECES: &[&str] = TRAINING_KEY_PIECES.split_last().expect("pieces").1;
-    let search = SEARCH.get_or_init(|| match aho_corasick::packed::Searcher::new(LONG_PIECES) {
+    let search = SEARCH.get_or_init(|| match aho_corasick::packed::Searcher::new(TRAINING_KEY_PIECES) {
         Some(searcher) => Search::Packed(searcher),
-        None => Search::Automaton(aho_corasick::AhoCorasick::new(LONG_PIECES).expect("literal pieces build")),
+        None => Search::Automaton(aho_corasick::AhoCorasick::new(TRAINING_KEY_PIECES).expect("literal pieces build")),
     });
     let mut stack = [0u8; 1024];
     let mut heap = Vec::new();
@@ -287,7 +290,7 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
         Search::Packed(searcher) => searcher.find(&*lower).is_some(),
         Search::Automaton(automaton) => automaton.is_match(&*lower),
     };
-    long || memchr::memmem::find(lower, b"lr").is_some()
+    long || memchr::memmem::find(lower, SHORT_TRAINING_KEY_PIECE).is_some()
 }
 
 /// Numeric top-level fields of a JSON object that has a training key.
