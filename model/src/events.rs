@@ -97,24 +97,6 @@ impl AnchorSearch {
     }
 }
 
-/// Every byte with bit 5 set: ASCII letters of either case become lower
-/// case, and equal bytes stay equal, so a text holding a word (in any ASCII
-/// case) folds to one holding the lower-case word. Other bytes fold onto
-/// punctuation, digits or themselves (`@` onto `` ` ``, control bytes onto
-/// digits), never onto letters: that can only let more lines through to
-/// the patterns.
-fn fold(byte: u8) -> u8 {
-    byte | 0x20
-}
-
-/// The most the folded copy keeps between records.
-const FOLDED_KEPT_BYTES: usize = 64 << 10;
-
-thread_local! {
-    /// The folded copy of the text being classified.
-    static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 struct Catalogue {
     /// Lines holding none of the anchors match no case-sensitive built-in
     /// pattern: literal searches instead of the set's own prefilter, which
@@ -179,17 +161,7 @@ impl Catalogue {
         {
             return true;
         }
-        FOLDED.with_borrow_mut(|folded| {
-            folded.clear();
-            folded.extend(text.iter().map(|&b| fold(b)));
-            let may = self.may_match_folded(folded, text);
-            // A long record (up to the line limit) leaves no big copy
-            // resident behind it.
-            if folded.capacity() > FOLDED_KEPT_BYTES {
-                *folded = Vec::with_capacity(FOLDED_KEPT_BYTES);
-            }
-            may
-        })
+        crate::fold::with_folded(text, |folded| self.may_match_folded(folded, text))
     }
 
     /// [`Self::may_match`] for the case-insensitive patterns, given the

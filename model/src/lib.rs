@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod events;
+pub mod fold;
 pub mod labels;
 pub mod level;
 pub mod metric;

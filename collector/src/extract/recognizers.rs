@@ -260,12 +260,13 @@ const TRAINING_KEY_PIECES: [&str; 8] = ["loss", "step", "iter", "epoch", "learni
 const SHORT_TRAINING_KEY_PIECE: &[u8] = b"lr";
 
 /// Whether `text` holds one of [`TRAINING_KEY_PIECES`] or
-/// [`SHORT_TRAINING_KEY_PIECE`], ignoring case: the
-/// text lowercased (on the stack when short) and searched with SIMD, which
-/// a case-insensitive automaton was not. `lr` is searched for on its own:
-/// with a two-byte piece the multi-piece search keys on the first two
-/// bytes of each, and common pairs (`st`, `se`, `it`) sent most JSON
-/// lines to its slower check.
+/// [`SHORT_TRAINING_KEY_PIECE`], ignoring case: searched for with SIMD in
+/// the case-folded line ([`weft_model::fold`]; the pieces are letters, so
+/// the folded line holds one exactly where the line holds it in some
+/// case), which a case-insensitive automaton was not. `lr` is searched for
+/// on its own: with a two-byte piece the multi-piece search keys on the
+/// first two bytes of each, and common pairs (`st`, `se`, `it`) sent most
+/// JSON lines to its slower check.
 fn holds_training_key_piece(text: &[u8]) -> bool {
     enum Search {
         Packed(aho_corasick::packed::Searcher),
@@ -276,21 +277,13 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
         Some(searcher) => Search::Packed(searcher),
         None => Search::Automaton(aho_corasick::AhoCorasick::new(TRAINING_KEY_PIECES).expect("literal pieces build")),
     });
-    let mut stack = [0u8; 1024];
-    let mut heap = Vec::new();
-    let lower: &mut [u8] = if text.len() <= stack.len() {
-        &mut stack[..text.len()]
-    } else {
-        heap.resize(text.len(), 0);
-        &mut heap
-    };
-    lower.copy_from_slice(text);
-    lower.make_ascii_lowercase();
-    let long = match search {
-        Search::Packed(searcher) => searcher.find(&*lower).is_some(),
-        Search::Automaton(automaton) => automaton.is_match(&*lower),
-    };
-    long || memchr::memmem::find(lower, SHORT_TRAINING_KEY_PIECE).is_some()
+    weft_model::fold::with_folded(text, |folded| {
+        let long = match search {
+            Search::Packed(searcher) => searcher.find(folded).is_some(),
+            Search::Automaton(automaton) => automaton.is_match(folded),
+        };
+        long || memchr::memmem::find(folded, SHORT_TRAINING_KEY_PIECE).is_some()
+    })
 }
 
 /// Numeric top-level fields of a JSON object that has a training key.
