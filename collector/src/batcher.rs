@@ -563,8 +563,9 @@ impl Appender {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        // `from_utf8` has an ASCII fast path `from_utf8_lossy` lacks.
-        let mut text = match std::str::from_utf8(line.text) {
+        // A SIMD check of the whole line first; `from_utf8_lossy` only for
+        // the lines it refuses.
+        let mut text = match simdutf8::basic::from_utf8(line.text) {
             Ok(text) => std::borrow::Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(line.text),
         };

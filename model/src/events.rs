@@ -155,10 +155,12 @@ impl Catalogue {
         // Unicode case folding also matches `ſ` (long s) for `s` and `K`
         // (Kelvin sign) for `k`: a line holding either goes to the patterns
         // themselves.
-        if self.anchors.is_match(text)
-            || (!text.is_ascii()
-                && (memchr::memmem::find(text, "ſ".as_bytes()).is_some() || memchr::memmem::find(text, "\u{212A}".as_bytes()).is_some()))
-        {
+        // Their first bytes are looked for, not every byte checked for ASCII.
+        let folds_onto_a_letter = || {
+            memchr::memchr2_iter(0xC5, 0xE2, text)
+                .any(|at| text[at..].starts_with("ſ".as_bytes()) || text[at..].starts_with("\u{212A}".as_bytes()))
+        };
+        if self.anchors.is_match(text) || folds_onto_a_letter() {
             return true;
         }
         crate::fold::with_folded(text, |folded| self.may_match_folded(folded, text))

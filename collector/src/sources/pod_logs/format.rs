@@ -2,7 +2,7 @@
 //! CRI (`<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <message>`) and docker
 //! json-file (`{"log":"…\n","stream":"stdout","time":"…"}`).
 
-use weft_model::time::parse_rfc3339_nanos;
+use weft_model::time::{parse_rfc3339_nanos, Rfc3339Reader};
 
 /// A log file's format, decided from its first line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,11 @@ impl LogFormat {
         }
     }
 
-    /// Parses one physical line (without its `\n`).
-    pub fn parse(self, line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+    /// Parses one physical line (without its `\n`); `timestamps` holds
+    /// what the file's last timestamp left for the next one.
+    pub fn parse<'a>(self, line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
         match self {
-            LogFormat::Cri => parse_cri(line),
+            LogFormat::Cri => read_cri(line, timestamps),
             LogFormat::Docker => parse_docker(line),
         }
     }
@@ -71,9 +72,16 @@ impl LogFormat {
 
 /// Parses a CRI line. Only the first `:`-separated tag is interpreted.
 pub fn parse_cri(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+    read_cri(line, &mut Rfc3339Reader::default())
+}
+
+/// [`parse_cri`] of one line of a file, with the reader of its timestamps.
+pub fn read_cri<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
-    let ts = parse_rfc3339_nanos(&line[..ts_end]).ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
+    let ts = timestamps
+        .parse(&line[..ts_end])
+        .ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
     let rest = &line[ts_end + 1..];
     let stream_end = memchr::memchr(b' ', rest).ok_or(MalformedLine("cri: missing tag field"))?;
     let stream = match &rest[..stream_end] {

@@ -24,6 +24,7 @@ use super::format::{LogFormat, Segment, Stream};
 use super::path::PodLogPath;
 use crate::checkpoint::{FileCheckpoint, FileIdentity, Fingerprint, PartialCheckpoint, ReleasedFile, TailerCheckpoint, FINGERPRINT_BYTES};
 use crate::metrics::CollectorMetrics;
+use weft_model::time::Rfc3339Reader;
 
 /// Tunables of the tailer.
 #[derive(Clone, Debug)]
@@ -105,6 +106,8 @@ struct TailedFile {
     /// Inside an over-long physical line whose head was already emitted.
     skipping: bool,
     format: Option<LogFormat>,
+    /// The date and time of day of the last CRI timestamp read.
+    timestamps: Rfc3339Reader,
     source_key: Arc<str>,
     /// Highest position emitted from this source (0 before the first).
     last_position: u64,
@@ -392,6 +395,7 @@ impl PodLogTailer {
                 carry: Vec::new(),
                 skipping,
                 format: None,
+                timestamps: Rfc3339Reader::default(),
                 source_key: source_key(&self.collector_id, &identity, generation),
                 last_position: 0,
                 at_eof: false,
@@ -614,7 +618,7 @@ impl PodLogTailer {
             Some(ForcedFormat::Docker) => LogFormat::Docker,
             _ => LogFormat::detect(line),
         });
-        let parsed = format.parse(line).or_else(|err| {
+        let parsed = format.parse(line, &mut file.timestamps).or_else(|err| {
             if forced.is_some() {
                 return Err(err);
             }
@@ -623,7 +627,7 @@ impl PodLogTailer {
             } else {
                 LogFormat::Cri
             };
-            other.parse(line).map_err(|_| err)
+            other.parse(line, &mut file.timestamps).map_err(|_| err)
         });
         let position = end_offset * 4;
         match parsed {
