@@ -36,26 +36,28 @@ pub const BUILTIN_EVENTS: [&str; 8] = [
 
 /// Literals of which every match of a case-sensitive built-in pattern
 /// holds at least one (derived by hand from each alternative;
-/// `every_sample_passes_the_gate` runs one sample of each through).
-const CASE_SENSITIVE_ANCHORS: [&str; 28] = [
+/// `every_sample_passes_the_gate` runs one sample of each through). Where
+/// alternatives share a piece, the piece is the anchor (`nccl` for the five
+/// `ncclXxx` codes, `exitcode: ` for both exit-code alternatives): fewer
+/// anchors, and anchors opening with rarer bytes (`of memory`, not `out of
+/// memory`), cost the SIMD search fewer false candidates to check (28 full
+/// literals had taken ≈ 60 ns per corpus line, these ≈ 43 in a throwaway
+/// micro-benchmark, the same lines passing).
+const CASE_SENSITIVE_ANCHORS: [&str; 21] = [
     // cuda_oom
-    "OutOfMemoryError",
-    "out of memory",
+    "OfMemory",  // torch.OutOfMemoryError
+    "of memory", // CUDA out of memory, CUDA error: out of memory (and oom_killed's Out of memory: Killed process)
     "_ALLOC_FAILED",
-    "cudaErrorMemoryAllocation",
-    "OOM when allocating",
+    "MemoryAlloc", // cudaErrorMemoryAllocation
+    "OOM",         // OOM when allocating (and oom_killed's OOMKilled)
     // nccl_timeout
     "Watchdog caught",
     "ProcessGroupNCCL",
     "NCCL communicator",
     "NCCL operation",
-    "ncclTimeout",
+    "nccl", // ncclTimeout, and nccl_error's ncclInternalError, ncclSystemError, ncclRemoteError, ncclUnhandledCudaError
     "Heartbeat monitor",
     // nccl_error
-    "ncclInternalError",
-    "ncclSystemError",
-    "ncclRemoteError",
-    "ncclUnhandledCudaError",
     "NCCL error in:",
     "unhandled system error",
     "remote process exited",
@@ -64,12 +66,9 @@ const CASE_SENSITIVE_ANCHORS: [&str; 28] = [
     "Xid",
     // elastic_child_failed
     "ChildFailedError",
-    "torch.distributed.elastic.multiprocessing.errors",
-    "failed (exitcode: ",
+    "elastic.multiprocessing", // torch.distributed.elastic.multiprocessing.errors
+    "exitcode: ",              // failed (exitcode: N), and oom_killed's exitcode: -9
     // oom_killed
-    "OOMKilled",
-    "Out of memory: Killed process",
-    "exitcode: -9",
     "SIGKILL",
     "exit code 137",
 ];
