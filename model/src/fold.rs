@@ -37,9 +37,130 @@ pub fn with_folded<R>(text: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
+/// Whether `text` holds `word` (lower-case) at `at` in some ASCII case,
+/// as the folded text would.
+#[inline]
+fn holds_at(text: &[u8], at: usize, word: &[u8]) -> bool {
+    text.get(at..at + word.len())
+        .is_some_and(|window| window.iter().zip(word).all(|(&b, &w)| fold(b) == w))
+}
+
+/// Which of `words` the folded `text` holds (bit `i` for `words[i]`): the
+/// same answer as a search of the [`with_folded`] copy for each word,
+/// without the copy. Each word is lower-case, 1 to 64 bytes long; at most
+/// 32 words (a few is what it is for: each is a pass over `text`).
+pub fn folded_words(text: &[u8], words: &[&[u8]]) -> u32 {
+    assert!(
+        words.len() <= 32 && words.iter().all(|w| (1..=64).contains(&w.len())),
+        "folded_words takes up to 32 words of 1 to 64 bytes"
+    );
+    words
+        .iter()
+        .enumerate()
+        .filter(|(_, word)| holds_folded(text, word))
+        .fold(0, |bits, (k, _)| bits | 1 << k)
+}
+
+/// Whether the folded `text` holds `word` (lower-case, not empty).
+fn holds_folded(text: &[u8], word: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if text.len() >= word.len() - 1 + 16 {
+        // SAFETY: SSE2 is part of x86-64; see `holds_folded_sse2` for the
+        // length it needs.
+        return unsafe { holds_folded_sse2(text, word) };
+    }
+    (0..text.len().saturating_sub(word.len() - 1)).any(|at| holds_at(text, at, word))
+}
+
+/// [`holds_folded`] checking 16 positions at once by their folded first
+/// and last bytes. `text` is at least `word.len() - 1 + 16` bytes long: every
+/// load reads 16 bytes from `at + offset`, `at + offset + 16 <= text.len()`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn holds_folded_sse2(text: &[u8], word: &[u8]) -> bool {
+    use std::arch::x86_64::*;
+    let offset = word.len() - 1;
+    let end = text.len() - offset - 16;
+    let case = _mm_set1_epi8(0x20);
+    let first = _mm_set1_epi8(word[0] as i8);
+    let last = _mm_set1_epi8(word[offset] as i8);
+    let base = text.as_ptr();
+    let mut from = 0;
+    loop {
+        // The last block overlaps the one before it rather than leaving a
+        // tail to check byte by byte.
+        let at = from.min(end);
+        let head = _mm_or_si128(_mm_loadu_si128(base.add(at) as *const __m128i), case);
+        let tail = _mm_or_si128(_mm_loadu_si128(base.add(at + offset) as *const __m128i), case);
+        let mut candidates = _mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(head, first), _mm_cmpeq_epi8(tail, last))) as u32;
+        while candidates != 0 {
+            if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        if at == end {
+            return false;
+        }
+        from += 16;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answer of searching the folded copy, word by word.
+    fn searched(text: &[u8], words: &[&[u8]]) -> u32 {
+        with_folded(text, |folded| {
+            words
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| memchr::memmem::find(folded, w).is_some())
+                .fold(0, |bits, (k, _)| bits | 1 << k)
+        })
+    }
+
+    #[test]
+    fn folded_words_finds_words_in_any_case_at_every_position() {
+        let words: [&[u8]; 3] = [b"overflow", b"loss", b"x"];
+        for len in 0..80 {
+            for at in 0..len {
+                for (k, word) in words.iter().enumerate() {
+                    if at + word.len() > len {
+                        continue;
+                    }
+                    let mut text = vec![b'-'; len];
+                    for (i, &b) in word.iter().enumerate() {
+                        text[at + i] = if (at + i) % 2 == 0 { b.to_ascii_uppercase() } else { b };
+                    }
+                    assert_eq!(folded_words(&text, &words), searched(&text, &words), "{len} {at} {k}");
+                    assert_ne!(folded_words(&text, &words) & (1 << k), 0, "{len} {at} {k}");
+                }
+            }
+        }
+        // Bytes that fold onto the word's bytes count, as in the copy.
+        assert_eq!(folded_words(b"\rNON\rFINITE", &[b"non-finite"]), 1);
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #[test]
+        fn folded_words_agrees_with_a_search_of_the_folded_copy(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec!["loss", "LoSs", "overflow", "OVERFLOW", "los", "oss", "overflo", "o", "w", "l", "s", " ", "\r", "é"])
+                        .prop_map(|p: &str| p.as_bytes().to_vec()),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+                ],
+                0..30,
+            )
+        ) {
+            let text: Vec<u8> = pieces.concat();
+            let words: [&[u8]; 2] = [b"overflow", b"loss"];
+            proptest::prop_assert_eq!(folded_words(&text, &words), searched(&text, &words));
+        }
+    }
 
     #[test]
     fn letters_fold_to_lower_case_and_nothing_folds_onto_a_letter() {
