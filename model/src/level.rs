@@ -97,9 +97,22 @@ fn keyed_level(head: &[u8]) -> Option<Level> {
     None
 }
 
+/// Whether `head` may hold a word [`word_level`] takes: one in upper case
+/// (it holds an upper-case letter) or one in brackets (a `[` or `<` before
+/// a letter). Progress bars, Python dicts and prose hold neither, and skip
+/// the walk over their words. The upper-case check has no early exit, so
+/// it compiles to SIMD.
+fn may_hold_level_word(head: &[u8]) -> bool {
+    let upper = head.iter().fold(false, |any, b| any | b.is_ascii_uppercase());
+    upper || memchr::memchr2_iter(b'[', b'<', head).any(|at| head.get(at + 1).is_some_and(u8::is_ascii_alphabetic))
+}
+
 /// A level word standing alone among the first few words: `ERROR:root:`,
 /// `- WARNING -`, `[INFO]`, `INFO `. Single-letter words are not trusted here.
 fn word_level(head: &[u8]) -> Option<Level> {
+    if !may_hold_level_word(head) {
+        return None;
+    }
     let mut words = 0;
     let mut pos = 0;
     while pos < head.len() && words < 12 {
@@ -170,6 +183,11 @@ mod tests {
             ("ts=1 levelname=warning", Level::Warn),
             ("ts=1 vlevel=x slvl=2 never=error", Level::Unknown),
             ("Traceback (most recent call last):", Level::Unknown),
+            (" 49%|████      | 24515/50000 [408:35<9:41:07,  1.42it/s]", Level::Unknown),
+            ("12:00 [info] ready", Level::Info),
+            ("12:00 <warn> slow", Level::Warn),
+            ("12:00 [ info ] ready", Level::Unknown),
+            ("12:00 - notice - up", Level::Unknown),
             ("", Level::Unknown),
         ];
         for (line, want) in cases {
