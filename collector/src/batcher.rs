@@ -26,7 +26,7 @@ use std::collections::HashMap;
 type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::time::{Duration, Instant};
 
-use weft_model::batch::{encode_ipc, META_SOURCES};
+use weft_model::batch::{IpcEncoder, META_SOURCES};
 use weft_model::source_batch::{RowRef, SourceBatchBuilder, SourceRef};
 use weft_model::LabelSet;
 
@@ -141,6 +141,8 @@ struct Appender {
     collector_id: String,
     node: String,
     builder: SourceBatchBuilder,
+    /// Encodes the sealed batches, with one zstd context for all of them.
+    encoder: IpcEncoder,
     /// The builder's source key per (source, pod metadata) in this batch;
     /// the `Arc` keeps the metadata's address from being reused meanwhile.
     batch_sources: FxMap<(u32, usize), u32>,
@@ -358,6 +360,7 @@ impl Appender {
         Self {
             // A batch is cut once past max_bytes: room for its last line.
             builder: SourceBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20) + (64 << 10)),
+            encoder: IpcEncoder::default(),
             batch_sources: FxMap::default(),
             batch_source_infos: Vec::new(),
             batch_generation: 0,
@@ -469,12 +472,19 @@ impl Appender {
             META_SOURCES.to_string(),
             serde_json::to_string(&self.sources).expect("strings serialize"),
         )]);
-        let body = encode_ipc(std::slice::from_ref(&batch), metadata).map_err(CollectorError::Model)?;
+        let body = self
+            .encoder
+            .encode(std::slice::from_ref(&batch), metadata)
+            .map_err(CollectorError::Model)?;
         self.builder.recycle(batch);
         let metrics_body = if self.samples.is_empty() {
             None
         } else {
-            Some(encode_ipc(&[self.samples.finish()], HashMap::new()).map_err(CollectorError::Model)?)
+            Some(
+                self.encoder
+                    .encode(&[self.samples.finish()], HashMap::new())
+                    .map_err(CollectorError::Model)?,
+            )
         };
         if self.runs.len() > 4096 {
             self.runs.clear();
