@@ -57,7 +57,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
-    let config = weft_collector::CollectorConfig::default();
+    let mut config = weft_collector::CollectorConfig::default();
+    // What the collector costs without `collector.extract_metrics` (the
+    // event tags, levels and wire batches stay).
+    if std::env::var("WEFT_BENCH_EXTRACT").as_deref() == Ok("off") {
+        config.extract_metrics = false;
+    }
     let metrics = Arc::new(weft_collector::metrics::CollectorMetrics::new(&registry));
     let mut tailer = PodLogTailer::new(
         logs.to_path_buf(),

@@ -161,7 +161,7 @@ impl Catalogue {
         // Every `loss_scale_overflow` match holds `overflow`, or `loss` and
         // `scale`; every `nan_loss` match holds `loss` and one of `nan`,
         // `inf`, `non-finite`: in some case. Both words are looked for in
-        // one pass without a folded copy (a copy and two searches of it had
+        // a SIMD pass each without a folded copy (a copy and two searches of it had
         // been ≈ 3 % of the collector's `perf` samples); the copy is made
         // for the few lines holding `loss`. (One multi-word search of the
         // folded text for these and the folded anchors was slower: folded,

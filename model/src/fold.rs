@@ -1,8 +1,9 @@
-//! An ASCII-case-folded copy of a line, for literal searches that ignore
-//! case (the event gate, the training-key check): every byte with bit 5
-//! set, written into a per-thread buffer, so a SIMD search for a
+//! Literal searches that ignore ASCII case (the event gate, the
+//! training-key check): an ASCII-case-folded copy of a line (every byte
+//! with bit 5 set, in a per-thread buffer), so a SIMD search for a
 //! lower-case word finds it in any ASCII case without a case-insensitive
-//! automaton.
+//! automaton; and, for a few words, a SIMD search that folds as it reads
+//! (SSE2, or AVX2 where the CPU has it) and makes no copy.
 
 /// The most the per-thread copy keeps between lines.
 const KEPT_BYTES: usize = 64 << 10;
@@ -64,12 +65,55 @@ pub fn folded_words(text: &[u8], words: &[&[u8]]) -> u32 {
 /// Whether the folded `text` holds `word` (lower-case, not empty).
 fn holds_folded(text: &[u8], word: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if text.len() >= word.len() - 1 + 16 {
-        // SAFETY: SSE2 is part of x86-64; see `holds_folded_sse2` for the
-        // length it needs.
-        return unsafe { holds_folded_sse2(text, word) };
+    {
+        if text.len() >= word.len() - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked); see `holds_folded_avx2`
+            // for the length it needs.
+            return unsafe { holds_folded_avx2(text, word) };
+        }
+        if text.len() >= word.len() - 1 + 16 {
+            // SAFETY: SSE2 is part of x86-64; see `holds_folded_sse2` for
+            // the length it needs.
+            return unsafe { holds_folded_sse2(text, word) };
+        }
     }
     (0..text.len().saturating_sub(word.len() - 1)).any(|at| holds_at(text, at, word))
+}
+
+/// [`holds_folded_sse2`] 32 positions at a time. `text` is at least
+/// `word.len() - 1 + 32` bytes long, and the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn holds_folded_avx2(text: &[u8], word: &[u8]) -> bool {
+    use std::arch::x86_64::*;
+    let offset = word.len() - 1;
+    let end = text.len() - offset - 32;
+    let case = _mm256_set1_epi8(0x20);
+    let first = _mm256_set1_epi8(word[0] as i8);
+    let last = _mm256_set1_epi8(word[offset] as i8);
+    let base = text.as_ptr();
+    let mut from = 0;
+    loop {
+        let at = from.min(end);
+        // SAFETY: `at + offset + 32 <= text.len()` by `end`.
+        let (head, tail) = unsafe {
+            (
+                _mm256_or_si256(_mm256_loadu_si256(base.add(at) as *const __m256i), case),
+                _mm256_or_si256(_mm256_loadu_si256(base.add(at + offset) as *const __m256i), case),
+            )
+        };
+        let mut candidates = _mm256_movemask_epi8(_mm256_and_si256(_mm256_cmpeq_epi8(head, first), _mm256_cmpeq_epi8(tail, last))) as u32;
+        while candidates != 0 {
+            if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        if at == end {
+            return false;
+        }
+        from += 32;
+    }
 }
 
 /// [`holds_folded`] checking 16 positions at once by their folded first
