@@ -100,10 +100,10 @@ fn keyed_level(head: &[u8]) -> Option<Level> {
 /// Whether `head` may hold a word [`word_level`] takes: one in upper case
 /// (it holds an upper-case letter) or one in brackets (a `[` or `<` before
 /// a letter). Progress bars, Python dicts and prose hold neither, and skip
-/// the walk over their words. The upper-case check has no early exit, so
-/// it compiles to SIMD.
+/// the walk over their words. The upper-case check has no early exit and
+/// ORs bytes, so it compiles to SIMD (an OR of `bool`s did not).
 fn may_hold_level_word(head: &[u8]) -> bool {
-    let upper = head.iter().fold(false, |any, b| any | b.is_ascii_uppercase());
+    let upper = head.iter().fold(0u8, |any, b| any | u8::from(b.wrapping_sub(b'A') < 26)) != 0;
     upper || memchr::memchr2_iter(b'[', b'<', head).any(|at| head.get(at + 1).is_some_and(u8::is_ascii_alphabetic))
 }
 
