@@ -8,6 +8,10 @@
 //!
 //! `WEFT_SPACE_USAGE=<split>.tantivy` instead prints tantivy's space usage
 //! of one split index per field and component (where the index bytes go).
+//! `WEFT_BENCH_STAGES=collect` stops after the collector;
+//! `WEFT_BENCH_EXTRACT=off` runs it without metric extraction (what the
+//! recognizers and the metric batches cost), which the report says as
+//! `extract_metrics`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -124,6 +128,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
+                "extract_metrics": config.extract_metrics,
                 "extracted_samples": metric_samples, "metric_body_bytes": metric_bytes, "batch_bytes": batch_bytes})
         );
         return Ok(());
@@ -149,6 +154,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let splits = dir_bytes(&data.join("splits/logs"));
     let report = serde_json::json!({
         "read_bytes": read_bytes,
+        "extract_metrics": config.extract_metrics,
         "lines": lines,
         "line_bytes": line_bytes,
         "batches": batches.len(),

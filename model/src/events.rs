@@ -41,8 +41,10 @@ pub const BUILTIN_EVENTS: [&str; 8] = [
 /// `ncclXxx` codes, `exitcode: ` for both exit-code alternatives): fewer
 /// anchors, and anchors opening with rarer bytes (`of memory`, not `out of
 /// memory`), cost the SIMD search fewer false candidates to check (28 full
-/// literals had taken ≈ 60 ns per corpus line, these ≈ 43 in a throwaway
-/// micro-benchmark, the same lines passing).
+/// literals had taken ≈ 60 ns per line of the bench corpus, these ≈ 43 in a
+/// throwaway micro-benchmark, the same lines of it passing). Shorter pieces
+/// let a few more lines through in general (`libnccl.so`, `BLOOM`): they
+/// cost the `RegexSet`'s time, never a wrong tag.
 const CASE_SENSITIVE_ANCHORS: [&str; 21] = [
     // cuda_oom
     "OfMemory",  // torch.OutOfMemoryError

@@ -118,7 +118,8 @@ unsafe fn holds_folded_avx2(text: &[u8], word: &[u8]) -> bool {
 
 /// [`holds_folded`] checking 16 positions at once by their folded first
 /// and last bytes. `text` is at least `word.len() - 1 + 16` bytes long: every
-/// load reads 16 bytes from `at + offset`, `at + offset + 16 <= text.len()`.
+/// load reads 16 bytes from `at` or `at + offset`, and `at + offset + 16 <=
+/// text.len()`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn holds_folded_sse2(text: &[u8], word: &[u8]) -> bool {
     use std::arch::x86_64::*;
@@ -133,6 +134,7 @@ unsafe fn holds_folded_sse2(text: &[u8], word: &[u8]) -> bool {
         // The last block overlaps the one before it rather than leaving a
         // tail to check byte by byte.
         let at = from.min(end);
+        // SAFETY: `at + offset + 16 <= text.len()` by `end`.
         let head = _mm_or_si128(_mm_loadu_si128(base.add(at) as *const __m128i), case);
         let tail = _mm_or_si128(_mm_loadu_si128(base.add(at + offset) as *const __m128i), case);
         let mut candidates = _mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(head, first), _mm_cmpeq_epi8(tail, last))) as u32;

@@ -472,6 +472,36 @@ mod tests {
         assert_eq!(again.num_rows(), records.len());
     }
 
+    /// Bodies with dictionary columns (a source batch, a metric batch)
+    /// encode as arrow's stream writer writes them, one encoder for all.
+    #[test]
+    fn dictionary_bodies_encode_as_the_stream_writer_writes_them() {
+        let mut encoder = crate::batch::IpcEncoder::default();
+        let mut builder = SourceBatchBuilder::with_capacity(4, 64);
+        for round in 0..3u32 {
+            let records: Vec<LogRecord> = (0..3).flat_map(|_| records()).collect();
+            let batch = fill(&mut builder, &records);
+            let meta = HashMap::from([("round".to_string(), round.to_string())]);
+            assert_eq!(
+                encoder.encode(std::slice::from_ref(&batch), meta.clone()).unwrap(),
+                crate::batch::stream_writer_bytes(std::slice::from_ref(&batch), meta)
+            );
+            let mut samples = crate::metric::MetricBatchBuilder::dictionary();
+            for i in 0..20 + round {
+                samples.append(&format!("{{__name__=\"m\",i=\"{}\"}}", i % 3), i64::from(i), f64::from(i) / 3.0);
+            }
+            let samples = samples.finish();
+            assert!(samples
+                .columns()
+                .iter()
+                .any(|c| matches!(c.data_type(), arrow_schema::DataType::Dictionary(..))));
+            assert_eq!(
+                encoder.encode(std::slice::from_ref(&samples), HashMap::new()).unwrap(),
+                crate::batch::stream_writer_bytes(std::slice::from_ref(&samples), HashMap::new())
+            );
+        }
+    }
+
     #[test]
     fn a_recycled_text_buffer_holds_the_next_batch() {
         let records = records();
