@@ -83,13 +83,7 @@ pub fn normalize_key(key: &str) -> MetricKey {
     let bytes = key.as_bytes();
     // Most keys are normal already (`loss`, `grad_norm`): lower-case words
     // joined by single `_`, which the loop below would copy unchanged.
-    let normal = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
-        // Not a one-shot `memmem::find`, which sets up a searcher on each
-        // call: a key is a few bytes.
-        && !bytes.windows(2).any(|pair| pair == b"__");
-    if normal {
+    if is_normal(bytes) {
         return match alias(key).or_else(|| common(key)) {
             Some(known) => MetricKey::Borrowed(known),
             None => MetricKey::Owned(key.to_string()),
@@ -121,6 +115,25 @@ pub fn normalize_key(key: &str) -> MetricKey {
         Some(known) => MetricKey::Borrowed(known),
         None => MetricKey::Owned(out),
     }
+}
+
+/// Whether `key` is normal: lower-case letters and digits in words joined
+/// by single `_`, starting and ending with a letter or digit. One loop over
+/// the bytes, where a pass per rule had been.
+fn is_normal(key: &[u8]) -> bool {
+    if !key.first().is_some_and(u8::is_ascii_alphanumeric) || !key.last().is_some_and(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let mut previous = 0;
+    for &b in key {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' => {}
+            b'_' if previous != b'_' => {}
+            _ => return false,
+        }
+        previous = b;
+    }
+    true
 }
 
 /// The key itself where it is a common normal one: what the built-in
