@@ -67,12 +67,12 @@ fn holds_folded(text: &[u8], word: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if text.len() >= word.len() - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked); see `holds_folded_avx2`
+            // SAFETY: the CPU has AVX2 (checked); see `holds_folded_simd!`
             // for the length it needs.
             return unsafe { holds_folded_avx2(text, word) };
         }
         if text.len() >= word.len() - 1 + 16 {
-            // SAFETY: SSE2 is part of x86-64; see `holds_folded_sse2` for
+            // SAFETY: SSE2 is part of x86-64; see `holds_folded_simd!` for
             // the length it needs.
             return unsafe { holds_folded_sse2(text, word) };
         }
@@ -80,76 +80,61 @@ fn holds_folded(text: &[u8], word: &[u8]) -> bool {
     (0..text.len().saturating_sub(word.len() - 1)).any(|at| holds_at(text, at, word))
 }
 
-/// [`holds_folded_sse2`] 32 positions at a time. `text` is at least
-/// `word.len() - 1 + 32` bytes long, and the CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn holds_folded_avx2(text: &[u8], word: &[u8]) -> bool {
-    use std::arch::x86_64::*;
-    let offset = word.len() - 1;
-    let end = text.len() - offset - 32;
-    let case = _mm256_set1_epi8(0x20);
-    let first = _mm256_set1_epi8(word[0] as i8);
-    let last = _mm256_set1_epi8(word[offset] as i8);
-    let base = text.as_ptr();
-    let mut from = 0;
-    loop {
-        let at = from.min(end);
-        // SAFETY: `at + offset + 32 <= text.len()` by `end`.
-        let (head, tail) = unsafe {
-            (
-                _mm256_or_si256(_mm256_loadu_si256(base.add(at) as *const __m256i), case),
-                _mm256_or_si256(_mm256_loadu_si256(base.add(at + offset) as *const __m256i), case),
-            )
-        };
-        let mut candidates = _mm256_movemask_epi8(_mm256_and_si256(_mm256_cmpeq_epi8(head, first), _mm256_cmpeq_epi8(tail, last))) as u32;
-        while candidates != 0 {
-            if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
-                return true;
+/// Defines a [`holds_folded`] for one SIMD width: it checks `$width`
+/// start positions at a time by their folded first and last bytes, and
+/// verifies each candidate. `text` is at least `word.len() - 1 + $width`
+/// bytes long: every load reads `$width` bytes from `at` or `at + offset`,
+/// and `at + offset + $width <= text.len()` by `end`. The last block
+/// overlaps the one before it rather than leave a tail to check byte by
+/// byte.
+macro_rules! holds_folded_simd {
+    ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $set1:ident, $load:ident, $or:ident, $and:ident, $cmpeq:ident, $movemask:ident) => {
+        $(#[$attr])*
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name(text: &[u8], word: &[u8]) -> bool {
+            use std::arch::x86_64::*;
+            let offset = word.len() - 1;
+            let end = text.len() - offset - $width;
+            let case = $set1(0x20);
+            let first = $set1(word[0] as i8);
+            let last = $set1(word[offset] as i8);
+            let base = text.as_ptr();
+            let mut from = 0;
+            loop {
+                let at = from.min(end);
+                // SAFETY: `at + offset + $width <= text.len()` by `end`.
+                let (head, tail) = unsafe {
+                    (
+                        $or($load(base.add(at) as *const $vector), case),
+                        $or($load(base.add(at + offset) as *const $vector), case),
+                    )
+                };
+                let mut candidates = $movemask($and($cmpeq(head, first), $cmpeq(tail, last))) as u32;
+                while candidates != 0 {
+                    if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
+                        return true;
+                    }
+                    candidates &= candidates - 1;
+                }
+                if at == end {
+                    return false;
+                }
+                from += $width;
             }
-            candidates &= candidates - 1;
         }
-        if at == end {
-            return false;
-        }
-        from += 32;
-    }
+    };
 }
 
-/// [`holds_folded`] checking 16 positions at once by their folded first
-/// and last bytes. `text` is at least `word.len() - 1 + 16` bytes long: every
-/// load reads 16 bytes from `at` or `at + offset`, and `at + offset + 16 <=
-/// text.len()`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn holds_folded_sse2(text: &[u8], word: &[u8]) -> bool {
-    use std::arch::x86_64::*;
-    let offset = word.len() - 1;
-    let end = text.len() - offset - 16;
-    let case = _mm_set1_epi8(0x20);
-    let first = _mm_set1_epi8(word[0] as i8);
-    let last = _mm_set1_epi8(word[offset] as i8);
-    let base = text.as_ptr();
-    let mut from = 0;
-    loop {
-        // The last block overlaps the one before it rather than leaving a
-        // tail to check byte by byte.
-        let at = from.min(end);
-        // SAFETY: `at + offset + 16 <= text.len()` by `end`.
-        let head = _mm_or_si128(_mm_loadu_si128(base.add(at) as *const __m128i), case);
-        let tail = _mm_or_si128(_mm_loadu_si128(base.add(at + offset) as *const __m128i), case);
-        let mut candidates = _mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(head, first), _mm_cmpeq_epi8(tail, last))) as u32;
-        while candidates != 0 {
-            if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
-                return true;
-            }
-            candidates &= candidates - 1;
-        }
-        if at == end {
-            return false;
-        }
-        from += 16;
-    }
-}
+holds_folded_simd!(
+    /// 16 positions at a time (SSE2, part of x86-64).
+    holds_folded_sse2, 16, __m128i, _mm_set1_epi8, _mm_loadu_si128, _mm_or_si128, _mm_and_si128, _mm_cmpeq_epi8, _mm_movemask_epi8
+);
+
+holds_folded_simd!(
+    /// 32 positions at a time; the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    holds_folded_avx2, 32, __m256i, _mm256_set1_epi8, _mm256_loadu_si256, _mm256_or_si256, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_movemask_epi8
+);
 
 #[cfg(test)]
 mod tests {
