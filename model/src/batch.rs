@@ -451,7 +451,11 @@ impl<'a> LogBatchView<'a> {
 /// Encodes batches as one Arrow IPC stream with zstd-compressed buffers and
 /// the given schema metadata.
 pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
-    IpcEncoder::default().encode(batches, metadata)
+    // One body: no buffer reserved for a next one.
+    IpcEncoder {
+        context: IpcWriteContext::default(),
+    }
+    .encode(batches, metadata)
 }
 
 /// Encodes bodies as [`encode_ipc`] does (the same bytes), keeping the
