@@ -85,6 +85,11 @@ fn with_fraction_and_offset(text: &[u8], date_time_secs: i64) -> Option<i64> {
     if text.get(pos) == Some(&b'.') {
         pos += 1;
         let start = pos;
+        // A CRI fraction has nine digits: the first eight read at once.
+        if let Some(eight) = text.get(pos..pos + 8).and_then(eight_digits) {
+            nanos = i64::from(eight);
+            pos += 8;
+        }
         while pos < text.len() && text[pos].is_ascii_digit() {
             if pos - start < 9 {
                 nanos = nanos * 10 + (text[pos] - b'0') as i64;
@@ -120,6 +125,25 @@ fn with_fraction_and_offset(text: &[u8], date_time_secs: i64) -> Option<i64> {
         return None;
     }
     (date_time_secs - offset_secs).checked_mul(NANOS_PER_SEC)?.checked_add(nanos)
+}
+
+/// The value of eight ASCII digits, read as one 64-bit word (SWAR): `None`
+/// unless each byte is `0`–`9`.
+fn eight_digits(bytes: &[u8]) -> Option<u32> {
+    let word = u64::from_le_bytes(bytes.try_into().ok()?);
+    // Each byte `0x30..=0x39`: its high nibble is 3, and adding 6 keeps it 3.
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    if word & HIGH != ZEROS || word.wrapping_add(0x0606_0606_0606_0606) & HIGH != ZEROS {
+        return None;
+    }
+    // The first digit is the lowest byte: pairs, then fours, then all.
+    let digits = word - ZEROS;
+    let pairs = digits.wrapping_mul(10).wrapping_add(digits >> 8);
+    let fours = (pairs & 0x0000_00FF_0000_00FF)
+        .wrapping_mul(100 + (1_000_000 << 32))
+        .wrapping_add(((pairs >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32)));
+    Some((fours >> 32) as u32)
 }
 
 /// [`parse_rfc3339_nanos`] for a stream of timestamps, as a log file holds
@@ -308,6 +332,29 @@ mod tests {
         assert_eq!(parse_rfc3339_nanos(b"2016-10-06T00:17:09.669794202"), None);
         assert_eq!(parse_rfc3339_nanos(b"2016-13-06T00:17:09Z"), None);
         assert_eq!(parse_rfc3339_nanos(b"garbage garbage garbage"), None);
+    }
+
+    #[test]
+    fn eight_digits_read_as_a_number() {
+        for text in ["00000000", "12345678", "99999999", "66979420", "00000001", "10000000"] {
+            assert_eq!(eight_digits(text.as_bytes()), text.parse().ok(), "{text}");
+        }
+        for text in [
+            "1234567",
+            "1234567/",
+            "123456:8",
+            "/2345678",
+            "1234567Z",
+            "12 45678",
+            "\u{0}2345678",
+        ] {
+            assert_eq!(eight_digits(text.as_bytes()), None, "{text:?}");
+        }
+        for byte in 0..=255u8 {
+            let mut text = *b"12345678";
+            text[3] = byte;
+            assert_eq!(eight_digits(&text).is_some(), byte.is_ascii_digit(), "{byte:#x}");
+        }
     }
 
     /// The reader keeps the last date and time of day: a stream of
