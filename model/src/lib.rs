@@ -8,6 +8,7 @@ pub mod labels;
 pub mod level;
 pub mod metric;
 pub mod record;
+pub mod scan;
 pub mod source_batch;
 pub mod time;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! The built-in recognizers of training output formats.
 
 use super::MetricKey;
+use weft_model::scan::Marker;
 
 /// Keys that mark a JSON or logfmt line as training output.
 const TRAINING_KEYS: [&str; 14] = [
@@ -227,6 +228,48 @@ fn finders() -> &'static Finders {
     })
 }
 
+/// The marker bytes and byte pairs the recognizers' checks start from,
+/// found in one pass over the line ([`weft_model::scan`]): most lines hold
+/// none of them and skip every recognizer's substring search (nine
+/// `memchr` and `memmem` calls on a log line with a `/` in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Markers(u8);
+
+impl weft_model::scan::MarkerSet for Markers {
+    const MARKERS: &'static [Marker] = &[
+        Marker::Byte(b'{'),
+        Marker::Byte(b'|'),
+        Marker::Byte(b'='),
+        Marker::Pair(b'/', b's'),
+        Marker::Pair(b's', b'/'),
+        Marker::Pair(b'A', b':'),
+        Marker::Pair(b's', b':'),
+    ];
+}
+
+impl Markers {
+    /// `{`: Python dicts and JSON lines.
+    const BRACE: u8 = 1;
+    /// `|`: Megatron-LM iteration lines.
+    const PIPE: u8 = 1 << 1;
+    /// `=`: logfmt and `step=`.
+    const EQUALS: u8 = 1 << 2;
+    /// `/s` or `s/`: `it/s`, `/step`; `s/it`.
+    const SLASH_S: u8 = 1 << 3 | 1 << 4;
+    /// `A:`: Keras' `ETA:`.
+    const ETA_COLON: u8 = 1 << 5;
+    /// `s:`: `loss:`, `steps:`.
+    const S_COLON: u8 = 1 << 6;
+
+    fn of(bytes: &[u8]) -> Self {
+        Self(weft_model::scan::held::<Self>(bytes))
+    }
+
+    fn has(self, marker: u8) -> bool {
+        self.0 & marker != 0
+    }
+}
+
 /// Runs every built-in recognizer on `line`.
 pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let line = line.trim_end();
@@ -235,9 +278,8 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
     let f = finders();
     let bytes = line.as_bytes();
-    // The markers' rarer bytes are looked for first.
-    let brace = memchr::memchr(b'{', bytes).is_some();
-    if brace {
+    let markers = Markers::of(bytes);
+    if markers.has(Markers::BRACE) {
         if let Some(start) = f.dict_open.find(bytes) {
             python_dict(&line[start..], out);
             return;
@@ -247,31 +289,33 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
             return;
         }
     }
-    if memchr::memchr(b'|', bytes).is_some() && f.iteration.find(bytes).is_some() && f.bar.find(bytes).is_some() {
+    if markers.has(Markers::PIPE) && f.iteration.find(bytes).is_some() && f.bar.find(bytes).is_some() {
         megatron(line, out);
         return;
     }
-    let slash = memchr::memchr(b'/', bytes).is_some();
-    if slash && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some()) {
+    let slash_s = markers.has(Markers::SLASH_S);
+    if slash_s && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some()) {
         progress_bar(line, out);
         return;
     }
-    if (slash && f.per_step.find(bytes).is_some()) || f.eta.find(bytes).is_some() {
+    if (slash_s && f.per_step.find(bytes).is_some()) || (markers.has(Markers::ETA_COLON) && f.eta.find(bytes).is_some()) {
         keras(line, out);
         return;
     }
-    // `step=` or `steps:`.
-    let step = f
-        .step
-        .find_iter(bytes)
-        .any(|at| bytes.get(at + 4) == Some(&b'=') || bytes.get(at + 4..at + 6) == Some(b"s:".as_slice()));
-    if step || f.loss_colon.find(bytes).is_some() {
-        deepspeed(line, out);
-        if !out.is_empty() {
-            return;
+    // `step=` or `steps:`, or `loss:`.
+    if markers.has(Markers::EQUALS | Markers::S_COLON) {
+        let step = f
+            .step
+            .find_iter(bytes)
+            .any(|at| bytes.get(at + 4) == Some(&b'=') || bytes.get(at + 4..at + 6) == Some(b"s:".as_slice()));
+        if step || (markers.has(Markers::S_COLON) && f.loss_colon.find(bytes).is_some()) {
+            deepspeed(line, out);
+            if !out.is_empty() {
+                return;
+            }
         }
     }
-    if memchr::memchr(b'=', bytes).is_some() {
+    if markers.has(Markers::EQUALS) {
         logfmt(line, out);
     }
 }
@@ -577,5 +621,37 @@ mod tests {
             }
             proptest::prop_assert_eq!(parse_number(&text).map(f64::to_bits), text.parse::<f64>().ok().map(f64::to_bits));
         }
+
+        /// Each marker bit is set exactly when the line holds its bytes, at
+        /// every position (the first, the last) and in lines of any length.
+        #[test]
+        fn markers_are_the_bytes_the_line_holds(line in "([{|=/sA:x]|it/s|ETA:|loss:|\\PC){0,80}") {
+            let holds = |piece: &str| line.contains(piece);
+            let want = [
+                (Markers::BRACE, holds("{")),
+                (Markers::PIPE, holds("|")),
+                (Markers::EQUALS, holds("=")),
+                (Markers::SLASH_S, holds("/s") || holds("s/")),
+                (Markers::ETA_COLON, holds("A:")),
+                (Markers::S_COLON, holds("s:")),
+            ];
+            let markers = Markers::of(line.as_bytes());
+            for (marker, held) in want {
+                proptest::prop_assert_eq!(markers.has(marker), held, "marker {} in {:?}", marker, line);
+            }
+        }
+    }
+
+    #[test]
+    fn markers_at_the_ends_of_a_line() {
+        assert_eq!(Markers::of(b""), Markers(0));
+        assert_eq!(Markers::of(b"="), Markers(Markers::EQUALS));
+        assert_eq!(Markers::of(b"{x"), Markers(Markers::BRACE));
+        assert_eq!(Markers::of(b"x|"), Markers(Markers::PIPE));
+        assert!(Markers::of(b"s/").has(Markers::SLASH_S));
+        assert!(Markers::of(b"it/s").has(Markers::SLASH_S));
+        assert_eq!(Markers::of(b"ETA:"), Markers(Markers::ETA_COLON));
+        assert_eq!(Markers::of(b"loss:"), Markers(Markers::S_COLON));
+        assert_eq!(Markers::of(b"S: a/b"), Markers(0));
     }
 }

@@ -1,0 +1,156 @@
+//! Which of a few bytes and byte pairs a line holds, found in one SIMD pass
+//! (SSE2, or AVX2 where the CPU has it): the checks a parser makes before
+//! its substring searches, so a line holding none of their markers skips
+//! every search (one `memchr` or `memmem` call per marker had cost more
+//! than this pass over the line for all of them).
+
+/// A byte, or a byte followed by another, to look for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    Byte(u8),
+    Pair(u8, u8),
+}
+
+/// A fixed list of markers, known when the pass is compiled: each search
+/// is specialised to its list (the compares are constants, and a byte two
+/// markers share is compared once).
+pub trait MarkerSet {
+    /// At most 8 markers.
+    const MARKERS: &'static [Marker];
+}
+
+/// Bit `k` set where `text` holds `S::MARKERS[k]`.
+pub fn held<S: MarkerSet>(text: &[u8]) -> u8 {
+    const { assert!(S::MARKERS.len() <= 8, "a marker set holds at most 8 markers") };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if text.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked); the text is longer than
+            // one vector (see `held_simd!`).
+            return unsafe { held_avx2::<S>(text) };
+        }
+        if text.len() > 16 {
+            // SAFETY: SSE2 is part of x86-64; the text is longer than one
+            // vector (see `held_simd!`).
+            return unsafe { held_sse2::<S>(text) };
+        }
+    }
+    held_bytewise::<S>(text)
+}
+
+/// [`held`] one position at a time: short texts and other CPUs.
+fn held_bytewise<S: MarkerSet>(text: &[u8]) -> u8 {
+    let mut bits = 0;
+    for (k, marker) in S::MARKERS.iter().enumerate() {
+        let found = match *marker {
+            Marker::Byte(byte) => text.contains(&byte),
+            Marker::Pair(first, second) => text.windows(2).any(|w| w[0] == first && w[1] == second),
+        };
+        bits |= u8::from(found) << k;
+    }
+    bits
+}
+
+/// Defines a [`held`] for one SIMD width. `text` is longer than `$width`:
+/// each step loads `$width` bytes at `at` and at `at + 1` (the second byte
+/// of a pair), `at + 1 + $width <= text.len()` by `end`, and the last step
+/// overlaps the one before it (holding is the same whichever step finds a
+/// marker twice). The last byte is never the first of a loaded pair, so a
+/// single-byte marker is checked there on its own.
+macro_rules! held_simd {
+    ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $zero:ident, $set1:ident, $load:ident, $or:ident, $and:ident, $cmpeq:ident, $movemask:ident) => {
+        $(#[$attr])*
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name<S: MarkerSet>(text: &[u8]) -> u8 {
+            use std::arch::x86_64::*;
+            let end = text.len() - 1 - $width;
+            let base = text.as_ptr();
+            let mut found = [$zero(); 8];
+            let mut from = 0;
+            loop {
+                let at = from.min(end);
+                // SAFETY: `at + 1 + $width <= text.len()` by `end`.
+                let (here, next) = unsafe { ($load(base.add(at) as *const $vector), $load(base.add(at + 1) as *const $vector)) };
+                for (k, marker) in S::MARKERS.iter().enumerate() {
+                    let hit = match *marker {
+                        Marker::Byte(byte) => $cmpeq(here, $set1(byte as i8)),
+                        Marker::Pair(first, second) => $and($cmpeq(here, $set1(first as i8)), $cmpeq(next, $set1(second as i8))),
+                    };
+                    found[k] = $or(found[k], hit);
+                }
+                if at == end {
+                    break;
+                }
+                from += $width;
+            }
+            let last = text[text.len() - 1];
+            let mut bits = 0;
+            for (k, marker) in S::MARKERS.iter().enumerate() {
+                let at_end = matches!(*marker, Marker::Byte(byte) if byte == last);
+                bits |= u8::from($movemask(found[k]) != 0 || at_end) << k;
+            }
+            bits
+        }
+    };
+}
+
+held_simd!(
+    /// 16 positions at a time (SSE2, part of x86-64).
+    held_sse2, 16, __m128i, _mm_setzero_si128, _mm_set1_epi8, _mm_loadu_si128, _mm_or_si128, _mm_and_si128, _mm_cmpeq_epi8, _mm_movemask_epi8
+);
+
+held_simd!(
+    /// 32 positions at a time; the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    held_avx2, 32, __m256i, _mm256_setzero_si256, _mm256_set1_epi8, _mm256_loadu_si256, _mm256_or_si256, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_movemask_epi8
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Test;
+
+    impl MarkerSet for Test {
+        const MARKERS: &'static [Marker] = &[
+            Marker::Byte(b'{'),
+            Marker::Pair(b'/', b's'),
+            Marker::Pair(b's', b'/'),
+            Marker::Byte(b'='),
+            Marker::Pair(b's', b':'),
+            Marker::Pair(b'A', b':'),
+            Marker::Byte(0xff),
+            Marker::Pair(b':', b':'),
+        ];
+    }
+
+    /// Every marker at every position of texts of every length up to past
+    /// two AVX2 steps, alone and beside the others.
+    #[test]
+    fn every_marker_at_every_position() {
+        for len in 0..80usize {
+            for (k, marker) in Test::MARKERS.iter().enumerate() {
+                let bytes: &[u8] = match marker {
+                    Marker::Byte(b) => &[*b],
+                    Marker::Pair(a, b) => &[*a, *b],
+                };
+                for at in 0..(len + 1).saturating_sub(bytes.len()) {
+                    let mut text = vec![b'-'; len];
+                    text[at..at + bytes.len()].copy_from_slice(bytes);
+                    assert_eq!(held::<Test>(&text), held_bytewise::<Test>(&text), "{len} {at} {k}");
+                    assert_ne!(held::<Test>(&text) & (1 << k), 0, "{len} {at} {k}");
+                }
+            }
+            assert_eq!(held::<Test>(&vec![b's'; len]), 0, "{len}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn held_agrees_with_a_bytewise_search(
+            text in proptest::collection::vec(proptest::sample::select(vec![b'{', b'/', b's', b':', b'A', b'=', 0xff, b'x']), 0..100)
+        ) {
+            proptest::prop_assert_eq!(held::<Test>(&text), held_bytewise::<Test>(&text));
+        }
+    }
+}
