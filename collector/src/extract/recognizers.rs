@@ -180,6 +180,14 @@ fn alias(key: &str) -> Option<&'static str> {
     }
 }
 
+/// Appends a sample of a key the recognizer names itself, normal already
+/// (`step`, `total_steps`): no normalizing, which had been most of the
+/// cost of a progress bar's samples.
+fn push_known(out: &mut Vec<(MetricKey, f64)>, key: &'static str, value: f64) {
+    debug_assert_eq!(normalize_key(key), key, "a known key is normal");
+    out.push((MetricKey::Borrowed(key), value));
+}
+
 fn push(out: &mut Vec<(MetricKey, f64)>, key: &str, value: f64) {
     let key = normalize_key(key);
     if !key.is_empty() && key.len() <= 64 {
@@ -446,7 +454,7 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         let rest = &line[at + 6..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if let Some(epoch) = parse_number(&rest[..digits]) {
-            push(out, "epoch", epoch);
+            push_known(out, "epoch", epoch);
         }
     }
     // `N/M [` counter: the step within the bar.
@@ -455,8 +463,8 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         if let Some(counter) = before.rsplit(|c: char| c == '|' || c.is_whitespace()).find(|t| t.contains('/')) {
             if let Some((done, total)) = counter.split_once('/') {
                 if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
-                    push(out, "step", done);
-                    push(out, "total_steps", total);
+                    push_known(out, "step", done);
+                    push_known(out, "total_steps", total);
                 }
             }
         }
@@ -465,11 +473,11 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
             let part = part.trim();
             if let Some(rate) = part.strip_suffix("it/s") {
                 if let Some(rate) = parse_number(rate) {
-                    push(out, "iterations_per_second", rate);
+                    push_known(out, "iterations_per_second", rate);
                 }
             } else if let Some(seconds) = part.strip_suffix("s/it") {
                 if let Some(seconds) = parse_number(seconds) {
-                    push(out, "seconds_per_iteration", seconds);
+                    push_known(out, "seconds_per_iteration", seconds);
                 }
             } else if let Some((key, value)) = part.split_once('=') {
                 if key.trim() != "v_num" {
@@ -492,8 +500,8 @@ fn keras(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     {
         if let Some((done, total)) = counter.split_once('/') {
             if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
-                push(out, "batch", done);
-                push(out, "batches", total);
+                push_known(out, "batch", done);
+                push_known(out, "batches", total);
             }
         }
     }
@@ -548,8 +556,8 @@ fn megatron(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         if let Some(rest) = field.strip_prefix("iteration") {
             if let Some((done, total)) = rest.split_once('/') {
                 if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
-                    push(out, "step", done);
-                    push(out, "total_steps", total);
+                    push_known(out, "step", done);
+                    push_known(out, "total_steps", total);
                 }
             }
             continue;
