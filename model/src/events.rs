@@ -152,10 +152,17 @@ impl Catalogue {
         // Unicode case folding also matches `ſ` (long s) for `s` and `K`
         // (Kelvin sign) for `k`: a line holding either goes to the patterns
         // themselves.
-        // Their first bytes are looked for, not every byte checked for ASCII.
+        // Their rarer bytes are looked for, not every byte checked for
+        // ASCII: `ſ` is C5 BF, `K` E2 84 AA; a progress bar's blocks
+        // (`█`, E2 96 88) hold many E2 bytes and no 84.
         let folds_onto_a_letter = || {
-            memchr::memchr2_iter(0xC5, 0xE2, text)
-                .any(|at| text[at..].starts_with("ſ".as_bytes()) || text[at..].starts_with("\u{212A}".as_bytes()))
+            memchr::memchr2_iter(0xC5, 0x84, text).any(|at| {
+                if text[at] == 0xC5 {
+                    text.get(at + 1) == Some(&0xBF)
+                } else {
+                    at > 0 && text[at - 1] == 0xE2 && text.get(at + 1) == Some(&0xAA)
+                }
+            })
         };
         if self.anchors.is_match(text) || folds_onto_a_letter() {
             return true;
@@ -371,6 +378,8 @@ mod tests {
             "2026-11-25 08:00:00,009 - datasets.builder - WARN - Saving model checkpoint to /ckpt/checkpoint-0",
             "bert-sft-worker-2:499:414 [2] NCCL INFO Channel 02/0 : 5[2] -> 5[4] via P2P/IPC/read",
             "{'loss': 2.4921, 'grad_norm': 0.8277, 'learning_rate': 3.0000e-04, 'epoch': 0.00}",
+            "Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s]",
+            "\u{2139} note: Ąż \u{2129}",
         ] {
             assert!(!catalogue.may_match(line), "the gate lets {line:?} through");
         }
