@@ -19,12 +19,75 @@ use arrow_array::types::{UInt32Type, UInt8Type};
 use arrow_array::{
     ArrayRef, DictionaryArray, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray, UInt32Array, UInt64Array, UInt8Array,
 };
-use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::batch::{col, labels_json, wire_schema};
 use crate::labels::LabelSet;
 use crate::record::Level;
+
+/// A text column whose rows are mostly null (a line's event, its extra
+/// fields): a row costs one offset, and the validity bitmap is made once
+/// when the batch is finished from the few rows that hold a value (an
+/// Arrow builder's `append_null` per row had been 1.3 % of the collector's
+/// instructions).
+#[derive(Debug)]
+struct SparseText {
+    values: Vec<u8>,
+    /// `rows + 1` offsets into `values`, the first 0.
+    offsets: Vec<i32>,
+    /// The rows that hold a value, rising.
+    valid: Vec<u32>,
+}
+
+impl SparseText {
+    fn with_capacity(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self {
+            values: Vec::new(),
+            offsets,
+            valid: Vec::new(),
+        }
+    }
+
+    fn append_option(&mut self, value: Option<&str>) {
+        if let Some(value) = value {
+            let row = u32::try_from(self.offsets.len() - 1).expect("a batch holds under 2^32 rows");
+            self.valid.push(row);
+            self.values.extend_from_slice(value.as_bytes());
+        }
+        let end = i32::try_from(self.values.len()).expect("a batch holds under 2 GiB of events and fields");
+        self.offsets.push(end);
+    }
+
+    /// The column as an Arrow builder would finish it (no validity bitmap
+    /// where every row holds a value), and the builder emptied.
+    fn finish(&mut self) -> StringArray {
+        let rows = self.offsets.len() - 1;
+        let nulls = (self.valid.len() < rows).then(|| {
+            let mut bits = BooleanBufferBuilder::new(rows);
+            bits.append_n(rows, false);
+            for &row in &self.valid {
+                bits.set_bit(row as usize, true);
+            }
+            NullBuffer::new(bits.finish())
+        });
+        let values = std::mem::take(&mut self.values);
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        self.valid.clear();
+        // SAFETY: the offsets start at 0 and rise to the end of `values`,
+        // one after each row, so every offset is in bounds and every row is
+        // whole UTF-8 (each value appended was a `&str`).
+        unsafe {
+            StringArray::new_unchecked(
+                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                Buffer::from_vec(values),
+                nulls,
+            )
+        }
+    }
+}
 
 /// The values shared by every row of one source (a tailed file of one
 /// container, with the pod metadata known when it was registered).
@@ -144,8 +207,8 @@ pub struct SourceBatchBuilder {
     streams: Vec<String>,
     stream: Vec<u8>,
     level: Vec<u8>,
-    ml_event: StringBuilder,
-    fields: StringBuilder,
+    ml_event: SparseText,
+    fields: SparseText,
     truncated: BooleanBuilder,
     parse_error: BooleanBuilder,
     /// The text column's values and offsets, kept apart from an Arrow
@@ -179,8 +242,8 @@ impl SourceBatchBuilder {
             streams: Vec::new(),
             stream: Vec::with_capacity(rows),
             level: Vec::with_capacity(rows),
-            ml_event: StringBuilder::new(),
-            fields: StringBuilder::new(),
+            ml_event: SparseText::with_capacity(rows),
+            fields: SparseText::with_capacity(rows),
             truncated: BooleanBuilder::with_capacity(rows),
             parse_error: BooleanBuilder::with_capacity(rows),
             line_values: Vec::with_capacity(line_bytes),
@@ -229,7 +292,7 @@ impl SourceBatchBuilder {
         self.stream.push(stream as u8);
         self.level.push(level_key(r.level));
         self.ml_event.append_option(r.ml_event);
-        self.fields.append_option(labels_json(r.fields));
+        self.fields.append_option(labels_json(r.fields).as_deref());
         self.truncated.append_value(r.truncated);
         self.parse_error.append_value(r.parse_error);
         self.line_values.extend_from_slice(r.line.as_bytes());
@@ -441,6 +504,41 @@ mod tests {
         }
         assert_eq!(builder.len(), records.len());
         builder.finish()
+    }
+
+    /// The sparse column is the array an Arrow builder makes from the same
+    /// rows: all null, all values, mixed, empty, and again after a finish.
+    #[test]
+    fn sparse_text_finishes_as_a_string_builder_does() {
+        let cases: [&[Option<&str>]; 5] = [
+            &[],
+            &[None, None, None],
+            &[Some("cuda_oom"), Some(""), Some("nan_loss")],
+            &[
+                None,
+                Some("gpu_xid"),
+                None,
+                None,
+                Some("{\"a\":\"b\"}"),
+                None,
+                None,
+                None,
+                None,
+                Some("x"),
+            ],
+            &[Some("é"), None],
+        ];
+        let mut sparse = SparseText::with_capacity(2);
+        for rows in cases {
+            let mut builder = StringBuilder::new();
+            for row in rows {
+                sparse.append_option(*row);
+                builder.append_option(*row);
+            }
+            let (got, want) = (sparse.finish(), builder.finish());
+            assert_eq!(got, want, "{rows:?}");
+            assert_eq!(got.nulls(), want.nulls(), "{rows:?}");
+        }
     }
 
     #[test]
