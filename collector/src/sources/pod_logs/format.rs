@@ -82,7 +82,32 @@ pub fn read_cri<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Se
     let ts = timestamps
         .parse(&line[..ts_end])
         .ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
-    let rest = &line[ts_end + 1..];
+    let (stream, complete, message) = cri_fields(&line[ts_end + 1..])?;
+    Ok(Segment {
+        ts,
+        stream,
+        complete,
+        message: std::borrow::Cow::Borrowed(message),
+    })
+}
+
+/// The stream, whether the line is complete, and the message: what follows
+/// a CRI line's timestamp.
+fn cri_fields(rest: &[u8]) -> Result<(Stream, bool, &[u8]), MalformedLine> {
+    // What the runtime writes for every line with a message: `stdout F `
+    // (or `stderr`, `P`), read without searching for the spaces.
+    if let Some((&[s0, s1, s2, s3, s4, s5, b' ', tag @ (b'F' | b'P'), b' '], message)) = rest.split_first_chunk::<9>() {
+        match [s0, s1, s2, s3, s4, s5] {
+            [b's', b't', b'd', b'o', b'u', b't'] => return Ok((Stream::Stdout, tag == b'F', message)),
+            [b's', b't', b'd', b'e', b'r', b'r'] => return Ok((Stream::Stderr, tag == b'F', message)),
+            _ => {}
+        }
+    }
+    cri_fields_searched(rest)
+}
+
+/// [`cri_fields`] of any line: the fields found by their spaces.
+fn cri_fields_searched(rest: &[u8]) -> Result<(Stream, bool, &[u8]), MalformedLine> {
     let stream_end = memchr::memchr(b' ', rest).ok_or(MalformedLine("cri: missing tag field"))?;
     let stream = match &rest[..stream_end] {
         b"stdout" => Stream::Stdout,
@@ -101,12 +126,7 @@ pub fn read_cri<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Se
         b"P" => false,
         _ => return Err(MalformedLine("cri: tag is neither P nor F")),
     };
-    Ok(Segment {
-        ts,
-        stream,
-        complete,
-        message: std::borrow::Cow::Borrowed(message),
-    })
+    Ok((stream, complete, message))
 }
 
 #[derive(serde::Deserialize)]
@@ -163,6 +183,24 @@ mod tests {
         assert_eq!(&*seg.message, b" two  spaces ");
         let empty = parse_cri(b"2016-10-06T00:17:09Z stdout F").unwrap();
         assert_eq!(&*empty.message, b"");
+    }
+
+    proptest::proptest! {
+        /// The fields read without a search are the fields found by their
+        /// spaces, for the usual line and every near miss of it.
+        #[test]
+        fn read_fields_are_the_searched_fields(
+            stream in proptest::sample::select(vec!["stdout", "stderr", "stdin", "stdou", "stdoutx", "", "Stdout"]),
+            gap in proptest::sample::select(vec![" ", "", "  "]),
+            tag in proptest::sample::select(vec!["F", "P", "X", "F:x", "", "FP", "f"]),
+            after in proptest::sample::select(vec![" ", "", "  ", "x"]),
+            message in "[ a-z\\PC]{0,12}",
+        ) {
+            let rest = format!("{stream}{gap}{tag}{after}{message}");
+            let read = cri_fields(rest.as_bytes());
+            let searched = cri_fields_searched(rest.as_bytes());
+            proptest::prop_assert_eq!(read.map_err(|e| e.0), searched.map_err(|e| e.0), "{:?}", rest);
+        }
     }
 
     #[test]
