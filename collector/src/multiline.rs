@@ -110,18 +110,19 @@ fn content(line: &[u8]) -> &[u8] {
 
 fn starts(line: &[u8]) -> Option<Kind> {
     let line = content(line);
-    if line.starts_with(b"Traceback (most recent call last):") {
-        return Some(Kind::Python);
-    }
-    if line.starts_with(b"panic: ") || line.starts_with(b"fatal error: ") {
-        return Some(Kind::Go);
-    }
-    if line.starts_with(b"terminate called after throwing an instance of")
-        || line.starts_with(b"*** Aborted at")
-        || line.starts_with(b"*** SIG")
-        || line.starts_with(b"Fatal Python error:")
-    {
-        return Some(Kind::Native);
+    // The first byte picks the one or two openings a line can be: most
+    // lines are none of them, and had been compared with each.
+    let opens = match line.first() {
+        Some(b'T') if line.starts_with(b"Traceback (most recent call last):") => Some(Kind::Python),
+        Some(b'p') if line.starts_with(b"panic: ") => Some(Kind::Go),
+        Some(b'f') if line.starts_with(b"fatal error: ") => Some(Kind::Go),
+        Some(b't') if line.starts_with(b"terminate called after throwing an instance of") => Some(Kind::Native),
+        Some(b'*') if line.starts_with(b"*** Aborted at") || line.starts_with(b"*** SIG") => Some(Kind::Native),
+        Some(b'F') if line.starts_with(b"Fatal Python error:") => Some(Kind::Native),
+        _ => None,
+    };
+    if opens.is_some() {
+        return opens;
     }
     if java_exception_line(line) {
         return Some(Kind::JavaCandidate);
@@ -499,6 +500,28 @@ mod tests {
         ]);
         assert_eq!(out.len(), 2);
         assert!(out[0].0.ends_with("ValueError: bad"));
+    }
+
+    /// Every opening is recognised, behind a rank prefix too, and a line
+    /// that only starts like one is not.
+    #[test]
+    fn each_opening_opens_a_block() {
+        let openings = [
+            ("Traceback (most recent call last):", Kind::Python),
+            ("panic: runtime error", Kind::Go),
+            ("fatal error: all goroutines are asleep", Kind::Go),
+            ("terminate called after throwing an instance of 'c10::Error'", Kind::Native),
+            ("*** Aborted at 1700000000 (unix time)", Kind::Native),
+            ("*** SIGSEGV (@0x0) received by PID 1", Kind::Native),
+            ("Fatal Python error: Segmentation fault", Kind::Native),
+            ("java.lang.IllegalStateException: boom", Kind::JavaCandidate),
+        ];
+        for (line, kind) in openings {
+            assert_eq!(starts(line.as_bytes()), Some(kind), "{line}");
+            assert_eq!(starts(format!("[rank3]: {line}").as_bytes()), Some(kind), "{line}");
+            assert_eq!(starts(&line.as_bytes()[..5]), None, "{line}");
+            assert_eq!(starts(format!(" {line}").as_bytes()), None, "{line}");
+        }
     }
 
     #[test]
