@@ -5,6 +5,7 @@
 //! `[INFO]` prefixes. Looks only at the head of the line, so it costs the
 //! same for a 10-byte and a 1-MiB line.
 
+use crate::scan::Marker;
 use crate::Level;
 
 /// How far into a line level detection looks.
@@ -19,19 +20,55 @@ pub fn detect_level(line: &[u8]) -> Level {
     if let Some(level) = glog_level(head) {
         return level;
     }
+    level_after_glog(head, Markers(crate::scan::held::<Markers>(head)))
+}
+
+/// [`detect_level`] of a head that is not glog, given what it holds of
+/// [`Markers`] (in tests, all of them: the answer without the prefilter).
+fn level_after_glog(head: &[u8], markers: Markers) -> Level {
     // glog behind a bracketed prefix, as torch.distributed prints:
     // `[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] …`
-    for at in memchr::memchr_iter(b'[', &head[..head.len().min(48)]) {
-        if let Some(level) = glog_level(&head[at + 1..]) {
-            return level;
+    if markers.has(Markers::BRACKET) {
+        for at in memchr::memchr_iter(b'[', &head[..head.len().min(48)]) {
+            if let Some(level) = glog_level(&head[at + 1..]) {
+                return level;
+            }
         }
     }
-    if may_hold_level_key(head) {
+    if markers.has(Markers::KEY_PIECE) && may_hold_level_key(head) {
         if let Some(level) = keyed_level(head) {
             return level;
         }
     }
-    word_level(head).unwrap_or(Level::Unknown)
+    word_level(head, markers).unwrap_or(Level::Unknown)
+}
+
+/// The bytes and byte pairs the checks below start from, found in one
+/// SIMD pass over the head ([`crate::scan`]): one `memchr` per check had
+/// cost more, and most heads hold none of the pairs.
+#[derive(Clone, Copy, Debug)]
+struct Markers(u8);
+
+impl crate::scan::MarkerSet for Markers {
+    const MARKERS: &'static [Marker] = &[
+        Marker::FoldedPair(b'e', b'v'),
+        Marker::FoldedPair(b'l', b'v'),
+        Marker::Byte(b'['),
+        Marker::Byte(b'<'),
+    ];
+}
+
+impl Markers {
+    /// `ev` or `lv` in any case: every key of [`keyed_level`] holds `lev`,
+    /// `sev` or `lvl`.
+    const KEY_PIECE: u8 = 0b11;
+    const BRACKET: u8 = 0b100;
+    /// `[` or `<`.
+    const OPENING: u8 = 0b1100;
+
+    fn has(self, marker: u8) -> bool {
+        self.0 & marker != 0
+    }
 }
 
 /// glog / klog: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg`.
@@ -102,15 +139,17 @@ fn keyed_level(head: &[u8]) -> Option<Level> {
 /// a letter). Progress bars, Python dicts and prose hold neither, and skip
 /// the walk over their words. The upper-case check has no early exit and
 /// ORs bytes, so it compiles to SIMD (an OR of `bool`s did not).
-fn may_hold_level_word(head: &[u8]) -> bool {
+fn may_hold_level_word(head: &[u8], markers: Markers) -> bool {
     let upper = head.iter().fold(0u8, |any, b| any | u8::from(b.wrapping_sub(b'A') < 26)) != 0;
-    upper || memchr::memchr2_iter(b'[', b'<', head).any(|at| head.get(at + 1).is_some_and(u8::is_ascii_alphabetic))
+    upper
+        || (markers.has(Markers::OPENING)
+            && memchr::memchr2_iter(b'[', b'<', head).any(|at| head.get(at + 1).is_some_and(u8::is_ascii_alphabetic)))
 }
 
 /// A level word standing alone among the first few words: `ERROR:root:`,
 /// `- WARNING -`, `[INFO]`, `INFO `. Single-letter words are not trusted here.
-fn word_level(head: &[u8]) -> Option<Level> {
-    if !may_hold_level_word(head) {
+fn word_level(head: &[u8], markers: Markers) -> Option<Level> {
+    if !may_hold_level_word(head, markers) {
         return None;
     }
     let mut words = 0;
@@ -192,6 +231,31 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(detect_level(line.as_bytes()), *want, "{line}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The markers only skip checks that could not succeed: the level
+        /// is the one found when every check runs.
+        #[test]
+        fn markers_change_no_level(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "level", "LEVEL", "Lvl", "sev", "severity", "lev", "vl", "=", ":", "\"", " ", "[", "]", "<", ">",
+                    "ERROR", "error", "WARN", "Info", "INF", "DBG", "[rank1]:", "E1125 10:22:37.512389 1 x.cpp:1]",
+                    "2026-11-25 22:16:18,123", " - ", "x", "é", "█", "v", "V", "E", "l",
+                ]),
+                0..24,
+            )
+        ) {
+            let line = pieces.concat();
+            let head = &line.as_bytes()[..line.len().min(HEAD_BYTES)];
+            let every_check = if head.is_empty() || glog_level(head).is_some() {
+                detect_level(line.as_bytes())
+            } else {
+                level_after_glog(head, Markers(u8::MAX))
+            };
+            proptest::prop_assert_eq!(detect_level(line.as_bytes()), every_check, "{:?}", line);
         }
     }
 }

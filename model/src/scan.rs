@@ -9,6 +9,9 @@
 pub enum Marker {
     Byte(u8),
     Pair(u8, u8),
+    /// Two lower-case ASCII letters, either in either case (`ev`: `ev`,
+    /// `eV`, `Ev`, `EV`), compared as [`crate::fold`] folds bytes.
+    FoldedPair(u8, u8),
 }
 
 /// A fixed list of markers, known when the pass is compiled: each search
@@ -18,6 +21,8 @@ pub trait MarkerSet {
     /// At most 8 markers.
     const MARKERS: &'static [Marker];
 }
+
+use crate::fold::fold;
 
 /// Bit `k` set where `text` holds `S::MARKERS[k]`.
 pub fn held<S: MarkerSet>(text: &[u8]) -> u8 {
@@ -45,6 +50,7 @@ fn held_bytewise<S: MarkerSet>(text: &[u8]) -> u8 {
         let found = match *marker {
             Marker::Byte(byte) => text.contains(&byte),
             Marker::Pair(first, second) => text.windows(2).any(|w| w[0] == first && w[1] == second),
+            Marker::FoldedPair(first, second) => text.windows(2).any(|w| fold(w[0]) == first && fold(w[1]) == second),
         };
         bits |= u8::from(found) << k;
     }
@@ -71,10 +77,16 @@ macro_rules! held_simd {
                 let at = from.min(end);
                 // SAFETY: `at + 1 + $width <= text.len()` by `end`.
                 let (here, next) = unsafe { ($load(base.add(at) as *const $vector), $load(base.add(at + 1) as *const $vector)) };
+                // Unused (and not computed) without a folded marker.
+                let case = $set1(0x20);
+                let (here_folded, next_folded) = ($or(here, case), $or(next, case));
                 for (k, marker) in S::MARKERS.iter().enumerate() {
                     let hit = match *marker {
                         Marker::Byte(byte) => $cmpeq(here, $set1(byte as i8)),
                         Marker::Pair(first, second) => $and($cmpeq(here, $set1(first as i8)), $cmpeq(next, $set1(second as i8))),
+                        Marker::FoldedPair(first, second) => {
+                            $and($cmpeq(here_folded, $set1(first as i8)), $cmpeq(next_folded, $set1(second as i8)))
+                        }
                     };
                     found[k] = $or(found[k], hit);
                 }
@@ -124,6 +136,34 @@ mod tests {
         ];
     }
 
+    struct Folded;
+
+    impl MarkerSet for Folded {
+        const MARKERS: &'static [Marker] = &[Marker::FoldedPair(b'e', b'v'), Marker::FoldedPair(b'l', b'v'), Marker::Byte(b'[')];
+    }
+
+    /// A folded pair in each of its cases, at every position; bytes that
+    /// fold onto others (`E` and `e` do, `%` and `\x05` do not match `e`).
+    #[test]
+    fn folded_pairs_in_every_case_at_every_position() {
+        for len in 2..80usize {
+            for at in 0..len - 1 {
+                for pair in [b"ev", b"eV", b"Ev", b"EV", b"lV", b"Lv"] {
+                    let mut text = vec![b'-'; len];
+                    text[at..at + 2].copy_from_slice(pair);
+                    let want = if pair[0] | 0x20 == b'e' { 1 } else { 2 };
+                    assert_eq!(held::<Folded>(&text), want, "{len} {at} {pair:?}");
+                    assert_eq!(held_bytewise::<Folded>(&text), want, "{len} {at} {pair:?}");
+                }
+            }
+        }
+        assert_eq!(held::<Folded>(&[b'%'; 40]), 0);
+        assert_eq!(
+            held::<Folded>(b"\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16[x"),
+            4
+        );
+    }
+
     /// Every marker at every position of texts of every length up to past
     /// two AVX2 steps, alone and beside the others.
     #[test]
@@ -132,7 +172,7 @@ mod tests {
             for (k, marker) in Test::MARKERS.iter().enumerate() {
                 let bytes: &[u8] = match marker {
                     Marker::Byte(b) => &[*b],
-                    Marker::Pair(a, b) => &[*a, *b],
+                    Marker::Pair(a, b) | Marker::FoldedPair(a, b) => &[*a, *b],
                 };
                 for at in 0..(len + 1).saturating_sub(bytes.len()) {
                     let mut text = vec![b'-'; len];
@@ -146,6 +186,13 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn folded_held_agrees_with_a_bytewise_search(
+            text in proptest::collection::vec(proptest::sample::select(vec![b'e', b'E', b'v', b'V', b'l', b'L', b'[', 0xff, b'x', b'%', 0x16]), 0..100)
+        ) {
+            proptest::prop_assert_eq!(held::<Folded>(&text), held_bytewise::<Folded>(&text));
+        }
+
         #[test]
         fn held_agrees_with_a_bytewise_search(
             text in proptest::collection::vec(proptest::sample::select(vec![b'{', b'/', b's', b':', b'A', b'=', 0xff, b'x']), 0..100)
