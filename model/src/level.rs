@@ -40,7 +40,7 @@ fn level_after_glog(head: &[u8], markers: Markers) -> Level {
             return level;
         }
     }
-    word_level(head, markers).unwrap_or(Level::Unknown)
+    word_level(head).unwrap_or(Level::Unknown)
 }
 
 /// The bytes and byte pairs the checks below start from, found in one
@@ -50,12 +50,7 @@ fn level_after_glog(head: &[u8], markers: Markers) -> Level {
 struct Markers(u8);
 
 impl crate::scan::MarkerSet for Markers {
-    const MARKERS: &'static [Marker] = &[
-        Marker::FoldedPair(b'e', b'v'),
-        Marker::FoldedPair(b'l', b'v'),
-        Marker::Byte(b'['),
-        Marker::Byte(b'<'),
-    ];
+    const MARKERS: &'static [Marker] = &[Marker::FoldedPair(b'e', b'v'), Marker::FoldedPair(b'l', b'v'), Marker::Byte(b'[')];
 }
 
 impl Markers {
@@ -63,8 +58,6 @@ impl Markers {
     /// `sev` or `lvl`.
     const KEY_PIECE: u8 = 0b11;
     const BRACKET: u8 = 0b100;
-    /// `[` or `<`.
-    const OPENING: u8 = 0b1100;
 
     fn has(self, marker: u8) -> bool {
         self.0 & marker != 0
@@ -134,60 +127,145 @@ fn keyed_level(head: &[u8]) -> Option<Level> {
     None
 }
 
-/// Whether `head` may hold a word [`word_level`] takes: one in upper case
-/// (it holds an upper-case letter) or one in brackets (a `[` or `<` before
-/// a letter). Progress bars, Python dicts and prose hold neither, and skip
-/// the walk over their words. The upper-case check has no early exit and
-/// ORs bytes, so it compiles to SIMD (an OR of `bool`s did not).
-fn may_hold_level_word(head: &[u8], markers: Markers) -> bool {
-    let upper = head.iter().fold(0u8, |any, b| any | u8::from(b.wrapping_sub(b'A') < 26)) != 0;
-    upper
-        || (markers.has(Markers::OPENING)
-            && memchr::memchr2_iter(b'[', b'<', head).any(|at| head.get(at + 1).is_some_and(u8::is_ascii_alphabetic)))
+/// Bit masks over 64 bytes of a head (bit `i` for byte `i`): its ASCII
+/// letters, its upper-case letters, and its `[` and `<`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ChunkMasks {
+    letters: u64,
+    upper: u64,
+    opening: u64,
+}
+
+impl ChunkMasks {
+    /// The masks of `head[64 * chunk..]`, up to 64 bytes of it (bytes past
+    /// its end count as none of them).
+    fn of(head: &[u8], chunk: usize) -> Self {
+        let mut padded = [0u8; 64];
+        let bytes = &head[64 * chunk..head.len().min(64 * chunk + 64)];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        #[cfg(target_arch = "x86_64")]
+        {
+            Self::of_sse2(&padded, bytes.len().div_ceil(16))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Self::of_bytewise(&padded)
+        }
+    }
+
+    /// [`Self::of`] one byte at a time: other CPUs, and the tests' reference.
+    #[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+    fn of_bytewise(padded: &[u8; 64]) -> Self {
+        let mut masks = Self::default();
+        for (i, &b) in padded.iter().enumerate() {
+            masks.letters |= u64::from(b.is_ascii_alphabetic()) << i;
+            masks.upper |= u64::from(b.is_ascii_uppercase()) << i;
+            masks.opening |= u64::from(matches!(b, b'[' | b'<')) << i;
+        }
+        masks
+    }
+
+    /// 16 bytes at a time (SSE2, part of x86-64), the first `blocks` blocks
+    /// of `padded` (the rest are zeros: no letters, no brackets).
+    #[cfg(target_arch = "x86_64")]
+    fn of_sse2(padded: &[u8; 64], blocks: usize) -> Self {
+        use std::arch::x86_64::*;
+        let mut masks = Self::default();
+        // SAFETY: SSE2 is part of x86-64; each load reads the 16 bytes of
+        // one block inside `padded` (at most 4 blocks).
+        unsafe {
+            let case = _mm_set1_epi8(0x20);
+            let (lower_a, upper_a, last) = (_mm_set1_epi8(b'a' as i8), _mm_set1_epi8(b'A' as i8), _mm_set1_epi8(25));
+            let (bracket, angle) = (_mm_set1_epi8(b'[' as i8), _mm_set1_epi8(b'<' as i8));
+            for block in 0..blocks.min(4) {
+                let bytes = _mm_loadu_si128(padded.as_ptr().add(block * 16) as *const __m128i);
+                // A letter is at most 25 past `a` once folded, an upper-case
+                // one at most 25 past `A` (by an unsigned minimum: SSE2 has
+                // no unsigned compare).
+                let folded = _mm_sub_epi8(_mm_or_si128(bytes, case), lower_a);
+                let letter = _mm_cmpeq_epi8(_mm_min_epu8(folded, last), folded);
+                let shifted = _mm_sub_epi8(bytes, upper_a);
+                let upper = _mm_cmpeq_epi8(_mm_min_epu8(shifted, last), shifted);
+                let opening = _mm_or_si128(_mm_cmpeq_epi8(bytes, bracket), _mm_cmpeq_epi8(bytes, angle));
+                let shift = block * 16;
+                masks.letters |= u64::from(_mm_movemask_epi8(letter) as u16) << shift;
+                masks.upper |= u64::from(_mm_movemask_epi8(upper) as u16) << shift;
+                masks.opening |= u64::from(_mm_movemask_epi8(opening) as u16) << shift;
+            }
+        }
+        masks
+    }
 }
 
 /// A level word standing alone among the first few words: `ERROR:root:`,
-/// `- WARNING -`, `[INFO]`, `INFO `. Single-letter words are not trusted here.
-fn word_level(head: &[u8], markers: Markers) -> Option<Level> {
-    if !may_hold_level_word(head, markers) {
-        return None;
-    }
+/// `- WARNING -`, `[INFO]`, `INFO `. Single-letter words are not trusted
+/// here. The words are found from bit masks of the head's letters, 64
+/// bytes at a time (one SIMD pass each, the next only when the words so
+/// far named no level), and only those that start with an upper-case
+/// letter or right after a `[` or `<` are read: a walk over every byte of
+/// the head had been most of level detection's time.
+fn word_level(head: &[u8]) -> Option<Level> {
     let mut words = 0;
-    let mut pos = 0;
-    while pos < head.len() && words < 12 {
-        while pos < head.len() && !head[pos].is_ascii_alphabetic() {
-            pos += 1;
-        }
-        let start = pos;
-        while pos < head.len() && head[pos].is_ascii_alphabetic() {
-            pos += 1;
-        }
-        if pos == start {
-            break;
-        }
-        words += 1;
-        let word = &head[start..pos];
-        // Only upper-case words (or bracketed ones) count: "error" inside
-        // prose such as "no error found" must not make a line an error.
-        let bracketed = start > 0 && matches!(head[start - 1], b'[' | b'<') && matches!(head.get(pos), Some(b']') | Some(b'>'));
-        let upper = word.iter().all(u8::is_ascii_uppercase);
-        if word.len() < 4 && word != b"ERR" && word != b"WRN" && word != b"INF" && word != b"DBG" {
+    // Whether the byte before the chunk is a letter, a `[` or `<`.
+    let (mut letter_before, mut opening_before) = (0, 0);
+    for chunk in 0..head.len().div_ceil(64) {
+        let masks = ChunkMasks::of(head, chunk);
+        let starts = masks.letters & !(masks.letters << 1 | letter_before);
+        // Upper-case words start with an upper-case letter; bracketed ones
+        // right after the bracket. Progress bars, Python dicts and prose
+        // have neither and read no word.
+        let may_count = starts & (masks.upper | masks.opening << 1 | opening_before);
+        (letter_before, opening_before) = (masks.letters >> 63, masks.opening >> 63);
+        if may_count == 0 {
+            words += starts.count_ones();
+            if words >= 12 {
+                return None;
+            }
             continue;
         }
-        if !(upper || bracketed) {
-            continue;
-        }
-        let level = match word {
-            b"WRN" => Some(Level::Warn),
-            b"INF" => Some(Level::Info),
-            b"DBG" => Some(Level::Debug),
-            _ => Level::from_word(word),
-        };
-        if level.is_some() {
-            return level;
+        let mut bits = starts;
+        while bits != 0 {
+            let bit = bits & bits.wrapping_neg();
+            bits &= bits - 1;
+            words += 1;
+            if words > 12 {
+                return None;
+            }
+            if may_count & bit == 0 {
+                continue;
+            }
+            let start = 64 * chunk + bit.trailing_zeros() as usize;
+            let end = head[start..]
+                .iter()
+                .position(|b| !b.is_ascii_alphabetic())
+                .map_or(head.len(), |n| start + n);
+            if let Some(level) = counted_word_level(head, start, end) {
+                return Some(level);
+            }
         }
     }
     None
+}
+
+/// The level the word `head[start..end]` names, where it counts: only
+/// upper-case words (or bracketed ones) do, so "error" inside prose such as
+/// "no error found" does not make a line an error.
+fn counted_word_level(head: &[u8], start: usize, end: usize) -> Option<Level> {
+    let word = &head[start..end];
+    let bracketed = start > 0 && matches!(head[start - 1], b'[' | b'<') && matches!(head.get(end), Some(b']') | Some(b'>'));
+    let upper = word.iter().all(u8::is_ascii_uppercase);
+    if word.len() < 4 && word != b"ERR" && word != b"WRN" && word != b"INF" && word != b"DBG" {
+        return None;
+    }
+    if !(upper || bracketed) {
+        return None;
+    }
+    match word {
+        b"WRN" => Some(Level::Warn),
+        b"INF" => Some(Level::Info),
+        b"DBG" => Some(Level::Debug),
+        _ => Level::from_word(word),
+    }
 }
 
 #[cfg(test)]
@@ -234,7 +312,90 @@ mod tests {
         }
     }
 
+    /// The walk over every byte of the head that [`word_level`] replaced:
+    /// the reference its answers are checked against.
+    fn word_level_walked(head: &[u8]) -> Option<Level> {
+        let mut words = 0;
+        let mut pos = 0;
+        while pos < head.len() && words < 12 {
+            while pos < head.len() && !head[pos].is_ascii_alphabetic() {
+                pos += 1;
+            }
+            let start = pos;
+            while pos < head.len() && head[pos].is_ascii_alphabetic() {
+                pos += 1;
+            }
+            if pos == start {
+                break;
+            }
+            words += 1;
+            if let Some(level) = counted_word_level(head, start, pos) {
+                return Some(level);
+            }
+        }
+        None
+    }
+
+    /// The twelfth word counts, the thirteenth not; a word across the
+    /// masks' 64-bit words, and one ending the head, read whole.
+    #[test]
+    fn word_limits_and_mask_boundaries() {
+        assert_eq!(detect_level(b"a b c d e f g h i j k INFO x"), Level::Info);
+        assert_eq!(detect_level(b"a b c d e f g h i j k l INFO x"), Level::Unknown);
+        for at in [0, 1, 60, 62, 63, 64, 120, 126, 127, 128, 150, 154] {
+            let line = format!("{}ERROR x", "0".repeat(at));
+            assert_eq!(detect_level(line.as_bytes()), Level::Error, "{at}");
+            let line = format!("{}[warn]", "0".repeat(at));
+            assert_eq!(detect_level(line.as_bytes()), Level::Warn, "{at}");
+        }
+        // One word across the chunks, not a word starting at byte 64.
+        assert_eq!(detect_level(format!("{}xxxxERROR x", "0".repeat(60)).as_bytes()), Level::Unknown);
+        assert_eq!(detect_level(format!("{}xxxxERROR x", "0".repeat(124)).as_bytes()), Level::Unknown);
+        assert_eq!(
+            detect_level(format!("{}ERROR", "0".repeat(HEAD_BYTES - 5)).as_bytes()),
+            Level::Error
+        );
+        assert_eq!(
+            detect_level(format!("{}ERROR", "0".repeat(HEAD_BYTES - 4)).as_bytes()),
+            Level::Unknown
+        );
+    }
+
+    /// The SIMD masks are the bytewise ones for every byte value at every
+    /// position of chunks of every length.
+    #[test]
+    fn chunk_masks_of_every_byte_at_every_position() {
+        for len in 0..=64 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut head = vec![b'-'; len];
+                    head[at] = byte;
+                    let mut padded = [0u8; 64];
+                    padded[..len].copy_from_slice(&head);
+                    assert_eq!(ChunkMasks::of(&head, 0), ChunkMasks::of_bytewise(&padded), "{len} {at} {byte}");
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// The words read from the masks give the level the byte walk gave.
+        #[test]
+        fn masked_words_give_the_walked_level(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "ERROR", "error", "WARN", "Warning", "INFO", "INF", "ERR", "DBG", "E", "W", "NCCL", "CUDA", "TRACE",
+                    "[", "]", "<", ">", " ", "-", ":", "x", "ab", "Abc", "é", "█", "0", "12:00:00,123", "[info]", "<warn>",
+                ]),
+                0..40,
+            )
+        ) {
+            let line = pieces.concat();
+            let head = &line.as_bytes()[..line.len().min(HEAD_BYTES)];
+            proptest::prop_assert_eq!(word_level(head), word_level_walked(head), "{:?}", line);
+        }
+
         /// The markers only skip checks that could not succeed: the level
         /// is the one found when every check runs.
         #[test]
