@@ -213,8 +213,6 @@ struct Finders {
     loss_colon: memchr::memmem::Finder<'static>,
     epoch: memchr::memmem::Finder<'static>,
     counter_end: memchr::memmem::Finder<'static>,
-    dict_pair: memchr::memmem::Finder<'static>,
-    dict_key_end: memchr::memmem::Finder<'static>,
 }
 
 fn finders() -> &'static Finders {
@@ -231,8 +229,6 @@ fn finders() -> &'static Finders {
         loss_colon: finder("loss:"),
         epoch: finder("Epoch "),
         counter_end: finder(" ["),
-        dict_pair: finder(", '"),
-        dict_key_end: finder("':"),
     })
 }
 
@@ -328,14 +324,37 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
 }
 
+/// `text` around its first `byte` (ASCII): what `str::split_once` gives
+/// for a one-byte pattern, by a byte loop (its searcher had cost more than
+/// the search on a progress bar's short parts).
+fn split_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    debug_assert!(byte.is_ascii());
+    let at = text.bytes().position(|b| b == byte)?;
+    Some((&text[..at], &text[at + 1..]))
+}
+
+/// Where `hay` first holds `first` followed by `then`: a short separator
+/// in a short text, found by a byte loop (a `memmem` search's setup had
+/// cost more than the search, twice per pair of a Python dict).
+fn find_separator(hay: &[u8], first: u8, then: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = hay[from..].iter().position(|&b| b == first) {
+        let at = from + found;
+        if hay[at + 1..].starts_with(then) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
 /// `{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.5}`
 fn python_dict(text: &str, out: &mut Vec<(MetricKey, f64)>) {
-    let f = finders();
     let end = memchr::memchr(b'}', text.as_bytes()).unwrap_or(text.len());
     // The separators are ASCII: every cut is at a character boundary.
     let mut rest = Some(&text[1..end]);
     while let Some(pairs) = rest {
-        let pair = match f.dict_pair.find(pairs.as_bytes()) {
+        let pair = match find_separator(pairs.as_bytes(), b',', b" '") {
             Some(at) => {
                 rest = Some(&pairs[at + 3..]);
                 &pairs[..at]
@@ -346,7 +365,9 @@ fn python_dict(text: &str, out: &mut Vec<(MetricKey, f64)>) {
             }
         };
         let pair = pair.trim_start_matches('\'');
-        let Some(at) = f.dict_key_end.find(pair.as_bytes()) else { continue };
+        let Some(at) = find_separator(pair.as_bytes(), b'\'', b":") else {
+            continue;
+        };
         let (key, value) = (&pair[..at], &pair[at + 2..]);
         if let Some(value) = parse_number(value.trim().trim_matches('\'')) {
             push(out, key, value);
@@ -428,7 +449,7 @@ fn logfmt(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let mut found = Vec::new();
     let mut has_training_key = false;
     for token in line.split(|c: char| c.is_whitespace() || c == ',') {
-        let Some((key, value)) = token.split_once('=') else { continue };
+        let Some((key, value)) = split_at_byte(token, b'=') else { continue };
         let key = key.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
         if key.is_empty() {
             continue;
@@ -460,8 +481,11 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     // `N/M [` counter: the step within the bar.
     if let Some(bracket) = f.counter_end.find(line.as_bytes()) {
         let before = &line[..bracket];
-        if let Some(counter) = before.rsplit(|c: char| c == '|' || c.is_whitespace()).find(|t| t.contains('/')) {
-            if let Some((done, total)) = counter.split_once('/') {
+        if let Some(counter) = before
+            .rsplit(|c: char| c == '|' || c.is_whitespace())
+            .find(|t| t.as_bytes().contains(&b'/'))
+        {
+            if let Some((done, total)) = split_at_byte(counter, b'/') {
                 if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
                     push_known(out, "step", done);
                     push_known(out, "total_steps", total);
@@ -469,7 +493,7 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
             }
         }
         let inside = &line[bracket + 2..memchr::memchr(b']', &line.as_bytes()[bracket..]).map_or(line.len(), |e| bracket + e)];
-        for part in inside.split(',') {
+        for part in inside.split(|c| c == ',') {
             let part = part.trim();
             if let Some(rate) = part.strip_suffix("it/s") {
                 if let Some(rate) = parse_number(rate) {
@@ -479,7 +503,7 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
                 if let Some(seconds) = parse_number(seconds) {
                     push_known(out, "seconds_per_iteration", seconds);
                 }
-            } else if let Some((key, value)) = part.split_once('=') {
+            } else if let Some((key, value)) = split_at_byte(part, b'=') {
                 if key.trim() != "v_num" {
                     if let Some(value) = parse_number(value) {
                         push(out, key, value);
@@ -498,7 +522,7 @@ fn keras(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         .split_whitespace()
         .find(|t| t.contains('/') && t.chars().next().is_some_and(|c| c.is_ascii_digit()))
     {
-        if let Some((done, total)) = counter.split_once('/') {
+        if let Some((done, total)) = split_at_byte(counter, b'/') {
             if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
                 push_known(out, "batch", done);
                 push_known(out, "batches", total);
@@ -521,7 +545,7 @@ fn keras(line: &str, out: &mut Vec<(MetricKey, f64)>) {
 fn deepspeed(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     if let Some(at) = line.find("step=") {
         for token in line[at..].split(", ") {
-            let Some((key, value)) = token.split_once('=') else { continue };
+            let Some((key, value)) = split_at_byte(token, b'=') else { continue };
             let value = value.trim().trim_start_matches('[').split([',', ']']).next().unwrap_or("");
             if let Some(value) = parse_number(value) {
                 push(out, key, value);
@@ -554,7 +578,7 @@ fn megatron(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     for field in line.split(" | ") {
         let field = field.trim().trim_end_matches('|').trim();
         if let Some(rest) = field.strip_prefix("iteration") {
-            if let Some((done, total)) = rest.split_once('/') {
+            if let Some((done, total)) = split_at_byte(rest, b'/') {
                 if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
                     push_known(out, "step", done);
                     push_known(out, "total_steps", total);
@@ -647,6 +671,23 @@ mod tests {
             for (marker, held) in want {
                 proptest::prop_assert_eq!(markers.has(marker), held, "marker {} in {:?}", marker, line);
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn split_at_byte_is_split_once(text in "[=/a é]{0,12}", byte in proptest::sample::select(vec![b'=', b'/'])) {
+            proptest::prop_assert_eq!(split_at_byte(&text, byte), text.split_once(byte as char));
+        }
+
+        #[test]
+        fn separators_are_found_where_a_substring_search_finds_them(
+            hay in proptest::collection::vec(proptest::sample::select(vec![b',', b' ', b'\'', b':', b'x']), 0..40),
+            first in proptest::sample::select(vec![b',', b'\'']),
+            then in proptest::sample::select(vec![&b" '"[..], b":", b""]),
+        ) {
+            let needle = [&[first][..], then].concat();
+            proptest::prop_assert_eq!(find_separator(&hay, first, then), memchr::memmem::find(&hay, &needle));
         }
     }
 
