@@ -493,7 +493,7 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
             }
         }
         let inside = &line[bracket + 2..memchr::memchr(b']', &line.as_bytes()[bracket..]).map_or(line.len(), |e| bracket + e)];
-        for part in inside.split(|c| c == ',') {
+        for part in inside.split([',']) {
             let part = part.trim();
             if let Some(rate) = part.strip_suffix("it/s") {
                 if let Some(rate) = parse_number(rate) {
