@@ -24,7 +24,12 @@ const TRAINING_KEYS: [&str; 14] = [
 /// Parses a number as training code prints it (`2e-05`, `1.500E-04`,
 /// `nan`, `inf`, `-inf`, `1,234`).
 pub fn parse_number(text: &str) -> Option<f64> {
-    let text = text.trim().trim_end_matches(',');
+    // Most numbers come with nothing to trim: no walk over their ends'
+    // characters for Unicode white space.
+    let text = match text.as_bytes() {
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() && *last != b',' => text,
+        _ => text.trim().trim_end_matches(','),
+    };
     if let Some(value) = plain_decimal(text.as_bytes()) {
         return Some(value);
     }
