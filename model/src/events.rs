@@ -145,16 +145,36 @@ fn catalogue() -> &'static Catalogue {
     })
 }
 
+/// The case-insensitive words of the gate: `overflow` (bit 0), `loss`
+/// (bit 1).
+struct GateWords;
+
+impl crate::fold::FoldedWordSet for GateWords {
+    const WORDS: &'static [&'static [u8]] = &[b"overflow", b"loss"];
+}
+
 impl Catalogue {
     /// False when no built-in pattern can match `text`.
     fn may_match(&self, text: &str) -> bool {
         let text = text.as_bytes();
+        if self.anchors.is_match(text) {
+            return true;
+        }
+        // Every `loss_scale_overflow` match holds `overflow`, or `loss` and
+        // `scale`; every `nan_loss` match holds `loss` and one of `nan`,
+        // `inf`, `non-finite`: in some case. Both words are looked for in
+        // one SIMD pass without a folded copy (a copy and two searches of
+        // it had been ≈ 3 % of the collector's `perf` samples); the copy is
+        // made for the few lines holding `loss`. (One multi-word search of
+        // the folded text for these and the folded anchors was slower:
+        // folded, the anchors start with common trigrams.)
+        let found = crate::fold::folded_words::<GateWords>(text);
         // Unicode case folding also matches `ſ` (long s) for `s` and `K`
         // (Kelvin sign) for `k`: a line holding either goes to the patterns
-        // themselves.
-        // Their rarer bytes are looked for, not every byte checked for
-        // ASCII: `ſ` is C5 BF, `K` E2 84 AA; a progress bar's blocks
-        // (`█`, E2 96 88) hold many E2 bytes and no 84.
+        // themselves. The same pass says whether the line is all ASCII;
+        // where it is not, the rarer bytes are looked for: `ſ` is C5 BF,
+        // `K` E2 84 AA, and a progress bar's blocks (`█`, E2 96 88) hold
+        // many E2 bytes and no 84.
         let folds_onto_a_letter = || {
             memchr::memchr2_iter(0xC5, 0x84, text).any(|at| {
                 if text[at] == 0xC5 {
@@ -164,18 +184,10 @@ impl Catalogue {
                 }
             })
         };
-        if self.anchors.is_match(text) || folds_onto_a_letter() {
+        if found.non_ascii && folds_onto_a_letter() {
             return true;
         }
-        // Every `loss_scale_overflow` match holds `overflow`, or `loss` and
-        // `scale`; every `nan_loss` match holds `loss` and one of `nan`,
-        // `inf`, `non-finite`: in some case. Both words are looked for in
-        // a SIMD pass each without a folded copy (a copy and two searches of it had
-        // been ≈ 3 % of the collector's `perf` samples); the copy is made
-        // for the few lines holding `loss`. (One multi-word search of the
-        // folded text for these and the folded anchors was slower: folded,
-        // the anchors start with common trigrams.)
-        match crate::fold::folded_words(text, &[b"overflow", b"loss"]) {
+        match found.words {
             0 => false,
             0b10 => crate::fold::with_folded(text, |folded| self.loss_may_match(folded, text)),
             _ => true,

@@ -46,94 +46,162 @@ fn holds_at(text: &[u8], at: usize, word: &[u8]) -> bool {
         .is_some_and(|window| window.iter().zip(word).all(|(&b, &w)| fold(b) == w))
 }
 
-/// Which of `words` the folded `text` holds (bit `i` for `words[i]`): the
-/// same answer as a search of the [`with_folded`] copy for each word,
-/// without the copy. Each word is lower-case, 1 to 64 bytes long; at most
-/// 32 words (a few is what it is for: each is a pass over `text`).
-pub fn folded_words(text: &[u8], words: &[&[u8]]) -> u32 {
-    assert!(
-        words.len() <= 32 && words.iter().all(|w| (1..=64).contains(&w.len())),
-        "folded_words takes up to 32 words of 1 to 64 bytes"
-    );
-    words
-        .iter()
-        .enumerate()
-        .filter(|(_, word)| holds_folded(text, word))
-        .fold(0, |bits, (k, _)| bits | 1 << k)
+/// A fixed list of lower-case words for [`folded_words`], known when the
+/// pass is compiled: the search is specialised to it (each word's compares
+/// are constants), as [`crate::scan`]'s marker sets are.
+pub trait FoldedWordSet {
+    /// 1 to 8 words, each lower-case and 1 to 64 bytes long.
+    const WORDS: &'static [&'static [u8]];
 }
 
-/// Whether the folded `text` holds `word` (lower-case, not empty).
-fn holds_folded(text: &[u8], word: &[u8]) -> bool {
+/// What one pass of [`folded_words`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FoldedWords {
+    /// Bit `i` set where the folded text holds `S::WORDS[i]`.
+    pub words: u8,
+    /// Whether the text holds a byte that is not ASCII.
+    pub non_ascii: bool,
+}
+
+/// Which of `S::WORDS` the folded `text` holds (the same answer as a
+/// search of the [`with_folded`] copy for each word, without the copy),
+/// and whether `text` is all ASCII: one pass over `text` for all of them
+/// (a pass per word and a `memchr` for the non-ASCII bytes the event gate
+/// looks for had cost twice as much on a log line).
+pub fn folded_words<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
+    const {
+        assert!(!S::WORDS.is_empty() && S::WORDS.len() <= 8, "1 to 8 words");
+        let mut k = 0;
+        while k < S::WORDS.len() {
+            assert!(!S::WORDS[k].is_empty() && S::WORDS[k].len() <= 64, "words of 1 to 64 bytes");
+            k += 1;
+        }
+    };
+    let longest = S::WORDS.iter().map(|w| w.len()).max().unwrap_or(1);
     #[cfg(target_arch = "x86_64")]
     {
-        if text.len() >= word.len() - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked); see `holds_folded_simd!`
+        if text.len() >= longest - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked); see `folded_words_simd!`
             // for the length it needs.
-            return unsafe { holds_folded_avx2(text, word) };
+            return unsafe { folded_words_avx2::<S>(text) };
         }
-        if text.len() >= word.len() - 1 + 16 {
-            // SAFETY: SSE2 is part of x86-64; see `holds_folded_simd!` for
+        if text.len() >= longest - 1 + 16 {
+            // SAFETY: SSE2 is part of x86-64; see `folded_words_simd!` for
             // the length it needs.
-            return unsafe { holds_folded_sse2(text, word) };
+            return unsafe { folded_words_sse2::<S>(text) };
         }
     }
-    (0..text.len().saturating_sub(word.len() - 1)).any(|at| holds_at(text, at, word))
+    folded_words_bytewise::<S>(text)
 }
 
-/// Defines a [`holds_folded`] for one SIMD width: it checks `$width`
-/// start positions at a time by their folded first and last bytes, and
-/// verifies each candidate. `text` is at least `word.len() - 1 + $width`
-/// bytes long: every load reads `$width` bytes from `at` or `at + offset`,
-/// and `at + offset + $width <= text.len()` by `end`. The last block
+/// [`folded_words`] one position at a time: short texts and other CPUs.
+fn folded_words_bytewise<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
+    let mut words = 0;
+    for (k, word) in S::WORDS.iter().enumerate() {
+        if (0..text.len().saturating_sub(word.len() - 1)).any(|at| holds_at(text, at, word)) {
+            words |= 1 << k;
+        }
+    }
+    FoldedWords {
+        words,
+        non_ascii: !text.is_ascii(),
+    }
+}
+
+/// Defines a [`folded_words`] for one SIMD width. Each step loads `$width`
+/// bytes at `block` (for the non-ASCII check), and for each word not found
+/// yet at `at` and `at + word.len() - 1` (its first and last bytes at
+/// `$width` start positions), compares them folded, and verifies each
+/// candidate. `text` is at least `longest - 1 + $width` bytes long; a
+/// word's `at` stops at its own last block, `text.len() - (word.len() - 1)
+/// - $width`, and the steps at `text.len() - $width`: each last block
 /// overlaps the one before it rather than leave a tail to check byte by
 /// byte.
-macro_rules! holds_folded_simd {
-    ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $set1:ident, $load:ident, $or:ident, $and:ident, $cmpeq:ident, $movemask:ident) => {
+macro_rules! folded_words_simd {
+    ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $zero:ident, $set1:ident, $load:ident, $or:ident, $and:ident, $cmpeq:ident, $movemask:ident) => {
         $(#[$attr])*
         #[cfg(target_arch = "x86_64")]
-        unsafe fn $name(text: &[u8], word: &[u8]) -> bool {
+        unsafe fn $name<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
             use std::arch::x86_64::*;
-            let offset = word.len() - 1;
-            let end = text.len() - offset - $width;
             let case = $set1(0x20);
-            let first = $set1(word[0] as i8);
-            let last = $set1(word[offset] as i8);
             let base = text.as_ptr();
+            let last_block = text.len() - $width;
+            let mut words = 0u8;
+            let mut bytes = $zero();
+            // Each word's constants, made once; slots past the set's words
+            // are never read.
+            let mut firsts = [$zero(); 8];
+            let mut lasts = [$zero(); 8];
+            let mut ends = [0; 8];
+            for (k, word) in S::WORDS.iter().enumerate() {
+                firsts[k] = $set1(word[0] as i8);
+                lasts[k] = $set1(word[word.len() - 1] as i8);
+                // `text.len() >= word.len() - 1 + $width`: the caller's check.
+                ends[k] = text.len() - (word.len() - 1) - $width;
+            }
             let mut from = 0;
             loop {
-                let at = from.min(end);
-                // SAFETY: `at + offset + $width <= text.len()` by `end`.
-                let (head, tail) = unsafe {
-                    (
-                        $or($load(base.add(at) as *const $vector), case),
-                        $or($load(base.add(at + offset) as *const $vector), case),
-                    )
-                };
-                let mut candidates = $movemask($and($cmpeq(head, first), $cmpeq(tail, last))) as u32;
-                while candidates != 0 {
-                    if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
-                        return true;
-                    }
-                    candidates &= candidates - 1;
+                let block = from.min(last_block);
+                // SAFETY: `block + $width <= text.len()` by `last_block`.
+                let raw = unsafe { $load(base.add(block) as *const $vector) };
+                bytes = $or(bytes, raw);
+                let folded = $or(raw, case);
+                // One step of word `k`, written out for each possible `k`
+                // (a loop over the words was not unrolled, and kept their
+                // constants in memory).
+                macro_rules! step {
+                    ($k:literal) => {
+                        if $k < S::WORDS.len() && words & 1 << $k == 0 {
+                            let word = S::WORDS[$k];
+                            let at = block.min(ends[$k]);
+                            // SAFETY: `at + word.len() - 1 + $width <= text.len()` by `ends`.
+                            let (head, tail) = unsafe {
+                                (
+                                    if at == block { folded } else { $or($load(base.add(at) as *const $vector), case) },
+                                    $or($load(base.add(at + word.len() - 1) as *const $vector), case),
+                                )
+                            };
+                            let mut candidates = $movemask($and($cmpeq(head, firsts[$k]), $cmpeq(tail, lasts[$k]))) as u32;
+                            while candidates != 0 {
+                                if holds_at(text, at + candidates.trailing_zeros() as usize, word) {
+                                    words |= 1 << $k;
+                                    break;
+                                }
+                                candidates &= candidates - 1;
+                            }
+                        }
+                    };
                 }
-                if at == end {
-                    return false;
+                step!(0);
+                step!(1);
+                step!(2);
+                step!(3);
+                step!(4);
+                step!(5);
+                step!(6);
+                step!(7);
+                if block == last_block {
+                    break;
                 }
                 from += $width;
+            }
+            FoldedWords {
+                words,
+                non_ascii: $movemask(bytes) != 0,
             }
         }
     };
 }
 
-holds_folded_simd!(
+folded_words_simd!(
     /// 16 positions at a time (SSE2, part of x86-64).
-    holds_folded_sse2, 16, __m128i, _mm_set1_epi8, _mm_loadu_si128, _mm_or_si128, _mm_and_si128, _mm_cmpeq_epi8, _mm_movemask_epi8
+    folded_words_sse2, 16, __m128i, _mm_setzero_si128, _mm_set1_epi8, _mm_loadu_si128, _mm_or_si128, _mm_and_si128, _mm_cmpeq_epi8, _mm_movemask_epi8
 );
 
-holds_folded_simd!(
+folded_words_simd!(
     /// 32 positions at a time; the CPU has AVX2.
     #[target_feature(enable = "avx2")]
-    holds_folded_avx2, 32, __m256i, _mm256_set1_epi8, _mm256_loadu_si256, _mm256_or_si256, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_movemask_epi8
+    folded_words_avx2, 32, __m256i, _mm256_setzero_si256, _mm256_set1_epi8, _mm256_loadu_si256, _mm256_or_si256, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_movemask_epi8
 );
 
 #[cfg(test)]
@@ -141,22 +209,43 @@ mod tests {
     use super::*;
 
     /// The answer of searching the folded copy, word by word.
-    fn searched(text: &[u8], words: &[&[u8]]) -> u32 {
-        with_folded(text, |folded| {
-            words
+    fn searched<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
+        let words = with_folded(text, |folded| {
+            S::WORDS
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| memchr::memmem::find(folded, w).is_some())
                 .fold(0, |bits, (k, _)| bits | 1 << k)
-        })
+        });
+        FoldedWords {
+            words,
+            non_ascii: !text.is_ascii(),
+        }
+    }
+
+    struct Three;
+
+    impl FoldedWordSet for Three {
+        const WORDS: &'static [&'static [u8]] = &[b"overflow", b"loss", b"x"];
+    }
+
+    struct Gate;
+
+    impl FoldedWordSet for Gate {
+        const WORDS: &'static [&'static [u8]] = &[b"overflow", b"loss"];
+    }
+
+    struct NonFinite;
+
+    impl FoldedWordSet for NonFinite {
+        const WORDS: &'static [&'static [u8]] = &[b"non-finite"];
     }
 
     #[test]
     fn folded_words_finds_words_in_any_case_at_every_position() {
-        let words: [&[u8]; 3] = [b"overflow", b"loss", b"x"];
         for len in 0..80 {
             for at in 0..len {
-                for (k, word) in words.iter().enumerate() {
+                for (k, word) in Three::WORDS.iter().enumerate() {
                     if at + word.len() > len {
                         continue;
                     }
@@ -164,13 +253,29 @@ mod tests {
                     for (i, &b) in word.iter().enumerate() {
                         text[at + i] = if (at + i) % 2 == 0 { b.to_ascii_uppercase() } else { b };
                     }
-                    assert_eq!(folded_words(&text, &words), searched(&text, &words), "{len} {at} {k}");
-                    assert_ne!(folded_words(&text, &words) & (1 << k), 0, "{len} {at} {k}");
+                    assert_eq!(folded_words::<Three>(&text), searched::<Three>(&text), "{len} {at} {k}");
+                    assert_ne!(folded_words::<Three>(&text).words & (1 << k), 0, "{len} {at} {k}");
                 }
             }
         }
         // Bytes that fold onto the word's bytes count, as in the copy.
-        assert_eq!(folded_words(b"\rNON\rFINITE", &[b"non-finite"]), 1);
+        assert_eq!(folded_words::<NonFinite>(b"\rNON\rFINITE").words, 1);
+    }
+
+    /// A non-ASCII byte at every position, the first and the last
+    /// included, of texts of every length up to past two AVX2 blocks.
+    #[test]
+    fn folded_words_sees_a_non_ascii_byte_at_every_position() {
+        for len in 0..80 {
+            let ascii = vec![b'x'; len];
+            assert_eq!(folded_words::<Gate>(&ascii), searched::<Gate>(&ascii), "{len}");
+            for at in 0..len {
+                let mut text = ascii.clone();
+                text[at] = 0xC5;
+                assert_eq!(folded_words::<Gate>(&text), searched::<Gate>(&text), "{len} {at}");
+                assert!(folded_words::<Gate>(&text).non_ascii, "{len} {at}");
+            }
+        }
     }
 
     use proptest::strategy::Strategy;
@@ -188,8 +293,8 @@ mod tests {
             )
         ) {
             let text: Vec<u8> = pieces.concat();
-            let words: [&[u8]; 2] = [b"overflow", b"loss"];
-            proptest::prop_assert_eq!(folded_words(&text, &words), searched(&text, &words));
+            proptest::prop_assert_eq!(folded_words::<Gate>(&text), searched::<Gate>(&text));
+            proptest::prop_assert_eq!(folded_words::<Three>(&text), searched::<Three>(&text));
         }
     }
 
