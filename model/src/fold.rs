@@ -2,8 +2,9 @@
 //! training-key check): an ASCII-case-folded copy of a line (every byte
 //! with bit 5 set, in a per-thread buffer), so a SIMD search for a
 //! lower-case word finds it in any ASCII case without a case-insensitive
-//! automaton; and, for a few words, a SIMD search that folds as it reads
-//! (SSE2, or AVX2 where the CPU has it) and makes no copy.
+//! automaton; and, for a fixed set of a few words, one SIMD pass that
+//! folds as it reads (SSE2, or AVX2 where the CPU has it), makes no copy,
+//! and says whether the text is all ASCII.
 
 /// The most the per-thread copy keeps between lines.
 const KEPT_BYTES: usize = 64 << 10;
@@ -112,11 +113,10 @@ fn folded_words_bytewise<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
 /// bytes at `block` (for the non-ASCII check), and for each word not found
 /// yet at `at` and `at + word.len() - 1` (its first and last bytes at
 /// `$width` start positions), compares them folded, and verifies each
-/// candidate. `text` is at least `longest - 1 + $width` bytes long; a
-/// word's `at` stops at its own last block, `text.len() - (word.len() - 1)
-/// - $width`, and the steps at `text.len() - $width`: each last block
-/// overlaps the one before it rather than leave a tail to check byte by
-/// byte.
+/// candidate. `text` is at least `longest - 1 + $width` bytes long. A
+/// word's `at` stops at its own last block (`ends`), the steps at
+/// `text.len() - $width`: each last block overlaps the one before it
+/// rather than leave a tail to check byte by byte.
 macro_rules! folded_words_simd {
     ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $zero:ident, $set1:ident, $load:ident, $or:ident, $and:ident, $cmpeq:ident, $movemask:ident) => {
         $(#[$attr])*
