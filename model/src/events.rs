@@ -108,8 +108,6 @@ struct Catalogue {
     /// `loss`, searched for in the folded text.
     nan: memchr::memmem::Finder<'static>,
     inf: memchr::memmem::Finder<'static>,
-    non_finite: memchr::memmem::Finder<'static>,
-    scale: memchr::memmem::Finder<'static>,
     /// One pattern per entry of `names`, same order.
     set: RegexSet,
     /// The same patterns, one by one (to find the carrying line).
@@ -135,8 +133,6 @@ fn catalogue() -> &'static Catalogue {
             anchors: AnchorSearch::new(),
             nan: memchr::memmem::Finder::new(b"nan"),
             inf: memchr::memmem::Finder::new(b"inf"),
-            non_finite: memchr::memmem::Finder::new(b"non-finite"),
-            scale: memchr::memmem::Finder::new(b"scale"),
             set: RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("built-in patterns compile"),
             singles: patterns.iter().map(|(_, p)| Regex::new(p).expect("built-in pattern compiles")).collect(),
             names: patterns.iter().map(|(n, _)| *n).collect(),
@@ -151,6 +147,15 @@ struct GateWords;
 
 impl crate::fold::FoldedWordSet for GateWords {
     const WORDS: &'static [&'static [u8]] = &[b"overflow", b"loss"];
+}
+
+/// What a line holding `loss` must also hold for `nan_loss` or
+/// `loss_scale_overflow` to match: `scale` (bit 0), `non-finite` (bit 1),
+/// `nan` (bit 2), `inf` (bit 3).
+struct LossWords;
+
+impl crate::fold::FoldedWordSet for LossWords {
+    const WORDS: &'static [&'static [u8]] = &[b"scale", b"non-finite", b"nan", b"inf"];
 }
 
 impl Catalogue {
@@ -189,18 +194,24 @@ impl Catalogue {
         }
         match found.words {
             0 => false,
-            0b10 => crate::fold::with_folded(text, |folded| self.loss_may_match(folded, text)),
+            0b10 => self.loss_may_match(text),
             _ => true,
         }
     }
 
-    /// [`Self::may_match`] for a line holding `loss` and not `overflow`,
-    /// given the folded text.
-    fn loss_may_match(&self, folded: &[u8], text: &[u8]) -> bool {
-        self.scale.find(folded).is_some()
-            || self.non_finite.find(folded).is_some()
-            || self.value_word(&self.nan, folded, text)
-            || self.value_word(&self.inf, folded, text)
+    /// [`Self::may_match`] for a line holding `loss` and not `overflow`:
+    /// one holding `scale` or `non-finite` may match; one holding `nan`
+    /// or `inf` is checked further in its folded copy (made only then: a
+    /// trainer's dict lines all hold `loss`, and copying each had cost as
+    /// much as the whole gate).
+    fn loss_may_match(&self, text: &[u8]) -> bool {
+        match crate::fold::folded_words::<LossWords>(text).words {
+            0 => false,
+            words if words & 0b11 != 0 => true,
+            _ => crate::fold::with_folded(text, |folded| {
+                self.value_word(&self.nan, folded, text) || self.value_word(&self.inf, folded, text)
+            }),
+        }
     }
 
     /// Whether `nan` or `inf` occurs where `nan_loss` could match it:
