@@ -236,6 +236,7 @@ pub struct MultilineJoiner {
 
 /// A block is joined per file, stream and rank: under torchrun the ranks'
 /// `[rankN]:` lines interleave in one stream.
+///
 /// `<pod uid>/<container>/<restart><rank prefix>#<stream>`, appended piece
 /// by piece (formatting it with `write!` had been 1 % of the collector's
 /// instructions while a block is open).
@@ -245,18 +246,7 @@ fn write_key(key: &mut String, meta: &PodLogPath, stream: Option<Stream>, line: 
     key.push('/');
     key.push_str(&meta.container);
     key.push('/');
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut restart = meta.restart;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (restart % 10) as u8;
-        restart /= 10;
-        if restart == 0 {
-            break;
-        }
-    }
-    digits[at..].iter().for_each(|&d| key.push(char::from(d)));
+    key.push_str(itoa::Buffer::new().format(meta.restart));
     key.push_str(&String::from_utf8_lossy(rank_prefix(line)));
     key.push('#');
     key.push(match stream {

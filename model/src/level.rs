@@ -5,7 +5,7 @@
 //! `[INFO]` prefixes. Looks only at the head of the line, so it costs the
 //! same for a 10-byte and a 1-MiB line.
 
-use crate::scan::Marker;
+use crate::scan::{Held, Marker};
 use crate::Level;
 
 /// How far into a line level detection looks.
@@ -20,22 +20,22 @@ pub fn detect_level(line: &[u8]) -> Level {
     if let Some(level) = glog_level(head) {
         return level;
     }
-    level_after_glog(head, Markers(crate::scan::held::<Markers>(head)))
+    level_after_glog(head, Held::of(head))
 }
 
 /// [`detect_level`] of a head that is not glog, given what it holds of
 /// [`Markers`] (in tests, all of them: the answer without the prefilter).
-fn level_after_glog(head: &[u8], markers: Markers) -> Level {
+fn level_after_glog(head: &[u8], markers: Held<Markers>) -> Level {
     // glog behind a bracketed prefix, as torch.distributed prints:
     // `[rank1]:[E1125 10:22:37.512389 1 ProcessGroupNCCL.cpp:616] …`
-    if markers.has(Markers::BRACKET) {
+    if markers.any(Markers::BRACKET) {
         for at in memchr::memchr_iter(b'[', &head[..head.len().min(48)]) {
             if let Some(level) = glog_level(&head[at + 1..]) {
                 return level;
             }
         }
     }
-    if markers.has(Markers::KEY_PIECE) && may_hold_level_key(head) {
+    if markers.any(Markers::KEY_PIECE) && may_hold_level_key(head) {
         if let Some(level) = keyed_level(head) {
             return level;
         }
@@ -46,8 +46,8 @@ fn level_after_glog(head: &[u8], markers: Markers) -> Level {
 /// The bytes and byte pairs the checks below start from, found in one
 /// SIMD pass over the head ([`crate::scan`]): one `memchr` per check had
 /// cost more, and most heads hold none of the pairs.
-#[derive(Clone, Copy, Debug)]
-struct Markers(u8);
+#[derive(Debug)]
+struct Markers;
 
 impl crate::scan::MarkerSet for Markers {
     const MARKERS: &'static [Marker] = &[Marker::FoldedPair(b'e', b'v'), Marker::FoldedPair(b'l', b'v'), Marker::Byte(b'[')];
@@ -58,10 +58,6 @@ impl Markers {
     /// `sev` or `lvl`.
     const KEY_PIECE: u8 = 0b11;
     const BRACKET: u8 = 0b100;
-
-    fn has(self, marker: u8) -> bool {
-        self.0 & marker != 0
-    }
 }
 
 /// glog / klog: `Lmmdd hh:mm:ss.uuuuuu threadid file:line] msg`.
@@ -414,7 +410,7 @@ mod tests {
             let every_check = if head.is_empty() || glog_level(head).is_some() {
                 detect_level(line.as_bytes())
             } else {
-                level_after_glog(head, Markers(u8::MAX))
+                level_after_glog(head, Held::from_bits(u8::MAX))
             };
             proptest::prop_assert_eq!(detect_level(line.as_bytes()), every_check, "{:?}", line);
         }

@@ -4,6 +4,10 @@
 //! every search (one `memchr` or `memmem` call per marker had cost more
 //! than this pass over the line for all of them).
 
+use std::marker::PhantomData;
+
+use crate::fold::fold;
+
 /// A byte, or a byte followed by another, to look for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Marker {
@@ -22,11 +26,65 @@ pub trait MarkerSet {
     const MARKERS: &'static [Marker];
 }
 
-use crate::fold::fold;
+/// What [`held`] found in a text: bit `k` for `S::MARKERS[k]`.
+#[derive(Debug)]
+pub struct Held<S> {
+    bits: u8,
+    set: PhantomData<S>,
+}
+
+impl<S> Clone for Held<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Held<S> {}
+
+impl<S> PartialEq for Held<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits == other.bits
+    }
+}
+
+impl<S: MarkerSet> Held<S> {
+    /// The markers of `S` that `text` holds.
+    pub fn of(text: &[u8]) -> Self {
+        Self::from_bits(held::<S>(text))
+    }
+
+    /// Bit `k` for `S::MARKERS[k]` (all bits: every check runs, as
+    /// without the prefilter).
+    pub fn from_bits(bits: u8) -> Self {
+        Self { bits, set: PhantomData }
+    }
+
+    pub fn bits(self) -> u8 {
+        self.bits
+    }
+
+    /// Whether the text holds any of the markers whose bits `mask` has.
+    pub fn any(self, mask: u8) -> bool {
+        self.bits & mask != 0
+    }
+}
 
 /// Bit `k` set where `text` holds `S::MARKERS[k]`.
 pub fn held<S: MarkerSet>(text: &[u8]) -> u8 {
-    const { assert!(S::MARKERS.len() <= 8, "a marker set holds at most 8 markers") };
+    const {
+        assert!(S::MARKERS.len() <= 8, "a marker set holds at most 8 markers");
+        // A folded pair matches only bytes that fold onto themselves.
+        let mut k = 0;
+        while k < S::MARKERS.len() {
+            if let Marker::FoldedPair(first, second) = S::MARKERS[k] {
+                assert!(
+                    first | 0x20 == first && second | 0x20 == second,
+                    "a folded pair is of lower-case letters"
+                );
+            }
+            k += 1;
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if text.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
@@ -164,6 +222,24 @@ mod tests {
         );
     }
 
+    /// Each implementation that takes `text` agrees with the bytewise one:
+    /// SSE2 and AVX2 called directly, since `held` picks one of them by
+    /// length and CPU.
+    fn every_width_agrees<S: MarkerSet>(text: &[u8]) -> bool {
+        let want = held_bytewise::<S>(text);
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the lengths `held_simd!` needs; AVX2 where detected.
+            if text.len() > 16 && unsafe { held_sse2::<S>(text) } != want {
+                return false;
+            }
+            if text.len() > 32 && std::arch::is_x86_feature_detected!("avx2") && unsafe { held_avx2::<S>(text) } != want {
+                return false;
+            }
+        }
+        held::<S>(text) == want
+    }
+
     /// Every marker at every position of texts of every length up to past
     /// two AVX2 steps, alone and beside the others.
     #[test]
@@ -177,7 +253,7 @@ mod tests {
                 for at in 0..(len + 1).saturating_sub(bytes.len()) {
                     let mut text = vec![b'-'; len];
                     text[at..at + bytes.len()].copy_from_slice(bytes);
-                    assert_eq!(held::<Test>(&text), held_bytewise::<Test>(&text), "{len} {at} {k}");
+                    assert!(every_width_agrees::<Test>(&text), "{len} {at} {k}");
                     assert_ne!(held::<Test>(&text) & (1 << k), 0, "{len} {at} {k}");
                 }
             }
@@ -190,14 +266,14 @@ mod tests {
         fn folded_held_agrees_with_a_bytewise_search(
             text in proptest::collection::vec(proptest::sample::select(vec![b'e', b'E', b'v', b'V', b'l', b'L', b'[', 0xff, b'x', b'%', 0x16]), 0..100)
         ) {
-            proptest::prop_assert_eq!(held::<Folded>(&text), held_bytewise::<Folded>(&text));
+            proptest::prop_assert!(every_width_agrees::<Folded>(&text));
         }
 
         #[test]
         fn held_agrees_with_a_bytewise_search(
             text in proptest::collection::vec(proptest::sample::select(vec![b'{', b'/', b's', b':', b'A', b'=', 0xff, b'x']), 0..100)
         ) {
-            proptest::prop_assert_eq!(held::<Test>(&text), held_bytewise::<Test>(&text));
+            proptest::prop_assert!(every_width_agrees::<Test>(&text));
         }
     }
 }

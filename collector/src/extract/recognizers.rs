@@ -1,7 +1,7 @@
 //! The built-in recognizers of training output formats.
 
 use super::MetricKey;
-use weft_model::scan::Marker;
+use weft_model::scan::{Held, Marker};
 
 /// Keys that mark a JSON or logfmt line as training output.
 const TRAINING_KEYS: [&str; 14] = [
@@ -241,8 +241,8 @@ fn finders() -> &'static Finders {
 /// found in one pass over the line ([`weft_model::scan`]): most lines hold
 /// none of them and skip every recognizer's substring search (nine
 /// `memchr` and `memmem` calls on a log line with a `/` in it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Markers(u8);
+#[derive(Debug)]
+struct Markers;
 
 impl weft_model::scan::MarkerSet for Markers {
     const MARKERS: &'static [Marker] = &[
@@ -269,14 +269,6 @@ impl Markers {
     const ETA_COLON: u8 = 1 << 5;
     /// `s:`: `loss:`, `steps:`.
     const S_COLON: u8 = 1 << 6;
-
-    fn of(bytes: &[u8]) -> Self {
-        Self(weft_model::scan::held::<Self>(bytes))
-    }
-
-    fn has(self, marker: u8) -> bool {
-        self.0 & marker != 0
-    }
 }
 
 /// Runs every built-in recognizer on `line`.
@@ -287,8 +279,8 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
     let f = finders();
     let bytes = line.as_bytes();
-    let markers = Markers::of(bytes);
-    if markers.has(Markers::BRACE) {
+    let markers = Held::<Markers>::of(bytes);
+    if markers.any(Markers::BRACE) {
         if let Some(start) = f.dict_open.find(bytes) {
             python_dict(&line[start..], out);
             return;
@@ -298,33 +290,33 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
             return;
         }
     }
-    if markers.has(Markers::PIPE) && f.iteration.find(bytes).is_some() && f.bar.find(bytes).is_some() {
+    if markers.any(Markers::PIPE) && f.iteration.find(bytes).is_some() && f.bar.find(bytes).is_some() {
         megatron(line, out);
         return;
     }
-    let slash_s = markers.has(Markers::SLASH_S);
+    let slash_s = markers.any(Markers::SLASH_S);
     if slash_s && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some()) {
         progress_bar(line, out);
         return;
     }
-    if (slash_s && f.per_step.find(bytes).is_some()) || (markers.has(Markers::ETA_COLON) && f.eta.find(bytes).is_some()) {
+    if (slash_s && f.per_step.find(bytes).is_some()) || (markers.any(Markers::ETA_COLON) && f.eta.find(bytes).is_some()) {
         keras(line, out);
         return;
     }
     // `step=` or `steps:`, or `loss:`.
-    if markers.has(Markers::EQUALS | Markers::S_COLON) {
+    if markers.any(Markers::EQUALS | Markers::S_COLON) {
         let step = f
             .step
             .find_iter(bytes)
             .any(|at| bytes.get(at + 4) == Some(&b'=') || bytes.get(at + 4..at + 6) == Some(b"s:".as_slice()));
-        if step || (markers.has(Markers::S_COLON) && f.loss_colon.find(bytes).is_some()) {
+        if step || (markers.any(Markers::S_COLON) && f.loss_colon.find(bytes).is_some()) {
             deepspeed(line, out);
             if !out.is_empty() {
                 return;
             }
         }
     }
-    if markers.has(Markers::EQUALS) {
+    if markers.any(Markers::EQUALS) {
         logfmt(line, out);
     }
 }
@@ -672,9 +664,9 @@ mod tests {
                 (Markers::ETA_COLON, holds("A:")),
                 (Markers::S_COLON, holds("s:")),
             ];
-            let markers = Markers::of(line.as_bytes());
+            let markers = Held::<Markers>::of(line.as_bytes());
             for (marker, held) in want {
-                proptest::prop_assert_eq!(markers.has(marker), held, "marker {} in {:?}", marker, line);
+                proptest::prop_assert_eq!(markers.any(marker), held, "marker {} in {:?}", marker, line);
             }
         }
     }
@@ -698,14 +690,15 @@ mod tests {
 
     #[test]
     fn markers_at_the_ends_of_a_line() {
-        assert_eq!(Markers::of(b""), Markers(0));
-        assert_eq!(Markers::of(b"="), Markers(Markers::EQUALS));
-        assert_eq!(Markers::of(b"{x"), Markers(Markers::BRACE));
-        assert_eq!(Markers::of(b"x|"), Markers(Markers::PIPE));
-        assert!(Markers::of(b"s/").has(Markers::SLASH_S));
-        assert!(Markers::of(b"it/s").has(Markers::SLASH_S));
-        assert_eq!(Markers::of(b"ETA:"), Markers(Markers::ETA_COLON));
-        assert_eq!(Markers::of(b"loss:"), Markers(Markers::S_COLON));
-        assert_eq!(Markers::of(b"S: a/b"), Markers(0));
+        let of = |text: &[u8]| Held::<Markers>::of(text).bits();
+        assert_eq!(of(b""), 0);
+        assert_eq!(of(b"="), Markers::EQUALS);
+        assert_eq!(of(b"{x"), Markers::BRACE);
+        assert_eq!(of(b"x|"), Markers::PIPE);
+        assert!(Held::<Markers>::of(b"s/").any(Markers::SLASH_S));
+        assert!(Held::<Markers>::of(b"it/s").any(Markers::SLASH_S));
+        assert_eq!(of(b"ETA:"), Markers::ETA_COLON);
+        assert_eq!(of(b"loss:"), Markers::S_COLON);
+        assert_eq!(of(b"S: a/b"), 0);
     }
 }
