@@ -164,16 +164,7 @@ macro_rules! held_simd {
     };
 }
 
-held_simd!(
-    /// 16 positions at a time (SSE2, part of x86-64).
-    held_sse2, 16, __m128i, _mm_setzero_si128, _mm_set1_epi8, _mm_loadu_si128, _mm_or_si128, _mm_and_si128, _mm_cmpeq_epi8, _mm_movemask_epi8
-);
-
-held_simd!(
-    /// 32 positions at a time; the CPU has AVX2.
-    #[target_feature(enable = "avx2")]
-    held_avx2, 32, __m256i, _mm256_setzero_si256, _mm256_set1_epi8, _mm256_loadu_si256, _mm256_or_si256, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_movemask_epi8
-);
+sse2_and_avx2!(held_simd, held_sse2, held_avx2);
 
 #[cfg(test)]
 mod tests {
