@@ -43,3 +43,48 @@ fn bench_harness_runs_in_smoke_mode() {
     }
     assert!(results["corpus"]["rare_lines"].as_u64().unwrap() > 0);
 }
+
+/// `weft bench-pipeline` with `WEFT_BENCH_STAGES=collect` reports the
+/// collector alone, and `WEFT_BENCH_EXTRACT=off` runs it without metric
+/// extraction: no samples, the same log bodies.
+#[test]
+fn bench_pipeline_switches_stop_after_the_collector_and_turn_extraction_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let container = dir.path().join("pods/ml_train-0_0a1b2c3d/trainer");
+    std::fs::create_dir_all(&container).unwrap();
+    let lines: String = (0..50)
+        .map(|i| {
+            format!(
+                "2026-11-27T08:00:{:02}.000000001Z stdout F {{'loss': 0.{i:02}, 'learning_rate': 2e-05, 'epoch': 1.0}}\n\
+                 2026-11-27T08:00:{:02}.000000002Z stderr F 2026-11-27 08:00:00,000 - trainer - INFO - step {i} done\n",
+                i, i
+            )
+        })
+        .collect();
+    std::fs::write(container.join("0.log"), lines).unwrap();
+    let run = |extract: &str| -> serde_json::Value {
+        let data = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("bench-pipeline")
+            .arg(dir.path().join("pods"))
+            .arg(data.path())
+            .env("WEFT_BENCH_STAGES", "collect")
+            .env("WEFT_BENCH_EXTRACT", extract)
+            .output()
+            .expect("weft runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report = stdout.lines().last().expect("a report line");
+        // The collector alone: nothing indexed.
+        assert!(std::fs::read_dir(data.path()).unwrap().next().is_none(), "the indexer ran");
+        serde_json::from_str(report).unwrap()
+    };
+    let on = run("on");
+    let off = run("off");
+    assert_eq!(on["extract_metrics"], true, "{on}");
+    assert_eq!(on["extracted_samples"], 150, "{on}");
+    assert_eq!(off["extract_metrics"], false, "{off}");
+    assert_eq!(off["extracted_samples"], 0, "{off}");
+    assert_eq!(on["batch_bytes"], off["batch_bytes"], "the same log bodies");
+    assert!(on["metric_body_bytes"].as_u64() > off["metric_body_bytes"].as_u64(), "{on} {off}");
+}

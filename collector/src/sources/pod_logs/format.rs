@@ -2,7 +2,7 @@
 //! CRI (`<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <message>`) and docker
 //! json-file (`{"log":"…\n","stream":"stdout","time":"…"}`).
 
-use weft_model::time::{parse_rfc3339_nanos, Rfc3339Reader};
+use weft_model::time::Rfc3339Reader;
 
 /// A log file's format, decided from its first line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl LogFormat {
     pub fn parse<'a>(self, line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
         match self {
             LogFormat::Cri => read_cri(line, timestamps),
-            LogFormat::Docker => parse_docker(line),
+            LogFormat::Docker => read_docker(line, timestamps),
         }
     }
 }
@@ -142,9 +142,18 @@ struct DockerLine<'a> {
 /// Parses a docker json-file line. A `log` without a trailing newline is a
 /// partial chunk.
 pub fn parse_docker(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
+    read_docker(line, &mut Rfc3339Reader::default())
+}
+
+/// [`parse_docker`] of one line of a file, with the reader of its
+/// timestamps (as for CRI lines: a time in the same second as the last one
+/// reads only its fraction).
+pub fn read_docker<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
     let parsed: DockerLine<'_> = serde_json::from_slice(line).map_err(|_| MalformedLine("docker: not a json-file log object"))?;
     let stream = Stream::parse(&parsed.stream).ok_or(MalformedLine("docker: stream is neither stdout nor stderr"))?;
-    let ts = parse_rfc3339_nanos(parsed.time.as_bytes()).ok_or(MalformedLine("docker: invalid RFC 3339 time"))?;
+    let ts = timestamps
+        .parse(parsed.time.as_bytes())
+        .ok_or(MalformedLine("docker: invalid RFC 3339 time"))?;
     let (complete, message) = match parsed.log {
         std::borrow::Cow::Borrowed(text) => match text.strip_suffix('\n') {
             Some(body) => (true, std::borrow::Cow::Borrowed(body.as_bytes())),
@@ -226,6 +235,21 @@ mod tests {
         assert_eq!(&*part.message, b"tab\there");
         assert!(parse_docker(br#"{"log":"x","stream":"stdout"}"#).is_err());
         assert!(parse_docker(b"{not json").is_err());
+        // One file's times read through one reader: the same instants as
+        // parsed alone, across seconds and offsets.
+        let mut reader = Rfc3339Reader::default();
+        for time in [
+            "2016-10-20T18:39:20.57606443Z",
+            "2016-10-20T18:39:20.9Z",
+            "2016-10-20T18:39:21Z",
+            "2016-10-20T18:39:21.5+02:00",
+            "2016-10-20T18:39:21.25+02:00",
+            "2016-10-20T18:39:20.57606443Z",
+        ] {
+            let line = format!(r#"{{"log":"x\n","stream":"stdout","time":"{time}"}}"#);
+            let read = read_docker(line.as_bytes(), &mut reader).unwrap().ts;
+            assert_eq!(Some(read), weft_model::time::parse_rfc3339_nanos(time.as_bytes()), "{time}");
+        }
     }
 
     #[test]
