@@ -595,17 +595,15 @@ impl Appender {
         self.pending_lines += 1;
         let meta = line.meta;
         let version = self.pods.as_ref().map_or(0, |p| p.version());
-        let mut memo = match self.memo.take() {
-            Some(memo)
-                if memo.version == version
-                    && memo.restart == meta.restart
-                    && memo.pod_uid == meta.pod_uid
-                    && memo.container == meta.container =>
-            {
-                memo
-            }
-            _ => self.file_memo(meta, version),
-        };
+        // The memo is checked and used in place (moving it out and back
+        // copied it twice per line).
+        let same_file = self.memo.as_ref().is_some_and(|memo| {
+            memo.version == version && memo.restart == meta.restart && memo.pod_uid == meta.pod_uid && memo.container == meta.container
+        });
+        if !same_file {
+            self.memo = Some(self.file_memo(meta, version));
+        }
+        let memo = self.memo.as_mut().expect("set above");
         let pod_meta = &memo.pod_info;
         let (run, rank) = (pod_meta.run.as_deref(), pod_meta.rank.as_deref());
         let ts_ms = line.ts.div_euclid(1_000_000);
@@ -734,7 +732,6 @@ impl Appender {
                 source: (src, line.position),
             },
         );
-        self.memo = Some(memo);
     }
 }
 

@@ -211,13 +211,17 @@ impl MetricBatchBuilder {
     /// Finishes a wire-schema batch (in dictionary mode, with the series
     /// column dictionary-encoded) and resets the builder.
     pub fn finish(&mut self) -> RecordBatch {
+        // The next batch's columns sized like this one's, with room to
+        // spare: an Arrow builder starts empty after a finish and grew by
+        // doubling, copying, every batch.
+        let next_rows = self.rows + self.rows / 8;
         self.rows = 0;
         let series: ArrayRef = match &mut self.dictionary {
             None => Arc::new(self.series.finish()),
             Some(dictionary) => {
                 dictionary.ids.clear();
                 dictionary.batch += 1;
-                let keys = UInt32Array::from(std::mem::take(&mut dictionary.keys));
+                let keys = UInt32Array::from(std::mem::replace(&mut dictionary.keys, Vec::with_capacity(next_rows)));
                 Arc::new(DictionaryArray::<UInt32Type>::try_new(keys, Arc::new(self.series.finish())).expect("keys index the values"))
             }
         };
@@ -235,10 +239,12 @@ impl MetricBatchBuilder {
                     .clone()
             }
         };
+        let mut ts = std::mem::replace(&mut self.ts, TimestampMillisecondBuilder::with_capacity(next_rows).with_timezone("UTC"));
+        let mut value = std::mem::replace(&mut self.value, Float64Builder::with_capacity(next_rows));
         let columns: Vec<ArrayRef> = vec![
             series,
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-            Arc::new(self.value.finish()),
+            Arc::new(ts.finish().with_timezone("UTC")),
+            Arc::new(value.finish()),
         ];
         RecordBatch::try_new(schema, columns).expect("builder columns match the schema")
     }
