@@ -239,13 +239,12 @@ impl MetricBatchBuilder {
                     .clone()
             }
         };
-        let mut ts = std::mem::replace(&mut self.ts, TimestampMillisecondBuilder::with_capacity(next_rows).with_timezone("UTC"));
+        let mut ts = std::mem::replace(
+            &mut self.ts,
+            TimestampMillisecondBuilder::with_capacity(next_rows).with_timezone("UTC"),
+        );
         let mut value = std::mem::replace(&mut self.value, Float64Builder::with_capacity(next_rows));
-        let columns: Vec<ArrayRef> = vec![
-            series,
-            Arc::new(ts.finish().with_timezone("UTC")),
-            Arc::new(value.finish()),
-        ];
+        let columns: Vec<ArrayRef> = vec![series, Arc::new(ts.finish().with_timezone("UTC")), Arc::new(value.finish())];
         RecordBatch::try_new(schema, columns).expect("builder columns match the schema")
     }
 }
