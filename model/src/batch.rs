@@ -454,6 +454,7 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
     // One body: no buffer reserved for a next one.
     IpcEncoder {
         context: IpcWriteContext::default(),
+        kept_body: 0,
     }
     .encode(batches, metadata)
 }
@@ -467,6 +468,9 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
 #[derive(Debug)]
 pub struct IpcEncoder {
     context: IpcWriteContext,
+    /// The size of the largest body of the last stream, for which the
+    /// context keeps a buffer reserved; 0 when it was started afresh.
+    kept_body: usize,
 }
 
 /// The largest record batch body whose buffer an [`IpcEncoder`] keeps for
@@ -480,7 +484,7 @@ impl Default for IpcEncoder {
         // Each body is built in the context's buffer, reserved at the size
         // of the one before it: no growth by doubling.
         context.set_reserve_scratch(true);
-        Self { context }
+        Self { context, kept_body: 0 }
     }
 }
 
@@ -531,6 +535,8 @@ impl IpcEncoder {
         out.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
         if largest > KEPT_BODY_BYTES {
             *self = Self::default();
+        } else {
+            self.kept_body = largest;
         }
         Ok(out)
     }
@@ -818,6 +824,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// After a body over [`KEPT_BODY_BYTES`] the encoder starts afresh
+    /// (keeping nothing that large reserved), and writes the same bytes
+    /// after it.
+    #[test]
+    fn the_encoder_keeps_no_outsized_body_buffer() {
+        let mut encoder = IpcEncoder::default();
+        let batch_of = |line: &str| {
+            let mut builder = LogBatchBuilder::default();
+            let mut record = sample(1);
+            record.line = line.to_string();
+            builder.append(&record.as_ref());
+            builder.finish(true)
+        };
+        let small = batch_of("a short line");
+        encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
+        assert!(
+            encoder.kept_body > 0 && encoder.kept_body < KEPT_BODY_BYTES,
+            "{}",
+            encoder.kept_body
+        );
+        // Text zstd shrinks little (random printable bytes, about 6.6 of
+        // 8 bits each): a body over the limit once compressed.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let noise: String = (0..KEPT_BODY_BYTES * 3 / 2)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'!' + (state % 90) as u8)
+            })
+            .collect();
+        let large = batch_of(&noise);
+        let body = encoder.encode(std::slice::from_ref(&large), HashMap::new()).unwrap();
+        assert!(body.len() > KEPT_BODY_BYTES, "{}", body.len());
+        assert_eq!(encoder.kept_body, 0, "a fresh encoder after the large body");
+        assert_eq!(
+            encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap(),
+            stream_writer_bytes(std::slice::from_ref(&small), HashMap::new())
+        );
     }
 
     #[test]
