@@ -63,6 +63,22 @@ fn json_lines_with_any_training_key_spelling_are_parsed() {
         assert_eq!(found.len(), 2, "{key}: {found:?}");
     }
     assert!(extract(r#"{"status": 200, "latency_ms": 12, "prompt_tokens": 3}"#).is_empty());
+    // The same for logfmt keys (one token each).
+    for key in [
+        "LR",
+        "Learning_Rate",
+        "GLOBAL_STEP",
+        "Iter",
+        "tokens/sec",
+        "Samples-Per-Second",
+        "Grad-Norm",
+        "Perplexity",
+        "Epoch",
+        "eval_loss",
+    ] {
+        let found = extract(&format!("{key}=3.5 latency_ms=12"));
+        assert_eq!(found.len(), 2, "{key}: {found:?}");
+    }
 }
 
 #[test]
