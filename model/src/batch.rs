@@ -45,6 +45,14 @@ pub mod col {
     pub const LINE: &str = "line";
     pub const SRC: &str = "src";
     pub const SRC_OFFSET: &str = "src_offset";
+    /// `ts` split as the collector's batches send it: whole seconds
+    /// (`Int64`) and the nanoseconds within the second (`UInt32`).
+    pub const TS_SECONDS: &str = "ts_s";
+    pub const TS_NANOS: &str = "ts_ns";
+    /// `src_offset` split as the collector's batches send it: the low and
+    /// high 32 bits (`UInt32` each).
+    pub const SRC_OFFSET_LO: &str = "src_offset_lo";
+    pub const SRC_OFFSET_HI: &str = "src_offset_hi";
 }
 
 /// Schema metadata key holding the JSON array of source keys that `src`
@@ -724,7 +732,7 @@ fn conform_within(batch: &RecordBatch, target: &SchemaRef, expand_budget: &mut u
                 }
                 _ => Some(array.clone()),
             },
-            None => None,
+            None => joined_column(batch, field)?,
         };
         match column.as_ref() {
             Some(array) => {
@@ -751,6 +759,84 @@ fn conform_within(batch: &RecordBatch, target: &SchemaRef, expand_budget: &mut u
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )
     .map_err(|e| ModelError::Schema(e.to_string()))
+}
+
+/// A column the collector's batches send split in two halves, joined:
+/// `ts` from `ts_s` and `ts_ns`, `src_offset` from `src_offset_lo` and
+/// `src_offset_hi`. Each half compresses several times faster than the
+/// whole (the whole had been about 8 % of the collector's time, for a
+/// quarter of its bodies' bytes). `None` where the batch holds neither
+/// half; an error where it holds one, or halves that make no value.
+fn joined_column(batch: &RecordBatch, field: &Field) -> Result<Option<ArrayRef>, ModelError> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int64Type, UInt32Type};
+    let halves = |first: &str, second: &str| -> Result<Option<(ArrayRef, ArrayRef)>, ModelError> {
+        match (batch.column_by_name(first), batch.column_by_name(second)) {
+            (Some(a), Some(b)) => Ok(Some((a.clone(), b.clone()))),
+            (None, None) => Ok(None),
+            _ => Err(ModelError::Schema(format!(
+                "column {first:?} comes with {second:?}, and one is missing"
+            ))),
+        }
+    };
+    let bad = |name: &str, what: &str| ModelError::Schema(format!("column {name:?}: {what}"));
+    match field.name().as_str() {
+        col::TS => {
+            let Some((seconds, nanos)) = halves(col::TS_SECONDS, col::TS_NANOS)? else {
+                return Ok(None);
+            };
+            let seconds = seconds
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| bad(col::TS_SECONDS, "must be Int64"))?;
+            let nanos = nanos
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| bad(col::TS_NANOS, "must be UInt32"))?;
+            if seconds.null_count() > 0 || nanos.null_count() > 0 {
+                return Err(bad(col::TS, "must not contain nulls"));
+            }
+            let values = seconds
+                .values()
+                .iter()
+                .zip(nanos.values().iter())
+                .map(|(&s, &ns)| {
+                    // In 128 bits: the earliest instants have whole seconds
+                    // whose nanoseconds alone do not fit.
+                    let joined = i128::from(s) * 1_000_000_000 + i128::from(ns);
+                    (ns < 1_000_000_000)
+                        .then(|| i64::try_from(joined).ok())
+                        .flatten()
+                        .ok_or_else(|| bad(col::TS, &format!("{s} s and {ns} ns is no nanosecond timestamp")))
+                })
+                .collect::<Result<Vec<i64>, _>>()?;
+            let tz = match field.data_type() {
+                DataType::Timestamp(TimeUnit::Nanosecond, tz) => tz.clone(),
+                other => return Err(bad(col::TS, &format!("joins to nanoseconds, not {other}"))),
+            };
+            Ok(Some(Arc::new(
+                arrow_array::TimestampNanosecondArray::from(values).with_timezone_opt(tz),
+            )))
+        }
+        col::SRC_OFFSET => {
+            let Some((low, high)) = halves(col::SRC_OFFSET_LO, col::SRC_OFFSET_HI)? else {
+                return Ok(None);
+            };
+            let low = low
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| bad(col::SRC_OFFSET_LO, "must be UInt32"))?;
+            let high = high
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| bad(col::SRC_OFFSET_HI, "must be UInt32"))?;
+            let values: Vec<u64> = low
+                .values()
+                .iter()
+                .zip(high.values().iter())
+                .map(|(&lo, &hi)| u64::from(hi) << 32 | u64::from(lo))
+                .collect();
+            let nulls = arrow_buffer::NullBuffer::union(low.nulls(), high.nulls());
+            Ok(Some(Arc::new(UInt64Array::new(values.into(), nulls))))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Drops the wire-only columns.
@@ -865,6 +951,62 @@ mod tests {
             encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap(),
             stream_writer_bytes(std::slice::from_ref(&small), HashMap::new())
         );
+    }
+
+    /// `ts` and `src_offset` sent in halves join to the same values, the
+    /// extremes included; halves that make no value are refused.
+    #[test]
+    fn split_columns_join_and_bad_halves_are_refused() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::{Int64Array, UInt32Array};
+        let ts = [i64::MIN, -1_500_000_001, -1, 0, 1, 1_764_000_000_123_456_789, i64::MAX];
+        let offsets = [0u64, 1, u64::from(u32::MAX), 1 << 32, (7 << 32) + 5, u64::MAX - 1, u64::MAX];
+        let batch = |seconds: Int64Array, nanos: UInt32Array, low: UInt32Array, high: UInt32Array| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new(col::TS_SECONDS, DataType::Int64, true),
+                    Field::new(col::TS_NANOS, DataType::UInt32, true),
+                    Field::new(col::SRC_OFFSET_LO, DataType::UInt32, true),
+                    Field::new(col::SRC_OFFSET_HI, DataType::UInt32, true),
+                ])),
+                vec![Arc::new(seconds), Arc::new(nanos), Arc::new(low), Arc::new(high)],
+            )
+            .unwrap()
+        };
+        let split = batch(
+            ts.iter().map(|t| t.div_euclid(1_000_000_000)).collect(),
+            ts.iter().map(|t| t.rem_euclid(1_000_000_000) as u32).collect(),
+            offsets.iter().map(|&o| o as u32).collect(),
+            offsets.iter().map(|&o| (o >> 32) as u32).collect(),
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(col::TS, ts_type(), false),
+            Field::new(col::SRC_OFFSET, DataType::UInt64, true),
+        ]));
+        let joined = conform(&split, &schema).unwrap();
+        let view = |c: usize| joined.column(c).clone();
+        assert_eq!(
+            view(0)
+                .as_primitive::<arrow_array::types::TimestampNanosecondType>()
+                .values()
+                .to_vec(),
+            ts
+        );
+        assert_eq!(view(1).as_primitive::<arrow_array::types::UInt64Type>().values().to_vec(), offsets);
+        // Nanoseconds past a second; seconds past the range; a null.
+        for (seconds, nanos) in [(0, 1_000_000_000), (i64::MAX / 1_000_000_000 + 1, 0)] {
+            let bad = batch(vec![seconds].into(), vec![nanos].into(), vec![0].into(), vec![0].into());
+            assert!(conform(&bad, &schema).unwrap_err().to_string().contains("no nanosecond timestamp"));
+        }
+        let null = batch(vec![None].into(), vec![Some(0)].into(), vec![0].into(), vec![0].into());
+        assert!(conform(&null, &schema).unwrap_err().to_string().contains("nulls"));
+        // One half alone.
+        let half = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(col::TS_SECONDS, DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        assert!(conform(&half, &schema).unwrap_err().to_string().contains("one is missing"));
     }
 
     #[test]
