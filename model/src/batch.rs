@@ -768,7 +768,6 @@ fn conform_within(batch: &RecordBatch, target: &SchemaRef, expand_budget: &mut u
 /// quarter of its bodies' bytes). `None` where the batch holds neither
 /// half; an error where it holds one, or halves that make no value.
 fn joined_column(batch: &RecordBatch, field: &Field) -> Result<Option<ArrayRef>, ModelError> {
-    use arrow_array::cast::AsArray;
     use arrow_array::types::{Int64Type, UInt32Type};
     let halves = |first: &str, second: &str| -> Result<Option<(ArrayRef, ArrayRef)>, ModelError> {
         match (batch.column_by_name(first), batch.column_by_name(second)) {
@@ -785,12 +784,8 @@ fn joined_column(batch: &RecordBatch, field: &Field) -> Result<Option<ArrayRef>,
             let Some((seconds, nanos)) = halves(col::TS_SECONDS, col::TS_NANOS)? else {
                 return Ok(None);
             };
-            let seconds = seconds
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| bad(col::TS_SECONDS, "must be Int64"))?;
-            let nanos = nanos
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| bad(col::TS_NANOS, "must be UInt32"))?;
+            let seconds = half::<Int64Type>(&seconds, col::TS_SECONDS)?;
+            let nanos = half::<UInt32Type>(&nanos, col::TS_NANOS)?;
             if seconds.null_count() > 0 || nanos.null_count() > 0 {
                 return Err(bad(col::TS, "must not contain nulls"));
             }
@@ -820,12 +815,8 @@ fn joined_column(batch: &RecordBatch, field: &Field) -> Result<Option<ArrayRef>,
             let Some((low, high)) = halves(col::SRC_OFFSET_LO, col::SRC_OFFSET_HI)? else {
                 return Ok(None);
             };
-            let low = low
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| bad(col::SRC_OFFSET_LO, "must be UInt32"))?;
-            let high = high
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| bad(col::SRC_OFFSET_HI, "must be UInt32"))?;
+            let low = half::<UInt32Type>(&low, col::SRC_OFFSET_LO)?;
+            let high = half::<UInt32Type>(&high, col::SRC_OFFSET_HI)?;
             let values: Vec<u64> = low
                 .values()
                 .iter()
@@ -837,6 +828,14 @@ fn joined_column(batch: &RecordBatch, field: &Field) -> Result<Option<ArrayRef>,
         }
         _ => Ok(None),
     }
+}
+
+/// One half of a split column, as the primitive array its type must be.
+fn half<'a, T: arrow_array::ArrowPrimitiveType>(array: &'a ArrayRef, name: &str) -> Result<&'a arrow_array::PrimitiveArray<T>, ModelError> {
+    use arrow_array::cast::AsArray;
+    array
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| ModelError::Schema(format!("column {name:?}: must be {}", T::DATA_TYPE)))
 }
 
 /// Drops the wire-only columns.
