@@ -10,7 +10,8 @@
 //! columns share one key buffer. The time and the source offset go in
 //! halves (`ts_s` + `ts_ns`, `src_offset_lo` + `src_offset_hi`): each half
 //! compresses several times faster than the 64-bit whole, which had been
-//! about 8 % of the collector's time. [`crate::batch::decode_ipc`] expands
+//! about 8 % of the collector's time (a throwaway build that sent zeros
+//! there; BENCHMARKS.md, sixteenth run). [`crate::batch::decode_ipc`] expands
 //! dictionary columns back to plain ones and joins the halves, so the
 //! indexer, its WAL and everything after see the plain wire schema either
 //! way.
@@ -29,6 +30,24 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use crate::batch::{col, labels_json, wire_schema};
 use crate::labels::LabelSet;
 use crate::record::Level;
+
+/// A string column from the bytes of the `&str`s appended to `values`
+/// and `offsets` (0, then the end of `values` after each row), without
+/// checking the UTF-8 again (checking 2 MiB per batch would cost what
+/// recycling the text buffer saves).
+fn appended_strings(values: Vec<u8>, offsets: Vec<i32>, nulls: Option<NullBuffer>) -> StringArray {
+    debug_assert!(offsets.first() == Some(&0) && offsets.last().is_some_and(|&end| end as usize == values.len()));
+    // SAFETY: the offsets start at 0 and rise to the end of `values`, one
+    // after each appended `&str` (both callers push exactly that), so every
+    // offset is in bounds and every row is whole UTF-8.
+    unsafe {
+        StringArray::new_unchecked(
+            OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(values),
+            nulls,
+        )
+    }
+}
 
 /// A text column whose rows are mostly null (a line's event, its extra
 /// fields): a row costs one offset, and the validity bitmap is made once
@@ -80,16 +99,7 @@ impl SparseText {
         let values = std::mem::take(&mut self.values);
         let offsets = std::mem::replace(&mut self.offsets, vec![0]);
         self.valid.clear();
-        // SAFETY: the offsets start at 0 and rise to the end of `values`,
-        // one after each row, so every offset is in bounds and every row is
-        // whole UTF-8 (each value appended was a `&str`).
-        unsafe {
-            StringArray::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                nulls,
-            )
-        }
+        appended_strings(values, offsets, nulls)
     }
 }
 
@@ -340,17 +350,7 @@ impl SourceBatchBuilder {
     fn finish_lines(&mut self) -> StringArray {
         let values = std::mem::take(&mut self.line_values);
         let offsets = std::mem::replace(&mut self.line_offsets, vec![0]);
-        // SAFETY: the offsets start at 0 and rise to the end of `values`,
-        // one after each appended `&str`, so every offset is in bounds and
-        // every row is whole UTF-8 (checking 2 MiB per batch again would
-        // cost what recycling its buffer saves).
-        unsafe {
-            StringArray::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                None,
-            )
-        }
+        appended_strings(values, offsets, None)
     }
 
     /// Takes back the text buffer of a batch from [`Self::finish`] that the
