@@ -15,10 +15,10 @@ use arrow_array::{
     Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, TimestampNanosecondArray, UInt32Array, UInt64Array,
 };
 use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::{write_message, DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
-use arrow_ipc::CompressionType;
+use arrow_ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::ipc_stream::{messages, Segments, ZstdFramer};
 use crate::labels::LabelSet;
 use crate::record::{Level, LogRecord};
 use crate::ModelError;
@@ -459,40 +459,29 @@ impl<'a> LogBatchView<'a> {
 /// Encodes batches as one Arrow IPC stream with zstd-compressed buffers and
 /// the given schema metadata.
 pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
-    // One body: no buffer reserved for a next one.
-    IpcEncoder {
-        context: IpcWriteContext::default(),
-        kept_body: 0,
-    }
-    .encode(batches, metadata)
+    IpcEncoder::default().encode(batches, metadata)
 }
 
-/// Encodes bodies as [`encode_ipc`] does (the same bytes), keeping the
-/// zstd context, the flatbuffer builder and a body-sized buffer from one
-/// body to the next: a stream writer per body made a zstd context per
-/// body, whose fresh workspace was paged in and zeroed every time (with
-/// one encoder the collector's page faults per GB of logs went from 111 k
-/// to 104 k).
+/// Encodes bodies as [`encode_ipc`] does, keeping the zstd context and the
+/// working buffers from one body to the next: a context per body had its
+/// fresh workspace paged in and zeroed every time (with one encoder the
+/// collector's page faults per GB of logs went from 111 k to 104 k).
+///
+/// Arrow encodes each stream uncompressed (its column buffers referenced,
+/// not copied) and [`ZstdFramer`] compresses every buffer with the wire
+/// parameters (`ipc_stream`'s module documentation says why).
 #[derive(Debug)]
 pub struct IpcEncoder {
-    context: IpcWriteContext,
-    /// The size of the largest body of the last stream, for which the
-    /// context keeps a buffer reserved; 0 when it was started afresh.
-    kept_body: usize,
+    framer: ZstdFramer,
 }
 
-/// The largest record batch body whose buffer an [`IpcEncoder`] keeps for
-/// the next one; after a larger one (a batch of very long lines) it starts
-/// afresh rather than keep that much reserved.
+/// The most an [`IpcEncoder`] keeps reserved for the next body; after a
+/// larger one (a batch of very long lines) it lets its buffers go.
 const KEPT_BODY_BYTES: usize = 16 << 20;
 
 impl Default for IpcEncoder {
     fn default() -> Self {
-        let mut context = IpcWriteContext::default();
-        // Each body is built in the context's buffer, reserved at the size
-        // of the one before it: no growth by doubling.
-        context.set_reserve_scratch(true);
-        Self { context, kept_body: 0 }
+        Self { framer: ZstdFramer::new() }
     }
 }
 
@@ -506,62 +495,34 @@ impl IpcEncoder {
             None => wire_schema(),
         };
         let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
-        // Level 1: smaller bodies than arrow's default level 3 and a tenth less
-        // of the collector's time (lz4 was slower here, its bodies 1.7× larger).
-        let options = IpcWriteOptions::default()
-            .try_with_compression(Some(CompressionType::ZSTD))
-            .and_then(|o| o.try_with_compression_level(Some(1)))
-            .map_err(ipc)?;
-        // What `StreamWriter` writes, with a context that outlives it: the
-        // messages are encoded first, so the body is allocated once at
-        // its size.
-        let generator = IpcDataGenerator::default();
-        let mut dictionaries = DictionaryTracker::new(false);
-        let mut messages = vec![generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut dictionaries, &options)];
+        let mut stream = StreamEncoder::try_new_with_options(&schema, IpcWriteOptions::default()).map_err(ipc)?;
+        let mut parts = Vec::new();
         for batch in batches {
             let batch = batch.clone().with_schema(schema.clone()).map_err(ipc)?;
-            let (dictionary_messages, message) = generator
-                .encode(&batch, &mut dictionaries, &options, &mut self.context)
-                .map_err(ipc)?;
-            messages.extend(dictionary_messages);
-            messages.push(message);
+            parts.extend(stream.encode(&batch).map_err(ipc)?);
         }
-        let largest = messages.iter().map(|m| m.arrow_data.len()).max().unwrap_or(0);
-        // Each message: the continuation marker and its length (8 bytes),
-        // the flatbuffer and the body, each padded to the 64-byte
-        // alignment; then 8 bytes of end.
-        let size: usize = messages
-            .iter()
-            .map(|m| 8 + m.ipc_message.len() + m.arrow_data.len() + 128)
-            .sum::<usize>()
-            + 8;
-        let mut out = Vec::with_capacity(size);
-        for message in messages {
-            write_message(&mut out, message, &options).map_err(ipc)?;
+        parts.extend(stream.finish().map_err(ipc)?);
+        let body = self.framer.frame(&Segments::new(parts.iter().map(|p| p.as_slice())))?;
+        if self.framer.reserved() > KEPT_BODY_BYTES {
+            self.framer.release();
         }
-        // End of stream: the continuation marker and a zero length.
-        out.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
-        if largest > KEPT_BODY_BYTES {
-            *self = Self::default();
-        } else {
-            self.kept_body = largest;
-        }
-        Ok(out)
+        Ok(body)
     }
 }
 
-/// What arrow's `StreamWriter` writes for `batches`: the bytes an
-/// [`IpcEncoder`] must write.
+/// Checks that `body` is what arrow's `StreamWriter` writes for `batches`
+/// with zstd buffers, but for the compressed bytes: the same schema and
+/// metadata, the same batches read back by arrow's own reader, and every
+/// record batch and dictionary message compressed.
 #[cfg(test)]
-pub(crate) fn stream_writer_bytes(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Vec<u8> {
+pub(crate) fn assert_encodes_as_the_stream_writer(body: &[u8], batches: &[RecordBatch], metadata: HashMap<String, String>) {
     let schema = batches.first().map_or_else(wire_schema, |b| b.schema());
     let schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
     let options = IpcWriteOptions::default()
-        .try_with_compression(Some(CompressionType::ZSTD))
-        .and_then(|o| o.try_with_compression_level(Some(1)))
-        .expect("zstd level 1");
-    let mut out = Vec::new();
-    let mut writer = arrow_ipc::writer::StreamWriter::try_new_with_options(&mut out, &schema, options).expect("schema encodes");
+        .try_with_compression(Some(arrow_ipc::CompressionType::ZSTD))
+        .expect("zstd");
+    let mut arrows = Vec::new();
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new_with_options(&mut arrows, &schema, options).expect("schema encodes");
     for batch in batches {
         writer
             .write(&batch.clone().with_schema(schema.clone()).expect("same fields"))
@@ -569,7 +530,31 @@ pub(crate) fn stream_writer_bytes(batches: &[RecordBatch], metadata: HashMap<Str
     }
     writer.finish().expect("stream ends");
     drop(writer);
-    out
+    let read = |bytes: &[u8]| {
+        let reader = StreamReader::try_new(Cursor::new(bytes.to_vec()), None).expect("a stream");
+        let schema = reader.schema();
+        (schema, reader.collect::<Result<Vec<_>, _>>().expect("batches"))
+    };
+    assert_eq!(read(body), read(&arrows));
+    let stream = Segments::new([body]);
+    let kinds = |bytes: &[u8]| -> Vec<_> {
+        let stream = Segments::new([bytes]);
+        messages(&stream)
+            .map(|m| arrow_ipc::root_as_message(&m.unwrap().header).unwrap().header_type())
+            .collect()
+    };
+    assert_eq!(kinds(body), kinds(&arrows), "the same messages in the same order");
+    for framed in messages(&stream) {
+        let header = framed.unwrap().header;
+        let message = arrow_ipc::root_as_message(&header).unwrap();
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(batch) = batch {
+            let compression = batch.compression().expect("compressed buffers");
+            assert_eq!(compression.codec(), arrow_ipc::CompressionType::ZSTD);
+        }
+    }
 }
 
 /// The decoded size an Arrow IPC stream declares for its record batch
@@ -578,28 +563,12 @@ pub(crate) fn stream_writer_bytes(batches: &[RecordBatch], metadata: HashMap<Str
 /// anything: a small compressed body cannot claim gigabytes unnoticed.
 pub fn declared_decoded_size(bytes: &[u8]) -> Result<u64, ModelError> {
     let bad = |what: &str| ModelError::Ipc(format!("malformed IPC stream: {what}"));
-    let mut pos = 0usize;
+    let stream = Segments::new([bytes]);
     let mut total: u64 = 0;
-    while pos + 4 <= bytes.len() {
-        let mut word = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
-        pos += 4;
-        if word == 0xFFFF_FFFF {
-            if pos + 4 > bytes.len() {
-                return Err(bad("truncated message length"));
-            }
-            word = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
-            pos += 4;
-        }
-        let meta_len = word as usize;
-        if meta_len == 0 {
-            break;
-        }
-        let meta = bytes.get(pos..pos + meta_len).ok_or_else(|| bad("truncated message header"))?;
-        pos += meta_len;
-        let message = arrow_ipc::root_as_message(meta).map_err(|e| bad(&e.to_string()))?;
-        let body_len = usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
-        let body = bytes.get(pos..pos + body_len).ok_or_else(|| bad("truncated message body"))?;
-        pos += body_len;
+    for framed in messages(&stream) {
+        let framed = framed?;
+        let message = arrow_ipc::root_as_message(&framed.header).map_err(|e| bad(&e.to_string()))?;
+        let body = &bytes[framed.body_start..framed.body_start + framed.body_len];
         let batch = message
             .header_as_record_batch()
             .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
@@ -886,12 +855,12 @@ mod tests {
         assert!(matches!(decode_ipc(&bytes, &wire_schema(), 100, 100), Err(ModelError::TooLarge(_))));
     }
 
-    /// The encoder writes what arrow's stream writer writes, byte for
-    /// byte, body after body with one context: one batch, several batches
-    /// in one body, none at all (bodies with dictionaries: in
-    /// `source_batch`'s tests).
+    /// The encoder writes what arrow's stream writer writes but for the
+    /// compressed bytes, body after body with one context: one batch,
+    /// several batches in one body, none at all (bodies with dictionaries:
+    /// in `source_batch`'s tests).
     #[test]
-    fn the_encoder_writes_the_stream_writers_bytes() {
+    fn the_encoder_writes_what_the_stream_writer_writes() {
         let mut encoder = IpcEncoder::default();
         for round in 0..3 {
             let mut builder = LogBatchBuilder::default();
@@ -902,17 +871,14 @@ mod tests {
             let meta = HashMap::from([(META_SOURCES.to_string(), format!("[\"{round}\"]"))]);
             let two = [batch.slice(0, 20), batch.slice(20, batch.num_rows() - 20)];
             for batches in [std::slice::from_ref(&batch), &two[..], &[]] {
-                assert_eq!(
-                    encoder.encode(batches, meta.clone()).unwrap(),
-                    stream_writer_bytes(batches, meta.clone()),
-                    "round {round}"
-                );
+                let body = encoder.encode(batches, meta.clone()).unwrap();
+                assert_encodes_as_the_stream_writer(&body, batches, meta.clone());
             }
         }
     }
 
-    /// After a body over [`KEPT_BODY_BYTES`] the encoder starts afresh
-    /// (keeping nothing that large reserved), and writes the same bytes
+    /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working
+    /// buffers go (keeping nothing that large reserved), and encodes alike
     /// after it.
     #[test]
     fn the_encoder_keeps_no_outsized_body_buffer() {
@@ -926,11 +892,8 @@ mod tests {
         };
         let small = batch_of("a short line");
         encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
-        assert!(
-            encoder.kept_body > 0 && encoder.kept_body < KEPT_BODY_BYTES,
-            "{}",
-            encoder.kept_body
-        );
+        let kept = encoder.framer.reserved();
+        assert!(kept > 0 && kept < KEPT_BODY_BYTES, "{kept}");
         // Text zstd shrinks little (random printable bytes, about 6.6 of
         // 8 bits each): a body over the limit once compressed.
         let mut state = 0x9E37_79B9_7F4A_7C15_u64;
@@ -945,11 +908,10 @@ mod tests {
         let large = batch_of(&noise);
         let body = encoder.encode(std::slice::from_ref(&large), HashMap::new()).unwrap();
         assert!(body.len() > KEPT_BODY_BYTES, "{}", body.len());
-        assert_eq!(encoder.kept_body, 0, "a fresh encoder after the large body");
-        assert_eq!(
-            encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap(),
-            stream_writer_bytes(std::slice::from_ref(&small), HashMap::new())
-        );
+        assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&large), HashMap::new());
+        assert_eq!(encoder.framer.reserved(), 0, "nothing kept after the large body");
+        let body = encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
+        assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&small), HashMap::new());
     }
 
     /// `ts` and `src_offset` sent in halves join to the same values, the

@@ -21,6 +21,7 @@ macro_rules! sse2_and_avx2 {
 pub mod batch;
 pub mod events;
 pub mod fold;
+mod ipc_stream;
 pub mod labels;
 pub mod level;
 pub mod metric;
