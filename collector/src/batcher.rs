@@ -40,7 +40,7 @@ use crate::sources::pod_logs::path::PodLogPath;
 use crate::sources::pod_logs::tailer::{LineSink, LogLine};
 use crate::CollectorError;
 use std::sync::Arc;
-use weft_model::events::EventClassifier;
+use weft_model::events::{EventClassifier, GatePass};
 use weft_model::level::detect_level;
 use weft_model::metric::{MetricBatchBuilder, SeriesSlot, METRIC_NAME};
 use weft_model::Level;
@@ -608,11 +608,19 @@ impl Appender {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        // A SIMD check of the whole line first; `from_utf8_lossy` only for
-        // the lines it refuses.
-        let mut text = match simdutf8::basic::from_utf8(line.text) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(line.text),
+        // The event gate's pass over the line also says whether it is all
+        // ASCII, and so UTF-8: a SIMD check of the others; `from_utf8_lossy`
+        // only for the lines that check refuses.
+        let mut gate = GatePass::of(line.text);
+        let mut text = if gate.is_ascii() {
+            // SAFETY: every byte is ASCII (`GatePass::is_ascii`), so the
+            // bytes are UTF-8.
+            std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(line.text) })
+        } else {
+            match simdutf8::basic::from_utf8(line.text) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(line.text),
+            }
         };
         let mut truncated = line.truncated;
         if let std::borrow::Cow::Owned(repaired) = &mut text {
@@ -626,6 +634,7 @@ impl Appender {
                 repaired.truncate(cut);
                 truncated = true;
             }
+            gate = GatePass::of(repaired.as_bytes());
         }
         self.pending_lines += 1;
         let meta = line.meta;
@@ -684,7 +693,7 @@ impl Appender {
                 self.pending_samples += self.found.len() as u64;
             }
         }
-        let event = self.classifier.classify(&text);
+        let event = self.classifier.classify_passed(&text, &gate);
         self.fields = LabelSet::new();
         if let Some(event) = &event {
             self.metrics.ml_events.with_label_values(&[event.name.as_str()]).inc();
@@ -901,6 +910,47 @@ mod tests {
         assert_eq!(traceback.source.unwrap().1, 120);
         assert!(rows.iter().filter(|r| r.ml_event.is_none()).count() == 3);
         assert!(assembler.is_empty());
+    }
+
+    /// ASCII lines (whose UTF-8 check the event gate's pass makes
+    /// needless), other UTF-8 and invalid UTF-8 (kept lossily, counted,
+    /// and gated on its repaired text) are all kept and tagged.
+    #[test]
+    fn ascii_other_utf8_and_invalid_lines_are_kept_and_tagged() {
+        let mut assembler = assembler();
+        let meta = meta(0);
+        let bar = "Epoch 3:  45%|\u{2588}\u{258c}     | 450/1000 [01:23<01:40,  5.40it/s, loss=nan]";
+        let lines: [&[u8]; 4] = [
+            b"NCCL WARN Net : Connection closed by remote peer",
+            bar.as_bytes(),
+            b"step 7 loss=inf \xff\xfe lr=3e-4",
+            b"INFO all good",
+        ];
+        for (i, text) in lines.iter().enumerate() {
+            assembler.line(LogLine {
+                meta: &meta,
+                source_key: "file-1",
+                position: i as u64 * 100,
+                ts: 1_700_000_000_000_000_000 + i as i64,
+                stream: Some(Stream::Stdout),
+                text,
+                truncated: false,
+                parse_error: false,
+            });
+        }
+        let batch = assembler.seal(TailerCheckpoint::default()).unwrap();
+        let rows = records(&batch);
+        let got: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.line.as_str(), r.ml_event.as_deref())).collect();
+        assert_eq!(
+            got,
+            [
+                ("NCCL WARN Net : Connection closed by remote peer", Some("nccl_error")),
+                (bar, Some("nan_loss")),
+                ("step 7 loss=inf \u{fffd}\u{fffd} lr=3e-4", Some("nan_loss")),
+                ("INFO all good", None),
+            ]
+        );
+        assert_eq!(assembler.inner.metrics.invalid_utf8.get(), 1);
     }
 
     /// Every key inserted is found again, by another copy of its text
