@@ -693,7 +693,7 @@ impl Appender {
                 self.pending_samples += self.found.len() as u64;
             }
         }
-        let event = self.classifier.classify_passed(&text, &gate);
+        let event = self.classifier.classify_with_gate(&text, &gate);
         self.fields = LabelSet::new();
         if let Some(event) = &event {
             self.metrics.ml_events.with_label_values(&[event.name.as_str()]).inc();

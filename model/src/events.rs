@@ -40,7 +40,7 @@ pub const BUILTIN_EVENTS: [&str; 8] = [
 /// alternatives share a piece, the piece is the anchor (`nccl` for the five
 /// `ncclXxx` codes, `tcode: ` for both exit-code alternatives): fewer
 /// anchors, and anchors whose first three bytes are rare in logs (`f
-/// memory`, not `out of memory`; `L WARN`, not the `NCC` every `NCCL INFO`
+/// memory`, not `of memory`; `L WARN`, not the `NCC` every `NCCL INFO`
 /// line holds; `upNCCL`, `chdog caught`), cost the SIMD search, which keys
 /// on those three bytes, fewer false candidates to check (28 full literals
 /// had taken ≈ 60 ns per line of the bench corpus, shorter ones ≈ 43 in a
@@ -112,8 +112,8 @@ const BUILTIN_PATTERNS: [(&str, &str); 8] = [
     ),
 ];
 
-/// One bit per built-in event, in [`BUILTIN_EVENTS`]' order: the events an
-/// anchor or a gate word makes possible.
+// One bit per built-in event, in `BUILTIN_EVENTS`' order: the events an
+// anchor or a gate word makes possible.
 const CUDA_OOM: u8 = 1 << 0;
 const NCCL_TIMEOUT: u8 = 1 << 1;
 const NCCL_ERROR: u8 = 1 << 2;
@@ -122,6 +122,21 @@ const NAN_LOSS: u8 = 1 << 4;
 const LOSS_SCALE_OVERFLOW: u8 = 1 << 5;
 const ELASTIC_CHILD_FAILED: u8 = 1 << 6;
 const OOM_KILLED: u8 = 1 << 7;
+
+// The patterns are the events', in the same order.
+const _: () = {
+    let mut i = 0;
+    while i < BUILTIN_EVENTS.len() {
+        let (event, pattern) = (BUILTIN_EVENTS[i].as_bytes(), BUILTIN_PATTERNS[i].0.as_bytes());
+        assert!(event.len() == pattern.len(), "BUILTIN_PATTERNS follows BUILTIN_EVENTS");
+        let mut k = 0;
+        while k < event.len() {
+            assert!(event[k] == pattern[k], "BUILTIN_PATTERNS follows BUILTIN_EVENTS");
+            k += 1;
+        }
+        i += 1;
+    }
+};
 
 // Every anchor occurrence is found by stepping one byte past each match's
 // start (see `Catalogue::candidates`) only if no anchor starts another.
@@ -222,10 +237,12 @@ struct GateWords;
 /// case-insensitive words the record holds (without a folded copy; a copy
 /// and two searches of it had been ≈ 3 % of the collector's `perf`
 /// samples), and whether it is all ASCII.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatePass(crate::fold::FoldedWords);
 
 impl GatePass {
+    /// The pass over `text` (the bytes of a record, before or after its
+    /// UTF-8 is checked).
     pub fn of(text: &[u8]) -> Self {
         GatePass(crate::fold::folded_words::<GateWords>(text))
     }
@@ -286,8 +303,9 @@ impl Catalogue {
         events
     }
 
-    /// [`Self::candidates`] for a line holding `loss` and not `overflow`:
-    /// one holding `scale` or `non-finite` may match; one holding `nan`
+    /// [`Self::candidates`] for a line holding `loss`: whether `nan_loss`
+    /// (or, by `scale`, `loss_scale_overflow`) may match it. One holding
+    /// `scale` or `non-finite` may; one holding `nan`
     /// or `inf` is checked further in its folded copy (made only then: a
     /// trainer's dict lines all hold `loss`, and copying each had cost as
     /// much as the whole gate).
@@ -347,14 +365,15 @@ impl EventClassifier {
 
     /// The event a record (possibly several joined lines) shows, if any.
     pub fn classify(&self, text: &str) -> Option<MlEvent> {
-        self.classify_passed(text, &GatePass::of(text.as_bytes()))
+        self.classify_with_gate(text, &GatePass::of(text.as_bytes()))
     }
 
     /// [`Self::classify`] with the record's [`GatePass`] made already
     /// (the collector makes it before checking the record's UTF-8, which
     /// the pass makes needless for an ASCII record). `gate` must be
     /// `GatePass::of(text.as_bytes())`.
-    pub fn classify_passed(&self, text: &str, gate: &GatePass) -> Option<MlEvent> {
+    pub fn classify_with_gate(&self, text: &str, gate: &GatePass) -> Option<MlEvent> {
+        debug_assert_eq!(*gate, GatePass::of(text.as_bytes()), "the gate pass of this text");
         for event in &self.user {
             if event.regex.is_match(text) {
                 let line = matching_line(text, |l| event.regex.is_match(l)).to_string();
@@ -594,10 +613,10 @@ mod tests {
                     })
                 })
                 .collect();
-            let (matching, candidates) = (matching(&line), candidates(&line));
-            proptest::prop_assert!(matching & !candidates == 0, "the gate refuses {:?}: {:08b} of {:08b}", line, matching, candidates);
+            let (matched, allowed) = (matching(&line), candidates(&line));
+            proptest::prop_assert!(matched & !allowed == 0, "the gate refuses {:?}: {:08b} of {:08b}", line, matched, allowed);
             // The first pattern that matches is the event.
-            let first = (matching != 0).then(|| BUILTIN_EVENTS[matching.trailing_zeros() as usize].to_string());
+            let first = (matched != 0).then(|| BUILTIN_EVENTS[matched.trailing_zeros() as usize].to_string());
             proptest::prop_assert_eq!(event(&line), first);
         }
     }
