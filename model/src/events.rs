@@ -78,38 +78,25 @@ const CASE_SENSITIVE_ANCHORS: [(&str, u8); 21] = [
     ("exit code 137", OOM_KILLED),
 ];
 
-/// The built-in events' patterns, in [`BUILTIN_EVENTS`]' order (the first
-/// that matches is the event).
-const BUILTIN_PATTERNS: [(&str, &str); 8] = [
-    (
-        "cuda_oom",
-        r"(torch\.(cuda\.)?OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation|OOM when allocating tensor)",
-    ),
-    (
-        "nccl_timeout",
-        r"(Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout|NCCL (communicator|operation).*timed? ?out|ncclTimeout|Heartbeat monitor timed out)",
-    ),
-    (
-        "nccl_error",
-        r"(ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|NCCL error in:|unhandled system error|remote process exited or there was a network error|NCCL WARN .*(Connection|Net)\w* (closed|reset|refused))",
-    ),
-    ("gpu_xid", r"(NVRM: Xid|Xid \(PCI:|NVML: Xid)"),
-    (
-        "nan_loss",
-        r#"(?i)((\b|_)loss['"]?\s*[:=]\s*['"]?[-+]?(nan|inf)\b|loss is (nan|inf)|non-finite loss|nan loss detected)"#,
-    ),
-    (
-        "loss_scale_overflow",
-        r"(?i)(gradient overflow\. skipping step|OVERFLOW! Rank|Grad overflow on iteration|skipping step, loss scaler|attempted loss scale)",
-    ),
-    (
-        "elastic_child_failed",
-        r"(ChildFailedError|torch\.distributed\.elastic\.multiprocessing\.errors|failed \(exitcode: -?\d+\) local_rank)",
-    ),
-    (
-        "oom_killed",
-        r"(OOMKilled|Out of memory: Killed process|exitcode: -9\b|Signal 9 \(SIGKILL\) received|exit code 137)",
-    ),
+/// The built-in events' patterns, one per entry of [`BUILTIN_EVENTS`] and in
+/// its order (the first that matches is the event).
+const BUILTIN_PATTERNS: [&str; 8] = [
+    // cuda_oom
+    r"(torch\.(cuda\.)?OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED|CUDNN_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation|OOM when allocating tensor)",
+    // nccl_timeout
+    r"(Watchdog caught collective operation timeout|ProcessGroupNCCL.*[Tt]imeout|NCCL (communicator|operation).*timed? ?out|ncclTimeout|Heartbeat monitor timed out)",
+    // nccl_error
+    r"(ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|NCCL error in:|unhandled system error|remote process exited or there was a network error|NCCL WARN .*(Connection|Net)\w* (closed|reset|refused))",
+    // gpu_xid
+    r"(NVRM: Xid|Xid \(PCI:|NVML: Xid)",
+    // nan_loss
+    r#"(?i)((\b|_)loss['"]?\s*[:=]\s*['"]?[-+]?(nan|inf)\b|loss is (nan|inf)|non-finite loss|nan loss detected)"#,
+    // loss_scale_overflow
+    r"(?i)(gradient overflow\. skipping step|OVERFLOW! Rank|Grad overflow on iteration|skipping step, loss scaler|attempted loss scale)",
+    // elastic_child_failed
+    r"(ChildFailedError|torch\.distributed\.elastic\.multiprocessing\.errors|failed \(exitcode: -?\d+\) local_rank)",
+    // oom_killed
+    r"(OOMKilled|Out of memory: Killed process|exitcode: -9\b|Signal 9 \(SIGKILL\) received|exit code 137)",
 ];
 
 // One bit per built-in event, in `BUILTIN_EVENTS`' order: the events an
@@ -122,21 +109,6 @@ const NAN_LOSS: u8 = 1 << 4;
 const LOSS_SCALE_OVERFLOW: u8 = 1 << 5;
 const ELASTIC_CHILD_FAILED: u8 = 1 << 6;
 const OOM_KILLED: u8 = 1 << 7;
-
-// The patterns are the events', in the same order.
-const _: () = {
-    let mut i = 0;
-    while i < BUILTIN_EVENTS.len() {
-        let (event, pattern) = (BUILTIN_EVENTS[i].as_bytes(), BUILTIN_PATTERNS[i].0.as_bytes());
-        assert!(event.len() == pattern.len(), "BUILTIN_PATTERNS follows BUILTIN_EVENTS");
-        let mut k = 0;
-        while k < event.len() {
-            assert!(event[k] == pattern[k], "BUILTIN_PATTERNS follows BUILTIN_EVENTS");
-            k += 1;
-        }
-        i += 1;
-    }
-};
 
 // Every anchor occurrence is found by stepping one byte past each match's
 // start (see `Catalogue::candidates`) only if no anchor starts another.
@@ -223,7 +195,7 @@ fn catalogue() -> &'static Catalogue {
         inf: memchr::memmem::Finder::new(b"inf"),
         singles: BUILTIN_PATTERNS
             .iter()
-            .map(|(_, p)| Regex::new(p).expect("built-in pattern compiles"))
+            .map(|p| Regex::new(p).expect("built-in pattern compiles"))
             .collect(),
         xid: Regex::new(r"Xid \([^)]*\):? ?(\d+)|Xid:? (\d+)").expect("xid pattern compiles"),
     })
@@ -389,7 +361,7 @@ impl EventClassifier {
         // The first candidate that matches: the first of all the patterns
         // that match, since a pattern that is no candidate cannot.
         let first = (0..BUILTIN_PATTERNS.len()).find(|&i| candidates & 1 << i != 0 && catalogue.singles[i].is_match(text))?;
-        let name = BUILTIN_PATTERNS[first].0;
+        let name = BUILTIN_EVENTS[first];
         let single = &catalogue.singles[first];
         let line = matching_line(text, |l| single.is_match(l)).to_string();
         let xid = if name == "gpu_xid" {
@@ -530,7 +502,7 @@ mod tests {
     /// them (what the classifier ran on every line that passed the gate).
     fn matching(line: &str) -> u8 {
         static SET: OnceLock<regex::RegexSet> = OnceLock::new();
-        let set = SET.get_or_init(|| regex::RegexSet::new(BUILTIN_PATTERNS.map(|(_, p)| p)).unwrap());
+        let set = SET.get_or_init(|| regex::RegexSet::new(BUILTIN_PATTERNS).unwrap());
         set.matches(line).iter().fold(0, |bits, i| bits | 1 << i)
     }
 
