@@ -48,37 +48,65 @@ pub fn parse_number(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().or_else(|| text.replace(',', "").parse::<f64>().ok())
 }
 
-/// The value of a plain decimal (`-12`, `0.2183`, `1.42`: an optional
-/// `-`, digits, at most one `.` between digits, at most 15 digits, no
-/// exponent), read without the general float parser (a tenth of the time
-/// of a trainer line with metrics had been in it). The digits make an
-/// integer below 2^53 and the power of ten is exact, so the one division
-/// rounds correctly: the same value `str::parse` gives. `None` for
-/// anything else.
+/// The value of a plain decimal (`-12`, `0.2183`, `1.42`, `2.0898e-04`:
+/// an optional `-`, digits, at most one `.` between digits, at most 15
+/// digits, an optional exponent), read without the general float parser
+/// (a tenth of the time of a trainer line with metrics had been in it, and
+/// a Hugging Face dict line's learning rate is printed with an exponent).
+/// The digits make an integer below 2^53 and the power of ten it is
+/// scaled by is at most 10^22, so both are exact and the one division or
+/// multiplication rounds correctly: the same value `str::parse` gives.
+/// `None` for anything else.
 fn plain_decimal(text: &[u8]) -> Option<f64> {
-    const POWERS: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
-    let (negative, digits) = match text.split_first() {
+    const POWERS: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, text) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
     };
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    let mut mantissa: u64 = 0;
-    let mut point = None;
-    for (at, &b) in digits.iter().enumerate() {
+    let (mut mantissa, mut digits, mut point) = (0u64, 0, None);
+    // One walk over the digits, up to the exponent's `e`.
+    let mut at = 0;
+    while let Some(&b) = text.get(at) {
         match b {
-            b'0'..=b'9' => mantissa = mantissa * 10 + u64::from(b - b'0'),
-            b'.' if point.is_none() && at > 0 && at + 1 < digits.len() => point = Some(at),
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+            }
+            b'.' if point.is_none() && at > 0 && text.get(at + 1).is_some_and(u8::is_ascii_digit) => point = Some(at),
+            b'e' | b'E' => break,
             _ => return None,
         }
+        at += 1;
     }
-    let decimals = point.map_or(0, |at| digits.len() - at - 1);
-    let count = digits.len() - usize::from(point.is_some());
-    if count > 15 {
+    if digits == 0 {
         return None;
     }
-    let value = mantissa as f64 / POWERS[decimals];
+    // The power of ten the digits are scaled by: the exponent less the
+    // decimals.
+    let mut scale = -(point.map_or(0, |point| at - point - 1) as i32);
+    if let Some(exponent) = text.get(at + 1..) {
+        let (minus, exponent_digits) = match exponent.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            Some((b'+', rest)) => (false, rest),
+            _ => (false, exponent),
+        };
+        if exponent_digits.is_empty() || exponent_digits.len() > 3 || !exponent_digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let value = exponent_digits.iter().fold(0i32, |n, &b| n * 10 + i32::from(b - b'0'));
+        scale += if minus { -value } else { value };
+    }
+    let power = *POWERS.get(scale.unsigned_abs() as usize)?;
+    let value = if scale < 0 {
+        mantissa as f64 / power
+    } else {
+        mantissa as f64 * power
+    };
     Some(if negative { -value } else { value })
 }
 
@@ -86,14 +114,14 @@ fn plain_decimal(text: &[u8]) -> Option<f64> {
 /// `elapsed_time_per_iteration_ms`; `lr` → `learning_rate`; `iter`,
 /// `iteration`, `global_step`, `steps` → `step`.
 pub fn normalize_key(key: &str) -> MetricKey {
-    let bytes = key.as_bytes();
-    // Most keys are normal already (`loss`, `grad_norm`): lower-case words
-    // joined by single `_`, which the loop below would copy unchanged.
-    if is_normal(bytes) {
-        return match alias(key).or_else(|| common(key)) {
-            Some(known) => MetricKey::Borrowed(known),
-            None => MetricKey::Owned(key.to_string()),
-        };
+    // Most keys are common ones (`loss`, `grad_norm`), normal already: the
+    // loop below would copy them unchanged.
+    if let Some(known) = known(key) {
+        return MetricKey::Borrowed(known);
+    }
+    // Other normal keys: lower-case words joined by single `_`.
+    if is_normal(key.as_bytes()) {
+        return MetricKey::Owned(key.to_string());
     }
     let mut out = String::with_capacity(key.len() + 4);
     let mut gap = false;
@@ -117,7 +145,7 @@ pub fn normalize_key(key: &str) -> MetricKey {
     while out.ends_with('_') {
         out.pop();
     }
-    match alias(&out).or_else(|| common(&out)) {
+    match known(&out) {
         Some(known) => MetricKey::Borrowed(known),
         None => MetricKey::Owned(out),
     }
@@ -142,47 +170,46 @@ fn is_normal(key: &[u8]) -> bool {
     true
 }
 
-/// The key itself where it is a common normal one: what the built-in
-/// recognizers find in the output of Hugging Face, Lightning, DeepSpeed,
-/// Megatron-LM and Keras.
-fn common(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "loss" => "loss",
-        "step" => "step",
-        "epoch" => "epoch",
-        "learning_rate" => "learning_rate",
-        "grad_norm" => "grad_norm",
-        "total_steps" => "total_steps",
-        "iterations_per_second" => "iterations_per_second",
-        "seconds_per_iteration" => "seconds_per_iteration",
-        "train_loss" => "train_loss",
-        "eval_loss" => "eval_loss",
-        "val_loss" => "val_loss",
-        "tokens_per_sec" => "tokens_per_sec",
-        "samples_per_second" => "samples_per_second",
-        "samples_per_sec" => "samples_per_sec",
-        "perplexity" => "perplexity",
-        "accuracy" => "accuracy",
-        "batch" => "batch",
-        "batches" => "batches",
-        "lm_loss" => "lm_loss",
-        "loss_scale" => "loss_scale",
-        "consumed_samples" => "consumed_samples",
-        "skipped" => "skipped",
-        "throughput" => "throughput",
-        _ => return None,
-    })
-}
+/// The keys the built-in recognizers find in the output of Hugging Face,
+/// Lightning, DeepSpeed, Megatron-LM and Keras, each with the key it is
+/// taken as: itself where it is common and normal already, else the key
+/// it is an alias of (`lr` → `learning_rate`). Every key here is normal.
+const KNOWN_KEYS: [(&str, &str); 30] = [
+    ("loss", "loss"),
+    ("step", "step"),
+    ("epoch", "epoch"),
+    ("learning_rate", "learning_rate"),
+    ("grad_norm", "grad_norm"),
+    ("total_steps", "total_steps"),
+    ("iterations_per_second", "iterations_per_second"),
+    ("seconds_per_iteration", "seconds_per_iteration"),
+    ("train_loss", "train_loss"),
+    ("eval_loss", "eval_loss"),
+    ("val_loss", "val_loss"),
+    ("tokens_per_sec", "tokens_per_sec"),
+    ("samples_per_second", "samples_per_second"),
+    ("samples_per_sec", "samples_per_sec"),
+    ("perplexity", "perplexity"),
+    ("accuracy", "accuracy"),
+    ("batch", "batch"),
+    ("batches", "batches"),
+    ("lm_loss", "lm_loss"),
+    ("loss_scale", "loss_scale"),
+    ("consumed_samples", "consumed_samples"),
+    ("skipped", "skipped"),
+    ("throughput", "throughput"),
+    ("lr", "learning_rate"),
+    ("iter", "step"),
+    ("iteration", "step"),
+    ("global_step", "step"),
+    ("steps", "step"),
+    ("it_per_s", "iterations_per_second"),
+    ("s_per_it", "seconds_per_iteration"),
+];
 
-/// The key a normalized key stands for, where it is an alias.
-fn alias(key: &str) -> Option<&'static str> {
-    match key {
-        "lr" => Some("learning_rate"),
-        "iter" | "iteration" | "global_step" | "steps" => Some("step"),
-        "it_per_s" => Some("iterations_per_second"),
-        "s_per_it" => Some("seconds_per_iteration"),
-        _ => None,
-    }
+/// The key `key` is taken as, where it is one of [`KNOWN_KEYS`].
+fn known(key: &str) -> Option<&'static str> {
+    KNOWN_KEYS.iter().find(|(known, _)| *known == key).map(|(_, taken_as)| *taken_as)
 }
 
 /// Appends a sample of a key the recognizer names itself, normal already
@@ -347,6 +374,60 @@ fn find_separator(hay: &[u8], first: u8, then: &[u8]) -> Option<usize> {
 
 /// `{'loss': 0.3012, 'grad_norm': 1.2, 'learning_rate': 2e-05, 'epoch': 0.5}`
 fn python_dict(text: &str, out: &mut Vec<(MetricKey, f64)>) {
+    if !python_dict_as_printed(text, out) {
+        python_dict_pairs(text, out);
+    }
+}
+
+/// [`python_dict_pairs`] of a dict exactly as Python prints one of names
+/// and numbers (`'key': number` pairs joined by `, `), read in one walk
+/// over its bytes (the general split and trims had been most of a
+/// Hugging Face line's cost); `false`, with nothing appended, for any
+/// other text. Where it reads a dict, the pairs, keys and number texts are
+/// those the general reading finds: the keys and numbers hold no `'`, `,`,
+/// `}` or white space, so its splits fall exactly between them.
+fn python_dict_as_printed(text: &str, out: &mut Vec<(MetricKey, f64)>) -> bool {
+    let bytes = text.as_bytes();
+    let before = out.len();
+    // Past the `{`.
+    let mut at = 1;
+    loop {
+        if bytes.get(at) != Some(&b'\'') {
+            break;
+        }
+        let key_start = at + 1;
+        at = key_start
+            + bytes[key_start..]
+                .iter()
+                .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_')
+                .count();
+        if at == key_start || bytes.get(at..at + 3) != Some(b"': ".as_slice()) {
+            break;
+        }
+        let key = &text[key_start..at];
+        let value_start = at + 3;
+        at = value_start
+            + bytes[value_start..]
+                .iter()
+                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+                .count();
+        if let Some(value) = parse_number(&text[value_start..at]) {
+            push(out, key, value);
+        }
+        match bytes.get(at..at + 3) {
+            Some([b'}', ..]) => return true,
+            Some(b", '") => at += 2,
+            _ if bytes.get(at) == Some(&b'}') => return true,
+            _ => break,
+        }
+    }
+    out.truncate(before);
+    false
+}
+
+/// The general reading of [`python_dict`]: pairs split at `, '`, each key
+/// up to its `':`, each value trimmed of white space and quotes.
+fn python_dict_pairs(text: &str, out: &mut Vec<(MetricKey, f64)>) {
     let end = memchr::memchr(b'}', text.as_bytes()).unwrap_or(text.len());
     // The separators are ASCII: every cut is at a character boundary.
     let mut rest = Some(&text[1..end]);
@@ -621,6 +702,13 @@ mod tests {
             "123456789012345",
             "0.00000000000001",
             "99999.9999999999",
+            "1e5",
+            "2.0898e-04",
+            "1.500E-04",
+            "7.012345E+00",
+            "-3e22",
+            "123456789012345e-22",
+            "0.5e-7",
         ] {
             assert_eq!(
                 plain_decimal(text.as_bytes()).map(f64::to_bits),
@@ -634,8 +722,15 @@ mod tests {
             ".5",
             "1.",
             "1.2.3",
-            "1e5",
             "+5",
+            "1e",
+            "1e+",
+            "1e1000",
+            "1e23",
+            "1e-23",
+            "1.5e-22",
+            "1e5e3",
+            "e5",
             "1,000",
             "1234567890123456",
             "0.123456789012345",
@@ -661,6 +756,19 @@ mod tests {
                 proptest::prop_assert_eq!(value.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{}", text);
             }
             proptest::prop_assert_eq!(parse_number(&text).map(f64::to_bits), text.parse::<f64>().ok().map(f64::to_bits));
+        }
+
+        /// With an exponent, and in texts that are not numbers at all
+        /// (`1e`, `--5`, `.e3`): whatever the fast path reads, it reads as
+        /// the float parser does, and `parse_number` gives what it gives.
+        #[test]
+        fn exponents_read_as_the_float_parser_reads_them(
+            text in "-?[0-9]{0,17}(\\.[0-9]{0,17})?([eE][-+]?[0-9]{0,4})?|[-+0-9.eE]{0,12}",
+        ) {
+            if let Some(value) = plain_decimal(text.as_bytes()) {
+                proptest::prop_assert_eq!(Some(value.to_bits()), text.parse::<f64>().ok().map(f64::to_bits), "{}", text);
+            }
+            proptest::prop_assert_eq!(parse_number(&text).map(f64::to_bits), text.parse::<f64>().ok().map(f64::to_bits), "{}", text);
         }
 
         /// Each marker bit is set exactly when the line holds its bytes, at
@@ -719,6 +827,69 @@ mod tests {
             let needle = [&[first][..], then].concat();
             proptest::prop_assert_eq!(find_separator(&hay, first, then), memchr::memmem::find(&hay, &needle));
         }
+    }
+
+    /// A known key is taken as its entry says without the normalizing walk
+    /// (which it would pass unchanged: it is normal), and no key is listed
+    /// twice.
+    #[test]
+    fn known_keys_are_normal_and_listed_once() {
+        for (at, (key, taken_as)) in KNOWN_KEYS.iter().enumerate() {
+            assert!(is_normal(key.as_bytes()) && is_normal(taken_as.as_bytes()), "{key} → {taken_as}");
+            assert_eq!(normalize_key(key), *taken_as);
+            assert!(KNOWN_KEYS[at + 1..].iter().all(|(other, _)| other != key), "{key} listed twice");
+        }
+        assert_eq!(normalize_key("Learning Rate"), "learning_rate");
+        assert_eq!(normalize_key("GLOBAL_STEP"), "step");
+        assert_eq!(normalize_key("eval_runtime"), "eval_runtime");
+    }
+
+    /// One of `usual` nine times in ten, else one of `odd`.
+    fn piece(usual: &[&'static str], odd: &[&'static str]) -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::prop_oneof![9 => proptest::sample::select(usual.to_vec()), 1 => proptest::sample::select(odd.to_vec())]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
+        /// Where the one walk reads a dict, it finds what the general
+        /// reading finds; where it does not, it appends nothing.
+        #[test]
+        fn printed_dicts_read_as_the_general_reading_reads_them(
+            pairs in proptest::collection::vec(
+                (
+                    piece(&["loss", "grad_norm", "Learning_Rate", "lr", "epoch_2"], &["x y", "", "'", "é", "a}b", "a,b"]),
+                    piece(&["': "], &["':", "' : ", ": ", "'"]),
+                    piece(&["0.25", "2e-05", "1.5E+3", "nan", "-inf", "+1", "12"], &["", "1,234", "'nan'", "x", "1 ", "-", "é", "1.2.3"]),
+                    piece(&[", '", "}", "}, x"], &[",'", ", ", "'}", " }", "", ","]),
+                ),
+                1..6,
+            )
+        ) {
+            let text: String =
+                std::iter::once("{'".to_string()).chain(pairs.iter().map(|(k, sep, v, join)| format!("{k}{sep}{v}{join}"))).collect();
+            let (mut walked, mut general) = (vec![(MetricKey::Borrowed("before"), 1.0)], Vec::new());
+            let read = python_dict_as_printed(&text, &mut walked);
+            python_dict_pairs(&text, &mut general);
+            let bits = |found: &[(MetricKey, f64)]| found.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect::<Vec<_>>();
+            if read {
+                proptest::prop_assert_eq!(bits(&walked[1..]), bits(&general), "{:?}", text);
+            } else {
+                proptest::prop_assert_eq!(walked.len(), 1, "{:?}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn printed_dicts_take_the_walk() {
+        let mut out = Vec::new();
+        assert!(python_dict_as_printed(
+            "{'loss': 0.2047, 'grad_norm': 1.3498, 'learning_rate': 2.0898e-04, 'epoch': 3.03}",
+            &mut out
+        ));
+        assert_eq!(out.len(), 4);
+        assert!(!python_dict_as_printed("{'loss': 1,234, 'epoch': 3}", &mut out));
+        assert_eq!(out.len(), 4);
     }
 
     #[test]
