@@ -14,12 +14,14 @@
 //! one: each buffer an 8-byte uncompressed length and one zstd frame, or
 //! −1 and the raw bytes where the length and frame would be larger.
 //!
-//! Some columns do not compress: the nanoseconds of the log times, the
-//! lines' offsets in their files and in the text buffer (zstd took 9 % of
-//! its time on them and saved 13 % of their bytes). The framer remembers,
-//! for each buffer of the messages it writes, whether compressing it last
-//! saved at least an eighth; a buffer that did not is stored as it is for
-//! the next [`RAW_STREAK`] streams, then tried again.
+//! Some columns barely compress: zstd saved 4 % of the log times'
+//! nanoseconds on the benchmark corpus (15–19 % of the lines' offsets, in
+//! the text and in their files). The framer remembers, for each buffer of
+//! at least [`ADAPTIVE_BYTES`] in the messages it writes, whether
+//! compressing it last saved an eighth; one that did not is stored as it
+//! is in the next [`RAW_STREAK`] messages with that buffer (one per stream
+//! in the collector), then tried again. On the 1 GB corpus that is the
+//! nanoseconds: 0.8 % fewer instructions, 0.6 % more bytes.
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -46,8 +48,8 @@ pub const WIRE_ZSTD_MIN_MATCH: u32 = 6;
 /// Buffers smaller than this are always compressed (their verdicts are not
 /// worth keeping: a frame of a few bytes costs little).
 const ADAPTIVE_BYTES: usize = 16 << 10;
-/// How many streams a buffer that compressed by less than an eighth is
-/// stored uncompressed before it is tried again.
+/// How many messages with a buffer that compressed by less than an eighth
+/// store it uncompressed before it is tried again.
 pub(crate) const RAW_STREAK: u32 = 15;
 /// The most buffers whose verdicts are kept (a bound against schemas that
 /// keep changing; forgetting costs one compression each).
@@ -535,7 +537,7 @@ mod tests {
                     bytes.len()
                 );
             }
-            // The text (values and offsets: 8192 lines) is compressed.
+            // The text's values are compressed.
             let text_len = batch.column(1).to_data().buffers()[1].len() as i64;
             assert!(found.iter().any(|(prefix, _)| *prefix == text_len), "the text compressed");
             let read: Vec<RecordBatch> = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body), None)

@@ -115,7 +115,7 @@ impl HeadMasks {
                 // SAFETY: the CPU has AVX2 (checked).
                 return unsafe { Self::of_avx2(&padded, head.len().div_ceil(32)) };
             }
-            // SAFETY: SSE2 is part of x86-64.
+            // SAFETY: SSE2 is part of x86-64 (no other condition).
             unsafe { Self::of_sse2(&padded, head.len().div_ceil(16)) }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -142,7 +142,10 @@ impl HeadMasks {
 }
 
 /// Defines [`HeadMasks::of`] for one SIMD width: the first `blocks`
-/// blocks of `padded` (the rest are zeros: none of the bytes).
+/// blocks of `padded` (the rest are zeros: none of the bytes). Both are
+/// `unsafe` for the AVX2 one's sake (the caller checks the CPU has it);
+/// the SSE2 one has no condition (SSE2 is part of x86-64, and the blocks
+/// read are bounded inside).
 macro_rules! head_masks_simd {
     ($(#[$attr:meta])* $name:ident, $width:literal, $vector:ident, $set1:ident, $load:ident, $or:ident, $sub:ident, $min:ident, $cmpeq:ident, $movemask:ident) => {
         impl HeadMasks {
@@ -549,10 +552,10 @@ mod tests {
             proptest::prop_assert_eq!(word_level(head, &HeadMasks::of(head)), word_level_walked(head), "{:?}", line);
         }
 
-        /// The markers only skip checks that could not succeed: the level
-        /// is the one found when every check runs.
+        /// The masks' checks only skip those that could not succeed: the
+        /// level is the one found when every check runs at every byte.
         #[test]
-        fn markers_change_no_level(
+        fn checks_change_no_level(
             pieces in proptest::collection::vec(
                 proptest::sample::select(vec![
                     "level", "LEVEL", "Lvl", "sev", "severity", "lev", "vl", "=", ":", "\"", " ", "[", "]", "<", ">",

@@ -1,7 +1,7 @@
 //! What every weft stage shares: the log record and its Arrow schemas, the
 //! collector → indexer wire codec, label sets, and time parsing.
 
-/// Instantiates a SIMD search macro of [`fold`] or [`scan`] twice: 16
+/// Instantiates a SIMD search macro of [`fold`] twice: 16
 /// positions at a time with SSE2 (part of x86-64) as `$sse2`, and 32 at a
 /// time with AVX2 as `$avx2` (called only where the CPU has it).
 macro_rules! sse2_and_avx2 {

@@ -47,8 +47,7 @@ impl<S: MarkerSet> Held<S> {
         Self::from_bits(held::<S>(text))
     }
 
-    /// Bit `k` for `S::MARKERS[k]` (all bits: every check runs, as
-    /// without the prefilter).
+    /// Bit `k` for `S::MARKERS[k]`.
     pub fn from_bits(bits: u8) -> Self {
         Self { bits, set: PhantomData }
     }
@@ -100,6 +99,7 @@ fn held_bytewise<S: MarkerSet>(text: &[u8]) -> u8 {
 /// byte (a `Pair`), and of the next byte's class where that is a `Pair`'s
 /// second byte. Each bit stands for one byte value on each side, so
 /// `low[b & 15] & high[b >> 4]` has it exactly for that byte.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct NibbleTables {
     first_low: [u8; 16],
@@ -110,6 +110,7 @@ struct NibbleTables {
     bytes: u8,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl NibbleTables {
     const fn of(markers: &[Marker]) -> Self {
         let mut tables = NibbleTables {
