@@ -6,11 +6,17 @@
 
 use std::marker::PhantomData;
 
+use crate::fold::fold;
+
 /// A byte, or a byte followed by another, to look for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Marker {
     Byte(u8),
     Pair(u8, u8),
+    /// Two bytes that fold onto themselves, each either as it is or with
+    /// bit 5 clear (`ev`: `ev`, `eV`, `Ev`, `EV`), compared as
+    /// [`crate::fold`] folds bytes.
+    FoldedPair(u8, u8),
 }
 
 /// A fixed list of markers, known when the pass is compiled: each search
@@ -64,7 +70,19 @@ impl<S: MarkerSet> Held<S> {
 
 /// Bit `k` set where `text` holds `S::MARKERS[k]`.
 pub fn held<S: MarkerSet>(text: &[u8]) -> u8 {
-    const { assert!(S::MARKERS.len() <= 8, "a marker set holds at most 8 markers") };
+    const {
+        assert!(S::MARKERS.len() <= 8, "a marker set holds at most 8 markers");
+        let mut k = 0;
+        while k < S::MARKERS.len() {
+            if let Marker::FoldedPair(first, second) = S::MARKERS[k] {
+                assert!(
+                    fold(first) == first && fold(second) == second,
+                    "a folded pair is of bytes that fold onto themselves"
+                );
+            }
+            k += 1;
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if text.len() > 32 && std::arch::is_x86_feature_detected!("avx2") {
@@ -88,6 +106,7 @@ fn held_bytewise<S: MarkerSet>(text: &[u8]) -> u8 {
         let found = match *marker {
             Marker::Byte(byte) => text.contains(&byte),
             Marker::Pair(first, second) => text.windows(2).any(|w| w[0] == first && w[1] == second),
+            Marker::FoldedPair(first, second) => text.windows(2).any(|w| fold(w[0]) == first && fold(w[1]) == second),
         };
         bits |= u8::from(found) << k;
     }
@@ -97,8 +116,10 @@ fn held_bytewise<S: MarkerSet>(text: &[u8]) -> u8 {
 /// The markers as per-byte classes, looked up by nibble (`pshufb`): bit
 /// `k` of a byte's class where it is marker `k`'s byte (a `Byte`) or first
 /// byte (a `Pair`), and of the next byte's class where that is a `Pair`'s
-/// second byte. Each bit stands for one byte value on each side, so
-/// `low[b & 15] & high[b >> 4]` has it exactly for that byte.
+/// second byte. Each bit stands for one byte value on each side, or for
+/// a folded pair's two (the same but for bit 5, so their high nibbles
+/// differ by 2 and their low ones not), so `low[b & 15] & high[b >> 4]`
+/// has it exactly for those bytes.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct NibbleTables {
@@ -123,19 +144,26 @@ impl NibbleTables {
         let mut k = 0;
         while k < markers.len() {
             let bit = 1u8 << k;
-            let first = match markers[k] {
+            // The bytes a marker's first and second byte may be (the same
+            // twice where only one).
+            let (first, second) = match markers[k] {
                 Marker::Byte(byte) => {
                     tables.bytes |= bit;
-                    byte
+                    ([byte; 2], None)
                 }
-                Marker::Pair(first, second) => {
-                    tables.second_low[(second & 15) as usize] |= bit;
-                    tables.second_high[(second >> 4) as usize] |= bit;
-                    first
-                }
+                Marker::Pair(first, second) => ([first; 2], Some([second; 2])),
+                Marker::FoldedPair(first, second) => ([first, first & !0x20], Some([second, second & !0x20])),
             };
-            tables.first_low[(first & 15) as usize] |= bit;
-            tables.first_high[(first >> 4) as usize] |= bit;
+            let mut i = 0;
+            while i < 2 {
+                tables.first_low[(first[i] & 15) as usize] |= bit;
+                tables.first_high[(first[i] >> 4) as usize] |= bit;
+                if let Some(second) = second {
+                    tables.second_low[(second[i] & 15) as usize] |= bit;
+                    tables.second_high[(second[i] >> 4) as usize] |= bit;
+                }
+                i += 1;
+            }
             k += 1;
         }
         tables
@@ -227,12 +255,19 @@ unsafe fn held_sse2<S: MarkerSet>(text: &[u8]) -> u8 {
                 _mm_loadu_si128(base.add(at + 1) as *const __m128i),
             )
         };
+        // Unused (and not computed) without a folded pair.
+        let case = _mm_set1_epi8(0x20);
+        let (here_folded, next_folded) = (_mm_or_si128(here, case), _mm_or_si128(next, case));
         for (k, marker) in S::MARKERS.iter().enumerate() {
             let hit = match *marker {
                 Marker::Byte(byte) => _mm_cmpeq_epi8(here, _mm_set1_epi8(byte as i8)),
                 Marker::Pair(first, second) => _mm_and_si128(
                     _mm_cmpeq_epi8(here, _mm_set1_epi8(first as i8)),
                     _mm_cmpeq_epi8(next, _mm_set1_epi8(second as i8)),
+                ),
+                Marker::FoldedPair(first, second) => _mm_and_si128(
+                    _mm_cmpeq_epi8(here_folded, _mm_set1_epi8(first as i8)),
+                    _mm_cmpeq_epi8(next_folded, _mm_set1_epi8(second as i8)),
                 ),
             };
             found[k] = _mm_or_si128(found[k], hit);
@@ -270,6 +305,40 @@ mod tests {
         ];
     }
 
+    struct Folded;
+
+    impl MarkerSet for Folded {
+        const MARKERS: &'static [Marker] = &[
+            Marker::FoldedPair(b'e', b'v'),
+            Marker::FoldedPair(b'l', b'v'),
+            Marker::Byte(b'['),
+            Marker::FoldedPair(b'%', b'x'),
+        ];
+    }
+
+    /// A folded pair in each of its cases, at every position; bytes that
+    /// fold onto others (`E` and `e` do, `%` and `\x05` do not match `e`).
+    #[test]
+    fn folded_pairs_in_every_case_at_every_position() {
+        for len in 2..80usize {
+            for at in 0..len - 1 {
+                for pair in [b"ev", b"eV", b"Ev", b"EV", b"lV", b"Lv"] {
+                    let mut text = vec![b'-'; len];
+                    text[at..at + 2].copy_from_slice(pair);
+                    let want = if pair[0] | 0x20 == b'e' { 1 } else { 2 };
+                    assert_eq!(held::<Folded>(&text), want, "{len} {at} {pair:?}");
+                    assert!(every_width_agrees::<Folded>(&text), "{len} {at} {pair:?}");
+                }
+            }
+        }
+        assert_eq!(held::<Folded>(&[b'%'; 40]), 0);
+        assert_eq!(held::<Folded>(&[b'\x05', b'X'].repeat(20)), 8);
+        assert_eq!(
+            held::<Folded>(b"\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16\x05\x16[x"),
+            4
+        );
+    }
+
     /// Each implementation that takes `text` agrees with the bytewise one:
     /// SSE2 and AVX2 called directly, since `held` picks one of them by
     /// length and CPU.
@@ -297,7 +366,7 @@ mod tests {
             for (k, marker) in Test::MARKERS.iter().enumerate() {
                 let bytes: &[u8] = match marker {
                     Marker::Byte(b) => &[*b],
-                    Marker::Pair(a, b) => &[*a, *b],
+                    Marker::Pair(a, b) | Marker::FoldedPair(a, b) => &[*a, *b],
                 };
                 for at in 0..(len + 1).saturating_sub(bytes.len()) {
                     let mut text = vec![b'-'; len];
@@ -311,6 +380,18 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn folded_held_agrees_with_a_bytewise_search(
+            text in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    b'e', b'E', b'v', b'V', b'l', b'L', b'[', 0xff, b'x', b'X', b'%', 0x05, 0x16, b'f', b'F', b'w', b'n', 0xe5, 0x56 ^ 0x80,
+                ]),
+                0..100,
+            )
+        ) {
+            proptest::prop_assert!(every_width_agrees::<Folded>(&text));
+        }
+
         #[test]
         fn held_agrees_with_a_bytewise_search(
             // The markers' bytes, and bytes sharing a nibble with them.

@@ -476,6 +476,12 @@ const SHORT_TRAINING_KEY_PIECE: &[u8] = b"lr";
 /// first two bytes of each, and common pairs (`st`, `se`, `it`) sent most
 /// JSON lines to its slower check.
 fn holds_training_key_piece(text: &[u8]) -> bool {
+    // Most JSON and logfmt lines (access logs, app logs) hold none of the
+    // pairs: no copy and no search for them (the two had been half of a
+    // JSON access log's extraction).
+    if Held::<KeyPiecePairs>::of(text).bits() == 0 {
+        return false;
+    }
     enum Search {
         Packed(aho_corasick::packed::Searcher),
         Automaton(aho_corasick::AhoCorasick),
@@ -495,6 +501,25 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
         };
         long || short.find(folded).is_some()
     })
+}
+
+/// A pair of letters (in any case) out of each of [`TRAINING_KEY_PIECES`]
+/// and [`SHORT_TRAINING_KEY_PIECE`], one marker pass finds: a text that
+/// holds none of them holds no piece. Pairs rare in log lines were picked.
+#[derive(Debug)]
+struct KeyPiecePairs;
+
+impl weft_model::scan::MarkerSet for KeyPiecePairs {
+    const MARKERS: &'static [Marker] = &[
+        Marker::FoldedPair(b's', b's'), // loss
+        Marker::FoldedPair(b'e', b'p'), // step, epoch
+        Marker::FoldedPair(b'i', b't'), // iter
+        Marker::FoldedPair(b'r', b'n'), // learning
+        Marker::FoldedPair(b'g', b'r'), // grad
+        Marker::FoldedPair(b'e', b'c'), // sec
+        Marker::FoldedPair(b'x', b'i'), // perplexity
+        Marker::FoldedPair(b'l', b'r'), // lr
+    ];
 }
 
 /// Numeric top-level fields of a JSON object that has a training key.
@@ -896,6 +921,24 @@ mod tests {
         assert_eq!(out.len(), 4);
         assert!(!python_dict_as_printed("{'loss': 1,234, 'epoch': 3}", &mut out));
         assert_eq!(out.len(), 4);
+    }
+
+    /// Each training key piece holds one of the pairs the cheap check looks
+    /// for, in every case: a line holding a piece is never refused by it.
+    #[test]
+    fn every_key_piece_holds_a_checked_pair() {
+        for piece in TRAINING_KEY_PIECES.iter().map(|p| p.as_bytes()).chain([SHORT_TRAINING_KEY_PIECE]) {
+            for text in [
+                piece.to_vec(),
+                piece.to_ascii_uppercase(),
+                format!("x{}x", String::from_utf8_lossy(piece)).into_bytes(),
+            ] {
+                assert_ne!(Held::<KeyPiecePairs>::of(&text).bits(), 0, "{:?}", String::from_utf8_lossy(&text));
+            }
+        }
+        let access_log = br#"{"ts":"2026-11-25T09:15:31.421Z","level":"info","msg":"request finished","method":"POST","path":"/v1/embeddings","status":200,"prompt_tokens":3719,"completion_tokens":260,"latency_ms":8393.6,"request_id":"f5762accbf11fbfb","model":"llama-3-8b-instruct"}"#;
+        assert_eq!(Held::<KeyPiecePairs>::of(access_log).bits(), 0);
+        assert!(!holds_training_key_piece(access_log));
     }
 
     #[test]
