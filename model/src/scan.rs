@@ -222,8 +222,15 @@ unsafe fn held_avx2<S: MarkerSet>(text: &[u8]) -> u8 {
     half = _mm_or_si128(half, _mm_srli_si128(half, 4));
     half = _mm_or_si128(half, _mm_srli_si128(half, 2));
     half = _mm_or_si128(half, _mm_srli_si128(half, 1));
-    let mut bits = _mm_cvtsi128_si32(half) as u8;
+    _mm_cvtsi128_si32(half) as u8 | last_byte_bits::<S>(text)
+}
+
+/// The bits of the single-byte markers that `text`'s last byte is (the
+/// SIMD steps never load it as the first of a pair).
+#[cfg(target_arch = "x86_64")]
+fn last_byte_bits<S: MarkerSet>(text: &[u8]) -> u8 {
     let last = text[text.len() - 1];
+    let mut bits = 0;
     for (k, marker) in S::MARKERS.iter().enumerate() {
         if matches!(*marker, Marker::Byte(byte) if byte == last) {
             bits |= 1 << k;
@@ -277,13 +284,11 @@ unsafe fn held_sse2<S: MarkerSet>(text: &[u8]) -> u8 {
         }
         from += 16;
     }
-    let last = text[text.len() - 1];
     let mut bits = 0;
-    for (k, marker) in S::MARKERS.iter().enumerate() {
-        let at_end = matches!(*marker, Marker::Byte(byte) if byte == last);
-        bits |= u8::from(_mm_movemask_epi8(found[k]) != 0 || at_end) << k;
+    for (k, found) in found.iter().enumerate().take(S::MARKERS.len()) {
+        bits |= u8::from(_mm_movemask_epi8(*found) != 0) << k;
     }
-    bits
+    bits | last_byte_bits::<S>(text)
 }
 
 #[cfg(test)]
