@@ -505,7 +505,8 @@ fn holds_training_key_piece(text: &[u8]) -> bool {
 
 /// A pair of letters (in any case) out of each of [`TRAINING_KEY_PIECES`]
 /// and [`SHORT_TRAINING_KEY_PIECE`], one marker pass finds: a text that
-/// holds none of them holds no piece. Pairs rare in log lines were picked.
+/// holds none of them holds no piece. The pairs are the pieces' rarer ones
+/// (`ss`, not `lo`): a JSON access log holds none of them.
 #[derive(Debug)]
 struct KeyPiecePairs;
 
