@@ -116,6 +116,17 @@ enum Command {
         /// An empty data directory for the indexer.
         data: PathBuf,
     },
+    /// Reads every GPU once through NVML, as the collector does, and prints
+    /// the counters in the Prometheus text format with dcgm-exporter's names;
+    /// fails with the reason where no NVIDIA driver is found.
+    Gpu {
+        /// Then waits this long for NVML Xid events and prints each (e.g. 10s).
+        #[arg(long, value_name = "DURATION")]
+        xid_wait: Option<String>,
+        /// The `Hostname` label [default: NODE_NAME, then the hostname]
+        #[arg(long, env = "NODE_NAME")]
+        node: Option<String>,
+    },
     /// Rule files: check them (`weft rules check FILE...`).
     Rules {
         #[command(subcommand)]
@@ -175,6 +186,47 @@ fn config_check(files: &[PathBuf]) -> anyhow::Result<()> {
     if bad > 0 {
         anyhow::bail!("{bad} of {} config files are invalid", files.len());
     }
+    Ok(())
+}
+
+/// `weft gpu`: one NVML read printed as an exposition on stdout; the
+/// driver line, and Xid events when asked to wait for them, on stderr.
+fn gpu(xid_wait: Option<&str>, node: Option<String>) -> anyhow::Result<()> {
+    use weft_collector::sources::gpu;
+    let wait = xid_wait
+        .map(|text| weft_model::time::parse_duration(text).map_err(|e| anyhow::anyhow!("--xid-wait: {e}")))
+        .transpose()?
+        .map(|nanos| std::time::Duration::from_nanos(nanos as u64));
+    let node = weft_collector::config::CollectorConfig {
+        node,
+        ..Default::default()
+    }
+    .node_name();
+    let (driver, text) = gpu::read_exposition(&node).map_err(anyhow::Error::msg)?;
+    eprintln!("NVML: {driver}");
+    print!("{text}");
+    let Some(wait) = wait else { return Ok(()) };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (events, received) = std::sync::mpsc::sync_channel(64);
+    let watch = gpu::nvml::watch_xid(stop.clone(), events).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "waiting {} for Xid events",
+        weft_model::time::format_duration(wait.as_nanos() as i64)
+    );
+    let deadline = std::time::Instant::now() + wait;
+    let mut seen = 0;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match received.recv_timeout(left) {
+            Ok(gpu::nvml::XidEvent { gpu, uuid, xid }) => {
+                seen += 1;
+                eprintln!("Xid {xid} on GPU {gpu} ({uuid}): {}", gpu::nvml::xid_meaning(xid));
+            }
+            Err(_) => break,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watch.join();
+    eprintln!("{seen} Xid events");
     Ok(())
 }
 
@@ -332,6 +384,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return rules_check(files);
     }
+    if let Command::Gpu { xid_wait, node } = &cli.command {
+        app::init_logging(Some("info"), false);
+        return gpu(xid_wait.as_deref(), node.clone());
+    }
     if let Command::Config {
         command: ConfigCommand::Check { files },
     } = &cli.command
@@ -347,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Inspect { .. }
         | Command::Rules { .. }
         | Command::Config { .. }
+        | Command::Gpu { .. }
         | Command::BenchPipeline { .. } => {
             unreachable!("handled above")
         }
@@ -415,6 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Inspect { .. }
         | Command::Rules { .. }
         | Command::Config { .. }
+        | Command::Gpu { .. }
         | Command::BenchPipeline { .. } => {
             unreachable!("handled above")
         }

@@ -1,6 +1,6 @@
 //! The offline commands: `weft inspect` (dry run of parsing and
 //! extraction), `weft promql-test` (PromQL test files) and `weft rules
-//! check` (rule files).
+//! check` (rule files), `weft gpu` (one NVML read).
 
 use std::process::Command;
 
@@ -95,4 +95,32 @@ fn rules_check_validates_files_and_points_at_the_line() {
         stdout.contains(&format!("FAILED {}:5: group \"ml\", rule \"Oom\": expr:", bad.display())),
         "{stdout}"
     );
+}
+
+#[test]
+fn gpu_reads_nvml_or_says_why_not() {
+    let bad = weft(&["gpu", "--xid-wait", "5x"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--xid-wait") && stderr.contains("unknown unit"), "{stderr}");
+
+    let output = weft(&["gpu", "--node", "n1"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        // A machine with an NVIDIA driver (scripts/gpu-check compares the
+        // figures with nvidia-smi's): every GPU has its memory series.
+        assert!(stderr.contains("NVML: driver "), "{stderr}");
+        assert!(stdout.contains("# TYPE DCGM_FI_DEV_FB_USED gauge"), "{stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("DCGM_FI_DEV_FB_USED{gpu=\"0\"") && l.contains("Hostname=\"n1\"")),
+            "{stdout}"
+        );
+    } else {
+        // CI's machines: no driver, one line saying so, nothing on stdout.
+        assert!(stderr.contains("NVML could not be loaded"), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
 }

@@ -76,6 +76,66 @@ pub fn parse(text: &str, metadata: &mut MetadataMap) -> (Vec<ExposedSample>, Vec
     (samples, errors)
 }
 
+/// Renders samples as an exposition (`# HELP`, `# TYPE`, then one line per
+/// sample, grouped by metric name in first-seen order): what `weft gpu`
+/// prints, readable by Prometheus and by [`parse`].
+pub fn render(samples: &[(LabelSet, f64)], metadata: &MetadataMap) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for (labels, _) in samples {
+        let name = labels.get(METRIC_NAME).unwrap_or("");
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut out = String::new();
+    for name in names {
+        if let Some(meta) = metadata.get(name) {
+            if !meta.help.is_empty() {
+                out.push_str(&format!("# HELP {name} {}\n", meta.help.replace('\\', "\\\\").replace('\n', "\\n")));
+            }
+            if !meta.kind.is_empty() {
+                out.push_str(&format!("# TYPE {name} {}\n", meta.kind));
+            }
+        }
+        for (labels, value) in samples.iter().filter(|(l, _)| l.get(METRIC_NAME).unwrap_or("") == name) {
+            out.push_str(name);
+            let mut first = true;
+            for (label, text) in labels.iter().filter(|(label, _)| *label != METRIC_NAME) {
+                out.push(if first { '{' } else { ',' });
+                first = false;
+                out.push_str(label);
+                out.push_str("=\"");
+                for c in text.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '"' => out.push_str("\\\""),
+                        '\n' => out.push_str("\\n"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+            }
+            if !first {
+                out.push('}');
+            }
+            out.push(' ');
+            out.push_str(&render_value(*value));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn render_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        value.to_string()
+    }
+}
+
 fn closing_brace(line: &str, open: usize) -> Option<usize> {
     let mut quoted = false;
     let mut escaped = false;
@@ -118,5 +178,42 @@ DCGM_FI_DEV_POWER_USAGE{gpu="0"} NaN
         assert!(samples[2].value.is_nan());
         assert_eq!(metadata["DCGM_FI_DEV_GPU_UTIL"].kind, "gauge");
         assert_eq!(metadata["DCGM_FI_DEV_GPU_UTIL"].help, "GPU utilization (in %).");
+    }
+
+    #[test]
+    fn rendered_samples_parse_back() {
+        let labels = |name: &str, model: &str| {
+            let mut l = LabelSet::from_pairs([("gpu", "0".to_string()), ("modelName", model.to_string())]);
+            l.insert(METRIC_NAME, name);
+            l
+        };
+        let samples = vec![
+            (labels("DCGM_FI_DEV_FB_USED", "NVIDIA H100 80GB HBM3"), 1234.5),
+            (labels("DCGM_FI_DEV_GPU_TEMP", "a \"quoted\" \\ name\nsecond line"), 31.0),
+            (labels("DCGM_FI_DEV_FB_USED", "other"), f64::INFINITY),
+        ];
+        let metadata = MetadataMap::from([(
+            "DCGM_FI_DEV_FB_USED".to_string(),
+            weft_model::metric::MetricMetadata {
+                kind: "gauge".into(),
+                help: "Framebuffer memory used (in MiB).".into(),
+                unit: "mebibytes".into(),
+            },
+        )]);
+        let text = render(&samples, &metadata);
+        assert!(
+            text.starts_with("# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).\n# TYPE DCGM_FI_DEV_FB_USED gauge\n"),
+            "{text}"
+        );
+        // Grouped by name: both FB_USED lines come before the temperature.
+        assert!(text.find("other").unwrap() < text.find("DCGM_FI_DEV_GPU_TEMP").unwrap(), "{text}");
+        let mut read_metadata = MetadataMap::new();
+        let (parsed, errors) = parse(&text, &mut read_metadata);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut expected = samples.clone();
+        expected.swap(1, 2);
+        let got: Vec<(LabelSet, f64)> = parsed.into_iter().map(|s| (s.labels, s.value)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(read_metadata["DCGM_FI_DEV_FB_USED"].kind, "gauge");
     }
 }

@@ -69,7 +69,8 @@ impl GpuSource {
     }
 }
 
-fn dcgm_metadata() -> MetadataMap {
+/// `# HELP` / `# TYPE` of the series the NVML reader writes.
+pub fn dcgm_metadata() -> MetadataMap {
     let gauge = |help: &str, unit: &str| MetricMetadata {
         kind: "gauge".into(),
         help: help.into(),
@@ -148,6 +149,16 @@ fn attribute(series: &mut LabelSet, owners: &HashMap<String, podresources::Devic
     series.insert("container", owner.container.clone());
     series.insert("run", run.unwrap_or_default());
     series.insert("rank", rank.unwrap_or_default());
+}
+
+/// One NVML read of every GPU, as the collector makes it, rendered as a
+/// Prometheus exposition with dcgm-exporter's names (`weft gpu`). Returns
+/// the driver line and the exposition; fails with the reason where NVML
+/// cannot be loaded.
+pub fn read_exposition(hostname: &str) -> Result<(String, String), String> {
+    let reader = nvml::NvmlReader::open().map_err(|e| format!("NVML could not be loaded ({e}): no NVIDIA driver on this machine?"))?;
+    let samples = reader.read(hostname, &HashMap::new());
+    Ok((reader.describe(), exposition::render(&samples, &dcgm_metadata())))
 }
 
 /// Starts the GPU source (a no-op loop when neither NVML nor dcgm-exporter
