@@ -302,11 +302,31 @@ impl Markers {
     const DICT_OPEN: u8 = 1 << 7;
 }
 
+/// Lines longer than this are not read for metrics (but see [`last_redraw`]).
+const MAX_LINE: usize = 16 * 1024;
+
+/// What a terminal would show last of a line that a progress bar rewrote
+/// with carriage returns: tqdm and Keras writing to a pipe (as under the
+/// kubelet, which splits lines at `\n` only) put every redraw on one line,
+/// `\r  2%|▏ | 1/60 [...]\r 10%|█ | 6/60 [...]`, and the bar's state is the
+/// last. `line` is trimmed at its end, so the last redraw is not empty.
+fn last_redraw(line: &str) -> &str {
+    match memchr::memrchr(b'\r', line.as_bytes()) {
+        Some(cr) => &line[cr + 1..],
+        None => line,
+    }
+}
+
 /// Runs every built-in recognizer on `line`.
 pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
-    let line = line.trim_end();
-    if line.len() > 16 * 1024 {
-        return;
+    let mut line = line.trim_end();
+    if line.len() > MAX_LINE {
+        // A bar redrawn for minutes through a pipe is one long line: its
+        // last redraw is read where it is short.
+        match memchr::memrchr(b'\r', line.as_bytes()) {
+            Some(cr) if line.len() - cr - 1 <= MAX_LINE => line = &line[cr + 1..],
+            _ => return,
+        }
     }
     let f = finders();
     let bytes = line.as_bytes();
@@ -329,11 +349,11 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
     let slash_s = markers.any(Markers::SLASH_S);
     if slash_s && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some()) {
-        progress_bar(line, out);
+        progress_bar(last_redraw(line), out);
         return;
     }
     if (slash_s && f.per_step.find(bytes).is_some()) || (markers.any(Markers::ETA_COLON) && f.eta.find(bytes).is_some()) {
-        keras(line, out);
+        keras(last_redraw(line), out);
         return;
     }
     // `step=` or `steps:`, or `loss:`.

@@ -102,6 +102,34 @@ fn tqdm_and_lightning_progress_bars() {
 }
 
 #[test]
+fn a_bar_redrawn_through_a_pipe_is_read_at_its_last_redraw() {
+    // tqdm writing to a pipe, as under the kubelet: every redraw on one line.
+    let redraws = "\r  0%|          | 0/60 [00:00<?, ?it/s]\r  2%|▏         | 1/60 [00:00<00:30,  1.92it/s]\r 10%|█         | 6/60 [00:01<00:07,  7.10it/s]\r";
+    let found = extract(redraws);
+    assert_eq!(
+        (
+            get(&found, "step"),
+            get(&found, "total_steps"),
+            get(&found, "iterations_per_second")
+        ),
+        (Some(6.0), Some(60.0), Some(7.10))
+    );
+    // Minutes of redraws: longer than a line read for metrics, read at its end.
+    let mut long = String::new();
+    for step in 0..=600 {
+        long.push_str(&format!("\r {:>3}%|          | {step}/600 [00:10<00:10,  9.50it/s]", step / 6));
+    }
+    assert!(long.len() > 16 * 1024);
+    let found = extract(&long);
+    assert_eq!((get(&found, "step"), get(&found, "total_steps")), (Some(600.0), Some(600.0)));
+    // Keras redraws its bar the same way.
+    let keras = extract("\r 1/100 [>.....] - ETA: 9s - loss: 0.9000\r 37/100 [==>...] - ETA: 3s - loss: 0.4501");
+    assert_eq!((get(&keras, "batch"), get(&keras, "loss")), (Some(37.0), Some(0.4501)));
+    // A long line without a carriage return is still not read.
+    assert!(extract(&format!("loss={} {}", 0.5, "x".repeat(17 * 1024))).is_empty());
+}
+
+#[test]
 fn keras_progress_lines() {
     let found = extract("100/100 [==============================] - 5s 50ms/step - loss: 0.3012 - accuracy: 0.9123 - val_loss: 0.3521 - val_accuracy: 0.8810");
     assert_eq!(get(&found, "loss"), Some(0.3012));
