@@ -608,9 +608,18 @@ fn logfmt_pairs(line: &str, out: &mut Vec<(MetricKey, f64)>) {
 }
 
 /// tqdm and PyTorch Lightning bars:
-/// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`
+/// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`,
+/// and Lightning's rich bar (its default where `rich` is installed), which
+/// a pipe receives once, as it stops:
+/// `Epoch 1/9  ━━━━━━━━━━ 40/40 0:00:03 • 0:00:00 12.50it/s v_num: 0.000 train_loss: 0.210`.
 fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let f = finders();
+    // A validation, test or prediction bar counts batches of another loop:
+    // its counter is not the training step.
+    let trimmed = line.trim_start();
+    let evaluation = ["Validation", "Sanity Checking", "Testing", "Predicting"]
+        .iter()
+        .any(|loop_name| trimmed.starts_with(loop_name));
     // `Epoch N:` prefix (Lightning).
     if let Some(at) = f.epoch.find(line.as_bytes()) {
         let rest = &line[at + 6..];
@@ -620,37 +629,82 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         }
     }
     // `N/M [` counter: the step within the bar.
-    if let Some(bracket) = f.counter_end.find(line.as_bytes()) {
-        let before = &line[..bracket];
-        if let Some(counter) = before
-            .rsplit(|c: char| c == '|' || c.is_whitespace())
-            .find(|t| t.as_bytes().contains(&b'/'))
-        {
-            if let Some((done, total)) = split_at_byte(counter, b'/') {
-                if let (Some(done), Some(total)) = (parse_number(done), parse_number(total)) {
-                    push_known(out, "step", done);
-                    push_known(out, "total_steps", total);
+    let Some(bracket) = f.counter_end.find(line.as_bytes()) else {
+        rich_bar(line, evaluation, out);
+        return;
+    };
+    let counter = line[..bracket]
+        .rsplit(|c: char| c == '|' || c.is_whitespace())
+        .find(|t| t.as_bytes().contains(&b'/'));
+    if let Some(counter) = counter.filter(|_| !evaluation) {
+        push_counter(counter, out);
+    }
+    let inside = &line[bracket + 2..memchr::memchr(b']', &line.as_bytes()[bracket..]).map_or(line.len(), |e| bracket + e)];
+    for part in inside.split([',']) {
+        let part = part.trim();
+        if let Some(rate) = part.strip_suffix("it/s") {
+            if let Some(rate) = parse_number(rate).filter(|_| !evaluation) {
+                push_known(out, "iterations_per_second", rate);
+            }
+        } else if let Some(seconds) = part.strip_suffix("s/it") {
+            if let Some(seconds) = parse_number(seconds).filter(|_| !evaluation) {
+                push_known(out, "seconds_per_iteration", seconds);
+            }
+        } else if let Some((key, value)) = split_at_byte(part, b'=') {
+            if key.trim() != "v_num" {
+                if let Some(value) = parse_number(value) {
+                    push(out, key, value);
                 }
             }
         }
-        let inside = &line[bracket + 2..memchr::memchr(b']', &line.as_bytes()[bracket..]).map_or(line.len(), |e| bracket + e)];
-        for part in inside.split([',']) {
-            let part = part.trim();
-            if let Some(rate) = part.strip_suffix("it/s") {
-                if let Some(rate) = parse_number(rate) {
-                    push_known(out, "iterations_per_second", rate);
+    }
+}
+
+/// `done/total` as the step and the steps in all; `done/--` (a loader of
+/// unknown length in Lightning's rich bar) as the step alone.
+fn push_counter(counter: &str, out: &mut Vec<(MetricKey, f64)>) {
+    if let Some((done, total)) = split_at_byte(counter, b'/') {
+        if let Some(done) = parse_number(done) {
+            match parse_number(total) {
+                Some(total) => {
+                    push_known(out, "step", done);
+                    push_known(out, "total_steps", total);
                 }
-            } else if let Some(seconds) = part.strip_suffix("s/it") {
-                if let Some(seconds) = parse_number(seconds) {
-                    push_known(out, "seconds_per_iteration", seconds);
-                }
-            } else if let Some((key, value)) = split_at_byte(part, b'=') {
-                if key.trim() != "v_num" {
-                    if let Some(value) = parse_number(value) {
-                        push(out, key, value);
-                    }
-                }
+                None if total == "--" => push_known(out, "step", done),
+                None => {}
             }
+        }
+    }
+}
+
+/// Lightning's rich bar: description, bar, `done/total`, elapsed • remaining,
+/// `N.NNit/s`, then `name: value` pairs.
+fn rich_bar(line: &str, evaluation: bool, out: &mut Vec<(MetricKey, f64)>) {
+    let Some(rate_end) = finders().it_per_s.find(line.as_bytes()) else {
+        return;
+    };
+    let before = &line[..rate_end];
+    let rate_start = before.rfind(char::is_whitespace).map_or(0, |at| at + 1);
+    let Some(rate) = parse_number(&before[rate_start..]) else { return };
+    // The counter is the last `digits/…` before the rate: the description's
+    // `Epoch 1/9` comes first.
+    let counter = before[..rate_start]
+        .split_whitespace()
+        .rev()
+        .find(|t| t.as_bytes().first().is_some_and(u8::is_ascii_digit) && t.as_bytes().contains(&b'/'));
+    let Some(counter) = counter else { return };
+    if !evaluation {
+        push_counter(counter, out);
+        push_known(out, "iterations_per_second", rate);
+    }
+    let mut tokens = line[rate_end + 4..].split_whitespace();
+    while let Some(token) = tokens.next() {
+        let Some(key) = token.strip_suffix(':') else { continue };
+        let Some(value) = tokens.next().and_then(parse_number) else {
+            continue;
+        };
+        if key != "v_num" {
+            push(out, key, value);
         }
     }
 }

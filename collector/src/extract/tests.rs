@@ -102,6 +102,45 @@ fn tqdm_and_lightning_progress_bars() {
 }
 
 #[test]
+fn lightning_rich_bars() {
+    // As a pipe received it from Lightning 2.6 with rich installed (docs/gpu.md).
+    let found = extract("Epoch 1/1  ━━━━━━━━━━━━━━━━━ 40/40 0:00:00 •        390.10it/s train_loss: 0.210");
+    assert_eq!(
+        (
+            get(&found, "epoch"),
+            get(&found, "step"),
+            get(&found, "total_steps"),
+            get(&found, "iterations_per_second"),
+            get(&found, "train_loss")
+        ),
+        (Some(1.0), Some(40.0), Some(40.0), Some(390.10), Some(0.210))
+    );
+    let found = extract("Epoch 0/9  ━━━━━━━╸━━━━━━━━━ 18/-- 0:00:03 • -:--:-- 5.23it/s v_num: 0.000 train/loss: 0.512 val_acc: 0.910");
+    assert_eq!(get(&found, "step"), Some(18.0));
+    assert_eq!(get(&found, "total_steps"), None, "an unknown total");
+    assert_eq!(get(&found, "v_num"), None);
+    assert_eq!(get(&found, "val_acc"), Some(0.910));
+    assert_eq!(found.iter().filter(|(k, _)| k.contains("loss")).count(), 1, "{found:?}");
+}
+
+#[test]
+fn evaluation_bars_do_not_move_the_training_step() {
+    for line in [
+        "Validation DataLoader 0:  50%|█████     | 5/10 [00:00<00:00, 100.00it/s]",
+        "Sanity Checking DataLoader 0: 100%|██████████| 2/2 [00:00<00:00, 50.00it/s]",
+        "Validation DataLoader 0 ━━━━━━━━━━━━━━━━━ 10/10 0:00:00 • 0:00:00 50.00it/s",
+        "Testing DataLoader 0: 100%|██████████| 10/10 [00:00<00:00, 80.00it/s]",
+    ] {
+        let found = extract(line);
+        assert_eq!(
+            (get(&found, "step"), get(&found, "iterations_per_second")),
+            (None, None),
+            "{line}: {found:?}"
+        );
+    }
+}
+
+#[test]
 fn a_bar_redrawn_through_a_pipe_is_read_at_its_last_redraw() {
     // tqdm writing to a pipe, as under the kubelet: every redraw on one line.
     let redraws = "\r  0%|          | 0/60 [00:00<?, ?it/s]\r  2%|▏         | 1/60 [00:00<00:30,  1.92it/s]\r 10%|█         | 6/60 [00:01<00:07,  7.10it/s]\r";
