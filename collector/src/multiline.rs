@@ -10,6 +10,7 @@
 //! outside blocks pass straight through without being copied.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sources::pod_logs::format::Stream;
@@ -54,8 +55,8 @@ enum PyState {
 struct Block {
     kind: Kind,
     py: PyState,
-    meta: PodLogPath,
-    source_key: String,
+    meta: Arc<PodLogPath>,
+    source_key: Arc<str>,
     position: u64,
     ts: i64,
     stream: Option<Stream>,
@@ -325,8 +326,9 @@ impl MultilineJoiner {
                 block.text.extend_from_slice(&line.text[..line.text.len().min(room)]);
                 block.lines += 1;
                 block.position = line.position;
-                block.source_key.clear();
-                block.source_key.push_str(line.source_key);
+                if !Arc::ptr_eq(&block.source_key, line.source_key) {
+                    block.source_key = line.source_key.clone();
+                }
                 block.updated = Instant::now();
                 return;
             }
@@ -339,7 +341,7 @@ impl MultilineJoiner {
                     kind,
                     py: PyState::Frames,
                     meta: line.meta.clone(),
-                    source_key: line.source_key.to_string(),
+                    source_key: line.source_key.clone(),
                     position: line.position,
                     ts: line.ts,
                     stream: line.stream,
@@ -385,20 +387,21 @@ mod tests {
     use super::*;
 
     fn run(lines: &[&str]) -> Vec<(String, bool)> {
-        let meta = PodLogPath {
+        let meta = Arc::new(PodLogPath {
             namespace: "ml".into(),
             pod: "p-0".into(),
             pod_uid: "u".into(),
             container: "c".into(),
             restart: 0,
             rotated_at: None,
-        };
+        });
+        let source_key: Arc<str> = Arc::from("s");
         let mut joiner = MultilineJoiner::new(MultilineLimits::default());
         let mut out = Vec::new();
         for (i, text) in lines.iter().enumerate() {
             let line = LogLine {
                 meta: &meta,
-                source_key: "s",
+                source_key: &source_key,
                 position: (i as u64 + 1) * 4,
                 ts: i as i64,
                 stream: Some(Stream::Stderr),

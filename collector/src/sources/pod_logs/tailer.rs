@@ -70,8 +70,11 @@ impl Default for TailerConfig {
 /// A finished log line, borrowed from the tailer's buffers.
 #[derive(Debug)]
 pub struct LogLine<'a> {
-    pub meta: &'a PodLogPath,
-    pub source_key: &'a str,
+    /// The file's path parts, shared by all its lines: a sink that keeps
+    /// a clone knows the next line is from the same file by `Arc::ptr_eq`
+    /// (comparing the texts on every line had cost 2 % of the collector).
+    pub meta: &'a Arc<PodLogPath>,
+    pub source_key: &'a Arc<str>,
     /// Strictly increasing per source; see the module docs.
     pub position: u64,
     pub ts: i64,
