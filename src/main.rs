@@ -124,7 +124,7 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         xid_wait: Option<String>,
         /// The `Hostname` label [default: NODE_NAME, then the hostname]
-        #[arg(long, env = "NODE_NAME")]
+        #[arg(long)]
         node: Option<String>,
     },
     /// Rule files: check them (`weft rules check FILE...`).
@@ -197,11 +197,7 @@ fn gpu(xid_wait: Option<&str>, node: Option<String>) -> anyhow::Result<()> {
         .map(|text| weft_model::time::parse_duration(text).map_err(|e| anyhow::anyhow!("--xid-wait: {e}")))
         .transpose()?
         .map(|nanos| std::time::Duration::from_nanos(nanos as u64));
-    let node = weft_collector::config::CollectorConfig {
-        node,
-        ..Default::default()
-    }
-    .node_name();
+    let node = weft_collector::config::node_name(node.as_deref());
     let (driver, text) = gpu::read_exposition(&node).map_err(anyhow::Error::msg)?;
     eprintln!("NVML: {driver}");
     print!("{text}");
@@ -221,7 +217,12 @@ fn gpu(xid_wait: Option<&str>, node: Option<String>) -> anyhow::Result<()> {
                 seen += 1;
                 eprintln!("Xid {xid} on GPU {gpu} ({uuid}): {}", gpu::nvml::xid_meaning(xid));
             }
-            Err(_) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+            // The watch thread ended early: NVML refused it (its reason is logged above).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = watch.join();
+                anyhow::bail!("the Xid watch stopped after {seen} events (see the log line above)");
+            }
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Release);

@@ -115,7 +115,7 @@ fn gpu_reads_nvml_or_says_why_not() {
         assert!(
             stdout
                 .lines()
-                .any(|l| l.starts_with("DCGM_FI_DEV_FB_USED{gpu=\"0\"") && l.contains("Hostname=\"n1\"")),
+                .any(|l| l.starts_with("DCGM_FI_DEV_FB_USED{") && l.contains("gpu=\"0\"") && l.contains("Hostname=\"n1\"")),
             "{stdout}"
         );
     } else {

@@ -220,21 +220,26 @@ impl CollectorConfig {
 
     /// The node name: configured, else `NODE_NAME`, else the hostname.
     pub fn node_name(&self) -> String {
-        if let Some(node) = self.node.as_ref().filter(|n| !n.is_empty()) {
-            return node.clone();
-        }
-        if let Ok(node) = std::env::var("NODE_NAME") {
-            if !node.is_empty() {
-                return node;
-            }
-        }
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "unknown-node".into())
+        node_name(self.node.as_deref())
     }
+}
+
+/// The node name: `configured`, else `NODE_NAME`, else the hostname.
+pub fn node_name(configured: Option<&str>) -> String {
+    if let Some(node) = configured.filter(|n| !n.is_empty()) {
+        return node.to_string();
+    }
+    if let Ok(node) = std::env::var("NODE_NAME") {
+        if !node.is_empty() {
+            return node;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-node".into())
 }
 
 #[cfg(test)]

@@ -125,7 +125,8 @@ pub fn normalize_key(key: &str) -> MetricKey {
     }
     let mut out = String::with_capacity(key.len() + 4);
     let mut gap = false;
-    for c in key.trim().chars() {
+    let key = key.trim();
+    for (at, c) in key.char_indices() {
         if c.is_ascii_alphanumeric() {
             if gap && !out.is_empty() {
                 out.push('_');
@@ -133,8 +134,9 @@ pub fn normalize_key(key: &str) -> MetricKey {
             out.push(c.to_ascii_lowercase());
             gap = false;
         } else if c == '/' {
+            // `samples/sec` is a rate; `train/loss` a namespace.
             if !out.is_empty() {
-                out.push_str("_per_");
+                out.push_str(if per_unit_follows(&key[at + 1..]) { "_per_" } else { "_" });
             }
             gap = false;
         } else {
@@ -149,6 +151,37 @@ pub fn normalize_key(key: &str) -> MetricKey {
         Some(known) => MetricKey::Borrowed(known),
         None => MetricKey::Owned(out),
     }
+}
+
+/// Units a `/` divides by (`tokens/s`, `samples/sec`, `tflops/gpu`): there
+/// it reads "per"; elsewhere (`train/loss`, Lightning's and TensorBoard's
+/// namespaces) it separates words.
+const PER_UNITS: [&str; 20] = [
+    "s",
+    "sec",
+    "secs",
+    "second",
+    "seconds",
+    "ms",
+    "min",
+    "h",
+    "hour",
+    "step",
+    "steps",
+    "it",
+    "iter",
+    "iteration",
+    "gpu",
+    "device",
+    "batch",
+    "sample",
+    "token",
+    "epoch",
+];
+
+fn per_unit_follows(rest: &str) -> bool {
+    let word = rest.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or("");
+    PER_UNITS.iter().any(|unit| word.eq_ignore_ascii_case(unit))
 }
 
 /// Whether `key` is normal: lower-case letters and digits in words joined
@@ -323,10 +356,11 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     if line.len() > MAX_LINE {
         // A bar redrawn for minutes through a pipe is one long line: its
         // last redraw is read where it is short.
-        match memchr::memrchr(b'\r', line.as_bytes()) {
-            Some(cr) if line.len() - cr - 1 <= MAX_LINE => line = &line[cr + 1..],
-            _ => return,
+        let last = last_redraw(line);
+        if last.len() == line.len() || last.len() > MAX_LINE {
+            return;
         }
+        line = last;
     }
     let f = finders();
     let bytes = line.as_bytes();
@@ -348,12 +382,21 @@ pub fn extract_builtin(line: &str, out: &mut Vec<(MetricKey, f64)>) {
         return;
     }
     let slash_s = markers.any(Markers::SLASH_S);
-    if slash_s && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some()) {
-        progress_bar(last_redraw(line), out);
-        return;
-    }
-    if (slash_s && f.per_step.find(bytes).is_some()) || (markers.any(Markers::ETA_COLON) && f.eta.find(bytes).is_some()) {
-        keras(last_redraw(line), out);
+    let bar = slash_s && (f.it_per_s.find(bytes).is_some() || f.s_per_it.find(bytes).is_some());
+    let keras_bar =
+        !bar && ((slash_s && f.per_step.find(bytes).is_some()) || (markers.any(Markers::ETA_COLON) && f.eta.find(bytes).is_some()));
+    if bar || keras_bar {
+        // A redrawn line is read as what it shows last, which may be a
+        // message written over the bar (`tqdm.write`) rather than the bar.
+        let last = last_redraw(line);
+        if last.len() < line.len() {
+            return extract_builtin(last, out);
+        }
+        if bar {
+            progress_bar(line, out);
+        } else {
+            keras(line, out);
+        }
         return;
     }
     // `step=` or `steps:`, or `loss:`.
@@ -607,6 +650,9 @@ fn logfmt_pairs(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
 }
 
+/// The descriptions of Lightning's bars over loops other than training.
+const EVALUATION_BARS: [&str; 4] = ["Validation", "Sanity Checking", "Testing", "Predicting"];
+
 /// tqdm and PyTorch Lightning bars:
 /// `Epoch 3:  45%|████▌     | 450/1000 [01:23<01:40,  5.40it/s, loss=0.321, v_num=0]`,
 /// and Lightning's rich bar (its default where `rich` is installed), which
@@ -615,11 +661,11 @@ fn logfmt_pairs(line: &str, out: &mut Vec<(MetricKey, f64)>) {
 fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     let f = finders();
     // A validation, test or prediction bar counts batches of another loop:
-    // its counter is not the training step.
+    // its counter is not the training step. Lightning names the loop; tqdm
+    // draws a nested bar (Hugging Face's evaluation bar, below the training
+    // bar) and then moves the cursor back up, `ESC [A`.
     let trimmed = line.trim_start();
-    let evaluation = ["Validation", "Sanity Checking", "Testing", "Predicting"]
-        .iter()
-        .any(|loop_name| trimmed.starts_with(loop_name));
+    let evaluation = line.ends_with("\x1b[A") || EVALUATION_BARS.iter().any(|loop_name| trimmed.starts_with(loop_name));
     // `Epoch N:` prefix (Lightning).
     if let Some(at) = f.epoch.find(line.as_bytes()) {
         let rest = &line[at + 6..];
@@ -660,19 +706,23 @@ fn progress_bar(line: &str, out: &mut Vec<(MetricKey, f64)>) {
     }
 }
 
-/// `done/total` as the step and the steps in all; `done/--` (a loader of
-/// unknown length in Lightning's rich bar) as the step alone.
-fn push_counter(counter: &str, out: &mut Vec<(MetricKey, f64)>) {
-    if let Some((done, total)) = split_at_byte(counter, b'/') {
-        if let Some(done) = parse_number(done) {
-            match parse_number(total) {
-                Some(total) => {
-                    push_known(out, "step", done);
-                    push_known(out, "total_steps", total);
-                }
-                None if total == "--" => push_known(out, "step", done),
-                None => {}
-            }
+/// `done/total`, or `done/--` (a loader of unknown length in Lightning's
+/// rich bar): the step and, where known, the steps in all.
+fn counter(token: &str) -> Option<(f64, Option<f64>)> {
+    let (done, total) = split_at_byte(token, b'/')?;
+    let done = parse_number(done)?;
+    match parse_number(total) {
+        Some(total) => Some((done, Some(total))),
+        None if total == "--" => Some((done, None)),
+        None => None,
+    }
+}
+
+fn push_counter(token: &str, out: &mut Vec<(MetricKey, f64)>) {
+    if let Some((done, total)) = counter(token) {
+        push_known(out, "step", done);
+        if let Some(total) = total {
+            push_known(out, "total_steps", total);
         }
     }
 }
@@ -684,17 +734,16 @@ fn rich_bar(line: &str, evaluation: bool, out: &mut Vec<(MetricKey, f64)>) {
         return;
     };
     let before = &line[..rate_end];
-    let rate_start = before.rfind(char::is_whitespace).map_or(0, |at| at + 1);
-    let Some(rate) = parse_number(&before[rate_start..]) else { return };
-    // The counter is the last `digits/…` before the rate: the description's
-    // `Epoch 1/9` comes first.
-    let counter = before[..rate_start]
-        .split_whitespace()
-        .rev()
-        .find(|t| t.as_bytes().first().is_some_and(u8::is_ascii_digit) && t.as_bytes().contains(&b'/'));
-    let Some(counter) = counter else { return };
+    let rate_text = before.rsplit(char::is_whitespace).next().unwrap_or(before);
+    let Some(rate) = parse_number(rate_text) else { return };
+    // Rich's layout: the counter is followed by the elapsed time
+    // (`40/40 0:00:03`); the description's `Epoch 1/9` is not.
+    let tokens: Vec<&str> = before[..before.len() - rate_text.len()].split_whitespace().collect();
+    let Some(at) = tokens.windows(2).rposition(|pair| counter(pair[0]).is_some() && is_clock(pair[1])) else {
+        return;
+    };
     if !evaluation {
-        push_counter(counter, out);
+        push_counter(tokens[at], out);
         push_known(out, "iterations_per_second", rate);
     }
     let mut tokens = line[rate_end + 4..].split_whitespace();
@@ -707,6 +756,14 @@ fn rich_bar(line: &str, evaluation: bool, out: &mut Vec<(MetricKey, f64)>) {
             push(out, key, value);
         }
     }
+}
+
+/// Rich's time column: `0:00:03`, `12:34:56`, or `-:--:--` before it knows.
+fn is_clock(token: &str) -> bool {
+    let parts: Vec<&str> = token.split(':').collect();
+    parts.len() == 3
+        && (parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            || parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b == b'-')))
 }
 
 /// Keras: `100/100 [====] - 5s 50ms/step - loss: 0.3012 - accuracy: 0.9123`

@@ -120,7 +120,15 @@ fn lightning_rich_bars() {
     assert_eq!(get(&found, "total_steps"), None, "an unknown total");
     assert_eq!(get(&found, "v_num"), None);
     assert_eq!(get(&found, "val_acc"), Some(0.910));
-    assert_eq!(found.iter().filter(|(k, _)| k.contains("loss")).count(), 1, "{found:?}");
+    assert_eq!(get(&found, "train_loss"), Some(0.512), "{found:?}");
+    // Lines with a rate and a slash that are not rich's layout.
+    for line in [
+        "rank 3/8 throughput 12.5it/s loss: 0.5",
+        "2024/05/01 10:00:00 copied 125it/s speed: 3.0",
+        "x\u{a0}1.5it/s",
+    ] {
+        assert_eq!(extract(line), vec![], "{line}");
+    }
 }
 
 #[test]
@@ -130,6 +138,10 @@ fn evaluation_bars_do_not_move_the_training_step() {
         "Sanity Checking DataLoader 0: 100%|██████████| 2/2 [00:00<00:00, 50.00it/s]",
         "Validation DataLoader 0 ━━━━━━━━━━━━━━━━━ 10/10 0:00:00 • 0:00:00 50.00it/s",
         "Testing DataLoader 0: 100%|██████████| 10/10 [00:00<00:00, 80.00it/s]",
+        // Hugging Face's evaluation bar through a pipe (transformers 5.17 on
+        // an H200, docs/gpu.md): nested, so tqdm moves the cursor back up.
+        "\r100%|██████████| 16/16 [00:00<00:00, 270.50it/s]\x1b[A",
+        "\r  0%|          | 0/16 [00:00<?, ?it/s]\x1b[A\r                                               \r",
     ] {
         let found = extract(line);
         assert_eq!(
@@ -161,6 +173,13 @@ fn a_bar_redrawn_through_a_pipe_is_read_at_its_last_redraw() {
     assert!(long.len() > 16 * 1024);
     let found = extract(&long);
     assert_eq!((get(&found, "step"), get(&found, "total_steps")), (Some(600.0), Some(600.0)));
+    // A message written over the bar (`tqdm.write`, Lightning's `print`)
+    // is what the line shows last: read as that message.
+    let written = extract("\r 10%|█         | 6/60 [00:01<00:07,  7.10it/s]\r                    \rstep=5 loss=0.5");
+    assert_eq!(
+        (get(&written, "step"), get(&written, "loss"), get(&written, "total_steps")),
+        (Some(5.0), Some(0.5), None)
+    );
     // Keras redraws its bar the same way.
     let keras = extract("\r 1/100 [>.....] - ETA: 9s - loss: 0.9000\r 37/100 [==>...] - ETA: 3s - loss: 0.4501");
     assert_eq!((get(&keras, "batch"), get(&keras, "loss")), (Some(37.0), Some(0.4501)));
@@ -246,6 +265,9 @@ fn keys_normalize() {
     assert_eq!(normalize_key("Learning Rate"), "learning_rate");
     assert_eq!(normalize_key("elapsed time per iteration (ms)"), "elapsed_time_per_iteration_ms");
     assert_eq!(normalize_key("samples/sec"), "samples_per_sec");
+    assert_eq!(normalize_key("tflops/GPU"), "tflops_per_gpu");
+    assert_eq!(normalize_key("train/loss"), "train_loss");
+    assert_eq!(normalize_key("perf/tokens/s"), "perf_tokens_per_s");
     assert_eq!(normalize_key("global_step"), "step");
     // Keys that are normal already, aliases among them, and keys that
     // look normal but are not (doubled, leading or trailing `_`).
@@ -278,7 +300,7 @@ fn multibyte_text_after_a_colon_does_not_panic() {
 
 proptest::proptest! {
     #[test]
-    fn no_line_makes_extraction_panic(line in "(steps: |loss: |step=|iteration |[ :=|/,]|█|损|\\PC){0,40}") {
+    fn no_line_makes_extraction_panic(line in "(steps: |loss: |step=|iteration |it/s|Epoch | 0:00:01|[ :=|/,\r]|█|━|•|\u{a0}|损|\\PC){0,40}") {
         let _ = extract(&line);
     }
 }

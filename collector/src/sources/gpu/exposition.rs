@@ -1,7 +1,8 @@
 //! The Prometheus text exposition format, as dcgm-exporter serves it:
 //! `# HELP` / `# TYPE` comments and `name{label="value",…} value [timestamp]`
-//! lines. A bad line is reported with its number and skipped; the rest of
-//! the scrape is kept.
+//! lines. [`parse`] reads a scrape (a bad line is reported with its number
+//! and skipped; the rest of the scrape is kept); [`render`] writes one
+//! (`weft gpu`).
 
 use weft_model::metric::{MetadataMap, METRIC_NAME};
 use weft_model::LabelSet;
@@ -196,13 +197,15 @@ DCGM_FI_DEV_POWER_USAGE{gpu="0"} NaN
             "DCGM_FI_DEV_FB_USED".to_string(),
             weft_model::metric::MetricMetadata {
                 kind: "gauge".into(),
-                help: "Framebuffer memory used (in MiB).".into(),
+                help: "Framebuffer memory used (in MiB). C:\\dir\nsecond line".into(),
                 unit: "mebibytes".into(),
             },
         )]);
         let text = render(&samples, &metadata);
         assert!(
-            text.starts_with("# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).\n# TYPE DCGM_FI_DEV_FB_USED gauge\n"),
+            text.starts_with(
+                "# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB). C:\\\\dir\\nsecond line\n# TYPE DCGM_FI_DEV_FB_USED gauge\n"
+            ),
             "{text}"
         );
         // Grouped by name: both FB_USED lines come before the temperature.

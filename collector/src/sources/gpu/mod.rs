@@ -70,7 +70,7 @@ impl GpuSource {
 }
 
 /// `# HELP` / `# TYPE` of the series the NVML reader writes.
-pub fn dcgm_metadata() -> MetadataMap {
+fn dcgm_metadata() -> MetadataMap {
     let gauge = |help: &str, unit: &str| MetricMetadata {
         kind: "gauge".into(),
         help: help.into(),
