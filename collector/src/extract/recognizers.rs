@@ -340,7 +340,8 @@ const MAX_LINE: usize = 16 * 1024;
 
 /// What a terminal would show last of a line that a progress bar rewrote
 /// with carriage returns: tqdm and Keras writing to a pipe (as under the
-/// kubelet, which splits lines at `\n` only) put every redraw on one line,
+/// kubelet: the runtime splits lines at `\n`, and at 16 KiB into pieces the
+/// tailer joins back) put every redraw on one line,
 /// `\r  2%|▏ | 1/60 [...]\r 10%|█ | 6/60 [...]`, and the bar's state is the
 /// last. `line` is trimmed at its end, so the last redraw is not empty.
 fn last_redraw(line: &str) -> &str {
