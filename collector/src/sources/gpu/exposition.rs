@@ -218,5 +218,22 @@ DCGM_FI_DEV_POWER_USAGE{gpu="0"} NaN
         let got: Vec<(LabelSet, f64)> = parsed.into_iter().map(|s| (s.labels, s.value)).collect();
         assert_eq!(got, expected);
         assert_eq!(read_metadata["DCGM_FI_DEV_FB_USED"].kind, "gauge");
+
+        // Prometheus' own parser reads it: promtool (Debian's prometheus
+        // package, scripts/install-test-deps) reports only lint advice,
+        // which dcgm-exporter's camelCase label names draw too.
+        use std::io::Write;
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool not found: run scripts/install-test-deps (Debian package prometheus)");
+        promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("written");
+        let checked = promtool.wait_with_output().expect("promtool ran");
+        let said = String::from_utf8_lossy(&checked.stderr).to_string() + &String::from_utf8_lossy(&checked.stdout);
+        assert!(matches!(checked.status.code(), Some(0 | 3)), "{said}\n{text}");
+        assert!(!said.contains("error"), "{said}\n{text}");
     }
 }
