@@ -32,9 +32,11 @@ pub struct CollectorConfig {
     pub tenant: String,
     /// Bearer token sent to the indexer, when it requires one.
     pub bearer_token: Option<String>,
-    /// Longest joined line kept; longer lines keep their head, marked truncated.
+    /// Longest joined line kept; longer lines keep their head, marked
+    /// truncated, but a line of carriage-return redraws is split instead.
     pub max_line_bytes: usize,
-    /// A partial (`P`) line with no continuation for this long is shipped alone.
+    /// A partial (`P`) line still unfinished this long after its first piece
+    /// is shipped as it stands; the rest follows as another record.
     #[serde(with = "serde_duration")]
     pub partial_timeout: Duration,
     /// Seal a batch at this many bytes of line text.

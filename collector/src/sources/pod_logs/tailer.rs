@@ -37,7 +37,8 @@ pub struct TailerConfig {
     /// Most bytes read from one file in one pass, so one busy file cannot
     /// starve the others.
     pub max_bytes_per_pass: usize,
-    /// A partial line with no continuation for this long is emitted alone.
+    /// A partial line still unfinished this long after its first segment is
+    /// emitted as it stands; the rest of the line follows as another record.
     pub partial_timeout: Duration,
     /// Most files held open at once.
     pub max_open_files: usize,
@@ -674,7 +675,22 @@ impl PodLogTailer {
             if segment.message.len() > room || overlong {
                 pending.truncated = true;
             }
-            pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
+            let kept = segment.message.len().min(room);
+            pending.bytes.extend_from_slice(&segment.message[..kept]);
+            if pending.truncated && !overlong && memchr::memchr(b'\r', &pending.bytes).is_some() {
+                // A progress bar redrawn with carriage returns, read from a
+                // backlog: split at the cap rather than cut, as a live tail
+                // splits it at each partial timeout, so that every redraw is
+                // kept and the last one read. The rest of this segment
+                // starts the next piece.
+                let head = std::mem::take(&mut pending.bytes);
+                let ts = std::mem::replace(&mut pending.ts, segment.ts);
+                pending.truncated = false;
+                pending.started = Instant::now();
+                pending.bytes.extend_from_slice(&segment.message[kept..]);
+                emit(file, sink, position, ts, Some(segment.stream), &head, false, false);
+                return;
+            }
             if pending.truncated {
                 // The cap is reached: ship the head now (memory stays bounded)
                 // and drop the rest of the line up to its final segment.
@@ -696,6 +712,42 @@ impl PodLogTailer {
             Some(mut pending) => {
                 let room = max.saturating_sub(pending.bytes.len());
                 let truncated = pending.truncated || overlong || segment.message.len() > room;
+                let redrawn = || memchr::memchr(b'\r', &pending.bytes).is_some() || memchr::memchr(b'\r', &segment.message).is_some();
+                if truncated && !pending.truncated && !overlong && !pending.bytes.is_empty() && redrawn() {
+                    // Redraws over the cap at the final segment: split there
+                    // too (the joined piece, then the segment). The piece
+                    // takes the position just below the segment's, above
+                    // any earlier line's or flush's of this file (a CRI
+                    // line is tens of bytes, positions four to the byte).
+                    emit(
+                        file,
+                        sink,
+                        position - 1,
+                        pending.ts,
+                        Some(segment.stream),
+                        &pending.bytes,
+                        false,
+                        false,
+                    );
+                    let cap = segment.message.len().min(max);
+                    if cap < segment.message.len() {
+                        self.metrics.truncated_lines.inc();
+                    }
+                    let cut = cap < segment.message.len();
+                    emit(
+                        file,
+                        sink,
+                        position,
+                        segment.ts,
+                        Some(segment.stream),
+                        &segment.message[..cap],
+                        cut,
+                        false,
+                    );
+                    pending.bytes.clear();
+                    self.scratch = pending.bytes;
+                    return;
+                }
                 pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
                 if truncated {
                     self.metrics.truncated_lines.inc();

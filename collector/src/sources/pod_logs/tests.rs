@@ -459,6 +459,37 @@ fn partials_of_both_streams_flushed_together_keep_positions_rising() {
 }
 
 #[test]
+fn a_redrawn_bar_over_the_cap_is_split_not_cut() {
+    // tqdm through a pipe for a long epoch, read from a backlog: 16 KiB
+    // pieces in the runtime's P records (here 300 bytes, the cap 1000).
+    let dir = tempfile::tempdir().unwrap();
+    let redraws: String = (0..=100).map(|step| format!("\r {step:>3}/100 [00:01<00:01, 9.50it/s]")).collect();
+    let mut content = String::new();
+    let pieces: Vec<&str> = redraws.as_bytes().chunks(300).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let tag = if i + 1 == pieces.len() { "F" } else { "P" };
+        content.push_str(&format!("2026-11-25T10:00:{:02}Z stdout {tag} {piece}\n", i));
+    }
+    content.push_str("2026-11-25T10:01:00Z stdout F next line\n");
+    // Caps crossed inside a P piece (1000) and at the final F piece (3300:
+    // the line is 3,434 bytes in pieces of 300).
+    for cap in [1000, 3300] {
+        let sub = dir.path().join(cap.to_string());
+        let (_, sink, _) = one_file_tailer(&sub, content.as_bytes(), cap);
+        let (split, rest) = sink.lines.split_at(sink.lines.len() - 1);
+        assert!(split.len() > 1, "{split:?}");
+        assert!(
+            split.iter().all(|l| l.1.len() <= cap && !l.2),
+            "pieces within the cap, none cut: {split:?}"
+        );
+        let joined: String = split.iter().map(|l| l.1.as_str()).collect();
+        assert_eq!(joined, redraws, "every redraw kept, in order");
+        assert!(split.last().unwrap().1.ends_with(" 100/100 [00:01<00:01, 9.50it/s]"));
+        assert_eq!(rest[0].1, "next line");
+    }
+}
+
+#[test]
 fn a_partial_line_over_the_cap_ships_its_head_once_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let mut content = String::new();
