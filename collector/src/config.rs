@@ -33,7 +33,8 @@ pub struct CollectorConfig {
     /// Bearer token sent to the indexer, when it requires one.
     pub bearer_token: Option<String>,
     /// Longest joined line kept; longer lines keep their head, marked
-    /// truncated, but a line of carriage-return redraws is split instead.
+    /// truncated, but a line of carriage-return redraws is split before a
+    /// carriage return instead, where the pieces fit.
     pub max_line_bytes: usize,
     /// A partial (`P`) line still unfinished this long after its first piece
     /// is shipped as it stands; the rest follows as another record.

@@ -6,8 +6,11 @@
 //! It is a synchronous state machine driven by [`PodLogTailer::scan`] and
 //! [`PodLogTailer::poll`]; the thread, the filesystem watcher and batching
 //! live in the module above. Each emitted line carries a *position* in its
-//! source file, `end offset × 4` for a line and `end offset × 4 + 1..3` for a
-//! partial flushed on its own after the source's last line; positions rise
+//! source file, `end offset × 4` for a line, `end offset × 4 + 1..3` for a
+//! partial flushed on its own after the source's last line, and `end offset
+//! × 4 − 1` for the first piece of a line of redraws split at the cap at its
+//! final segment (a CRI line is tens of bytes: below its own position,
+//! above every earlier one); positions rise
 //! strictly per source, so the indexer can drop lines it already holds
 //! after a restart. A file that reuses a released inode, or is truncated,
 //! gets a new generation and with it a new source.
@@ -30,7 +33,8 @@ use weft_model::time::Rfc3339Reader;
 #[derive(Clone, Debug)]
 pub struct TailerConfig {
     /// Longest joined line kept; longer lines keep their head and are marked
-    /// truncated.
+    /// truncated, except a line of redraws split before a carriage return
+    /// (see `redraw_split`).
     pub max_line_bytes: usize,
     /// Size of each read from a file.
     pub read_buffer_bytes: usize,
@@ -208,6 +212,17 @@ fn source_key(collector_id: &str, identity: &FileIdentity, generation: u32) -> A
         "{collector_id}/{}:{}:{}/{generation}",
         identity.dev, identity.ino, identity.born
     ))
+}
+
+/// Where a joined line over the cap `max` splits, if it is a progress bar
+/// redrawn with carriage returns (tqdm through a pipe for a long epoch):
+/// just before its last `\r` within the first `max` bytes, so that each
+/// piece holds whole redraws (and whole characters: `\r` is ASCII) and the
+/// extractor reads a whole last redraw. `None` (the line is cut) where
+/// there is no such `\r`, or the rest would still be over the cap.
+fn redraw_split(text: &[u8], max: usize) -> Option<usize> {
+    let cut = memchr::memrchr(b'\r', &text[..text.len().min(max)])?;
+    (cut > 0 && text.len() - cut <= max).then_some(cut)
 }
 
 impl PodLogTailer {
@@ -672,25 +687,26 @@ impl PodLogTailer {
                 return;
             }
             let room = max.saturating_sub(pending.bytes.len());
+            if segment.message.len() > room && !overlong && !pending.truncated {
+                // Over the cap: a line of redraws is split (see `redraw_split`);
+                // the rest starts the next piece, stamped with this segment.
+                let joined = pending.bytes.len();
+                pending.bytes.extend_from_slice(&segment.message);
+                if let Some(cut) = redraw_split(&pending.bytes, max) {
+                    let rest = pending.bytes.split_off(cut);
+                    let head = std::mem::replace(&mut pending.bytes, rest);
+                    let ts = std::mem::replace(&mut pending.ts, segment.ts);
+                    pending.started = Instant::now();
+                    emit(file, sink, position, ts, Some(segment.stream), &head, false, false);
+                    return;
+                }
+                pending.bytes.truncate(joined);
+            }
             if segment.message.len() > room || overlong {
                 pending.truncated = true;
             }
             let kept = segment.message.len().min(room);
             pending.bytes.extend_from_slice(&segment.message[..kept]);
-            if pending.truncated && !overlong && memchr::memchr(b'\r', &pending.bytes).is_some() {
-                // A progress bar redrawn with carriage returns, read from a
-                // backlog: split at the cap rather than cut, as a live tail
-                // splits it at each partial timeout, so that every redraw is
-                // kept and the last one read. The rest of this segment
-                // starts the next piece.
-                let head = std::mem::take(&mut pending.bytes);
-                let ts = std::mem::replace(&mut pending.ts, segment.ts);
-                pending.truncated = false;
-                pending.started = Instant::now();
-                pending.bytes.extend_from_slice(&segment.message[kept..]);
-                emit(file, sink, position, ts, Some(segment.stream), &head, false, false);
-                return;
-            }
             if pending.truncated {
                 // The cap is reached: ship the head now (memory stays bounded)
                 // and drop the rest of the line up to its final segment.
@@ -712,41 +728,22 @@ impl PodLogTailer {
             Some(mut pending) => {
                 let room = max.saturating_sub(pending.bytes.len());
                 let truncated = pending.truncated || overlong || segment.message.len() > room;
-                let redrawn = || memchr::memchr(b'\r', &pending.bytes).is_some() || memchr::memchr(b'\r', &segment.message).is_some();
-                if truncated && !pending.truncated && !overlong && !pending.bytes.is_empty() && redrawn() {
+                if truncated && !pending.truncated && !overlong {
                     // Redraws over the cap at the final segment: split there
-                    // too (the joined piece, then the segment). The piece
-                    // takes the position just below the segment's, above
-                    // any earlier line's or flush's of this file (a CRI
-                    // line is tens of bytes, positions four to the byte).
-                    emit(
-                        file,
-                        sink,
-                        position - 1,
-                        pending.ts,
-                        Some(segment.stream),
-                        &pending.bytes,
-                        false,
-                        false,
-                    );
-                    let cap = segment.message.len().min(max);
-                    if cap < segment.message.len() {
-                        self.metrics.truncated_lines.inc();
+                    // too. The first piece takes the position just below
+                    // the segment's (see the module docs).
+                    let joined = pending.bytes.len();
+                    pending.bytes.extend_from_slice(&segment.message);
+                    if let Some(cut) = redraw_split(&pending.bytes, max) {
+                        debug_assert!(position - 1 > file.last_position, "below the segment, above what came before");
+                        let (head, rest) = pending.bytes.split_at(cut);
+                        emit(file, sink, position - 1, pending.ts, Some(segment.stream), head, false, false);
+                        emit(file, sink, position, segment.ts, Some(segment.stream), rest, false, false);
+                        pending.bytes.clear();
+                        self.scratch = pending.bytes;
+                        return;
                     }
-                    let cut = cap < segment.message.len();
-                    emit(
-                        file,
-                        sink,
-                        position,
-                        segment.ts,
-                        Some(segment.stream),
-                        &segment.message[..cap],
-                        cut,
-                        false,
-                    );
-                    pending.bytes.clear();
-                    self.scratch = pending.bytes;
-                    return;
+                    pending.bytes.truncate(joined);
                 }
                 pending.bytes.extend_from_slice(&segment.message[..segment.message.len().min(room)]);
                 if truncated {
@@ -842,10 +839,44 @@ impl PodLogTailer {
             .collect();
         stale.sort_by(|a, b| (&a.0, &a.1 .0, a.1 .1).cmp(&(&b.0, &b.1 .0, b.1 .1)));
         for (_, key) in stale {
-            if let Some(pending) = self.partials.remove(&key) {
+            if let Some(mut pending) = self.partials.remove(&key) {
+                let unfinished = self.hold_last_redraw(&mut pending);
                 self.emit_pending(key.1, pending, sink);
+                if let Some(unfinished) = unfinished {
+                    self.partials.insert(key, unfinished);
+                }
             }
         }
+    }
+
+    /// A stale partial of carriage-return redraws (a progress bar still
+    /// being drawn) is flushed up to its last `\r`: its last redraw, cut at
+    /// the runtime's 16 KiB boundary, stays pending for the segments that
+    /// finish it, so that the flushed piece ends on a whole redraw (a cut
+    /// `loss=0.4` of `loss=0.4501` is not read). Only where the file is open
+    /// and one more flush fits at its offset (see the module docs); the held
+    /// part times out on its own like any partial.
+    fn hold_last_redraw(&self, pending: &mut Pending) -> Option<Pending> {
+        if pending.skipping || pending.truncated {
+            return None;
+        }
+        let cut = memchr::memrchr(b'\r', &pending.bytes).filter(|&at| at > 0)?;
+        let file = self.files.get(&pending.source)?;
+        let next = (file.last_position + 1).max(file.offset * 4 + 1);
+        if next + 1 >= (file.offset + 1) * 4 {
+            return None;
+        }
+        Some(Pending {
+            ts: pending.ts,
+            bytes: pending.bytes.split_off(cut),
+            truncated: false,
+            skipping: false,
+            meta: pending.meta.clone(),
+            source: pending.source,
+            source_key: pending.source_key.clone(),
+            source_offset: pending.source_offset,
+            started: Instant::now(),
+        })
     }
 
     /// Emits every pending partial now (end of a dry run).

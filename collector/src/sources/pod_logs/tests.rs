@@ -397,6 +397,44 @@ fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
 }
 
 #[test]
+fn a_stale_partial_of_redraws_is_flushed_up_to_its_last_whole_redraw() {
+    // A bar still being drawn: its P pieces time out (here at once) before
+    // the line ends; the last piece ends mid-redraw.
+    let dir = tempfile::tempdir().unwrap();
+    let container = dir.path().join("ns_pod_uid").join("c");
+    fs::create_dir_all(&container).unwrap();
+    let path = container.join("0.log");
+    fs::write(
+        &path,
+        "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01, loss=0.5123]\r 2/9 [00:02, loss=0.4501]\r 3/9 [00:0\n",
+    )
+    .unwrap();
+    let config = TailerConfig {
+        partial_timeout: Duration::from_millis(0),
+        ..TailerConfig::default()
+    };
+    let mut tailer = PodLogTailer::new(
+        dir.path().to_path_buf(),
+        "t".into(),
+        config,
+        TailerCheckpoint::default(),
+        Arc::new(CollectorMetrics::unregistered()),
+    );
+    tailer.scan().unwrap();
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    let texts: Vec<_> = sink.lines.iter().map(|l| l.1.clone()).collect();
+    assert_eq!(texts, vec!["\r 1/9 [00:01, loss=0.5123]\r 2/9 [00:02, loss=0.4501]"]);
+    assert_eq!(tailer.checkpoint().partials.len(), 1, "the unfinished redraw waits");
+    let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    use std::io::Write;
+    file.write_all(b"2026-11-25T10:00:03Z stdout F 3, loss=0.4012]\n").unwrap();
+    tailer.poll(&mut sink);
+    assert_eq!(sink.lines.last().unwrap().1, "\r 3/9 [00:03, loss=0.4012]");
+    assert!(tailer.checkpoint().partials.is_empty());
+}
+
+#[test]
 fn inode_reuse_with_the_same_head_is_read_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let line = b"2026-11-25T10:00:00Z stdout F same first line\n";
@@ -460,31 +498,39 @@ fn partials_of_both_streams_flushed_together_keep_positions_rising() {
 
 #[test]
 fn a_redrawn_bar_over_the_cap_is_split_not_cut() {
-    // tqdm through a pipe for a long epoch, read from a backlog: 16 KiB
-    // pieces in the runtime's P records (here 300 bytes, the cap 1000).
+    // tqdm through a pipe for a long epoch, read from a backlog: the runtime
+    // writes the line in P pieces (16 KiB; here 300 bytes, cutting through
+    // the bar's 3-byte blocks), and the line is longer than the cap.
     let dir = tempfile::tempdir().unwrap();
-    let redraws: String = (0..=100).map(|step| format!("\r {step:>3}/100 [00:01<00:01, 9.50it/s]")).collect();
-    let mut content = String::new();
-    let pieces: Vec<&str> = redraws.as_bytes().chunks(300).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let redraws: String = (0..=100)
+        .map(|step| format!("\r{step:>3}%|{:<10}| {step}/100 [00:01<00:01, 9.50it/s]", "█".repeat(step / 10)))
+        .collect();
+    let pieces: Vec<&[u8]> = redraws.as_bytes().chunks(300).collect();
+    let mut content = Vec::new();
     for (i, piece) in pieces.iter().enumerate() {
         let tag = if i + 1 == pieces.len() { "F" } else { "P" };
-        content.push_str(&format!("2026-11-25T10:00:{:02}Z stdout {tag} {piece}\n", i));
+        content.extend_from_slice(format!("2026-11-25T10:00:{i:02}Z stdout {tag} ").as_bytes());
+        content.extend_from_slice(piece);
+        content.push(b'\n');
     }
-    content.push_str("2026-11-25T10:01:00Z stdout F next line\n");
-    // Caps crossed inside a P piece (1000) and at the final F piece (3300:
-    // the line is 3,434 bytes in pieces of 300).
-    for cap in [1000, 3300] {
+    content.extend_from_slice(b"2026-11-25T10:01:00Z stdout F next line\n");
+    // A cap crossed inside a P piece, and one crossed only at the final F
+    // piece (every P piece fits, the F piece does not).
+    let at_the_final_piece = 300 * (pieces.len() - 1);
+    assert!(redraws.len() > at_the_final_piece);
+    for cap in [1000, at_the_final_piece] {
         let sub = dir.path().join(cap.to_string());
-        let (_, sink, _) = one_file_tailer(&sub, content.as_bytes(), cap);
+        let (_, sink, _) = one_file_tailer(&sub, &content, cap);
         let (split, rest) = sink.lines.split_at(sink.lines.len() - 1);
         assert!(split.len() > 1, "{split:?}");
         assert!(
             split.iter().all(|l| l.1.len() <= cap && !l.2),
             "pieces within the cap, none cut: {split:?}"
         );
+        assert!(split.iter().all(|l| l.1.starts_with('\r')), "each piece starts a redraw: {split:?}");
         let joined: String = split.iter().map(|l| l.1.as_str()).collect();
-        assert_eq!(joined, redraws, "every redraw kept, in order");
-        assert!(split.last().unwrap().1.ends_with(" 100/100 [00:01<00:01, 9.50it/s]"));
+        assert_eq!(joined, redraws, "every redraw kept whole, in order, no character split");
+        assert!(split.last().unwrap().1.ends_with("| 100/100 [00:01<00:01, 9.50it/s]"));
         assert_eq!(rest[0].1, "next line");
     }
 }
