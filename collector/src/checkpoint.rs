@@ -52,6 +52,10 @@ pub struct FileCheckpoint {
     pub skipping: bool,
     /// Last known path, for humans reading the file.
     pub path: PathBuf,
+    /// The highest position emitted from the file: a partial flushed after
+    /// a restart must go above it (the indexer drops what is not).
+    #[serde(default)]
+    pub last_position: u64,
 }
 
 /// A container stream's joined-so-far partial line.
@@ -71,6 +75,10 @@ pub struct PartialCheckpoint {
     /// is flushed on its own.
     pub source_key: String,
     pub source_offset: u64,
+    /// Where the source is no longer open: the highest position emitted
+    /// from it, for the same reason as [`FileCheckpoint::last_position`].
+    #[serde(default)]
+    pub last_position: u64,
 }
 
 /// A released (deleted and drained) file: a new file that reuses its
@@ -160,6 +168,7 @@ mod tests {
                 offset: 99,
                 skipping: false,
                 path: "/x/0.log".into(),
+                last_position: 396,
             }],
             partials: vec![PartialCheckpoint {
                 group: "ns_pod_uid/c/0".into(),
@@ -170,6 +179,7 @@ mod tests {
                 skipping: false,
                 source_key: "k".into(),
                 source_offset: 7,
+                last_position: 29,
             }],
             released: vec![ReleasedFile {
                 dev: 1,

@@ -97,6 +97,7 @@ fn batch(n: u64) -> SealedBatch {
                 offset: n,
                 skipping: false,
                 path: "/x/0.log".into(),
+                last_position: 0,
             }],
             partials: Vec::new(),
             released: Vec::new(),

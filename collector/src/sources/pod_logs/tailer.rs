@@ -139,7 +139,15 @@ struct Pending {
     source_offset: u64,
     /// When the first segment arrived; the partial times out from here.
     started: Instant,
+    /// Only the unfinished last redraw of a flushed partial (see
+    /// `hold_last_redraw`): it waits [`HELD_TIMEOUTS`] timeouts.
+    held: bool,
 }
+
+/// How many partial timeouts a held redraw waits for the piece that
+/// finishes it: the runtime writes a piece per 16 KiB, which a slow bar
+/// (a redraw a second) fills in minutes.
+const HELD_TIMEOUTS: u32 = 60;
 
 /// Most released inodes remembered for generation numbering.
 const MAX_RELEASED: usize = 4096;
@@ -162,7 +170,6 @@ pub struct PodLogTailer {
     closed_positions: HashMap<Arc<str>, u64>,
     metrics: Arc<CollectorMetrics>,
     read_buf: Vec<u8>,
-    scratch: Vec<u8>,
     now_ns: i64,
     /// When the tail lag was last measured.
     lag_measured_ns: i64,
@@ -222,7 +229,9 @@ fn source_key(collector_id: &str, identity: &FileIdentity, generation: u32) -> A
 /// there is no such `\r`, or the rest would still be over the cap.
 fn redraw_split(text: &[u8], max: usize) -> Option<usize> {
     let cut = memchr::memrchr(b'\r', &text[..text.len().min(max)])?;
-    (cut > 0 && text.len() - cut <= max).then_some(cut)
+    // Redraws: another `\r` before this one (a stray one is no bar).
+    memchr::memrchr(b'\r', &text[..cut])?;
+    (text.len() - cut <= max).then_some(cut)
 }
 
 impl PodLogTailer {
@@ -236,7 +245,12 @@ impl PodLogTailer {
     ) -> Self {
         let now = Instant::now();
         let mut partials = HashMap::new();
+        let mut closed_positions: HashMap<Arc<str>, u64> = HashMap::new();
         for p in checkpoint.partials {
+            if p.last_position > 0 {
+                let last = closed_positions.entry(Arc::from(p.source_key.as_str())).or_insert(0);
+                *last = (*last).max(p.last_position);
+            }
             let (Some(meta), Some(stream)) = (meta_of_group(&p.group), Stream::parse(&p.stream)) else {
                 continue;
             };
@@ -258,6 +272,7 @@ impl PodLogTailer {
                     source_key: Arc::from(p.source_key.as_str()),
                     source_offset: p.source_offset,
                     started: now,
+                    held: false,
                 },
             );
         }
@@ -276,9 +291,8 @@ impl PodLogTailer {
             partials,
             restore,
             released: checkpoint.released,
-            closed_positions: HashMap::new(),
+            closed_positions,
             metrics,
-            scratch: Vec::new(),
             now_ns: 0,
             lag_measured_ns: 0,
         }
@@ -365,6 +379,7 @@ impl PodLogTailer {
         let size = stat.len();
         let mut offset = 0;
         let mut skipping = false;
+        let mut last_position = 0;
         let mut generation = self
             .released
             .iter()
@@ -387,6 +402,7 @@ impl PodLogTailer {
                 if size >= saved.offset {
                     offset = saved.offset;
                     skipping = saved.skipping;
+                    last_position = saved.last_position;
                 } else {
                     generation += 1;
                     self.metrics.file_truncations.inc();
@@ -416,7 +432,7 @@ impl PodLogTailer {
                 format: None,
                 timestamps: Rfc3339Reader::default(),
                 source_key: source_key(&self.collector_id, &identity, generation),
-                last_position: 0,
+                last_position,
                 at_eof: false,
                 deleted_passes: 0,
                 missing_scans: 0,
@@ -613,6 +629,7 @@ impl PodLogTailer {
     }
 
     fn physical_line(&mut self, file: &mut TailedFile, line: &[u8], end_offset: u64, overlong: bool, sink: &mut dyn LineSink) {
+        let raw = line;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return;
@@ -650,7 +667,19 @@ impl PodLogTailer {
         });
         let position = end_offset * 4;
         match parsed {
-            Ok(segment) => self.join(file, segment, position, overlong, sink),
+            Ok(mut segment) => {
+                // The runtime cuts a partial (P) piece at a byte count, not at
+                // a line's end: a `\r` it ends with is a redraw's, the text's.
+                if !segment.complete && raw.len() > line.len() {
+                    if let std::borrow::Cow::Borrowed(message) = segment.message {
+                        if message.as_ptr_range().end == line.as_ptr_range().end {
+                            let start = line.len() - message.len();
+                            segment.message = std::borrow::Cow::Borrowed(&raw[start..]);
+                        }
+                    }
+                }
+                self.join(file, segment, position, overlong, sink)
+            }
             Err(err) => {
                 self.metrics.parse_errors.inc();
                 tracing::debug!(path = %file.path.display(), offset = end_offset, reason = err.0, "malformed log line kept raw");
@@ -678,11 +707,13 @@ impl PodLogTailer {
                 source_key: file.source_key.clone(),
                 source_offset: file.offset,
                 started: Instant::now(),
+                held: false,
             });
             pending.meta = file.meta.clone();
             pending.source = file.identity;
             pending.source_key = file.source_key.clone();
             pending.source_offset = position / 4;
+            pending.held = false;
             if pending.skipping {
                 return;
             }
@@ -739,8 +770,6 @@ impl PodLogTailer {
                         let (head, rest) = pending.bytes.split_at(cut);
                         emit(file, sink, position - 1, pending.ts, Some(segment.stream), head, false, false);
                         emit(file, sink, position, segment.ts, Some(segment.stream), rest, false, false);
-                        pending.bytes.clear();
-                        self.scratch = pending.bytes;
                         return;
                     }
                     pending.bytes.truncate(joined);
@@ -759,8 +788,6 @@ impl PodLogTailer {
                     truncated,
                     false,
                 );
-                pending.bytes.clear();
-                self.scratch = pending.bytes;
             }
             None => {
                 let cap = segment.message.len().min(max);
@@ -834,7 +861,7 @@ impl PodLogTailer {
         let mut stale: Vec<(Arc<str>, JoinKey)> = self
             .partials
             .iter()
-            .filter(|(_, p)| p.started.elapsed() >= timeout)
+            .filter(|(_, p)| p.started.elapsed() >= if p.held { timeout * HELD_TIMEOUTS } else { timeout })
             .map(|(k, p)| (p.source_key.clone(), k.clone()))
             .collect();
         stale.sort_by(|a, b| (&a.0, &a.1 .0, a.1 .1).cmp(&(&b.0, &b.1 .0, b.1 .1)));
@@ -854,16 +881,23 @@ impl PodLogTailer {
     /// the runtime's 16 KiB boundary, stays pending for the segments that
     /// finish it, so that the flushed piece ends on a whole redraw (a cut
     /// `loss=0.4` of `loss=0.4501` is not read). Only where the file is open
-    /// and one more flush fits at its offset (see the module docs); the held
-    /// part times out on its own like any partial.
+    /// and a flush fits at its offset for the held part and for each other
+    /// partial of the file (see the module docs); the held part goes out on
+    /// its own after [`HELD_TIMEOUTS`] timeouts, and a restart keeps it (the
+    /// checkpoint's `last_position` puts it above what was shipped).
     fn hold_last_redraw(&self, pending: &mut Pending) -> Option<Pending> {
         if pending.skipping || pending.truncated {
             return None;
         }
-        let cut = memchr::memrchr(b'\r', &pending.bytes).filter(|&at| at > 0)?;
+        // Redraws: a `\r` with more before it, and something after it.
+        let cut = memchr::memrchr(b'\r', &pending.bytes).filter(|&at| at + 1 < pending.bytes.len())?;
+        memchr::memrchr(b'\r', &pending.bytes[..cut])?;
         let file = self.files.get(&pending.source)?;
+        // One more flush must fit at this offset for the held part and one
+        // for each other partial of the file (its other stream's).
+        let others = self.partials.values().filter(|p| p.source == pending.source).count() as u64;
         let next = (file.last_position + 1).max(file.offset * 4 + 1);
-        if next + 1 >= (file.offset + 1) * 4 {
+        if next + 1 + others >= (file.offset + 1) * 4 {
             return None;
         }
         Some(Pending {
@@ -876,6 +910,7 @@ impl PodLogTailer {
             source_key: pending.source_key.clone(),
             source_offset: pending.source_offset,
             started: Instant::now(),
+            held: true,
         })
     }
 
@@ -919,6 +954,7 @@ impl PodLogTailer {
                 offset: f.offset,
                 skipping: f.skipping,
                 path: f.path.clone(),
+                last_position: f.last_position,
             })
             .collect();
         let partials = self
@@ -937,6 +973,10 @@ impl PodLogTailer {
                     .map(|f| f.source_key.to_string())
                     .unwrap_or_else(|| p.source_key.to_string()),
                 source_offset: self.files.get(&p.source).map(|f| f.offset).unwrap_or(p.source_offset),
+                last_position: match self.files.get(&p.source) {
+                    Some(_) => 0,
+                    None => self.closed_positions.get(&p.source_key).copied().unwrap_or(0),
+                },
             })
             .collect();
         TailerCheckpoint {
