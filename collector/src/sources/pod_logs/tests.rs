@@ -366,6 +366,24 @@ fn docker_json_files_are_detected_and_partials_joined() {
     assert_eq!(texts, vec![(Some(Stream::Stderr), "err"), (Some(Stream::Stdout), "hello world")]);
 }
 
+/// A tailer over `dir` whose partials time out at once, resuming from
+/// `checkpoint`, after its first scan.
+fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
+    let config = TailerConfig {
+        partial_timeout: Duration::from_millis(0),
+        ..TailerConfig::default()
+    };
+    let mut tailer = PodLogTailer::new(
+        dir.to_path_buf(),
+        "t".into(),
+        config,
+        checkpoint,
+        Arc::new(CollectorMetrics::unregistered()),
+    );
+    tailer.scan().unwrap();
+    tailer
+}
+
 #[test]
 fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,18 +394,7 @@ fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
         b"2026-11-25T10:00:00Z stdout P half\n2026-11-25T10:00:01Z stderr F other\n",
     )
     .unwrap();
-    let config = TailerConfig {
-        partial_timeout: Duration::from_millis(0),
-        ..TailerConfig::default()
-    };
-    let mut tailer = PodLogTailer::new(
-        dir.path().to_path_buf(),
-        "t".into(),
-        config,
-        TailerCheckpoint::default(),
-        Arc::new(CollectorMetrics::unregistered()),
-    );
-    tailer.scan().unwrap();
+    let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
     let texts: Vec<_> = sink.lines.iter().map(|l| l.1.as_str()).collect();
@@ -409,18 +416,7 @@ fn a_stale_partial_of_redraws_is_flushed_up_to_its_last_whole_redraw() {
         "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01, loss=0.5123]\r 2/9 [00:02, loss=0.4501]\r 3/9 [00:0\n",
     )
     .unwrap();
-    let config = TailerConfig {
-        partial_timeout: Duration::from_millis(0),
-        ..TailerConfig::default()
-    };
-    let mut tailer = PodLogTailer::new(
-        dir.path().to_path_buf(),
-        "t".into(),
-        config,
-        TailerCheckpoint::default(),
-        Arc::new(CollectorMetrics::unregistered()),
-    );
-    tailer.scan().unwrap();
+    let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
     let texts: Vec<_> = sink.lines.iter().map(|l| l.1.clone()).collect();
@@ -452,29 +448,14 @@ fn a_held_redraw_survives_a_restart_above_what_was_shipped() {
         ),
     )
     .unwrap();
-    let config = TailerConfig {
-        partial_timeout: Duration::from_millis(0),
-        ..TailerConfig::default()
-    };
-    let tailer = |checkpoint| {
-        let mut tailer = PodLogTailer::new(
-            dir.path().to_path_buf(),
-            "t".into(),
-            config.clone(),
-            checkpoint,
-            Arc::new(CollectorMetrics::unregistered()),
-        );
-        tailer.scan().unwrap();
-        tailer
-    };
     let mut sink = Collected::default();
-    let mut first = tailer(TailerCheckpoint::default());
+    let mut first = impatient_tailer(dir.path(), TailerCheckpoint::default());
     first.poll(&mut sink);
     let checkpoint = first.checkpoint();
     assert_eq!(checkpoint.partials.len(), 1, "the held part is in the checkpoint");
     drop(first);
     // Same sink: it asserts positions rise per source across the restart.
-    let mut second = tailer(checkpoint);
+    let mut second = impatient_tailer(dir.path(), checkpoint);
     second.poll(&mut sink);
     second.poll(&mut sink);
     let mut texts: Vec<_> = sink.lines.iter().map(|l| l.1.clone()).collect();
@@ -541,18 +522,7 @@ fn partials_of_both_streams_flushed_together_keep_positions_rising() {
         b"2026-11-25T10:00:00Z stderr P err half\n2026-11-25T10:00:01Z stdout P out half\n",
     )
     .unwrap();
-    let config = TailerConfig {
-        partial_timeout: Duration::from_millis(0),
-        ..TailerConfig::default()
-    };
-    let mut tailer = PodLogTailer::new(
-        dir.path().to_path_buf(),
-        "t".into(),
-        config,
-        TailerCheckpoint::default(),
-        Arc::new(CollectorMetrics::unregistered()),
-    );
-    tailer.scan().unwrap();
+    let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     // The sink asserts strictly rising positions per source.
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
