@@ -66,6 +66,10 @@ pub struct PartialCheckpoint {
     pub stream: String,
     pub ts: i64,
     pub text: String,
+    /// The text's bytes where they are not UTF-8 (a piece the runtime cut
+    /// inside a character); `text` then holds them repaired, for reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Vec<u8>>,
     pub truncated: bool,
     /// The head was shipped at the cap; the rest up to the final segment
     /// is dropped.
@@ -175,6 +179,7 @@ mod tests {
                 stream: "stdout".into(),
                 ts: 5,
                 text: "half a line".into(),
+                bytes: Some(b"half a line \xe2\x96".to_vec()),
                 truncated: false,
                 skipping: false,
                 source_key: "k".into(),

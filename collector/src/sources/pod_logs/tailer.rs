@@ -264,7 +264,7 @@ impl PodLogTailer {
                 (Arc::from(p.group.as_str()), stream),
                 Pending {
                     ts: p.ts,
-                    bytes: p.text.into_bytes(),
+                    bytes: p.bytes.unwrap_or_else(|| p.text.into_bytes()),
                     truncated: p.truncated,
                     skipping: p.skipping,
                     meta: Arc::new(meta),
@@ -965,6 +965,7 @@ impl PodLogTailer {
                 stream: stream.as_str().to_string(),
                 ts: p.ts,
                 text: String::from_utf8_lossy(&p.bytes).into_owned(),
+                bytes: std::str::from_utf8(&p.bytes).is_err().then(|| p.bytes.clone()),
                 truncated: p.truncated,
                 skipping: p.skipping,
                 source_key: self

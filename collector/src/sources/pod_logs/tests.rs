@@ -472,6 +472,40 @@ fn a_held_redraw_survives_a_restart_above_what_was_shipped() {
 }
 
 #[test]
+fn a_partial_cut_inside_a_character_survives_a_restart() {
+    // The runtime cut a piece inside a bar's 3-byte block; the collector
+    // restarts before the piece that finishes it.
+    let dir = tempfile::tempdir().unwrap();
+    let container = dir.path().join("ns_pod_uid").join("c");
+    fs::create_dir_all(&container).unwrap();
+    let path = container.join("0.log");
+    let block = "█".as_bytes();
+    let mut first = b"2026-11-25T10:00:00Z stdout P 10%|".to_vec();
+    first.extend_from_slice(&block[..2]);
+    first.push(b'\n');
+    fs::write(&path, &first).unwrap();
+    let (tailer, mut sink, _) = one_file_tailer(dir.path(), &first, 1024);
+    let checkpoint = tailer.checkpoint();
+    drop(tailer);
+    let mut last = block[2..].to_vec();
+    last.splice(0..0, b"2026-11-25T10:00:01Z stdout F ".iter().copied());
+    last.extend_from_slice(" | 1/10\n".as_bytes());
+    let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    use std::io::Write;
+    file.write_all(&last).unwrap();
+    let mut resumed = PodLogTailer::new(
+        dir.path().to_path_buf(),
+        "t".into(),
+        TailerConfig::default(),
+        checkpoint,
+        Arc::new(CollectorMetrics::unregistered()),
+    );
+    resumed.scan().unwrap();
+    resumed.poll(&mut sink);
+    assert_eq!(sink.lines.last().unwrap().1, "10%|█ | 1/10");
+}
+
+#[test]
 fn a_partial_piece_keeps_the_carriage_return_it_ends_with() {
     // The runtime cut a piece right after a redraw's `\r`.
     let content = "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01]\r\n2026-11-25T10:00:01Z stdout F  2/9 [00:02]\n";
