@@ -889,9 +889,9 @@ impl PodLogTailer {
         if pending.skipping || pending.truncated {
             return None;
         }
-        // Redraws: a `\r` with more before it, and something after it.
-        let cut = memchr::memrchr(b'\r', &pending.bytes).filter(|&at| at + 1 < pending.bytes.len())?;
-        memchr::memrchr(b'\r', &pending.bytes[..cut])?;
+        // Redraws, split as a line over the cap would be, with something
+        // after the last `\r` (a cap one byte short of the text).
+        let cut = redraw_split(&pending.bytes, pending.bytes.len().saturating_sub(1))?;
         let file = self.files.get(&pending.source)?;
         // One more flush must fit at this offset for the held part and one
         // for each other partial of the file (its other stream's).

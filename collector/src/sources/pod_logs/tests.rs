@@ -297,11 +297,17 @@ proptest! {
     }
 }
 
-fn one_file_tailer(dir: &Path, content: &[u8], max_line: usize) -> (PodLogTailer, Collected, PathBuf) {
+/// Writes `content` as the one log file `ns_pod_uid/c/0.log` under `dir`.
+fn log_file(dir: &Path, content: impl AsRef<[u8]>) -> PathBuf {
     let container = dir.join("ns_pod_uid").join("c");
     fs::create_dir_all(&container).unwrap();
     let path = container.join("0.log");
     fs::write(&path, content).unwrap();
+    path
+}
+
+fn one_file_tailer(dir: &Path, content: &[u8], max_line: usize) -> (PodLogTailer, Collected, PathBuf) {
+    let path = log_file(dir, content);
     let config = TailerConfig {
         max_line_bytes: max_line,
         read_buffer_bytes: 4096,
@@ -387,13 +393,10 @@ fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
 #[test]
 fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
     let dir = tempfile::tempdir().unwrap();
-    let container = dir.path().join("ns_pod_uid").join("c");
-    fs::create_dir_all(&container).unwrap();
-    fs::write(
-        container.join("0.log"),
+    log_file(
+        dir.path(),
         b"2026-11-25T10:00:00Z stdout P half\n2026-11-25T10:00:01Z stderr F other\n",
-    )
-    .unwrap();
+    );
     let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
@@ -408,14 +411,10 @@ fn a_stale_partial_of_redraws_is_flushed_up_to_its_last_whole_redraw() {
     // A bar still being drawn: its P pieces time out (here at once) before
     // the line ends; the last piece ends mid-redraw.
     let dir = tempfile::tempdir().unwrap();
-    let container = dir.path().join("ns_pod_uid").join("c");
-    fs::create_dir_all(&container).unwrap();
-    let path = container.join("0.log");
-    fs::write(
-        &path,
+    let path = log_file(
+        dir.path(),
         "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01, loss=0.5123]\r 2/9 [00:02, loss=0.4501]\r 3/9 [00:0\n",
-    )
-    .unwrap();
+    );
     let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
@@ -438,16 +437,13 @@ fn a_held_redraw_survives_a_restart_above_what_was_shipped() {
     // (the indexer drops what is not). Only one stream's part is held: a
     // second would not leave room for both flushes at this offset.
     let dir = tempfile::tempdir().unwrap();
-    let container = dir.path().join("ns_pod_uid").join("c");
-    fs::create_dir_all(&container).unwrap();
-    fs::write(
-        container.join("0.log"),
+    log_file(
+        dir.path(),
         concat!(
             "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01]\r 2/9 [00:02]\r 3/9 [00:0\n",
             "2026-11-25T10:00:00Z stderr P \r 1/5 [00:01]\r 2/5 [00:02]\r 3/5 [00:0\n",
         ),
-    )
-    .unwrap();
+    );
     let mut sink = Collected::default();
     let mut first = impatient_tailer(dir.path(), TailerCheckpoint::default());
     first.poll(&mut sink);
@@ -476,15 +472,11 @@ fn a_partial_cut_inside_a_character_survives_a_restart() {
     // The runtime cut a piece inside a bar's 3-byte block; the collector
     // restarts before the piece that finishes it.
     let dir = tempfile::tempdir().unwrap();
-    let container = dir.path().join("ns_pod_uid").join("c");
-    fs::create_dir_all(&container).unwrap();
-    let path = container.join("0.log");
     let block = "█".as_bytes();
     let mut first = b"2026-11-25T10:00:00Z stdout P 10%|".to_vec();
     first.extend_from_slice(&block[..2]);
     first.push(b'\n');
-    fs::write(&path, &first).unwrap();
-    let (tailer, mut sink, _) = one_file_tailer(dir.path(), &first, 1024);
+    let (tailer, mut sink, path) = one_file_tailer(dir.path(), &first, 1024);
     let checkpoint = tailer.checkpoint();
     drop(tailer);
     let mut last = block[2..].to_vec();
@@ -549,13 +541,10 @@ fn inode_reuse_with_the_same_head_is_read_from_the_start() {
 #[test]
 fn partials_of_both_streams_flushed_together_keep_positions_rising() {
     let dir = tempfile::tempdir().unwrap();
-    let container = dir.path().join("ns_pod_uid").join("c");
-    fs::create_dir_all(&container).unwrap();
-    fs::write(
-        container.join("0.log"),
+    log_file(
+        dir.path(),
         b"2026-11-25T10:00:00Z stderr P err half\n2026-11-25T10:00:01Z stdout P out half\n",
-    )
-    .unwrap();
+    );
     let mut tailer = impatient_tailer(dir.path(), TailerCheckpoint::default());
     // The sink asserts strictly rising positions per source.
     let mut sink = Collected::default();
