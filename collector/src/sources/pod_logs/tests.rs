@@ -372,13 +372,9 @@ fn docker_json_files_are_detected_and_partials_joined() {
     assert_eq!(texts, vec![(Some(Stream::Stderr), "err"), (Some(Stream::Stdout), "hello world")]);
 }
 
-/// A tailer over `dir` whose partials time out at once, resuming from
-/// `checkpoint`, after its first scan.
-fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
-    let config = TailerConfig {
-        partial_timeout: Duration::from_millis(0),
-        ..TailerConfig::default()
-    };
+/// A tailer over `dir` with `config`, resuming from `checkpoint`, after its
+/// first scan.
+fn scanned_tailer(dir: &Path, config: TailerConfig, checkpoint: TailerCheckpoint) -> PodLogTailer {
     let mut tailer = PodLogTailer::new(
         dir.to_path_buf(),
         "t".into(),
@@ -388,6 +384,15 @@ fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
     );
     tailer.scan().unwrap();
     tailer
+}
+
+/// [`scanned_tailer`] whose partials time out at once.
+fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
+    let config = TailerConfig {
+        partial_timeout: Duration::from_millis(0),
+        ..TailerConfig::default()
+    };
+    scanned_tailer(dir, config, checkpoint)
 }
 
 #[test]
@@ -485,14 +490,7 @@ fn a_partial_cut_inside_a_character_survives_a_restart() {
     let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
     use std::io::Write;
     file.write_all(&last).unwrap();
-    let mut resumed = PodLogTailer::new(
-        dir.path().to_path_buf(),
-        "t".into(),
-        TailerConfig::default(),
-        checkpoint,
-        Arc::new(CollectorMetrics::unregistered()),
-    );
-    resumed.scan().unwrap();
+    let mut resumed = scanned_tailer(dir.path(), TailerConfig::default(), checkpoint);
     resumed.poll(&mut sink);
     assert_eq!(sink.lines.last().unwrap().1, "10%|█ | 1/10");
 }
@@ -523,14 +521,7 @@ fn inode_reuse_with_the_same_head_is_read_from_the_start() {
     checkpoint.files[0].identity.ino = stat.ino();
     checkpoint.files[0].identity.dev = stat.dev();
     checkpoint.files[0].identity.born = 1;
-    let mut tailer = PodLogTailer::new(
-        dir.path().to_path_buf(),
-        "t".into(),
-        TailerConfig::default(),
-        checkpoint,
-        Arc::new(CollectorMetrics::unregistered()),
-    );
-    tailer.scan().unwrap();
+    let mut tailer = scanned_tailer(dir.path(), TailerConfig::default(), checkpoint);
     let mut sink = Collected::default();
     tailer.poll(&mut sink);
     assert_eq!(sink.lines.len(), 1, "the new file is read from offset 0");
