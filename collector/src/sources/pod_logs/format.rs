@@ -70,14 +70,16 @@ impl LogFormat {
     }
 }
 
-/// Parses a CRI line. Only the first `:`-separated tag is interpreted.
+/// Parses a CRI line. Only the first `:`-separated tag is interpreted; a
+/// `\r` before the line's end (a CRLF line's) is not part of the message.
 pub fn parse_cri(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
-    read_cri(line, &mut Rfc3339Reader::default())
+    read_cri(line.strip_suffix(b"\r").unwrap_or(line), &mut Rfc3339Reader::default())
 }
 
-/// [`parse_cri`] of one line of a file, with the reader of its timestamps.
+/// [`parse_cri`] of one line of a file, with the reader of its timestamps;
+/// the line as the tailer passes it (a CRLF's `\r` already gone: a second
+/// one is the message's).
 pub fn read_cri<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
     let ts = timestamps
         .parse(&line[..ts_end])

@@ -303,6 +303,13 @@ impl PodLogTailer {
         self.files.len()
     }
 
+    /// Released sources whose last position is still kept (for a partial
+    /// of theirs not yet emitted) and partials pending.
+    #[cfg(test)]
+    pub(crate) fn closed_sources_and_partials(&self) -> (usize, usize) {
+        (self.closed_positions.len(), self.partials.len())
+    }
+
     /// Lists `<root>/*/*/<log file>` and starts following files not yet
     /// followed; notices renames of followed files.
     pub fn scan(&mut self) -> io::Result<()> {
@@ -846,14 +853,18 @@ impl PodLogTailer {
             truncated: pending.truncated,
             parse_error: false,
         });
-        if !self.partials.values().any(|p| p.source_key == pending.source_key) {
-            self.closed_positions.remove(&pending.source_key);
-        }
     }
 
     /// Emits partial lines whose first segment is older than the timeout,
     /// in a fixed order so positions come out the same way every time.
     pub fn flush_stale_partials(&mut self, sink: &mut dyn LineSink) {
+        if !self.closed_positions.is_empty() {
+            // A released source's partial continued by the next file of its
+            // stream belongs to that file now.
+            let partials = &self.partials;
+            self.closed_positions
+                .retain(|key, _| partials.values().any(|p| p.source_key == *key));
+        }
         if self.partials.is_empty() {
             return;
         }

@@ -3,7 +3,10 @@
 //! rotations, deletions of rotated files, truncations and restarts from the
 //! checkpoint, checked against a model of the lines that must come out:
 //! every complete line exactly once, in order per stream, capped at the
-//! configured size.
+//! configured size. Some lines are progress bars redrawn with carriage
+//! returns (split before a `\r` rather than cut at the cap); a second run
+//! flushes every partial at once, where the pieces of each line must put
+//! it back together.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -51,6 +54,9 @@ enum Op {
         parts: Vec<usize>,
         finish: bool,
         torn: bool,
+        /// Each segment is a redraw (`\r<id>…`) with a further `\r` every
+        /// this many bytes; `None` for a plain line.
+        redraw: Option<Redraw>,
     },
     Poll,
     Rotate,
@@ -59,10 +65,24 @@ enum Op {
     Restart,
 }
 
+/// How a progress bar's segments are drawn.
+#[derive(Clone, Copy, Debug)]
+struct Redraw {
+    /// A `\r` every this many bytes after the segment's id.
+    every: usize,
+    /// The segment ends with a `\r` (the runtime cut a piece right after
+    /// one; on an `F` piece it is a CRLF's and goes).
+    trailing: bool,
+}
+
 fn op() -> impl Strategy<Value = Op> {
+    let redraw = prop::option::weighted(
+        0.3,
+        (3usize..60, prop::bool::weighted(0.3)).prop_map(|(every, trailing)| Redraw { every, trailing }),
+    );
     prop_oneof![
-        6 => (any::<bool>(), prop::collection::vec(0usize..120, 1..4), prop::bool::weighted(0.8), prop::bool::weighted(0.2))
-            .prop_map(|(stderr, parts, finish, torn)| Op::Write { stderr, parts, finish, torn }),
+        6 => (any::<bool>(), prop::collection::vec(0usize..120, 1..4), prop::bool::weighted(0.8), prop::bool::weighted(0.2), redraw)
+            .prop_map(|(stderr, parts, finish, torn, redraw)| Op::Write { stderr, parts, finish, torn, redraw }),
         3 => Just(Op::Poll),
         1 => Just(Op::Rotate),
         1 => Just(Op::DeleteOldestRotated),
@@ -77,10 +97,17 @@ struct Harness {
     config: TailerConfig,
     tailer: PodLogTailer,
     sink: Collected,
+    /// The pieces that must come out when partials never time out.
     expected: Vec<(Stream, String, bool)>,
-    /// Per stream: the open line's text and whether its head was already
-    /// shipped at the cap (the rest up to `F` is dropped).
+    /// Per stream: the open line's text not yet shipped and whether its
+    /// head was already shipped at the cap (the rest up to `F` is dropped).
     open_line: HashMap<bool, (String, bool)>,
+    /// Every line written, whole, and the open one per stream: what the
+    /// pieces must put back together when partials time out at once.
+    whole_lines: Vec<(Stream, String)>,
+    open_whole: HashMap<bool, String>,
+    /// Partials time out at once (every poll flushes them).
+    impatient: bool,
     torn_tail: Vec<u8>,
     rotated: Vec<PathBuf>,
     /// A rotated file was deleted before it was read to its end: only the
@@ -95,7 +122,7 @@ struct Harness {
 const MAX_LINE: usize = 200;
 
 impl Harness {
-    fn new(root: &Path, read_buffer: usize, per_pass: usize) -> Self {
+    fn new(root: &Path, read_buffer: usize, per_pass: usize, impatient: bool) -> Self {
         let dir = root.join("ml_train-0_0000-1111").join("main");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("0.log"), b"").unwrap();
@@ -103,7 +130,7 @@ impl Harness {
             max_line_bytes: MAX_LINE,
             read_buffer_bytes: read_buffer,
             max_bytes_per_pass: per_pass,
-            partial_timeout: Duration::from_secs(3600),
+            partial_timeout: if impatient { Duration::ZERO } else { Duration::from_secs(3600) },
             max_open_files: 64,
             forced_format: None,
         };
@@ -123,6 +150,9 @@ impl Harness {
             sink: Collected::default(),
             expected: Vec::new(),
             open_line: HashMap::new(),
+            whole_lines: Vec::new(),
+            open_whole: HashMap::new(),
+            impatient,
             torn_tail: Vec::new(),
             rotated: Vec::new(),
             deleted_unread: false,
@@ -155,18 +185,31 @@ impl Harness {
                 parts,
                 finish,
                 torn,
+                redraw,
             } => {
                 self.finish_torn();
                 let stream = if *stderr { "stderr" } else { "stdout" };
                 let mut bytes = Vec::new();
                 let which = if *stderr { Stream::Stderr } else { Stream::Stdout };
                 let (text, skipping) = self.open_line.entry(*stderr).or_default();
+                let whole = self.open_whole.entry(*stderr).or_default();
                 for (i, len) in parts.iter().enumerate() {
                     let id = self.next_id;
                     self.next_id += 1;
-                    let mut segment = format!("<{id}>");
+                    let mut segment = match redraw {
+                        Some(_) => format!("\r<{id}>"),
+                        None => format!("<{id}>"),
+                    };
+                    let head = segment.len();
                     while segment.len() < *len {
-                        segment.push(char::from(b'a' + (segment.len() % 26) as u8));
+                        let at = segment.len() - head + 1;
+                        match redraw {
+                            Some(r) if at % r.every == 0 => segment.push('\r'),
+                            _ => segment.push(char::from(b'a' + (segment.len() % 26) as u8)),
+                        }
+                    }
+                    if redraw.is_some_and(|r| r.trailing) {
+                        segment.push('\r');
                     }
                     let last = *finish && i + 1 == parts.len();
                     let tag = if last { "F" } else { "P" };
@@ -174,23 +217,39 @@ impl Harness {
                     bytes.extend_from_slice(
                         format!("{} {stream} {tag} {segment}\n", weft_model::time::format_rfc3339_nanos(self.ts)).as_bytes(),
                     );
+                    // A `\r` before the newline of a final piece is a CRLF's.
+                    let segment = if last {
+                        segment.strip_suffix('\r').unwrap_or(&segment)
+                    } else {
+                        &segment
+                    };
+                    whole.push_str(segment);
                     if *skipping {
                         continue;
                     }
-                    text.push_str(&segment);
-                    if !last && text.len() > MAX_LINE {
-                        // The head ships as soon as a partial line passes the cap.
+                    text.push_str(segment);
+                    if text.len() <= MAX_LINE {
+                        continue;
+                    }
+                    // Over the cap: a line of redraws splits before a `\r`,
+                    // at a partial piece or at the final one; any other line
+                    // ships its head and drops the rest up to its end.
+                    if let Some(cut) = redraw_split(text, MAX_LINE) {
+                        self.expected.push((which, text[..cut].to_string(), false));
+                        text.drain(..cut);
+                    } else {
                         self.expected.push((which, text[..MAX_LINE].to_string(), true));
+                        text.clear();
                         *skipping = true;
                     }
                 }
                 if *finish {
-                    let (full, skipped) = self.open_line.remove(stderr).unwrap_or_default();
+                    let (rest, skipped) = self.open_line.remove(stderr).unwrap_or_default();
                     if !skipped {
-                        let truncated = full.len() > MAX_LINE;
-                        let kept = full[..full.len().min(MAX_LINE)].to_string();
-                        self.expected.push((which, kept, truncated));
+                        self.expected.push((which, rest, false));
                     }
+                    let whole = self.open_whole.remove(stderr).unwrap_or_default();
+                    self.whole_lines.push((which, whole));
                 }
                 if *torn && bytes.len() > 2 {
                     let cut = bytes.len() - 2;
@@ -271,11 +330,26 @@ impl Harness {
             })
             .collect();
         for stream in [Stream::Stdout, Stream::Stderr] {
-            let want: Vec<_> = self.expected.iter().filter(|l| l.0 == stream).collect();
             let have: Vec<_> = got.iter().filter(|l| l.0 == stream).collect();
-            assert_eq!(have, want, "lines of {stream:?}");
+            if self.impatient {
+                let open = self.open_whole.get(&(stream == Stream::Stderr)).filter(|l| !l.is_empty());
+                let lines: Vec<String> = self
+                    .whole_lines
+                    .iter()
+                    .filter(|l| l.0 == stream)
+                    .map(|l| l.1.clone())
+                    .chain(open.cloned())
+                    .collect();
+                let pieces: Vec<(String, bool)> = have.iter().map(|l| (l.1.clone(), l.2)).collect();
+                assert_put_back_together(&lines, &pieces);
+            } else {
+                let want: Vec<_> = self.expected.iter().filter(|l| l.0 == stream).collect();
+                assert_eq!(have, want, "lines of {stream:?}");
+            }
         }
         assert_eq!(self.tailer.open_files(), 1 + self.rotated.len(), "deleted files are released");
+        let (closed, partials) = self.tailer.closed_sources_and_partials();
+        assert!(closed <= partials, "{closed} released sources kept for {partials} partials");
     }
 }
 
@@ -289,12 +363,90 @@ proptest! {
         per_pass in prop_oneof![Just(50usize), Just(1 << 20)],
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut harness = Harness::new(dir.path(), read_buffer, per_pass);
+        let mut harness = Harness::new(dir.path(), read_buffer, per_pass, false);
         for op in &ops {
             harness.apply(op);
         }
         harness.check();
     }
+
+    #[test]
+    fn tailer_puts_every_line_back_together_when_partials_time_out_at_once(
+        ops in prop::collection::vec(op(), 1..40),
+        read_buffer in prop_oneof![Just(1usize), Just(7), Just(64), Just(4096)],
+        per_pass in prop_oneof![Just(50usize), Just(1 << 20)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut harness = Harness::new(dir.path(), read_buffer, per_pass, true);
+        for op in &ops {
+            harness.apply(op);
+        }
+        harness.check();
+    }
+}
+
+/// The model's rule for a line of redraws over the cap: split before the
+/// last `\r` within the cap, where another `\r` comes before it and the
+/// rest fits.
+fn redraw_split(text: &str, max: usize) -> Option<usize> {
+    let cut = text[..text.len().min(max)].rfind('\r')?;
+    text[..cut].contains('\r').then_some(cut).filter(|&cut| text.len() - cut <= max)
+}
+
+/// The first whole `<id>` in a piece.
+fn first_id(piece: &str) -> Option<&str> {
+    let open = piece.find('<')?;
+    let close = open + piece[open..].find('>')?;
+    piece[open + 1..close]
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| &piece[open..=close])
+}
+
+/// Checks that `pieces` (text, truncated) of one stream put `lines` back
+/// together in order: each piece at most the cap and where the one before
+/// it ended, except after a piece cut at the cap (what follows up to the
+/// line's end may be dropped: the rest of a line already shipped at the cap
+/// is, unless a timeout flushed the state that drops it); every byte of
+/// every line shipped but those.
+fn assert_put_back_together(lines: &[String], pieces: &[(String, bool)]) {
+    // The line being matched, how far it is shipped, and whether the
+    // piece before was cut at the cap.
+    let (mut at, mut shipped, mut after_cut) = (0usize, 0usize, false);
+    for (index, (piece, truncated)) in pieces.iter().enumerate() {
+        assert!(piece.len() <= MAX_LINE, "piece {index} over the cap: {piece:?}");
+        if let Some(id) = first_id(piece) {
+            let line = lines
+                .iter()
+                .position(|l| l.contains(id))
+                .unwrap_or_else(|| panic!("piece {index} from no line: {piece:?}"));
+            if line != at {
+                assert_eq!(line, at + 1, "piece {index} skips a line: {piece:?}");
+                assert!(
+                    shipped == lines[at].len() || after_cut,
+                    "line {at} lost {:?}",
+                    &lines[at][shipped..]
+                );
+                (at, shipped, after_cut) = (line, 0, false);
+            }
+        }
+        let line = &lines[at];
+        let found = if after_cut {
+            line[shipped..].find(piece.as_str())
+        } else {
+            line[shipped..].starts_with(piece.as_str()).then_some(0)
+        };
+        let found = found.unwrap_or_else(|| panic!("piece {index} {piece:?} is not the rest of line {at}: {:?}", &line[shipped..]));
+        shipped += found + piece.len();
+        if *truncated {
+            assert_eq!(piece.len(), MAX_LINE, "a cut piece is cut at the cap");
+        }
+        after_cut = *truncated;
+    }
+    if let Some(last) = lines.get(at) {
+        assert!(shipped == last.len() || after_cut, "line {at} lost {:?}", &last[shipped..]);
+    }
+    assert!(lines.len() <= at + 1, "lines after {at} never shipped: {:?}", &lines[at + 1..]);
 }
 
 /// Writes `content` as the one log file `ns_pod_uid/c/0.log` under `dir`.
@@ -502,6 +654,17 @@ fn a_partial_piece_keeps_the_carriage_return_it_ends_with() {
     let dir = tempfile::tempdir().unwrap();
     let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
     assert_eq!(sink.lines[0].1, "\r 1/9 [00:01]\r 2/9 [00:02]");
+}
+
+#[test]
+fn only_one_carriage_return_is_taken_for_a_crlf() {
+    // A piece cut right after a redraw's `\r` that itself ends with one, and
+    // a final piece whose message ends with a `\r` before the CRLF's: the
+    // CRLF's `\r` goes, the message's stay.
+    let content = "2026-11-25T10:00:00Z stdout P \r 1/9\r\r\n2026-11-25T10:00:01Z stdout F  2/9\r\r\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
+    assert_eq!(sink.lines[0].1, "\r 1/9\r\r 2/9\r");
 }
 
 #[test]
