@@ -354,30 +354,20 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
+    /// Patient: every complete line exactly once, as the model ships it.
+    /// Impatient (every partial flushed at once): the pieces of every line
+    /// put it back together.
     #[test]
-    fn tailer_delivers_every_complete_line_once(
+    fn tailer_delivers_every_line(
         ops in prop::collection::vec(op(), 1..40),
         read_buffer in prop_oneof![Just(1usize), Just(7), Just(64), Just(4096)],
         per_pass in prop_oneof![Just(50usize), Just(1 << 20)],
+        impatient in any::<bool>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut harness = Harness::new(dir.path(), read_buffer, per_pass, false);
-        for op in &ops {
-            harness.apply(op);
-        }
-        harness.check();
-    }
-
-    #[test]
-    fn tailer_puts_every_line_back_together_when_partials_time_out_at_once(
-        ops in prop::collection::vec(op(), 1..40),
-        read_buffer in prop_oneof![Just(1usize), Just(7), Just(64), Just(4096)],
-        per_pass in prop_oneof![Just(50usize), Just(1 << 20)],
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut harness = Harness::new(dir.path(), read_buffer, per_pass, true);
+        let mut harness = Harness::new(dir.path(), read_buffer, per_pass, impatient);
         for op in &ops {
             harness.apply(op);
         }
@@ -648,23 +638,25 @@ fn a_partial_cut_inside_a_character_survives_a_restart() {
 }
 
 #[test]
-fn a_partial_piece_keeps_the_carriage_return_it_ends_with() {
-    // The runtime cut a piece right after a redraw's `\r`.
-    let content = "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01]\r\n2026-11-25T10:00:01Z stdout F  2/9 [00:02]\n";
-    let dir = tempfile::tempdir().unwrap();
-    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
-    assert_eq!(sink.lines[0].1, "\r 1/9 [00:01]\r 2/9 [00:02]");
-}
-
-#[test]
-fn only_one_carriage_return_is_taken_for_a_crlf() {
-    // A piece cut right after a redraw's `\r` that itself ends with one, and
-    // a final piece whose message ends with a `\r` before the CRLF's: the
-    // CRLF's `\r` goes, the message's stay.
-    let content = "2026-11-25T10:00:00Z stdout P \r 1/9\r\r\n2026-11-25T10:00:01Z stdout F  2/9\r\r\n";
-    let dir = tempfile::tempdir().unwrap();
-    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
-    assert_eq!(sink.lines[0].1, "\r 1/9\r\r 2/9\r");
+fn a_piece_keeps_the_carriage_returns_of_its_message() {
+    let cases = [
+        // The runtime cut a piece right after a redraw's `\r`.
+        (
+            "2026-11-25T10:00:00Z stdout P \r 1/9 [00:01]\r\n2026-11-25T10:00:01Z stdout F  2/9 [00:02]\n",
+            "\r 1/9 [00:01]\r 2/9 [00:02]",
+        ),
+        // A piece ending with two, and a final piece whose message ends with
+        // one before a CRLF's: only the CRLF's `\r` goes.
+        (
+            "2026-11-25T10:00:00Z stdout P \r 1/9\r\r\n2026-11-25T10:00:01Z stdout F  2/9\r\r\n",
+            "\r 1/9\r\r 2/9\r",
+        ),
+    ];
+    for (content, line) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1024);
+        assert_eq!(sink.lines[0].1, line, "{content:?}");
+    }
 }
 
 #[test]
