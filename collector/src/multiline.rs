@@ -318,12 +318,17 @@ impl MultilineJoiner {
         write_key(&mut self.key, line.meta, line.stream, line.text);
         if let Some(block) = self.open.get_mut(self.key.as_str()) {
             if block.continues(line.text) && block.lines < self.limits.max_lines {
-                let room = self.limits.max_bytes.saturating_sub(block.text.len() + 1);
-                if line.text.len() > room {
+                let max = self.limits.max_bytes;
+                if block.text.len() + 1 + line.text.len() > max {
                     block.truncated = true;
                 }
-                block.text.push(b'\n');
-                block.text.extend_from_slice(&line.text[..line.text.len().min(room)]);
+                // A full block takes the line (it is part of the record) but
+                // none of its bytes, not even the newline.
+                if block.text.len() < max {
+                    let room = max - block.text.len() - 1;
+                    block.text.push(b'\n');
+                    block.text.extend_from_slice(&line.text[..line.text.len().min(room)]);
+                }
                 block.lines += 1;
                 block.position = line.position;
                 if !Arc::ptr_eq(&block.source_key, line.source_key) {
@@ -347,7 +352,7 @@ impl MultilineJoiner {
                     stream: line.stream,
                     text: line.text[..line.text.len().min(self.limits.max_bytes)].to_vec(),
                     lines: 1,
-                    truncated: line.truncated,
+                    truncated: line.truncated || line.text.len() > self.limits.max_bytes,
                     updated: Instant::now(),
                 };
                 self.open.insert(self.key.clone(), block);
@@ -585,6 +590,142 @@ mod tests {
             "after",
         ]);
         assert_eq!(native.len(), 2);
+    }
+
+    /// Lines of every kind the joiner reads: openings, frames, messages,
+    /// chain lines and plain lines.
+    const VOCABULARY: &[&str] = &[
+        "step 10 loss 0.5",
+        "Traceback (most recent call last):",
+        "  File \"train.py\", line 10, in step",
+        "    loss.backward()",
+        "torch.OutOfMemoryError: CUDA out of memory.",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "The above exception was the direct cause of the following exception:",
+        "java.lang.IllegalStateException: boom",
+        "\tat com.example.Train.run(Train.java:10)",
+        "Caused by: java.io.IOException: gone",
+        "panic: runtime error: index out of range",
+        "goroutine 1 [running]:",
+        "main.main()",
+        "terminate called after throwing an instance of 'c10::Error'",
+        "*** Aborted at 1700000000 (unix time) try \"date -d @1700000000\" if you are using GNU date ***",
+        "@ 0x7f0000000000 (unknown)",
+        "ncclInternalError: Internal check failed.",
+        "INFO all good",
+    ];
+
+    /// One pushed line: its stream, its `[rankN]:` prefix, the vocabulary
+    /// entry and whether it is padded past the block byte limit.
+    #[derive(Clone, Debug)]
+    enum JoinOp {
+        Line {
+            stderr: bool,
+            rank: Option<u8>,
+            text: usize,
+            long: bool,
+        },
+        /// Blocks time out (the limit is zero: every open block closes).
+        Expire,
+    }
+
+    fn join_op() -> impl proptest::strategy::Strategy<Value = JoinOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            12 => (any::<bool>(), proptest::option::weighted(0.3, 0u8..2), 0..VOCABULARY.len(), proptest::bool::weighted(0.1))
+                .prop_map(|(stderr, rank, text, long)| JoinOp::Line { stderr, rank, text, long }),
+            1 => Just(JoinOp::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// Per stream and rank, the records are the lines in order, each
+        /// line in exactly one record (a record says which by its last
+        /// line's position); a record is whole, or marked truncated, within
+        /// the byte limit, and a prefix of its lines.
+        #[test]
+        fn every_line_is_in_one_record_in_order(
+            ops in proptest::collection::vec(join_op(), 1..80),
+            max_lines in proptest::prop_oneof![proptest::strategy::Just(2usize), proptest::strategy::Just(3), proptest::strategy::Just(1000)],
+            max_bytes in proptest::prop_oneof![proptest::strategy::Just(1024usize), proptest::strategy::Just(1 << 20)],
+        ) {
+            let meta = Arc::new(PodLogPath {
+                namespace: "ml".into(),
+                pod: "p-0".into(),
+                pod_uid: "u".into(),
+                container: "c".into(),
+                restart: 0,
+                rotated_at: None,
+            });
+            let source_key: Arc<str> = Arc::from("s");
+            let limits = MultilineLimits { max_lines, max_bytes, timeout: Duration::ZERO };
+            let mut joiner = MultilineJoiner::new(limits);
+            // Every line pushed (stream, text), by position / 4 - 1.
+            let mut pushed: Vec<(Option<Stream>, String)> = Vec::new();
+            let mut records: Vec<(Option<Stream>, u64, String, bool)> = Vec::new();
+            let mut collect = |l: LogLine<'_>, _: bool| {
+                records.push((l.stream, l.position, String::from_utf8(l.text.to_vec()).unwrap(), l.truncated))
+            };
+            for op in &ops {
+                match op {
+                    JoinOp::Line { stderr, rank, text, long } => {
+                        let mut line = rank.map(|r| format!("[rank{r}]:")).unwrap_or_default();
+                        line.push_str(VOCABULARY[*text]);
+                        if *long {
+                            line.push_str(&"x".repeat(1500));
+                        }
+                        let stream = Some(if *stderr { Stream::Stderr } else { Stream::Stdout });
+                        pushed.push((stream, line));
+                        let line = &pushed.last().unwrap().1;
+                        joiner.push(
+                            LogLine {
+                                meta: &meta,
+                                source_key: &source_key,
+                                position: pushed.len() as u64 * 4,
+                                ts: 0,
+                                stream,
+                                text: line.as_bytes(),
+                                truncated: false,
+                                parse_error: false,
+                            },
+                            &mut collect,
+                        );
+                    }
+                    JoinOp::Expire => joiner.flush_expired(&mut collect),
+                }
+            }
+            joiner.flush_all(&mut collect);
+            let group = |stream: Option<Stream>, line: &str| (stream, rank_prefix(line.as_bytes()).to_vec());
+            let mut taken = vec![false; pushed.len()];
+            let mut last_of_group: HashMap<(Option<Stream>, Vec<u8>), usize> = HashMap::new();
+            for (stream, position, text, truncated) in &records {
+                let last = *position as usize / 4 - 1;
+                let key = group(*stream, &pushed[last].1);
+                // The record's lines: those of its group after the group's
+                // previous record, up to its last.
+                let first = last_of_group.get(&key).map_or(0, |l| l + 1);
+                let lines: Vec<usize> = (first..=last).filter(|&i| group(pushed[i].0, &pushed[i].1) == key).collect();
+                let joined = lines.iter().map(|&i| pushed[i].1.as_str()).collect::<Vec<_>>().join("\n");
+                let joined = joined.trim_end_matches('\n');
+                // A line outside a block is as the tailer capped it.
+                proptest::prop_assert!(text.len() <= max_bytes || lines.len() == 1 && !text.contains('\n'), "over the limit: {} bytes", text.len());
+                if *truncated {
+                    proptest::prop_assert!(joined.starts_with(text.as_str()), "{text:?} is not a cut of {joined:?}");
+                } else {
+                    proptest::prop_assert_eq!(text.as_str(), joined, "lines {:?}", lines);
+                }
+                for &i in &lines {
+                    proptest::prop_assert!(!taken[i], "line {} in two records", i);
+                    taken[i] = true;
+                }
+                last_of_group.insert(key, last);
+            }
+            let lost: Vec<_> = (0..pushed.len()).filter(|&i| !taken[i]).collect();
+            proptest::prop_assert!(lost.is_empty(), "lines in no record: {:?}", lost);
+        }
     }
 
     #[test]
