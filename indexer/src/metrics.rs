@@ -12,6 +12,7 @@ pub struct IndexerMetrics {
     pub wal_appends: IntCounter,
     pub wal_bytes: IntGauge,
     pub wal_corruptions: IntCounter,
+    pub wal_unreplayable: IntCounter,
     pub pending_bytes: IntGauge,
     pub commits: IntCounter,
     pub commit_seconds: Histogram,
@@ -58,6 +59,10 @@ impl IndexerMetrics {
             wal_appends: counter("weft_indexer_wal_appends_total", "Records appended to the WAL"),
             wal_bytes: gauge("weft_indexer_wal_bytes", "Bytes in WAL segments"),
             wal_corruptions: counter("weft_indexer_wal_corruptions_total", "Damaged WAL tails cut off at replay"),
+            wal_unreplayable: counter(
+                "weft_indexer_wal_unreplayable_total",
+                "WAL records replay could not admit, kept in wal-rejected/",
+            ),
             pending_bytes: gauge("weft_indexer_pending_bytes", "Bytes of lines waiting for the next commit"),
             commits: counter("weft_indexer_commits_total", "Commits that wrote splits"),
             commit_seconds: register(

@@ -279,6 +279,27 @@ pub fn validate_tenant(tenant: &str) -> Result<(), IndexerError> {
     }
 }
 
+/// The limits a body is decoded under.
+#[derive(Clone, Copy, Debug)]
+enum Decoding {
+    /// A request's: `max_request_rows` rows, 16 × `max_request_bytes`
+    /// decoded.
+    Request,
+    /// A WAL record's at start-up: it was acknowledged under the limits
+    /// of its day, which may have been lowered since.
+    Replay,
+}
+
+impl Decoding {
+    /// Most rows and most decoded bytes.
+    fn bounds(self, config: &IndexerConfig) -> (usize, u64) {
+        match self {
+            Decoding::Request => (config.max_request_rows, config.max_request_bytes as u64 * 16),
+            Decoding::Replay => (usize::MAX, u64::MAX),
+        }
+    }
+}
+
 impl Indexer {
     /// Opens the data directory: loads the catalog, removes files no split
     /// owns (a crash between writing a split and publishing it), and
@@ -312,39 +333,12 @@ impl Indexer {
         });
         let replayed = report.records.len();
         for record in report.records {
-            let Some((format, tenant, key, ingest_ts, body)) = decode_wal_payload(&record.payload) else {
-                tracing::error!(seq = record.seq, "WAL record has an unknown format; skipped");
-                continue;
-            };
-            if format == WAL_METRICS {
-                match indexer.prepare_metrics(body) {
-                    Ok(prepared) => indexer.admit_metrics(
-                        &mut indexer.write.lock().expect("write lock"),
-                        &tenant,
-                        prepared,
-                        record.seq,
-                        "replay",
-                    ),
-                    Err(e) => tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped"),
-                }
-                continue;
-            }
-            match indexer.prepare(body) {
-                Ok(prepared) => {
-                    let mut write = indexer.write.lock().expect("write lock");
-                    indexer.admit(
-                        &mut write,
-                        &tenant,
-                        &key,
-                        prepared,
-                        ingest_ts,
-                        WalSource::Replayed(record.seq),
-                        "replay",
-                    )?;
-                }
-                Err(e) => {
-                    tracing::error!(seq = record.seq, error = %e, "WAL record does not decode; skipped")
-                }
+            // A record the indexer acknowledged is replayed whatever the
+            // request limits say now (they may have been lowered since);
+            // one it cannot take at all is kept aside, not dropped with
+            // the segment at the next commit.
+            if let Err(reason) = indexer.replay(&record.payload, record.seq) {
+                indexer.keep_unreplayable(record.seq, &record.payload, &reason);
             }
         }
         if replayed > 0 || report.corruptions > 0 {
@@ -373,14 +367,39 @@ impl Indexer {
         &self.config
     }
 
-    fn prepare(&self, body: &[u8]) -> Result<Prepared, IndexerError> {
-        let (metadata, mut batches) = decode_ipc(
-            body,
-            &wire_schema(),
-            self.config.max_request_rows,
-            self.config.max_request_bytes as u64 * 16,
-        )
-        .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
+    /// Admits one WAL record again (at start-up).
+    fn replay(&self, payload: &[u8], seq: u64) -> Result<(), String> {
+        let (format, tenant, key, ingest_ts, body) = decode_wal_payload(payload).ok_or("an unknown record format")?;
+        if format == WAL_METRICS {
+            let prepared = self.prepare_metrics(body, Decoding::Replay).map_err(|e| e.to_string())?;
+            self.admit_metrics(&mut self.write.lock().expect("write lock"), &tenant, prepared, seq, "replay");
+            return Ok(());
+        }
+        let prepared = self.prepare(body, Decoding::Replay).map_err(|e| e.to_string())?;
+        let mut write = self.write.lock().expect("write lock");
+        self.admit(&mut write, &tenant, &key, prepared, ingest_ts, WalSource::Replayed(seq), "replay")
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Writes a WAL record that replay could not admit to
+    /// `wal-rejected/<seq>.record` (the WAL segment holding it goes at the
+    /// next commit), says why and counts it.
+    fn keep_unreplayable(&self, seq: u64, payload: &[u8], reason: &str) {
+        self.metrics.wal_unreplayable.inc();
+        let dir = self.data_dir.join("wal-rejected");
+        let path = dir.join(format!("{seq:020}.record"));
+        let kept = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, payload));
+        match kept {
+            Ok(()) => tracing::error!(seq, reason, path = %path.display(), "WAL record cannot be replayed; kept aside"),
+            Err(e) => tracing::error!(seq, reason, error = %e, "WAL record cannot be replayed, nor kept aside; lost"),
+        }
+    }
+
+    fn prepare(&self, body: &[u8], decoding: Decoding) -> Result<Prepared, IndexerError> {
+        let (rows, bytes) = decoding.bounds(&self.config);
+        let (metadata, mut batches) = decode_ipc(body, &wire_schema(), rows, bytes)
+            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft Arrow IPC batch: {e}")))?;
         let sources: Vec<String> = match metadata.get(META_SOURCES) {
             Some(json) => serde_json::from_str(json)
                 .map_err(|e| IndexerError::BadRequest(format!("schema metadata {META_SOURCES} is not a JSON list of strings: {e}")))?,
@@ -427,7 +446,7 @@ impl Indexer {
         if key.len() > 512 {
             return Err(IndexerError::BadRequest("idempotency key longer than 512 bytes".into()));
         }
-        let prepared = self.prepare(body)?;
+        let prepared = self.prepare(body, Decoding::Request)?;
         let ingest_ts = now_nanos();
         let mut write = self.write.lock().expect("write lock");
         if write.pending.memory >= self.config.max_pending_bytes {
@@ -749,14 +768,10 @@ impl Indexer {
     }
 
     /// Decodes a metric batch (wire schema) and checks every series.
-    fn prepare_metrics(&self, body: &[u8]) -> Result<PreparedMetrics, IndexerError> {
-        let (metadata, batches) = decode_ipc(
-            body,
-            &weft_model::metric::metric_wire_schema(),
-            self.config.max_request_rows,
-            self.config.max_request_bytes as u64 * 16,
-        )
-        .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft metric batch: {e}")))?;
+    fn prepare_metrics(&self, body: &[u8], decoding: Decoding) -> Result<PreparedMetrics, IndexerError> {
+        let (rows, bytes) = decoding.bounds(&self.config);
+        let (metadata, batches) = decode_ipc(body, &weft_model::metric::metric_wire_schema(), rows, bytes)
+            .map_err(|e| IndexerError::BadRequest(format!("body is not a valid weft metric batch: {e}")))?;
         let metadata: weft_model::metric::MetadataMap = match metadata.get(weft_model::metric::META_METRIC_METADATA) {
             Some(json) => {
                 serde_json::from_str(json).map_err(|e| IndexerError::BadRequest(format!("metric metadata is not valid JSON: {e}")))?
@@ -820,7 +835,7 @@ impl Indexer {
     /// Ingests one metric batch (Arrow IPC, metric wire schema). Blocking.
     pub fn ingest_metrics(&self, tenant: &str, body: &[u8], endpoint: &str) -> Result<usize, IndexerError> {
         validate_tenant(tenant)?;
-        let prepared = self.prepare_metrics(body)?;
+        let prepared = self.prepare_metrics(body, Decoding::Request)?;
         let rows: usize = prepared.batches.iter().map(|b| b.num_rows()).sum();
         if rows == 0 && prepared.metadata.is_empty() {
             return Ok(0);

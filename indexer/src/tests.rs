@@ -94,6 +94,34 @@ fn uncommitted_rows_survive_a_crash_and_watermarks_too() {
 }
 
 #[test]
+fn acknowledged_rows_are_replayed_under_lowered_limits_and_a_record_replay_cannot_take_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+        let three = body(&[(0, 4, "a"), (0, 8, "b"), (0, 12, "c")], &["s"]);
+        assert_eq!(indexer.ingest_arrow("default", "k1", &three, "test").unwrap().accepted, 3);
+        // Dropped without commit: a crash.
+    }
+    // A record whose checksum holds but whose payload no format reads.
+    let (mut wal, _) = crate::wal::WriteAheadLog::open(&dir.path().join("wal"), 1 << 20, 0, false).unwrap();
+    let garbage = wal.append(b"\x07 not a weft record").unwrap();
+    drop(wal);
+    // Restarted with a lower request limit than the acknowledged batch had.
+    let lowered = IndexerConfig {
+        max_request_rows: 2,
+        ..config()
+    };
+    let registry = prometheus::Registry::new();
+    let indexer = Indexer::open(dir.path(), lowered, &registry).unwrap();
+    indexer.commit().unwrap();
+    assert_eq!(all_lines(&indexer), vec!["a", "b", "c"]);
+    let kept = dir.path().join("wal-rejected").join(format!("{garbage:020}.record"));
+    assert_eq!(std::fs::read(&kept).unwrap(), b"\x07 not a weft record");
+    let exposition = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    assert!(exposition.contains("weft_indexer_wal_unreplayable_total 1"), "{exposition}");
+}
+
+#[test]
 fn bad_bodies_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
