@@ -311,6 +311,7 @@ impl Indexer {
             source,
         })?;
         let metrics = IndexerMetrics::new(registry);
+        check_catalog_present(data_dir)?;
         let catalog = Arc::new(Catalog::open(data_dir)?);
         let state = catalog.snapshot();
         remove_orphans(data_dir, &state);
@@ -1076,6 +1077,54 @@ fn with_ingest_ts(batch: RecordBatch, ingest_ts: i64) -> Result<RecordBatch, Ind
     RecordBatch::try_new(batch.schema(), columns).map_err(|e| IndexerError::Internal(e.to_string()))
 }
 
+/// The split files (and temporary files) under the data directory's
+/// `splits/`.
+fn split_files_under(data_dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_split_file =
+                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.zst") || name.ends_with(".tmp");
+            if is_split_file {
+                found.push(path);
+            } else if path.is_dir() {
+                walk(&path, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&data_dir.join("splits"), &mut found);
+    found
+}
+
+/// Refuses a data directory whose catalog is gone while splits remain: an
+/// empty catalog would own none of them, and the orphan sweep would delete
+/// them all.
+fn check_catalog_present(data_dir: &Path) -> Result<(), IndexerError> {
+    let catalog = Catalog::path_in(data_dir);
+    if catalog.exists() {
+        return Ok(());
+    }
+    let splits: Vec<PathBuf> = split_files_under(data_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "tmp"))
+        .collect();
+    match splits.first() {
+        None => Ok(()),
+        Some(first) => Err(IndexerError::Corrupt(format!(
+            "{} is missing but {} split files remain (e.g. {}): restore the catalog, or move splits/ away to start empty; \
+             nothing was deleted",
+            catalog.display(),
+            splits.len(),
+            first.display()
+        ))),
+    }
+}
+
 /// Deletes split files the catalog does not reference (and temporary
 /// files), left by a crash between writing a split and publishing it.
 fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
@@ -1089,26 +1138,12 @@ fn remove_orphans(data_dir: &Path, state: &crate::catalog::CatalogState) {
             owned.insert(data_dir.join(path));
         }
     }
-    fn walk(dir: &Path, owned: &HashSet<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_split_file =
-                name.ends_with(".parquet") || name.ends_with(".tantivy") || name.ends_with(".series.zst") || name.ends_with(".tmp");
-            if is_split_file {
-                if !owned.contains(&path) {
-                    tracing::info!(path = %path.display(), "removing split file no catalog entry owns");
-                    split::remove_path(&path);
-                }
-            } else if path.is_dir() {
-                walk(&path, owned);
-            }
+    for path in split_files_under(data_dir) {
+        if !owned.contains(&path) {
+            tracing::info!(path = %path.display(), "removing split file no catalog entry owns");
+            split::remove_path(&path);
         }
     }
-    walk(&data_dir.join("splits"), &owned);
 }
 
 #[cfg(test)]

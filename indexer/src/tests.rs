@@ -122,6 +122,27 @@ fn acknowledged_rows_are_replayed_under_lowered_limits_and_a_record_replay_canno
 }
 
 #[test]
+fn a_lost_catalog_stops_the_start_and_deletes_no_split() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+        indexer
+            .ingest_arrow("default", "k1", &body(&[(0, 4, "a")], &["s"]), "test")
+            .unwrap();
+        indexer.commit().unwrap();
+    }
+    let splits = |dir: &std::path::Path| walk(&dir.join("splits")).len();
+    let before = splits(dir.path());
+    assert!(before > 0);
+    std::fs::remove_file(dir.path().join("catalog.json")).unwrap();
+    let err = Indexer::open(dir.path(), config(), &prometheus::Registry::new())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("catalog.json is missing but"), "{err}");
+    assert_eq!(splits(dir.path()), before, "no split file deleted");
+}
+
+#[test]
 fn bad_bodies_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
