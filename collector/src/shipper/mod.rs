@@ -218,10 +218,11 @@ impl Shipper {
     fn reject(&mut self, batch: &SealedBatch, reason: &str, spooled: bool) {
         tracing::error!(key = %batch.key, rows = batch.rows, reason, dir = %self.rejected_dir.display(), "indexer refused batch; kept under rejected/");
         self.metrics.batches_rejected.inc();
+        self.rejected_seq += 1;
         let stored = if spooled {
-            self.spool.reject_head(&self.rejected_dir, self.settings.keep_rejected)
+            self.spool
+                .reject_head(&self.rejected_dir, self.rejected_seq, self.settings.keep_rejected)
         } else {
-            self.rejected_seq += 1;
             spool::store_rejected(&self.rejected_dir, self.rejected_seq, batch, self.settings.keep_rejected)
         };
         if let Err(e) = stored {

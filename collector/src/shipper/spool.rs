@@ -81,7 +81,7 @@ fn encode(batch: &SealedBatch) -> Vec<u8> {
 }
 
 /// Decodes a spool file, checking its CRC and framing.
-fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
     if bytes.len() < MAGIC.len() + 4 + 8 + 4 || &bytes[..8] != MAGIC {
         return Err("bad magic or too short");
     }
@@ -224,13 +224,13 @@ impl Spool {
 
     /// Moves the oldest batch to `rejected_dir` (the indexer refused it
     /// permanently), keeping at most `keep` rejected files.
-    pub fn reject_head(&mut self, rejected_dir: &Path, keep: usize) -> Result<(), CollectorError> {
+    pub fn reject_head(&mut self, rejected_dir: &Path, seq: u64, keep: usize) -> Result<(), CollectorError> {
         let Some(entry) = self.entries.pop_front() else {
             return Ok(());
         };
         self.total_bytes -= entry.size;
         fs::create_dir_all(rejected_dir).map_err(io_err(rejected_dir))?;
-        let target = rejected_dir.join(entry.path.file_name().expect("spool files have names"));
+        let target = rejected_path(rejected_dir, seq);
         fs::rename(&entry.path, &target).map_err(io_err(&entry.path))?;
         prune_rejected(rejected_dir, keep);
         self.update_gauges();
@@ -262,10 +262,18 @@ pub fn prune_rejected(dir: &Path, keep: usize) {
 /// Writes a batch the indexer refused into `dir` for inspection.
 pub fn store_rejected(dir: &Path, seq: u64, batch: &SealedBatch, keep: usize) -> Result<(), CollectorError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let path = dir.join(format!("{seq:016}.batch"));
+    let path = rejected_path(dir, seq);
     write_atomic(&path, &encode(batch)).map_err(io_err(&path))?;
     prune_rejected(dir, keep);
     Ok(())
+}
+
+/// A refused batch's file: named by the shipper's rejection sequence
+/// (milliseconds at its start, then one up per batch), whether it came
+/// from the spool or not, so the oldest sorts first and none overwrites
+/// another.
+fn rejected_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016}.batch"))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use crate::metrics::CollectorMetrics;
 struct FakeIndexer {
     url: String,
     up: Arc<AtomicBool>,
+    /// What it answers while down.
+    down_status: Arc<Mutex<&'static str>>,
     received: Arc<Mutex<Vec<String>>>,
 }
 
@@ -34,13 +36,14 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let up = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Mutex::new(Vec::new()));
-    let (up2, received2) = (up.clone(), received.clone());
+    let down_status = Arc::new(Mutex::new(down_status));
+    let (up2, received2, down_status2) = (up.clone(), received.clone(), down_status.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let (up, received) = (up2.clone(), received2.clone());
+            let (up, received, down_status) = (up2.clone(), received2.clone(), down_status2.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
@@ -64,7 +67,7 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
                             if ok {
                                 received.lock().unwrap().push(key);
                             }
-                            let status = if ok { "200 OK" } else { down_status };
+                            let status = if ok { "200 OK" } else { *down_status.lock().unwrap() };
                             let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
                             let _ = socket.write_all(reply.as_bytes()).await;
                             buf.drain(..end + 4 + length);
@@ -79,7 +82,12 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
             });
         }
     });
-    FakeIndexer { url, up, received }
+    FakeIndexer {
+        url,
+        up,
+        down_status,
+        received,
+    }
 }
 
 fn batch(n: u64) -> SealedBatch {
@@ -198,4 +206,59 @@ async fn auth_failures_are_retried_not_rejected() {
     wait_until("delivered once the token is fixed", || server.received.lock().unwrap().len() == 1).await;
     drop(tx);
     task.await.unwrap();
+}
+
+/// A batch the indexer refuses (413 here: a proxy's body limit) is kept
+/// under `rejected/`, fresh or from the spool, named in the order refused
+/// and bounded by `keep_rejected`; the checkpoint moves past it and the
+/// batches after it flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
+    let server = fake_indexer_failing_with("413 Payload Too Large").await;
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(CollectorMetrics::unregistered());
+    let settings = ShipperSettings {
+        indexer_url: server.url.clone(),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        attempts_before_spool: 1,
+        keep_rejected: 2,
+        checkpoint_interval: Duration::ZERO,
+        ..Default::default()
+    };
+    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    for n in 0..2 {
+        tx.send(batch(n)).await.unwrap();
+    }
+    wait_until("two refused", || metrics.batches_rejected.get() == 2).await;
+    // Unreachable for a while: the next batch waits in the spool, then is
+    // refused from there.
+    *server.down_status.lock().unwrap() = "503 Service Unavailable";
+    tx.send(batch(2)).await.unwrap();
+    wait_until("the batch waits in the spool", || metrics.spool_batches.get() == 1).await;
+    *server.down_status.lock().unwrap() = "413 Payload Too Large";
+    wait_until("the spooled batch refused", || metrics.batches_rejected.get() == 3).await;
+    server.up.store(true, Ordering::SeqCst);
+    tx.send(batch(3)).await.unwrap();
+    wait_until("the next batch delivered", || server.received.lock().unwrap().len() == 1).await;
+    drop(tx);
+    task.await.unwrap();
+
+    let mut kept: Vec<_> = std::fs::read_dir(state.path().join("rejected"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    kept.sort();
+    let keys: Vec<String> = kept
+        .iter()
+        .map(|p| super::spool::decode(&std::fs::read(p).unwrap()).unwrap().key)
+        .collect();
+    assert_eq!(keys, ["batch-001", "batch-002"], "the newest two, oldest first");
+    assert_eq!(server.received.lock().unwrap().clone(), ["batch-003"]);
+    let checkpoint = CheckpointStore::new(state.path()).load().unwrap();
+    assert_eq!(checkpoint.files[0].offset, 3, "moved past the refused batches");
 }
