@@ -233,6 +233,9 @@ pub struct Indexer {
     merge_quarantine: Mutex<HashSet<String>>,
     pub metrics: IndexerMetrics,
     commit_wanted: tokio::sync::Notify,
+    /// The next commit panics while writing (a test's fault injection).
+    #[cfg(test)]
+    pub(crate) panic_in_next_commit: std::sync::atomic::AtomicBool,
 }
 
 fn encode_wal_payload(format: u8, tenant: &str, key: &str, ingest_ts: i64, body: &[u8]) -> Vec<u8> {
@@ -331,6 +334,8 @@ impl Indexer {
             merge_quarantine: Mutex::new(HashSet::new()),
             metrics,
             commit_wanted: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            panic_in_next_commit: std::sync::atomic::AtomicBool::new(false),
         });
         let replayed = report.records.len();
         for record in report.records {
@@ -633,44 +638,60 @@ impl Indexer {
         }
         let mut pending = pending;
         let metadata = std::mem::take(&mut pending.metadata);
-        let result = self
-            .write_splits(&pending.batches)
-            .and_then(|mut splits| match self.write_metric_splits(&pending.metric_batches) {
-                Ok(metric_splits) => {
-                    splits.extend(metric_splits);
-                    Ok(splits)
-                }
-                Err(e) => {
-                    for split in &splits {
-                        let (parquet, index) = split::split_files(&self.data_dir, split);
-                        split::remove_path(&parquet);
-                        split::remove_path(&index);
+        // A panic while writing (a fault in a writer) is an error like any
+        // other: the rows go back in front rather than being lost with the
+        // task, and the commit lock is not poisoned for every later commit.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if self.panic_in_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a fault injected by a test");
+            }
+            self.write_splits(&pending.batches)
+                .and_then(|mut splits| match self.write_metric_splits(&pending.metric_batches) {
+                    Ok(metric_splits) => {
+                        splits.extend(metric_splits);
+                        Ok(splits)
                     }
-                    Err(e)
-                }
-            })
-            .and_then(|splits| {
-                let count = splits.len();
-                let written: Vec<SplitMeta> = splits.clone();
-                let metadata = metadata.clone();
-                self.catalog
-                    .update(move |state| {
-                        state.splits.extend(splits);
-                        state.wal_seq = state.wal_seq.max(seq);
-                        state.watermarks = watermarks;
-                        for (tenant, map) in metadata {
-                            state.metadata.entry(tenant).or_default().extend(map);
-                        }
-                    })
-                    .inspect_err(|_| {
-                        for split in &written {
+                    Err(e) => {
+                        for split in &splits {
                             let (parquet, index) = split::split_files(&self.data_dir, split);
                             split::remove_path(&parquet);
                             split::remove_path(&index);
                         }
-                    })
-                    .map(|_| count)
-            });
+                        Err(e)
+                    }
+                })
+                .and_then(|splits| {
+                    let count = splits.len();
+                    let written: Vec<SplitMeta> = splits.clone();
+                    let metadata = metadata.clone();
+                    self.catalog
+                        .update(move |state| {
+                            state.splits.extend(splits);
+                            state.wal_seq = state.wal_seq.max(seq);
+                            state.watermarks = watermarks;
+                            for (tenant, map) in metadata {
+                                state.metadata.entry(tenant).or_default().extend(map);
+                            }
+                        })
+                        .inspect_err(|_| {
+                            for split in &written {
+                                let (parquet, index) = split::split_files(&self.data_dir, split);
+                                split::remove_path(&parquet);
+                                split::remove_path(&index);
+                            }
+                        })
+                        .map(|_| count)
+                })
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(IndexerError::Internal(format!("commit panicked: {what}")))
+        });
         match result {
             Ok(count) => {
                 let mut write = self.write.lock().expect("write lock");

@@ -143,6 +143,55 @@ fn a_lost_catalog_stops_the_start_and_deletes_no_split() {
 }
 
 #[test]
+fn a_failed_commit_keeps_its_rows_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let indexer = Indexer::open(dir.path(), config(), &registry).unwrap();
+    indexer
+        .ingest_arrow("default", "k1", &body(&[(0, 4, "a"), (0, 8, "b")], &["s"]), "test")
+        .unwrap();
+    // The split directory cannot be made: a file stands in its way.
+    let splits = dir.path().join("splits");
+    let _ = std::fs::remove_dir_all(&splits);
+    std::fs::write(&splits, b"in the way").unwrap();
+    let err = indexer.commit().unwrap_err();
+    assert!(err.to_string().contains("splits"), "says where: {err}");
+    // Rows that came meanwhile join those that wait.
+    indexer
+        .ingest_arrow("default", "k2", &body(&[(0, 12, "c")], &["s"]), "test")
+        .unwrap();
+    std::fs::remove_file(&splits).unwrap();
+    indexer.commit().unwrap();
+    assert_eq!(all_lines(&indexer), vec!["a", "b", "c"]);
+    assert_eq!(indexer.metrics.commit_errors.get(), 1);
+    // And they were committed once: a restart replays nothing more.
+    drop(indexer);
+    let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+    indexer.commit().unwrap();
+    assert_eq!(all_lines(&indexer), vec!["a", "b", "c"]);
+}
+
+#[test]
+fn a_commit_that_panics_keeps_its_rows_and_the_next_commit_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+    indexer
+        .ingest_arrow("default", "k1", &body(&[(0, 4, "a")], &["s"]), "test")
+        .unwrap();
+    indexer.panic_in_next_commit.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = indexer.commit().unwrap_err();
+    assert!(err.to_string().contains("commit panicked: a fault injected by a test"), "{err}");
+    // Had the rows gone with the panic, this commit would publish a WAL
+    // position past them and delete their segment.
+    indexer
+        .ingest_arrow("default", "k2", &body(&[(0, 8, "b")], &["s"]), "test")
+        .unwrap();
+    indexer.commit().unwrap();
+    assert_eq!(all_lines(&indexer), vec!["a", "b"]);
+    assert_eq!(indexer.metrics.commit_errors.get(), 1);
+}
+
+#[test]
 fn bad_bodies_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
