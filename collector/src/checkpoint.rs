@@ -145,6 +145,27 @@ impl CheckpointStore {
         }
     }
 
+    /// [`load`](Self::load), except that a file that is there but does not
+    /// parse (a damaged disk; the file is replaced atomically, so not a
+    /// torn write) is renamed to `checkpoints.json.unreadable-<ms>` and an
+    /// empty checkpoint returned: every file is read again from its start
+    /// and the indexer drops by position what it already holds, where a
+    /// collector refusing to start would ship nothing from its node.
+    pub fn load_or_set_aside(&self) -> Result<(TailerCheckpoint, Option<PathBuf>), CollectorError> {
+        match self.load() {
+            Err(CollectorError::Checkpoint { path, reason }) => {
+                let aside = path.with_file_name(format!("checkpoints.json.unreadable-{}", crate::now_millis()));
+                fs::rename(&path, &aside).map_err(|source| CollectorError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::error!(path = %path.display(), reason, aside = %aside.display(), "checkpoint unreadable; set aside, reading every file again");
+                Ok((TailerCheckpoint::default(), Some(aside)))
+            }
+            other => other.map(|checkpoint| (checkpoint, None)),
+        }
+    }
+
     /// Replaces the checkpoint file atomically.
     pub fn store(&self, checkpoint: &TailerCheckpoint) -> Result<(), CollectorError> {
         let bytes = serde_json::to_vec(checkpoint).expect("checkpoint serializes");
@@ -158,6 +179,18 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_checkpoint_is_set_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        fs::write(dir.path().join("checkpoints.json"), b"{torn").unwrap();
+        assert!(matches!(store.load(), Err(CollectorError::Checkpoint { .. })));
+        let (checkpoint, aside) = store.load_or_set_aside().unwrap();
+        assert_eq!(checkpoint, TailerCheckpoint::default());
+        assert_eq!(fs::read(aside.unwrap()).unwrap(), b"{torn", "kept for a look");
+        assert_eq!(store.load().unwrap(), TailerCheckpoint::default(), "the next start finds none");
+    }
 
     #[test]
     fn store_and_load_round_trip() {

@@ -23,6 +23,7 @@ pub struct CollectorMetrics {
     pub truncated_lines: IntCounter,
     pub file_truncations: IntCounter,
     pub rotations: IntCounter,
+    pub checkpoint_resets: IntCounter,
     pub files_open: IntGauge,
     pub tail_lag_bytes: IntGauge,
     pub batches_sent: IntCounter,
@@ -148,6 +149,11 @@ impl CollectorMetrics {
                 "Files found shorter than their read offset",
             ),
             rotations: counter(registry, "weft_collector_rotations_total", "Log files seen renamed by rotation"),
+            checkpoint_resets: counter(
+                registry,
+                "weft_collector_checkpoint_resets_total",
+                "Unreadable checkpoint files set aside at start (every file read again)",
+            ),
             files_open: gauge(registry, "weft_collector_files_open", "Log files being tailed"),
             tail_lag_bytes: gauge(
                 registry,

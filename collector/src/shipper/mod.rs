@@ -132,7 +132,13 @@ impl Shipper {
     pub fn resume_checkpoint(&self) -> Result<TailerCheckpoint, CollectorError> {
         match self.spool.last_checkpoint() {
             Some(checkpoint) => Ok(checkpoint),
-            None => self.checkpoints.load(),
+            None => {
+                let (checkpoint, set_aside) = self.checkpoints.load_or_set_aside()?;
+                if set_aside.is_some() {
+                    self.metrics.checkpoint_resets.inc();
+                }
+                Ok(checkpoint)
+            }
         }
     }
 
