@@ -387,3 +387,118 @@ fn a_split_index_keeps_no_document_store_and_still_answers() {
     assert_eq!(store.iter::<tantivy::TantivyDocument>(None).count(), 0);
     assert!(index.validate_checksum().unwrap().is_empty());
 }
+
+/// One step of the write path's model test.
+#[derive(Clone, Debug)]
+enum WriteOp {
+    /// A batch of (source, step) rows, distinct within the batch, in the
+    /// order given (positions need not rise within a batch). The steps are
+    /// counted from a base that moves on five steps a batch, so a batch
+    /// holds new rows and some an earlier batch had.
+    Ingest(Vec<(u32, u64)>),
+    /// An earlier ingest (by its index, modulo how many there were) sent
+    /// again with its key: a collector retrying.
+    Resend(usize),
+    Commit,
+    CommitOldest,
+    Merge,
+    /// Dropped without a commit and opened again.
+    Crash,
+}
+
+fn write_op() -> impl proptest::strategy::Strategy<Value = WriteOp> {
+    use proptest::prelude::*;
+    let rows = proptest::collection::btree_set((0u32..3, 1u64..24), 1..8)
+        .prop_flat_map(|set| Just(set.into_iter().collect::<Vec<_>>()).prop_shuffle());
+    prop_oneof![
+        6 => rows.prop_map(WriteOp::Ingest),
+        2 => any::<usize>().prop_map(WriteOp::Resend),
+        2 => Just(WriteOp::Commit),
+        1 => Just(WriteOp::CommitOldest),
+        1 => Just(WriteOp::Merge),
+        2 => Just(WriteOp::Crash),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Whatever the order of ingests, resends, commits (whole or a chunk
+    /// at a time), merges and crashes, the splits end up holding each row
+    /// that was new when it came (above its source's highest position so
+    /// far) exactly once.
+    #[test]
+    fn every_new_row_is_stored_exactly_once(
+        ops in proptest::collection::vec(write_op(), 1..24),
+        commit_bytes in proptest::prop_oneof![proptest::strategy::Just(1u64), proptest::strategy::Just(64 << 20)],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || IndexerConfig { commit_bytes, ..config() };
+        let open = || Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
+        let sources = ["s0", "s1", "s2"];
+        let text = |src: u32, position: u64| format!("s{src}p{position}");
+        let mut indexer = open();
+        let mut sent: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut highest: HashMap<u32, u64> = HashMap::new();
+        let mut expected: Vec<String> = Vec::new();
+        let mut base = 0;
+        // Batches sent since the last crash: their keys are remembered.
+        let mut remembered = 0..0;
+        for op in &ops {
+            match op {
+                WriteOp::Ingest(steps) => {
+                    let rows: Vec<(u32, u64)> = steps.iter().map(|&(s, step)| (s, (base + step) * 4)).collect();
+                    base += 5;
+                    let texts: Vec<String> = rows.iter().map(|&(s, p)| text(s, p)).collect();
+                    let lines: Vec<(u32, u64, &str)> = rows.iter().zip(&texts).map(|(&(s, p), t)| (s, p, t.as_str())).collect();
+                    let key = format!("k{}", sent.len());
+                    let body = body(&lines, &sources);
+                    indexer.ingest_arrow("default", &key, &body, "test").unwrap();
+                    let before = highest.clone();
+                    for &(s, p) in &rows {
+                        if p > before.get(&s).copied().unwrap_or(0) {
+                            expected.push(text(s, p));
+                            let top = highest.entry(s).or_insert(0);
+                            *top = (*top).max(p);
+                        }
+                    }
+                    sent.push((key, body));
+                    remembered.end = sent.len();
+                }
+                WriteOp::Resend(which) => {
+                    if !sent.is_empty() {
+                        let which = which % sent.len();
+                        let (key, body) = &sent[which];
+                        let outcome = indexer.ingest_arrow("default", key, body, "test").unwrap();
+                        proptest::prop_assert_eq!(outcome.accepted, 0, "a resend adds nothing");
+                        if remembered.contains(&which) {
+                            proptest::prop_assert!(outcome.duplicate_batch, "known by its key");
+                        }
+                    }
+                }
+                WriteOp::Commit => {
+                    indexer.commit().unwrap();
+                }
+                WriteOp::CommitOldest => {
+                    indexer.commit_oldest().unwrap();
+                }
+                WriteOp::Merge => {
+                    indexer.merge_once().unwrap();
+                }
+                WriteOp::Crash => {
+                    drop(indexer);
+                    indexer = open();
+                    remembered = sent.len()..sent.len();
+                }
+            }
+        }
+        indexer.commit().unwrap();
+        expected.sort();
+        proptest::prop_assert_eq!(all_lines(&indexer), expected.clone());
+        // Nothing is replayed twice after the last commit.
+        drop(indexer);
+        let indexer = open();
+        indexer.commit().unwrap();
+        proptest::prop_assert_eq!(all_lines(&indexer), expected);
+    }
+}
