@@ -148,9 +148,16 @@ impl CheckpointStore {
     /// [`load`](Self::load), except that a file that is there but does not
     /// parse (a damaged disk; the file is replaced atomically, so not a
     /// torn write) is renamed to `checkpoints.json.unreadable-<ms>` and an
-    /// empty checkpoint returned: every file is read again from its start
-    /// and the indexer drops by position what it already holds, where a
-    /// collector refusing to start would ship nothing from its node.
+    /// empty checkpoint returned, where a collector refusing to start
+    /// would ship nothing from its node. Every file is read again from its
+    /// start and the indexer drops by position what it already holds, with
+    /// two exceptions the lost checkpoint had told apart: a file truncated
+    /// in place since it was first read (kubelet rotates by renaming; a
+    /// `copytruncate` does this), or a reused inode on a filesystem without
+    /// creation times, comes back as its first generation, and its lines
+    /// below that generation's old watermark are taken for ones held; and a
+    /// rotated file whose source the indexer forgot (silent for its whole
+    /// retention) is stored again.
     pub fn load_or_set_aside(&self) -> Result<(TailerCheckpoint, Option<PathBuf>), CollectorError> {
         match self.load() {
             Err(CollectorError::Checkpoint { path, reason }) => {

@@ -66,6 +66,23 @@ struct Block {
     updated: Instant,
 }
 
+/// At most `max` bytes of the start of `text`, not ending inside a UTF-8
+/// character (a cut one would read as U+FFFD).
+fn head(text: &[u8], max: usize) -> &[u8] {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    // Back over continuation bytes (at most three) to the character's start.
+    while cut > 0 && max - cut < 3 && text[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    if text[cut] & 0xC0 == 0x80 {
+        cut = max; // not UTF-8 here: cut where the limit is
+    }
+    &text[..cut]
+}
+
 /// torch.distributed's `[rankN]:` prefix, if the line has one.
 fn rank_prefix(line: &[u8]) -> &[u8] {
     if line.starts_with(b"[rank") {
@@ -327,7 +344,7 @@ impl MultilineJoiner {
                 if block.text.len() < max {
                     let room = max - block.text.len() - 1;
                     block.text.push(b'\n');
-                    block.text.extend_from_slice(&line.text[..line.text.len().min(room)]);
+                    block.text.extend_from_slice(head(line.text, room));
                 }
                 block.lines += 1;
                 block.position = line.position;
@@ -350,7 +367,7 @@ impl MultilineJoiner {
                     position: line.position,
                     ts: line.ts,
                     stream: line.stream,
-                    text: line.text[..line.text.len().min(self.limits.max_bytes)].to_vec(),
+                    text: head(line.text, self.limits.max_bytes).to_vec(),
                     lines: 1,
                     truncated: line.truncated || line.text.len() > self.limits.max_bytes,
                     updated: Instant::now(),
@@ -614,6 +631,8 @@ mod tests {
         "@ 0x7f0000000000 (unknown)",
         "ncclInternalError: Internal check failed.",
         "INFO all good",
+        "  File \"/data/训练/train.py\", line 3, in <module>",
+        "RuntimeError: échec de l'allocation",
     ];
 
     /// One pushed line: its stream, its `[rankN]:` prefix, the vocabulary
@@ -675,7 +694,7 @@ mod tests {
                         let mut line = rank.map(|r| format!("[rank{r}]:")).unwrap_or_default();
                         line.push_str(VOCABULARY[*text]);
                         if *long {
-                            line.push_str(&"x".repeat(1500));
+                            line.push_str(&"xé".repeat(500));
                         }
                         let stream = Some(if *stderr { Stream::Stderr } else { Stream::Stdout });
                         pushed.push((stream, line));

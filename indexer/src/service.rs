@@ -316,6 +316,11 @@ impl Indexer {
         let metrics = IndexerMetrics::new(registry);
         check_catalog_present(data_dir)?;
         let catalog = Arc::new(Catalog::open(data_dir)?);
+        if !Catalog::path_in(data_dir).exists() {
+            // Written before any split: from now on a missing catalog is a
+            // lost one, not a first commit that crashed before writing it.
+            catalog.update(|_| ())?;
+        }
         let state = catalog.snapshot();
         remove_orphans(data_dir, &state);
         let (wal, report) = WriteAheadLog::open(&data_dir.join("wal"), config.wal_segment_bytes, state.wal_seq, config.wal_fsync)?;
@@ -344,7 +349,7 @@ impl Indexer {
             // one it cannot take at all is kept aside, not dropped with
             // the segment at the next commit.
             if let Err(reason) = indexer.replay(&record.payload, record.seq) {
-                indexer.keep_unreplayable(record.seq, &record.payload, &reason);
+                indexer.keep_unreplayable(record.seq, &record.payload, &reason)?;
             }
         }
         if replayed > 0 || report.corruptions > 0 {
@@ -390,16 +395,20 @@ impl Indexer {
 
     /// Writes a WAL record that replay could not admit to
     /// `wal-rejected/<seq>.record` (the WAL segment holding it goes at the
-    /// next commit), says why and counts it.
-    fn keep_unreplayable(&self, seq: u64, payload: &[u8], reason: &str) {
-        self.metrics.wal_unreplayable.inc();
+    /// next commit), says why and counts it; fails the start where it
+    /// cannot be kept (a full disk), rather than lose it.
+    fn keep_unreplayable(&self, seq: u64, payload: &[u8], reason: &str) -> Result<(), IndexerError> {
         let dir = self.data_dir.join("wal-rejected");
         let path = dir.join(format!("{seq:020}.record"));
-        let kept = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, payload));
-        match kept {
-            Ok(()) => tracing::error!(seq, reason, path = %path.display(), "WAL record cannot be replayed; kept aside"),
-            Err(e) => tracing::error!(seq, reason, error = %e, "WAL record cannot be replayed, nor kept aside; lost"),
-        }
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, payload))
+            .map_err(|source| IndexerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        self.metrics.wal_unreplayable.inc();
+        tracing::error!(seq, reason, path = %path.display(), "WAL record cannot be replayed; kept aside");
+        Ok(())
     }
 
     fn prepare(&self, body: &[u8], decoding: Decoding) -> Result<Prepared, IndexerError> {
@@ -1124,7 +1133,11 @@ fn split_files_under(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Refuses a data directory whose catalog is gone while splits remain: an
 /// empty catalog would own none of them, and the orphan sweep would delete
-/// them all.
+/// them all. (A data directory gets its catalog when it is first opened,
+/// before any split is written; one from before that was so could hold
+/// the splits of a first commit that crashed before writing its catalog,
+/// and is refused too: moving `splits/` away loses nothing then, the rows
+/// being in the WAL.)
 fn check_catalog_present(data_dir: &Path) -> Result<(), IndexerError> {
     let catalog = Catalog::path_in(data_dir);
     if catalog.exists() {

@@ -124,6 +124,11 @@ fn acknowledged_rows_are_replayed_under_lowered_limits_and_a_record_replay_canno
 #[test]
 fn a_lost_catalog_stops_the_start_and_deletes_no_split() {
     let dir = tempfile::tempdir().unwrap();
+    drop(Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap());
+    assert!(
+        dir.path().join("catalog.json").exists(),
+        "written at the first open, before any split"
+    );
     {
         let indexer = Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap();
         indexer
@@ -132,6 +137,14 @@ fn a_lost_catalog_stops_the_start_and_deletes_no_split() {
         indexer.commit().unwrap();
     }
     let splits = |dir: &std::path::Path| walk(&dir.join("splits")).len();
+    // A split written by a commit that crashed before publishing it is an
+    // orphan: swept at the next start (the catalog is there from the first
+    // open on).
+    let orphan = dir.path().join("splits").join("default").join("orphan.parquet");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"PAR1").unwrap();
+    drop(Indexer::open(dir.path(), config(), &prometheus::Registry::new()).unwrap());
+    assert!(!orphan.exists(), "swept");
     let before = splits(dir.path());
     assert!(before > 0);
     std::fs::remove_file(dir.path().join("catalog.json")).unwrap();

@@ -121,7 +121,9 @@ impl Shipper {
             acked: None,
             last_checkpoint_write: Instant::now(),
             metrics,
-            rejected_seq: crate::now_millis(),
+            // Above every batch kept so far, even when many were refused
+            // within the last milliseconds or the clock stepped back.
+            rejected_seq: crate::now_millis().max(spool::last_rejected_seq(&state_dir.join("rejected"))),
             checkpoint_frozen: false,
             spooling_stopped: false,
         })

@@ -268,6 +268,18 @@ pub fn store_rejected(dir: &Path, seq: u64, batch: &SealedBatch, keep: usize) ->
     Ok(())
 }
 
+/// The highest sequence among the refused batches kept in `dir` (0 for
+/// none).
+pub fn last_rejected_seq(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".batch")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
 /// A refused batch's file: named by the shipper's rejection sequence
 /// (milliseconds at its start, then one up per batch), whether it came
 /// from the spool or not, so the oldest sorts first and none overwrites

@@ -261,4 +261,26 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     assert_eq!(server.received.lock().unwrap().clone(), ["batch-003"]);
     let checkpoint = CheckpointStore::new(state.path()).load().unwrap();
     assert_eq!(checkpoint.files[0].offset, 3, "moved past the refused batches");
+
+    // A batch kept under a name from the future (a clock stepped back):
+    // the next start names its refusals above it, overwriting nothing.
+    let future = state.path().join("rejected").join(format!("{:016}.batch", 1u64 << 60));
+    std::fs::rename(&kept[1], &future).unwrap();
+    server.up.store(false, Ordering::SeqCst);
+    let settings = ShipperSettings {
+        indexer_url: server.url.clone(),
+        keep_rejected: 3,
+        ..Default::default()
+    };
+    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    tx.send(batch(4)).await.unwrap();
+    wait_until("refused after the restart", || metrics.batches_rejected.get() == 4).await;
+    drop(tx);
+    task.await.unwrap();
+    let next = state.path().join("rejected").join(format!("{:016}.batch", (1u64 << 60) + 1));
+    assert_eq!(super::spool::decode(&std::fs::read(&next).unwrap()).unwrap().key, "batch-004");
+    assert_eq!(super::spool::decode(&std::fs::read(&future).unwrap()).unwrap().key, "batch-002");
 }

@@ -303,11 +303,14 @@ impl PodLogTailer {
         self.files.len()
     }
 
-    /// Released sources whose last position is still kept (for a partial
-    /// of theirs not yet emitted) and partials pending.
+    /// Released sources whose last position is still kept though no
+    /// pending partial is theirs.
     #[cfg(test)]
-    pub(crate) fn closed_sources_and_partials(&self) -> (usize, usize) {
-        (self.closed_positions.len(), self.partials.len())
+    pub(crate) fn closed_sources_without_partials(&self) -> usize {
+        self.closed_positions
+            .keys()
+            .filter(|key| !self.partials.values().any(|p| p.source_key == **key))
+            .count()
     }
 
     /// Lists `<root>/*/*/<log file>` and starts following files not yet
