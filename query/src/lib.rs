@@ -7,6 +7,7 @@ pub mod config;
 mod line_pages;
 pub mod logql;
 pub mod metrics;
+pub mod nesting;
 pub mod notify;
 pub mod promql;
 pub mod row_ranges;

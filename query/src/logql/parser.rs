@@ -218,6 +218,9 @@ struct Parser<'a> {
     text: &'a str,
     tokens: Vec<(Tok, usize)>,
     at: usize,
+    /// Operators read so far (binary, unary, label filter `and`/`or`):
+    /// they bound how deep the tree is (see [`crate::nesting`]).
+    operators: usize,
 }
 
 /// Parses a LogQL query.
@@ -231,8 +234,14 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
     if text.trim().is_empty() {
         return Err(QueryError::parse(text, 0, "syntax error: empty query"));
     }
+    crate::nesting::check_brackets(text, "query")?;
     let tokens = Lexer::run(text)?;
-    let mut parser = Parser { text, tokens, at: 0 };
+    let mut parser = Parser {
+        text,
+        tokens,
+        at: 0,
+        operators: 0,
+    };
     let expr = parser.expr(0)?;
     parser.expect_eof()?;
     if let Expr::Binary(b) = &expr {
@@ -366,6 +375,15 @@ impl<'a> Parser<'a> {
         tok
     }
 
+    /// Counts one more operator; refuses a query with too many.
+    fn operator(&mut self) -> Result<(), QueryError> {
+        self.operators += 1;
+        if self.operators > crate::nesting::MAX_DEPTH {
+            return Err(crate::nesting::too_deep("query"));
+        }
+        Ok(())
+    }
+
     fn err_here(&self, message: impl Into<String>) -> QueryError {
         QueryError::parse(self.text, self.pos(), message)
     }
@@ -451,6 +469,7 @@ impl<'a> Parser<'a> {
             if prec < min_prec {
                 break;
             }
+            self.operator()?;
             self.next();
             let mut return_bool = false;
             if self.ident_is("bool") {
@@ -510,6 +529,7 @@ impl<'a> Parser<'a> {
     fn unary(&mut self) -> Result<Expr, QueryError> {
         match self.peek() {
             Tok::Sub => {
+                self.operator()?;
                 self.next();
                 let inner = self.unary()?;
                 Ok(match inner {
@@ -518,6 +538,7 @@ impl<'a> Parser<'a> {
                 })
             }
             Tok::Add => {
+                self.operator()?;
                 self.next();
                 self.unary()
             }
@@ -948,6 +969,7 @@ impl<'a> Parser<'a> {
     fn label_filter(&mut self) -> Result<LabelFilter, QueryError> {
         let mut lhs = self.label_filter_and()?;
         while self.ident_is("or") {
+            self.operator()?;
             self.next();
             let rhs = self.label_filter_and()?;
             lhs = LabelFilter::Or(Box::new(lhs), Box::new(rhs));
@@ -968,6 +990,7 @@ impl<'a> Parser<'a> {
             {
                 break;
             }
+            self.operator()?;
             let rhs = self.label_filter_atom()?;
             lhs = LabelFilter::And(Box::new(lhs), Box::new(rhs));
         }

@@ -662,7 +662,7 @@ fn a_number_in_every_block_is_found_in_the_newest_blocks_only() {
             .filter(|(s, _)| s % 499 == 7)
             .map(|(s, pod)| (BASE + s * SEC + pod, line_of(pod, s)))
             .collect();
-        expected.sort_by(|a, b| b.0.cmp(&a.0));
+        expected.sort_by_key(|e| std::cmp::Reverse(e.0));
         expected.truncate(limit);
         let got: Vec<(i64, String)> = page.hits.iter().map(|h| (h.ts, h.line.clone())).collect();
         assert_eq!(got, expected, "limit {limit}");
@@ -989,4 +989,65 @@ fn search_lines(engine: &Engine, query: &str, end: i64) -> Vec<String> {
 /// Every line a log query returns, oldest first.
 fn lines_of(engine: &Engine, q: &str) -> Vec<String> {
     lines(&log(engine, q, 5000, false)).into_iter().map(|(_, l)| l).collect()
+}
+
+/// Runs `f` on a thread with the 2 MiB stack tokio's workers have: a query
+/// that recursed too deep aborts the whole test binary there.
+fn on_a_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().unwrap()
+}
+
+#[test]
+fn queries_nested_or_chained_too_deep_are_refused_not_a_stack_overflow() {
+    use crate::nesting::{MAX_BRACKETS, MAX_DEPTH};
+    let selector = r#"count_over_time({a="b"}[5m])"#;
+    let refused: Vec<(String, String)> = on_a_worker_stack(move || {
+        let queries = [
+            format!("{}{selector}{}", "(".repeat(30_000), ")".repeat(30_000)),
+            vec!["1"; 30_000].join("+"),
+            format!("{}1", "-".repeat(60_000)),
+            format!(r#"{{a="b"}} | logfmt | {}"#, vec![r#"x="1""#; 6_000].join(" or ")),
+        ];
+        let mut refused = Vec::new();
+        for q in &queries {
+            let err = parse(q).expect_err("refused").to_string();
+            refused.push((q[..20].to_string(), err));
+        }
+        let err = crate::search_text::TextExpr::parse(&format!("{}a{}", "(".repeat(2040), ")".repeat(2040)))
+            .map(|_| ())
+            .expect_err("refused")
+            .to_string();
+        refused.push(("search".into(), err));
+        for q in [
+            format!("{}up{}", "(".repeat(30_000), ")".repeat(30_000)),
+            vec!["up"; 10_000].join(" + "),
+        ] {
+            let err = crate::promql::engine::parse(&q).expect_err("refused").to_string();
+            refused.push((q[..20].to_string(), err));
+        }
+        refused
+    });
+    for (query, err) in &refused {
+        assert!(err.contains("more than"), "{query}…: {err}");
+    }
+    // At the limits, parsed and evaluated on the same stack.
+    let (_dir, engine) = engine_with(&sample_data());
+    let engine = Arc::new(engine);
+    let at_the_limit = format!(
+        "{}{}{}",
+        "(".repeat(MAX_BRACKETS - 3),
+        vec![r#"sum(count_over_time({pod="a"}[1m]))"#; MAX_DEPTH / 2].join(" + "),
+        ")".repeat(MAX_BRACKETS - 3)
+    );
+    let (summed, chained) = on_a_worker_stack(move || {
+        let summed = vector(instant(&engine, &at_the_limit, 60).unwrap());
+        let chained = instant(&engine, &vec!["1"; MAX_DEPTH + 1].join("+"), 0).unwrap();
+        (summed, chained)
+    });
+    assert_eq!(summed.len(), 1);
+    assert_eq!(summed[0].1, 60.0 * (MAX_DEPTH / 2) as f64);
+    assert!(
+        matches!(chained, QueryResult::Scalar(_, sum) if sum == (MAX_DEPTH + 1) as f64),
+        "{chained:?}"
+    );
 }

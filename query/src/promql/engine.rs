@@ -1031,7 +1031,40 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
     if text.len() > 64 * 1024 {
         return Err(QueryError::BadRequest("query longer than 65536 bytes".into()));
     }
-    promql_parser::parser::parse(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"query\": {e}")))
+    crate::nesting::check_brackets(text, "query")?;
+    let expr = promql_parser::parser::parse(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"query\": {e}")))?;
+    check_depth(&expr)?;
+    Ok(expr)
+}
+
+/// Refuses an expression tree deeper than [`crate::nesting::MAX_DEPTH`]
+/// (a chain like `a + a + …`, which the evaluator walks recursively),
+/// walking it without recursion.
+fn check_depth(expr: &Expr) -> Result<(), QueryError> {
+    let mut stack = vec![(expr, 1usize)];
+    while let Some((expr, depth)) = stack.pop() {
+        if depth > crate::nesting::MAX_DEPTH {
+            return Err(crate::nesting::too_deep("query"));
+        }
+        match expr {
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, depth + 1));
+                if let Some(param) = &a.param {
+                    stack.push((param, depth + 1));
+                }
+            }
+            Expr::Unary(u) => stack.push((&u.expr, depth + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, depth + 1));
+                stack.push((&b.rhs, depth + 1));
+            }
+            Expr::Paren(p) => stack.push((&p.expr, depth + 1)),
+            Expr::Subquery(s) => stack.push((&s.expr, depth + 1)),
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), depth + 1))),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::VectorSelector(_) | Expr::MatrixSelector(_) | Expr::Extension(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1051,6 +1084,38 @@ mod tests {
     fn instant(source: &MemorySource, query: &str, time: i64, limits: EvalLimits) -> Result<PromResult, QueryError> {
         let expr = promql_parser::parser::parse(query).unwrap();
         query_instant(source, &expr, time, limits)
+    }
+
+    #[test]
+    fn a_query_at_the_depth_limit_evaluates_on_a_worker_stack() {
+        use crate::nesting::{MAX_BRACKETS, MAX_DEPTH};
+        // Brackets MAX_BRACKETS deep (the parentheses and `sum(`), a tree
+        // MAX_DEPTH deep (63 parentheses, the chain's 191 `+`, `sum`, the
+        // selector), evaluated on tokio's 2 MiB.
+        let terms = MAX_DEPTH - MAX_BRACKETS;
+        let parens = MAX_BRACKETS - 1;
+        let query = format!(
+            "{}{}{}",
+            "(".repeat(parens),
+            vec!["sum(gauge)"; terms].join(" + "),
+            ")".repeat(parens)
+        );
+        let value = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let expr = parse(&query).unwrap();
+                let deeper = format!("1 + {query}");
+                assert!(parse(&deeper).unwrap_err().to_string().contains("more than 256 operators"));
+                query_instant(&source(), &expr, 15_000, EvalLimits::default()).unwrap()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // sum(gauge) at 15 s: 1 + 2 + … + 10.
+        assert!(
+            matches!(&value, PromResult::Vector(v) if v.len() == 1 && v[0].2 == 55.0 * terms as f64),
+            "{value:?}"
+        );
     }
 
     #[test]
