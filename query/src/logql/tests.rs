@@ -1051,3 +1051,210 @@ fn queries_nested_or_chained_too_deep_are_refused_not_a_stack_overflow() {
         "{chained:?}"
     );
 }
+
+/// Pieces of LogQL, valid and not, that the fuzz test puts into queries.
+const PIECES: &[&str] = &[
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "=",
+    "!=",
+    "=~",
+    "|=",
+    "|~",
+    "|",
+    ">",
+    ">=",
+    "==",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "^",
+    "\"x\"",
+    "\"",
+    "`",
+    "5m",
+    "0",
+    "1",
+    "-1",
+    "NaN",
+    "10KB",
+    "pod",
+    "json",
+    "logfmt",
+    "unwrap",
+    "bytes",
+    "by",
+    "without",
+    "offset",
+    "bool",
+    "on",
+    "group_left",
+    "and",
+    "or",
+    "unless",
+    "__error__",
+    "é",
+    "\\",
+    " ",
+];
+
+fn fuzz_log_query() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let selector = proptest::sample::select(vec![
+        r#"{pod="a"}"#,
+        r#"{namespace=~"m.*"}"#,
+        r#"{pod!="x", namespace="ml"}"#,
+        r#"{pod="nope"}"#,
+    ]);
+    let stage = proptest::sample::select(vec![
+        r#" |= "step""#,
+        r#" |~ "err.*""#,
+        r#" != "x""#,
+        r#" |= `ok`"#,
+        " | json",
+        " | json status",
+        " | logfmt",
+        r#" | regexp "(?P<n>\\d+)""#,
+        r#" | pattern "<a> <_>""#,
+        r#" | line_format "{{.pod}} {{.status}}""#,
+        " | label_format x=pod",
+        " | status >= 500",
+        " | loss > 0.1",
+        " | loss > 10ms",
+        " | size > 1KB",
+        r#" | __error__ = """#,
+        " | drop level",
+        " | keep pod",
+        " | decolorize",
+        r#" | level="info" or status=200"#,
+        " | unwrap loss",
+        " | unwrap bytes(size)",
+        " | unwrap duration(t)",
+    ]);
+    (selector, proptest::collection::vec(stage, 0..4)).prop_map(|(selector, stages)| format!("{selector}{}", stages.concat()))
+}
+
+fn fuzz_query() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let range = (
+        proptest::sample::select(vec![
+            "count_over_time",
+            "rate",
+            "bytes_over_time",
+            "bytes_rate",
+            "sum_over_time",
+            "avg_over_time",
+            "max_over_time",
+            "min_over_time",
+            "first_over_time",
+            "last_over_time",
+            "stdvar_over_time",
+            "stddev_over_time",
+            "absent_over_time",
+            "quantile_over_time(0.9,",
+        ]),
+        fuzz_log_query(),
+        proptest::sample::select(vec!["[1m]", "[5m]", "[1s]", "[0s]", "[30d]", "[1m] offset 1m"]),
+    )
+        .prop_map(|(op, log, range)| {
+            // Aggregations of values need a value, mostly given.
+            let unwrapped =
+                ["count_over_time", "rate", "bytes_over_time", "bytes_rate", "absent_over_time"].contains(&op) || log.contains("unwrap");
+            let log = if unwrapped { log } else { format!("{log} | unwrap loss") };
+            match op.strip_suffix(',') {
+                Some(op) => format!("{op}, {log} {range})"),
+                None => format!("{op}({log} {range})"),
+            }
+        });
+    let leaf = prop_oneof![3 => range, 1 => fuzz_log_query(), 1 => Just("1".to_string()), 1 => Just("vector(2)".to_string())];
+    leaf.prop_recursive(4, 16, 2, |inner| {
+        prop_oneof![
+            (
+                proptest::sample::select(vec!["sum", "count", "max", "min", "avg", "stddev", "stdvar"]),
+                inner.clone()
+            )
+                .prop_map(|(op, e)| format!("{op} by (pod) ({e})")),
+            (proptest::sample::select(vec!["topk(2,", "bottomk(1,", "topk(100,"]), inner.clone()).prop_map(|(op, e)| format!("{op} {e})")),
+            (
+                inner.clone(),
+                proptest::sample::select(vec![
+                    " + ",
+                    " / ",
+                    " % ",
+                    " ^ ",
+                    " > ",
+                    " == bool ",
+                    " and ",
+                    " or ",
+                    " unless ",
+                    " * on(pod) group_left "
+                ]),
+                inner.clone()
+            )
+                .prop_map(|(a, op, b)| format!("{a}{op}{b}")),
+            inner.prop_map(|e| format!("-({e})")),
+        ]
+    })
+}
+
+/// A query, then each edit (an index into the text, a piece or none to
+/// delete a byte) applied in turn.
+fn fuzz_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let edit = (any::<usize>(), proptest::option::of(proptest::sample::select(PIECES)));
+    let edits = prop_oneof![Just(Vec::new()), proptest::collection::vec(edit, 1..3)];
+    (fuzz_query(), edits).prop_map(|(mut text, edits)| {
+        for (at, piece) in edits {
+            let mut at = at % (text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            match piece {
+                Some(piece) => text.insert_str(at, piece),
+                None if at < text.len() => {
+                    text.remove(at);
+                }
+                None => {}
+            }
+        }
+        text
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Whatever text comes in as a query, parsing it and evaluating what
+    /// parses (as logs, at an instant and over a range) answers or says
+    /// why not: no panic.
+    #[test]
+    fn any_query_text_parses_and_evaluates_or_says_why(text in fuzz_text()) {
+        let Ok(expr) = parse(&text) else { return Ok(()) };
+        let engine = FUZZ_ENGINE.with(|e| e.clone());
+        match &expr {
+            super::ast::Expr::Log(log) => {
+                let _ = engine.logs("default", log, BASE, BASE + 120 * SEC, 10, true);
+            }
+            _ => {
+                let _ = engine.instant("default", &expr, BASE + 60 * SEC);
+                let _ = engine.range("default", &expr, BASE, BASE + 60 * SEC, 15 * SEC);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// One engine over the sample data for every fuzz case of a thread.
+    static FUZZ_ENGINE: Arc<Engine> = {
+        let (dir, engine) = engine_with(&sample_data());
+        std::mem::forget(dir);
+        Arc::new(engine)
+    };
+}

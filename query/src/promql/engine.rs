@@ -1086,6 +1086,151 @@ mod tests {
         query_instant(source, &expr, time, limits)
     }
 
+    fn fuzz_promql() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = proptest::sample::select(vec![
+            "gauge",
+            r#"gauge{i="1"}"#,
+            r#"gauge{i=~"1|2"}"#,
+            "missing",
+            "1",
+            "-0.5",
+            "NaN",
+            "Inf",
+            "vector(1)",
+            "time()",
+            r#""text""#,
+        ])
+        .prop_map(str::to_string);
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            let range = proptest::sample::select(vec!["[1m]", "[5m]", "[1m:15s]", "[5m:1m] offset 1m", "[1h] @ 30", "[0s:1s]"]);
+            prop_oneof![
+                (
+                    proptest::sample::select(vec![
+                        "rate",
+                        "irate",
+                        "increase",
+                        "delta",
+                        "idelta",
+                        "deriv",
+                        "changes",
+                        "resets",
+                        "avg_over_time",
+                        "min_over_time",
+                        "max_over_time",
+                        "sum_over_time",
+                        "count_over_time",
+                        "last_over_time",
+                        "present_over_time",
+                        "stddev_over_time",
+                        "absent_over_time",
+                        "quantile_over_time(0.5,",
+                        "predict_linear(",
+                        "holt_winters(",
+                    ]),
+                    inner.clone(),
+                    range
+                )
+                    .prop_map(|(f, e, r)| match f {
+                        "quantile_over_time(0.5," => format!("{f} {e}{r})"),
+                        "predict_linear(" => format!("{f}{e}{r}, 60)"),
+                        "holt_winters(" => format!("{f}{e}{r}, 0.5, 0.5)"),
+                        _ => format!("{f}({e}{r})"),
+                    }),
+                (
+                    proptest::sample::select(vec![
+                        "abs",
+                        "ceil",
+                        "floor",
+                        "exp",
+                        "ln",
+                        "log2",
+                        "sqrt",
+                        "sgn",
+                        "sort",
+                        "sort_desc",
+                        "timestamp",
+                        "scalar",
+                        "absent",
+                        "vector",
+                        "round",
+                        "clamp_max",
+                        "histogram_quantile(0.9,",
+                        "label_replace",
+                        "label_join",
+                    ]),
+                    inner.clone()
+                )
+                    .prop_map(|(f, e)| match f {
+                        "round" => format!("round({e}, 0.1)"),
+                        "clamp_max" => format!("clamp_max({e}, 1)"),
+                        "histogram_quantile(0.9," => format!("{f} {e})"),
+                        "label_replace" => format!(r#"label_replace({e}, "x", "$1", "i", "(.*)")"#),
+                        "label_join" => format!(r#"label_join({e}, "x", ",", "i", "__name__")"#),
+                        _ => format!("{f}({e})"),
+                    }),
+                (
+                    proptest::sample::select(vec![
+                        "sum",
+                        "avg",
+                        "count",
+                        "min",
+                        "max",
+                        "stddev",
+                        "group",
+                        "topk(2,",
+                        "bottomk(1,",
+                        "quantile(0.5,",
+                        "count_values(\"v\","
+                    ]),
+                    inner.clone()
+                )
+                    .prop_map(|(op, e)| match op.strip_suffix(',') {
+                        Some(_) => format!("{op} {e}) by (i)"),
+                        None => format!("{op} by (i) ({e})"),
+                    }),
+                (
+                    inner.clone(),
+                    proptest::sample::select(vec![
+                        " + ",
+                        " - ",
+                        " * ",
+                        " / ",
+                        " % ",
+                        " ^ ",
+                        " atan2 ",
+                        " > ",
+                        " == bool ",
+                        " != ",
+                        " and ",
+                        " or ",
+                        " unless ",
+                        " / on(i) group_left ",
+                        " + ignoring(i) "
+                    ]),
+                    inner.clone()
+                )
+                    .prop_map(|(a, op, b)| format!("({a}){op}({b})")),
+                inner.clone().prop_map(|e| format!("-({e})")),
+                inner.prop_map(|e| format!("({e})[10m:1m]")),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Whatever parses, evaluated at an instant and over a range,
+        /// answers or says why not: no panic.
+        #[test]
+        fn any_parsed_query_evaluates_or_says_why(text in fuzz_promql()) {
+            let Ok(expr) = parse(&text) else { return Ok(()) };
+            let source = source();
+            let _ = query_instant(&source, &expr, 600_000, EvalLimits::default());
+            let _ = query_range(&source, &expr, 0, 1_500_000, 60_000, EvalLimits::default());
+        }
+    }
+
     #[test]
     fn a_query_at_the_depth_limit_evaluates_on_a_worker_stack() {
         use crate::nesting::{MAX_BRACKETS, MAX_DEPTH};
