@@ -7,23 +7,16 @@ use std::collections::BTreeSet;
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use weft_model::time::{now_nanos, parse_api_timestamp, parse_duration, NANOS_PER_SEC};
+use weft_model::time::{now_nanos, parse_duration, NANOS_PER_SEC};
 use weft_model::LabelSet;
 
-use super::{success, Params};
+use super::{api_timestamp as timestamp, success, within_api_range, Params};
 use crate::logql::ast::{Expr, Matcher};
 use crate::logql::eval::{QueryResult, StreamResult};
 use crate::logql::parser::{parse, parse_selector};
 use crate::{QueryError, QueryService};
 
 const DEFAULT_LIMIT: usize = 100;
-
-fn timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
-    match params.get(name) {
-        Some(text) => parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
-        None => Ok(default),
-    }
-}
 
 fn limit(params: &Params) -> Result<usize, QueryError> {
     match params.get("limit") {
@@ -120,7 +113,8 @@ pub fn query_range(service: &QueryService, tenant: &str, params: &Params) -> Res
     let end = timestamp(params, "end", now)?;
     let start = match params.get("since") {
         Some(since) if params.get("start").is_none() => {
-            end - parse_duration(since).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"since\": {e}")))?
+            let since = parse_duration(since).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"since\": {e}")))?;
+            within_api_range(end.saturating_sub(since), "since")?
         }
         _ => timestamp(params, "start", end - 3600 * NANOS_PER_SEC)?,
     };

@@ -6,6 +6,8 @@
 pub mod loki;
 pub mod native;
 pub mod prometheus;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +19,33 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::{QueryError, QueryService};
+
+/// Latest (and, negated, earliest) time the Loki and search APIs take, in
+/// nanoseconds (the years 1843 to 2096): the difference of two such times,
+/// and a window or a step taken from one, stays within an `i64`.
+pub const MAX_API_NANOS: i64 = 4_000_000_000_000_000_000;
+
+/// A time parameter of the Loki and search APIs (Unix seconds, a float,
+/// nanoseconds or RFC 3339), `default` when absent.
+pub fn api_timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
+    let ts = match params.get(name) {
+        Some(text) => {
+            weft_model::time::parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}")))?
+        }
+        None => default,
+    };
+    within_api_range(ts, name)
+}
+
+/// `ts` where it is within ±[`MAX_API_NANOS`], else a clear error.
+pub fn within_api_range(ts: i64, name: &str) -> Result<i64, QueryError> {
+    if ts.unsigned_abs() > MAX_API_NANOS as u64 {
+        return Err(QueryError::BadRequest(format!(
+            "invalid parameter \"{name}\": {ts} ns is outside the supported time range (years 1843 to 2096)"
+        )));
+    }
+    Ok(ts)
+}
 
 /// Request parameters from the query string and a form body.
 #[derive(Debug, Default)]

@@ -2,18 +2,11 @@
 //! `GET /api/v1/search?query=…&start=…&end=…&limit=…&cursor=…`.
 
 use axum::response::Response;
-use weft_model::time::{format_rfc3339_nanos, now_nanos, parse_api_timestamp, NANOS_PER_SEC};
+use weft_model::time::{format_rfc3339_nanos, now_nanos, NANOS_PER_SEC};
 
-use super::{success, Params};
+use super::{api_timestamp as timestamp, success, Params};
 use crate::search::{search as run_search, SearchRequest};
 use crate::{QueryError, QueryService};
-
-fn timestamp(params: &Params, name: &str, default: i64) -> Result<i64, QueryError> {
-    match params.get(name) {
-        Some(text) => parse_api_timestamp(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"{name}\": {e}"))),
-        None => Ok(default),
-    }
-}
 
 /// Runs a search; results newest first with their labels.
 pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<Response, QueryError> {

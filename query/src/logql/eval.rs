@@ -117,12 +117,13 @@ impl Grid {
         let first = if lo <= self.first {
             0
         } else {
-            (lo - self.first + self.step - 1) / self.step
+            // In i128: `lo` and `hi` come from ranges and offsets too.
+            ((lo as i128 - self.first as i128 + self.step as i128 - 1) / self.step as i128).min(n as i128) as i64
         };
         let last = if hi < self.first {
             -1
         } else {
-            ((hi - self.first) / self.step).min(n - 1)
+            ((hi as i128 - self.first as i128) / self.step as i128).min(n as i128 - 1) as i64
         };
         (first <= last && first < n).then_some((first as usize, last as usize))
     }
