@@ -49,9 +49,33 @@ pub struct WriteAheadLog {
     active_len: u64,
     next_seq: u64,
     fsync: bool,
-    /// A failed write left bytes that could not be cut off: the next append
-    /// goes to a new segment so replay never stops before it.
-    needs_roll: bool,
+    /// A failed write left bytes that could not be cut off yet: the next
+    /// append cuts them first, and fails while it cannot (a record written
+    /// after them would be lost at replay, which stops at a damaged one; a
+    /// new segment would not help when the active one holds no record yet,
+    /// as it bears the same name).
+    cut_pending: bool,
+    /// Faults a test injects into the next appends.
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Faults injected by a test: so many appends write half their frame and
+/// fail, and so many cuts of such a frame fail.
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    torn_writes: u32,
+    failed_cuts: u32,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn take_torn_write(&mut self) -> bool {
+        let torn = self.torn_writes > 0;
+        self.torn_writes = self.torn_writes.saturating_sub(1);
+        torn
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IndexerError + '_ {
@@ -105,7 +129,9 @@ impl WriteAheadLog {
             active_len: 0,
             next_seq,
             fsync,
-            needs_roll: false,
+            cut_pending: false,
+            #[cfg(test)]
+            faults: Faults::default(),
         };
         // Never append after a repaired tail in an old segment: start fresh.
         wal.roll()?;
@@ -141,9 +167,16 @@ impl WriteAheadLog {
                 payload.len()
             )));
         }
-        if self.active_len >= self.segment_bytes || self.needs_roll {
+        let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        if self.cut_pending {
+            self.cut_torn_frame().map_err(|source| IndexerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            self.cut_pending = false;
+        }
+        if self.active_len >= self.segment_bytes {
             self.roll()?;
-            self.needs_roll = false;
         }
         let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = self.active.as_mut().expect("an active segment exists after open");
@@ -151,20 +184,37 @@ impl WriteAheadLog {
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         frame.extend_from_slice(payload);
-        let written = file
-            .write_all(&frame)
-            .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) });
+        #[cfg(test)]
+        let torn = self.faults.take_torn_write();
+        #[cfg(not(test))]
+        let torn = false;
+        let written = if torn {
+            file.write_all(&frame[..frame.len() / 2])
+                .and_then(|()| Err(std::io::Error::other("a torn write injected by a test")))
+        } else {
+            file.write_all(&frame)
+                .and_then(|_| if self.fsync { file.sync_data() } else { Ok(()) })
+        };
         if let Err(source) = written {
             // Cut a partial frame so the next append does not follow garbage.
-            if file.set_len(self.active_len).is_err() {
-                self.needs_roll = true;
-            }
+            self.cut_pending = self.cut_torn_frame().is_err();
             return Err(IndexerError::Io { path, source });
         }
         self.active_len += frame.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Cuts the active segment back to its last whole record.
+    fn cut_torn_frame(&mut self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.faults.failed_cuts > 0 {
+            self.faults.failed_cuts -= 1;
+            return Err(std::io::Error::other("a failed cut injected by a test"));
+        }
+        let file = self.active.as_mut().expect("an active segment exists after open");
+        file.set_len(self.active_len)
     }
 
     /// Deletes segments whose records all have `seq <= committed_seq`.
@@ -217,6 +267,28 @@ fn replay_segment(path: &Path, mut on_record: impl FnMut(Vec<u8>)) -> Result<(u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_appended_after_a_torn_frame_that_could_not_be_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        // The first append of a fresh segment tears, and so does its cut,
+        // once and then again at the next append.
+        wal.faults = Faults {
+            torn_writes: 1,
+            failed_cuts: 2,
+        };
+        assert!(wal.append(b"torn").is_err());
+        let err = wal.append(b"refused while the torn frame is there").unwrap_err();
+        assert!(err.to_string().contains("a failed cut injected by a test"), "{err}");
+        assert_eq!(wal.append(b"kept").unwrap(), 1);
+        assert_eq!(wal.append(b"and kept").unwrap(), 2);
+        drop(wal);
+        let (_, report) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        let payloads: Vec<&[u8]> = report.records.iter().map(|r| r.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"kept".as_slice(), b"and kept".as_slice()]);
+        assert_eq!(report.corruptions, 0);
+    }
 
     fn payloads() -> Vec<Vec<u8>> {
         (0..4u8).map(|i| vec![i; 10 + i as usize * 7]).collect()
