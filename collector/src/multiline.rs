@@ -408,15 +408,20 @@ impl MultilineJoiner {
 mod tests {
     use super::*;
 
-    fn run(lines: &[&str]) -> Vec<(String, bool)> {
-        let meta = Arc::new(PodLogPath {
+    /// The one pod the tests' lines come from.
+    fn pod() -> Arc<PodLogPath> {
+        Arc::new(PodLogPath {
             namespace: "ml".into(),
             pod: "p-0".into(),
             pod_uid: "u".into(),
             container: "c".into(),
             restart: 0,
             rotated_at: None,
-        });
+        })
+    }
+
+    fn run(lines: &[&str]) -> Vec<(String, bool)> {
+        let meta = pod();
         let source_key: Arc<str> = Arc::from("s");
         let mut joiner = MultilineJoiner::new(MultilineLimits::default());
         let mut out = Vec::new();
@@ -671,14 +676,7 @@ mod tests {
             max_lines in proptest::prop_oneof![proptest::strategy::Just(2usize), proptest::strategy::Just(3), proptest::strategy::Just(1000)],
             max_bytes in proptest::prop_oneof![proptest::strategy::Just(1024usize), proptest::strategy::Just(1 << 20)],
         ) {
-            let meta = Arc::new(PodLogPath {
-                namespace: "ml".into(),
-                pod: "p-0".into(),
-                pod_uid: "u".into(),
-                container: "c".into(),
-                restart: 0,
-                rotated_at: None,
-            });
+            let meta = pod();
             let source_key: Arc<str> = Arc::from("s");
             let limits = MultilineLimits { max_lines, max_bytes, timeout: Duration::ZERO };
             let mut joiner = MultilineJoiner::new(limits);

@@ -113,6 +113,29 @@ fn batch(n: u64) -> SealedBatch {
     }
 }
 
+/// Settings that retry fast, for `indexer_url`.
+fn fast_retries(indexer_url: &str) -> ShipperSettings {
+    ShipperSettings {
+        indexer_url: indexer_url.to_string(),
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
+
+/// A running shipper: where batches go in, its task, and the shutdown
+/// signal (kept, so that it is not dropped).
+fn start(
+    state: &std::path::Path,
+    settings: ShipperSettings,
+    metrics: &Arc<CollectorMetrics>,
+) -> (mpsc::Sender<SealedBatch>, tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+    let shipper = Shipper::new(state, settings, metrics.clone()).unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    (tx, tokio::spawn(shipper.run(rx, stop_rx)), stop_tx)
+}
+
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check() {
@@ -127,19 +150,13 @@ async fn spools_in_order_applies_backpressure_and_delivers_when_back() {
     let state = tempfile::tempdir().unwrap();
     let metrics = Arc::new(CollectorMetrics::unregistered());
     let settings = ShipperSettings {
-        indexer_url: server.url.clone(),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
         attempts_before_spool: 2,
         // Room for about three 1 KB batches.
         spool_max_bytes: 3000,
         checkpoint_interval: Duration::ZERO,
-        ..Default::default()
+        ..fast_retries(&server.url)
     };
-    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
-    let (tx, rx) = mpsc::channel(2);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    let (tx, task, _stop) = start(state.path(), settings, &metrics);
 
     // While the indexer fails, batches go to the spool until it is full...
     let mut sent = 0;
@@ -189,16 +206,10 @@ async fn auth_failures_are_retried_not_rejected() {
     let state = tempfile::tempdir().unwrap();
     let metrics = Arc::new(CollectorMetrics::unregistered());
     let settings = ShipperSettings {
-        indexer_url: server.url.clone(),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
         attempts_before_spool: 2,
-        ..Default::default()
+        ..fast_retries(&server.url)
     };
-    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
-    let (tx, rx) = mpsc::channel(2);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    let (tx, task, _stop) = start(state.path(), settings, &metrics);
     tx.send(batch(0)).await.unwrap();
     wait_until("the batch waits in the spool", || metrics.spool_batches.get() == 1).await;
     assert_eq!(metrics.batches_rejected.get(), 0);
@@ -218,18 +229,12 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     let state = tempfile::tempdir().unwrap();
     let metrics = Arc::new(CollectorMetrics::unregistered());
     let settings = ShipperSettings {
-        indexer_url: server.url.clone(),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
         attempts_before_spool: 1,
         keep_rejected: 2,
         checkpoint_interval: Duration::ZERO,
-        ..Default::default()
+        ..fast_retries(&server.url)
     };
-    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
-    let (tx, rx) = mpsc::channel(2);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    let (tx, task, _stop) = start(state.path(), settings, &metrics);
     for n in 0..2 {
         tx.send(batch(n)).await.unwrap();
     }
@@ -268,14 +273,10 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     std::fs::rename(&kept[1], &future).unwrap();
     server.up.store(false, Ordering::SeqCst);
     let settings = ShipperSettings {
-        indexer_url: server.url.clone(),
         keep_rejected: 3,
-        ..Default::default()
+        ..fast_retries(&server.url)
     };
-    let shipper = Shipper::new(state.path(), settings, metrics.clone()).unwrap();
-    let (tx, rx) = mpsc::channel(2);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(shipper.run(rx, stop_rx));
+    let (tx, task, _stop) = start(state.path(), settings, &metrics);
     tx.send(batch(4)).await.unwrap();
     wait_until("refused after the restart", || metrics.batches_rejected.get() == 4).await;
     drop(tx);
