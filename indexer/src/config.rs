@@ -32,6 +32,10 @@ pub struct IndexerConfig {
     pub max_line_bytes: usize,
     /// Most rows in one request.
     pub max_request_rows: usize,
+    /// Most ingest requests read and decoded at once; the others wait
+    /// (their bodies unread) for one to finish. Bounds the memory requests
+    /// take: each may hold `max_request_bytes` and decode to 16× that.
+    pub max_concurrent_requests: usize,
     /// How often small splits are looked at for merging.
     #[serde(with = "serde_duration")]
     pub merge_interval: Duration,
@@ -58,6 +62,7 @@ impl Default for IndexerConfig {
             max_request_bytes: 64 * 1024 * 1024,
             max_line_bytes: 1024 * 1024,
             max_request_rows: 1_000_000,
+            max_concurrent_requests: 4,
             merge_interval: Duration::from_secs(10),
             merge_min_splits: 8,
             merge_max_line_bytes: 256 * 1024 * 1024,
@@ -82,6 +87,9 @@ impl IndexerConfig {
         }
         if self.max_line_bytes < 1024 {
             return bad("indexer.max_line_bytes must be at least 1024");
+        }
+        if self.max_concurrent_requests == 0 {
+            return bad("indexer.max_concurrent_requests must be at least 1");
         }
         Ok(())
     }

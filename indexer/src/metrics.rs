@@ -13,6 +13,7 @@ pub struct IndexerMetrics {
     pub wal_bytes: IntGauge,
     pub wal_corruptions: IntCounter,
     pub wal_unreplayable: IntCounter,
+    pub requests_waiting: IntGauge,
     pub pending_bytes: IntGauge,
     pub commits: IntCounter,
     pub commit_seconds: Histogram,
@@ -59,6 +60,10 @@ impl IndexerMetrics {
             wal_appends: counter("weft_indexer_wal_appends_total", "Records appended to the WAL"),
             wal_bytes: gauge("weft_indexer_wal_bytes", "Bytes in WAL segments"),
             wal_corruptions: counter("weft_indexer_wal_corruptions_total", "Damaged WAL tails cut off at replay"),
+            requests_waiting: gauge(
+                "weft_indexer_requests_waiting",
+                "Ingest requests waiting for one of max_concurrent_requests",
+            ),
             wal_unreplayable: counter(
                 "weft_indexer_wal_unreplayable_total",
                 "WAL records replay could not admit, kept in wal-rejected/",

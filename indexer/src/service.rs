@@ -233,6 +233,8 @@ pub struct Indexer {
     merge_quarantine: Mutex<HashSet<String>>,
     pub metrics: IndexerMetrics,
     commit_wanted: tokio::sync::Notify,
+    /// One per ingest request read and decoded at once.
+    ingest_permits: Arc<tokio::sync::Semaphore>,
     /// The next commit panics while writing (a test's fault injection).
     #[cfg(test)]
     pub(crate) panic_in_next_commit: std::sync::atomic::AtomicBool,
@@ -325,6 +327,7 @@ impl Indexer {
         remove_orphans(data_dir, &state);
         let (wal, report) = WriteAheadLog::open(&data_dir.join("wal"), config.wal_segment_bytes, state.wal_seq, config.wal_fsync)?;
         metrics.wal_corruptions.inc_by(report.corruptions);
+        let config_permits = config.max_concurrent_requests;
         let indexer = Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
             config,
@@ -339,6 +342,7 @@ impl Indexer {
             merge_quarantine: Mutex::new(HashSet::new()),
             metrics,
             commit_wanted: tokio::sync::Notify::new(),
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(config_permits)),
             #[cfg(test)]
             panic_in_next_commit: std::sync::atomic::AtomicBool::new(false),
         });
@@ -376,6 +380,11 @@ impl Indexer {
 
     pub fn config(&self) -> &IndexerConfig {
         &self.config
+    }
+
+    /// The permits ingest requests take (see `max_concurrent_requests`).
+    pub fn ingest_permits(&self) -> Arc<tokio::sync::Semaphore> {
+        self.ingest_permits.clone()
     }
 
     /// Admits one WAL record again (at start-up).

@@ -70,7 +70,27 @@ pub fn router(indexer: Arc<Indexer>) -> Router {
         .route("/api/v1/write", post(prometheus_remote_write))
         .route("/api/v1/ingest/metrics", post(ingest_metrics))
         .layer(DefaultBodyLimit::max(limit))
+        // Outermost: a request waits for its turn before its body is read.
+        .layer(axum::middleware::from_fn_with_state(indexer.clone(), one_of_a_few))
         .with_state(indexer)
+}
+
+/// Lets a request through once one of the `max_concurrent_requests`
+/// permits is free, and holds it until the answer is written.
+async fn one_of_a_few(State(indexer): State<Arc<Indexer>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let permits = indexer.ingest_permits();
+    let permit = match permits.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            indexer.metrics.requests_waiting.inc();
+            let permit = permits.acquire_owned().await;
+            indexer.metrics.requests_waiting.dec();
+            permit.expect("the permits are never closed")
+        }
+    };
+    let response = next.run(request).await;
+    drop(permit);
+    response
 }
 
 async fn ingest_arrow(State(indexer): State<Arc<Indexer>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -221,5 +241,52 @@ async fn prometheus_remote_write(State(indexer): State<Arc<Indexer>>, headers: H
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use weft_model::LogRecord;
+
+    use super::*;
+    use crate::IndexerConfig;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingest_requests_wait_for_one_of_a_few_permits() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = IndexerConfig {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        };
+        let indexer = Indexer::open(dir.path(), config, &prometheus::Registry::new()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api/v1/ingest", listener.local_addr().unwrap());
+        let serve = axum::serve(listener, router(indexer.clone()));
+        tokio::spawn(async move { serve.await });
+        let mut builder = LogBatchBuilder::default();
+        let record = LogRecord {
+            ts: 1_764_000_000_000_000_000,
+            line: "waited its turn".into(),
+            ..Default::default()
+        };
+        builder.append(&record.as_ref());
+        let body = encode_ipc(&[builder.finish(true)], Default::default()).unwrap();
+
+        // The only permit is taken: the request waits, its body unread.
+        let held = indexer.ingest_permits().acquire_owned().await.unwrap();
+        weft_model::tls::install_crypto_provider();
+        let request = tokio::spawn(reqwest::Client::new().post(&url).body(body).send());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while indexer.metrics.requests_waiting.get() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the request never waited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!request.is_finished());
+        drop(held);
+        let response = request.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(indexer.metrics.requests_waiting.get(), 0);
     }
 }
