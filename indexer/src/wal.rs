@@ -50,10 +50,10 @@ pub struct WriteAheadLog {
     next_seq: u64,
     fsync: bool,
     /// A failed write left bytes that could not be cut off yet: the next
-    /// append cuts them first, and fails while it cannot (a record written
-    /// after them would be lost at replay, which stops at a damaged one; a
-    /// new segment would not help when the active one holds no record yet,
-    /// as it bears the same name).
+    /// append cuts them first; where it still cannot, it goes to a new
+    /// segment (replay cuts the damaged tail of the old one), or fails
+    /// while the active segment holds no record yet (a new one would bear
+    /// its name, and a record after the garbage would be lost at replay).
     cut_pending: bool,
     /// Faults a test injects into the next appends.
     #[cfg(test)]
@@ -168,14 +168,18 @@ impl WriteAheadLog {
             )));
         }
         let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let mut roll = self.active_len >= self.segment_bytes;
         if self.cut_pending {
-            self.cut_torn_frame().map_err(|source| IndexerError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            if let Err(source) = self.cut_torn_frame() {
+                let holds_records = self.segments.last().is_some_and(|s| s.first_seq < self.next_seq);
+                if !holds_records {
+                    return Err(IndexerError::Io { path, source });
+                }
+                roll = true;
+            }
             self.cut_pending = false;
         }
-        if self.active_len >= self.segment_bytes {
+        if roll {
             self.roll()?;
         }
         let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
@@ -288,6 +292,25 @@ mod tests {
         let payloads: Vec<&[u8]> = report.records.iter().map(|r| r.payload.as_slice()).collect();
         assert_eq!(payloads, [b"kept".as_slice(), b"and kept".as_slice()]);
         assert_eq!(report.corruptions, 0);
+    }
+
+    #[test]
+    fn a_segment_with_records_and_an_uncut_torn_frame_is_left_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        assert_eq!(wal.append(b"first").unwrap(), 1);
+        wal.faults = Faults {
+            torn_writes: 1,
+            failed_cuts: 2,
+        };
+        assert!(wal.append(b"torn").is_err());
+        // The cut fails again: the next record goes to a new segment.
+        assert_eq!(wal.append(b"second").unwrap(), 2);
+        drop(wal);
+        let (_, report) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        let payloads: Vec<&[u8]> = report.records.iter().map(|r| r.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"first".as_slice(), b"second".as_slice()]);
+        assert_eq!(report.corruptions, 1, "the torn frame, cut at replay");
     }
 
     fn payloads() -> Vec<Vec<u8>> {

@@ -74,7 +74,7 @@ impl TextExpr {
                 text.len()
             )));
         }
-        crate::nesting::check_brackets(text, "search expression")?;
+        crate::nesting::check_search(text)?;
         let ast = tantivy::query_grammar::parse_query(text)
             .map_err(|_| QueryError::BadRequest(format!("invalid search expression {text:?}: expected words, \"phrases\", AND / OR / NOT, -word or (groups), with balanced quotes and parentheses")))?;
         let root = node_of(ast)?.ok_or_else(|| {

@@ -31,7 +31,7 @@ pub fn search(service: &QueryService, tenant: &str, params: &Params) -> Result<R
                     "invalid parameter \"cursor\": {cursor:?} is not <ts>:<skip> from a previous page"
                 ))
             })?;
-        end = ts;
+        end = super::within_api_range(ts, "cursor")?;
         skip_at_end = skip;
     }
     if end < start {
@@ -98,7 +98,10 @@ pub fn run_ranks(service: &QueryService, tenant: &str, params: &Params, run: &st
         }
         None => 6 * 3600 * NANOS_PER_SEC,
     };
-    let start = timestamp(params, "start", end.saturating_sub(since))?;
+    let start = match params.get("start") {
+        Some(_) => timestamp(params, "start", 0)?,
+        None => super::within_api_range(end.saturating_sub(since), "since")?,
+    };
     if end <= start {
         return Err(QueryError::BadRequest(
             "invalid parameter \"end\": the end must be after the start".into(),

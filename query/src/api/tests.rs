@@ -19,6 +19,8 @@ const EXTREMES: &[&str] = &[
     "-9999999999",
     "1e300",
     "-1e300",
+    "1.0e300",
+    "-1.0e300",
     "0",
     "2262-04-11T23:47:16.854775807Z",
     "1677-09-21T00:12:43.145224192Z",
@@ -113,4 +115,19 @@ fn hostile_parameters_are_answered_or_refused_without_a_panic() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+
+    // Times past the range are refused, saying which parameter.
+    for (endpoint, key, value, query) in [
+        (loki::query_range as Endpoint, "end", "9223372036854775807", r#"{pod="p"}"#),
+        (loki::query_range, "since", "90000d", r#"{pod="p"}"#),
+        (loki::labels, "start", "-1.0e300", ""),
+        (native::search, "cursor", "9223372036854775807:0", "step"),
+    ] {
+        let p = params(&[(key, value), ("query", query)]);
+        let err = endpoint(&service, "default", &p).map(|_| ()).expect_err("refused").to_string();
+        assert!(
+            err.contains(&format!("invalid parameter \"{key}\"")) && err.contains("outside the supported time range"),
+            "{err}"
+        );
+    }
 }

@@ -129,6 +129,25 @@ impl Grid {
     }
 }
 
+#[cfg(test)]
+mod grid_tests {
+    use super::Grid;
+
+    #[test]
+    fn a_span_far_outside_the_grid_does_not_overflow() {
+        let first = -4_000_000_000_000_000_000;
+        let grid = Grid {
+            steps: vec![first, first + 10, first + 20],
+            first,
+            step: 10,
+        };
+        assert_eq!(grid.span(i64::MIN, i64::MAX), Some((0, 2)));
+        assert_eq!(grid.span(i64::MAX - 1, i64::MAX), None);
+        assert_eq!(grid.span(first + 5, first + 15), Some((1, 1)));
+        assert_eq!(grid.span(i64::MIN, first - 1), None);
+    }
+}
+
 /// Line filters that come before anything rewriting the line: their tokens
 /// can narrow the rows tantivy returns.
 fn prefilters(pipeline: &[Stage]) -> Vec<&LineFilter> {

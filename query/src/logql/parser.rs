@@ -234,8 +234,14 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
     if text.trim().is_empty() {
         return Err(QueryError::parse(text, 0, "syntax error: empty query"));
     }
-    crate::nesting::check_brackets(text, "query")?;
     let tokens = Lexer::run(text)?;
+    crate::nesting::check_tokens(
+        &tokens,
+        |(tok, _)| matches!(tok, Tok::LParen | Tok::LBrace | Tok::LBracket),
+        |(tok, _)| matches!(tok, Tok::RParen | Tok::RBrace | Tok::RBracket),
+        |(_, at)| *at,
+        "query",
+    )?;
     let mut parser = Parser {
         text,
         tokens,

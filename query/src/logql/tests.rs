@@ -1002,8 +1002,11 @@ fn queries_nested_or_chained_too_deep_are_refused_not_a_stack_overflow() {
     use crate::nesting::{MAX_BRACKETS, MAX_DEPTH};
     let selector = r#"count_over_time({a="b"}[5m])"#;
     let refused: Vec<(String, String)> = on_a_worker_stack(move || {
+        let parens = |n: usize, inner: &str| format!("{}{inner}{}", "(".repeat(n), ")".repeat(n));
         let queries = [
-            format!("{}{selector}{}", "(".repeat(30_000), ")".repeat(30_000)),
+            parens(30_000, selector),
+            // A quote in a comment is no string to hide brackets in.
+            format!("#\"\n{}", parens(30_000, selector)),
             vec!["1"; 30_000].join("+"),
             format!("{}1", "-".repeat(60_000)),
             format!(r#"{{a="b"}} | logfmt | {}"#, vec![r#"x="1""#; 6_000].join(" or ")),
@@ -1013,14 +1016,24 @@ fn queries_nested_or_chained_too_deep_are_refused_not_a_stack_overflow() {
             let err = parse(q).expect_err("refused").to_string();
             refused.push((q[..20].to_string(), err));
         }
-        let err = crate::search_text::TextExpr::parse(&format!("{}a{}", "(".repeat(2040), ")".repeat(2040)))
-            .map(|_| ())
-            .expect_err("refused")
-            .to_string();
-        refused.push(("search".into(), err));
         for q in [
-            format!("{}up{}", "(".repeat(30_000), ")".repeat(30_000)),
+            parens(2040, "a"),
+            format!("\\\" {}", parens(2040, "a")),
+            format!("{}a", "NOT ".repeat(1000)),
+        ] {
+            let err = crate::search_text::TextExpr::parse(&q)
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string();
+            refused.push((q[..20].to_string(), err));
+        }
+        for q in [
+            parens(30_000, "up"),
+            format!("#\"\n{}", parens(30_000, "up")),
             vec!["up"; 10_000].join(" + "),
+            vec!["1"; 30_000].join("+"),
+            format!("{}up", "-".repeat(60_000)),
+            vec!["up"; 10_000].join(" or "),
         ] {
             let err = crate::promql::engine::parse(&q).expect_err("refused").to_string();
             refused.push((q[..20].to_string(), err));

@@ -1031,7 +1031,7 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
     if text.len() > 64 * 1024 {
         return Err(QueryError::BadRequest("query longer than 65536 bytes".into()));
     }
-    crate::nesting::check_brackets(text, "query")?;
+    crate::nesting::check_promql(text)?;
     let expr = promql_parser::parser::parse(text).map_err(|e| QueryError::BadRequest(format!("invalid parameter \"query\": {e}")))?;
     check_depth(&expr)?;
     Ok(expr)
