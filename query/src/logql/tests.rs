@@ -1116,6 +1116,9 @@ const PIECES: &[&str] = &[
     "é",
     "\\",
     " ",
+    "#",
+    "'",
+    "\n",
 ];
 
 fn fuzz_log_query() -> impl proptest::strategy::Strategy<Value = String> {
