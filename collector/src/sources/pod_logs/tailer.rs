@@ -43,6 +43,8 @@ pub struct TailerConfig {
     pub max_bytes_per_pass: usize,
     /// A partial line still unfinished this long after its first segment is
     /// emitted as it stands; the rest of the line follows as another record.
+    /// (A line already cut at `max_line_bytes` waits 60 times as long for
+    /// its final piece, its rest dropped meanwhile, as a held redraw does.)
     pub partial_timeout: Duration,
     /// Most files held open at once.
     pub max_open_files: usize,
@@ -875,7 +877,11 @@ impl PodLogTailer {
         let mut stale: Vec<(Arc<str>, JoinKey)> = self
             .partials
             .iter()
-            .filter(|(_, p)| p.started.elapsed() >= if p.held { timeout * HELD_TIMEOUTS } else { timeout })
+            // A held redraw waits longer; so does a line cut at the cap, whose
+            // rest is dropped up to its final piece (had the state gone
+            // at one timeout, a line written slowly would ship its rest
+            // as further lines).
+            .filter(|(_, p)| p.started.elapsed() >= if p.held || p.skipping { timeout * HELD_TIMEOUTS } else { timeout })
             .map(|(k, p)| (p.source_key.clone(), k.clone()))
             .collect();
         stale.sort_by(|a, b| (&a.0, &a.1 .0, a.1 .1).cmp(&(&b.0, &b.1 .0, b.1 .1)));

@@ -541,6 +541,34 @@ fn impatient_tailer(dir: &Path, checkpoint: TailerCheckpoint) -> PodLogTailer {
 }
 
 #[test]
+fn the_rest_of_a_line_cut_at_the_cap_is_dropped_even_when_written_slowly() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece = |tag: &str, text: &str| format!("2026-11-25T10:00:00Z stdout {tag} {text}\n");
+    let path = log_file(dir.path(), piece("P", &"x".repeat(1500)));
+    // Long enough that the held state's 60 timeouts (6 s) outlast the test.
+    let timeout = Duration::from_millis(100);
+    let config = TailerConfig {
+        max_line_bytes: 1024,
+        partial_timeout: timeout,
+        ..TailerConfig::default()
+    };
+    let mut tailer = scanned_tailer(dir.path(), config, TailerCheckpoint::default());
+    let mut sink = Collected::default();
+    tailer.poll(&mut sink);
+    assert_eq!(sink.lines.len(), 1, "the head, at the cap");
+    assert!(sink.lines[0].2, "marked truncated");
+    // More than one partial timeout passes before the rest is written.
+    std::thread::sleep(timeout * 2);
+    tailer.poll(&mut sink);
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(format!("{}{}{}", piece("P", "rest"), piece("F", "end"), piece("F", "next line")).as_bytes())
+        .unwrap();
+    tailer.poll(&mut sink);
+    let texts: Vec<&str> = sink.lines[1..].iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(texts, ["next line"], "the rest of the cut line is dropped");
+}
+
+#[test]
 fn a_stale_partial_is_flushed_after_the_timeout_with_a_fresh_position() {
     let dir = tempfile::tempdir().unwrap();
     log_file(
