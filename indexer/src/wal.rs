@@ -103,10 +103,14 @@ impl WriteAheadLog {
         segments.sort_by_key(|s| s.first_seq);
         let mut report = ReplayReport::default();
         let mut next_seq = committed_seq + 1;
-        for segment in &segments {
+        for (i, segment) in segments.iter().enumerate() {
             let mut seq = segment.first_seq;
+            // A segment left for a new one after a torn frame it could not
+            // cut may end with a whole frame whose append failed (its sync
+            // did): the next segment's records own those numbers.
+            let next_first = segments.get(i + 1).map_or(u64::MAX, |s| s.first_seq);
             let (records_end, file_len) = replay_segment(&segment.path, |payload| {
-                if seq > committed_seq {
+                if seq > committed_seq && seq < next_first {
                     report.records.push(WalRecord { seq, payload });
                 }
                 seq += 1;
@@ -177,11 +181,12 @@ impl WriteAheadLog {
                 }
                 roll = true;
             }
-            self.cut_pending = false;
         }
         if roll {
             self.roll()?;
         }
+        // Only now: had the roll failed, the torn frame would still be there.
+        self.cut_pending = false;
         let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let file = self.active.as_mut().expect("an active segment exists after open");
         let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
@@ -311,6 +316,26 @@ mod tests {
         let payloads: Vec<&[u8]> = report.records.iter().map(|r| r.payload.as_slice()).collect();
         assert_eq!(payloads, [b"first".as_slice(), b"second".as_slice()]);
         assert_eq!(report.corruptions, 1, "the torn frame, cut at replay");
+    }
+
+    #[test]
+    fn a_whole_frame_left_behind_a_failed_append_does_not_take_a_number_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        assert_eq!(wal.append(b"first").unwrap(), 1);
+        // The failed append's frame stays whole (its sync failed, say), and
+        // the next append goes to a new segment numbered from 2.
+        let old = wal.segments[0].path.clone();
+        let mut frame = 6u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(b"failed").to_le_bytes());
+        frame.extend_from_slice(b"failed");
+        OpenOptions::new().append(true).open(&old).unwrap().write_all(&frame).unwrap();
+        wal.roll().unwrap();
+        assert_eq!(wal.append(b"second").unwrap(), 2);
+        drop(wal);
+        let (_, report) = WriteAheadLog::open(dir.path(), 1 << 20, 0, true).unwrap();
+        let records: Vec<(u64, &[u8])> = report.records.iter().map(|r| (r.seq, r.payload.as_slice())).collect();
+        assert_eq!(records, [(1, b"first".as_slice()), (2, b"second".as_slice())]);
     }
 
     fn payloads() -> Vec<Vec<u8>> {

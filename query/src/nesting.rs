@@ -65,8 +65,9 @@ pub fn check_promql(text: &str) -> Result<(), QueryError> {
     while at < bytes.len() {
         let byte = bytes[at];
         match byte {
+            // To the end of the line, which a `\r` ends too.
             b'#' => {
-                while at < bytes.len() && bytes[at] != b'\n' {
+                while at < bytes.len() && !matches!(bytes[at], b'\n' | b'\r') {
                     at += 1;
                 }
             }
@@ -167,6 +168,8 @@ mod tests {
         // A quote in a comment opens no string; an escaped backtick does
         // not end one.
         assert!(check_promql(&format!("#\"\n{deep}")).is_err());
+        assert!(check_promql(&format!("#\r{deep}")).is_err());
+        assert!(check_promql(&format!("#\r{}up", "-".repeat(MAX_DEPTH + 1))).is_err());
         assert!(check_promql(&format!("{{a=`\\`{deep}`}}")).is_ok());
         // Operators outside braces count; matchers inside do not.
         assert!(check_promql(&vec!["up"; MAX_DEPTH + 2].join(" and ")).is_err());

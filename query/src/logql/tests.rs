@@ -1030,6 +1030,8 @@ fn queries_nested_or_chained_too_deep_are_refused_not_a_stack_overflow() {
         for q in [
             parens(30_000, "up"),
             format!("#\"\n{}", parens(30_000, "up")),
+            format!("#\r{}", parens(30_000, "up")),
+            format!("#\r{}up", "-".repeat(60_000)),
             vec!["up"; 10_000].join(" + "),
             vec!["1"; 30_000].join("+"),
             format!("{}up", "-".repeat(60_000)),

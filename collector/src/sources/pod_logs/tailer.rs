@@ -727,6 +727,9 @@ impl PodLogTailer {
             pending.source_offset = position / 4;
             pending.held = false;
             if pending.skipping {
+                // The cut line's rest is still coming: its wait counts from
+                // the last piece, not the first.
+                pending.started = Instant::now();
                 return;
             }
             let room = max.saturating_sub(pending.bytes.len());
