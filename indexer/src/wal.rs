@@ -171,12 +171,12 @@ impl WriteAheadLog {
                 payload.len()
             )));
         }
-        let path = self.segments.last().map(|s| s.path.clone()).unwrap_or_default();
         let mut roll = self.active_len >= self.segment_bytes;
         if self.cut_pending {
             if let Err(source) = self.cut_torn_frame() {
-                let holds_records = self.segments.last().is_some_and(|s| s.first_seq < self.next_seq);
-                if !holds_records {
+                let active = self.segments.last().expect("an active segment exists after open");
+                if active.first_seq == self.next_seq {
+                    let path = active.path.clone();
                     return Err(IndexerError::Io { path, source });
                 }
                 roll = true;

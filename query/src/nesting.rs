@@ -28,29 +28,6 @@ pub fn too_deep(what: &str) -> QueryError {
     ))
 }
 
-/// Checks the brackets of a sequence of tokens: `opens`/`closes` say
-/// which are brackets, `at` where each is.
-pub fn check_tokens<T>(
-    tokens: &[T],
-    opens: impl Fn(&T) -> bool,
-    closes: impl Fn(&T) -> bool,
-    at: impl Fn(&T) -> usize,
-    what: &str,
-) -> Result<(), QueryError> {
-    let mut depth = 0usize;
-    for token in tokens {
-        if opens(token) {
-            depth += 1;
-            if depth > MAX_BRACKETS {
-                return Err(too_nested(what, at(token)));
-            }
-        } else if closes(token) {
-            depth = depth.saturating_sub(1);
-        }
-    }
-    Ok(())
-}
-
 /// Checks a PromQL text as promql-parser reads it: `#` starts a comment to
 /// the end of the line; `"…"`, `'…'` and `` `…` `` are strings in which a
 /// backslash escapes the next character; label matchers live in `{…}`.

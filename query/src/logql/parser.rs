@@ -235,13 +235,18 @@ pub fn parse(text: &str) -> Result<Expr, QueryError> {
         return Err(QueryError::parse(text, 0, "syntax error: empty query"));
     }
     let tokens = Lexer::run(text)?;
-    crate::nesting::check_tokens(
-        &tokens,
-        |(tok, _)| matches!(tok, Tok::LParen | Tok::LBrace | Tok::LBracket),
-        |(tok, _)| matches!(tok, Tok::RParen | Tok::RBrace | Tok::RBracket),
-        |(_, at)| *at,
-        "query",
-    )?;
+    // Brackets counted on the tokens: a quote in a comment hides none.
+    let mut depth = 0usize;
+    for (tok, at) in &tokens {
+        match tok {
+            Tok::LParen | Tok::LBrace | Tok::LBracket => depth += 1,
+            Tok::RParen | Tok::RBrace | Tok::RBracket => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > crate::nesting::MAX_BRACKETS {
+            return Err(crate::nesting::too_nested("query", *at));
+        }
+    }
     let mut parser = Parser {
         text,
         tokens,
