@@ -12,6 +12,14 @@
 //! `WEFT_BENCH_EXTRACT=off` runs it without metric extraction (what the
 //! recognizers and the metric batches cost), which the report says as
 //! `extract_metrics`.
+//!
+//! `WEFT_BENCH_COLLECTOR=<parts>` measures the collector alone with only
+//! the parts named on top of tail + CRI parse + batch (the figure):
+//! a comma list of `levels`, `events`, `multiline`, `extract`, `zstd`, or
+//! `none` for the bare path, `all` for the default. Its batches are
+//! dropped once sealed, as a shipper drops acknowledged ones (kept, an
+//! uncompressed gigabyte of them cost as much in page faults as the
+//! parse). The report names the parts in `collector_parts`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +67,32 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// The collector's parts beyond tail + CRI parse + batch, as
+/// `WEFT_BENCH_COLLECTOR` names them.
+const COLLECTOR_PARTS: [&str; 5] = ["levels", "events", "multiline", "extract", "zstd"];
+
+/// The parts `spec` turns on: a comma list of [`COLLECTOR_PARTS`],
+/// `none` or `all`.
+fn collector_parts(spec: &str) -> anyhow::Result<Vec<&'static str>> {
+    let mut parts = Vec::new();
+    for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "none" => {}
+            "all" => parts.extend(COLLECTOR_PARTS),
+            _ => match COLLECTOR_PARTS.iter().find(|p| **p == word) {
+                Some(part) => parts.push(*part),
+                None => anyhow::bail!(
+                    "WEFT_BENCH_COLLECTOR: unknown part {word:?} (known: {}, none, all)",
+                    COLLECTOR_PARTS.join(", ")
+                ),
+            },
+        }
+    }
+    parts.sort_by_key(|p| COLLECTOR_PARTS.iter().position(|q| q == p));
+    parts.dedup();
+    Ok(parts)
+}
+
 pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let mut config = weft_collector::CollectorConfig::default();
@@ -67,6 +101,25 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     if std::env::var("WEFT_BENCH_EXTRACT").as_deref() == Ok("off") {
         config.extract_metrics = false;
     }
+    let parts = match std::env::var("WEFT_BENCH_COLLECTOR") {
+        Ok(spec) => Some(collector_parts(&spec)?),
+        Err(_) => None,
+    };
+    let mut tagging = weft_collector::batcher::Tagging::default();
+    if let Some(parts) = &parts {
+        let on = |part: &str| parts.contains(&part);
+        tagging.levels = on("levels");
+        tagging.events = on("events");
+        config.multiline.enabled = on("multiline");
+        config.extract_metrics = on("extract");
+        config.wire_compression = if on("zstd") {
+            weft_model::batch::WireCompression::Zstd
+        } else {
+            weft_model::batch::WireCompression::None
+        };
+    }
+    let mut processing = config.record_processing()?;
+    processing.tagging = tagging;
     let metrics = Arc::new(weft_collector::metrics::CollectorMetrics::new(&registry));
     let mut tailer = PodLogTailer::new(
         logs.to_path_buf(),
@@ -81,40 +134,40 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         max_age: std::time::Duration::from_secs(3600),
         max_line_bytes: config.max_line_bytes,
     };
-    let mut assembler = BatchAssembler::new(
-        limits,
-        "bench".into(),
-        "bench-node".into(),
-        metrics.clone(),
-        config.record_processing()?,
-    );
+    let mut assembler = BatchAssembler::new(limits, "bench".into(), "bench-node".into(), metrics.clone(), processing);
 
     // Stage 1: the collector.
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
     tailer.scan()?;
     let mut batches = Vec::new();
+    let (mut batch_bytes, mut metric_bytes) = (0, 0);
+    let mut keep = |batch: weft_collector::batcher::SealedBatch| {
+        batch_bytes += batch.body.len();
+        metric_bytes += batch.metrics_body.as_ref().map_or(0, Vec::len);
+        if parts.is_none() {
+            batches.push(batch);
+        }
+    };
     loop {
         let read = tailer.poll(&mut assembler);
         if assembler.is_due() {
-            batches.push(assembler.seal(tailer.checkpoint())?);
+            keep(assembler.seal(tailer.checkpoint())?);
         }
         if read == 0 {
             break;
         }
     }
     if !assembler.is_empty() {
-        batches.push(assembler.seal(tailer.checkpoint())?);
+        keep(assembler.seal(tailer.checkpoint())?);
     }
     let collect_wall = wall0.elapsed().as_secs_f64();
     let collect_cpu = cpu_seconds() - cpu0;
     let read_bytes = metrics.bytes_read.get();
     let lines = metrics.lines.get();
     let line_bytes: usize = batches.iter().map(|b| b.line_bytes).sum();
-    let batch_bytes: usize = batches.iter().map(|b| b.body.len()).sum();
     // Samples extracted from lines; the bodies also hold the per-batch
     // tallies (lines, restarts, events).
     let metric_samples = metrics.samples_extracted.get();
-    let metric_bytes: usize = batches.iter().filter_map(|b| b.metrics_body.as_ref()).map(Vec::len).sum();
     let collector_rss = peak_rss();
 
     if let Ok(dir) = std::env::var("WEFT_SPACE_USAGE") {
@@ -123,12 +176,12 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&usage)?);
         return Ok(());
     }
-    if std::env::var("WEFT_BENCH_STAGES").as_deref() == Ok("collect") {
+    if parts.is_some() || std::env::var("WEFT_BENCH_STAGES").as_deref() == Ok("collect") {
         // Profiling the collector alone.
         println!(
             "{}",
-            serde_json::json!({"read_bytes": read_bytes, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
-                "extract_metrics": config.extract_metrics,
+            serde_json::json!({"read_bytes": read_bytes, "lines": lines, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
+                "extract_metrics": config.extract_metrics, "collector_parts": parts.unwrap_or_else(|| COLLECTOR_PARTS.to_vec()),
                 "extracted_samples": metric_samples, "metric_body_bytes": metric_bytes, "batch_bytes": batch_bytes})
         );
         return Ok(());

@@ -82,6 +82,20 @@ mod tests {
         assert_eq!(config.rules, defaults.rules);
         assert_eq!(config.alerting, defaults.alerting);
         assert_eq!(config.collector.multiline, defaults.collector.multiline);
+        assert_eq!(config.collector.wire_compression, defaults.collector.wire_compression);
+    }
+
+    #[test]
+    fn wire_compression_is_zstd_or_none() {
+        use weft_model::batch::WireCompression;
+        let config = WeftConfig::parse("collector:\n  wire_compression: none\n").unwrap();
+        assert_eq!(config.collector.wire_compression, WireCompression::None);
+        assert_eq!(WeftConfig::default().collector.wire_compression, WireCompression::Zstd);
+        let err = WeftConfig::parse("collector:\n  wire_compression: gzip\n").unwrap_err().to_string();
+        assert!(
+            err.contains("gzip") && err.contains("zstd") && err.contains("none") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

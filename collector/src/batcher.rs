@@ -26,7 +26,7 @@ use std::collections::HashMap;
 type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::time::{Duration, Instant};
 
-use weft_model::batch::{IpcEncoder, META_SOURCES};
+use weft_model::batch::{BodyPool, IpcEncoder, WireCompression, META_SOURCES};
 use weft_model::source_batch::{RowRef, SourceBatchBuilder, SourceRef};
 use weft_model::LabelSet;
 
@@ -74,7 +74,8 @@ impl Default for BatchLimits {
 pub struct SealedBatch {
     /// Idempotency key: the same lines always give the same key.
     pub key: String,
-    /// Arrow IPC stream (zstd buffers), wire schema.
+    /// Arrow IPC stream (zstd buffers unless `collector.wire_compression`
+    /// is `none`), wire schema.
     pub body: Vec<u8>,
     /// Training metrics found in the lines (Arrow IPC, metric wire schema).
     pub metrics_body: Option<Vec<u8>>,
@@ -82,6 +83,22 @@ pub struct SealedBatch {
     pub line_bytes: usize,
     /// Tailer state just after the batch's last line.
     pub checkpoint: TailerCheckpoint,
+    /// Where the bodies go back when the batch is dropped (shipped,
+    /// spooled or refused), for the next batch to be written into.
+    pub(crate) pool: Option<BodyPool>,
+}
+
+impl Drop for SealedBatch {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            // The log body last: the pool hands out the last one first,
+            // and the next batch's log body is written first.
+            if let Some(body) = self.metrics_body.take() {
+                pool.give_back(body);
+            }
+            pool.give_back(std::mem::take(&mut self.body));
+        }
+    }
 }
 
 /// Collects lines into an Arrow batch, joining multi-line records first.
@@ -180,6 +197,7 @@ struct Appender {
     /// Pod metadata from the Kubernetes API, when watched.
     pods: Option<Arc<PodDirectory>>,
     classifier: EventClassifier,
+    tagging: Tagging,
     fields: LabelSet,
     /// `weft_ml_events_total` by (event, namespace, pod, run).
     events: FxMap<[String; 4], Tally>,
@@ -272,13 +290,38 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-/// What an assembler does to records besides batching them.
+/// Which tags an assembler gives records: all by default. The benchmark
+/// turns them off to measure the tail + parse + batch path alone, and each
+/// on in turn for its cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tagging {
+    /// A level from the line's head (`Unknown` when off).
+    pub levels: bool,
+    /// ML failure events (the classifier's catalogue and user rules).
+    pub events: bool,
+}
+
+impl Default for Tagging {
+    fn default() -> Self {
+        Self {
+            levels: true,
+            events: true,
+        }
+    }
+}
+
+/// What an assembler does to records besides batching them, and how it
+/// compresses the batches.
 #[derive(Clone, Debug, Default)]
 pub struct RecordProcessing {
     /// Finds training metrics in lines (none: off).
     pub extractor: Option<MetricExtractor>,
     /// Tags ML failures.
     pub classifier: EventClassifier,
+    /// Which tags records get.
+    pub tagging: Tagging,
+    /// How the sealed bodies' buffers are compressed.
+    pub compression: WireCompression,
     /// Joins multi-line records (none: off).
     pub multiline: Option<MultilineLimits>,
     /// Pod metadata from the Kubernetes API (none: names only).
@@ -303,6 +346,8 @@ impl BatchAssembler {
                 metrics,
                 processing.extractor,
                 processing.classifier,
+                processing.tagging,
+                processing.compression,
                 processing.pods,
             ),
         }
@@ -390,12 +435,14 @@ impl Appender {
         metrics: Arc<CollectorMetrics>,
         extractor: Option<MetricExtractor>,
         classifier: EventClassifier,
+        tagging: Tagging,
+        compression: WireCompression,
         pods: Option<Arc<PodDirectory>>,
     ) -> Self {
         Self {
             // A batch is cut once past max_bytes: room for its last line.
             builder: SourceBatchBuilder::with_capacity(4096, limits.max_bytes.min(8 << 20) + (64 << 10)),
-            encoder: IpcEncoder::default(),
+            encoder: IpcEncoder::new(compression),
             batch_sources: FxMap::default(),
             batch_source_infos: Vec::new(),
             batch_generation: 0,
@@ -419,6 +466,7 @@ impl Appender {
             pending_samples: 0,
             pods,
             classifier,
+            tagging,
             fields: LabelSet::new(),
             events: FxMap::default(),
             containers: Vec::new(),
@@ -536,6 +584,7 @@ impl Appender {
             rows,
             line_bytes,
             checkpoint,
+            pool: Some(self.encoder.pool()),
         })
     }
 }
@@ -606,11 +655,12 @@ impl Appender {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        // The event gate's pass over the line also says whether it is all
-        // ASCII, and so UTF-8: a SIMD check of the others; `from_utf8_lossy`
-        // only for the lines that check refuses.
-        let mut gate = GatePass::of(line.text);
-        let mut text = if gate.is_ascii() {
+        // The event gate's pass over the line (when events are tagged)
+        // also says whether it is all ASCII, and so UTF-8: a SIMD check of
+        // the others; `from_utf8_lossy` only for the lines that check
+        // refuses.
+        let mut gate = self.tagging.events.then(|| GatePass::of(line.text));
+        let mut text = if gate.as_ref().is_some_and(GatePass::is_ascii) {
             // SAFETY: every byte is ASCII (`GatePass::is_ascii`), so the
             // bytes are UTF-8.
             std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(line.text) })
@@ -632,7 +682,9 @@ impl Appender {
                 repaired.truncate(cut);
                 truncated = true;
             }
-            gate = GatePass::of(repaired.as_bytes());
+            if gate.is_some() {
+                gate = Some(GatePass::of(repaired.as_bytes()));
+            }
         }
         self.pending_lines += 1;
         let meta = line.meta;
@@ -702,7 +754,7 @@ impl Appender {
                 self.pending_samples += self.found.len() as u64;
             }
         }
-        let event = self.classifier.classify_with_gate(&text, &gate);
+        let event = gate.and_then(|gate| self.classifier.classify_with_gate(&text, &gate));
         self.fields = LabelSet::new();
         if let Some(event) = &event {
             self.metrics.ml_events.with_label_values(&[event.name.as_str()]).inc();
@@ -733,7 +785,11 @@ impl Appender {
         tally
             .lines
             .bump(1, ts_ms, &mut self.samples, || container_series("weft_log_lines_total", labels));
-        let mut level = detect_level(line.text);
+        let mut level = if self.tagging.levels {
+            detect_level(line.text)
+        } else {
+            Level::Unknown
+        };
         if block {
             self.metrics.multiline_blocks.inc();
         }
@@ -824,6 +880,10 @@ mod tests {
     }
 
     fn assembler() -> BatchAssembler {
+        assembler_with(Tagging::default(), WireCompression::Zstd)
+    }
+
+    fn assembler_with(tagging: Tagging, compression: WireCompression) -> BatchAssembler {
         BatchAssembler::new(
             BatchLimits::default(),
             "test".into(),
@@ -832,10 +892,101 @@ mod tests {
             RecordProcessing {
                 extractor: Some(MetricExtractor::default()),
                 classifier: EventClassifier::default(),
+                tagging,
+                compression,
                 multiline: Some(MultilineLimits::default()),
                 pods: None,
             },
         )
+    }
+
+    /// An uncompressed wire carries the same records and samples in more
+    /// bytes; tagging off leaves levels unknown and events out, nothing
+    /// else.
+    #[test]
+    fn wire_compression_and_tagging_change_only_what_they_name() {
+        let lines = [
+            (Stream::Stdout, "2026-11-25 10:00:01 ERROR step 10 failed"),
+            (
+                Stream::Stderr,
+                "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+            ),
+            (Stream::Stdout, "{'loss': 1.25, 'learning_rate': 2e-05, 'epoch': 0.5}"),
+        ];
+        let seal = |tagging, compression| {
+            let mut assembler = assembler_with(tagging, compression);
+            for round in 0..40 {
+                feed(&mut assembler, &meta(0), round * 64, &lines);
+            }
+            assembler.seal(TailerCheckpoint::default()).unwrap()
+        };
+        let zstd = seal(Tagging::default(), WireCompression::Zstd);
+        let none = seal(Tagging::default(), WireCompression::None);
+        assert_eq!(records(&none), records(&zstd));
+        assert_eq!(samples(&none), samples(&zstd));
+        assert!(
+            none.body.len() > 2 * zstd.body.len(),
+            "{} against {}",
+            none.body.len(),
+            zstd.body.len()
+        );
+        let tagged = records(&zstd);
+        let (error, oom) = (row_of(&tagged, "ERROR step"), row_of(&tagged, "OutOfMemoryError"));
+        assert_eq!(tagged[error].level, Level::Error);
+        assert_eq!(tagged[oom].ml_event.as_deref(), Some("cuda_oom"));
+
+        let untagged = records(&seal(
+            Tagging {
+                levels: false,
+                events: false,
+            },
+            WireCompression::Zstd,
+        ));
+        assert_eq!(untagged.len(), tagged.len());
+        for (bare, full) in untagged.iter().zip(&tagged) {
+            assert_eq!((bare.level, bare.ml_event.as_deref()), (Level::Unknown, None));
+            assert_eq!((&bare.line, bare.ts, &bare.source), (&full.line, full.ts, &full.source));
+        }
+        let levels_only = records(&seal(
+            Tagging {
+                levels: true,
+                events: false,
+            },
+            WireCompression::Zstd,
+        ));
+        assert_eq!(
+            (levels_only[error].level, levels_only[oom].ml_event.as_deref()),
+            (Level::Error, None)
+        );
+    }
+
+    /// A dropped batch's log body is written into again by the next seal
+    /// (not a fresh allocation), and holds the next batch's records.
+    #[test]
+    fn the_next_body_is_written_where_a_dropped_one_was() {
+        for compression in [WireCompression::None, WireCompression::Zstd] {
+            let mut assembler = assembler_with(Tagging::default(), compression);
+            let lines: Vec<(Stream, String)> = (0..500)
+                .map(|i| (Stream::Stdout, format!("step {i} loss {}.5 tokens/s 1234", i % 7)))
+                .collect();
+            let lines: Vec<(Stream, &str)> = lines.iter().map(|(s, l)| (*s, l.as_str())).collect();
+            feed(&mut assembler, &meta(0), 0, &lines);
+            let first = assembler.seal(TailerCheckpoint::default()).unwrap();
+            let (at, capacity, expected) = (first.body.as_ptr(), first.body.capacity(), records(&first));
+            drop(first);
+            // Where the allocator would put a fresh body of that size: the
+            // freed one, had it not been kept.
+            let elsewhere: Vec<u8> = Vec::with_capacity(capacity);
+            feed(&mut assembler, &meta(0), 0, &lines);
+            let second = assembler.seal(TailerCheckpoint::default()).unwrap();
+            assert_eq!(second.body.as_ptr(), at, "{compression:?}");
+            assert_ne!(elsewhere.as_ptr(), at);
+            assert_eq!(records(&second), expected, "{compression:?}");
+        }
+    }
+
+    fn row_of(records: &[LogRecord], text: &str) -> usize {
+        records.iter().position(|r| r.line.contains(text)).expect("a record with the text")
     }
 
     /// Feeds `(stream, text)` lines at one-second steps from `t0`.
@@ -1059,6 +1210,8 @@ mod tests {
             RecordProcessing {
                 extractor: Some(MetricExtractor::default()),
                 classifier: EventClassifier::default(),
+                tagging: Tagging::default(),
+                compression: WireCompression::Zstd,
                 multiline: None,
                 pods: None,
             },
@@ -1149,6 +1302,8 @@ mod tests {
             RecordProcessing {
                 extractor: None,
                 classifier: EventClassifier::default(),
+                tagging: Tagging::default(),
+                compression: WireCompression::Zstd,
                 multiline: Some(MultilineLimits {
                     timeout: Duration::from_millis(200),
                     ..MultilineLimits::default()

@@ -70,6 +70,11 @@ pub struct CollectorConfig {
     pub otlp_listen: String,
     /// GPU counters (NVML, dcgm-exporter) and their pod attribution.
     pub gpu: crate::sources::gpu::GpuConfig,
+    /// How the log and metric bodies shipped to the indexer are
+    /// compressed: `zstd` (7–9× fewer bytes on the wire) or `none` (about
+    /// a third less collector CPU, for an indexer on the same node or a
+    /// link wider than the logs).
+    pub wire_compression: weft_model::batch::WireCompression,
     /// Pull training metrics (`weft_train_<key>`) out of log lines.
     pub extract_metrics: bool,
     /// Extra extraction rules: regexes whose named captures become metrics.
@@ -114,6 +119,7 @@ impl Default for CollectorConfig {
             checkpoint_interval: Duration::from_millis(500),
             otlp_listen: "127.0.0.1:4318".into(),
             gpu: Default::default(),
+            wire_compression: Default::default(),
             extract_metrics: true,
             extract_rules: Vec::new(),
             ml_events: Vec::new(),
@@ -192,6 +198,8 @@ impl CollectorConfig {
         Ok(crate::batcher::RecordProcessing {
             extractor,
             classifier: weft_model::events::EventClassifier::new(user),
+            tagging: Default::default(),
+            compression: self.wire_compression,
             multiline,
             pods: None,
         })

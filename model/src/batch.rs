@@ -473,7 +473,62 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
 /// parameters (`ipc_stream`'s module documentation says why).
 #[derive(Debug)]
 pub struct IpcEncoder {
-    framer: ZstdFramer,
+    /// None: the buffers go as they are.
+    framer: Option<ZstdFramer>,
+    /// Where the bodies come from.
+    pool: BodyPool,
+}
+
+/// Bodies handed back once shipped, to write the next ones into: memory
+/// already paged in rather than a fresh allocation per batch. Over the
+/// allocator's 1 MiB mmap threshold (an uncompressed body of a 2 MiB batch
+/// is ≈ 2.6 MB) each fresh body was mapped, faulted in page by page and
+/// unmapped again: 0.5 CPU-s per GB of logs on the benchmark corpus, as
+/// much as the parse. Keeps at most [`POOLED_BODIES`] of them, each at most
+/// [`MAX_POOLED_BODY`] bytes of capacity.
+#[derive(Clone, Debug, Default)]
+pub struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Bodies a pool keeps.
+const POOLED_BODIES: usize = 2;
+/// The largest body capacity a pool keeps.
+const MAX_POOLED_BODY: usize = 8 << 20;
+
+impl BodyPool {
+    /// An empty body, with the capacity of one handed back if any.
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `body`'s memory for a later [`BodyPool::take`] when the pool
+    /// has room and it is not too large; drops it otherwise.
+    pub fn give_back(&self, mut body: Vec<u8>) {
+        if body.capacity() == 0 || body.capacity() > MAX_POOLED_BODY {
+            return;
+        }
+        body.clear();
+        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() < POOLED_BODIES {
+            kept.push(body);
+        }
+    }
+}
+
+/// How the column buffers of a wire body are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireCompression {
+    /// zstd with the wire parameters: log bodies 7–9× smaller than their
+    /// text, for about a third of the collector's CPU (BENCHMARKS.md).
+    #[default]
+    Zstd,
+    /// Stored as they are: for an indexer on the same node or a link
+    /// wider than the logs, where the CPU matters more than the bytes.
+    None,
 }
 
 /// The most an [`IpcEncoder`] keeps reserved for the next body; after a
@@ -482,11 +537,28 @@ const KEPT_BODY_BYTES: usize = 16 << 20;
 
 impl Default for IpcEncoder {
     fn default() -> Self {
-        Self { framer: ZstdFramer::new() }
+        Self::new(WireCompression::Zstd)
     }
 }
 
 impl IpcEncoder {
+    /// An encoder writing `compression`'s buffers.
+    pub fn new(compression: WireCompression) -> Self {
+        let framer = match compression {
+            WireCompression::Zstd => Some(ZstdFramer::new()),
+            WireCompression::None => None,
+        };
+        Self {
+            framer,
+            pool: BodyPool::default(),
+        }
+    }
+
+    /// The pool this encoder's bodies come from; hand them back to it.
+    pub fn pool(&self) -> BodyPool {
+        self.pool.clone()
+    }
+
     /// One Arrow IPC stream: the schema (with `metadata`), each batch with
     /// its dictionaries, the end-of-stream marker.
     pub fn encode(&mut self, batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
@@ -503,9 +575,17 @@ impl IpcEncoder {
             parts.extend(stream.encode(&batch).map_err(ipc)?);
         }
         parts.extend(stream.finish().map_err(ipc)?);
-        let body = self.framer.frame(&Segments::new(parts.iter().map(|p| p.as_slice())))?;
-        if self.framer.reserved() > KEPT_BODY_BYTES {
-            self.framer.release();
+        let mut body = self.pool.take();
+        let Some(framer) = &mut self.framer else {
+            body.reserve(parts.iter().map(|p| p.len()).sum());
+            for part in &parts {
+                body.extend_from_slice(part.as_slice());
+            }
+            return Ok(body);
+        };
+        framer.frame(&Segments::new(parts.iter().map(|p| p.as_slice())), &mut body)?;
+        if framer.reserved() > KEPT_BODY_BYTES {
+            framer.release();
         }
         Ok(body)
     }
@@ -875,6 +955,52 @@ mod tests {
         }
     }
 
+    /// Without compression the body is arrow's own uncompressed stream,
+    /// byte for byte, and reads back as what went in.
+    #[test]
+    fn an_uncompressed_body_is_the_stream_writers_stream() {
+        let mut encoder = IpcEncoder::new(WireCompression::None);
+        let mut builder = LogBatchBuilder::default();
+        let records: Vec<_> = (0..300).map(sample).collect();
+        for r in &records {
+            builder.append(&r.as_ref());
+        }
+        let batch = builder.finish(true);
+        let meta = HashMap::from([(META_SOURCES.to_string(), "[\"a\"]".to_string())]);
+        let body = encoder.encode(std::slice::from_ref(&batch), meta.clone()).unwrap();
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+        let mut written = Vec::new();
+        let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut written, &schema).unwrap();
+        writer.write(&batch.clone().with_schema(schema.clone()).unwrap()).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        assert_eq!(body, written);
+        let compressed = IpcEncoder::default().encode(std::slice::from_ref(&batch), HashMap::new()).unwrap();
+        assert!(compressed.len() * 2 < body.len(), "{} against {}", compressed.len(), body.len());
+        let (_, batches) = decode_ipc(&body, &wire_schema(), 1000, 1 << 24).unwrap();
+        let view = LogBatchView::new(&batches[0]).unwrap();
+        assert_eq!((0..view.len()).map(|i| view.record(i)).collect::<Vec<_>>(), records);
+    }
+
+    /// A pool keeps a few bodies of bounded size, emptied, and hands the
+    /// last one back first.
+    #[test]
+    fn a_body_pool_keeps_a_few_bounded_bodies() {
+        let pool = BodyPool::default();
+        assert_eq!(pool.take().capacity(), 0);
+        let (small, large) = (vec![1u8; 100], Vec::<u8>::with_capacity(64 << 10));
+        let (small_at, large_at) = (small.as_ptr(), large.as_ptr());
+        pool.give_back(small);
+        pool.give_back(large);
+        pool.give_back(vec![2u8; 10]);
+        pool.give_back(Vec::with_capacity(MAX_POOLED_BODY + 1));
+        let first = pool.take();
+        assert_eq!((first.as_ptr(), first.len()), (large_at, 0));
+        let second = pool.take();
+        assert_eq!((second.as_ptr(), second.len()), (small_at, 0));
+        assert_eq!(pool.take().capacity(), 0, "two kept, the others dropped");
+    }
+
     /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working
     /// buffers go (keeping nothing that large reserved), and encodes alike
     /// after it.
@@ -890,7 +1016,7 @@ mod tests {
         };
         let small = batch_of("a short line");
         encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
-        let kept = encoder.framer.reserved();
+        let kept = encoder.framer.as_ref().expect("zstd").reserved();
         assert!(kept > 0 && kept < KEPT_BODY_BYTES, "{kept}");
         // Text zstd shrinks little (random printable bytes, about 6.6 of
         // 8 bits each): a body over the limit once compressed.
@@ -907,7 +1033,11 @@ mod tests {
         let body = encoder.encode(std::slice::from_ref(&large), HashMap::new()).unwrap();
         assert!(body.len() > KEPT_BODY_BYTES, "{}", body.len());
         assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&large), HashMap::new());
-        assert_eq!(encoder.framer.reserved(), 0, "nothing kept after the large body");
+        assert_eq!(
+            encoder.framer.as_ref().expect("zstd").reserved(),
+            0,
+            "nothing kept after the large body"
+        );
         let body = encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
         assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&small), HashMap::new());
     }

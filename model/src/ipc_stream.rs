@@ -230,28 +230,27 @@ impl ZstdFramer {
     }
 
     /// `stream` (an uncompressed IPC stream) with its buffers compressed,
-    /// ending with the end-of-stream marker.
-    pub(crate) fn frame(&mut self, stream: &Segments<'_>) -> Result<Vec<u8>, ModelError> {
-        // Room for a quarter of the stream (the wire bodies compress 4–9×),
-        // trimmed at the end: written once, not built aside and copied.
-        let mut out = Vec::with_capacity(stream.len / 4 + 4096);
+    /// ending with the end-of-stream marker, written into `out` (empty;
+    /// from a [`crate::batch::BodyPool`], so its room is not trimmed).
+    pub(crate) fn frame(&mut self, stream: &Segments<'_>, out: &mut Vec<u8>) -> Result<(), ModelError> {
+        // Room for a quarter of the stream (the wire bodies compress 4–9×):
+        // written once, not built aside and copied.
+        out.clear();
+        out.reserve(stream.len / 4 + 4096);
         for walked in messages(stream) {
             let framed = walked?;
             let message = arrow_ipc::root_as_message(&framed.header).map_err(|e| ModelError::Ipc(e.to_string()))?;
             match message.header_type() {
-                MessageHeader::RecordBatch | MessageHeader::DictionaryBatch => {
-                    self.compressed_message(&mut out, &message, stream, &framed)?
-                }
+                MessageHeader::RecordBatch | MessageHeader::DictionaryBatch => self.compressed_message(out, &message, stream, &framed)?,
                 _ => {
                     let body = stream.get(framed.body_start, framed.body_len).expect("checked by the walk");
-                    append_message(&mut out, &framed.header, &body);
+                    append_message(out, &framed.header, &body);
                 }
             }
         }
         out.extend_from_slice(&CONTINUATION);
         out.extend_from_slice(&0u32.to_le_bytes());
-        out.shrink_to_fit();
-        Ok(out)
+        Ok(())
     }
 
     /// A record batch or dictionary message with its buffers compressed,

@@ -302,7 +302,7 @@ impl Shipper {
                     None => break,
                 }
             }
-            let Some(head) = self.spool.head() else {
+            let Some(mut head) = self.spool.head() else {
                 continue;
             };
             match self.send(&head).await {
@@ -311,14 +311,14 @@ impl Shipper {
                     if let Err(e) = self.spool.pop() {
                         tracing::error!(error = %e, "removing delivered spool file failed");
                     }
-                    self.acknowledge(head.checkpoint);
+                    self.acknowledge(std::mem::take(&mut head.checkpoint));
                     if self.spool.is_empty() {
                         tracing::info!("spool drained; indexer is back");
                     }
                 }
                 Err(SendError::Permanent(reason)) => {
                     self.reject(&head, &reason, true);
-                    self.acknowledge(head.checkpoint);
+                    self.acknowledge(std::mem::take(&mut head.checkpoint));
                 }
                 Err(SendError::Retryable(reason)) => {
                     let wait = backoff(&self.settings, attempt);
@@ -347,14 +347,14 @@ impl Shipper {
         self.write_checkpoint();
     }
 
-    async fn deliver_fresh(&mut self, batch: SealedBatch, shutdown: &mut watch::Receiver<bool>) {
+    async fn deliver_fresh(&mut self, mut batch: SealedBatch, shutdown: &mut watch::Receiver<bool>) {
         let mut attempt = 0;
         loop {
             match self.send(&batch).await {
-                Ok(()) => return self.acknowledge(batch.checkpoint),
+                Ok(()) => return self.acknowledge(std::mem::take(&mut batch.checkpoint)),
                 Err(SendError::Permanent(reason)) => {
                     self.reject(&batch, &reason, false);
-                    return self.acknowledge(batch.checkpoint);
+                    return self.acknowledge(std::mem::take(&mut batch.checkpoint));
                 }
                 Err(SendError::Retryable(reason)) => {
                     attempt += 1;

@@ -107,6 +107,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         checkpoint: header.checkpoint,
         body: content[header_end + 8..body_end].to_vec(),
         metrics_body: (header.metrics_bytes > 0).then(|| content[body_end..].to_vec()),
+        pool: None,
     })
 }
 
@@ -241,7 +242,10 @@ impl Spool {
     /// resumes, since everything before it is safe in the spool.
     pub fn last_checkpoint(&self) -> Option<TailerCheckpoint> {
         let entry = self.entries.back()?;
-        fs::read(&entry.path).ok().and_then(|b| decode(&b).ok()).map(|b| b.checkpoint)
+        fs::read(&entry.path)
+            .ok()
+            .and_then(|b| decode(&b).ok())
+            .map(|mut b| std::mem::take(&mut b.checkpoint))
     }
 }
 
@@ -300,6 +304,7 @@ mod tests {
             rows: n,
             line_bytes: n * 10,
             checkpoint: TailerCheckpoint::default(),
+            pool: None,
         }
     }
 
@@ -319,7 +324,7 @@ mod tests {
         assert_eq!(spool.head().unwrap().key, "k1");
         spool.pop().unwrap();
         let head = spool.head().unwrap();
-        assert_eq!((head.body, head.metrics_body), (batch(2).body, batch(2).metrics_body));
+        assert_eq!((&head.body, &head.metrics_body), (&batch(2).body, &batch(2).metrics_body));
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn batch(n: u64) -> SealedBatch {
             partials: Vec::new(),
             released: Vec::new(),
         },
+        pool: None,
     }
 }
 
@@ -260,7 +261,7 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     kept.sort();
     let keys: Vec<String> = kept
         .iter()
-        .map(|p| super::spool::decode(&std::fs::read(p).unwrap()).unwrap().key)
+        .map(|p| super::spool::decode(&std::fs::read(p).unwrap()).unwrap().key.clone())
         .collect();
     assert_eq!(keys, ["batch-001", "batch-002"], "the newest two, oldest first");
     assert_eq!(server.received.lock().unwrap().clone(), ["batch-003"]);
