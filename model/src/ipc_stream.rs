@@ -230,8 +230,7 @@ impl ZstdFramer {
     }
 
     /// `stream` (an uncompressed IPC stream) with its buffers compressed,
-    /// ending with the end-of-stream marker, written into `out` (empty;
-    /// from a [`crate::batch::BodyPool`], so its room is not trimmed).
+    /// ending with the end-of-stream marker, written into `out`.
     pub(crate) fn frame(&mut self, stream: &Segments<'_>, out: &mut Vec<u8>) -> Result<(), ModelError> {
         // Room for a quarter of the stream (the wire bodies compress 4–9×):
         // written once, not built aside and copied.
