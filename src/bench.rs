@@ -19,7 +19,8 @@
 //! `none` for the bare path, `all` for the default. Its batches are
 //! dropped once sealed, as a shipper drops acknowledged ones (kept, an
 //! uncompressed gigabyte of them cost as much in page faults as the
-//! parse). The report names the parts in `collector_parts`.
+//! parse). It overrides `WEFT_BENCH_EXTRACT`. The report names the parts
+//! that were on in `collector_parts`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -115,11 +116,22 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         config.wire_compression = if on("zstd") {
             weft_model::batch::WireCompression::Zstd
         } else {
-            weft_model::batch::WireCompression::None
+            weft_model::batch::WireCompression::Uncompressed
         };
     }
     let mut processing = config.record_processing()?;
     processing.tagging = tagging;
+    let parts_on: Vec<&str> = [
+        tagging.levels,
+        tagging.events,
+        config.multiline.enabled,
+        config.extract_metrics,
+        config.wire_compression == weft_model::batch::WireCompression::Zstd,
+    ]
+    .into_iter()
+    .zip(COLLECTOR_PARTS)
+    .filter_map(|(on, part)| on.then_some(part))
+    .collect();
     let metrics = Arc::new(weft_collector::metrics::CollectorMetrics::new(&registry));
     let mut tailer = PodLogTailer::new(
         logs.to_path_buf(),
@@ -181,7 +193,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({"read_bytes": read_bytes, "lines": lines, "collect_cpu_s": collect_cpu, "collect_wall_s": collect_wall,
-                "extract_metrics": config.extract_metrics, "collector_parts": parts.unwrap_or_else(|| COLLECTOR_PARTS.to_vec()),
+                "extract_metrics": config.extract_metrics, "collector_parts": parts_on,
                 "extracted_samples": metric_samples, "metric_body_bytes": metric_bytes, "batch_bytes": batch_bytes})
         );
         return Ok(());

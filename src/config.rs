@@ -89,7 +89,7 @@ mod tests {
     fn wire_compression_is_zstd_or_none() {
         use weft_model::batch::WireCompression;
         let config = WeftConfig::parse("collector:\n  wire_compression: none\n").unwrap();
-        assert_eq!(config.collector.wire_compression, WireCompression::None);
+        assert_eq!(config.collector.wire_compression, WireCompression::Uncompressed);
         assert_eq!(WeftConfig::default().collector.wire_compression, WireCompression::Zstd);
         let err = WeftConfig::parse("collector:\n  wire_compression: gzip\n").unwrap_err().to_string();
         assert!(

@@ -22,7 +22,7 @@ fn bench_harness_runs_in_smoke_mode() {
         .map(|r| r["figure"].as_str().unwrap())
         .collect();
     for expected in [
-        "collector: CRI tail+parse+batch",
+        "collector alone: tail + CRI parse + batch",
         "collector: everything",
         "indexer: into Parquet + tantivy",
         "bytes stored / raw",
@@ -44,7 +44,14 @@ fn bench_harness_runs_in_smoke_mode() {
     }
     assert!(results["corpus"]["rare_lines"].as_u64().unwrap() > 0);
     // --collector-parts: the bare path, then each part added in turn.
-    for part in ["| tail + CRI parse + batch |", "| + levels |", "| + extract |", "| + zstd |"] {
+    for part in [
+        "| tail + CRI parse + batch |",
+        "| + levels |",
+        "| + events |",
+        "| + multiline |",
+        "| + extract |",
+        "| + zstd |",
+    ] {
         assert!(stdout.contains(part), "{part} missing from\n{stdout}");
     }
 }

@@ -295,7 +295,8 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
 /// on in turn for its cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tagging {
-    /// A level from the line's head (`Unknown` when off).
+    /// A level from the line's head, `error` for a joined block without
+    /// one (`Unknown` for every record when off).
     pub levels: bool,
     /// ML failure events (the classifier's catalogue and user rules).
     pub events: bool,
@@ -793,7 +794,7 @@ impl Appender {
         if block {
             self.metrics.multiline_blocks.inc();
         }
-        if block && level == Level::Unknown {
+        if block && level == Level::Unknown && self.tagging.levels {
             level = Level::Error;
         }
         let key = match memo.batch_key {
@@ -912,6 +913,7 @@ mod tests {
                 "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
             ),
             (Stream::Stdout, "{'loss': 1.25, 'learning_rate': 2e-05, 'epoch': 0.5}"),
+            (Stream::Stdout, "température du GPU 0 : 71 °C, ünïcode ✓"),
         ];
         let seal = |tagging, compression| {
             let mut assembler = assembler_with(tagging, compression);
@@ -921,7 +923,7 @@ mod tests {
             assembler.seal(TailerCheckpoint::default()).unwrap()
         };
         let zstd = seal(Tagging::default(), WireCompression::Zstd);
-        let none = seal(Tagging::default(), WireCompression::None);
+        let none = seal(Tagging::default(), WireCompression::Uncompressed);
         assert_eq!(records(&none), records(&zstd));
         assert_eq!(samples(&none), samples(&zstd));
         assert!(
@@ -970,23 +972,30 @@ mod tests {
             .unwrap()
             .pool
             .is_none());
-        let mut assembler = assembler_with(Tagging::default(), WireCompression::None);
+        let mut assembler = assembler_with(Tagging::default(), WireCompression::Uncompressed);
         let lines: Vec<(Stream, String)> = (0..500)
             .map(|i| (Stream::Stdout, format!("step {i} loss {}.5 tokens/s 1234", i % 7)))
             .collect();
         let lines: Vec<(Stream, &str)> = lines.iter().map(|(s, l)| (*s, l.as_str())).collect();
         feed(&mut assembler, &meta(0), 0, &lines);
         let first = assembler.seal(TailerCheckpoint::default()).unwrap();
-        let (at, capacity, expected) = (first.body.as_ptr(), first.body.capacity(), records(&first));
+        let (at, capacity) = (first.body.as_ptr(), first.body.capacity());
         drop(first);
         // Where the allocator would put a fresh body of that size: the
         // freed one, had it not been kept.
         let elsewhere: Vec<u8> = Vec::with_capacity(capacity);
-        feed(&mut assembler, &meta(0), 0, &lines);
+        // Fewer, other lines: the reused body holds them and nothing else.
+        let fewer: Vec<(Stream, &str)> = lines.iter().step_by(3).map(|(s, l)| (*s, &l[2..])).collect();
+        feed(&mut assembler, &meta(0), 0, &fewer);
         let second = assembler.seal(TailerCheckpoint::default()).unwrap();
         assert_eq!(second.body.as_ptr(), at);
         assert_ne!(elsewhere.as_ptr(), at);
-        assert_eq!(records(&second), expected);
+        let mut fresh = assembler_with(Tagging::default(), WireCompression::Uncompressed);
+        feed(&mut fresh, &meta(0), 0, &fewer);
+        let expected = fresh.seal(TailerCheckpoint::default()).unwrap();
+        assert_eq!(second.body.len(), expected.body.len());
+        assert_eq!(records(&second), records(&expected));
+        assert_eq!(records(&second).len(), fewer.len());
     }
 
     fn row_of(records: &[LogRecord], text: &str) -> usize {

@@ -73,7 +73,8 @@ pub struct CollectorConfig {
     /// How the log and metric bodies shipped to the indexer are
     /// compressed: `zstd` (7–9× fewer bytes on the wire) or `none` (about
     /// a third less collector CPU, for an indexer on the same node or a
-    /// link wider than the logs).
+    /// link wider than the logs). Uncompressed bodies also fill the spool
+    /// (`spool_max_bytes`) and the indexer's WAL 7–9× sooner.
     pub wire_compression: weft_model::batch::WireCompression,
     /// Pull training metrics (`weft_train_<key>`) out of log lines.
     pub extract_metrics: bool,

@@ -1,6 +1,7 @@
 //! Arrow schema of log records, a builder that appends records straight into
 //! Arrow columns, a typed view over a decoded batch, and the Arrow IPC codec
-//! (zstd-compressed buffers) the collector and indexer speak.
+//! (zstd-compressed buffers unless `collector.wire_compression` is `none`)
+//! the collector and indexer speak.
 //!
 //! The storage schema is what Parquet splits hold; the wire schema adds the
 //! two source columns (`src`, `src_offset`) the indexer uses to drop lines it
@@ -504,8 +505,9 @@ impl BodyPool {
             .unwrap_or_default()
     }
 
-    /// Keeps `body`'s memory for a later [`BodyPool::take`] when the pool
-    /// has room and it is not too large; drops it otherwise.
+    /// Keeps `body`'s memory for a later [`BodyPool::take`] when it is not
+    /// too large and the pool has room or holds a smaller one (which it
+    /// drops instead); drops it otherwise.
     pub fn give_back(&self, mut body: Vec<u8>) {
         if body.capacity() == 0 || body.capacity() > MAX_POOLED_BODY {
             return;
@@ -514,6 +516,14 @@ impl BodyPool {
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if kept.len() < POOLED_BODIES {
             kept.push(body);
+        } else if let Some(smallest) = kept
+            .iter_mut()
+            .min_by_key(|b| b.capacity())
+            .filter(|b| b.capacity() < body.capacity())
+        {
+            // A full pool keeps the larger bodies (log bodies rather than
+            // metric ones).
+            *smallest = body;
         }
     }
 }
@@ -526,9 +536,11 @@ pub enum WireCompression {
     /// text, for about a third of the collector's CPU (BENCHMARKS.md).
     #[default]
     Zstd,
-    /// Stored as they are: for an indexer on the same node or a link
-    /// wider than the logs, where the CPU matters more than the bytes.
-    None,
+    /// Stored as they are (`none` in the config): for an indexer on the
+    /// same node or a link wider than the logs, where the CPU matters more
+    /// than the bytes.
+    #[serde(rename = "none")]
+    Uncompressed,
 }
 
 /// The most an [`IpcEncoder`] keeps reserved for the next body; after a
@@ -546,7 +558,7 @@ impl IpcEncoder {
     pub fn new(compression: WireCompression) -> Self {
         let framer = match compression {
             WireCompression::Zstd => Some(ZstdFramer::new()),
-            WireCompression::None => None,
+            WireCompression::Uncompressed => None,
         };
         Self {
             framer,
@@ -964,7 +976,7 @@ mod tests {
     /// byte for byte, and reads back as what went in.
     #[test]
     fn an_uncompressed_body_is_the_stream_writers_stream() {
-        let mut encoder = IpcEncoder::new(WireCompression::None);
+        let mut encoder = IpcEncoder::new(WireCompression::Uncompressed);
         let mut builder = LogBatchBuilder::default();
         let records: Vec<_> = (0..300).map(sample).collect();
         for r in &records {
@@ -1004,6 +1016,14 @@ mod tests {
         let second = pool.take();
         assert_eq!((second.as_ptr(), second.len()), (small_at, 0));
         assert_eq!(pool.take().capacity(), 0, "two kept, the others dropped");
+        // A full pool keeps the larger bodies.
+        pool.give_back(vec![3u8; 10]);
+        pool.give_back(vec![4u8; 20]);
+        pool.give_back(Vec::with_capacity(1000));
+        pool.give_back(vec![5u8; 5]);
+        let mut kept = [pool.take().capacity(), pool.take().capacity()];
+        kept.sort();
+        assert_eq!(kept, [20, 1000]);
     }
 
     /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working
