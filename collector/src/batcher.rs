@@ -1094,7 +1094,15 @@ mod tests {
     /// and gated on its repaired text) are all kept and tagged.
     #[test]
     fn ascii_other_utf8_and_invalid_lines_are_kept_and_tagged() {
-        let mut assembler = assembler();
+        for events in [true, false] {
+            let tagging = Tagging { levels: true, events };
+            ascii_other_utf8_and_invalid_lines_are_kept(assembler_with(tagging, WireCompression::Zstd), events);
+        }
+    }
+
+    /// With event tagging off, the lines' UTF-8 is checked without the
+    /// event gate's pass: the same texts, repaired alike.
+    fn ascii_other_utf8_and_invalid_lines_are_kept(mut assembler: BatchAssembler, events: bool) {
         let meta = meta(0);
         let bar = "Epoch 3:  45%|\u{2588}\u{258c}     | 450/1000 [01:23<01:40,  5.40it/s, loss=nan]";
         let lines: [&[u8]; 4] = [
@@ -1119,12 +1127,13 @@ mod tests {
         let batch = assembler.seal(TailerCheckpoint::default()).unwrap();
         let rows = records(&batch);
         let got: Vec<(&str, Option<&str>)> = rows.iter().map(|r| (r.line.as_str(), r.ml_event.as_deref())).collect();
+        let tag = |event| if events { Some(event) } else { None };
         assert_eq!(
             got,
             [
-                ("NCCL WARN Net : Connection closed by remote peer", Some("nccl_error")),
-                (bar, Some("nan_loss")),
-                ("step 7 loss=inf \u{fffd}\u{fffd} lr=3e-4", Some("nan_loss")),
+                ("NCCL WARN Net : Connection closed by remote peer", tag("nccl_error")),
+                (bar, tag("nan_loss")),
+                ("step 7 loss=inf \u{fffd}\u{fffd} lr=3e-4", tag("nan_loss")),
                 ("INFO all good", None),
             ]
         );
