@@ -656,14 +656,15 @@ impl Appender {
             self.opened = Some(Instant::now());
         }
         let src = self.source_slot(line.source_key, line.position);
-        // The event gate's pass over the line (when events are tagged)
-        // also says whether it is all ASCII, and so UTF-8: a SIMD check of
-        // the others; `from_utf8_lossy` only for the lines that check
-        // refuses.
+        // The tailer's check of the chunk the line came whole from, or the
+        // event gate's pass over the line (when events are tagged), says
+        // it is UTF-8: a SIMD check of the others; `from_utf8_lossy` only
+        // for the lines that check refuses.
         let mut gate = self.tagging.events.then(|| GatePass::of(line.text));
-        let mut text = if gate.as_ref().is_some_and(GatePass::is_ascii) {
-            // SAFETY: every byte is ASCII (`GatePass::is_ascii`), so the
-            // bytes are UTF-8.
+        let mut text = if line.utf8 || gate.as_ref().is_some_and(GatePass::is_ascii) {
+            debug_assert!(std::str::from_utf8(line.text).is_ok(), "a line the tailer found UTF-8");
+            // SAFETY: the tailer found the bytes UTF-8 (`LogLine::utf8`), or
+            // every byte is ASCII (`GatePass::is_ascii`).
             std::borrow::Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(line.text) })
         } else {
             match simdutf8::basic::from_utf8(line.text) {
@@ -1015,6 +1016,7 @@ mod tests {
                 text: text.as_bytes(),
                 truncated: false,
                 parse_error: false,
+                utf8: false,
             });
         }
     }
@@ -1122,6 +1124,7 @@ mod tests {
                 text,
                 truncated: false,
                 parse_error: false,
+                utf8: false,
             });
         }
         let batch = assembler.seal(TailerCheckpoint::default()).unwrap();

@@ -316,6 +316,7 @@ impl MultilineJoiner {
                 text,
                 truncated: block.truncated,
                 parse_error: false,
+                utf8: false,
             },
             block.kind != Kind::JavaCandidate,
         );
@@ -435,6 +436,7 @@ mod tests {
                 text: text.as_bytes(),
                 truncated: false,
                 parse_error: false,
+                utf8: false,
             };
             joiner.push(line, &mut |l, block| {
                 out.push((String::from_utf8_lossy(l.text).into_owned(), block))
@@ -707,6 +709,7 @@ mod tests {
                                 text: line.as_bytes(),
                                 truncated: false,
                                 parse_error: false,
+                                utf8: false,
                             },
                             &mut collect,
                         );

@@ -90,6 +90,10 @@ pub struct LogLine<'a> {
     pub text: &'a [u8],
     pub truncated: bool,
     pub parse_error: bool,
+    /// `text` is known to be UTF-8: the tailer checks each chunk it reads
+    /// at once, and a whole line of a chunk that passed needs no check of
+    /// its own (per line, the check had been 7 % of tail + parse + batch).
+    pub utf8: bool,
 }
 
 /// Receives the tailer's lines.
@@ -124,6 +128,10 @@ struct TailedFile {
     at_eof: bool,
     deleted_passes: u32,
     missing_scans: u32,
+    /// The addresses of the chunk being consumed that hold whole lines of
+    /// valid UTF-8 (empty outside `consume_chunk`, or when the check
+    /// failed): a line emitted whole from inside them is UTF-8.
+    utf8_span: std::ops::Range<usize>,
 }
 
 struct Pending {
@@ -448,6 +456,7 @@ impl PodLogTailer {
                 at_eof: false,
                 deleted_passes: 0,
                 missing_scans: 0,
+                utf8_span: 0..0,
             },
         );
     }
@@ -604,6 +613,20 @@ impl PodLogTailer {
     /// Splits a chunk read at file position `pos` into physical lines.
     fn consume_chunk(&mut self, file: &mut TailedFile, chunk: &[u8], pos: u64, sink: &mut dyn LineSink) {
         let max_physical = self.config.max_line_bytes + 512;
+        // One UTF-8 check of the chunk's whole lines, not one per line.
+        if let Some(last) = memchr::memrchr(b'\n', chunk) {
+            let lines = &chunk[..=last];
+            if simdutf8::basic::from_utf8(lines).is_ok() {
+                let at = lines.as_ptr_range();
+                file.utf8_span = at.start as usize..at.end as usize;
+            }
+        }
+        self.consume_lines(file, chunk, pos, max_physical, sink);
+        file.utf8_span = 0..0;
+    }
+
+    /// [`Self::consume_chunk`] once its whole lines are checked.
+    fn consume_lines(&mut self, file: &mut TailedFile, chunk: &[u8], pos: u64, max_physical: usize, sink: &mut dyn LineSink) {
         let mut start = 0;
         for newline in memchr::memchr_iter(b'\n', chunk) {
             let end_offset = pos + newline as u64 + 1;
@@ -860,6 +883,7 @@ impl PodLogTailer {
             text: &pending.bytes,
             truncated: pending.truncated,
             parse_error: false,
+            utf8: false,
         });
     }
 
@@ -1028,6 +1052,9 @@ fn emit(
         "positions rise per source"
     );
     file.last_position = position;
+    // A text cut at the cap may end inside a character.
+    let at = text.as_ptr_range();
+    let utf8 = !truncated && file.utf8_span.start <= at.start as usize && at.end as usize <= file.utf8_span.end;
     sink.line(LogLine {
         meta: &file.meta,
         source_key: &file.source_key,
@@ -1037,5 +1064,6 @@ fn emit(
         text,
         truncated,
         parse_error,
+        utf8,
     });
 }

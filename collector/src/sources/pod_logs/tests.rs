@@ -26,6 +26,8 @@ use crate::metrics::CollectorMetrics;
 struct Collected {
     lines: Vec<(Option<Stream>, String, bool, bool)>,
     positions: HashMap<String, u64>,
+    /// For each line, whether the tailer said it is UTF-8.
+    utf8: Vec<bool>,
 }
 
 impl LineSink for Collected {
@@ -36,6 +38,9 @@ impl LineSink for Collected {
             "positions must increase per source"
         );
         *last = line.position;
+        // A line the tailer calls UTF-8 is taken as text unchecked.
+        assert!(!line.utf8 || std::str::from_utf8(line.text).is_ok(), "not UTF-8: {:?}", line.text);
+        self.utf8.push(line.utf8);
         self.lines.push((
             line.stream,
             String::from_utf8_lossy(line.text).into_owned(),
@@ -486,6 +491,34 @@ fn malformed_lines_are_kept_raw_and_the_file_goes_on() {
             ("last", false)
         ]
     );
+}
+
+/// Whole lines of a chunk that is UTF-8 come marked so, and the sink
+/// checks them no more; a chunk with a bad byte, a line cut at the cap
+/// (possibly inside a character) and a line put together from pieces come
+/// unmarked, to be checked.
+#[test]
+fn whole_lines_of_a_utf8_chunk_are_marked_utf8_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut = "é".repeat(600);
+    let content = format!(
+        "2026-11-25T10:00:00Z stdout F température ✓\n\
+         2026-11-25T10:00:01Z stdout P first half \n\
+         2026-11-25T10:00:01Z stdout F second half\n\
+         2026-11-25T10:00:02Z stdout F {cut}\n\
+         2026-11-25T10:00:03Z stdout F plain\n"
+    );
+    let (_, sink, _) = one_file_tailer(dir.path(), content.as_bytes(), 1001);
+    let texts: Vec<&str> = sink.lines.iter().map(|l| l.1.as_str()).collect();
+    assert_eq!(texts[..2], ["température ✓", "first half second half"]);
+    assert_eq!(texts[3], "plain");
+    assert!(sink.lines[2].2, "cut at the cap");
+    assert_eq!(sink.utf8, [true, false, false, true]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let content = b"2026-11-25T10:00:00Z stdout F fine\n2026-11-25T10:00:01Z stdout F \xff bad\n";
+    let (_, sink, _) = one_file_tailer(dir.path(), content, 1024);
+    assert_eq!(sink.utf8, [false, false], "the chunk holds a bad byte");
 }
 
 #[test]
