@@ -80,10 +80,25 @@ pub fn parse_cri(line: &[u8]) -> Result<Segment<'_>, MalformedLine> {
 /// the line as the tailer passes it (a CRLF's `\r` already gone: a second
 /// one is the message's).
 pub fn read_cri<'a>(line: &'a [u8], timestamps: &mut Rfc3339Reader) -> Result<Segment<'a>, MalformedLine> {
-    let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
-    let ts = timestamps
-        .parse(&line[..ts_end])
-        .ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
+    // The usual timestamp (nine digits of fraction, UTC: 30 bytes) is
+    // tried before the space after it is searched for: text that parses
+    // as a timestamp with a `T` holds no space, so where it parses, the search would
+    // have ended at byte 30 too (the search was 3 % of tail + parse + batch).
+    let usual = match (line.get(10), line.get(30)) {
+        // A space between date and time parses too: searched for.
+        (Some(b'T' | b't'), Some(b' ')) => timestamps.parse(&line[..30]).map(|ts| (ts, 30)),
+        _ => None,
+    };
+    let (ts, ts_end) = match usual {
+        Some(found) => found,
+        None => {
+            let ts_end = memchr::memchr(b' ', line).ok_or(MalformedLine("cri: missing space after timestamp"))?;
+            let ts = timestamps
+                .parse(&line[..ts_end])
+                .ok_or(MalformedLine("cri: invalid RFC 3339 timestamp"))?;
+            (ts, ts_end)
+        }
+    };
     let (stream, complete, message) = cri_fields(&line[ts_end + 1..])?;
     Ok(Segment {
         ts,
@@ -211,6 +226,32 @@ mod tests {
             let read = cri_fields(rest.as_bytes());
             let searched = cri_fields_searched(rest.as_bytes());
             proptest::prop_assert_eq!(read.map_err(|e| e.0), searched.map_err(|e| e.0), "{:?}", rest);
+        }
+
+        /// A line read through the 30-byte timestamp tried first reads as
+        /// the line whose timestamp's end is searched for: timestamps of
+        /// every length around 30, with a space, a `t` or a bad byte
+        /// where the `T` goes, and fields right after them or not.
+        #[test]
+        fn the_usual_timestamp_read_first_reads_as_the_searched_one(
+            sep in proptest::sample::select(vec!["T", "t", " ", "x"]),
+            fraction in proptest::sample::select(vec!["", ".5", ".123456789", ".12345678", ".1234567890", ".1 2345678"]),
+            zone in proptest::sample::select(vec!["Z", "z", "+02:00", "-00:30", "", "Z ", "ZZ"]),
+            rest in proptest::sample::select(vec![" stdout F x", " stderr P  y", "stdout F x", " stdout F", " x", ""]),
+            second in 0u8..60,
+        ) {
+            let line = format!("2026-11-25{sep}10:00:{second:02}{fraction}{zone}{rest}");
+            let searched = |line: &[u8]| -> Result<(i64, Stream, bool, Vec<u8>), &'static str> {
+                let ts_end = memchr::memchr(b' ', line).ok_or("cri: missing space after timestamp")?;
+                let ts = weft_model::time::parse_rfc3339_nanos(&line[..ts_end]).ok_or("cri: invalid RFC 3339 timestamp")?;
+                let (stream, complete, message) = cri_fields_searched(&line[ts_end + 1..]).map_err(|e| e.0)?;
+                Ok((ts, stream, complete, message.to_vec()))
+            };
+            let mut reader = Rfc3339Reader::default();
+            for _ in 0..2 {
+                let read = read_cri(line.as_bytes(), &mut reader).map(|s| (s.ts, s.stream, s.complete, s.message.to_vec()));
+                proptest::prop_assert_eq!(read.map_err(|e| e.0), searched(line.as_bytes()), "{:?}", line);
+            }
         }
     }
 
