@@ -490,8 +490,9 @@ pub struct IpcEncoder {
 #[derive(Clone, Debug, Default)]
 pub struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
-/// Bodies a pool keeps.
-const POOLED_BODIES: usize = 2;
+/// Bodies a pool keeps: a batch's and a request's copy of it, with room
+/// for the next batch sealed while they are in flight.
+const POOLED_BODIES: usize = 4;
 /// The largest body capacity a pool keeps.
 const MAX_POOLED_BODY: usize = 8 << 20;
 
@@ -503,6 +504,11 @@ impl BodyPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop()
             .unwrap_or_default()
+    }
+
+    /// How many bodies the pool holds now.
+    pub fn kept(&self) -> usize {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
     /// Keeps `body`'s memory for a later [`BodyPool::take`] when it is not
@@ -1005,25 +1011,25 @@ mod tests {
     fn a_body_pool_keeps_a_few_bounded_bodies() {
         let pool = BodyPool::default();
         assert_eq!(pool.take().capacity(), 0);
-        let (small, large) = (vec![1u8; 100], Vec::<u8>::with_capacity(64 << 10));
-        let (small_at, large_at) = (small.as_ptr(), large.as_ptr());
-        pool.give_back(small);
-        pool.give_back(large);
-        pool.give_back(vec![2u8; 10]);
         pool.give_back(Vec::with_capacity(MAX_POOLED_BODY + 1));
-        let first = pool.take();
-        assert_eq!((first.as_ptr(), first.len()), (large_at, 0));
-        let second = pool.take();
-        assert_eq!((second.as_ptr(), second.len()), (small_at, 0));
-        assert_eq!(pool.take().capacity(), 0, "two kept, the others dropped");
-        // A full pool keeps the larger bodies.
-        pool.give_back(vec![3u8; 10]);
-        pool.give_back(vec![4u8; 20]);
-        pool.give_back(Vec::with_capacity(1000));
-        pool.give_back(vec![5u8; 5]);
-        let mut kept = [pool.take().capacity(), pool.take().capacity()];
+        assert_eq!(pool.take().capacity(), 0, "too large to keep");
+        let body = vec![7u8; 100];
+        let at = body.as_ptr();
+        pool.give_back(body);
+        let again = pool.take();
+        assert_eq!((again.as_ptr(), again.len()), (at, 0), "the same memory, emptied");
+        for i in 1..=POOLED_BODIES {
+            pool.give_back(Vec::with_capacity(100 * i));
+        }
+        // Full: a smaller body is dropped, a larger one takes the smallest's place.
+        pool.give_back(Vec::with_capacity(10));
+        pool.give_back(Vec::with_capacity(100_000));
+        let mut kept: Vec<usize> = (0..POOLED_BODIES).map(|_| pool.take().capacity()).collect();
+        assert_eq!(pool.take().capacity(), 0, "no more than {POOLED_BODIES} kept");
         kept.sort();
-        assert_eq!(kept, [20, 1000]);
+        let mut expected: Vec<usize> = (2..=POOLED_BODIES).map(|i| 100 * i).collect();
+        expected.push(100_000);
+        assert_eq!(kept, expected);
     }
 
     /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use weft_model::batch::BodyPool;
+
 use crate::batcher::SealedBatch;
 use crate::checkpoint::{CheckpointStore, TailerCheckpoint};
 use crate::metrics::CollectorMetrics;
@@ -144,14 +146,28 @@ impl Shipper {
         }
     }
 
-    /// POSTs one body; maps the answer to success, retry or refusal.
-    async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &[u8]) -> Result<(), SendError> {
+    /// POSTs one body; maps the answer to success, retry or refusal. The
+    /// request takes a copy (the batch stays for a retry or the spool):
+    /// written into a body from `pool` when the batch has one, which goes
+    /// back once the request is done with it.
+    async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &[u8], pool: Option<&BodyPool>) -> Result<(), SendError> {
+        let body = match pool {
+            Some(pool) => {
+                let mut copy = pool.take();
+                copy.extend_from_slice(body);
+                reqwest::Body::from(bytes::Bytes::from_owner(PooledBody {
+                    body: copy,
+                    pool: pool.clone(),
+                }))
+            }
+            None => reqwest::Body::from(body.to_vec()),
+        };
         let mut request = self
             .client
             .post(url)
             .header("content-type", content_type)
             .header("x-scope-orgid", &self.settings.tenant)
-            .body(body.to_vec());
+            .body(body);
         if let Some(key) = key {
             request = request.header(IDEMPOTENCY_HEADER, key);
         }
@@ -184,7 +200,10 @@ impl Shipper {
     /// then its lines.
     async fn send(&self, batch: &SealedBatch) -> Result<(), SendError> {
         if let Some(metrics) = &batch.metrics_body {
-            match self.post(&self.metrics_url, ARROW_STREAM_CONTENT_TYPE, None, metrics).await {
+            match self
+                .post(&self.metrics_url, ARROW_STREAM_CONTENT_TYPE, None, metrics, batch.pool.as_ref())
+                .await
+            {
                 Ok(()) => {}
                 Err(SendError::Permanent(reason)) => {
                     // The lines must not be lost with them.
@@ -193,7 +212,14 @@ impl Shipper {
                 Err(retry) => return Err(retry),
             }
         }
-        self.post(&self.url, ARROW_STREAM_CONTENT_TYPE, Some(&batch.key), &batch.body).await
+        self.post(
+            &self.url,
+            ARROW_STREAM_CONTENT_TYPE,
+            Some(&batch.key),
+            &batch.body,
+            batch.pool.as_ref(),
+        )
+        .await
     }
 
     fn acknowledge(&mut self, checkpoint: TailerCheckpoint) {
@@ -373,6 +399,26 @@ impl Shipper {
                 }
             }
         }
+    }
+}
+
+/// A request's copy of a body, handed back to its pool when the request
+/// is done with it: an uncompressed body (≈ 2.6 MB) copied into a fresh
+/// allocation per request was mapped, faulted in and unmapped again.
+struct PooledBody {
+    body: Vec<u8>,
+    pool: BodyPool,
+}
+
+impl AsRef<[u8]> for PooledBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.body));
     }
 }
 

@@ -22,6 +22,8 @@ struct FakeIndexer {
     /// What it answers while down.
     down_status: Arc<Mutex<&'static str>>,
     received: Arc<Mutex<Vec<String>>>,
+    /// The bodies of the accepted requests, in order.
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// A minimal HTTP/1.1 server: 503 while `up` is false, else 200, recording
@@ -37,13 +39,14 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
     let up = Arc::new(AtomicBool::new(false));
     let received = Arc::new(Mutex::new(Vec::new()));
     let down_status = Arc::new(Mutex::new(down_status));
-    let (up2, received2, down_status2) = (up.clone(), received.clone(), down_status.clone());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (up2, received2, down_status2, bodies2) = (up.clone(), received.clone(), down_status.clone(), bodies.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let (up, received, down_status) = (up2.clone(), received2.clone(), down_status2.clone());
+            let (up, received, down_status, bodies) = (up2.clone(), received2.clone(), down_status2.clone(), bodies2.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
@@ -66,6 +69,7 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
                             let ok = up.load(Ordering::SeqCst);
                             if ok {
                                 received.lock().unwrap().push(key);
+                                bodies.lock().unwrap().push(buf[end + 4..end + 4 + length].to_vec());
                             }
                             let status = if ok { "200 OK" } else { *down_status.lock().unwrap() };
                             let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\n{{}}");
@@ -87,6 +91,7 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
         up,
         down_status,
         received,
+        bodies,
     }
 }
 
@@ -285,4 +290,27 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     let next = state.path().join("rejected").join(format!("{:016}.batch", (1u64 << 60) + 1));
     assert_eq!(super::spool::decode(&std::fs::read(&next).unwrap()).unwrap().key, "batch-004");
     assert_eq!(super::spool::decode(&std::fs::read(&future).unwrap()).unwrap().key, "batch-002");
+}
+
+/// A batch with a body pool is sent from a copy written into pooled
+/// memory, byte for byte its body; once delivered, the request's copy and
+/// the batch's own body are both back in the pool for the next batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_batch_is_sent_from_pooled_memory_that_goes_back() {
+    let server = fake_indexer().await;
+    server.up.store(true, Ordering::SeqCst);
+    let state = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(CollectorMetrics::unregistered());
+    let (tx, task, _stop) = start(state.path(), fast_retries(&server.url), &metrics);
+    let pool = weft_model::batch::BodyPool::default();
+    let mut pooled = batch(1);
+    pooled.body = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    pooled.pool = Some(pool.clone());
+    let body = pooled.body.clone();
+    tx.send(pooled).await.unwrap();
+    wait_until("both bodies back in the pool", || pool.kept() == 2).await;
+    assert_eq!(*server.bodies.lock().unwrap(), [body]);
+    assert!((0..2).all(|_| pool.take().capacity() >= 5000));
+    drop(tx);
+    task.await.unwrap();
 }
