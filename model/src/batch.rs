@@ -493,8 +493,9 @@ pub struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 /// Bodies a pool keeps: a batch's and a request's copy of it, with room
 /// for the next batch sealed while they are in flight.
 const POOLED_BODIES: usize = 4;
-/// The largest body capacity a pool keeps.
-const MAX_POOLED_BODY: usize = 8 << 20;
+/// The largest body capacity a pool keeps (an uncompressed body of a
+/// default 2 MiB batch is ≈ 2.6 MB): at most 16 MiB held.
+const MAX_POOLED_BODY: usize = 4 << 20;
 
 impl BodyPool {
     /// An empty body, with the capacity of one handed back if any.

@@ -417,7 +417,6 @@ impl SourceBatchBuilder {
         if self.streams.is_empty() {
             self.streams.push(String::new());
         }
-        self.last_stream = None;
         let streams: ArrayRef = Arc::new(StringArray::from_iter_values(self.streams.drain(..)));
         let levels: ArrayRef = Arc::new(StringArray::from_iter_values(LEVELS.iter().map(|l| l.as_str())));
         // The indexer stamps ingest times; the wire carries zeros.
@@ -724,6 +723,54 @@ mod tests {
         let err = decode_ipc(&body, &wire_schema(), 10_000, 64 << 20).unwrap_err();
         assert!(matches!(&err, ModelError::TooLarge(m) if m.contains("\"namespace\"")), "{err}");
         assert!(decode_ipc(&body, &wire_schema(), 10_000, 256 << 20).is_ok());
+    }
+
+    /// Each row keeps its own stream across batches: the builder's memo of
+    /// the last stream text goes with the batch (the builder starts afresh
+    /// at `finish`, its keys too), so `stderr`, key 1 in one batch, is not
+    /// given key 1 in the next, which it opens.
+    #[test]
+    fn each_row_keeps_its_stream_from_batch_to_batch() {
+        let mut builder = SourceBatchBuilder::with_capacity(16, 1024);
+        let mut batch_of = |streams: &[&'static str]| {
+            let key = builder.source(&SourceRef {
+                namespace: "ml",
+                pod: "p",
+                container: "c",
+                node: "n",
+                labels: &LabelSet::new(),
+                run: None,
+                rank: None,
+                pod_uid: None,
+                restart: None,
+            });
+            for (i, stream) in streams.iter().enumerate() {
+                builder.append(
+                    key,
+                    &RowRef {
+                        ts: i as i64,
+                        stream,
+                        level: Level::Info,
+                        ml_event: None,
+                        fields: &LabelSet::new(),
+                        truncated: false,
+                        parse_error: false,
+                        line: "l",
+                        source: (0, i as u64),
+                    },
+                );
+            }
+            let body = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
+            let (_, batches) = decode_ipc(&body, &wire_schema(), 100, 1 << 20).unwrap();
+            let view = crate::LogBatchView::new(&batches[0]).unwrap();
+            (0..view.len()).map(|row| view.record(row).stream).collect::<Vec<String>>()
+        };
+        // One address for each text, as the collector's `Stream::as_str`.
+        static OUT: &str = "stdout";
+        static ERR: &str = "stderr";
+        assert_eq!(batch_of(&[OUT, ERR]), ["stdout", "stderr"]);
+        assert_eq!(batch_of(&[ERR, OUT, OUT]), ["stderr", "stdout", "stdout"]);
+        assert_eq!(batch_of(&[OUT]), ["stdout"]);
     }
 
     #[test]

@@ -235,19 +235,25 @@ mod tests {
         #[test]
         fn the_usual_timestamp_read_first_reads_as_the_searched_one(
             sep in proptest::sample::select(vec!["T", "t", " ", "x"]),
-            fraction in proptest::sample::select(vec!["", ".5", ".123456789", ".12345678", ".1234567890", ".1 2345678"]),
-            zone in proptest::sample::select(vec!["Z", "z", "+02:00", "-00:30", "", "Z ", "ZZ"]),
+            fraction in proptest::sample::select(vec!["", ".5", ".1234", ".123456789", ".12345678", ".1234567890", ".1 2345678"]),
+            zone in proptest::sample::select(vec!["Z", "z", "+02:00", "-00:30", "+05:00", "", "Z ", "ZZ"]),
             rest in proptest::sample::select(vec![" stdout F x", " stderr P  y", "stdout F x", " stdout F", " x", ""]),
-            second in 0u8..60,
+            hour in proptest::sample::select(vec!["10", "23", "24"]),
+            second in 0u8..62,
+            before in 0u8..62,
         ) {
-            let line = format!("2026-11-25{sep}10:00:{second:02}{fraction}{zone}{rest}");
+            let line = format!("2026-11-25{sep}{hour}:00:{second:02}{fraction}{zone}{rest}");
             let searched = |line: &[u8]| -> Result<(i64, Stream, bool, Vec<u8>), &'static str> {
                 let ts_end = memchr::memchr(b' ', line).ok_or("cri: missing space after timestamp")?;
                 let ts = weft_model::time::parse_rfc3339_nanos(&line[..ts_end]).ok_or("cri: invalid RFC 3339 timestamp")?;
                 let (stream, complete, message) = cri_fields_searched(&line[ts_end + 1..]).map_err(|e| e.0)?;
                 Ok((ts, stream, complete, message.to_vec()))
             };
+            // A reader that read another second before: its cache is hit or
+            // replaced.
             let mut reader = Rfc3339Reader::default();
+            let earlier = format!("2026-11-25T10:00:{before:02}.000000001Z stdout F x");
+            let _ = read_cri(earlier.as_bytes(), &mut reader);
             for _ in 0..2 {
                 let read = read_cri(line.as_bytes(), &mut reader).map(|s| (s.ts, s.stream, s.complete, s.message.to_vec()));
                 proptest::prop_assert_eq!(read.map_err(|e| e.0), searched(line.as_bytes()), "{:?}", line);

@@ -91,9 +91,11 @@ pub struct LogLine<'a> {
     pub truncated: bool,
     pub parse_error: bool,
     /// `text` is known to be UTF-8: the tailer checks each chunk it reads
-    /// at once, and a whole line of a chunk that passed needs no check of
-    /// its own (per line, the check had been 7 % of tail + parse + batch).
-    pub utf8: bool,
+    /// at once, and text from a chunk that passed, starting and ending at
+    /// character boundaries, needs no check of its own (per line, the
+    /// check had been 7 % of tail + parse + batch). Set only here: a sink
+    /// takes such text unchecked.
+    pub(crate) utf8: bool,
 }
 
 /// Receives the tailer's lines.
@@ -1036,6 +1038,34 @@ impl PodLogTailer {
 }
 
 /// Hands a line to the sink and records its position on its source.
+/// Whether `text`, a slice of valid UTF-8, starts and ends at character
+/// boundaries, and so is valid UTF-8 itself: its first byte is not a
+/// continuation byte, and its last character is whole (a text cut at the
+/// cap may end inside one).
+pub(super) fn on_char_boundaries(text: &[u8]) -> bool {
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    let (Some(&first), Some(&last)) = (text.first(), text.last()) else {
+        return true;
+    };
+    if is_continuation(first) {
+        return false;
+    }
+    if last < 0x80 {
+        return true;
+    }
+    let from = text.len().saturating_sub(4);
+    let Some(lead) = (from..text.len()).rev().find(|&i| !is_continuation(text[i])) else {
+        return false;
+    };
+    let width = match text[lead] {
+        b if b >= 0xF0 => 4,
+        b if b >= 0xE0 => 3,
+        b if b >= 0xC0 => 2,
+        _ => 1,
+    };
+    lead + width == text.len()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn emit(
     file: &mut TailedFile,
@@ -1052,9 +1082,8 @@ fn emit(
         "positions rise per source"
     );
     file.last_position = position;
-    // A text cut at the cap may end inside a character.
     let at = text.as_ptr_range();
-    let utf8 = !truncated && file.utf8_span.start <= at.start as usize && at.end as usize <= file.utf8_span.end;
+    let utf8 = file.utf8_span.start <= at.start as usize && at.end as usize <= file.utf8_span.end && on_char_boundaries(text);
     sink.line(LogLine {
         meta: &file.meta,
         source_key: &file.source_key,

@@ -381,6 +381,23 @@ proptest! {
         }
         harness.check();
     }
+
+    /// A slice of UTF-8 text is found on character boundaries exactly
+    /// where it is UTF-8 itself (where `str` says both its ends are
+    /// boundaries, or it is empty).
+    #[test]
+    fn char_boundaries_are_the_strs(
+        text in "[a-zé€\u{1F600}\u{10FFFF}\u{80}\u{7FF}\u{800}\u{FFFF}]{0,12}",
+        a in 0usize..60,
+        b in 0usize..60,
+    ) {
+        let (a, b) = (a.min(text.len()), b.min(text.len()));
+        let (from, to) = (a.min(b), a.max(b));
+        let slice = &text.as_bytes()[from..to];
+        let on = super::tailer::on_char_boundaries(slice);
+        prop_assert_eq!(on, std::str::from_utf8(slice).is_ok(), "{:?} {}..{}", text, from, to);
+        prop_assert_eq!(on, from == to || (text.is_char_boundary(from) && text.is_char_boundary(to)));
+    }
 }
 
 /// The model's rule for a line of redraws over the cap: split before the
