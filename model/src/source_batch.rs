@@ -686,13 +686,10 @@ mod tests {
         assert_ne!(last_at, after_at, "the outsized buffer was kept");
     }
 
-    #[test]
-    fn expansion_counts_against_the_decoded_byte_limit() {
-        // One 64 KiB value behind 2,000 keys: a small body that expands to 128 MiB.
-        let big = "x".repeat(64 << 10);
-        let mut builder = SourceBatchBuilder::with_capacity(2_000, 2_000);
-        let key = builder.source(&SourceRef {
-            namespace: &big,
+    /// A source in `namespace` with nothing else set.
+    fn plain_source(builder: &mut SourceBatchBuilder, namespace: &str) -> u32 {
+        builder.source(&SourceRef {
+            namespace,
             pod: "p",
             container: "c",
             node: "n",
@@ -701,22 +698,35 @@ mod tests {
             rank: None,
             pod_uid: None,
             restart: None,
-        });
+        })
+    }
+
+    /// A one-letter row of `stream` at offset `at` of source `key`.
+    fn plain_row(builder: &mut SourceBatchBuilder, key: u32, stream: &'static str, at: u64) {
+        builder.append(
+            key,
+            &RowRef {
+                ts: 0,
+                stream,
+                level: Level::Info,
+                ml_event: None,
+                fields: &LabelSet::new(),
+                truncated: false,
+                parse_error: false,
+                line: "l",
+                source: (0, at),
+            },
+        );
+    }
+
+    #[test]
+    fn expansion_counts_against_the_decoded_byte_limit() {
+        // One 64 KiB value behind 2,000 keys: a small body that expands to 128 MiB.
+        let big = "x".repeat(64 << 10);
+        let mut builder = SourceBatchBuilder::with_capacity(2_000, 2_000);
+        let key = plain_source(&mut builder, &big);
         for i in 0..2_000u64 {
-            builder.append(
-                key,
-                &RowRef {
-                    ts: 0,
-                    stream: "stdout",
-                    level: Level::Info,
-                    ml_event: None,
-                    fields: &LabelSet::new(),
-                    truncated: false,
-                    parse_error: false,
-                    line: "l",
-                    source: (0, i),
-                },
-            );
+            plain_row(&mut builder, key, "stdout", i);
         }
         let body = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
         assert!(body.len() < 1 << 20, "{} bytes", body.len());
@@ -733,32 +743,9 @@ mod tests {
     fn each_row_keeps_its_stream_from_batch_to_batch() {
         let mut builder = SourceBatchBuilder::with_capacity(16, 1024);
         let mut batch_of = |streams: &[&'static str]| {
-            let key = builder.source(&SourceRef {
-                namespace: "ml",
-                pod: "p",
-                container: "c",
-                node: "n",
-                labels: &LabelSet::new(),
-                run: None,
-                rank: None,
-                pod_uid: None,
-                restart: None,
-            });
+            let key = plain_source(&mut builder, "ml");
             for (i, stream) in streams.iter().enumerate() {
-                builder.append(
-                    key,
-                    &RowRef {
-                        ts: i as i64,
-                        stream,
-                        level: Level::Info,
-                        ml_event: None,
-                        fields: &LabelSet::new(),
-                        truncated: false,
-                        parse_error: false,
-                        line: "l",
-                        source: (0, i as u64),
-                    },
-                );
+                plain_row(&mut builder, key, stream, i as u64);
             }
             let body = encode_ipc(&[builder.finish()], HashMap::new()).unwrap();
             let (_, batches) = decode_ipc(&body, &wire_schema(), 100, 1 << 20).unwrap();
