@@ -132,7 +132,8 @@ struct TailedFile {
     missing_scans: u32,
     /// The addresses of the chunk being consumed that hold whole lines of
     /// valid UTF-8 (empty outside `consume_chunk`, or when the check
-    /// failed): a line emitted whole from inside them is UTF-8.
+    /// failed): text emitted from inside them, starting and ending at
+    /// character boundaries, is UTF-8.
     utf8_span: std::ops::Range<usize>,
 }
 
@@ -1037,7 +1038,6 @@ impl PodLogTailer {
     }
 }
 
-/// Hands a line to the sink and records its position on its source.
 /// Whether `text`, a slice of valid UTF-8, starts and ends at character
 /// boundaries, and so is valid UTF-8 itself: its first byte is not a
 /// continuation byte, and its last character is whole (a text cut at the
@@ -1066,6 +1066,7 @@ pub(super) fn on_char_boundaries(text: &[u8]) -> bool {
     lead + width == text.len()
 }
 
+/// Hands a line to the sink and records its position on its source.
 #[allow(clippy::too_many_arguments)]
 fn emit(
     file: &mut TailedFile,
