@@ -154,6 +154,7 @@ impl Shipper {
         let body = match pool {
             Some(pool) => {
                 let mut copy = pool.take();
+                weft_model::batch::reserve_pooled(&mut copy, body.len());
                 copy.extend_from_slice(body);
                 reqwest::Body::from(bytes::Bytes::from_owner(PooledBody {
                     body: copy,
