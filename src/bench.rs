@@ -155,7 +155,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let (mut batch_bytes, mut metric_bytes) = (0, 0);
     let mut keep = |batch: weft_collector::batcher::SealedBatch| {
         batch_bytes += batch.body.len();
-        metric_bytes += batch.metrics_body.as_ref().map_or(0, Vec::len);
+        metric_bytes += batch.metrics_body.as_ref().map_or(0, |b| b.len());
         if parts.is_none() {
             batches.push(batch);
         }
@@ -206,7 +206,7 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
     let (cpu1, wall1) = (cpu_seconds(), Instant::now());
     let mut since_commit = 0;
     for batch in &batches {
-        indexer.ingest_arrow("default", &batch.key, &batch.body, "bench")?;
+        indexer.ingest_arrow("default", &batch.key, &batch.body.contiguous(), "bench")?;
         since_commit += batch.line_bytes;
         if since_commit >= commit_bytes {
             indexer.commit()?;

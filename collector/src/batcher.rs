@@ -26,7 +26,7 @@ use std::collections::HashMap;
 type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::time::{Duration, Instant};
 
-use weft_model::batch::{BodyPool, IpcEncoder, WireCompression, META_SOURCES};
+use weft_model::batch::{BodyPool, IpcEncoder, WireBody, WireCompression, META_SOURCES};
 use weft_model::source_batch::{RowRef, SourceBatchBuilder, SourceRef};
 use weft_model::LabelSet;
 
@@ -75,28 +75,29 @@ pub struct SealedBatch {
     /// Idempotency key: the same lines always give the same key.
     pub key: String,
     /// Arrow IPC stream (zstd buffers unless `collector.wire_compression`
-    /// is `none`), wire schema.
-    pub body: Vec<u8>,
+    /// is `none`, when it holds the batch's own column buffers), wire
+    /// schema.
+    pub body: WireBody,
     /// Training metrics found in the lines (Arrow IPC, metric wire schema).
-    pub metrics_body: Option<Vec<u8>>,
+    pub metrics_body: Option<WireBody>,
     pub rows: usize,
     pub line_bytes: usize,
     /// Tailer state just after the batch's last line.
     pub checkpoint: TailerCheckpoint,
-    /// Where the bodies go back when the batch is dropped (shipped,
-    /// spooled or refused), for the next batch to be written into.
+    /// Where the bodies' large buffers go back when the batch is dropped
+    /// (shipped, spooled or refused), for the next batch's text to be
+    /// written into.
     pub(crate) pool: Option<BodyPool>,
 }
 
 impl Drop for SealedBatch {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            // The log body last: the pool hands out the last one first,
-            // and the next batch's log body is written first.
+            // The log body last: the pool hands out the last one first.
             if let Some(body) = self.metrics_body.take() {
-                pool.give_back(body);
+                body.give_back_to(pool);
             }
-            pool.give_back(std::mem::take(&mut self.body));
+            std::mem::take(&mut self.body).give_back_to(pool);
         }
     }
 }
@@ -560,6 +561,9 @@ impl Appender {
             .encoder
             .encode(std::slice::from_ref(&batch), metadata)
             .map_err(CollectorError::Model)?;
+        // zstd: the text buffer comes back now. Uncompressed, the body holds
+        // it until shipped, and the next batch's first line takes a shipped
+        // batch's.
         self.builder.recycle(batch);
         let metrics_body = if self.samples.is_empty() {
             None
@@ -591,6 +595,21 @@ impl Appender {
 }
 
 impl Appender {
+    /// Writes the batch being opened into a shipped batch's text buffer,
+    /// where the pool has one (uncompressed bodies only). Taken at the
+    /// batch's first line rather than at the last seal, a batch dropped
+    /// right after its seal (shipped at once) lends its buffer to the next
+    /// batch, one buffer kept warm in the cache instead of two in turn.
+    fn reuse_shipped_text_buffer(&mut self) {
+        let Some(pool) = self.encoder.pool() else { return };
+        let shipped = pool.take();
+        if shipped.capacity() > 0 {
+            if let Some(refused) = self.builder.reuse_text_buffer(shipped) {
+                pool.give_back(refused);
+            }
+        }
+    }
+
     /// Run, rank and extra labels of a record's pod: from the Kubernetes
     /// API when it knows the pod, else from the pod name. Cached per pod
     /// uid until the directory changes.
@@ -654,6 +673,7 @@ impl Appender {
     fn append(&mut self, line: LogLine<'_>, block: bool) {
         if self.opened.is_none() {
             self.opened = Some(Instant::now());
+            self.reuse_shipped_text_buffer();
         }
         let src = self.source_slot(line.source_key, line.position);
         // The tailer's check of the chunk the line came whole from, or the
@@ -963,16 +983,28 @@ mod tests {
         );
     }
 
-    /// A dropped batch's uncompressed log body is written into again by
-    /// the next seal (not a fresh allocation), and holds the next batch's
-    /// records; zstd bodies are not kept.
+    /// Uncompressed, a sealed batch's body holds the batch's text where it
+    /// was written (not a copy), and the next batch's text is written where
+    /// a dropped (shipped) one's was, not into a fresh allocation; with
+    /// zstd, nothing is pooled.
     #[test]
-    fn the_next_body_is_written_where_a_dropped_one_was() {
+    fn the_next_batch_is_written_where_a_dropped_one_was() {
         assert!(assembler_with(Tagging::default(), WireCompression::Zstd)
             .seal(TailerCheckpoint::default())
             .unwrap()
             .pool
             .is_none());
+        // The body's part that is the lines' text, whole.
+        let text_of = |batch: &SealedBatch| {
+            let (_, decoded) = decode_ipc(&batch.body.contiguous(), &wire_schema(), 1 << 20, 1 << 30).unwrap();
+            let text = decoded[0].column_by_name(weft_model::batch::col::LINE).unwrap().to_data().buffers()[1].clone();
+            batch
+                .body
+                .parts()
+                .find(|p| *p == text.as_slice())
+                .expect("the text is one part")
+                .as_ptr()
+        };
         let mut assembler = assembler_with(Tagging::default(), WireCompression::Uncompressed);
         let lines: Vec<(Stream, String)> = (0..500)
             .map(|i| (Stream::Stdout, format!("step {i} loss {}.5 tokens/s 1234", i % 7)))
@@ -980,21 +1012,21 @@ mod tests {
         let lines: Vec<(Stream, &str)> = lines.iter().map(|(s, l)| (*s, l.as_str())).collect();
         feed(&mut assembler, &meta(0), 0, &lines);
         let first = assembler.seal(TailerCheckpoint::default()).unwrap();
-        let (at, capacity) = (first.body.as_ptr(), first.body.capacity());
+        let at = text_of(&first);
         drop(first);
-        // Where the allocator would put a fresh body of that size: the
+        // Where the allocator would put a fresh buffer of that size: the
         // freed one, had it not been kept.
-        let elsewhere: Vec<u8> = Vec::with_capacity(capacity);
-        // Fewer, other lines: the reused body holds them and nothing else.
+        let elsewhere: Vec<u8> = Vec::with_capacity(2 << 20);
+        assert_ne!(elsewhere.as_ptr(), at);
+        // Fewer, other lines: the reused buffer holds them and nothing else.
         let fewer: Vec<(Stream, &str)> = lines.iter().step_by(3).map(|(s, l)| (*s, &l[2..])).collect();
         feed(&mut assembler, &meta(0), 0, &fewer);
         let second = assembler.seal(TailerCheckpoint::default()).unwrap();
-        assert_eq!(second.body.as_ptr(), at);
-        assert_ne!(elsewhere.as_ptr(), at);
+        assert_eq!(text_of(&second), at);
         let mut fresh = assembler_with(Tagging::default(), WireCompression::Uncompressed);
         feed(&mut fresh, &meta(0), 0, &fewer);
         let expected = fresh.seal(TailerCheckpoint::default()).unwrap();
-        assert_eq!(second.body.len(), expected.body.len());
+        assert_eq!(second.body, expected.body);
         assert_eq!(records(&second), records(&expected));
         assert_eq!(records(&second).len(), fewer.len());
     }
@@ -1022,7 +1054,7 @@ mod tests {
     }
 
     fn records(batch: &SealedBatch) -> Vec<LogRecord> {
-        let (_, batches) = decode_ipc(&batch.body, &wire_schema(), 1 << 20, 1 << 30).unwrap();
+        let (_, batches) = decode_ipc(&batch.body.contiguous(), &wire_schema(), 1 << 20, 1 << 30).unwrap();
         batches
             .iter()
             .flat_map(|b| {
@@ -1037,13 +1069,14 @@ mod tests {
             return Vec::new();
         };
         // Series texts go once per batch, as a dictionary.
-        let sent = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap();
+        let body = body.contiguous();
+        let sent = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body), None).unwrap();
         assert!(
             matches!(sent.schema().field(0).data_type(), arrow_schema::DataType::Dictionary(..)),
             "{:?}",
             sent.schema()
         );
-        let (_, batches) = decode_ipc(body, &metric_wire_schema(), 1 << 20, 1 << 30).unwrap();
+        let (_, batches) = decode_ipc(&body, &metric_wire_schema(), 1 << 20, 1 << 30).unwrap();
         let mut out = Vec::new();
         for b in &batches {
             let view = MetricBatchView::new(b).unwrap();

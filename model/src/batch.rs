@@ -460,7 +460,7 @@ impl<'a> LogBatchView<'a> {
 /// Encodes batches as one Arrow IPC stream with zstd-compressed buffers and
 /// the given schema metadata.
 pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
-    IpcEncoder::default().encode(batches, metadata)
+    Ok(IpcEncoder::default().encode(batches, metadata)?.into_vec())
 }
 
 /// Encodes bodies as [`encode_ipc`] does, keeping the zstd context and a
@@ -480,15 +480,133 @@ pub struct IpcEncoder {
     pool: BodyPool,
 }
 
-/// Bodies handed back once shipped, to write the next ones into: memory
-/// already paged in rather than a fresh allocation per batch. Over the
-/// allocator's 1 MiB mmap threshold (an uncompressed body of a 2 MiB batch
-/// is ≈ 2.6 MB) each fresh body was mapped, faulted in page by page and
-/// unmapped again: 0.5 CPU-s per GB of logs on the benchmark corpus, as
-/// much as the parse. Keeps at most [`POOLED_BODIES`] of them, each at most
+/// Buffers handed back once a batch is shipped, to write the next batch's
+/// text and the next request's copy into: memory already paged in rather
+/// than a fresh allocation per batch. Over the allocator's 1 MiB mmap
+/// threshold (a 2 MiB batch's text, an uncompressed body of ≈ 2.6 MB) each
+/// fresh buffer was mapped, faulted in page by page and unmapped again:
+/// 0.5 CPU-s per GB of logs on the benchmark corpus, as much as the parse.
+/// Keeps at most [`POOLED_BODIES`] of them, each at most
 /// [`MAX_POOLED_BODY`] bytes of capacity.
 #[derive(Clone, Debug, Default)]
 pub struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// One Arrow IPC stream as it goes on the wire, held as the parts arrow's
+/// encoder handed out. Uncompressed, those are the batch's own column
+/// buffers where the builder wrote them, not copied (gathering them into
+/// one body had cost 15 % of tail + parse + batch); with zstd, one buffer
+/// of frames. A request or a spool file gathers the parts as it writes
+/// them; a single part is sent as it is.
+#[derive(Clone, Debug, Default)]
+pub struct WireBody {
+    parts: Vec<arrow_buffer::Buffer>,
+    len: usize,
+}
+
+/// The smallest part [`WireBody::give_back_to`] keeps: a batch's text
+/// buffer, not its offsets or the messages' headers.
+const MIN_POOLED_PART: usize = 256 << 10;
+
+impl WireBody {
+    fn from_parts(parts: Vec<arrow_buffer::Buffer>) -> Self {
+        let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let len = parts.iter().map(|p| p.len()).sum();
+        Self { parts, len }
+    }
+
+    /// Bytes in the body.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a body of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body's bytes, part after part.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts.iter().map(|p| p.as_slice())
+    }
+
+    /// The body's only part, where it has one (shared, not copied).
+    pub fn single_part(&self) -> Option<&arrow_buffer::Buffer> {
+        match self.parts.as_slice() {
+            [part] => Some(part),
+            _ => None,
+        }
+    }
+
+    /// Appends the body's bytes to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
+        for part in self.parts() {
+            out.extend_from_slice(part);
+        }
+    }
+
+    /// The body's bytes in one slice: borrowed where it is one part (a zstd
+    /// body, one read from a spool file), gathered otherwise.
+    pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.parts.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [part] => std::borrow::Cow::Borrowed(part.as_slice()),
+            _ => {
+                let mut out = Vec::new();
+                self.write_to(&mut out);
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// The body's bytes as one vector: its only part's own memory where
+    /// nothing else holds it, gathered otherwise.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.parts.len() == 1 {
+            match self.parts.pop().expect("one part").into_vec::<u8>() {
+                Ok(body) => return body,
+                Err(part) => self.parts.push(part),
+            }
+        }
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Hands `pool` the large byte buffers nothing else holds (a batch's
+    /// text, for the next batch to be written into); drops the rest.
+    pub fn give_back_to(self, pool: &BodyPool) {
+        for part in self.parts {
+            if part.capacity() >= MIN_POOLED_PART {
+                if let Ok(buffer) = part.into_vec::<u8>() {
+                    pool.give_back(buffer);
+                }
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for WireBody {
+    fn from(body: Vec<u8>) -> Self {
+        Self::from_parts(vec![arrow_buffer::Buffer::from_vec(body)])
+    }
+}
+
+/// A body of these parts, in order.
+impl FromIterator<Vec<u8>> for WireBody {
+    fn from_iter<I: IntoIterator<Item = Vec<u8>>>(parts: I) -> Self {
+        Self::from_parts(parts.into_iter().map(arrow_buffer::Buffer::from_vec).collect())
+    }
+}
+
+/// Bodies are equal when their bytes are, however they are split.
+impl PartialEq for WireBody {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.parts().flatten().eq(other.parts().flatten())
+    }
+}
+
+impl Eq for WireBody {}
 
 /// Room for `bytes` in `body` (empty, from a pool): an eighth more than
 /// asked where it must grow, not the doubling of `reserve`, so a body
@@ -584,17 +702,20 @@ impl IpcEncoder {
         }
     }
 
-    /// The pool this encoder's bodies come from, to hand them back to:
-    /// uncompressed ones only. A zstd body is a few hundred KB, trimmed to
-    /// its size; kept with room for the next, they held 3.5 MiB more
-    /// resident at 50 MB/s in for no gain in CPU.
+    /// The pool an uncompressed body's buffers go back to once shipped,
+    /// and requests take their copies from. None with zstd: a zstd body
+    /// is a few hundred KB, trimmed to its size; kept with room for the
+    /// next, they held 3.5 MiB more resident at 50 MB/s in for no gain in
+    /// CPU (and the batch's text buffer comes back as soon as it is
+    /// compressed).
     pub fn pool(&self) -> Option<BodyPool> {
         self.framer.is_none().then(|| self.pool.clone())
     }
 
     /// One Arrow IPC stream: the schema (with `metadata`), each batch with
-    /// its dictionaries, the end-of-stream marker.
-    pub fn encode(&mut self, batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
+    /// its dictionaries, the end-of-stream marker. Uncompressed, the body
+    /// references the batches' buffers.
+    pub fn encode(&mut self, batches: &[RecordBatch], metadata: HashMap<String, String>) -> Result<WireBody, ModelError> {
         let ipc = |e: arrow_schema::ArrowError| ModelError::Ipc(e.to_string());
         let schema = match batches.first() {
             Some(b) => b.schema(),
@@ -609,12 +730,7 @@ impl IpcEncoder {
         }
         parts.extend(stream.finish().map_err(ipc)?);
         let Some(framer) = &mut self.framer else {
-            let mut body = self.pool.take();
-            reserve_pooled(&mut body, parts.iter().map(|p| p.len()).sum());
-            for part in &parts {
-                body.extend_from_slice(part.as_slice());
-            }
-            return Ok(body);
+            return Ok(WireBody::from_parts(parts));
         };
         let mut body = Vec::new();
         framer.frame(&Segments::new(parts.iter().map(|p| p.as_slice())), &mut body)?;
@@ -622,7 +738,7 @@ impl IpcEncoder {
         if framer.reserved() > KEPT_BODY_BYTES {
             framer.release();
         }
-        Ok(body)
+        Ok(body.into())
     }
 }
 
@@ -985,13 +1101,15 @@ mod tests {
             let two = [batch.slice(0, 20), batch.slice(20, batch.num_rows() - 20)];
             for batches in [std::slice::from_ref(&batch), &two[..], &[]] {
                 let body = encoder.encode(batches, meta.clone()).unwrap();
-                assert_encodes_as_the_stream_writer(&body, batches, meta.clone());
+                assert_eq!(body.parts().count(), 1, "a zstd body is one buffer");
+                assert_encodes_as_the_stream_writer(&body.contiguous(), batches, meta.clone());
             }
         }
     }
 
     /// Without compression the body is arrow's own uncompressed stream,
-    /// byte for byte, and reads back as what went in.
+    /// byte for byte, reads back as what went in, and holds the batch's
+    /// text where the batch does (not a copy).
     #[test]
     fn an_uncompressed_body_is_the_stream_writers_stream() {
         let mut encoder = IpcEncoder::new(WireCompression::Uncompressed);
@@ -1009,10 +1127,13 @@ mod tests {
         writer.write(&batch.clone().with_schema(schema.clone()).unwrap()).unwrap();
         writer.finish().unwrap();
         drop(writer);
-        assert_eq!(body, written);
+        assert_eq!(body, WireBody::from(written.clone()));
+        assert_eq!(body.contiguous().as_ref(), written.as_slice());
+        let text = batch.column_by_name(col::LINE).unwrap().to_data().buffers()[1].as_ptr();
+        assert!(body.parts().any(|p| p.as_ptr() == text), "the text referenced, not copied");
         let compressed = IpcEncoder::default().encode(std::slice::from_ref(&batch), HashMap::new()).unwrap();
         assert!(compressed.len() * 2 < body.len(), "{} against {}", compressed.len(), body.len());
-        let (_, batches) = decode_ipc(&body, &wire_schema(), 1000, 1 << 24).unwrap();
+        let (_, batches) = decode_ipc(&body.contiguous(), &wire_schema(), 1000, 1 << 24).unwrap();
         let view = LogBatchView::new(&batches[0]).unwrap();
         assert_eq!((0..view.len()).map(|i| view.record(i)).collect::<Vec<_>>(), records);
     }
@@ -1042,6 +1163,31 @@ mod tests {
         let mut expected: Vec<usize> = (2..=POOLED_BODIES).map(|i| 100 * i).collect();
         expected.push(100_000);
         assert_eq!(kept, expected);
+    }
+
+    /// A body done with gives the pool its large buffers nothing else
+    /// holds (a batch's text), not its small parts, and nothing a batch
+    /// still holds.
+    #[test]
+    fn a_done_body_hands_its_text_buffer_to_the_pool() {
+        let values = "x".repeat(MIN_POOLED_PART + 1000).into_bytes();
+        let (at, len) = (values.as_ptr(), values.len() as i32);
+        let offsets = arrow_buffer::OffsetBuffer::new(vec![0, len].into());
+        let text = StringArray::new(offsets, arrow_buffer::Buffer::from_vec(values), None);
+        let batch = RecordBatch::try_from_iter([("line", Arc::new(text) as ArrayRef)]).unwrap();
+        let mut encoder = IpcEncoder::new(WireCompression::Uncompressed);
+        let pool = encoder.pool().expect("uncompressed bodies have a pool");
+        let body = encoder.encode(std::slice::from_ref(&batch), HashMap::new()).unwrap();
+        assert!(body.parts().count() > 1);
+        body.clone().give_back_to(&pool);
+        assert_eq!(pool.kept(), 0, "the batch and the body still hold it");
+        drop(batch);
+        body.give_back_to(&pool);
+        assert_eq!(pool.kept(), 1, "the text alone: headers and offsets are small");
+        let kept = pool.take();
+        assert_eq!(kept.as_ptr(), at);
+        let zstd = IpcEncoder::default();
+        assert!(zstd.pool().is_none());
     }
 
     /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working
@@ -1075,14 +1221,14 @@ mod tests {
         let large = batch_of(&noise);
         let body = encoder.encode(std::slice::from_ref(&large), HashMap::new()).unwrap();
         assert!(body.len() > KEPT_BODY_BYTES, "{}", body.len());
-        assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&large), HashMap::new());
+        assert_encodes_as_the_stream_writer(&body.contiguous(), std::slice::from_ref(&large), HashMap::new());
         assert_eq!(
             encoder.framer.as_ref().expect("zstd").reserved(),
             0,
             "nothing kept after the large body"
         );
         let body = encoder.encode(std::slice::from_ref(&small), HashMap::new()).unwrap();
-        assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&small), HashMap::new());
+        assert_encodes_as_the_stream_writer(&body.contiguous(), std::slice::from_ref(&small), HashMap::new());
     }
 
     /// `ts` and `src_offset` sent in halves join to the same values, the

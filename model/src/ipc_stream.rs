@@ -519,7 +519,7 @@ mod tests {
         let mut encoder = crate::batch::IpcEncoder::default();
         let mut stored = Vec::new();
         for _ in 0..RAW_STREAK + 2 {
-            let body = encoder.encode(std::slice::from_ref(&batch), Default::default()).unwrap();
+            let body = encoder.encode(std::slice::from_ref(&batch), Default::default()).unwrap().into_vec();
             let found = buffers(&body);
             let (prefix, bytes) = found
                 .iter()

@@ -385,15 +385,25 @@ impl SourceBatchBuilder {
         };
         drop(batch);
         let (_, values, _) = lines.into_parts();
-        if let Ok(mut values) = values.into_vec::<u8>() {
-            if self.line_values.is_empty() && values.capacity() <= self.line_values.capacity().saturating_mul(2) {
-                // Sized as `finish` sized the fresh one, which is dropped
-                // untouched (mapped, never resident).
-                values.clear();
-                values.reserve(self.line_values.capacity());
-                self.line_values = values;
-            }
+        if let Ok(values) = values.into_vec::<u8>() {
+            self.reuse_text_buffer(values);
         }
+    }
+
+    /// Writes the next batch's text into `buffer` (memory already paged
+    /// in: a shipped batch's text, see [`Self::recycle`]) unless the builder
+    /// holds text or `buffer` is over twice what the next batch is sized
+    /// for; hands `buffer` back where it is not taken.
+    pub fn reuse_text_buffer(&mut self, mut buffer: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.line_values.is_empty() || buffer.capacity() > self.line_values.capacity().saturating_mul(2) {
+            return Some(buffer);
+        }
+        // Sized as `finish` sized the fresh one, which is dropped untouched
+        // (mapped, never resident).
+        buffer.clear();
+        buffer.reserve(self.line_values.capacity());
+        self.line_values = buffer;
+        None
     }
 
     /// Finishes the rows appended so far into a batch of
@@ -629,7 +639,7 @@ mod tests {
             let batch = fill(&mut builder, &records);
             let meta = HashMap::from([("round".to_string(), round.to_string())]);
             let body = encoder.encode(std::slice::from_ref(&batch), meta.clone()).unwrap();
-            crate::batch::assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&batch), meta);
+            crate::batch::assert_encodes_as_the_stream_writer(&body.contiguous(), std::slice::from_ref(&batch), meta);
             let mut samples = crate::metric::MetricBatchBuilder::dictionary();
             for i in 0..20 + round {
                 samples.append(&format!("{{__name__=\"m\",i=\"{}\"}}", i % 3), i64::from(i), f64::from(i) / 3.0);
@@ -640,7 +650,7 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c.data_type(), arrow_schema::DataType::Dictionary(..))));
             let body = encoder.encode(std::slice::from_ref(&samples), HashMap::new()).unwrap();
-            crate::batch::assert_encodes_as_the_stream_writer(&body, std::slice::from_ref(&samples), HashMap::new());
+            crate::batch::assert_encodes_as_the_stream_writer(&body.contiguous(), std::slice::from_ref(&samples), HashMap::new());
         }
     }
 
@@ -684,6 +694,22 @@ mod tests {
         builder.recycle(after);
         let (last_at, _) = lines_of(&fill(&mut builder, &records));
         assert_ne!(last_at, after_at, "the outsized buffer was kept");
+        // A shipped batch's buffer handed in: taken while the builder holds
+        // no text, unless over twice the size it wants.
+        let wanted = builder.line_values.capacity();
+        assert!(builder.reuse_text_buffer(Vec::with_capacity(wanted * 2 + 1)).is_some());
+        let spare: Vec<u8> = Vec::with_capacity(wanted * 2);
+        let spare_at = spare.as_ptr() as usize;
+        assert!(builder.reuse_text_buffer(spare).is_none());
+        assert_eq!(lines_of(&fill(&mut builder, &records)), (spare_at, want.clone()));
+        let key = plain_source(&mut builder, "ns");
+        plain_row(&mut builder, key, "stdout", 0);
+        assert!(
+            builder.reuse_text_buffer(Vec::with_capacity(wanted)).is_some(),
+            "the row's text stays"
+        );
+        let lines = builder.finish();
+        assert_eq!(lines_of(&lines).1, ["l"]);
     }
 
     /// A source in `namespace` with nothing else set.

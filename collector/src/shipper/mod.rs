@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use weft_model::batch::BodyPool;
+use weft_model::batch::{BodyPool, WireBody};
 
 use crate::batcher::SealedBatch;
 use crate::checkpoint::{CheckpointStore, TailerCheckpoint};
@@ -147,21 +147,31 @@ impl Shipper {
     }
 
     /// POSTs one body; maps the answer to success, retry or refusal. The
-    /// request takes a copy (the batch stays for a retry or the spool):
-    /// written into a body from `pool` when the batch has one, which goes
-    /// back once the request is done with it.
-    async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &[u8], pool: Option<&BodyPool>) -> Result<(), SendError> {
-        let body = match pool {
-            Some(pool) => {
+    /// batch stays for a retry or the spool: a body of one part (zstd) is
+    /// shared with the request, one of several (uncompressed: the batch's
+    /// column buffers) gathered into a copy, written into a buffer from
+    /// `pool` when the batch has one, which goes back once the request is
+    /// done with it.
+    async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        key: Option<&str>,
+        body: &WireBody,
+        pool: Option<&BodyPool>,
+    ) -> Result<(), SendError> {
+        let body = match (body.single_part(), pool) {
+            (Some(part), _) => reqwest::Body::from(bytes::Bytes::from_owner(part.clone())),
+            (None, Some(pool)) => {
                 let mut copy = pool.take();
                 weft_model::batch::reserve_pooled(&mut copy, body.len());
-                copy.extend_from_slice(body);
+                body.write_to(&mut copy);
                 reqwest::Body::from(bytes::Bytes::from_owner(PooledBody {
                     body: copy,
                     pool: pool.clone(),
                 }))
             }
-            None => reqwest::Body::from(body.to_vec()),
+            (None, None) => reqwest::Body::from(body.contiguous().into_owned()),
         };
         let mut request = self
             .client

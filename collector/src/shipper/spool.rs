@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use weft_model::batch::WireBody;
 
 use crate::batcher::SealedBatch;
 use crate::checkpoint::{write_atomic, TailerCheckpoint};
@@ -63,7 +64,7 @@ fn encode(batch: &SealedBatch) -> Vec<u8> {
         rows: batch.rows,
         line_bytes: batch.line_bytes,
         checkpoint: batch.checkpoint.clone(),
-        metrics_bytes: batch.metrics_body.as_ref().map(Vec::len).unwrap_or(0),
+        metrics_bytes: batch.metrics_body.as_ref().map(WireBody::len).unwrap_or(0),
     })
     .expect("header serializes");
     let mut out = Vec::with_capacity(header.len() + batch.body.len() + 32);
@@ -71,9 +72,9 @@ fn encode(batch: &SealedBatch) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
     out.extend_from_slice(&(batch.body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&batch.body);
+    batch.body.write_to(&mut out);
     if let Some(metrics) = &batch.metrics_body {
-        out.extend_from_slice(metrics);
+        metrics.write_to(&mut out);
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -105,8 +106,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<SealedBatch, &'static str> {
         rows: header.rows,
         line_bytes: header.line_bytes,
         checkpoint: header.checkpoint,
-        body: content[header_end + 8..body_end].to_vec(),
-        metrics_body: (header.metrics_bytes > 0).then(|| content[body_end..].to_vec()),
+        body: content[header_end + 8..body_end].to_vec().into(),
+        metrics_body: (header.metrics_bytes > 0).then(|| content[body_end..].to_vec().into()),
         pool: None,
     })
 }
@@ -299,8 +300,8 @@ mod tests {
     fn batch(n: usize) -> SealedBatch {
         SealedBatch {
             key: format!("k{n}"),
-            body: vec![n as u8; 100 + n],
-            metrics_body: n.is_multiple_of(2).then(|| vec![7u8; n + 3]),
+            body: vec![n as u8; 100 + n].into(),
+            metrics_body: n.is_multiple_of(2).then(|| vec![7u8; n + 3].into()),
             rows: n,
             line_bytes: n * 10,
             checkpoint: TailerCheckpoint::default(),

@@ -98,7 +98,7 @@ async fn fake_indexer_failing_with(down_status: &'static str) -> FakeIndexer {
 fn batch(n: u64) -> SealedBatch {
     SealedBatch {
         key: format!("batch-{n:03}"),
-        body: vec![n as u8; 1000],
+        body: vec![n as u8; 1000].into(),
         metrics_body: None,
         rows: 1,
         line_bytes: 10,
@@ -292,9 +292,10 @@ async fn refused_batches_are_kept_aside_in_order_and_the_rest_flows() {
     assert_eq!(super::spool::decode(&std::fs::read(&future).unwrap()).unwrap().key, "batch-002");
 }
 
-/// A batch with a body pool is sent from a copy written into pooled
-/// memory, byte for byte its body; once delivered, the request's copy and
-/// the batch's own body are both back in the pool for the next batches.
+/// A batch with a body pool and a body of several parts (uncompressed: its
+/// column buffers) is sent from a copy gathered into pooled memory, byte
+/// for byte its body; once delivered, the request's copy and the batch's
+/// large part (its text) are both back in the pool for the next batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_batch_is_sent_from_pooled_memory_that_goes_back() {
     let server = fake_indexer().await;
@@ -304,13 +305,14 @@ async fn a_pooled_batch_is_sent_from_pooled_memory_that_goes_back() {
     let (tx, task, _stop) = start(state.path(), fast_retries(&server.url), &metrics);
     let pool = weft_model::batch::BodyPool::default();
     let mut pooled = batch(1);
-    pooled.body = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let text: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let header = vec![0xFF; 64];
+    pooled.body = [header.clone(), text.clone()].into_iter().collect();
     pooled.pool = Some(pool.clone());
-    let body = pooled.body.clone();
     tx.send(pooled).await.unwrap();
-    wait_until("both bodies back in the pool", || pool.kept() == 2).await;
-    assert_eq!(*server.bodies.lock().unwrap(), [body]);
-    assert!((0..2).all(|_| pool.take().capacity() >= 5000));
+    wait_until("the copy and the text back in the pool", || pool.kept() == 2).await;
+    assert_eq!(*server.bodies.lock().unwrap(), [[header, text].concat()]);
+    assert!((0..2).all(|_| pool.take().capacity() >= 300_000));
     drop(tx);
     task.await.unwrap();
 }
