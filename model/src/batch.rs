@@ -476,20 +476,18 @@ pub fn encode_ipc(batches: &[RecordBatch], metadata: HashMap<String, String>) ->
 pub struct IpcEncoder {
     /// None: the buffers go as they are.
     framer: Option<ZstdFramer>,
-    /// Where the bodies come from.
-    pool: BodyPool,
 }
 
-/// Buffers handed back once a batch is shipped, to write the next batch's
-/// text and the next request's copy into: memory already paged in rather
-/// than a fresh allocation per batch. Over the allocator's 1 MiB mmap
-/// threshold (a 2 MiB batch's text, an uncompressed body of ≈ 2.6 MB) each
-/// fresh buffer was mapped, faulted in page by page and unmapped again:
-/// 0.5 CPU-s per GB of logs on the benchmark corpus, as much as the parse.
-/// Keeps at most [`POOLED_BODIES`] of them, each at most
-/// [`MAX_POOLED_BODY`] bytes of capacity.
+/// Text buffers handed back once a batch with an uncompressed body is
+/// shipped, to write the next batch's text into: memory already paged in
+/// rather than a fresh allocation per batch. Over the allocator's 1 MiB
+/// mmap threshold (a 2 MiB batch's text) each fresh buffer was mapped,
+/// faulted in page by page and unmapped again: 0.5 CPU-s per GB of logs on
+/// the benchmark corpus, as much as the parse. Keeps at most
+/// [`POOLED_BUFFERS`] of them, each at most [`MAX_POOLED_BUFFER`] bytes of
+/// capacity.
 #[derive(Clone, Debug, Default)]
-pub struct BodyPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 /// One Arrow IPC stream as it goes on the wire, held as the parts arrow's
 /// encoder handed out. Uncompressed, those are the batch's own column
@@ -527,6 +525,11 @@ impl WireBody {
     /// The body's bytes, part after part.
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
         self.parts.iter().map(|p| p.as_slice())
+    }
+
+    /// The body's parts, to share (their memory is reference-counted).
+    pub fn buffers(&self) -> impl Iterator<Item = &arrow_buffer::Buffer> {
+        self.parts.iter()
     }
 
     /// The body's only part, where it has one (shared, not copied).
@@ -575,7 +578,7 @@ impl WireBody {
 
     /// Hands `pool` the large byte buffers nothing else holds (a batch's
     /// text, for the next batch to be written into); drops the rest.
-    pub fn give_back_to(self, pool: &BodyPool) {
+    pub fn give_back_to(self, pool: &BufferPool) {
         for part in self.parts {
             if part.capacity() >= MIN_POOLED_PART {
                 if let Ok(buffer) = part.into_vec::<u8>() {
@@ -608,26 +611,17 @@ impl PartialEq for WireBody {
 
 impl Eq for WireBody {}
 
-/// Room for `bytes` in `body` (empty, from a pool): an eighth more than
-/// asked where it must grow, not the doubling of `reserve`, so a body
-/// stays under [`MAX_POOLED_BODY`] and goes back to its pool.
-pub fn reserve_pooled(body: &mut Vec<u8>, bytes: usize) {
-    if body.capacity() < bytes {
-        body.reserve_exact(bytes + bytes / 8);
-    }
-}
+/// Buffers a pool keeps: those of the batches in flight to the indexer at
+/// once, in the usual case.
+const POOLED_BUFFERS: usize = 4;
+/// The largest capacity a pool keeps: a default 2 MiB batch's text buffer
+/// is sized for 2 MiB and 64 KiB, the next one an eighth over the last
+/// batch's text (cut past its limit by its last line), and 8 MiB batches
+/// are the most the builder is sized for.
+const MAX_POOLED_BUFFER: usize = 8 << 20;
 
-/// Bodies a pool keeps: a batch's and a request's copy of it, with room
-/// for the next batch sealed while they are in flight.
-const POOLED_BODIES: usize = 4;
-/// The largest body capacity a pool keeps: an uncompressed body of a
-/// default 2 MiB batch is ≈ 2.6 MB, and one overshooting by a long last
-/// line up to ≈ 4 MB (at 4 MiB, bodies `reserve` had doubled left the
-/// pool: 0.2 s more system time per GB in tail + parse + batch).
-const MAX_POOLED_BODY: usize = 8 << 20;
-
-impl BodyPool {
-    /// An empty body, with the capacity of one handed back if any.
+impl BufferPool {
+    /// An empty buffer, with the capacity of one handed back if any.
     pub fn take(&self) -> Vec<u8> {
         self.0
             .lock()
@@ -636,30 +630,29 @@ impl BodyPool {
             .unwrap_or_default()
     }
 
-    /// How many bodies the pool holds now.
+    /// How many buffers the pool holds now.
     pub fn kept(&self) -> usize {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
-    /// Keeps `body`'s memory for a later [`BodyPool::take`] when it is not
-    /// too large and the pool has room or holds a smaller one (which it
+    /// Keeps `buffer`'s memory for a later [`BufferPool::take`] when it is
+    /// not too large and the pool has room or holds a smaller one (which it
     /// drops instead); drops it otherwise.
-    pub fn give_back(&self, mut body: Vec<u8>) {
-        if body.capacity() == 0 || body.capacity() > MAX_POOLED_BODY {
+    pub fn give_back(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 || buffer.capacity() > MAX_POOLED_BUFFER {
             return;
         }
-        body.clear();
+        buffer.clear();
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if kept.len() < POOLED_BODIES {
-            kept.push(body);
+        if kept.len() < POOLED_BUFFERS {
+            kept.push(buffer);
         } else if let Some(smallest) = kept
             .iter_mut()
             .min_by_key(|b| b.capacity())
-            .filter(|b| b.capacity() < body.capacity())
+            .filter(|b| b.capacity() < buffer.capacity())
         {
-            // A full pool keeps the larger bodies (log bodies rather than
-            // metric ones).
-            *smallest = body;
+            // A full pool keeps the larger buffers.
+            *smallest = buffer;
         }
     }
 }
@@ -696,20 +689,7 @@ impl IpcEncoder {
             WireCompression::Zstd => Some(ZstdFramer::new()),
             WireCompression::Uncompressed => None,
         };
-        Self {
-            framer,
-            pool: BodyPool::default(),
-        }
-    }
-
-    /// The pool an uncompressed body's buffers go back to once shipped,
-    /// and requests take their copies from. None with zstd: a zstd body
-    /// is a few hundred KB, trimmed to its size; kept with room for the
-    /// next, they held 3.5 MiB more resident at 50 MB/s in for no gain in
-    /// CPU (and the batch's text buffer comes back as soon as it is
-    /// compressed).
-    pub fn pool(&self) -> Option<BodyPool> {
-        self.framer.is_none().then(|| self.pool.clone())
+        Self { framer }
     }
 
     /// One Arrow IPC stream: the schema (with `metadata`), each batch with
@@ -1138,29 +1118,29 @@ mod tests {
         assert_eq!((0..view.len()).map(|i| view.record(i)).collect::<Vec<_>>(), records);
     }
 
-    /// A pool keeps a few bodies of bounded size, emptied, and hands the
+    /// A pool keeps a few buffers of bounded size, emptied, and hands the
     /// last one back first.
     #[test]
-    fn a_body_pool_keeps_a_few_bounded_bodies() {
-        let pool = BodyPool::default();
+    fn a_buffer_pool_keeps_a_few_bounded_buffers() {
+        let pool = BufferPool::default();
         assert_eq!(pool.take().capacity(), 0);
-        pool.give_back(Vec::with_capacity(MAX_POOLED_BODY + 1));
+        pool.give_back(Vec::with_capacity(MAX_POOLED_BUFFER + 1));
         assert_eq!(pool.take().capacity(), 0, "too large to keep");
         let body = vec![7u8; 100];
         let at = body.as_ptr();
         pool.give_back(body);
         let again = pool.take();
         assert_eq!((again.as_ptr(), again.len()), (at, 0), "the same memory, emptied");
-        for i in 1..=POOLED_BODIES {
+        for i in 1..=POOLED_BUFFERS {
             pool.give_back(Vec::with_capacity(100 * i));
         }
         // Full: a smaller body is dropped, a larger one takes the smallest's place.
         pool.give_back(Vec::with_capacity(10));
         pool.give_back(Vec::with_capacity(100_000));
-        let mut kept: Vec<usize> = (0..POOLED_BODIES).map(|_| pool.take().capacity()).collect();
-        assert_eq!(pool.take().capacity(), 0, "no more than {POOLED_BODIES} kept");
+        let mut kept: Vec<usize> = (0..POOLED_BUFFERS).map(|_| pool.take().capacity()).collect();
+        assert_eq!(pool.take().capacity(), 0, "no more than {POOLED_BUFFERS} kept");
         kept.sort();
-        let mut expected: Vec<usize> = (2..=POOLED_BODIES).map(|i| 100 * i).collect();
+        let mut expected: Vec<usize> = (2..=POOLED_BUFFERS).map(|i| 100 * i).collect();
         expected.push(100_000);
         assert_eq!(kept, expected);
     }
@@ -1176,7 +1156,7 @@ mod tests {
         let text = StringArray::new(offsets, arrow_buffer::Buffer::from_vec(values), None);
         let batch = RecordBatch::try_from_iter([("line", Arc::new(text) as ArrayRef)]).unwrap();
         let mut encoder = IpcEncoder::new(WireCompression::Uncompressed);
-        let pool = encoder.pool().expect("uncompressed bodies have a pool");
+        let pool = BufferPool::default();
         let body = encoder.encode(std::slice::from_ref(&batch), HashMap::new()).unwrap();
         assert!(body.parts().count() > 1);
         body.clone().give_back_to(&pool);
@@ -1186,8 +1166,6 @@ mod tests {
         assert_eq!(pool.kept(), 1, "the text alone: headers and offsets are small");
         let kept = pool.take();
         assert_eq!(kept.as_ptr(), at);
-        let zstd = IpcEncoder::default();
-        assert!(zstd.pool().is_none());
     }
 
     /// After a body over [`KEPT_BODY_BYTES`] the encoder lets its working

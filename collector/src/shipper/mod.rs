@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use weft_model::batch::{BodyPool, WireBody};
+use weft_model::batch::WireBody;
 
 use crate::batcher::SealedBatch;
 use crate::checkpoint::{CheckpointStore, TailerCheckpoint};
@@ -147,31 +147,12 @@ impl Shipper {
     }
 
     /// POSTs one body; maps the answer to success, retry or refusal. The
-    /// batch stays for a retry or the spool: a body of one part (zstd) is
-    /// shared with the request, one of several (uncompressed: the batch's
-    /// column buffers) gathered into a copy, written into a buffer from
-    /// `pool` when the batch has one, which goes back once the request is
-    /// done with it.
-    async fn post(
-        &self,
-        url: &str,
-        content_type: &str,
-        key: Option<&str>,
-        body: &WireBody,
-        pool: Option<&BodyPool>,
-    ) -> Result<(), SendError> {
-        let body = match (body.single_part(), pool) {
-            (Some(part), _) => reqwest::Body::from(bytes::Bytes::from_owner(part.clone())),
-            (None, Some(pool)) => {
-                let mut copy = pool.take();
-                weft_model::batch::reserve_pooled(&mut copy, body.len());
-                body.write_to(&mut copy);
-                reqwest::Body::from(bytes::Bytes::from_owner(PooledBody {
-                    body: copy,
-                    pool: pool.clone(),
-                }))
-            }
-            (None, None) => reqwest::Body::from(body.contiguous().into_owned()),
+    /// batch stays for a retry or the spool: the request shares its
+    /// buffers, copying nothing.
+    async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &WireBody) -> Result<(), SendError> {
+        let body = match body.single_part() {
+            Some(part) => reqwest::Body::from(bytes::Bytes::from_owner(part.clone())),
+            None => reqwest::Body::wrap(PartsBody::new(body)),
         };
         let mut request = self
             .client
@@ -211,10 +192,7 @@ impl Shipper {
     /// then its lines.
     async fn send(&self, batch: &SealedBatch) -> Result<(), SendError> {
         if let Some(metrics) = &batch.metrics_body {
-            match self
-                .post(&self.metrics_url, ARROW_STREAM_CONTENT_TYPE, None, metrics, batch.pool.as_ref())
-                .await
-            {
+            match self.post(&self.metrics_url, ARROW_STREAM_CONTENT_TYPE, None, metrics).await {
                 Ok(()) => {}
                 Err(SendError::Permanent(reason)) => {
                     // The lines must not be lost with them.
@@ -223,14 +201,7 @@ impl Shipper {
                 Err(retry) => return Err(retry),
             }
         }
-        self.post(
-            &self.url,
-            ARROW_STREAM_CONTENT_TYPE,
-            Some(&batch.key),
-            &batch.body,
-            batch.pool.as_ref(),
-        )
-        .await
+        self.post(&self.url, ARROW_STREAM_CONTENT_TYPE, Some(&batch.key), &batch.body).await
     }
 
     fn acknowledge(&mut self, checkpoint: TailerCheckpoint) {
@@ -413,23 +384,48 @@ impl Shipper {
     }
 }
 
-/// A request's copy of a body, handed back to its pool when the request
-/// is done with it: an uncompressed body (≈ 2.6 MB) copied into a fresh
-/// allocation per request was mapped, faulted in and unmapped again.
-struct PooledBody {
-    body: Vec<u8>,
-    pool: BodyPool,
+/// A request body sent from a batch's own buffers, one frame per part,
+/// shared with the batch (kept for a retry or the spool) rather than
+/// copied: its exact length goes as the `content-length`.
+struct PartsBody {
+    parts: std::vec::IntoIter<bytes::Bytes>,
+    remaining: u64,
 }
 
-impl AsRef<[u8]> for PooledBody {
-    fn as_ref(&self) -> &[u8] {
-        &self.body
+impl PartsBody {
+    fn new(body: &WireBody) -> Self {
+        Self {
+            parts: body
+                .buffers()
+                .map(|part| bytes::Bytes::from_owner(part.clone()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            remaining: body.len() as u64,
+        }
     }
 }
 
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        self.pool.give_back(std::mem::take(&mut self.body));
+impl http_body::Body for PartsBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.parts.next().map(|part| {
+            this.remaining -= part.len() as u64;
+            Ok(http_body::Frame::data(part))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
