@@ -106,11 +106,10 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
         Ok(spec) => Some(collector_parts(&spec)?),
         Err(_) => None,
     };
-    let mut tagging = weft_collector::batcher::Tagging::default();
     if let Some(parts) = &parts {
         let on = |part: &str| parts.contains(&part);
-        tagging.levels = on("levels");
-        tagging.events = on("events");
+        config.detect_levels = on("levels");
+        config.tag_ml_events = on("events");
         config.multiline.enabled = on("multiline");
         config.extract_metrics = on("extract");
         config.wire_compression = if on("zstd") {
@@ -119,11 +118,10 @@ pub fn run(logs: &Path, data: &Path) -> anyhow::Result<()> {
             weft_model::batch::WireCompression::Uncompressed
         };
     }
-    let mut processing = config.record_processing()?;
-    processing.tagging = tagging;
+    let processing = config.record_processing()?;
     let parts_on: Vec<&str> = [
-        tagging.levels,
-        tagging.events,
+        config.detect_levels,
+        config.tag_ml_events,
         config.multiline.enabled,
         config.extract_metrics,
         config.wire_compression == weft_model::batch::WireCompression::Zstd,

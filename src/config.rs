@@ -83,6 +83,10 @@ mod tests {
         assert_eq!(config.alerting, defaults.alerting);
         assert_eq!(config.collector.multiline, defaults.collector.multiline);
         assert_eq!(config.collector.wire_compression, defaults.collector.wire_compression);
+        assert_eq!(
+            (config.collector.detect_levels, config.collector.tag_ml_events),
+            (defaults.collector.detect_levels, defaults.collector.tag_ml_events)
+        );
     }
 
     #[test]

@@ -297,7 +297,8 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-/// Which tags an assembler gives records: all by default. The benchmark
+/// Which tags an assembler gives records: all by default
+/// (`collector.detect_levels`, `collector.tag_ml_events`). The benchmark
 /// turns them off to measure the tail + parse + batch path alone, and each
 /// on in turn for its cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

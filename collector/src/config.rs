@@ -78,6 +78,14 @@ pub struct CollectorConfig {
     pub wire_compression: weft_model::batch::WireCompression,
     /// Pull training metrics (`weft_train_<key>`) out of log lines.
     pub extract_metrics: bool,
+    /// Give each record a level read from its line's head (`error`, `warn`,
+    /// …), `error` for a joined traceback without one. Off, every record's
+    /// level is `unknown`.
+    pub detect_levels: bool,
+    /// Tag records matching the ML failure catalogue or `ml_events` with
+    /// `ml_event` and count them in `weft_ml_events_total`. Off, nothing
+    /// is tagged: failure panels and alert rules on `ml_event` see none.
+    pub tag_ml_events: bool,
     /// Extra extraction rules: regexes whose named captures become metrics.
     pub extract_rules: Vec<crate::extract::ExtractRule>,
     /// Extra ML failure patterns: records matching `regex` get
@@ -122,6 +130,8 @@ impl Default for CollectorConfig {
             gpu: Default::default(),
             wire_compression: Default::default(),
             extract_metrics: true,
+            detect_levels: true,
+            tag_ml_events: true,
             extract_rules: Vec::new(),
             ml_events: Vec::new(),
             multiline: MultilineConfig::default(),
@@ -176,6 +186,12 @@ impl CollectorConfig {
         } else {
             None
         };
+        if !self.tag_ml_events && !self.ml_events.is_empty() {
+            return Err(crate::CollectorError::Config(format!(
+                "collector.ml_events has {} rule(s) but collector.tag_ml_events is false: they would never tag anything",
+                self.ml_events.len()
+            )));
+        }
         let mut user = Vec::new();
         for rule in &self.ml_events {
             if rule.name.is_empty() || !rule.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -199,7 +215,10 @@ impl CollectorConfig {
         Ok(crate::batcher::RecordProcessing {
             extractor,
             classifier: weft_model::events::EventClassifier::new(user),
-            tagging: Default::default(),
+            tagging: crate::batcher::Tagging {
+                levels: self.detect_levels,
+                events: self.tag_ml_events,
+            },
             compression: self.wire_compression,
             multiline,
             pods: None,
@@ -274,5 +293,44 @@ mod tests {
         })
         .contains("max_line_bytes must be between 1024 and 256 MiB"));
         assert!(err(CollectorConfig { max_line_bytes: 100, ..ok }).contains("max_line_bytes"));
+    }
+
+    /// `detect_levels` and `tag_ml_events` set the assembler's tagging (on
+    /// by default); `ml_events` rules with tagging off are refused.
+    #[test]
+    fn level_and_event_tagging_follow_the_config() {
+        use crate::batcher::Tagging;
+        let on = CollectorConfig::default().record_processing().unwrap();
+        assert_eq!(
+            on.tagging,
+            Tagging {
+                levels: true,
+                events: true
+            }
+        );
+        let off = CollectorConfig {
+            detect_levels: false,
+            tag_ml_events: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            off.record_processing().unwrap().tagging,
+            Tagging {
+                levels: false,
+                events: false
+            }
+        );
+        let rules = CollectorConfig {
+            ml_events: vec![MlEventRule {
+                name: "dataloader_crash".into(),
+                regex: "DataLoader worker".into(),
+            }],
+            ..off
+        };
+        let err = rules.record_processing().expect_err("refused").to_string();
+        assert!(
+            err.contains("collector.ml_events") && err.contains("tag_ml_events is false"),
+            "{err}"
+        );
     }
 }
