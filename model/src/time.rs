@@ -80,6 +80,15 @@ fn date_time_secs(text: &[u8]) -> Option<i64> {
 /// Unix nanoseconds of `text` (at least 20 bytes) given the seconds of its
 /// first 19: reads the fraction and the offset that follow them.
 fn with_fraction_and_offset(text: &[u8], date_time_secs: i64) -> Option<i64> {
+    // The kubelet's layout first: nine digits and `Z`.
+    if let [b'.', fraction @ .., last, b'Z' | b'z'] = text.get(19..).unwrap_or_default() {
+        if fraction.len() == 8 && last.is_ascii_digit() {
+            if let Some(eight) = eight_digits(fraction) {
+                let nanos = i64::from(eight) * 10 + i64::from(last - b'0');
+                return date_time_secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos);
+            }
+        }
+    }
     let mut pos = 19;
     let mut nanos: i64 = 0;
     if text.get(pos) == Some(&b'.') {
@@ -159,8 +168,9 @@ pub struct Rfc3339Reader {
 impl Rfc3339Reader {
     /// Same result as [`parse_rfc3339_nanos`].
     pub fn parse(&mut self, text: &[u8]) -> Option<i64> {
-        if let Some((head, secs)) = &self.last {
-            if text.len() >= 20 && text[..19] == head[..] {
+        if let (Some((head, secs)), Some(first)) = (&self.last, text.first_chunk::<19>()) {
+            // Compared as an array: inline, not a call to `memcmp`.
+            if text.len() >= 20 && first == head {
                 return with_fraction_and_offset(text, *secs);
             }
         }
@@ -378,6 +388,12 @@ mod tests {
             b"2026-11-25T08:00:01.000000000001Z",
             b"garbage garbage garbage",
             b"2026-11-25T08:00:01.3Z",
+            b"2026-11-25T08:00:01.12345678xZ",
+            b"2026-11-25T08:00:01.1234567x9Z",
+            b"2026-11-25T08:00:01.123456789+",
+            b"2026-11-25T08:00:01.123456789z",
+            b"2026-11-25T08:00:01-123456789Z",
+            b"2026-11-25T08:00:01.12345678Z",
             b"",
         ];
         let mut reader = Rfc3339Reader::default();
