@@ -612,9 +612,10 @@ impl Appender {
         let Some(pool) = &self.text_pool else { return };
         let shipped = pool.take();
         if shipped.capacity() > 0 {
-            if let Some(refused) = self.builder.reuse_text_buffer(shipped) {
-                pool.give_back(refused);
-            }
+            // One the builder refuses (an outsized batch's) is dropped: a
+            // full pool keeps the largest buffers, so one given back
+            // would stay resident for good.
+            drop(self.builder.reuse_text_buffer(shipped));
         }
     }
 
@@ -1037,6 +1038,19 @@ mod tests {
         assert_eq!(second.body, expected.body);
         assert_eq!(records(&second), records(&expected));
         assert_eq!(records(&second).len(), fewer.len());
+    }
+
+    /// A pooled buffer over twice what the next batch is sized for (an
+    /// outsized batch's) is dropped when refused, not kept in the pool.
+    #[test]
+    fn an_outsized_shipped_buffer_is_dropped() {
+        let mut assembler = assembler_with(Tagging::default(), WireCompression::Uncompressed);
+        let pool = assembler.inner.text_pool.clone().expect("uncompressed");
+        pool.give_back(Vec::with_capacity(7 << 20));
+        feed(&mut assembler, &meta(0), 0, &[(Stream::Stdout, "one line")]);
+        assert_eq!(pool.kept(), 0);
+        let batch = assembler.seal(TailerCheckpoint::default()).unwrap();
+        assert_eq!(records(&batch).len(), 1);
     }
 
     fn row_of(records: &[LogRecord], text: &str) -> usize {

@@ -493,8 +493,8 @@ pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 /// encoder handed out. Uncompressed, those are the batch's own column
 /// buffers where the builder wrote them, not copied (gathering them into
 /// one body had cost 15 % of tail + parse + batch); with zstd, one buffer
-/// of frames. A request or a spool file gathers the parts as it writes
-/// them; a single part is sent as it is.
+/// of frames. A request sends the parts as they lie; a spool file gathers
+/// them.
 #[derive(Clone, Debug, Default)]
 pub struct WireBody {
     parts: Vec<arrow_buffer::Buffer>,

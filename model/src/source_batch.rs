@@ -74,10 +74,10 @@ impl SparseText {
     /// Sets `row`'s value (rows rising; those never set are null).
     fn set(&mut self, row: usize, value: &str) {
         debug_assert!(self.valid.last().is_none_or(|&(last, _)| (last as usize) < row), "rows rise");
-        let row = u32::try_from(row).expect("a batch holds under 2^32 rows");
+        let at = u32::try_from(row).expect("a batch holds under 2^32 rows");
         self.values.extend_from_slice(value.as_bytes());
         let end = i32::try_from(self.values.len()).expect("a batch holds under 2 GiB of events and fields");
-        self.valid.push((row, end));
+        self.valid.push((at, end));
     }
 
     /// The column of `rows` rows as an Arrow builder would finish it (no

@@ -396,6 +396,20 @@ mod tests {
             b"2026-11-25T08:00:01.12345678Z",
             b"",
         ];
+        // The kubelet's layout, read in one step, and near misses.
+        for (text, nanos) in [
+            (&b"2026-11-25T08:00:01.123456789Z"[..], Some(1_795_593_601_123_456_789)),
+            (b"2026-11-25T08:00:01.123456789z", Some(1_795_593_601_123_456_789)),
+            (b"2026-11-25T08:00:01.000000000Z", Some(1_795_593_601_000_000_000)),
+            (b"2026-11-25T08:00:01.12345678Z", Some(1_795_593_601_123_456_780)),
+            (b"2026-11-25T08:00:01.12345678xZ", None),
+            (b"2026-11-25T08:00:01.1234567x9Z", None),
+            (b"2026-11-25T08:00:01.123456789+", None),
+            (b"2026-11-25T08:00:01-123456789Z", None),
+            (b"2026-11-25T08:00:01.123456789ZZ", None),
+        ] {
+            assert_eq!(parse_rfc3339_nanos(text), nanos, "{}", String::from_utf8_lossy(text));
+        }
         let mut reader = Rfc3339Reader::default();
         for pass in 0..2 {
             for text in stream {

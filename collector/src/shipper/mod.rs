@@ -148,9 +148,11 @@ impl Shipper {
 
     /// POSTs one body; maps the answer to success, retry or refusal. The
     /// batch stays for a retry or the spool: the request shares its
-    /// buffers, copying nothing.
+    /// buffers, copying nothing. (A body of several parts is a stream to
+    /// reqwest, which does not follow redirects with it; the indexer
+    /// answers none, and a retry posts the batch afresh.)
     async fn post(&self, url: &str, content_type: &str, key: Option<&str>, body: &WireBody) -> Result<(), SendError> {
-        let body = match body.single_part() {
+        let request_body = match body.single_part() {
             Some(part) => reqwest::Body::from(bytes::Bytes::from_owner(part.clone())),
             None => reqwest::Body::wrap(PartsBody::new(body)),
         };
@@ -159,7 +161,7 @@ impl Shipper {
             .post(url)
             .header("content-type", content_type)
             .header("x-scope-orgid", &self.settings.tenant)
-            .body(body);
+            .body(request_body);
         if let Some(key) = key {
             request = request.header(IDEMPOTENCY_HEADER, key);
         }
@@ -415,6 +417,7 @@ impl http_body::Body for PartsBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = self.get_mut();
         std::task::Poll::Ready(this.parts.next().map(|part| {
+            debug_assert!(part.len() as u64 <= this.remaining, "the parts add up to the body's length");
             this.remaining -= part.len() as u64;
             Ok(http_body::Frame::data(part))
         }))
