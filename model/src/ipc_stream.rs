@@ -22,6 +22,11 @@
 //! is in the next [`RAW_STREAK`] messages with that buffer (one per stream
 //! in the collector), then tried again. On the 1 GB corpus that is the
 //! nanoseconds: 0.8 % fewer instructions, 0.6 % more bytes.
+//!
+//! A message may hold one buffer several times: the collector's nine
+//! per-source dictionary columns share their row keys. A buffer at the
+//! address and length of one already written in the message is compressed
+//! once and its frame written again.
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -180,6 +185,8 @@ pub(crate) struct ZstdFramer {
     /// For each buffer that did not compress by an eighth, the streams it
     /// is still stored uncompressed for.
     raw_streaks: std::collections::HashMap<BufferSlot, u32>,
+    /// zstd frames made so far.
+    frames: u64,
 }
 
 /// Which buffer of which message a buffer is, from one stream to the next:
@@ -215,6 +222,7 @@ impl ZstdFramer {
             body: Vec::new(),
             fbb: FlatBufferBuilder::new(),
             raw_streaks: std::collections::HashMap::new(),
+            frames: 0,
         }
     }
 
@@ -273,18 +281,35 @@ impl ZstdFramer {
         }
         self.body.clear();
         let mut compressed = Vec::new();
+        // The buffers written so far that lie where arrow's encoder handed
+        // them out, by address and length, with where their bytes went: the
+        // same memory again (the row keys every per-source column shares)
+        // is copied from there, not compressed again.
+        let mut written: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
         let buffers = batch.buffers().map_or(0, |b| b.len());
         for (index, buffer) in batch.buffers().into_iter().flatten().enumerate() {
             let data = buffer_range(buffer, framed.body_len)
                 .and_then(|range| stream.get(framed.body_start + range.start, range.len()))
                 .ok_or_else(|| bad("a buffer outside the body"))?;
             let start = self.body.len();
-            let slot = BufferSlot {
-                dictionary: dictionary.map(|d| d.id()),
-                buffers,
-                index,
+            let at = match &data {
+                Cow::Borrowed(borrowed) if !borrowed.is_empty() => Some((borrowed.as_ptr() as usize, borrowed.len())),
+                _ => None,
             };
-            self.push_buffer(&data, slot)?;
+            match at.and_then(|at| written.iter().find(|w| (w.0, w.1) == at)) {
+                Some((_, _, earlier)) => self.body.extend_from_within(earlier.clone()),
+                None => {
+                    let slot = BufferSlot {
+                        dictionary: dictionary.map(|d| d.id()),
+                        buffers,
+                        index,
+                    };
+                    self.push_buffer(&data, slot)?;
+                    if let Some((address, len)) = at {
+                        written.push((address, len, start..self.body.len()));
+                    }
+                }
+            }
             compressed.push(arrow_ipc::Buffer::new(start as i64, (self.body.len() - start) as i64));
             self.body.resize(self.body.len().next_multiple_of(ALIGNMENT), 0);
         }
@@ -363,6 +388,7 @@ impl ZstdFramer {
         self.compressor
             .compress_to_buffer(data, &mut cursor)
             .map_err(|e| ModelError::Ipc(format!("zstd: {e}")))?;
+        self.frames += 1;
         let framed = self.body.len() - start;
         if data.len() >= ADAPTIVE_BYTES {
             if framed > data.len() - data.len() / 8 {
@@ -431,6 +457,57 @@ mod tests {
             builder.append(&record.as_ref());
         }
         encode_ipc(&[builder.finish(true)], Default::default()).unwrap()
+    }
+
+    /// A buffer the record batch holds twice (the row keys the per-source
+    /// dictionary columns share) is compressed once, its frame written
+    /// again; equal keys in other memory are compressed each; both bodies
+    /// read back as their batches.
+    #[test]
+    fn a_buffer_columns_share_is_compressed_once() {
+        use arrow_array::types::UInt32Type;
+        use arrow_array::{Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array};
+        let keys: Vec<u32> = (0..8192u32).map(|i| (i / 7) % 3).collect();
+        let column = |keys: UInt32Array, values: [&str; 3]| -> ArrayRef {
+            std::sync::Arc::new(
+                DictionaryArray::<UInt32Type>::try_new(keys, std::sync::Arc::new(StringArray::from(values.to_vec()))).unwrap(),
+            )
+        };
+        let shared = UInt32Array::from(keys.clone());
+        let one = RecordBatch::try_from_iter([
+            ("a", column(shared.clone(), ["x", "y", "z"])),
+            ("b", column(shared, ["p", "q", "r"])),
+        ])
+        .unwrap();
+        let two = RecordBatch::try_from_iter([
+            ("a", column(UInt32Array::from(keys.clone()), ["x", "y", "z"])),
+            ("b", column(UInt32Array::from(keys), ["p", "q", "r"])),
+        ])
+        .unwrap();
+        let frame = |batch: &RecordBatch| {
+            let mut stream = arrow_ipc::writer::StreamEncoder::try_new(&batch.schema()).unwrap();
+            let mut parts = stream.encode(batch).unwrap();
+            parts.extend(stream.finish().unwrap());
+            let mut framer = ZstdFramer::new();
+            let mut out = Vec::new();
+            framer.frame(&Segments::new(parts.iter().map(|p| p.as_slice())), &mut out).unwrap();
+            let read: Vec<RecordBatch> = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&out), None)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(read, std::slice::from_ref(batch));
+            (framer.frames, out)
+        };
+        let ((shared_frames, shared_body), (own_frames, own_body)) = (frame(&one), frame(&two));
+        assert_eq!(shared_frames + 1, own_frames);
+        let keys_written = |body: &[u8]| {
+            let found = buffers(body);
+            let of_keys: Vec<_> = found.into_iter().filter(|(len, _)| *len == 8192 * 4).collect();
+            assert_eq!(of_keys.len(), 2);
+            of_keys
+        };
+        assert_eq!(keys_written(&shared_body), keys_written(&own_body));
+        assert!(one.column(0).to_data().buffers()[0].as_ptr() == one.column(1).to_data().buffers()[0].as_ptr());
     }
 
     /// Each buffer of a body: its length prefix and its bytes.
