@@ -93,7 +93,8 @@ pub struct SealedBatch {
 impl Drop for SealedBatch {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            // The log body last: the pool hands out the last one first.
+            // Only parts of 256 KiB or more go back: in practice the log
+            // body's text.
             if let Some(body) = self.metrics_body.take() {
                 body.give_back_to(pool);
             }
@@ -612,10 +613,8 @@ impl Appender {
         let Some(pool) = &self.text_pool else { return };
         let shipped = pool.take();
         if shipped.capacity() > 0 {
-            // One the builder refuses (an outsized batch's) is dropped: a
-            // full pool keeps the largest buffers, so one given back
-            // would stay resident for good.
-            drop(self.builder.reuse_text_buffer(shipped));
+            // One the builder refuses (an outsized batch's) is dropped.
+            self.builder.reuse_text_buffer(shipped);
         }
     }
 

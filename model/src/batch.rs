@@ -551,10 +551,9 @@ impl WireBody {
     /// The body's bytes in one slice: borrowed where it is one part (a zstd
     /// body, one read from a spool file), gathered otherwise.
     pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self.parts.as_slice() {
-            [] => std::borrow::Cow::Borrowed(&[]),
-            [part] => std::borrow::Cow::Borrowed(part.as_slice()),
-            _ => {
+        match self.single_part() {
+            Some(part) => std::borrow::Cow::Borrowed(part.as_slice()),
+            None => {
                 let mut out = Vec::new();
                 self.write_to(&mut out);
                 std::borrow::Cow::Owned(out)

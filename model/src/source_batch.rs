@@ -403,17 +403,18 @@ impl SourceBatchBuilder {
     /// Writes the next batch's text into `buffer` (memory already paged
     /// in: a shipped batch's text, see [`Self::recycle`]) unless the builder
     /// holds text or `buffer` is over twice what the next batch is sized
-    /// for; hands `buffer` back where it is not taken.
-    pub fn reuse_text_buffer(&mut self, mut buffer: Vec<u8>) -> Option<Vec<u8>> {
+    /// for (a refused one is dropped: kept anywhere, an outsized batch's
+    /// buffer would stay resident for good). True where it is taken.
+    pub fn reuse_text_buffer(&mut self, mut buffer: Vec<u8>) -> bool {
         if !self.line_values.is_empty() || buffer.capacity() > self.line_values.capacity().saturating_mul(2) {
-            return Some(buffer);
+            return false;
         }
         // Sized as `finish` sized the fresh one, which is dropped untouched
         // (mapped, never resident).
         buffer.clear();
         buffer.reserve(self.line_values.capacity());
         self.line_values = buffer;
-        None
+        true
     }
 
     /// Finishes the rows appended so far into a batch of
@@ -709,17 +710,14 @@ mod tests {
         // A shipped batch's buffer handed in: taken while the builder holds
         // no text, unless over twice the size it wants.
         let wanted = builder.line_values.capacity();
-        assert!(builder.reuse_text_buffer(Vec::with_capacity(wanted * 2 + 1)).is_some());
+        assert!(!builder.reuse_text_buffer(Vec::with_capacity(wanted * 2 + 1)));
         let spare: Vec<u8> = Vec::with_capacity(wanted * 2);
         let spare_at = spare.as_ptr() as usize;
-        assert!(builder.reuse_text_buffer(spare).is_none());
+        assert!(builder.reuse_text_buffer(spare));
         assert_eq!(lines_of(&fill(&mut builder, &records)), (spare_at, want.clone()));
         let key = plain_source(&mut builder, "ns");
         plain_row(&mut builder, key, "stdout", 0);
-        assert!(
-            builder.reuse_text_buffer(Vec::with_capacity(wanted)).is_some(),
-            "the row's text stays"
-        );
+        assert!(!builder.reuse_text_buffer(Vec::with_capacity(wanted)), "the row's text stays");
         let lines = builder.finish();
         assert_eq!(lines_of(&lines).1, ["l"]);
     }
